@@ -1,0 +1,87 @@
+"""Run Megatron-Core's real code paths on a CPU-only machine (gloo), for tests and laptops.
+
+Megatron-Core places tensors on CUDA in about sixty spots (``device='cuda'``,
+``torch.cuda.current_device()``, ``.cuda()``, ``grad.type() == 'torch.cuda.FloatTensor'``).
+Rather than forking those call sites, one ``TorchFunctionMode`` rewrites CUDA device arguments
+to CPU and a few ``torch.cuda`` functions are replaced. ``enable_if_no_cuda()`` is a no-op when
+CUDA is present, so GPU runs take exactly the upstream paths.
+"""
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_CUDA_TYPE_NAMES = {
+    'torch.FloatTensor': 'torch.cuda.FloatTensor',  # clip_grads asserts this name
+    'torch.HalfTensor': 'torch.cuda.HalfTensor',
+    'torch.BFloat16Tensor': 'torch.cuda.BFloat16Tensor',
+}
+_active_mode = None
+
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, bool):
+        return False
+    if isinstance(device, int):  # torch.cuda.current_device() returns an int ordinal
+        return True
+    if isinstance(device, str):
+        return device.startswith('cuda')
+    return isinstance(device, torch.device) and device.type == 'cuda'
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA placements in factory calls, ``.to()`` and ``.cuda()`` to CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:  # tensors and modules already live on CPU
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        if _is_cuda(kwargs.get('device')):
+            kwargs['device'] = 'cpu'
+        if kwargs.get('pin_memory'):  # pinning needs a CUDA driver
+            kwargs['pin_memory'] = False
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
+            args = (args[0], 'cpu') + tuple(args[2:])
+        return func(*args, **kwargs)
+
+
+def _no_op(*args, **kwargs):
+    return None
+
+
+def _install_device_rng() -> None:
+    """Back Megatron-Core's CUDA RNG tracker by a CPU generator of its own.
+
+    The tracker (``tensor_parallel.random``) seeds, saves and forks a per-TP-rank device stream;
+    on CPU nothing draws from it (dropout uses the host generator), so a separate generator keeps
+    its bookkeeping and checkpointed states real without disturbing the host RNG that
+    ``use_cpu_initialization`` draws identical replicated weights from.
+    """
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    device_rng = torch.Generator()
+    torch.cuda.get_rng_state = torch.cuda.random.get_rng_state = lambda device='cuda': device_rng.get_state()
+    torch.cuda.set_rng_state = lambda state, device='cuda': device_rng.set_state(state)
+    torch.cuda.manual_seed = lambda seed: device_rng.manual_seed(seed)
+    torch.cuda.manual_seed_all = torch.cuda.manual_seed
+    mcore_random._set_cuda_rng_state = lambda state, device=-1, graph_safe=False: device_rng.set_state(state)
+
+
+def enable_if_no_cuda() -> bool:
+    """Enter the CPU adaptation once per process when CUDA is absent; returns whether active."""
+    global _active_mode
+    if torch.cuda.is_available():
+        return False
+    if _active_mode is None:
+        torch.cuda.current_device = lambda: 0  # ordinals are rewritten to CPU by the mode
+        torch.cuda.device_count = lambda: 0
+        torch.cuda.synchronize = _no_op  # timers and checkpoint barriers
+        torch.cuda.empty_cache = _no_op
+        torch.cuda.set_device = _no_op
+        _install_device_rng()
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+        _active_mode = _CudaToCpuMode()
+        _active_mode.__enter__()
+    return True

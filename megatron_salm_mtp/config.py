@@ -1,0 +1,218 @@
+"""The SALM's model and parallel configuration: Megatron-LM names, one docstring per field.
+
+``validate()`` runs before any process group or tensor exists and names the offending flag, so a
+configuration that cannot work fails in the first second, not after a model build.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the flag."""
+
+
+def _flag(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
+@dataclass
+class SALMConfig:
+    # --- LLM (GPTModel) ---
+    num_layers: int = 2
+    """Decoder layers of the LLM."""
+    hidden_size: int = 64
+    """LLM width."""
+    ffn_hidden_size: int = 176
+    """SwiGLU inner width (per branch)."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: Optional[int] = 2
+    """Key/value heads (grouped-query attention); None means as many as query heads."""
+    kv_channels: Optional[int] = None
+    """Head dimension; None means hidden_size / num_attention_heads."""
+    qk_layernorm: bool = False
+    """RMSNorm on queries and keys per head (Qwen3)."""
+    add_qkv_bias: bool = False
+    """Bias on the QKV projection (Qwen2)."""
+    untie_embeddings_and_output_weights: bool = False
+    """Separate output head instead of the tied word embedding."""
+    vocab_size: int = 262
+    """Tokenizer vocabulary; padded to make_vocab_size_divisible_by x TP for the model."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the vocabulary to a multiple of this times the TP size (Megatron's convention)."""
+    seq_length: int = 256
+    """Tokens per sample (text + audio placeholders), fixed under pipeline parallelism."""
+    position_embedding_type: str = 'rope'
+    """rope (required with MTP) or learned_absolute."""
+    rotary_base: float = 10000.0
+    """RoPE theta (1e6 for Qwen3)."""
+    norm_epsilon: float = 1e-6
+    """RMSNorm epsilon of the LLM."""
+    init_method_std: float = 0.02
+    """Std of the normal weight initialisation."""
+
+    # --- Multi-token prediction ---
+    mtp_num_layers: Optional[int] = None
+    """MTP depths D (None or 0: no MTP)."""
+    mtp_loss_scaling_factor: float = 0.1
+    """lambda: the MTP term is lambda / D times the sum of per-depth mean losses."""
+    mtp_mask_placeholder_paths: bool = True
+    """Drop depth-k targets whose chain consumes an audio placeholder (Megatron-LM #6770)."""
+
+    # --- Audio encoder (Whisper-shaped) and projector ---
+    num_mel_bins: int = 80
+    """Log-mel bins of the input features."""
+    encoder_num_layers: int = 2
+    """Audio encoder layers."""
+    encoder_hidden_size: int = 64
+    """Audio encoder width."""
+    encoder_num_attention_heads: int = 4
+    """Audio encoder heads."""
+    encoder_ffn_hidden_size: Optional[int] = None
+    """Audio encoder GELU MLP width; None means 4 x encoder_hidden_size."""
+    encoder_max_source_positions: int = 1500
+    """Sinusoidal positions after the stride-2 stem (1500 = 30 s, as Whisper)."""
+    audio_frame_stack: int = 4
+    """Encoder frames stacked into one LLM token (4: 50 Hz -> 12.5 Hz)."""
+    audio_token_id: int = 259
+    """Placeholder id that input_ids carry once per audio token."""
+    freeze_audio_encoder: bool = False
+    """Keep the audio encoder's weights fixed."""
+
+    # --- Parallelism and precision ---
+    tensor_model_parallel_size: int = 1
+    """TP size."""
+    pipeline_model_parallel_size: int = 1
+    """PP size: audio encoder and projector on the first stage, MTP on the last."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations along the sequence over the TP group."""
+    bf16: bool = False
+    """bfloat16 parameters and compute (fp32 main params in the optimiser)."""
+    transformer_impl: Optional[str] = None
+    """transformer_engine or local; None picks TE when importable with CUDA."""
+
+    @property
+    def padded_vocab_size(self) -> int:
+        multiple = self.make_vocab_size_divisible_by * self.tensor_model_parallel_size
+        return -(-self.vocab_size // multiple) * multiple
+
+    @property
+    def mtp_depths(self) -> int:
+        return self.mtp_num_layers or 0
+
+    def validate(self, world_size: Optional[int] = None) -> None:
+        tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
+        if world_size is not None and world_size % (tp * pp):
+            raise ConfigError(f"world size {world_size} is not divisible by "
+                              f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp}")
+        groups = self.num_query_groups or self.num_attention_heads
+        for name, value in (('num_attention_heads', self.num_attention_heads),
+                            ('num_query_groups', groups),
+                            ('encoder_num_attention_heads', self.encoder_num_attention_heads),
+                            ('padded_vocab_size', self.padded_vocab_size)):
+            if value % tp:
+                where = ('--make-vocab-size-divisible-by' if name == 'padded_vocab_size' else _flag(name))
+                raise ConfigError(f"{where}: {name}={value} is not divisible by "
+                                  f"--tensor-model-parallel-size {tp}")
+        if self.num_attention_heads % groups:
+            raise ConfigError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "
+                              f"--num-query-groups {groups}")
+        if self.num_layers % pp:
+            raise ConfigError(f"--num-layers {self.num_layers} is not divisible by "
+                              f"--pipeline-model-parallel-size {pp}")
+        if self.mtp_depths and self.position_embedding_type != 'rope':
+            raise ConfigError(f"--mtp-num-layers needs --position-embedding-type rope (got "
+                              f"{self.position_embedding_type!r}): learned absolute positions are "
+                              "claimed by both the first and the MTP stage under PP")
+        if self.sequence_parallel and tp == 1:
+            raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+        if self.sequence_parallel and self.seq_length % tp:
+            raise ConfigError(f"--seq-length {self.seq_length} is not divisible by "
+                              f"--tensor-model-parallel-size {tp} (needed by --sequence-parallel)")
+        if not 0 <= self.audio_token_id < self.vocab_size:
+            raise ConfigError(f"--audio-token-id {self.audio_token_id} is outside the vocabulary "
+                              f"(--vocab-size {self.vocab_size})")
+        if self.audio_frame_stack < 1:
+            raise ConfigError(f"--audio-frame-stack must be >= 1, got {self.audio_frame_stack}")
+
+    def replace(self, **changes) -> 'SALMConfig':
+        return dataclasses.replace(self, **changes)
+
+
+def _dtype(cfg: SALMConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.bf16 else torch.float32
+
+
+def llm_transformer_config(cfg: SALMConfig) -> TransformerConfig:
+    """Megatron-Core TransformerConfig of the LLM (and its MTP layers)."""
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.kv_channels,
+        qk_layernorm=cfg.qk_layernorm,
+        add_qkv_bias=cfg.add_qkv_bias,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        normalization='RMSNorm',
+        layernorm_epsilon=cfg.norm_epsilon,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        mtp_num_layers=cfg.mtp_num_layers or None,
+        mtp_loss_scaling_factor=cfg.mtp_loss_scaling_factor,
+        tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        sequence_parallel=cfg.sequence_parallel,
+        # Per-token loss over the global batch; see model/loss.py for the MTP side.
+        calculate_per_token_loss=True,
+        bf16=cfg.bf16,
+        params_dtype=_dtype(cfg),
+        pipeline_dtype=_dtype(cfg),
+        autocast_dtype=_dtype(cfg),
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )
+
+
+def encoder_transformer_config(cfg: SALMConfig) -> TransformerConfig:
+    """Whisper-shaped encoder: LayerNorm, GELU MLP, biases, no sequence parallelism."""
+    return TransformerConfig(
+        num_layers=cfg.encoder_num_layers,
+        hidden_size=cfg.encoder_hidden_size,
+        ffn_hidden_size=cfg.encoder_ffn_hidden_size or 4 * cfg.encoder_hidden_size,
+        num_attention_heads=cfg.encoder_num_attention_heads,
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        gated_linear_unit=False,
+        activation_func=torch.nn.functional.gelu,
+        normalization='LayerNorm',
+        layernorm_epsilon=1e-5,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+        pipeline_model_parallel_size=1,
+        sequence_parallel=False,
+        calculate_per_token_loss=True,
+        bf16=cfg.bf16,
+        params_dtype=_dtype(cfg),
+        pipeline_dtype=_dtype(cfg),
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )

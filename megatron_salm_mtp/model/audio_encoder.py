@@ -1,0 +1,56 @@
+"""Whisper-shaped audio encoder on a Megatron-Core ``TransformerBlock``.
+
+Layout, one to one with a Whisper encoder's weights: ``conv1`` (k=3) and ``conv2`` (k=3, stride 2)
+with GELU, fixed sinusoidal ``embed_positions``, pre-norm bidirectional layers, final LayerNorm
+(inside the block). Padded frames are masked as attention keys and zeroed at the output, so an
+utterance encodes the same whatever else shares its batch.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from ..data.frames import encoder_frames
+from .specs import block_spec
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's positional table: sines in the first half of the channels, cosines in the second."""
+    log_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_increment * torch.arange(channels // 2, dtype=torch.float32))
+    scaled_time = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
+
+
+class AudioEncoder(MegatronModule):
+    def __init__(self, config: TransformerConfig, impl: str, num_mel_bins: int, max_positions: int):
+        super().__init__(config=config)
+        width = config.hidden_size
+        self.conv1 = torch.nn.Conv1d(num_mel_bins, width, kernel_size=3, padding=1, dtype=config.params_dtype)
+        self.conv2 = torch.nn.Conv1d(width, width, kernel_size=3, stride=2, padding=1,
+                                     dtype=config.params_dtype)
+        self.register_buffer('embed_positions', sinusoids(max_positions, width).to(config.params_dtype))
+        self.max_positions = max_positions
+        self.transformer = TransformerBlock(
+            config=config, spec=block_spec(impl, config.num_layers, causal=False),
+            pre_process=True, post_process=True)
+
+    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
+        x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # [n, T_enc, width]
+        steps = x.shape[1]
+        if steps > self.max_positions:
+            raise ValueError(f"audio of {steps} encoder frames exceeds encoder_max_source_positions="
+                             f"{self.max_positions}")
+        x = x + self.embed_positions[:steps]
+        lengths = torch.tensor([encoder_frames(int(n)) for n in feature_lengths], device=x.device)
+        valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [n, T_enc]
+        padding_mask = ~valid[:, None, None, :]  # Megatron convention: True = masked out
+        hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(),
+                                  attention_mask=padding_mask)
+        return hidden.transpose(0, 1) * valid[..., None]

@@ -1,0 +1,115 @@
+"""The LLM: Megatron-Core's ``GPTModel`` with the MTP loss computed the way speech batches need.
+
+Only ``_postprocess`` differs from upstream, and only when MTP runs with labels: the MTP block gets
+its inputs from ``embed_mtp_inputs`` (scattered for sequence parallelism: Megatron-LM #6256), each
+depth is supervised by the expanded answer-only mask (never "all ones": #6010) and weighted by the
+global per-token weights of ``mtp.py`` (never divided by a local count that can be zero: #3396),
+and per-depth loss and top-1 agreement are recorded for logging.
+"""
+
+from typing import Optional
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
+
+from .mtp import MTPStats, mtp_target_masks
+
+
+def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_group) -> torch.Tensor:
+    """[b, s] 1.0 where the label has the highest logit, for logits sharded over the vocabulary.
+
+    logits: [s, b, v/tp]; labels: [b, s]. Two small all-reduces instead of gathering the vocabulary.
+    """
+    logits = logits.detach().float()
+    shard = logits.shape[-1]
+    rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
+    local = labels.t() - rank * shard  # [s, b]
+    inside = (local >= 0) & (local < shard)
+    target = torch.gather(logits, -1, local.clamp(0, shard - 1)[..., None])[..., 0] * inside
+    best = logits.max(dim=-1).values
+    if tp_group is not None and tp_group.size() > 1:
+        torch.distributed.all_reduce(target, group=tp_group)
+        torch.distributed.all_reduce(best, op=torch.distributed.ReduceOp.MAX, group=tp_group)
+    return (target >= best).float().t()
+
+
+class SpeechGPTModel(GPTModel):
+    """GPTModel whose MTP loss uses the answer-only mask and global per-token weights."""
+
+    def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.audio_token_id = audio_token_id
+        self.mask_placeholder_paths = mask_placeholder_paths
+        depths = self.config.mtp_num_layers or 0
+        self.mtp_stats = MTPStats(depths) if self.mtp_process else None
+        self.mtp_loss_weights: Optional[torch.Tensor] = None
+
+    def set_mtp_loss_weights(self, weights: torch.Tensor) -> None:
+        """Per-depth weights for the coming global batch (``mtp.mtp_loss_weights``)."""
+        self.mtp_loss_weights = weights
+
+    def embed_mtp_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Embedding of the (rolled) token ids that an MTP depth consumes; placeholders included.
+
+        With sequence parallelism the hidden states entering MTP are sharded along the sequence
+        while the SALM's embedding is built unscattered (audio is spliced first), so scatter here.
+        """
+        embedded = self.embedding(input_ids=input_ids, position_ids=position_ids)
+        if self.config.sequence_parallel and not self.embedding.scatter_to_sequence_parallel:
+            embedded = tensor_parallel.scatter_to_sequence_parallel_region(embedded)
+        return embedded
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, rotary_pos_emb,
+                     rotary_pos_cos, rotary_pos_sin, mtp_in_postprocess=None, loss_mask=None,
+                     **kwargs):
+        if not (self.post_process and self.mtp_process):  # no MTP here: upstream as is
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels,
+                                        rotary_pos_emb, rotary_pos_cos, rotary_pos_sin,
+                                        mtp_in_postprocess=mtp_in_postprocess,
+                                        loss_mask=loss_mask, **kwargs)
+        output_weight = (self.shared_embedding_or_output_weight()
+                         if self.share_embeddings_and_output_weights else None)
+        if labels is not None:
+            hidden_states = self._add_mtp_losses(hidden_states, input_ids, position_ids, labels,
+                                                 loss_mask, output_weight, rotary_pos_emb,
+                                                 rotary_pos_cos, rotary_pos_sin, kwargs)
+        logits, _ = self.output_layer(hidden_states, weight=output_weight,
+                                      runtime_gather_output=kwargs.get('runtime_gather_output'))
+        if labels is None:
+            return logits.transpose(0, 1).contiguous()
+        return self.compute_language_model_loss(labels, logits)
+
+    def _add_mtp_losses(self, hidden_states, input_ids, position_ids, labels, loss_mask,
+                        output_weight, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, kwargs):
+        """Run the MTP block and hook each depth's weighted summed CE into the backward pass."""
+        if loss_mask is None:
+            raise ValueError("MTP training needs the answer-only loss_mask (None would supervise "
+                             "audio and prompt positions)")
+        weights = self.mtp_loss_weights
+        if weights is None:
+            if self.training:
+                raise RuntimeError("set_mtp_loss_weights() was not called for this global batch")
+            weights = torch.zeros(self.config.mtp_num_layers)  # evaluation: losses logged only
+        depths = self.config.mtp_num_layers
+        stacked = self.mtp(
+            input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
+            attention_mask=kwargs.get('attention_mask'), rotary_pos_emb=rotary_pos_emb,
+            rotary_pos_cos=rotary_pos_cos, rotary_pos_sin=rotary_pos_sin,
+            packed_seq_params=kwargs.get('packed_seq_params'), embedding=self.embed_mtp_inputs)
+        chunks = torch.chunk(stacked, 1 + depths, dim=0)
+        hidden_states = chunks[0]
+        masks = mtp_target_masks(loss_mask, input_ids, depths, self.audio_token_id,
+                                 self.mask_placeholder_paths)
+        mtp_labels = labels
+        for depth in range(depths):
+            mtp_labels = torch.roll(mtp_labels, shifts=-1, dims=-1)
+            logits, _ = self.output_layer(chunks[depth + 1], weight=output_weight)
+            token_loss = self.compute_language_model_loss(mtp_labels, logits)
+            loss_sum = (token_loss * masks[depth]).sum()
+            hits = vocab_parallel_top1_hits(logits, mtp_labels, self.pg_collection.tp)
+            self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), (hits * masks[depth]).sum())
+            weight = weights[depth].to(loss_sum.device)
+            hidden_states = MTPLossAutoScaler.apply(hidden_states, weight * loss_sum)
+        return hidden_states

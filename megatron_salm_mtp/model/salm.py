@@ -1,0 +1,104 @@
+"""The SALM: audio encoder + projector + LLM, composed per pipeline stage (LLaVA's pattern).
+
+The first stage embeds the text, encodes and projects the audio and splices the audio tokens into
+the placeholder positions; sequence parallelism scatters only after the splice. Every stage runs its
+share of decoder layers; the last runs the head, the MTP block and the losses.
+"""
+
+from typing import Optional
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.transformer.enums import ModelType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+from ..config import SALMConfig, encoder_transformer_config, llm_transformer_config
+from ..data.frames import audio_tokens
+from .audio_encoder import AudioEncoder
+from .llm import SpeechGPTModel
+from .projector import AudioProjector
+from .specs import block_spec, mtp_block_spec
+
+
+def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor,
+                 audio_lengths: torch.Tensor, audio_token_id: int) -> torch.Tensor:
+    """Replace placeholder embeddings with audio tokens.
+
+    text_embeddings [s, b, h]; tokens [b, s]; audio [n, T, h] with ``audio_lengths[i]`` valid
+    tokens per utterance, utterances in row-major order of their placeholder runs.
+    """
+    placeholders = tokens == audio_token_id
+    valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < audio_lengths[:, None]
+    expected, given = int(placeholders.sum()), int(valid.sum())
+    if expected != given:
+        raise ValueError(f"input_ids carry {expected} audio placeholders but the audio gives {given} "
+                         f"tokens (per utterance: {audio_lengths.tolist()}); the data side must "
+                         "expand each utterance with data.frames.audio_tokens()")
+    spliced = text_embeddings.transpose(0, 1).clone()  # [b, s, h]
+    spliced[placeholders] = audio[valid].to(spliced.dtype)
+    return spliced.transpose(0, 1)
+
+
+class SALM(MegatronModule):
+    def __init__(self, cfg: SALMConfig, impl: str, pre_process: bool = True,
+                 post_process: bool = True, vp_stage: Optional[int] = None):
+        config = llm_transformer_config(cfg)
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.model_type = ModelType.encoder_or_decoder  # schedules read it
+        self.pre_process, self.post_process = pre_process, post_process
+        if pre_process:
+            encoder_config = encoder_transformer_config(cfg)
+            self.audio_encoder = AudioEncoder(encoder_config, impl, cfg.num_mel_bins,
+                                              cfg.encoder_max_source_positions)
+            projector_config = encoder_transformer_config(cfg)
+            projector_config.hidden_size = cfg.hidden_size
+            projector_config.ffn_hidden_size = cfg.hidden_size
+            self.audio_projector = AudioProjector(projector_config, impl, cfg.encoder_hidden_size,
+                                                  cfg.audio_frame_stack)
+            if cfg.freeze_audio_encoder:
+                self.audio_encoder.requires_grad_(False)
+        decoder_spec = block_spec(impl, get_num_layers_to_build(config, vp_stage=vp_stage),
+                                  causal=True, qk_layernorm=cfg.qk_layernorm)
+        self.language_model = SpeechGPTModel(
+            config=config, transformer_layer_spec=decoder_spec, vocab_size=cfg.padded_vocab_size,
+            max_sequence_length=cfg.seq_length, pre_process=pre_process, post_process=post_process,
+            share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
+            position_embedding_type=cfg.position_embedding_type, rotary_base=cfg.rotary_base,
+            scatter_embedding_sequence_parallel=False,  # scatter after the splice, below
+            mtp_block_spec=mtp_block_spec(impl, config, decoder_spec, vp_stage=vp_stage),
+            vp_stage=vp_stage, audio_token_id=cfg.audio_token_id,
+            mask_placeholder_paths=cfg.mtp_mask_placeholder_paths)
+        self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        """Used by finalize_model_grads to all-reduce the embedding over first/MTP/last stages."""
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None):
+        """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h]."""
+        embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
+        if audio_features is not None and audio_features.numel():
+            frames = self.audio_encoder(audio_features, audio_feature_lengths)
+            audio = self.audio_projector(frames)
+            lengths = torch.tensor([audio_tokens(int(n), self.cfg.audio_frame_stack)
+                                    for n in audio_feature_lengths], device=audio.device)
+            embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
+        elif bool((tokens == self.cfg.audio_token_id).any()):
+            raise ValueError("input_ids carry audio placeholders but no audio_features were given")
+        if self.config.sequence_parallel:
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+        return embeddings
+
+    def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
+                audio_feature_lengths=None):
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
+                                              audio_feature_lengths)
+        return self.language_model(tokens, position_ids, attention_mask=None,
+                                   decoder_input=decoder_input, labels=labels, loss_mask=loss_mask)

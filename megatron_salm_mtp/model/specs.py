@@ -1,0 +1,196 @@
+"""Layer specs: which implementation (Transformer Engine or portable local modules) builds a layer.
+
+One function builds the transformer-layer spec for the LLM (causal) and the audio encoder
+(bidirectional, padding mask) from a Megatron-Core ``BackendSpecProvider``, so architecture and
+implementation stay apart as in ``gpt_layer_specs.py``. The local backend swaps two modules of
+Megatron-Core's ``LocalSpecProvider``: attention through ``scaled_dot_product_attention`` (no CUDA
+RNG tracker or CUDA buffers, and fast on GPU) and a norm that supports sequence parallelism.
+"""
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.backends import LocalSpecProvider
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+logger = logging.getLogger(__name__)
+
+TRANSFORMER_ENGINE = 'transformer_engine'
+LOCAL = 'local'
+
+
+class PortableNorm(torch.nn.Module):
+    """LayerNorm or RMSNorm (``config.normalization``) that works under sequence parallelism.
+
+    Megatron-Core's torch norm wrapper refuses sequence parallelism only because it cannot tag
+    its weights; tagging them ``sequence_parallel`` lets ``finalize_model_grads`` all-reduce the
+    partial gradients over the tensor-parallel group.
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
+        super().__init__()
+        self.rms = config.normalization == 'RMSNorm'
+        if not self.rms and config.normalization != 'LayerNorm':
+            raise ValueError(f"normalization={config.normalization!r}: use LayerNorm or RMSNorm")
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.bias = None
+        if not self.rms:
+            self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+        for param in self.parameters():
+            param.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[-1],)
+        if self.rms:
+            return F.rms_norm(x, shape, self.weight, self.eps)
+        return F.layer_norm(x, shape, self.weight, self.bias, self.eps)
+
+
+class SDPAttention(MegatronModule):
+    """Core attention on ``torch.nn.functional.scaled_dot_product_attention`` (GQA aware).
+
+    Takes Megatron's layout (``[s, b, heads, dim]`` in, ``[s, b, heads * dim]`` out) and its mask
+    convention (``True`` = masked out, shape ``[b, 1, 1|sq, sk]``).
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size > 1:
+            raise ValueError("context parallelism needs --transformer-impl transformer_engine")
+        self.attn_mask_type = attn_mask_type
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.softmax_scale = softmax_scale
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("packed sequences and attention bias need the TE spec")
+        mask_type = attn_mask_type or self.attn_mask_type
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, dim]
+        causal = mask_type == AttnMaskType.causal
+        allowed = None if causal or attention_mask is None else ~attention_mask
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        seq, batch = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+
+
+class PortableSpecProvider(LocalSpecProvider):
+    """Megatron-Core's local modules with SDPA attention and a sequence-parallel-capable norm."""
+
+    def layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
+        return PortableNorm
+
+    def core_attention(self) -> type:
+        return SDPAttention
+
+
+def te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider  # noqa
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_transformer_impl(requested: Optional[str]) -> str:
+    """``transformer_engine`` when TE imports and CUDA is present, else ``local``; logged."""
+    usable = te_available() and torch.cuda.is_available()
+    if requested == TRANSFORMER_ENGINE and not usable:
+        raise ValueError("--transformer-impl transformer_engine needs Transformer Engine and CUDA")
+    impl = requested or (TRANSFORMER_ENGINE if usable else LOCAL)
+    if impl not in (TRANSFORMER_ENGINE, LOCAL):
+        raise ValueError(f"--transformer-impl {impl!r}: choose transformer_engine or local")
+    logger.info("transformer implementation: %s (Transformer Engine importable: %s, CUDA: %s)",
+                impl, te_available(), torch.cuda.is_available())
+    return impl
+
+
+def backend_for(impl: str):
+    if impl == TRANSFORMER_ENGINE:
+        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
+        return TESpecProvider()
+    return PortableSpecProvider()
+
+
+def transformer_layer_spec(impl: str, causal: bool = True, qk_layernorm: bool = False) -> ModuleSpec:
+    """A pre-norm transformer layer: causal for the LLM, bidirectional (padding mask) for audio."""
+    backend = backend_for(impl)
+    fused = backend.fuse_layernorm_and_linear()
+    norm = backend.layer_norm()
+    linear_in = backend.column_parallel_layer_norm_linear() if fused else backend.column_parallel_linear()
+    qk_norm = backend.layer_norm(for_qk=True) if qk_layernorm else IdentityOp
+    mask_type = AttnMaskType.causal if causal else AttnMaskType.padding
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=IdentityOp if fused else norm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": mask_type},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=linear_in,
+                    core_attention=backend.core_attention(),
+                    linear_proj=backend.row_parallel_linear(),
+                    q_layernorm=qk_norm,
+                    k_layernorm=qk_norm,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=IdentityOp if fused else norm,
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(linear_fc1=linear_in, linear_fc2=backend.row_parallel_linear()),
+            ),
+            mlp_bda=get_bias_dropout_add,
+            # Same checkpoint keys as TE's fused norm+linear, so checkpoints move between specs.
+            sharded_state_dict_keys_map={} if fused else {
+                "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+            },
+        ),
+    )
+
+
+def block_spec(impl: str, num_layers: int, causal: bool = True,
+               qk_layernorm: bool = False) -> TransformerBlockSubmodules:
+    """``num_layers`` identical layers plus the backend's final norm (not Megatron's default,
+    which is the torch wrapper that refuses sequence parallelism)."""
+    layer = transformer_layer_spec(impl, causal=causal, qk_layernorm=qk_layernorm)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers,
+                                      layer_norm=backend_for(impl).layer_norm())
+
+
+def mtp_block_spec(impl: str, config: TransformerConfig, decoder_spec, vp_stage=None):
+    """Megatron-Core's MTP block spec over the same backend; None where no MTP layer lives."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec_for_backend
+    if not config.mtp_num_layers:
+        return None
+    return get_gpt_mtp_block_spec_for_backend(config, decoder_spec, backend_for(impl),
+                                              vp_stage=vp_stage)

@@ -1,0 +1,77 @@
+"""Process groups, seeds and the per-stage model: everything that knows about ranks.
+
+The model files never look at ranks; this module decides which pieces a rank builds (encoder and
+projector on the first PP stage, MTP on the last), wraps them in Megatron-Core DDP and seeds RNGs
+so that replicated parameters start identical on every TP rank.
+"""
+
+import logging
+import os
+import random
+from datetime import timedelta
+
+import numpy as np
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from ..compat.cpu import enable_if_no_cuda
+from ..config import SALMConfig
+from ..model.salm import SALM
+from ..model.specs import resolve_transformer_impl
+
+logger = logging.getLogger(__name__)
+
+
+def init_distributed(timeout_minutes: int = 10) -> None:
+    """Default process group from torchrun's or SLURM's variables: NCCL on GPU, gloo on CPU."""
+    on_cpu = enable_if_no_cuda()
+    if torch.distributed.is_initialized():
+        return
+    env = os.environ
+    if 'RANK' not in env and 'SLURM_PROCID' in env:  # one task per GPU launched by srun
+        env['RANK'], env['WORLD_SIZE'] = env['SLURM_PROCID'], env['SLURM_NTASKS']
+        env['LOCAL_RANK'] = env.get('SLURM_LOCALID', '0')
+    env.setdefault('RANK', '0')
+    env.setdefault('WORLD_SIZE', '1')
+    env.setdefault('MASTER_ADDR', '127.0.0.1')
+    env.setdefault('MASTER_PORT', '29500')
+    if not on_cpu:
+        torch.cuda.set_device(int(env.get('LOCAL_RANK', '0')))
+    torch.distributed.init_process_group(backend='gloo' if on_cpu else 'nccl',
+                                         timeout=timedelta(minutes=timeout_minutes))
+
+
+def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
+    """Megatron-Core's TP/PP/DP groups (DP is what remains of the world) and RNG seeds."""
+    cfg.validate(torch.distributed.get_world_size())
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tensor_model_parallel_size,
+        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size)
+    set_seed(seed)
+
+
+def set_seed(seed: int) -> None:
+    """Same host RNG on every TP/DP rank of a stage (replicated weights match), a different one
+    per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream."""
+    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def build_model(cfg: SALMConfig, ddp_config: DistributedDataParallelConfig = None,
+                wrap_ddp: bool = True):
+    """This rank's SALM chunk, wrapped in Megatron-Core DDP; a one-element list (schedules' form)."""
+    impl = resolve_transformer_impl(cfg.transformer_impl)
+    model = SALM(cfg, impl,
+                 pre_process=parallel_state.is_pipeline_first_stage(),
+                 post_process=parallel_state.is_pipeline_last_stage())
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    if not wrap_ddp:
+        return [model]
+    ddp_config = ddp_config or DistributedDataParallelConfig(grad_reduce_in_fp32=True)
+    return [DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)]

@@ -1,0 +1,77 @@
+"""One global batch through Megatron-Core's schedules: forward, backward, gradient finalisation.
+
+Before the schedule runs, the supervised-token counts of the whole global batch (all microbatches,
+all DP ranks) fix the MTP weights, so the gradient does not depend on how the batch is split.
+"""
+
+from functools import partial
+from typing import Dict, List
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_attr_wrapped_model
+
+from ..config import SALMConfig
+from ..model.loss import masked_token_loss
+from ..model.mtp import mtp_loss_weights, supervised_counts
+
+BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
+              'audio_feature_lengths')
+
+
+def _device() -> torch.device:
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def _to_device(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {key: batch[key].to(_device(), non_blocking=True) if batch.get(key) is not None else None
+            for key in BATCH_KEYS}
+
+
+def _language_models(model_chunks):
+    return [get_attr_wrapped_model(chunk, 'language_model') for chunk in model_chunks]
+
+
+def set_global_mtp_weights(model_chunks, microbatches: List[dict], cfg: SALMConfig) -> torch.Tensor:
+    """All-reduce this global batch's supervised counts over DP and hand the weights to MTP."""
+    depths = cfg.mtp_depths
+    counts = supervised_counts(microbatches, depths, cfg.audio_token_id,
+                               cfg.mtp_mask_placeholder_paths).to(_device())
+    torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+    weights = mtp_loss_weights(counts, cfg.mtp_loss_scaling_factor)
+    for language_model in _language_models(model_chunks):
+        if language_model.mtp_process:
+            language_model.set_mtp_loss_weights(weights)
+    return counts
+
+
+def _forward_step(data_iterator, model):
+    batch = _to_device(next(data_iterator))
+    output = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
+                   loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
+                   audio_feature_lengths=batch['audio_feature_lengths'])
+    return output, partial(masked_token_loss, batch['loss_mask'])
+
+
+def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
+                     forward_only: bool = False) -> float:
+    """Run the schedule over ``microbatches``; returns the global per-token lm loss (last stage)
+    or nan elsewhere. Gradients are finalised (DP reduce, embedding sync, 1/N_main) unless
+    ``forward_only``."""
+    if cfg.mtp_depths:
+        set_global_mtp_weights(model_chunks, microbatches, cfg)
+    config = get_attr_wrapped_model(model_chunks[0], 'config')
+    config.finalize_model_grads_func = None if forward_only else finalize_model_grads
+    if hasattr(model_chunks[0], 'no_sync'):
+        config.no_sync_func = model_chunks[0].no_sync
+    reports = get_forward_backward_func()(
+        forward_step_func=_forward_step, data_iterator=iter(microbatches), model=model_chunks,
+        num_microbatches=len(microbatches), seq_length=cfg.seq_length,
+        micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
+    if not parallel_state.is_pipeline_last_stage():
+        return float('nan')
+    total = torch.stack([r['lm loss'] for r in reports]).sum(dim=0)
+    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    return (total[0] / total[1].clamp(min=1)).item()
