@@ -1,0 +1,187 @@
+"""Map-style dataset: manifest examples -> token ids, supervision marks and log-mel features.
+
+Bad samples, and why they are handled in two places:
+
+1. A *prescan* at construction runs the cheap checks on every example: file exists, header parses
+   and is not truncated, audio non-empty and within ``max_duration``, transcript non-empty, prompt +
+   audio placeholders + answer within ``seq_length + 1`` ids (exact, since the header gives the
+   sample count and thus the placeholder count). Failing examples never enter the index space, so
+   the sampler's epoch length and batch sizes are unaffected.
+2. What only decoding reveals (a file corrupted after its header, removed since the prescan; or
+   everything, with ``prescan=False``) is caught in ``__getitem__``: the sample is replaced by the
+   next good index (``i + 1``, ``i + 2``, ... deterministically, so a resumed run still sees the same
+   batches), and the skip travels with the returned sample so the main process can count it even
+   when a DataLoader worker found it.
+
+Every skip logs a warning naming the file and the reason; ``skip_counts()`` gives counts per reason.
+With ``strict_data=True`` the first bad sample raises :class:`BadSampleError` with that message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from .audio import AudioError, audio_info, load_audio, load_num_samples
+from .features import log_mel
+from .frames import SAMPLE_RATE, audio_tokens, mel_frames
+from .manifest import Example
+from .prompts import PromptBuilder
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("megatron_salm_mtp.data")
+
+MISSING_FILE = "missing_file"
+UNREADABLE_AUDIO = "unreadable_audio"
+EMPTY_AUDIO = "empty_audio"
+EMPTY_TRANSCRIPT = "empty_transcript"
+AUDIO_TOO_LONG = "audio_too_long"
+SEQUENCE_TOO_LONG = "sequence_too_long"
+SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG)
+
+
+class BadSampleError(Exception):
+    """Raised under ``strict_data``; also used internally to carry a skip reason."""
+
+    def __init__(self, where: str, reason: str, detail: str):
+        super().__init__(f"bad sample {where}: {reason}: {detail}")
+        self.where, self.reason, self.detail = where, reason, detail
+
+
+@dataclass(frozen=True)
+class Skip:
+    where: str  # "audio path (manifest:line)"
+    reason: str
+    detail: str
+
+
+def _where(example: Example, audio_path: str | None = None) -> str:
+    path = audio_path or (example.audios[0].value if example.audios else "")
+    return f"{path} ({example.where})"
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Examples -> samples ``{"ids", "supervised", "features", "skipped"}`` (see :mod:`.batching`).
+
+    ``ids`` is the whole sequence (length <= ``seq_length + 1``: the collate shifts it into tokens
+    and labels); ``features`` holds one ``[n_mels, T]`` log-mel per audio in order of appearance.
+    """
+
+    def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = "plain",
+                 stack: int = 4, n_mels: int = 80, max_duration: float | None = None, strict_data: bool = False,
+                 system_prompt: str | None = None, prescan: bool = True):
+        self.examples = list(examples)
+        self.tokenizer = tokenizer
+        self.seq_length, self.stack, self.n_mels = seq_length, stack, n_mels
+        self.max_duration, self.strict_data = max_duration, strict_data
+        self.prompts = PromptBuilder(tokenizer, template, system_prompt)
+        self._prescan_skips: Counter = Counter()
+        self._runtime_skips: Counter = Counter()
+        if prescan:
+            self.valid, self.lengths = [], []
+            for j, ex in enumerate(self.examples):
+                try:
+                    self.lengths.append(self._check(ex))
+                    self.valid.append(j)
+                except BadSampleError as e:
+                    self._report(Skip(e.where, e.reason, e.detail), self._prescan_skips)
+        else:
+            self.valid = list(range(len(self.examples)))
+            self.lengths = [self._estimate_length(ex) for ex in self.examples]
+        if not self.valid:
+            raise ValueError(f"no usable sample among {len(self.examples)} examples (skips: {dict(self._prescan_skips)})")
+
+    # --- checks -------------------------------------------------------------------------------
+    def _report(self, skip: Skip, counter: Counter) -> None:
+        if self.strict_data:
+            raise BadSampleError(skip.where, skip.reason, skip.detail)
+        counter[skip.reason] += 1
+        log.warning("skipping %s: %s (%s)", skip.where, skip.reason, skip.detail)
+
+    def _check_text(self, ex: Example) -> None:
+        if not ex.answer_text.strip():
+            raise BadSampleError(_where(ex), EMPTY_TRANSCRIPT, "no answer text")
+
+    def _check_num_samples(self, ex: Example, path: str, n: int) -> int:
+        seconds = n / SAMPLE_RATE
+        if mel_frames(n) == 0:
+            raise BadSampleError(_where(ex, path), EMPTY_AUDIO, f"{n} samples after slicing")
+        if self.max_duration is not None and seconds > self.max_duration:
+            raise BadSampleError(_where(ex, path), AUDIO_TOO_LONG, f"{seconds:.2f} s > max_duration {self.max_duration} s")
+        return audio_tokens(mel_frames(n), self.stack)
+
+    def _check_length(self, ex: Example, n_ids: int) -> None:
+        if n_ids > self.seq_length + 1:
+            raise BadSampleError(_where(ex), SEQUENCE_TOO_LONG,
+                                 f"{n_ids - 1} tokens (prompt + audio + answer) > seq_length {self.seq_length}")
+
+    def _check(self, ex: Example) -> int:
+        """Header-only validation; returns the sequence length (ids) for bucketing."""
+        self._check_text(ex)
+        counts = []
+        for seg in ex.audios:
+            try:
+                info = audio_info(seg.value)
+            except AudioError as e:
+                reason = MISSING_FILE if "file not found" in str(e) else UNREADABLE_AUDIO
+                raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
+            counts.append(self._check_num_samples(ex, seg.value, load_num_samples(info, seg.offset, seg.duration)))
+        n_ids = len(self.prompts.encode(ex, counts).ids)
+        self._check_length(ex, n_ids)
+        return n_ids
+
+    def _estimate_length(self, ex: Example) -> int:
+        """Bucketing key without touching files: manifest durations (0 where absent)."""
+        counts = [audio_tokens(mel_frames(int((s.duration or 0.0) * SAMPLE_RATE)), self.stack) for s in ex.audios]
+        return len(self.prompts.encode(ex, counts).ids)
+
+    # --- loading ------------------------------------------------------------------------------
+    def _load(self, ex: Example) -> dict:
+        self._check_text(ex)
+        feats, counts = [], []
+        for seg in ex.audios:
+            try:
+                wav = load_audio(seg.value, seg.offset, seg.duration)
+            except AudioError as e:
+                reason = MISSING_FILE if "file not found" in str(e) else UNREADABLE_AUDIO
+                raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
+            counts.append(self._check_num_samples(ex, seg.value, len(wav)))
+            feats.append(log_mel(wav, self.n_mels))
+        enc = self.prompts.encode(ex, counts)
+        self._check_length(ex, len(enc.ids))
+        return {"ids": torch.tensor(enc.ids, dtype=torch.long),
+                "supervised": torch.tensor(enc.supervised, dtype=torch.bool),
+                "features": feats}
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def __getitem__(self, i: int) -> dict:
+        skipped = []
+        for k in range(len(self.valid)):
+            ex = self.examples[self.valid[(i + k) % len(self.valid)]]
+            try:
+                sample = self._load(ex)
+            except BadSampleError as e:
+                skip = Skip(e.where, e.reason, e.detail)
+                self._report(skip, self._runtime_skips)
+                skipped.append(skip)
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise RuntimeError(f"every one of the {len(self.valid)} samples failed to load")
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skips per reason seen by this process: the prescan's plus those met in ``__getitem__``.
+
+        With DataLoader workers, runtime skips happen in the workers; :class:`~.loader.SpeechDataLoader`
+        collects them from the batches and reports per-epoch totals.
+        """
+        total = self._prescan_skips + self._runtime_skips
+        return {r: total[r] for r in SKIP_REASONS if total[r]}
+
+    def prescan_skip_counts(self) -> dict[str, int]:
+        return {r: self._prescan_skips[r] for r in SKIP_REASONS if self._prescan_skips[r]}

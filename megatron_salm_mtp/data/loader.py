@@ -1,0 +1,125 @@
+"""From config to an iterator of microbatches: :class:`DataConfig`, :func:`build_dataloader`.
+
+Why a wrapper around ``torch.utils.data.DataLoader``:
+
+- the checkpointable position must be what training *received*, not what the prefetching sampler
+  has already handed to workers; the wrapper counts delivered microbatches;
+- skips met inside worker processes come back beside each batch (``CollatorWithSkips``) and are
+  counted here, so per-epoch totals cover all workers; the batch itself stays the exact contract dict.
+
+One ``iter()`` runs the rest of the current epoch; at its end a warning (or info line) reports that
+epoch's skips, also kept in ``epoch_skip_counts``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from .batching import CollatorWithSkips
+from .dataset import SKIP_REASONS, SpeechDataset
+from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
+from .prompts import required_special_tokens
+from .sampler import DistributedMicroBatchSampler
+from .tokenizer import AUDIO_TOKEN, Tokenizer, build_tokenizer
+
+log = logging.getLogger("megatron_salm_mtp.data")
+
+
+@dataclass
+class DataConfig:
+    """Data settings, Megatron-style names (``--seq-length`` -> ``seq_length``)."""
+
+    seq_length: int = 256  # tokens per sample after the shift; every microbatch is padded to it
+    micro_batch_size: int = 4
+    global_batch_size: int = 16  # across DP ranks and microbatches
+    num_workers: int = 0  # DataLoader worker processes per rank
+    seed: int = 1234  # shuffling; the same on every rank
+    tokenizer_type: str = "byte"  # byte | huggingface | sentencepiece
+    tokenizer_model: str | None = None  # tokenizer.json (or its folder) / SentencePiece .model
+    audio_token: str = AUDIO_TOKEN  # placeholder token string (added as a virtual id if absent)
+    prompt_template: str = "plain"  # plain | llama3 | qwen
+    system_prompt: str | None = None
+    default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]  # for ASR lines without a prompt field
+    n_mels: int = 80  # 80 (Whisper <= v2) or 128 (Whisper large-v3)
+    stack: int = 4  # projector frame stacking; sets placeholders per audio
+    max_duration: float | None = 30.0  # seconds per audio; longer ones are skipped
+    strict_data: bool = False  # stop at the first bad sample instead of skipping it
+    prescan: bool = True  # vet every example's header at start (cheap checks)
+    pad_to_seq_length: bool = True  # fixed shapes (needed with pipeline parallelism)
+    bucket_window: int = 0  # length bucketing over this many global batches (0: off)
+
+    def make_tokenizer(self) -> Tokenizer:
+        return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.audio_token,
+                               required_special_tokens(self.prompt_template))
+
+
+def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None) -> SpeechDataset:
+    tokenizer = tokenizer or cfg.make_tokenizer()
+    return SpeechDataset(read_manifests(manifests, cfg.default_prompt), tokenizer, cfg.seq_length,
+                         cfg.prompt_template, cfg.stack, cfg.n_mels, cfg.max_duration, cfg.strict_data,
+                         cfg.system_prompt, cfg.prescan)
+
+
+class SpeechDataLoader:
+    """Iterates this rank's microbatches (contract dicts, see :mod:`.batching`) one epoch per ``iter()``."""
+
+    def __init__(self, dataset: SpeechDataset, sampler: DistributedMicroBatchSampler, pad_id: int, n_mels: int,
+                 num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False):
+        self.dataset, self.sampler = dataset, sampler
+        collate = CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length)
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+            pin_memory=pin_memory, persistent_workers=num_workers > 0)
+        self.consumed_samples = sampler.consumed_samples
+        self._step_samples = sampler.micro_batch_size * sampler.dp_size
+        self._epoch_runtime: Counter = Counter()
+        self.epoch_skip_counts: dict[int, dict[str, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def epoch(self) -> int:
+        return self.consumed_samples // self.sampler.samples_per_epoch
+
+    def __iter__(self):
+        self.sampler.consumed_samples = self.consumed_samples  # undo any prefetch of an abandoned iterator
+        epoch = self.epoch
+        if self.consumed_samples % self.sampler.samples_per_epoch == 0:
+            self._epoch_runtime = Counter()
+        for batch, skipped in self._loader:
+            self._epoch_runtime.update(s.reason for s in skipped)
+            self.consumed_samples += self._step_samples
+            yield batch
+        self.epoch_skip_counts[epoch] = counts = self.skip_counts()
+        if counts:
+            log.warning("epoch %d: skipped samples by reason: %s", epoch, counts)
+        else:
+            log.info("epoch %d: no sample skipped", epoch)
+        self._epoch_runtime = Counter()
+
+    def skip_counts(self) -> dict[str, int]:
+        """This epoch so far: the prescan's exclusions plus decode-time substitutions (all workers)."""
+        total = Counter(self.dataset.prescan_skip_counts()) + self._epoch_runtime
+        return {r: total[r] for r in SKIP_REASONS if total[r]}
+
+    def state_dict(self) -> dict:
+        return {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self.consumed_samples = self.sampler.consumed_samples
+
+
+def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int = 1, consumed_samples: int = 0,
+                     tokenizer: Tokenizer | None = None, shuffle: bool = True) -> SpeechDataLoader:
+    """Dataset + sampler + loader for one DP rank, resuming at ``consumed_samples``."""
+    tokenizer = tokenizer or cfg.make_tokenizer()
+    ds = build_dataset(cfg, manifests, tokenizer)
+    sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
+                                           cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
+    return SpeechDataLoader(ds, sampler, tokenizer.pad_id, cfg.n_mels, cfg.num_workers, cfg.pad_to_seq_length)
