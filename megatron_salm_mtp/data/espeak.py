@@ -1,0 +1,118 @@
+"""espeak-ng speech synthesis through the Debian binary or the PyPI ``espeakng-loader`` library.
+
+Why two backends: CI and clusters with apt get ``espeak-ng`` (a subprocess per utterance, safe to
+run in parallel threads); where apt is unavailable, ``espeakng-loader`` bundles ``libespeak-ng`` and
+its data, driven here through ctypes in synchronous mode (one utterance at a time: the library keeps
+global state). Both return mono float32 at espeak's native rate (22,050 Hz); resampling to 16 kHz
+is the caller's job. Different espeak-ng versions may produce slightly different waveforms, so a
+corpus is reproducible for a given backend and version (``Synthesizer.version``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from .audio import read_audio
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_ENDPAUSE = 0x1000
+_PARAM_RATE, _PARAM_PITCH = 1, 3
+
+
+class EspeakUnavailable(RuntimeError):
+    pass
+
+
+class _CliBackend:
+    name = "espeak-ng binary"
+    thread_safe = True
+
+    def __init__(self, binary: str):
+        self.binary = binary
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        self.version = out.split("Data at")[0].strip()
+
+    def synth(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "u.wav")
+            subprocess.run([self.binary, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", path, text],
+                           check=True, capture_output=True)
+            data, sr = read_audio(path)
+        return data[:, 0], sr
+
+
+class _LibBackend:
+    name = "espeakng-loader library"
+    thread_safe = False
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError as e:
+            raise EspeakUnavailable("neither the espeak-ng binary nor the espeakng-loader package is installed") from e
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        data_parent = os.path.dirname(espeakng_loader.get_data_path())  # the folder holding espeak-ng-data
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
+        if self.rate <= 0:
+            raise EspeakUnavailable(f"espeak_Initialize failed ({self.rate})")
+        self._chunks: list[np.ndarray] = []
+        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+        def collect(wav, n, _events):
+            if n > 0 and wav:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+            return 0
+
+        self._callback = proto(collect)  # keep a reference: the library calls it later
+        lib.espeak_SetSynthCallback(self._callback)
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.version = "espeak-ng " + lib.espeak_Info(None).decode()
+        self._lib = lib
+
+    def synth(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+        lib = self._lib
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice!r}")
+        lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
+        lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+        self._chunks = []
+        raw = text.encode("utf-8") + b"\0"
+        err = lib.espeak_Synth(raw, len(raw), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
+        lib.espeak_Synchronize()
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
+        pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return pcm.astype(np.float32) / 32768.0, self.rate
+
+
+def find_backend(prefer: str = "auto"):
+    """``auto``: the binary when on PATH, else the library; ``cli`` / ``lib`` force one."""
+    if prefer not in ("auto", "cli", "lib"):
+        raise ValueError(f"backend must be auto, cli or lib, got {prefer!r}")
+    binary = shutil.which("espeak-ng")
+    if prefer == "cli" or (prefer == "auto" and binary):
+        if not binary:
+            raise EspeakUnavailable("espeak-ng binary not found on PATH (apt-get install espeak-ng)")
+        return _CliBackend(binary)
+    return _LibBackend()
+
+
+def espeak_available() -> bool:
+    try:
+        find_backend()
+    except (EspeakUnavailable, OSError):
+        return False
+    return True
