@@ -75,7 +75,9 @@ def enable_if_no_cuda() -> bool:
     if torch.cuda.is_available():
         return False
     if _active_mode is None:
-        torch.cuda.current_device = lambda: 0  # ordinals are rewritten to CPU by the mode
+        # A CPU device, not an ordinal: backward functions (e.g. sequence-parallel reduce-scatter
+        # in tensor_parallel/layers.py) allocate with it where torch function modes are inactive.
+        torch.cuda.current_device = lambda: torch.device('cpu')
         torch.cuda.device_count = lambda: 0
         torch.cuda.synchronize = _no_op  # timers and checkpoint barriers
         torch.cuda.empty_cache = _no_op

@@ -32,6 +32,10 @@ class AudioError(Exception):
     """An audio file that cannot be read (missing, truncated, unsupported encoding)."""
 
 
+class _UnsupportedWav(AudioError):
+    """A well-formed WAV in an encoding the parser does not decode (ADPCM, A-law...)."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     sample_rate: int
@@ -58,7 +62,7 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
     if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
         raise AudioError(f"{name}: not a RIFF/WAVE file")
     if head[:4] == b"RIFX":
-        raise AudioError(f"{name}: big-endian RIFX WAV is not supported")
+        raise _UnsupportedWav(f"{name}: big-endian RIFX WAV is not supported")
     fmt = None
     while True:
         chunk = f.read(8)
@@ -86,7 +90,7 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
             if (tag, bits) not in ((_WAVE_FORMAT_PCM, 8), (_WAVE_FORMAT_PCM, 16), (_WAVE_FORMAT_PCM, 24),
                                    (_WAVE_FORMAT_PCM, 32), (_WAVE_FORMAT_IEEE_FLOAT, 32),
                                    (_WAVE_FORMAT_IEEE_FLOAT, 64)):
-                raise AudioError(f"{name}: unsupported WAV encoding (format tag {tag:#x}, {bits} bits)")
+                raise _UnsupportedWav(f"{name}: unsupported WAV encoding (format tag {tag:#x}, {bits} bits)")
             offset = f.tell()
             available = file_size - offset
             if size in _STREAMING_SIZES:
@@ -135,8 +139,12 @@ def audio_info(path: str) -> AudioInfo:
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
     if _is_wav(path):
-        with open(path, "rb") as f:
-            return _parse_wav_header(f, os.path.getsize(path), path).info
+        try:
+            with open(path, "rb") as f:
+                return _parse_wav_header(f, os.path.getsize(path), path).info
+        except _UnsupportedWav:
+            if _soundfile() is None:
+                raise
     sf = _soundfile()
     if sf is None:
         raise AudioError(f"{path}: not a WAV file, and reading other formats needs the 'soundfile' package")
@@ -165,7 +173,7 @@ def read_audio(path: str, offset: float | None = None, duration: float | None = 
                 start, stop = slice_frames(lay.info.num_frames, lay.info.sample_rate, offset, duration)
                 f.seek(lay.data_offset + start * lay.block_align)
                 raw = f.read((stop - start) * lay.block_align)
-        except AudioError:
+        except _UnsupportedWav:
             sf = _soundfile()  # e.g. ADPCM or A-law: let libsndfile try before giving up
             if sf is None:
                 raise

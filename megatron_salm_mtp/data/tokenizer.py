@@ -117,6 +117,7 @@ class HFTokenizer(Tokenizer):
         if not os.path.isfile(file):
             raise FileNotFoundError(f"tokenizer file not found: {file}")
         self._tok = _HF.from_file(file)
+        self._tok.encode_special_tokens = True  # text such as "<|im_end|>" in a transcript stays text
         vocab = self._tok.get_vocab(with_added_tokens=True)
         base = max(vocab.values()) + 1
         cfg = {}

@@ -2,8 +2,8 @@
 
 Layout, one to one with a Whisper encoder's weights: ``conv1`` (k=3) and ``conv2`` (k=3, stride 2)
 with GELU, fixed sinusoidal ``embed_positions``, pre-norm bidirectional layers, final LayerNorm
-(inside the block). Padded frames are masked as attention keys and zeroed at the output, so an
-utterance encodes the same whatever else shares its batch.
+(inside the block). Padded frames are zeroed after the stem, masked as attention keys and zeroed at
+the output, so an utterance encodes the same whatever else shares its batch.
 """
 
 import math
@@ -41,7 +41,11 @@ class AudioEncoder(MegatronModule):
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
+        mel_valid = torch.arange(features.shape[-1], device=features.device)[None, :] < feature_lengths[:, None].to(features.device)
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
+        # Zero the stem past each utterance, as the stride-2 conv's own padding would be: the last
+        # frame must not depend on how much padding the batch's longest utterance brought.
+        x = x * mel_valid[:, None, :]
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [n, T_enc, width]
         steps = x.shape[1]
         if steps > self.max_positions:

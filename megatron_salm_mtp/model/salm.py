@@ -71,6 +71,11 @@ class SALM(MegatronModule):
             vp_stage=vp_stage, audio_token_id=cfg.audio_token_id,
             mask_placeholder_paths=cfg.mtp_mask_placeholder_paths)
         self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
+        lm = self.language_model
+        if lm.share_embeddings_and_output_weights and lm.mtp_process and not pre_process:
+            # The MTP stage's embedding copy already serves as the tied head: GPTModel would
+            # otherwise allocate a second, never-used vocab x hidden output weight here.
+            lm.output_layer.register_parameter('weight', None)
 
     def shared_embedding_or_output_weight(self):
         """Used by finalize_model_grads to all-reduce the embedding over first/MTP/last stages."""

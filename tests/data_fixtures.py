@@ -1,0 +1,64 @@
+"""Shared helpers and fixtures for the data tests (``tests/test_data_*.py`` import from here).
+
+Audio made here is deterministic noise-and-tone WAV written with the package's own writer, so the
+tests need no espeak; the espeak-backed corpus fixture skips cleanly where espeak is unavailable.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_salm_mtp.data.audio import write_wav  # noqa: E402
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 440.0, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A tone plus a little noise: non-silent, so log-mel values are not all clamped."""
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(seed)
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(n)
+    if channels > 1:
+        x = np.stack([x * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
+    return x.astype(np.float32)
+
+
+def write_manifest(path, rows) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def make_corpus(folder, n: int = 12, seconds=(1.0, 2.5), rate: int = 16000, text: str = "utterance {i}") -> str:
+    """``n`` WAVs with lengths spread over ``seconds`` and a manifest ``train.jsonl`` (relative paths)."""
+    os.makedirs(os.path.join(folder, "wav"), exist_ok=True)
+    rows = []
+    for i in range(n):
+        sec = seconds[0] + (seconds[1] - seconds[0]) * i / max(1, n - 1)
+        write_wav(os.path.join(folder, "wav", f"{i:03d}.wav"), tone(sec, rate, 200 + 20 * i, seed=i), rate)
+        rows.append({"audio_filepath": f"wav/{i:03d}.wav", "duration": sec, "text": text.format(i=i)})
+    return write_manifest(os.path.join(folder, "train.jsonl"), rows)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """Manifest path of 12 good utterances, 1-2.5 s, 16 kHz."""
+    return make_corpus(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def espeak_corpus(tmp_path_factory):
+    """A 40-utterance synthetic corpus (skips when no espeak-ng backend is available)."""
+    from megatron_salm_mtp.data.espeak import espeak_available
+    from megatron_salm_mtp.data.synth import build_corpus
+
+    if not espeak_available():
+        pytest.skip("espeak-ng unavailable (apt-get install espeak-ng, or pip install espeakng-loader)")
+    out = tmp_path_factory.mktemp("synth")
+    build_corpus(str(out), 40, seed=3)
+    return str(out)

@@ -1,0 +1,151 @@
+"""Runs the real Megatron-Core SALM in one parallel layout (one process per rank, gloo) for tests.
+
+    python tests/harness.py init  --config C.json --out W.pt             (world size 1)
+    torchrun --nproc-per-node N tests/harness.py grads --config C.json --weights W.pt
+             --batch B.pt --microbatches M --out DIR
+
+``init`` writes full weights under TP=1/PP=1 names, perturbed so norms and biases are not trivial.
+``grads`` loads each rank's shard of those weights, runs one global batch (DP ranks take
+contiguous slices, each split into M microbatches) through the schedules and finalize_model_grads,
+and writes each rank's gradient shards with what is needed to reassemble them.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.core import parallel_state  # noqa: E402
+
+from megatron_salm_mtp.config import SALMConfig  # noqa: E402
+from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel  # noqa: E402
+from megatron_salm_mtp.training.step import forward_backward  # noqa: E402
+
+GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
+
+
+def global_name(local_name: str, cfg: SALMConfig) -> str:
+    """Local parameter name on this PP stage -> name in the TP=1/PP=1 model."""
+    offset = parallel_state.get_pipeline_model_parallel_rank() * (
+        cfg.num_layers // cfg.pipeline_model_parallel_size)
+    match = re.match(r'(language_model\.decoder\.layers\.)(\d+)(\..*)', local_name)
+    if match:
+        return f'{match.group(1)}{int(match.group(2)) + offset}{match.group(3)}'
+    return local_name
+
+
+def shard_spec(name: str, param) -> dict:
+    if not getattr(param, 'tensor_model_parallel', False):
+        return {'dim': None, 'gated': False}
+    return {'dim': param.partition_dim, 'gated': bool(GATED_FC1.match(name))}
+
+
+def take_shard(full: torch.Tensor, spec: dict, rank: int, size: int) -> torch.Tensor:
+    if spec['dim'] is None:
+        return full
+    if spec['gated']:  # Megatron keeps [gate_shard; up_shard] on each TP rank
+        return torch.cat([half.chunk(size, dim=0)[rank] for half in full.chunk(2, dim=0)])
+    return full.chunk(size, dim=spec['dim'])[rank]
+
+
+def merge_shards(shards, spec: dict) -> torch.Tensor:
+    if spec['dim'] is None:
+        return shards[0]
+    if spec['gated']:
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return torch.cat([torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])])
+    return torch.cat(shards, dim=spec['dim'])
+
+
+def load_config(path: str) -> SALMConfig:
+    with open(path) as f:
+        return SALMConfig(**json.load(f))
+
+
+def cmd_init(args):
+    cfg = load_config(args.config)
+    init_distributed()
+    init_model_parallel(cfg, seed=args.seed)
+    model = build_model(cfg, wrap_ddp=False)[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith('_extra_state'):
+            continue
+        value = tensor.detach().clone().float()
+        if name.endswith('embed_positions'):
+            state[name] = value
+            continue
+        scale = 0.1 if ('norm' in name or name.endswith('bias')) else 0.02
+        state[name] = value + scale * torch.randn(value.shape, generator=gen)
+    torch.save(state, args.out)
+
+
+def _split(batch: dict, start: int, stop: int) -> dict:
+    """Samples [start, stop) of a batch, with their audio (one utterance per sample here)."""
+    part = {key: value[start:stop] for key, value in batch.items()}
+    lengths = part['audio_feature_lengths']
+    part['audio_features'] = part['audio_features'][..., : int(lengths.max())]
+    return part
+
+
+def cmd_grads(args):
+    cfg = load_config(args.config)
+    init_distributed()
+    init_model_parallel(cfg, seed=args.seed)
+    model = build_model(cfg)
+    full = torch.load(args.weights)
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    module = model[0].module
+    params = dict(module.named_parameters())
+    specs, local_state = {}, {}
+    for name, tensor in module.state_dict().items():
+        if name.endswith('_extra_state'):
+            continue
+        spec = shard_spec(name, params.get(name, tensor))
+        specs[name] = spec
+        local_state[name] = take_shard(full[global_name(name, cfg)], spec, tp_rank, tp_size)
+    missing, unexpected = module.load_state_dict(local_state, strict=False)
+    assert not [k for k in missing if not k.endswith('_extra_state')], missing
+    batch = torch.load(args.batch)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    per_rank = batch['tokens'].shape[0] // dp_size
+    mine = _split(batch, dp_rank * per_rank, (dp_rank + 1) * per_rank)
+    size = per_rank // args.microbatches
+    microbatches = [_split(mine, i * size, (i + 1) * size) for i in range(args.microbatches)]
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    loss = forward_backward(model, microbatches, cfg)
+    grads = {global_name(n, cfg): (p.main_grad.detach().clone(), specs[n])
+             for n, p in params.items() if p.requires_grad}
+    rank = torch.distributed.get_rank()
+    torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
+                'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,
+                'grads': grads},
+               os.path.join(args.out, f'rank{rank}.pt'))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('mode', choices=['init', 'grads'])
+    parser.add_argument('--config', required=True)
+    parser.add_argument('--weights')
+    parser.add_argument('--batch')
+    parser.add_argument('--microbatches', type=int, default=1)
+    parser.add_argument('--seed', type=int, default=1234)
+    parser.add_argument('--out', required=True)
+    args = parser.parse_args()
+    {'init': cmd_init, 'grads': cmd_grads}[args.mode](args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,117 @@
+"""Helpers for the multi-process tests: tiny configs, synthetic speech batches, layout runs."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+
+from megatron_salm_mtp.config import SALMConfig
+from megatron_salm_mtp.data.frames import audio_tokens
+
+HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'harness.py')
+AUDIO_ID = 259
+
+
+def tiny_config(**overrides) -> SALMConfig:
+    base = dict(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=4,
+                num_query_groups=2, vocab_size=264, make_vocab_size_divisible_by=1, seq_length=48,
+                mtp_num_layers=2, mtp_loss_scaling_factor=0.3, num_mel_bins=16,
+                encoder_num_layers=1, encoder_hidden_size=32, encoder_num_attention_heads=4,
+                encoder_max_source_positions=64, audio_token_id=AUDIO_ID, qk_layernorm=True)
+    base.update(overrides)
+    return SALMConfig(**base)
+
+
+def speech_batch(cfg: SALMConfig, num_samples: int, seed: int, answer_lengths=None) -> dict:
+    """Prompt text, one utterance's placeholders, optional text, answer, padding; answers vary in
+    length so that per-microbatch averaging would weight tokens unequally."""
+    gen = torch.Generator().manual_seed(seed)
+    s = cfg.seq_length
+    tokens = torch.randint(0, 250, (num_samples, s + 1), generator=gen)
+    answer = torch.zeros(num_samples, s + 1)
+    features, lengths = [], []
+    for i in range(num_samples):
+        frames = int(torch.randint(24, 72, (1,), generator=gen))
+        n = audio_tokens(frames, cfg.audio_frame_stack)
+        start = int(torch.randint(1, 4, (1,), generator=gen))
+        tokens[i, start:start + n] = cfg.audio_token_id
+        gap = i % 3  # 0: the answer starts right after the audio (placeholder paths matter)
+        length = answer_lengths[i] if answer_lengths else int(torch.randint(1, 14, (1,), generator=gen))
+        first = start + n + gap
+        answer[i, first:first + length] = 1
+        tokens[i, first + length:] = 256  # padding id
+        features.append(torch.randn(cfg.num_mel_bins, frames, generator=gen))
+        lengths.append(frames)
+    padded = torch.zeros(num_samples, cfg.num_mel_bins, max(lengths))
+    for i, feat in enumerate(features):
+        padded[i, :, : feat.shape[1]] = feat
+    return {'tokens': tokens[:, :-1].contiguous(), 'labels': tokens[:, 1:].contiguous(),
+            'loss_mask': answer[:, 1:].contiguous(),
+            'position_ids': torch.arange(s).repeat(num_samples, 1),
+            'audio_features': padded, 'audio_feature_lengths': torch.tensor(lengths)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _run(args, nproc: int, timeout: int = 600):
+    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
+           f'--master-port={_free_port()}', HARNESS] + args
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+
+
+def write_config(cfg: SALMConfig, path: str) -> str:
+    with open(path, 'w') as f:
+        json.dump(dataclasses.asdict(cfg), f)
+    return path
+
+
+def init_weights(cfg: SALMConfig, workdir: str) -> dict:
+    base = dataclasses.replace(cfg, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+                               sequence_parallel=False)
+    out = os.path.join(workdir, 'weights.pt')
+    _run(['init', '--config', write_config(base, os.path.join(workdir, 'base.json')), '--out', out], 1)
+    return torch.load(out)
+
+
+def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str,
+               nproc: int, microbatches: int):
+    """Run one global batch on ``nproc`` ranks; returns (lm loss, full gradients by name)."""
+    os.makedirs(workdir, exist_ok=True)
+    config_path = write_config(cfg, os.path.join(workdir, 'config.json'))
+    _run(['grads', '--config', config_path, '--weights', weights_path, '--batch', batch_path,
+          '--microbatches', str(microbatches), '--out', workdir], nproc)
+    from harness import merge_shards
+    ranks = [torch.load(os.path.join(workdir, f'rank{r}.pt')) for r in range(nproc)]
+    losses = [r['loss'] for r in ranks if r['loss'] == r['loss']]
+    grads, copies = {}, {}
+    for pp_rank in sorted({r['pp_rank'] for r in ranks}):
+        stage = sorted((r for r in ranks if r['dp_rank'] == 0 and r['pp_rank'] == pp_rank),
+                       key=lambda r: r['tp_rank'])
+        for name, (_, spec) in stage[0]['grads'].items():
+            merged = merge_shards([r['grads'][name][0] for r in stage], spec)
+            if name in grads:  # the word embedding lives on the first and the MTP stage
+                copies[name] = merged
+            else:
+                grads[name] = merged
+    return losses[0], grads, copies, ranks
+
+
+def reference_grads(cfg: SALMConfig, weights: dict, batch: dict):
+    """Objective and gradients of the plain-torch reference over the whole global batch."""
+    from reference import combine, salm_objective
+    leaves = {k: v.clone().requires_grad_(not k.endswith('embed_positions')) for k, v in weights.items()}
+    loss, totals = combine([salm_objective(leaves, cfg, batch)], cfg)
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+    return loss.item(), totals, grads

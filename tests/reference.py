@@ -1,0 +1,195 @@
+"""An independent single-process SALM in plain torch: the ground truth of the parallel tests.
+
+It reads full (TP=1, PP=1) weights by their Megatron-Core names, recomputes every layer from the
+math (no Megatron module, no MTP autoscaler hook), and returns the objective of DESIGN.md with the
+DeepSeek-V3 MTP terms written by direct indexing into the token sequence rather than by rolling:
+
+    L = sum_i CE_main(i) / N_main + lambda / D * sum_k sum_i CE_k(i) / N_k
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _norm(x, w, prefix, eps, rms):
+    if rms:
+        return F.rms_norm(x, (x.shape[-1],), w[prefix + 'weight'], eps)
+    return F.layer_norm(x, (x.shape[-1],), w[prefix + 'weight'], w[prefix + 'bias'], eps)
+
+
+def _rope(x, base):
+    """Non-interleaved rotary embedding over positions 0..s-1; x is [b, heads, s, dim]."""
+    dim, seq = x.shape[-1], x.shape[-2]
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    angles = torch.outer(torch.arange(seq, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    half1, half2 = x[..., : dim // 2], x[..., dim // 2:]
+    rotated = torch.cat([-half2, half1], dim=-1)
+    return x * angles.cos() + rotated * angles.sin()
+
+
+def _attention(x, w, p, heads, groups, head_dim, causal, key_valid=None, qk_norm=None, rope_base=None):
+    """x [b, s, h]; Megatron's fused QKV layout: per group, its query heads then one key, one value."""
+    b, s, _ = x.shape
+    qkv = x @ w[p + 'linear_qkv.weight'].t()
+    if p + 'linear_qkv.bias' in w:
+        qkv = qkv + w[p + 'linear_qkv.bias']
+    per_group = heads // groups
+    qkv = qkv.view(b, s, groups, (per_group + 2) * head_dim)
+    q = qkv[..., : per_group * head_dim].reshape(b, s, heads, head_dim)
+    k = qkv[..., per_group * head_dim: (per_group + 1) * head_dim]
+    v = qkv[..., (per_group + 1) * head_dim:]
+    if qk_norm is not None:
+        q = F.rms_norm(q, (head_dim,), w[p + 'q_layernorm.weight'], qk_norm)
+        k = F.rms_norm(k, (head_dim,), w[p + 'k_layernorm.weight'], qk_norm)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads|groups, s, dim]
+    if rope_base is not None:
+        q, k = _rope(q, rope_base), _rope(k, rope_base)
+    k = k.repeat_interleave(per_group, dim=1)
+    v = v.repeat_interleave(per_group, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    if causal:
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float('-inf'))
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, None, :], float('-inf'))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, heads * head_dim)
+    out = out @ w[p + 'linear_proj.weight'].t()
+    return out + w[p + 'linear_proj.bias'] if p + 'linear_proj.bias' in w else out
+
+
+def _mlp(x, w, p, gated):
+    y = x @ w[p + 'linear_fc1.weight'].t()
+    if p + 'linear_fc1.bias' in w:
+        y = y + w[p + 'linear_fc1.bias']
+    if gated:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    else:
+        y = F.gelu(y)
+    y = y @ w[p + 'linear_fc2.weight'].t()
+    return y + w[p + 'linear_fc2.bias'] if p + 'linear_fc2.bias' in w else y
+
+
+def _llm_layer(x, w, p, cfg):
+    heads, groups = cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads
+    head_dim = cfg.kv_channels or cfg.hidden_size // heads
+    eps = cfg.norm_epsilon
+    h = _norm(x, w, p + 'input_layernorm.', eps, rms=True)
+    x = x + _attention(h, w, p + 'self_attention.', heads, groups, head_dim, causal=True,
+                       qk_norm=eps if cfg.qk_layernorm else None, rope_base=cfg.rotary_base)
+    h = _norm(x, w, p + 'pre_mlp_layernorm.', eps, rms=True)
+    return x + _mlp(h, w, p + 'mlp.', gated=True)
+
+
+def encode_audio(w, cfg, features, lengths):
+    """[n, mels, T] -> [n, T_enc, d] with zeros past each utterance's frames."""
+    p = 'audio_encoder.'
+    x = F.gelu(F.conv1d(features, w[p + 'conv1.weight'], w[p + 'conv1.bias'], padding=1))
+    x = x * (torch.arange(x.shape[-1])[None, :] < lengths[:, None])[:, None, :]
+    x = F.gelu(F.conv1d(x, w[p + 'conv2.weight'], w[p + 'conv2.bias'], stride=2, padding=1))
+    x = x.transpose(1, 2)
+    steps = x.shape[1]
+    x = x + w[p + 'embed_positions'][:steps]
+    enc_lengths = torch.tensor([(int(n) - 1) // 2 + 1 for n in lengths])
+    valid = torch.arange(steps)[None, :] < enc_lengths[:, None]
+    heads = cfg.encoder_num_attention_heads
+    for i in range(cfg.encoder_num_layers):
+        lp = f'{p}transformer.layers.{i}.'
+        h = _norm(x, w, lp + 'input_layernorm.', 1e-5, rms=False)
+        x = x + _attention(h, w, lp + 'self_attention.', heads, heads,
+                           cfg.encoder_hidden_size // heads, causal=False, key_valid=valid)
+        h = _norm(x, w, lp + 'pre_mlp_layernorm.', 1e-5, rms=False)
+        x = x + _mlp(h, w, lp + 'mlp.', gated=False)
+    x = _norm(x, w, p + 'transformer.final_layernorm.', 1e-5, rms=False)
+    return x * valid[..., None], enc_lengths
+
+
+def project_audio(w, cfg, frames, enc_lengths):
+    """Stack frames (zero-padded tail), 2-layer GELU MLP; returns a list of [tokens_i, H]."""
+    stack = cfg.audio_frame_stack
+    out = []
+    for utt, n in zip(frames, enc_lengths):
+        utt = utt[: int(n)]
+        pad = -utt.shape[0] % stack
+        utt = torch.cat([utt, utt.new_zeros(pad, utt.shape[1])]).reshape(-1, stack * utt.shape[1])
+        out.append(_mlp(utt, w, 'audio_projector.mlp.encoder.', gated=False))
+    return out
+
+
+def _embed(w, ids):
+    return w['language_model.embedding.word_embeddings.weight'][ids]
+
+
+def _logits(w, cfg, h):
+    key = ('language_model.output_layer.weight' if cfg.untie_embeddings_and_output_weights
+           else 'language_model.embedding.word_embeddings.weight')
+    return h @ w[key].t()
+
+
+def salm_objective(w, cfg, batch):
+    """(objective, {'main': (ce_sum, n), 'mtp_k': (ce_sum, n)}) for one batch of full samples."""
+    tokens, labels, loss_mask = batch['tokens'], batch['labels'], batch['loss_mask'].float()
+    b, s = tokens.shape
+    x = _embed(w, tokens)
+    if batch.get('audio_features') is not None:
+        frames, enc_lengths = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+        audio = iter(project_audio(w, cfg, frames, enc_lengths))
+        rows = []
+        for r in range(b):  # fill each row's placeholder runs, utterance by utterance
+            row, col = x[r], 0
+            pieces = []
+            while col < s:
+                if tokens[r, col] == cfg.audio_token_id:
+                    utt = next(audio)
+                    pieces.append(utt)
+                    col += utt.shape[0]
+                else:
+                    pieces.append(row[col: col + 1])
+                    col += 1
+            rows.append(torch.cat(pieces))
+        x = torch.stack(rows)
+    for i in range(cfg.num_layers):
+        x = _llm_layer(x, w, f'language_model.decoder.layers.{i}.', cfg)
+    hidden = _norm(x, w, 'language_model.decoder.final_layernorm.', cfg.norm_epsilon, rms=True)
+    ce = F.cross_entropy(_logits(w, cfg, hidden).reshape(b * s, -1), labels.reshape(-1),
+                         reduction='none').view(b, s)
+    stats = {'main': ((ce * loss_mask).sum(), loss_mask.sum())}
+    # DeepSeek-V3 MTP by direct indexing: sequence position j holds seq[j]; target of depth k at
+    # position i is seq[i+k+1], conditioned on the embedding of seq[i+k] (id 0 past the end).
+    seq = torch.cat([tokens, labels[:, -1:]], dim=1)  # [b, s+1]
+    answer = torch.cat([torch.zeros(b, 1), loss_mask], dim=1)  # answer[j]: seq[j] is supervised
+    for k in range(1, (cfg.mtp_num_layers or 0) + 1):
+        p = f'language_model.mtp.layers.{k - 1}.'
+        idx = torch.arange(s)
+        cond_ids = torch.where(idx + k < s, seq[:, (idx + k).clamp(max=s - 1)], torch.zeros_like(tokens))
+        e = _norm(_embed(w, cond_ids), w, p + 'enorm.', cfg.norm_epsilon, rms=True)
+        hn = _norm(hidden, w, p + 'hnorm.', cfg.norm_epsilon, rms=True)
+        h = torch.cat([e, hn], dim=-1) @ w[p + 'eh_proj.weight'].t()
+        h = _llm_layer(h, w, p + 'transformer_layer.', cfg)
+        hidden = _norm(h, w, p + 'final_layernorm.', cfg.norm_epsilon, rms=True)
+        target_pos = (idx + k + 1).clamp(max=s)
+        targets = seq[:, target_pos]
+        mask = answer[:, target_pos] * (idx + k + 1 <= s).float()
+        if cfg.mtp_mask_placeholder_paths:
+            for j in range(1, k + 1):
+                consumed = seq[:, (idx + j).clamp(max=s)]
+                mask = mask * (consumed != cfg.audio_token_id).float()
+        ce = F.cross_entropy(_logits(w, cfg, hidden).reshape(b * s, -1), targets.reshape(-1),
+                             reduction='none').view(b, s)
+        stats[f'mtp_{k}'] = ((ce * mask).sum(), mask.sum())
+    return stats
+
+
+def combine(stats_list, cfg):
+    """The global-batch objective from per-batch (sum, count) statistics."""
+    total = {key: (sum(s[key][0] for s in stats_list), sum(s[key][1] for s in stats_list))
+             for key in stats_list[0]}
+    loss = total['main'][0] / total['main'][1].clamp(min=1)
+    depths = cfg.mtp_num_layers or 0
+    for k in range(1, depths + 1):
+        ce_sum, n = total[f'mtp_{k}']
+        if n > 0:
+            loss = loss + cfg.mtp_loss_scaling_factor / depths * ce_sum / n
+    return loss, total
