@@ -105,7 +105,10 @@ def test_dynamic_length_pads_to_multiple(tiny_corpus):
     fixed = Collator(TOK.pad_id, 400)(samples)
     s = batch["tokens"].shape[1]
     for k in ("tokens", "labels", "loss_mask"):
-        assert torch.equal(batch[k], fixed[k][:, :s]) and (fixed[k][:, s:] == (TOK.pad_id if k != "loss_mask" else 0)).all()
+        assert torch.equal(batch[k], fixed[k][:, :s])
+    # nothing supervised is cut: beyond s the fixed batch holds only padding (and at most a final EOS input)
+    assert (fixed["loss_mask"][:, s:] == 0).all() and (fixed["labels"][:, s:] == TOK.pad_id).all()
+    assert (fixed["tokens"][:, s + 1:] == TOK.pad_id).all()
 
 
 def test_text_only_batch_has_empty_audio_tensors():

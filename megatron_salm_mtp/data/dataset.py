@@ -43,11 +43,14 @@ SEQUENCE_TOO_LONG = "sequence_too_long"
 SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG)
 
 
-class BadSampleError(Exception):
-    """Raised under ``strict_data``; also used internally to carry a skip reason."""
+class BadSampleError(ValueError):
+    """Raised under ``strict_data``; also used internally to carry a skip reason.
 
-    def __init__(self, where: str, reason: str, detail: str):
-        super().__init__(f"bad sample {where}: {reason}: {detail}")
+    Constructible from the message alone, as DataLoader workers re-raise it in the main process.
+    """
+
+    def __init__(self, where: str, reason: str = "", detail: str = ""):
+        super().__init__(f"bad sample {where}: {reason}: {detail}" if reason else where)
         self.where, self.reason, self.detail = where, reason, detail
 
 
@@ -79,7 +82,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.max_duration, self.strict_data = max_duration, strict_data
         self.prompts = PromptBuilder(tokenizer, template, system_prompt)
         self._prescan_skips: Counter = Counter()
-        self._runtime_skips: Counter = Counter()
+        self._runtime_skips: dict[str, str] = {}  # where -> reason: distinct samples, however often met
         if prescan:
             self.valid, self.lengths = [], []
             for j, ex in enumerate(self.examples):
@@ -95,10 +98,15 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise ValueError(f"no usable sample among {len(self.examples)} examples (skips: {dict(self._prescan_skips)})")
 
     # --- checks -------------------------------------------------------------------------------
-    def _report(self, skip: Skip, counter: Counter) -> None:
+    def _report(self, skip: Skip, counter: Counter | None = None) -> None:
         if self.strict_data:
             raise BadSampleError(skip.where, skip.reason, skip.detail)
-        counter[skip.reason] += 1
+        if counter is not None:
+            counter[skip.reason] += 1
+        elif skip.where in self._runtime_skips:
+            return  # already warned about in this process
+        else:
+            self._runtime_skips[skip.where] = skip.reason
         log.warning("skipping %s: %s (%s)", skip.where, skip.reason, skip.detail)
 
     def _check_text(self, ex: Example) -> None:
@@ -167,7 +175,7 @@ class SpeechDataset(torch.utils.data.Dataset):
                 sample = self._load(ex)
             except BadSampleError as e:
                 skip = Skip(e.where, e.reason, e.detail)
-                self._report(skip, self._runtime_skips)
+                self._report(skip)
                 skipped.append(skip)
                 continue
             sample["skipped"] = skipped
@@ -175,12 +183,13 @@ class SpeechDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"every one of the {len(self.valid)} samples failed to load")
 
     def skip_counts(self) -> dict[str, int]:
-        """Skips per reason seen by this process: the prescan's plus those met in ``__getitem__``.
+        """Skipped samples per reason seen by this process: the prescan's plus the distinct samples
+        that failed in ``__getitem__`` (a bad sample met twice counts once).
 
         With DataLoader workers, runtime skips happen in the workers; :class:`~.loader.SpeechDataLoader`
         collects them from the batches and reports per-epoch totals.
         """
-        total = self._prescan_skips + self._runtime_skips
+        total = self._prescan_skips + Counter(self._runtime_skips.values())
         return {r: total[r] for r in SKIP_REASONS if total[r]}
 
     def prescan_skip_counts(self) -> dict[str, int]:

@@ -76,7 +76,7 @@ class SpeechDataLoader:
             pin_memory=pin_memory, persistent_workers=num_workers > 0)
         self.consumed_samples = sampler.consumed_samples
         self._step_samples = sampler.micro_batch_size * sampler.dp_size
-        self._epoch_runtime: Counter = Counter()
+        self._epoch_runtime: dict[str, str] = {}  # where -> reason, distinct samples this epoch
         self.epoch_skip_counts: dict[int, dict[str, int]] = {}
 
     def __len__(self) -> int:
@@ -90,9 +90,9 @@ class SpeechDataLoader:
         self.sampler.consumed_samples = self.consumed_samples  # undo any prefetch of an abandoned iterator
         epoch = self.epoch
         if self.consumed_samples % self.sampler.samples_per_epoch == 0:
-            self._epoch_runtime = Counter()
+            self._epoch_runtime = {}
         for batch, skipped in self._loader:
-            self._epoch_runtime.update(s.reason for s in skipped)
+            self._epoch_runtime.update((s.where, s.reason) for s in skipped)
             self.consumed_samples += self._step_samples
             yield batch
         self.epoch_skip_counts[epoch] = counts = self.skip_counts()
@@ -100,11 +100,11 @@ class SpeechDataLoader:
             log.warning("epoch %d: skipped samples by reason: %s", epoch, counts)
         else:
             log.info("epoch %d: no sample skipped", epoch)
-        self._epoch_runtime = Counter()
+        self._epoch_runtime = {}
 
     def skip_counts(self) -> dict[str, int]:
-        """This epoch so far: the prescan's exclusions plus decode-time substitutions (all workers)."""
-        total = Counter(self.dataset.prescan_skip_counts()) + self._epoch_runtime
+        """This epoch so far: the prescan's exclusions plus distinct samples that failed to load (all workers)."""
+        total = Counter(self.dataset.prescan_skip_counts()) + Counter(self._epoch_runtime.values())
         return {r: total[r] for r in SKIP_REASONS if total[r]}
 
     def state_dict(self) -> dict:
