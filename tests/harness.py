@@ -125,10 +125,12 @@ def cmd_grads(args):
     loss = forward_backward(model, microbatches, cfg)
     grads = {global_name(n, cfg): (p.main_grad.detach().clone(), specs[n])
              for n, p in params.items() if p.requires_grad}
+    stats = module.language_model.mtp_stats
+    stats = stats.values.clone() if stats is not None else None
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
                 'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,
-                'grads': grads},
+                'grads': grads, 'mtp_stats': stats},
                os.path.join(args.out, f'rank{rank}.pt'))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
