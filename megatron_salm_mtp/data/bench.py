@@ -22,9 +22,16 @@ def run(manifest: str, num_workers: int = 0, micro_batch_size: int = 8, n_mels: 
         max_duration: float | None = None, limit: int | None = None) -> dict:
     cfg = DataConfig(seq_length=seq_length, micro_batch_size=micro_batch_size, global_batch_size=micro_batch_size,
                      num_workers=num_workers, n_mels=n_mels, max_duration=max_duration, pad_to_seq_length=False)
+    threads = torch.get_num_threads()
     if num_workers == 0:
         torch.set_num_threads(1)  # measure the main process as one DataLoader worker (workers get 1 thread)
-    loader = build_dataloader(cfg, manifest, shuffle=False)
+    try:
+        return _measure(build_dataloader(cfg, manifest, shuffle=False), micro_batch_size, num_workers, limit)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(loader, micro_batch_size: int, num_workers: int, limit: int | None) -> dict:
     total_batches = len(loader) if limit is None else min(len(loader), max(1, limit // micro_batch_size))
     it = iter(loader)
     utts = frames = 0
