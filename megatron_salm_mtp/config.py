@@ -43,8 +43,9 @@ class SALMConfig:
     """Separate output head instead of the tied word embedding."""
     vocab_size: int = 262
     """Tokenizer vocabulary; padded to make_vocab_size_divisible_by x TP for the model."""
-    make_vocab_size_divisible_by: int = 128
-    """Pad the vocabulary to a multiple of this times the TP size (Megatron's convention)."""
+    make_vocab_size_divisible_by: Optional[int] = 128
+    """Pad the vocabulary to a multiple of this times the TP size (Megatron's convention); None
+    keeps it exact (e.g. to match a checkpoint), and it must then be divisible by TP."""
     seq_length: int = 256
     """Tokens per sample (text + audio placeholders), fixed under pipeline parallelism."""
     position_embedding_type: str = 'rope'
@@ -98,6 +99,8 @@ class SALMConfig:
 
     @property
     def padded_vocab_size(self) -> int:
+        if self.make_vocab_size_divisible_by is None:
+            return self.vocab_size
         multiple = self.make_vocab_size_divisible_by * self.tensor_model_parallel_size
         return -(-self.vocab_size // multiple) * multiple
 
@@ -114,10 +117,9 @@ class SALMConfig:
         for name, value in (('num_attention_heads', self.num_attention_heads),
                             ('num_query_groups', groups),
                             ('encoder_num_attention_heads', self.encoder_num_attention_heads),
-                            ('padded_vocab_size', self.padded_vocab_size)):
+                            ('vocab_size', self.padded_vocab_size)):
             if value % tp:
-                where = ('--make-vocab-size-divisible-by' if name == 'padded_vocab_size' else _flag(name))
-                raise ConfigError(f"{where}: {name}={value} is not divisible by "
+                raise ConfigError(f"{_flag(name)}: {name}={value} is not divisible by "
                                   f"--tensor-model-parallel-size {tp}")
         if self.num_attention_heads % groups:
             raise ConfigError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "

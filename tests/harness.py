@@ -24,7 +24,7 @@ from megatron.core import parallel_state  # noqa: E402
 
 from megatron_salm_mtp.config import SALMConfig  # noqa: E402
 from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel  # noqa: E402
-from megatron_salm_mtp.training.step import forward_backward  # noqa: E402
+from megatron_salm_mtp.training.step import forward_backward, mtp_metrics  # noqa: E402
 
 GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
 
@@ -127,10 +127,11 @@ def cmd_grads(args):
              for n, p in params.items() if p.requires_grad}
     stats = module.language_model.mtp_stats
     stats = stats.values.clone() if stats is not None else None
+    metrics = mtp_metrics(model)  # every stage calls it, as the training loop does
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
                 'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,
-                'grads': grads, 'mtp_stats': stats},
+                'grads': grads, 'mtp_stats': stats, 'metrics': metrics},
                os.path.join(args.out, f'rank{rank}.pt'))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

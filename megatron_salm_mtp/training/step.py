@@ -75,3 +75,14 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
     total = torch.stack([r['lm loss'] for r in reports]).sum(dim=0)
     torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def mtp_metrics(model_chunks) -> dict:
+    """Per-depth MTP loss and top-1 agreement since the last call, reduced over DP; {} on stages
+    without MTP (where core's logging helper would raise KeyError)."""
+    metrics = {}
+    for language_model in _language_models(model_chunks):
+        if language_model.mtp_stats is not None:
+            metrics.update(language_model.mtp_stats.reduce(parallel_state.get_data_parallel_group()))
+            language_model.mtp_stats.reset()
+    return metrics
