@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='megatron_salm_mtp',
+    version='0.1.0',
+    description='Speech-augmented LLMs with Multi-Token Prediction heads on Megatron-Core',
+    packages=find_packages(include=['megatron_salm_mtp', 'megatron_salm_mtp.*']),
+    python_requires='>=3.10',
+    # torch is left unpinned on purpose: the NGC container's build (or the one installed first) is kept.
+    install_requires=['torch>=2.4', 'megatron-core==0.16.1', 'pyyaml', 'numpy', 'psutil'],
+    extras_require={
+        'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer'],
+        'te': ['transformer-engine[pytorch]'],
+    },
+    entry_points={'console_scripts': []},
+)
