@@ -124,7 +124,6 @@ def test_a_training_step_consumes_every_input_form(tmp_path):
                           env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    print(result)
     assert set(result) == {f["name"] for f in forms} and len(result) >= 2
     for name, r in result.items():
         assert r["loss"] == r["loss"] and 0 < r["loss"] < 20, (name, r)

@@ -1,0 +1,25 @@
+"""Speech data pipeline: manifests -> audio -> log-mel -> prompt ids -> contract microbatches.
+
+Modules (each imports only the ones above it):
+
+- ``frames``     frame-count contract between data and model (mel frames -> placeholder tokens)
+- ``audio``      WAV reader (PCM 8/16/24/32, float), FLAC/OGG via soundfile, polyphase resampler
+- ``features``   Whisper-compatible log-mel (80/128 bins) without padding to 30 s
+- ``manifest``   NeMo ASR/AST JSONL and multi-turn conversation JSONL -> ``Example``
+- ``tokenizer``  byte-level (default), Hugging Face tokenizer.json, SentencePiece
+- ``prompts``    templates plain / llama3 / qwen: ids, supervised marks, placeholder runs
+- ``dataset``    map-style dataset with prescan and skip/substitute of bad samples
+- ``batching``   collate into the batch contract (see its docstring for the exact keys)
+- ``sampler``    DP-sharded, global-batch-consistent, resumable microbatch sampler
+- ``loader``     ``DataConfig`` and ``build_dataloader`` (what the training loop calls)
+- ``synth``      ``python -m megatron_salm_mtp.data.synth``: espeak-ng corpus (``espeak``,
+                 ``synth_text``, ``wordlist``)
+- ``bench``      ``python -m megatron_salm_mtp.data.bench``: loading throughput per worker
+
+Typical use in a training loop::
+
+    loader = build_dataloader(DataConfig(seq_length=256, micro_batch_size=4, global_batch_size=16),
+                              "corpus/train.jsonl", dp_rank=dp_rank, dp_size=dp_size,
+                              consumed_samples=checkpoint.get("consumed_samples", 0))
+    for microbatch in loader: ...          # one epoch per iter(); loader.state_dict() to checkpoint
+"""
