@@ -107,3 +107,16 @@ def test_loader_resume_with_workers(tmp_path):
     assert len(got) == 10
     for a, b in zip(got, uninterrupted):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_abandoned_iterator_does_not_lose_prefetched_batches(tmp_path):
+    """Workers prefetch ahead; starting a new iteration resumes at the first batch not delivered."""
+    manifest = make_corpus(tmp_path, n=12, seconds=(1.0, 1.2))
+    cfg = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=2, default_prompt=None)
+    ref = list(build_dataloader(cfg, manifest))
+    loader = build_dataloader(cfg, manifest)
+    it = iter(loader)
+    got = [next(it), next(it), next(it)]
+    got += list(loader)
+    assert len(got) == len(ref) == 6
+    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(got, ref))
