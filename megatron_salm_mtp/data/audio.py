@@ -7,7 +7,7 @@ without decoding audio, and to tell a truncated file from a good one.
 
 Why our own resampler: the encoder expects 16 kHz, corpora come at 8/22.05/44.1/48 kHz, and a naive
 linear interpolation aliases. :func:`resample` is a Kaiser-windowed sinc evaluated polyphase (one
-tap table per output phase), numpy only.
+tap row per output phase), all phases in one strided ``torch`` conv1d (about 1 ms per 2 s utterance).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from .frames import SAMPLE_RATE
 
@@ -201,7 +202,11 @@ def load_audio(path: str, offset: float | None = None, duration: float | None = 
                target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 at ``target_rate``: the waveform the feature extractor sees."""
     data, rate = read_audio(path, offset, duration)
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = data[:, 0].copy()
+    for c in range(1, data.shape[1]):  # channel by channel: a strided mean over axis 1 is 10x slower
+        mono += data[:, c]
+    if data.shape[1] > 1:
+        mono /= data.shape[1]
     return resample(mono, rate, target_rate)
 
 
@@ -220,16 +225,20 @@ def load_num_samples(info: AudioInfo, offset: float | None, duration: float | No
 
 
 @lru_cache(maxsize=16)
-def _polyphase_table(up: int, down: int, zeros: int, rolloff: float, beta: float) -> tuple[np.ndarray, int]:
-    """Taps ``[up, 2 * half]``: row ``r`` serves outputs whose input position has fraction ``r / up``."""
+def _polyphase_kernel(up: int, down: int, zeros: int, rolloff: float, beta: float):
+    """Conv weights ``[up, 1, down + 2 * half]``: channel ``p`` computes output phase ``p``.
+
+    Output ``n = i * up + p`` sits at input position ``i * down + p * down / up``; its taps read the
+    (left-padded by ``half``) input at ``i * down + j``, i.e. at distance ``j - half - p * down / up``.
+    """
     cutoff = min(1.0, up / down) * rolloff  # as a fraction of the input Nyquist frequency
     half = int(math.ceil(zeros / cutoff))  # one-sided support in input samples
-    j = np.arange(-half + 1, half + 1, dtype=np.float64)  # input offsets relative to floor(position)
-    t = j[None, :] - (np.arange(up, dtype=np.float64)[:, None] / up)  # distance from the output instant
-    r = np.clip(t / half, -1.0, 1.0)
-    w = np.where(np.abs(t) < half, np.i0(beta * np.sqrt(1.0 - r * r)) / np.i0(beta), 0.0)  # Kaiser window
-    taps = cutoff * np.sinc(cutoff * t) * w
-    return taps.astype(np.float32), half
+    j = np.arange(down + 2 * half, dtype=np.float64)
+    d = j[None, :] - half - (np.arange(up, dtype=np.float64)[:, None] * down / up)
+    r = np.clip(d / half, -1.0, 1.0)
+    window = np.where(np.abs(d) < half, np.i0(beta * np.sqrt(1.0 - r * r)) / np.i0(beta), 0.0)  # Kaiser
+    taps = cutoff * np.sinc(cutoff * d) * window
+    return torch.from_numpy(taps.astype(np.float32)).unsqueeze(1), half
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int, zeros: int = 16, rolloff: float = 0.945,
@@ -239,6 +248,7 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int, zeros: int = 16, roll
     Output sample ``n`` sits at input position ``n * down / up``; its value is the input convolved
     with a low-pass at ``rolloff * min(orig, new) / 2`` Hz, ``zeros`` zero crossings wide on each side.
     Samples outside the signal count as zero. Stop-band attenuation is about 80 dB (``beta`` = 8.6).
+    All ``up`` phases run as one strided ``conv1d`` (one output channel per phase).
     """
     x = np.asarray(x, dtype=np.float32)
     if orig_rate == new_rate:
@@ -246,18 +256,16 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int, zeros: int = 16, roll
     g = math.gcd(orig_rate, new_rate)
     up, down = new_rate // g, orig_rate // g
     n_out = resampled_length(len(x), orig_rate, new_rate)
-    taps, half = _polyphase_table(up, down, zeros, rolloff, beta)
-    padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
-    out = np.empty(n_out, dtype=np.float32)
-    offsets = np.arange(2 * half)
-    chunk = max(1, (1 << 22) // (2 * half))  # bound the gathered window to ~16 MB
-    for s in range(0, n_out, chunk):
-        n = np.arange(s, min(n_out, s + chunk), dtype=np.int64)
-        base = (n * down) // up  # floor of the input position
-        phase = (n * down) % up
-        windows = padded[base[:, None] + 1 + offsets[None, :]]  # input[base - half + 1 + k]
-        out[s:s + len(n)] = np.einsum("nk,nk->n", windows, taps[phase])
-    return out
+    if n_out == 0:
+        return np.zeros(0, np.float32)
+    kernel, half = _polyphase_kernel(up, down, zeros, rolloff, beta)
+    blocks = -(-n_out // up)
+    length = (blocks - 1) * down + kernel.shape[-1]
+    padded = torch.zeros(length, dtype=torch.float32)
+    padded[half:half + len(x)] = torch.from_numpy(x)[: length - half]
+    with torch.no_grad():
+        out = torch.nn.functional.conv1d(padded.view(1, 1, -1), kernel, stride=down)  # [1, up, blocks]
+    return out[0].t().reshape(-1)[:n_out].numpy().copy()
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, bits: int = 16,
