@@ -121,3 +121,16 @@ def test_flac_through_soundfile(tmp_path):
     y = load_audio(p, offset=0.1, duration=0.2)
     ref = resample(np.round(x[2205:2205 + 4410] * 32767) / 32768, 22050, 16000)
     assert len(y) == 3200 and np.abs(y - ref).max() < 1e-3
+
+
+def test_ogg_vorbis_through_soundfile(tmp_path):
+    sf = pytest.importorskip("soundfile")
+    if "OGG" not in sf.available_formats():
+        pytest.skip("libsndfile built without OGG")
+    x = tone(1.0, 48000)
+    p = str(tmp_path / "a.ogg")
+    sf.write(p, x, 48000, format="OGG", subtype="VORBIS")
+    y = load_audio(p)
+    assert abs(len(y) - 16000) <= 16 and audio_info(p).sample_rate == 48000
+    spectrum = np.abs(np.fft.rfft(y[1000:15000]))
+    assert abs(np.argmax(spectrum) * 16000 / 14000 - 440) < 5  # the tone survives lossy coding + resampling
