@@ -129,3 +129,13 @@ def test_nothing_usable_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no usable sample"):
         build_dataset(cfg(), m)
     assert torch.__version__  # torch imported for the DataLoader path above
+
+
+def test_all_files_gone_is_a_clear_error_not_a_hang(tmp_path):
+    manifest = make_corpus(tmp_path, n=4)
+    ds = build_dataset(cfg(), manifest)
+    for name in os.listdir(tmp_path / "wav"):
+        os.remove(tmp_path / "wav" / name)
+    with pytest.raises(RuntimeError, match="4 consecutive samples from index 2 failed.*missing_file"):
+        ds[2]
+    assert ds.skip_counts() == {"missing_file": 4}

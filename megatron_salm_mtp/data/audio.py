@@ -33,6 +33,10 @@ class AudioError(Exception):
     """An audio file that cannot be read (missing, truncated, unsupported encoding)."""
 
 
+class AudioFileNotFound(AudioError):
+    """The path does not name a file."""
+
+
 class _UnsupportedWav(AudioError):
     """A well-formed WAV in an encoding the parser does not decode (ADPCM, A-law...)."""
 
@@ -138,7 +142,7 @@ def _soundfile():
 def audio_info(path: str) -> AudioInfo:
     """Sample rate, channels and length from the header only (cheap: used to vet manifests)."""
     if not os.path.isfile(path):
-        raise AudioError(f"{path}: file not found")
+        raise AudioFileNotFound(f"{path}: file not found")
     if _is_wav(path):
         try:
             with open(path, "rb") as f:
@@ -166,7 +170,7 @@ def slice_frames(num_frames: int, sample_rate: int, offset: float | None, durati
 def read_audio(path: str, offset: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
     """Decode ``[offset, offset + duration)`` seconds as float32 [frames, channels] at the file's rate."""
     if not os.path.isfile(path):
-        raise AudioError(f"{path}: file not found")
+        raise AudioFileNotFound(f"{path}: file not found")
     if _is_wav(path):
         try:
             with open(path, "rb") as f:

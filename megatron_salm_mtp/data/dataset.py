@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .audio import AudioError, audio_info, load_audio, load_num_samples
+from .audio import AudioError, AudioFileNotFound, audio_info, load_audio, load_num_samples
 from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .manifest import Example
@@ -134,7 +134,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             try:
                 info = audio_info(seg.value)
             except AudioError as e:
-                reason = MISSING_FILE if "file not found" in str(e) else UNREADABLE_AUDIO
+                reason = MISSING_FILE if isinstance(e, AudioFileNotFound) else UNREADABLE_AUDIO
                 raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
             counts.append(self._check_num_samples(ex, seg.value, load_num_samples(info, seg.offset, seg.duration)))
         n_ids = len(self.prompts.encode(ex, counts).ids)
@@ -154,7 +154,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             try:
                 wav = load_audio(seg.value, seg.offset, seg.duration)
             except AudioError as e:
-                reason = MISSING_FILE if "file not found" in str(e) else UNREADABLE_AUDIO
+                reason = MISSING_FILE if isinstance(e, AudioFileNotFound) else UNREADABLE_AUDIO
                 raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
             counts.append(self._check_num_samples(ex, seg.value, len(wav)))
             feats.append(log_mel(wav, self.n_mels))
@@ -167,9 +167,11 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.valid)
 
+    MAX_SUBSTITUTIONS = 64  # more consecutive failures means storage trouble, not bad samples
+
     def __getitem__(self, i: int) -> dict:
         skipped = []
-        for k in range(len(self.valid)):
+        for k in range(min(len(self.valid), self.MAX_SUBSTITUTIONS + 1)):
             ex = self.examples[self.valid[(i + k) % len(self.valid)]]
             try:
                 sample = self._load(ex)
@@ -180,7 +182,8 @@ class SpeechDataset(torch.utils.data.Dataset):
                 continue
             sample["skipped"] = skipped
             return sample
-        raise RuntimeError(f"every one of the {len(self.valid)} samples failed to load")
+        raise RuntimeError(f"{len(skipped)} consecutive samples from index {i} failed to load "
+                           f"(last: {skipped[-1].where}: {skipped[-1].reason}); is the storage reachable?")
 
     def skip_counts(self) -> dict[str, int]:
         """Skipped samples per reason seen by this process: the prescan's plus the distinct samples
