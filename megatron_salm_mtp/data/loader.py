@@ -52,6 +52,18 @@ class DataConfig:
     pad_to_seq_length: bool = True  # fixed shapes (needed with pipeline parallelism)
     bucket_window: int = 0  # length bucketing over this many global batches (0: off)
 
+    def __post_init__(self):
+        checks = [(self.n_mels in (80, 128), f"--n-mels must be 80 or 128, got {self.n_mels}"),
+                  (self.stack >= 1, f"--stack must be >= 1, got {self.stack}"),
+                  (self.seq_length >= 1, f"--seq-length must be >= 1, got {self.seq_length}"),
+                  (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
+                  (self.max_duration is None or self.max_duration > 0,
+                   f"--max-duration must be positive, got {self.max_duration}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        required_special_tokens(self.prompt_template)  # names the valid templates if wrong
+
     def make_tokenizer(self) -> Tokenizer:
         return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.audio_token,
                                required_special_tokens(self.prompt_template))
