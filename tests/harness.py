@@ -77,7 +77,7 @@ def cmd_init(args):
     for name, tensor in model.state_dict().items():
         if name.endswith('_extra_state'):
             continue
-        value = tensor.detach().clone().float()
+        value = tensor.detach().float().cpu()
         if name.endswith('embed_positions'):
             state[name] = value
             continue
@@ -123,7 +123,7 @@ def cmd_grads(args):
     for chunk in model:
         chunk.zero_grad_buffer()
     loss = forward_backward(model, microbatches, cfg)
-    grads = {global_name(n, cfg): (p.main_grad.detach().clone(), specs[n])
+    grads = {global_name(n, cfg): (p.main_grad.detach().float().cpu(), specs[n])
              for n, p in params.items() if p.requires_grad}
     stats = module.language_model.mtp_stats
     stats = stats.values.clone() if stats is not None else None

@@ -44,12 +44,13 @@ def main():
     torch.save(batch, os.path.join(args.out, 'batch.pt'))
     weights = os.path.join(args.out, 'weights.pt')
     results = {}
-    for name, layout, nproc in (('1 GPU', cfg, 1),
-                                ('TP=2 + SP, 2 GPUs', cfg.replace(tensor_model_parallel_size=2,
-                                                                 sequence_parallel=True), 2)):
+    for name, tag, layout, nproc in (
+            ('1 GPU', 'gpu1', cfg, 1),
+            ('TP=2 + SP, 2 GPUs', 'tp2sp', cfg.replace(tensor_model_parallel_size=2,
+                                                       sequence_parallel=True), 2)):
         start = time.time()
         loss, grads, _, ranks = run_layout(layout, weights, os.path.join(args.out, 'batch.pt'),
-                                           os.path.join(args.out, name.split(',')[0].replace(' ', '_')),
+                                           os.path.join(args.out, tag),
                                            nproc, microbatches=2)
         mtp = [r['metrics'] for r in ranks if r['metrics']][0]
         results[name] = (loss, grads)
