@@ -218,3 +218,80 @@ def encoder_transformer_config(cfg: SALMConfig) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),
     )
+
+
+@dataclass
+class TrainConfig:
+    """Schedule, optimiser, logging and checkpoint settings (Megatron-LM names)."""
+    train_iters: int = 100
+    """Optimizer steps to run."""
+    micro_batch_size: int = 4
+    """Samples per microbatch per DP rank."""
+    global_batch_size: int = 16
+    """Samples per optimizer step over all DP ranks and microbatches."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the decay."""
+    lr_decay_style: str = 'cosine'
+    """constant, linear, cosine or inverse-square-root."""
+    lr_warmup_iters: int = 0
+    """Linear warm-up steps."""
+    lr_decay_iters: Optional[int] = None
+    """Steps of decay (None: train_iters)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    clip_grad: float = 1.0
+    """Gradient-norm clipping (0: off)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state (fp32 main params) over DP."""
+    overlap_grad_reduce: bool = False
+    """Overlap the DP gradient reduction with the backward pass."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
+    fp8_format: Optional[str] = None
+    """e4m3 or hybrid: FP8 GEMMs through Transformer Engine."""
+    context_parallel_size: int = 1
+    """Context parallelism (not supported yet: must be 1)."""
+    eval_interval: int = 50
+    """Evaluate on the validation manifest every this many steps (0: never)."""
+    eval_iters: int = 4
+    """Global batches per evaluation."""
+    log_interval: int = 10
+    """Log every this many steps."""
+    save: Optional[str] = None
+    """Checkpoint folder to write."""
+    load: Optional[str] = None
+    """Checkpoint folder to resume from (the latest complete checkpoint in it)."""
+    save_interval: Optional[int] = None
+    """Save every this many steps (and at the end when --save is set)."""
+    seed: int = 1234
+    """Seed of weights, data order and dropout."""
+    log_dir: Optional[str] = None
+    """Where metrics.jsonl (and TensorBoard events) go; default: --save, else ./runs/latest."""
+    max_consecutive_nan_skips: int = 5
+    """Stop after this many consecutive steps with a non-finite loss (each is skipped)."""
+    train_manifest: Optional[str] = None
+    """Training manifest(s), comma-separated (JSONL, NeMo style)."""
+    valid_manifest: Optional[str] = None
+    """Validation manifest(s), comma-separated."""
+
+    def validate(self, dp_size: Optional[int] = None) -> None:
+        if self.context_parallel_size != 1:
+            raise ConfigError("--context-parallel-size > 1 is not supported yet")
+        if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
+            raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
+                              "cosine or inverse-square-root")
+        if self.fp8_format not in (None, 'e4m3', 'hybrid'):
+            raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
+        if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
+            raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
+                              f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
+        if not self.train_manifest:
+            raise ConfigError("--train-manifest is required")

@@ -122,7 +122,7 @@ def cmd_grads(args):
     microbatches = [_split(mine, i * size, (i + 1) * size) for i in range(args.microbatches)]
     for chunk in model:
         chunk.zero_grad_buffer()
-    loss = forward_backward(model, microbatches, cfg)
+    loss = forward_backward(model, microbatches, cfg).mean
     grads = {global_name(n, cfg): (p.main_grad.detach().float().cpu(), specs[n])
              for n, p in params.items() if p.requires_grad}
     stats = module.language_model.mtp_stats

@@ -43,8 +43,13 @@ class SpeechGPTModel(GPTModel):
         self.audio_token_id = audio_token_id
         self.mask_placeholder_paths = mask_placeholder_paths
         depths = self.config.mtp_num_layers or 0
-        self.mtp_stats = MTPStats(depths) if self.mtp_process else None
+        # Training and evaluation keep separate windows, chosen by the module's mode.
+        self._mtp_stats = {True: MTPStats(depths), False: MTPStats(depths)} if self.mtp_process else None
         self.mtp_loss_weights: Optional[torch.Tensor] = None
+
+    @property
+    def mtp_stats(self) -> Optional[MTPStats]:
+        return self._mtp_stats[self.training] if self._mtp_stats else None
 
     def set_mtp_loss_weights(self, weights: torch.Tensor) -> None:
         """Per-depth weights for the coming global batch (``mtp.mtp_loss_weights``)."""

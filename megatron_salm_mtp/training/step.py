@@ -5,7 +5,7 @@ all DP ranks) fix the MTP weights, so the gradient does not depend on how the ba
 """
 
 from functools import partial
-from typing import Dict, List
+from typing import Dict, List, NamedTuple
 
 import torch
 from megatron.core import parallel_state
@@ -55,11 +55,20 @@ def _forward_step(data_iterator, model):
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 
+class LossTotals(NamedTuple):
+    """Summed main-head CE and supervised-token count over the global batch (nan off the last stage)."""
+    loss_sum: float
+    tokens: float
+
+    @property
+    def mean(self) -> float:
+        return self.loss_sum / max(self.tokens, 1.0)
+
+
 def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
-                     forward_only: bool = False) -> float:
-    """Run the schedule over ``microbatches``; returns the global per-token lm loss (last stage)
-    or nan elsewhere. Gradients are finalised (DP reduce, embedding sync, 1/N_main) unless
-    ``forward_only``."""
+                     forward_only: bool = False) -> LossTotals:
+    """Run the schedule over ``microbatches``; gradients are finalised (DP reduce, embedding sync,
+    1/N_main) unless ``forward_only``."""
     if cfg.mtp_depths:
         set_global_mtp_weights(model_chunks, microbatches, cfg)
     config = get_attr_wrapped_model(model_chunks[0], 'config')
@@ -71,10 +80,10 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
         num_microbatches=len(microbatches), seq_length=cfg.seq_length,
         micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
     if not parallel_state.is_pipeline_last_stage():
-        return float('nan')
+        return LossTotals(float('nan'), float('nan'))
     total = torch.stack([r['lm loss'] for r in reports]).sum(dim=0)
     torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
-    return (total[0] / total[1].clamp(min=1)).item()
+    return LossTotals(total[0].item(), total[1].item())
 
 
 def mtp_metrics(model_chunks) -> dict:

@@ -1,0 +1,134 @@
+"""Megatron-style flags and YAML for the three config dataclasses (model, training, data).
+
+Every dataclass field is a flag (``--field-name``) and a YAML key (``field_name`` or ``field-name``);
+the help text is the field's docstring. Precedence: defaults < ``--config`` YAML < flags given on
+the command line. Unknown flags and unknown YAML keys are errors naming them. A field that two
+dataclasses share (``seq_length``, ``micro_batch_size``, ...) is one flag setting both.
+"""
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import sys
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .config import ConfigError, SALMConfig, TrainConfig
+from .data.loader import DataConfig
+
+# Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
+# mel bins and frame stacking fix the data side's.
+DERIVED = {'vocab_size', 'audio_token_id', 'n_mels', 'stack'}
+SECTIONS = (('model', SALMConfig), ('train', TrainConfig), ('data', DataConfig))
+
+
+@dataclass
+class RunConfig:
+    model: SALMConfig
+    train: TrainConfig
+    data: DataConfig
+
+    def resolved(self) -> Dict[str, Any]:
+        """Every setting by name, as written beside checkpoints and logs."""
+        merged = {}
+        for section, _ in SECTIONS:
+            merged.update(dataclasses.asdict(getattr(self, section)))
+        return dict(sorted(merged.items()))
+
+
+def _field_docs(cls) -> Dict[str, str]:
+    """Attribute docstrings (the string literal after each field), read from the source."""
+    docs = {}
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+            docs[node.target.id] = ' '.join(following.value.value.split())
+    return docs
+
+
+def _fields() -> Dict[str, tuple]:
+    """name -> (type, default, help); the first section that defines a name gives its default."""
+    out = {}
+    for _, cls in SECTIONS:
+        hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+        for field in dataclasses.fields(cls):
+            if field.name in DERIVED or field.name in out:
+                continue
+            out[field.name] = (hints[field.name], field.default, docs.get(field.name, ''))
+    return out
+
+
+def _base_type(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _coerce(name: str, value, annotation, where: str):
+    if value is None:
+        return None
+    base = _base_type(annotation)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+    try:
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be {base.__name__}, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m megatron_salm_mtp.train', argument_default=argparse.SUPPRESS,
+        description='Train a speech-augmented LLM with MTP heads on Megatron-Core.')
+    parser.add_argument('--config', help='YAML file setting any of the flags below (by name)')
+    for name, (annotation, default, help_text) in _fields().items():
+        flag = '--' + name.replace('_', '-')
+        shown = f'{help_text} (default: {default})'
+        if _base_type(annotation) is bool:
+            parser.add_argument(flag, dest=name, action='store_true', help=shown)
+            parser.add_argument('--no-' + name.replace('_', '-'), dest=name, action='store_false',
+                                help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, dest=name, type=_base_type(annotation), help=shown,
+                                metavar=_base_type(annotation).__name__.upper())
+    return parser
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    fields = _fields()
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace('-', '_')
+        if name not in fields:
+            raise ConfigError(f"--config {path}: unknown key {key!r}")
+        values[name] = _coerce(name, value, fields[name][0], f"--config {path}")
+    return values
+
+
+def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
+    """Flags (and ``--config`` YAML) -> the three validated-later config dataclasses."""
+    args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    settings = _read_yaml(args.pop('config')) if 'config' in args else {}
+    settings.update(args)
+    sections = {}
+    for section, cls in SECTIONS:
+        names = {f.name for f in dataclasses.fields(cls)}
+        sections[section] = cls(**{k: v for k, v in settings.items() if k in names})
+    run = RunConfig(**sections)
+    run.data.n_mels, run.data.stack = run.model.num_mel_bins, run.model.audio_frame_stack
+    return run

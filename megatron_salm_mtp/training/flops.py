@@ -1,0 +1,53 @@
+"""Model FLOPs per global batch, the numerator of TFLOP/s and MFU.
+
+Training = 3 x forward (backward costs two forwards); a matrix multiply of an m x n weight costs
+2mn per token. Per LLM token, for L layers of width H, attention width A = heads x head_dim and
+key/value width K = groups x head_dim, FFN F (SwiGLU: three matrices), sequence s, vocabulary V:
+
+    layer  = 2 (H (A + 2K) + A H + 3 H F) + 2 s A      # projections + causal QK^T and AV (s/2 each, x2)
+    LLM    = 3 (L layer + 2 V H)                       # + output head
+    MTP_k  = 3 (layer + 2 (2H) H + 2 V H)              # its layer, eh_proj, its own head pass
+
+Per audio encoder frame (T frames, width d, FFN f, bidirectional attention over T):
+    3 (L_enc (2 (4 d d + 2 d f) + 4 T d)) plus the stem and the projector (counted the same way).
+Activation recomputation is not counted (model FLOPs, as MFU wants).
+"""
+
+from ..config import SALMConfig
+
+
+def _llm_layer(cfg: SALMConfig, seq: int) -> float:
+    heads = cfg.num_attention_heads
+    head_dim = cfg.kv_channels or cfg.hidden_size // heads
+    attn, kv = heads * head_dim, (cfg.num_query_groups or heads) * head_dim
+    h, f = cfg.hidden_size, cfg.ffn_hidden_size
+    return 2 * (h * (attn + 2 * kv) + attn * h + 3 * h * f) + 2 * seq * attn
+
+
+def llm_flops_per_token(cfg: SALMConfig, seq: int) -> float:
+    return 3 * (cfg.num_layers * _llm_layer(cfg, seq) + 2 * cfg.padded_vocab_size * cfg.hidden_size)
+
+
+def mtp_flops_per_token(cfg: SALMConfig, seq: int) -> float:
+    h = cfg.hidden_size
+    per_depth = _llm_layer(cfg, seq) + 2 * 2 * h * h + 2 * cfg.padded_vocab_size * h
+    return 3 * cfg.mtp_depths * per_depth
+
+
+def encoder_flops_per_frame(cfg: SALMConfig, frames: int) -> float:
+    d = cfg.encoder_hidden_size
+    f = cfg.encoder_ffn_hidden_size or 4 * d
+    layers = cfg.encoder_num_layers * (2 * (4 * d * d + 2 * d * f) + 4 * frames * d)
+    stem = 2 * (3 * cfg.num_mel_bins * d) * 2 + 2 * (3 * d * d)  # conv1 at 2x the frame rate
+    h = cfg.hidden_size
+    projector = 2 * (cfg.audio_frame_stack * d * h + h * h) / cfg.audio_frame_stack
+    return 3 * (layers + stem + projector)
+
+
+def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: int,
+                frames_per_utterance: int) -> float:
+    """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens and
+    ``encoder_frames`` audio frames in total (after the stride-2 stem)."""
+    tokens = num_samples * seq
+    return (tokens * (llm_flops_per_token(cfg, seq) + mtp_flops_per_token(cfg, seq))
+            + encoder_frames * encoder_flops_per_frame(cfg, frames_per_utterance))

@@ -1,0 +1,230 @@
+"""The training loop on megatron.core: data -> schedules -> optimizer -> logs, evals, checkpoints.
+
+Every rank of a DP replica reads the same microbatches (each stage needs tokens or labels, and the
+MTP stage needs both). Decisions that must be unanimous - skip a non-finite step, save and stop on a
+signal - are all-reduced over the world before anyone acts on them.
+"""
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import yaml
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallelConfig
+
+from ..cli import RunConfig
+from ..data.frames import encoder_frames
+from ..data.loader import build_dataloader
+from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from .flops import batch_flops
+from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
+from .optim import build_optimizer
+from .step import forward_backward, mtp_metrics
+
+logger = logging.getLogger('megatron_salm_mtp')
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.signalled = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        logger.warning('received signal %d: saving at the next step boundary, then exiting', signum)
+        self.signalled = True
+
+
+def _any_rank(flag: bool) -> bool:
+    value = torch.tensor([1.0 if flag else 0.0], device=_device())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _device():
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _reporting_rank() -> bool:
+    return (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank() == 0)
+
+
+def _global_encoder_frames(microbatches) -> float:
+    frames = sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
+    value = torch.tensor([float(frames)], device=_device())
+    torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
+    return value.item()
+
+
+class Trainer:
+    def __init__(self, run: RunConfig):
+        self.run, self.cfg, self.train_cfg = run, run.model, run.train
+        init_distributed()
+        tokenizer = run.data.make_tokenizer()
+        self.cfg.vocab_size, self.cfg.audio_token_id = tokenizer.vocab_size, tokenizer.audio_token_id
+        init_model_parallel(self.cfg, self.train_cfg.seed)
+        dp_rank = parallel_state.get_data_parallel_rank()
+        dp_size = parallel_state.get_data_parallel_world_size()
+        self.train_cfg.validate(dp_size)
+        ddp = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
+            use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
+            overlap_param_gather=self.train_cfg.overlap_param_gather)
+        self.model = build_model(self.cfg, ddp)
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
+        self.train_loader = build_dataloader(run.data, self.train_cfg.train_manifest.split(','),
+                                             dp_rank, dp_size, tokenizer=tokenizer)
+        self.valid_loader = None
+        if self.train_cfg.valid_manifest and self.train_cfg.eval_interval:
+            self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
+                                                 dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
+            self.valid_start = self.valid_loader.state_dict()
+        self.num_microbatches = self.train_cfg.global_batch_size // (self.train_cfg.micro_batch_size * dp_size)
+        log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
+        self.metrics = MetricsWriter(log_dir, _reporting_rank())
+        self.iteration, self.skipped = 0, 0
+
+    def resume(self):
+        if not self.train_cfg.load:
+            return
+        from .checkpoint import load_checkpoint
+        loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler)
+        if loaded is None:
+            logger.warning('--load %s holds no complete checkpoint: starting from scratch', self.train_cfg.load)
+            return
+        self.iteration, common = loaded
+        self.train_loader.load_state_dict(common['data'])
+        self.skipped = common.get('skipped_iterations', 0)
+        logger.info('resumed from %s at iteration %d', self.train_cfg.load, self.iteration)
+
+    def save(self):
+        from .checkpoint import save_checkpoint
+        common = {'data': self.train_loader.state_dict(), 'skipped_iterations': self.skipped,
+                  'consumed_samples': self.train_loader.consumed_samples}
+        path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
+                               self.scheduler, common, self.run.resolved())
+        logger.info('saved checkpoint %s', path)
+
+    def write_resolved_config(self):
+        target = self.train_cfg.save or self.metrics.path and os.path.dirname(self.metrics.path)
+        if torch.distributed.get_rank() == 0 and target:
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, 'config.yaml'), 'w') as f:
+                yaml.safe_dump(self.run.resolved(), f, sort_keys=True)
+
+    def train_step(self, microbatches):
+        """(lm loss, grad norm, skipped); a non-finite loss on any rank skips the update everywhere."""
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss = forward_backward(self.model, microbatches, self.cfg).mean
+        if _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss)):
+            return loss, 0.0, True  # no update; the scheduler does not advance
+        updated, grad_norm, _ = self.optimizer.step()
+        if updated:
+            self.scheduler.step(increment=self.train_cfg.global_batch_size)
+        return loss, grad_norm or 0.0, not updated
+
+    def evaluate(self):
+        for chunk in self.model:
+            chunk.eval()
+        loss_sum = tokens = 0.0
+        self.valid_loader.load_state_dict(self.valid_start)  # the same batches at every evaluation
+        batches = iter(self.valid_loader)
+        with torch.no_grad():
+            for _ in range(self.train_cfg.eval_iters):
+                microbatches = [next(batches, None) for _ in range(self.num_microbatches)]
+                if any(b is None for b in microbatches):
+                    break
+                totals = forward_backward(self.model, microbatches, self.cfg, forward_only=True)
+                loss_sum, tokens = loss_sum + totals.loss_sum, tokens + totals.tokens
+        record = {'iteration': self.iteration, 'lm loss': loss_sum / max(tokens, 1.0)}
+        record.update(mtp_metrics(self.model))
+        for chunk in self.model:
+            chunk.train()
+        if _reporting_rank():
+            logger.info('validation at iteration %d | %s', self.iteration,
+                        ' | '.join(f'{k}: {v:.6E}' for k, v in record.items() if k != 'iteration'))
+        self.metrics.log(record, prefix='valid')
+
+    def fit(self):
+        self.resume()
+        self.write_resolved_config()
+        stop = StopRequest()
+        batches = _endless(self.train_loader)
+        window, nan_streak, timer, started = [], 0, StepTimer(), time.perf_counter()
+        start_iteration = self.iteration
+        while self.iteration < self.train_cfg.train_iters:
+            microbatches = [next(batches) for _ in range(self.num_microbatches)]
+            frames = _global_encoder_frames(microbatches)
+            loss, grad_norm, skipped = self.train_step(microbatches)
+            self.iteration += 1
+            if skipped:
+                self.skipped += 1
+                nan_streak += 1
+                logger.warning('iteration %d: non-finite loss, update skipped (%d in a row)',
+                               self.iteration, nan_streak)
+                if nan_streak >= self.train_cfg.max_consecutive_nan_skips:
+                    raise RuntimeError(f'{nan_streak} consecutive iterations with a non-finite loss '
+                                       f'(--max-consecutive-nan-skips {self.train_cfg.max_consecutive_nan_skips}); '
+                                       'stopping. Lower --lr or check the data.')
+            else:
+                nan_streak = 0
+            window.append((loss, grad_norm, frames))
+            if self.iteration % self.train_cfg.log_interval == 0:
+                self.log(window, timer.lap(), started, start_iteration)
+                window = []
+            if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
+                self.evaluate()
+            if self.train_cfg.save and self.train_cfg.save_interval and \
+                    self.iteration % self.train_cfg.save_interval == 0:
+                self.save()
+            if _any_rank(stop.signalled):
+                if self.train_cfg.save:
+                    self.save()
+                logger.warning('stopping at iteration %d on a signal', self.iteration)
+                return
+        if self.train_cfg.save and not (self.train_cfg.save_interval and
+                                        self.iteration % self.train_cfg.save_interval == 0):
+            self.save()
+
+    def log(self, window, seconds, started, start_iteration):
+        steps = len(window)
+        tokens = self.train_cfg.global_batch_size * self.cfg.seq_length
+        frames = sum(w[2] for w in window) / steps
+        flops = batch_flops(self.cfg, self.train_cfg.global_batch_size, self.cfg.seq_length, frames,
+                            int(frames / self.train_cfg.global_batch_size) or 1)
+        world = torch.distributed.get_world_size()
+        finite = [w[0] for w in window if math.isfinite(w[0])]
+        record = {'iteration': self.iteration, 'consumed_samples': self.train_loader.consumed_samples,
+                  'lr': self.optimizer.param_groups[0]['lr'],
+                  'lm loss': sum(finite) / len(finite) if finite else float('nan'),
+                  'grad_norm': sum(w[1] for w in window) / steps, 'skipped_iterations': self.skipped,
+                  'step_ms': 1000 * seconds / steps, 'tokens_per_s': tokens * steps / seconds,
+                  'tflops_per_gpu': flops * steps / seconds / world / 1e12,
+                  'peak_mem_gb': peak_memory_gb()}
+        record.update(mtp_metrics(self.model))
+        done = self.iteration - start_iteration
+        eta = (time.perf_counter() - started) / done * (self.train_cfg.train_iters - self.iteration)
+        if _reporting_rank():
+            print(train_line(record, self.train_cfg.train_iters, eta), flush=True)
+        self.metrics.log(record)
+
+
+def train(run: RunConfig) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    Trainer(run).fit()

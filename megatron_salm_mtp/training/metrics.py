@@ -1,0 +1,85 @@
+"""Megatron-style log lines, the same figures per logged step in metrics.jsonl, TensorBoard if present."""
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+
+logger = logging.getLogger('megatron_salm_mtp')
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except ImportError:
+        return float('nan')
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class MetricsWriter:
+    """Writes only on the rank that calls it with ``enabled=True`` (the last PP stage's first rank)."""
+
+    def __init__(self, log_dir: str, enabled: bool):
+        self.enabled = enabled
+        self.path = os.path.join(log_dir, 'metrics.jsonl')
+        self.tensorboard = None
+        if not enabled:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(log_dir)
+        except ImportError:
+            logger.info('TensorBoard not importable: metrics.jsonl only')
+
+    def log(self, record: Dict[str, float], prefix: str = ''):
+        if not self.enabled:
+            return
+        with open(self.path, 'a') as f:
+            f.write(json.dumps({'split': prefix or 'train', **record}) + '\n')
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != 'iteration':
+                    self.tensorboard.add_scalar(f'{prefix or "train"}/{key}', value, record['iteration'])
+            self.tensorboard.flush()
+
+
+def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional[float]) -> str:
+    parts = [f"iteration {record['iteration']:8d}/{train_iters:8d}",
+             f"consumed samples: {record['consumed_samples']:10d}",
+             f"elapsed time per iteration (ms): {record['step_ms']:.1f}",
+             f"learning rate: {record['lr']:.6E}",
+             f"lm loss: {record['lm loss']:.6E}"]
+    depth = 1
+    while f'mtp_{depth} loss' in record:
+        parts.append(f"mtp_{depth} loss: {record[f'mtp_{depth} loss']:.6E}")
+        parts.append(f"mtp_{depth} acc: {record[f'mtp_{depth} acc']:.4f}")
+        depth += 1
+    parts += [f"grad norm: {record['grad_norm']:.3f}",
+              f"skipped iterations: {record['skipped_iterations']}",
+              f"tokens/s: {record['tokens_per_s']:.0f}",
+              f"TFLOP/s/GPU: {record['tflops_per_gpu']:.2f}",
+              f"peak mem (GB): {record['peak_mem_gb']:.2f}"]
+    if eta_seconds is not None:
+        parts.append(f"ETA: {_format_eta(eta_seconds)}")
+    return ' | '.join(parts)
+
+
+class StepTimer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
