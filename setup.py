@@ -9,8 +9,12 @@ setup(
     # torch is left unpinned on purpose: the NGC container's build (or the one installed first) is kept.
     install_requires=['torch>=2.4', 'megatron-core==0.16.1', 'pyyaml', 'numpy', 'psutil'],
     extras_require={
-        'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer'],
+        'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
+                 'espeakng-loader'],
+        'audio': ['soundfile'],
+        'tokenizers': ['tokenizers', 'sentencepiece'],
+        'synth': ['espeakng-loader'],
         'te': ['transformer-engine[pytorch]'],
     },
-    entry_points={'console_scripts': []},
+    entry_points={'console_scripts': ['salm-mtp-train=megatron_salm_mtp.train:main']},
 )
