@@ -43,7 +43,7 @@ for i, form in enumerate(forms):
     loader = build_dataloader(dcfg, form["manifest"], tokenizer=tok)
     it = iter(loader)
     microbatches = [next(it), next(it)]
-    loss = forward_backward(model, microbatches, cfg)
+    loss = forward_backward(model, microbatches, cfg).mean
     enc = [p.main_grad if getattr(p, "main_grad", None) is not None else p.grad
            for n, p in model[0].module.named_parameters() if "audio_encoder" in n]
     out[form["name"]] = {"loss": loss, "audio_grad": float(sum(g.abs().sum() for g in enc if g is not None)),
