@@ -291,6 +291,10 @@ class TrainConfig:
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
                               f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")
+        decay = self.lr_decay_iters or self.train_iters
+        if self.lr_decay_style != 'constant' and self.lr_warmup_iters >= decay:
+            raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below --lr-decay-iters "
+                              f"(or --train-iters) {decay}")
         if self.overlap_param_gather and not self.use_distributed_optimizer:
             raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
         if not self.train_manifest:

@@ -1,0 +1,113 @@
+"""The training entry point end to end: flags and YAML, a falling loss, multi-rank, NaN handling."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from megatron_salm_mtp.cli import parse_args
+from megatron_salm_mtp.config import ConfigError
+from train_utils import read_metrics, run_train
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    from megatron_salm_mtp.data.espeak import espeak_available
+    from megatron_salm_mtp.data.synth import build_corpus
+    if not espeak_available():
+        pytest.skip('espeak-ng unavailable')
+    out = tmp_path_factory.mktemp('corpus')
+    build_corpus(str(out), 96, seed=1)
+    return str(out)
+
+
+def test_precedence_defaults_yaml_flags(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text(yaml.safe_dump({'lr': 0.1, 'hidden-size': 96, 'mtp_num_layers': 3}))
+    run = parse_args(['--config', str(config), '--lr', '0.2', '--train-manifest', 'x.jsonl'])
+    assert run.train.lr == 0.2  # flag beats YAML
+    assert run.model.hidden_size == 96 and run.model.mtp_num_layers == 3  # YAML beats default
+    assert run.model.num_layers == 2 and run.train.min_lr == 3e-5  # defaults
+    assert run.data.seq_length == run.model.seq_length  # one flag, both sections
+    assert run.data.n_mels == run.model.num_mel_bins
+    resolved = run.resolved()
+    assert resolved['lr'] == 0.2 and resolved['hidden_size'] == 96
+
+
+def test_unknown_yaml_key_and_bad_value_are_errors(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text('hidden_sise: 64\n')
+    with pytest.raises(ConfigError, match="c.yaml: unknown key 'hidden_sise'"):
+        parse_args(['--config', str(config)])
+    config.write_text('num_layers: many\n')
+    with pytest.raises(ConfigError, match='num_layers must be int'):
+        parse_args(['--config', str(config)])
+    with pytest.raises(ConfigError, match='no such file'):
+        parse_args(['--config', str(tmp_path / 'missing.yaml')])
+
+
+def test_warmup_longer_than_training_is_an_error():
+    run = parse_args(['--train-iters', '10', '--lr-warmup-iters', '10', '--train-manifest', 'x'])
+    with pytest.raises(ConfigError, match='--lr-warmup-iters 10 must be below'):
+        run.train.validate()
+
+
+def test_unknown_flag_is_an_error():
+    result = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--hiden-size', '3'],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and 'unrecognized arguments: --hiden-size' in result.stderr
+
+
+def test_shipped_configs_parse():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in sorted(os.listdir(os.path.join(root, 'configs'))):
+        run = parse_args(['--config', os.path.join(root, 'configs', name), '--train-manifest', 'x'])
+        run.model.validate()
+
+
+def test_loss_falls_and_metrics_are_written(corpus, tmp_path):
+    log_dir = str(tmp_path / 'logs')
+    result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '15',
+                                '--eval-iters', '1'])
+    assert 'transformer implementation: local' in result.stdout
+    assert 'iteration       30/      30' in result.stdout and 'mtp_2 loss' in result.stdout
+    records = read_metrics(log_dir)
+    assert [r['iteration'] for r in records] == list(range(2, 31, 2))
+    first, last = records[0], records[-1]
+    assert last['lm loss'] < 0.7 * first['lm loss'], (first['lm loss'], last['lm loss'])
+    assert last['mtp_1 loss'] < first['mtp_1 loss']
+    for key in ('consumed_samples', 'lr', 'grad_norm', 'tokens_per_s', 'tflops_per_gpu',
+                'peak_mem_gb', 'mtp_1 acc', 'mtp_2 acc'):
+        assert key in last
+    assert last['consumed_samples'] == 30 * 8
+    assert len(read_metrics(log_dir, 'valid')) == 2
+    with open(os.path.join(log_dir, 'config.yaml')) as f:
+        assert yaml.safe_load(f)['train_iters'] == 30
+
+
+def test_two_ranks_pipeline_parallel(corpus, tmp_path):
+    log_dir = str(tmp_path / 'logs')
+    run_train(corpus, ['--train-iters', '4', '--pipeline-model-parallel-size', '2',
+                       '--log-dir', log_dir], nproc=2)
+    records = read_metrics(log_dir)
+    assert len(records) == 2 and 'mtp_1 loss' in records[-1]
+
+
+def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
+    """A NaN weight makes every loss NaN: each update is skipped (weights untouched), and after
+    --max-consecutive-nan-skips steps the run stops with a message naming the flag."""
+    probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'nan_probe.py')
+    result = subprocess.run(
+        [sys.executable, probe, '--config', os.path.join(os.path.dirname(probe), '..', 'configs', 'tiny_cpu.yaml'),
+         '--train-manifest', os.path.join(corpus, 'train.jsonl'), '--num-layers', '2',
+         '--hidden-size', '64', '--ffn-hidden-size', '176', '--encoder-num-layers', '1',
+         '--encoder-hidden-size', '64', '--micro-batch-size', '4', '--global-batch-size', '8',
+         '--max-consecutive-nan-skips', '3', '--train-iters', '10', '--lr-warmup-iters', '2',
+         '--eval-interval', '0',
+         '--log-interval', '1', '--log-dir', str(tmp_path)],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'STOPPED: 3 consecutive iterations with a non-finite loss' in result.stdout
+    assert 'UNCHANGED' in result.stdout
