@@ -62,6 +62,8 @@ class SALMConfig:
     """MTP depths D (None or 0: no MTP)."""
     mtp_loss_scaling_factor: float = 0.1
     """lambda: the MTP term is lambda / D times the sum of per-depth mean losses."""
+    full_sequence_logits: bool = False
+    """Compute head logits at every position, as core does (default: supervised positions only)."""
     mtp_mask_placeholder_paths: bool = True
     """Drop depth-k targets whose chain consumes an audio placeholder (Megatron-LM #6770)."""
 

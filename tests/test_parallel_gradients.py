@@ -74,3 +74,12 @@ def test_gradients_match_reference(setup, tp, pp, nproc, microbatches, sp):
         ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
         assert total[1, k].item() == n_k.item()
         assert total[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
+
+
+def test_full_sequence_logits_give_the_same_gradients(setup):
+    """core's way (head over every position) and the default (supervised positions only) agree."""
+    cfg = setup['cfg'].replace(tensor_model_parallel_size=2, sequence_parallel=True,
+                               full_sequence_logits=True)
+    loss, grads, _, _ = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
+                                   setup['batch_path'], os.path.join(setup['workdir'], 'full'), 2, 2)
+    assert_grads_match(setup['grads'], grads)

@@ -4,7 +4,8 @@ Only ``_postprocess`` differs from upstream, and only when MTP runs with labels:
 its inputs from ``embed_mtp_inputs`` (scattered for sequence parallelism: Megatron-LM #6256), each
 depth is supervised by the expanded answer-only mask (never "all ones": #6010) and weighted by the
 global per-token weights of ``mtp.py`` (never divided by a local count that can be zero: #3396),
-and per-depth loss and top-1 agreement are recorded for logging.
+and per-depth loss and top-1 agreement are recorded for logging. The main and MTP heads compute
+logits only at supervised positions (``supervised_token_loss``).
 """
 
 from typing import Optional
@@ -38,8 +39,10 @@ def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_grou
 class SpeechGPTModel(GPTModel):
     """GPTModel whose MTP loss uses the answer-only mask and global per-token weights."""
 
-    def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True, **kwargs):
+    def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True,
+                 full_sequence_logits: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.full_sequence_logits = full_sequence_logits
         self.audio_token_id = audio_token_id
         self.mask_placeholder_paths = mask_placeholder_paths
         depths = self.config.mtp_num_layers or 0
@@ -69,22 +72,54 @@ class SpeechGPTModel(GPTModel):
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, rotary_pos_emb,
                      rotary_pos_cos, rotary_pos_sin, mtp_in_postprocess=None, loss_mask=None,
                      **kwargs):
-        if not (self.post_process and self.mtp_process):  # no MTP here: upstream as is
+        training_loss = self.post_process and labels is not None and loss_mask is not None
+        if not training_loss and not (self.post_process and self.mtp_process):
             return super()._postprocess(hidden_states, input_ids, position_ids, labels,
                                         rotary_pos_emb, rotary_pos_cos, rotary_pos_sin,
                                         mtp_in_postprocess=mtp_in_postprocess,
                                         loss_mask=loss_mask, **kwargs)
         output_weight = (self.shared_embedding_or_output_weight()
                          if self.share_embeddings_and_output_weights else None)
-        if labels is not None:
+        if labels is None:  # inference with an MTP model: the main head only
+            logits, _ = self.output_layer(hidden_states, weight=output_weight,
+                                          runtime_gather_output=kwargs.get('runtime_gather_output'))
+            return logits.transpose(0, 1).contiguous()
+        if self.mtp_process:
             hidden_states = self._add_mtp_losses(hidden_states, input_ids, position_ids, labels,
                                                  loss_mask, output_weight, rotary_pos_emb,
                                                  rotary_pos_cos, rotary_pos_sin, kwargs)
-        logits, _ = self.output_layer(hidden_states, weight=output_weight,
-                                      runtime_gather_output=kwargs.get('runtime_gather_output'))
-        if labels is None:
-            return logits.transpose(0, 1).contiguous()
-        return self.compute_language_model_loss(labels, logits)
+        token_loss, _ = self.supervised_token_loss(hidden_states, labels, loss_mask, output_weight)
+        return token_loss
+
+    def supervised_token_loss(self, hidden_states, labels, mask, output_weight):
+        """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits) computing logits only at
+        supervised positions: speech prompts are mostly audio, and a 150k-word head over every
+        position costs more than a decoder layer (``full_sequence_logits`` restores core's way).
+        """
+        if self.config.sequence_parallel:  # select rows of the whole sequence
+            hidden_states = tensor_parallel.gather_from_sequence_parallel_region(
+                hidden_states, tensor_parallel_output_grad=False, group=self.pg_collection.tp)
+        seq, batch, width = hidden_states.shape
+        flat_mask = mask.t().reshape(-1)  # s-major, as hidden_states is [s, b, h]
+        if self.full_sequence_logits:
+            rows = torch.arange(seq * batch, device=hidden_states.device)
+        else:
+            rows = flat_mask.nonzero().squeeze(1)
+        picked = hidden_states.reshape(seq * batch, width).index_select(0, rows).unsqueeze(1)
+        sequence_parallel, self.output_layer.sequence_parallel = self.output_layer.sequence_parallel, False
+        try:
+            logits, _ = self.output_layer(picked, weight=output_weight)  # [n, 1, V/tp]
+        finally:
+            self.output_layer.sequence_parallel = sequence_parallel
+        targets = labels.t().reshape(-1).index_select(0, rows).unsqueeze(0)  # [1, n]
+        picked_loss = self.compute_language_model_loss(targets, logits)[0]
+        picked_hits = vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
+        weights = flat_mask.index_select(0, rows).float()
+        loss = torch.zeros(seq * batch, dtype=picked_loss.dtype, device=picked_loss.device)
+        hits = torch.zeros(seq * batch, device=picked_loss.device)
+        loss = loss.index_add(0, rows, picked_loss * weights).view(seq, batch).t()
+        hits = hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
+        return loss, hits
 
     def _add_mtp_losses(self, hidden_states, input_ids, position_ids, labels, loss_mask,
                         output_weight, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, kwargs):
@@ -110,11 +145,10 @@ class SpeechGPTModel(GPTModel):
         mtp_labels = labels
         for depth in range(depths):
             mtp_labels = torch.roll(mtp_labels, shifts=-1, dims=-1)
-            logits, _ = self.output_layer(chunks[depth + 1], weight=output_weight)
-            token_loss = self.compute_language_model_loss(mtp_labels, logits)
-            loss_sum = (token_loss * masks[depth]).sum()
-            hits = vocab_parallel_top1_hits(logits, mtp_labels, self.pg_collection.tp)
-            self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), (hits * masks[depth]).sum())
+            token_loss, hits = self.supervised_token_loss(chunks[depth + 1], mtp_labels,
+                                                          masks[depth], output_weight)
+            loss_sum = token_loss.sum()
+            self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), hits.sum())
             weight = weights[depth].to(loss_sum.device)
             hidden_states = MTPLossAutoScaler.apply(hidden_states, weight * loss_sum)
         return hidden_states

@@ -69,7 +69,8 @@ class SALM(MegatronModule):
             scatter_embedding_sequence_parallel=False,  # scatter after the splice, below
             mtp_block_spec=mtp_block_spec(impl, config, decoder_spec, vp_stage=vp_stage),
             vp_stage=vp_stage, audio_token_id=cfg.audio_token_id,
-            mask_placeholder_paths=cfg.mtp_mask_placeholder_paths)
+            mask_placeholder_paths=cfg.mtp_mask_placeholder_paths,
+            full_sequence_logits=cfg.full_sequence_logits)
         self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
         lm = self.language_model
         if lm.share_embeddings_and_output_weights and lm.mtp_process and not pre_process:
