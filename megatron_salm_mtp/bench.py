@@ -1,0 +1,133 @@
+"""Benchmark the real training step: ``python -m megatron_salm_mtp.bench --config C.yaml [flags]``.
+
+Runs forward, backward and the optimizer step of the configured layout (any training flag works:
+``--tensor-model-parallel-size``, ``--use-distributed-optimizer``, ``--bf16``, ...) on synthetic
+batches after warm-up, for the configuration without MTP and with it, in the same process, and
+prints step time, tokens/s, TFLOP/s per GPU and MFU (model FLOPs of ``training/flops.py`` against
+the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the two runs.
+
+    torchrun --nproc-per-node 2 -m megatron_salm_mtp.bench --config configs/salm_1b_8gpu.yaml \\
+        --tensor-model-parallel-size 2 --mtp-num-layers 2
+"""
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallelConfig
+
+from .cli import parse_args
+from .data.frames import encoder_frames
+from .data.synthetic_batches import synthetic_batch
+from .parallel.setup import build_model, init_distributed, init_model_parallel
+from .training.flops import batch_flops
+from .training.optim import build_optimizer
+from .training.step import forward_backward
+
+BF16_DENSE_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # vendor figures, FLOP/s
+
+
+def _peak_flops(override):
+    if override:
+        return override * 1e12
+    if not torch.cuda.is_available():
+        return float('nan')
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in BF16_DENSE_PEAK.items() if key in name), float('nan'))
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(run, bench, depths: int) -> dict:
+    """Build the model with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
+    cfg = run.model.replace(mtp_num_layers=depths or None)
+    train = run.train
+    dp = parallel_state.get_data_parallel_world_size()
+    ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=train.overlap_grad_reduce,
+                                        use_distributed_optimizer=train.use_distributed_optimizer,
+                                        overlap_param_gather=train.overlap_param_gather)
+    model = build_model(cfg, ddp)
+    optimizer, _ = build_optimizer(model, train, cfg)
+    num_micro = train.global_batch_size // (train.micro_batch_size * dp)
+    microbatches = [synthetic_batch(train.micro_batch_size, cfg.seq_length, cfg.vocab_size,
+                                    cfg.audio_token_id, cfg.num_mel_bins, cfg.audio_frame_stack,
+                                    bench.audio_fraction, bench.answer_fraction, bench.text_only, seed=i)
+                    for i in range(num_micro)]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(bench.warmup_iters + bench.timed_iters):
+        _sync()
+        start = time.perf_counter()
+        for chunk in model:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        forward_backward(model, microbatches, cfg)
+        optimizer.step()
+        _sync()
+        if step >= bench.warmup_iters:
+            times.append(time.perf_counter() - start)
+    step_s = sum(times) / len(times)
+    frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
+    per_utt = int(frames / max(train.global_batch_size, 1)) or 1
+    flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt)
+    world = torch.distributed.get_world_size()
+    result = {'mtp_depths': depths, 'step_ms': 1000 * step_s,
+              'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
+              'tflops_per_gpu': flops / step_s / world / 1e12,
+              'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan')}
+    del model, optimizer
+    gc.collect()
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('--warmup-iters', type=int, default=3)
+    parser.add_argument('--timed-iters', type=int, default=10)
+    parser.add_argument('--audio-fraction', type=float, default=0.6, help='share of the sequence that is audio')
+    parser.add_argument('--answer-fraction', type=float, default=0.25, help='supervised share')
+    parser.add_argument('--text-only', action='store_true', help='LLM alone, every position supervised')
+    parser.add_argument('--peak-tflops', type=float, default=None, help='bf16 dense peak per GPU')
+    parser.add_argument('--vocab-size', type=int, default=None, help='vocabulary (152k Qwen, 32k Llama-2)')
+    parser.add_argument('--json', default=None, help='also write the results here')
+    bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    run = parse_args(rest)
+    if bench.vocab_size:
+        run.model.vocab_size = bench.vocab_size
+    init_distributed()
+    init_model_parallel(run.model, run.train.seed)
+    peak = _peak_flops(bench.peak_tflops)
+    depths = run.model.mtp_depths
+    results = [measure(run, bench, 0)] + ([measure(run, bench, depths)] if depths else [])
+    if torch.distributed.get_rank() != torch.distributed.get_world_size() - 1:
+        return
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
+    print(f"device: {torch.distributed.get_world_size()} x {device} | TP={run.model.tensor_model_parallel_size} "
+          f"PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch "
+          f"{run.train.global_batch_size} | bf16={run.model.bf16} | "
+          f"{'text only' if bench.text_only else f'audio {bench.audio_fraction:.0%}, supervised {bench.answer_fraction:.0%}'}")
+    print(f"{'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | {'peak GB':>7}")
+    for r in results:
+        r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
+        print(f"{r['mtp_depths']:>10} | {r['step_ms']:8.1f} | {r['tokens_per_s']:9.0f} | "
+              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f}")
+    if depths:
+        base, mtp = results
+        print(f"MTP overhead per depth: {(mtp['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step time, "
+              f"{(mtp['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB")
+    if bench.json:
+        with open(bench.json, 'w') as f:
+            json.dump({'device': device, 'results': results}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,46 @@
+"""Random batches in the model's batch contract, for benchmarks (no files, no decoding).
+
+A speech sample is [prompt text | audio placeholders | answer | padding]: ``audio_fraction`` of the
+sequence is audio, ``answer_fraction`` is supervised. ``text_only`` gives the LLM-alone shape with
+every position supervised (the baseline the GPU README measures).
+"""
+
+import torch
+
+from .frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens
+
+
+def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_token_id: int,
+                    num_mel_bins: int, frame_stack: int, audio_fraction: float = 0.6,
+                    answer_fraction: float = 0.25, text_only: bool = False, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (batch_size, seq_length + 1), generator=gen)
+    tokens[tokens == audio_token_id] = 0
+    loss_mask = torch.zeros(batch_size, seq_length + 1)
+    features, lengths = [], []
+    if text_only:
+        loss_mask[:, 1:] = 1
+    else:
+        frames = int(audio_fraction * seq_length * frame_stack * 2)  # mel frames filling that share
+        n_audio = audio_tokens(frames, frame_stack)
+        start, answer = 4, int(answer_fraction * seq_length)
+        for row in range(batch_size):
+            tokens[row, start:start + n_audio] = audio_token_id
+            first = start + n_audio + 2
+            loss_mask[row, first:first + answer] = 1
+            features.append(torch.randn(num_mel_bins, frames, generator=gen))
+            lengths.append(frames)
+    batch = {'tokens': tokens[:, :-1].contiguous(), 'labels': tokens[:, 1:].contiguous(),
+             'loss_mask': loss_mask[:, 1:].contiguous(),
+             'position_ids': torch.arange(seq_length).repeat(batch_size, 1)}
+    if features:
+        batch['audio_features'] = torch.stack(features)
+        batch['audio_feature_lengths'] = torch.tensor(lengths)
+    else:
+        batch['audio_features'] = torch.zeros(0, num_mel_bins, 0)
+        batch['audio_feature_lengths'] = torch.zeros(0, dtype=torch.long)
+    return batch
+
+
+def audio_seconds(batch: dict) -> float:
+    return float(batch['audio_feature_lengths'].sum()) * HOP_LENGTH / SAMPLE_RATE
