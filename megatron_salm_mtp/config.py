@@ -152,8 +152,9 @@ def _dtype(cfg: SALMConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.bf16 else torch.float32
 
 
-def llm_transformer_config(cfg: SALMConfig) -> TransformerConfig:
-    """Megatron-Core TransformerConfig of the LLM (and its MTP layers)."""
+def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> TransformerConfig:
+    """Megatron-Core TransformerConfig of the LLM (and its MTP layers); ``fused_kernels`` (the TE
+    spec on GPU) turns on the SwiGLU, RoPE and vocab-parallel cross-entropy fusions."""
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -182,9 +183,11 @@ def llm_transformer_config(cfg: SALMConfig) -> TransformerConfig:
         params_dtype=_dtype(cfg),
         pipeline_dtype=_dtype(cfg),
         autocast_dtype=_dtype(cfg),
-        bias_activation_fusion=False,
+        bias_activation_fusion=fused_kernels,
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=fused_kernels,
+        cross_entropy_loss_fusion=fused_kernels,
+        cross_entropy_fusion_impl='te',
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),

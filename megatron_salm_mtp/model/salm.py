@@ -18,7 +18,7 @@ from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .llm import SpeechGPTModel
 from .projector import AudioProjector
-from .specs import block_spec, mtp_block_spec
+from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 
 
 def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor,
@@ -43,7 +43,7 @@ def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: tor
 class SALM(MegatronModule):
     def __init__(self, cfg: SALMConfig, impl: str, pre_process: bool = True,
                  post_process: bool = True, vp_stage: Optional[int] = None):
-        config = llm_transformer_config(cfg)
+        config = llm_transformer_config(cfg, fused_kernels=impl == TRANSFORMER_ENGINE)
         super().__init__(config=config)
         self.cfg = cfg
         self.model_type = ModelType.encoder_or_decoder  # schedules read it
