@@ -274,6 +274,8 @@ class TrainConfig:
     """Checkpoint folder to resume from (the latest complete checkpoint in it)."""
     save_interval: Optional[int] = None
     """Save every this many steps (and at the end when --save is set)."""
+    exit_interval: Optional[int] = None
+    """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
     seed: int = 1234
     """Seed of weights, data order and dropout."""
     log_dir: Optional[str] = None

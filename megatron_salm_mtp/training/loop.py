@@ -192,14 +192,22 @@ class Trainer:
             if self.train_cfg.save and self.train_cfg.save_interval and \
                     self.iteration % self.train_cfg.save_interval == 0:
                 self.save()
-            if _any_rank(stop.signalled):
-                if self.train_cfg.save:
+            if _any_rank(stop.signalled) or self._exit_interval_reached():
+                if self.train_cfg.save and not self._saved_this_iteration():
                     self.save()
-                logger.warning('stopping at iteration %d on a signal', self.iteration)
+                logger.warning('stopping at iteration %d (%s)', self.iteration,
+                               'signal' if stop.signalled else '--exit-interval')
                 return
-        if self.train_cfg.save and not (self.train_cfg.save_interval and
-                                        self.iteration % self.train_cfg.save_interval == 0):
+        if self.train_cfg.save and not self._saved_this_iteration():
             self.save()
+
+    def _saved_this_iteration(self) -> bool:
+        interval = self.train_cfg.save_interval
+        return bool(interval) and self.iteration % interval == 0
+
+    def _exit_interval_reached(self) -> bool:
+        interval = self.train_cfg.exit_interval
+        return bool(interval) and self.iteration % interval == 0 and self.iteration < self.train_cfg.train_iters
 
     def log(self, window, seconds, started, start_iteration):
         steps = len(window)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# GPU runs behind the figures in README/docs: `bash tests/gpu/runs.sh STEP OUT_DIR [CORPUS_DIR]`.
+# Steps: check (TE bf16 1 GPU vs TP2+SP), bench1 (1 GPU benchmarks), benchN (TP=2, TP2xPP2),
+# train (tiny + 1B-class training, save and resume). Each writes logs under OUT_DIR.
+set -uo pipefail
+step="$1"; out="$2"; corpus="${3:-}"
+mkdir -p "$out"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+export PYTHONWARNINGS=ignore
+# The 1B-class LLM (Qwen3-1.7B shape) + Whisper-small encoder, as in DESIGN.md.
+ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention-heads 16
+       --num-query-groups 8 --kv-channels 128 --qk-layernorm --rotary-base 1000000
+       --encoder-num-layers 12 --encoder-hidden-size 768 --encoder-num-attention-heads 12
+       --num-mel-bins 80 --audio-frame-stack 4 --seq-length 1024 --bf16
+       --make-vocab-size-divisible-by 128 --lr 1e-4 --min-lr 1e-5 --lr-warmup-iters 5)
+bench() { # name nproc args...
+  local name="$1" n="$2"; shift 2
+  echo "== $name" | tee -a "$out/bench.log"
+  torchrun --nproc-per-node "$n" --master-port $((29000 + RANDOM % 1000)) -m megatron_salm_mtp.bench \
+    "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -6 | tee -a "$out/bench.log"
+}
+case "$step" in
+  check)
+    python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
+  bench1)
+    bench llm152k_naive 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
+    bench llm152k 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
+    bench salm152k_naive 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
+    bench salm152k 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3
+    bench salm32k 1 --vocab-size 32000 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3 ;;
+  benchN)
+    bench salm152k_tp2 2 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 16 --mtp-num-layers 2 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer
+    bench salm152k_tp2pp2 4 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 32 --mtp-num-layers 2 --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer ;;
+  train)
+    common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
+            --eval-interval 50 --eval-iters 2 --log-interval 10)
+    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --log-dir "$out/tiny_full" > "$out/tiny_full.log" 2>&1
+    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --save /tmp/ckpt_tiny --exit-interval 50 --log-dir "$out/tiny_resume" > "$out/tiny_part1.log" 2>&1
+    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --load /tmp/ckpt_tiny --save /tmp/ckpt_tiny --log-dir "$out/tiny_resume" > "$out/tiny_part2.log" 2>&1
+    grep -h "iteration " "$out"/tiny_full.log | tail -3; grep -h "iteration " "$out"/tiny_part2.log | tail -3
+    torchrun --nproc-per-node 2 -m megatron_salm_mtp.train "${common[@]}" "${ONE_B[@]}" --tensor-model-parallel-size 2 --sequence-parallel \
+      --mtp-num-layers 2 --micro-batch-size 4 --global-batch-size 16 --train-iters 60 --use-distributed-optimizer --log-dir "$out/b1_tp2" > "$out/b1_tp2.log" 2>&1
+    grep -h "iteration " "$out/b1_tp2.log" | tail -6 ;;
+esac
