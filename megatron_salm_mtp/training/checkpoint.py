@@ -1,0 +1,320 @@
+"""Distributed checkpoints on ``megatron.core.dist_checkpointing``: save, resume, reshard.
+
+One checkpoint is one folder ``iter_0000010`` holding the model, the optimiser (in the
+``fully_reshardable`` layout, so TP/PP/DP may change between save and load), the LR scheduler,
+every rank's RNG states and the run's common state (iteration, data-sampler position, counters).
+
+Atomicity: ranks write into ``iter_0000010.tmp-<id>``; after every rank is done, rank 0 writes the
+completion marker, renames the folder into place and only then rewrites the tracker file
+``latest_checkpointed_iteration.txt`` (temporary file + ``os.replace``). A crash at any point
+leaves either a ``.tmp-`` folder or a folder without marker, both of which loading ignores.
+
+dist_checkpointing starts a helper process on CPU: scripts calling these functions must keep
+their entry point under ``if __name__ == "__main__":``.
+"""
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from typing import Optional
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.utils import unwrap_model
+
+logger = logging.getLogger(__name__)
+
+TRACKER = 'latest_checkpointed_iteration.txt'
+MARKER = 'checkpoint_complete.json'
+CONFIG_FILE = 'config.yaml'
+FORMAT_VERSION = 1
+_ITER_DIR = re.compile(r'^iter_(\d{7,})$')
+_SHARDING = {'distrib_optim_sharding_type': 'fully_reshardable'}
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f'iter_{iteration:07d}')
+
+
+def is_complete(path: str) -> bool:
+    """A checkpoint counts only once its marker exists; rank 0 writes it after every rank finished."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
+    """Iteration of the newest complete checkpoint under ``load_dir``, or None.
+
+    The tracker file decides (users roll back by editing it, as with Megatron-LM); when it is
+    missing, unreadable or names an incomplete folder, the newest complete folder is taken.
+    """
+    if not os.path.isdir(load_dir):
+        return None
+    tracker = os.path.join(load_dir, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker) as f:
+            text = f.read().strip()
+        if text.isdigit() and is_complete(checkpoint_dir(load_dir, int(text))):
+            return int(text)
+        logger.warning('%s names %r, which is no complete checkpoint: scanning %s instead',
+                       tracker, text, load_dir)
+    found = [int(m.group(1)) for m in map(_ITER_DIR.match, os.listdir(load_dir))
+             if m and is_complete(os.path.join(load_dir, m.group(0)))]
+    return max(found) if found else None
+
+
+# --------------------------------------------------------------------------- state pieces
+
+def _layout() -> dict:
+    """The parallel layout; RNG states are restored only into the same one."""
+    return {'tp': parallel_state.get_tensor_model_parallel_world_size(),
+            'pp': parallel_state.get_pipeline_model_parallel_world_size(),
+            'dp': parallel_state.get_data_parallel_world_size(with_context_parallel=True)}
+
+
+def _model_sharded_state_dict(model_chunks) -> dict:
+    # dp_cp_group explicitly: the MTP stage without pre_process raises TypeError without it.
+    metadata = {'dp_cp_group': parallel_state.get_data_parallel_group(with_context_parallel=True)}
+    modules = unwrap_model(list(model_chunks))
+    if len(modules) == 1:
+        return {'model': modules[0].sharded_state_dict(metadata=metadata)}
+    return {f'model{i}': m.sharded_state_dict(metadata=metadata) for i, m in enumerate(modules)}
+
+
+def _leaf_optimizers(optimizer):
+    return list(getattr(optimizer, 'chained_optimizers', None) or [optimizer])
+
+
+def _torch_adam_states(opt):
+    """(param, state) of a torch Adam inside a Megatron optimiser; [] for TE/Apex fused Adam
+    (their step lives in param_groups, not per parameter)."""
+    inner = getattr(opt, 'optimizer', None)
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        return []
+    return [(p, inner.state[p]) for group in inner.param_groups for p in group['params']]
+
+
+def _ensure_optimizer_state(optimizer) -> None:
+    """Allocate Adam state (zero moments, step 0) where no step has been taken yet.
+
+    Megatron's DistributedOptimizer, on torch's Adam, reads one common ``step`` from the
+    per-parameter state both to save and to prepare a load; a fresh optimiser has none. Zero
+    moments with step 0 is exactly what Adam's first step would create, so training is unchanged.
+    """
+    for opt in _leaf_optimizers(optimizer):
+        for param, state in _torch_adam_states(opt):
+            if 'step' not in state:
+                state.setdefault('exp_avg', torch.zeros_like(param))
+                state.setdefault('exp_avg_sq', torch.zeros_like(param))
+                state['step'] = torch.tensor(0.0)
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """Load the distributed optimiser's fully_reshardable state around torch Adam's ``step``.
+
+    ``DistributedOptimizer.load_state_dict`` first sets every parameter's ``step`` from the saved
+    param_groups (one shared tensor), then ``load_parameter_state_from_fully_reshardable`` copies
+    each state key from the checkpoint, which holds no ``step``: KeyError in
+    ``_set_main_param_and_optimizer_states``. Wrapping that one method on the instance takes the
+    steps out while the tensors are copied and puts them back, one tensor per parameter (a
+    shared tensor would be incremented once per parameter by Adam's in-place update).
+    """
+    for opt in _leaf_optimizers(optimizer):
+        if not _torch_adam_states(opt) or not hasattr(opt, 'load_parameter_state_from_fully_reshardable'):
+            continue
+        original = type(opt).load_parameter_state_from_fully_reshardable
+
+        def load_without_step(state_dict, opt=opt, original=original):
+            steps = {id(p): s.pop('step') for p, s in _torch_adam_states(opt) if 'step' in s}
+            try:
+                original(opt, state_dict)
+            finally:
+                for param, state in _torch_adam_states(opt):
+                    if id(param) in steps:
+                        state['step'] = steps[id(param)].detach().clone()
+
+        opt.load_parameter_state_from_fully_reshardable = load_without_step
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """Give every parameter its own ``step`` tensor after a load (see ``_restore_adam_steps``)."""
+    for opt in _leaf_optimizers(optimizer):
+        for _, state in _torch_adam_states(opt):
+            if 'step' in state:
+                state['step'] = state['step'].detach().clone()
+
+
+def _rng_state() -> ShardedObject:
+    """This rank's RNG streams, one shard per (PP, TP, DP) rank."""
+    np_state = np.random.get_state()
+    state = {'random': random.getstate(),
+             # numpy's state as tensor + plain numbers: dist_checkpointing loads with weights_only
+             'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                       int(np_state[2]), int(np_state[3]), float(np_state[4])),
+             'torch': torch.get_rng_state(),
+             'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+             'tracker': tensor_parallel.get_cuda_rng_tracker().get_states()}
+    layout = _layout()
+    ranks = (parallel_state.get_pipeline_model_parallel_rank(),
+             parallel_state.get_tensor_model_parallel_rank(),
+             parallel_state.get_data_parallel_rank(with_context_parallel=True))
+    return ShardedObject('rng_state', state, (layout['pp'], layout['tp'], layout['dp']), ranks,
+                         replica_id=0)
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state['random'])
+    name, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state['tracker'])
+
+
+def _sharded_state_dict(model_chunks, optimizer, with_optimizer: bool, with_rng: bool,
+                        is_loading: bool) -> dict:
+    state = _model_sharded_state_dict(model_chunks)
+    if with_optimizer and optimizer is not None:
+        _ensure_optimizer_state(optimizer)
+        model_sd = state['model'] if len(state) == 1 else state
+        state['optimizer'] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                          metadata=dict(_SHARDING))
+    if with_rng:
+        state['rng_state'] = _rng_state()
+    return state
+
+
+# --------------------------------------------------------------------------- save
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dump_config(config: dict) -> str:
+    try:
+        import yaml
+        return yaml.safe_dump(config, sort_keys=True)
+    except Exception:  # no PyYAML, or values it cannot represent: JSON is valid YAML
+        return json.dumps(config, indent=2, sort_keys=True, default=str)
+
+
+def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler,
+                    common_state: dict, resolved_config: dict) -> str:
+    """Save everything needed to resume at ``iteration``; collective over all ranks.
+
+    ``common_state`` must be identical on all ranks (rank 0's copy is stored). Returns the final
+    checkpoint folder.
+    """
+    rank = torch.distributed.get_rank()
+    final = checkpoint_dir(save_dir, iteration)
+    name = [None]
+    if rank == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        for stale in os.listdir(save_dir):  # left by an earlier crash mid-save
+            if '.tmp-' in stale and stale.startswith('iter_'):
+                logger.warning('removing incomplete checkpoint %s', os.path.join(save_dir, stale))
+                shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
+        name[0] = f'{final}.tmp-{uuid.uuid4().hex[:8]}'
+        os.makedirs(name[0])
+    torch.distributed.broadcast_object_list(name, src=0)
+    tmp = name[0]
+    started = time.time()
+    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=True, with_rng=True,
+                                is_loading=False)
+    state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
+                 common=common_state,
+                 scheduler=scheduler.state_dict() if scheduler is not None else None)
+    dist_checkpointing.save(state, tmp)  # ends with a barrier: every rank's shards are written
+    if rank == 0:
+        _finalize(save_dir, tmp, final, iteration, resolved_config)
+    torch.distributed.barrier()
+    if rank == 0:
+        logger.info('saved checkpoint at iteration %d to %s in %.1f s', iteration, final,
+                    time.time() - started)
+    return final
+
+
+def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_config: dict) -> None:
+    """Rank 0, all shards on disk: marker, rename into place, then the tracker."""
+    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+        f.write(_dump_config(resolved_config or {}))
+    _write_atomic(os.path.join(tmp, MARKER),
+                  json.dumps({'iteration': iteration, 'layout': _layout(), 'time': time.time()}))
+    if os.path.exists(final):  # e.g. a rolled-back tracker: the new save replaces the old folder
+        old = f'{final}.tmp-old-{uuid.uuid4().hex[:8]}'
+        os.rename(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.rename(tmp, final)
+    _fsync_dir(save_dir)
+    _write_atomic(os.path.join(save_dir, TRACKER), f'{iteration}\n')
+    _fsync_dir(save_dir)
+
+
+# --------------------------------------------------------------------------- load
+
+def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
+                    load_optimizer: bool = True) -> Optional[tuple]:
+    """Load the latest complete checkpoint under ``load_dir`` into the given objects.
+
+    Returns ``(iteration, common_state)``, or None when the folder holds no complete checkpoint.
+    The checkpoint may come from another TP/PP/DP layout; RNG states are then not restored.
+    Without ``load_optimizer`` the optimiser and scheduler keep their fresh state.
+    """
+    if not os.path.isdir(load_dir):
+        raise FileNotFoundError(f'--load {load_dir!r}: no such directory')
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        return None
+    path = checkpoint_dir(load_dir, iteration)
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get('format_version') != FORMAT_VERSION:
+        raise ValueError(f'{path}: checkpoint format {common.get("format_version")!r}, '
+                         f'this code reads {FORMAT_VERSION}')
+    same_layout = common['layout'] == _layout()
+    if not same_layout and torch.distributed.get_rank() == 0:
+        logger.warning('checkpoint %s was saved at %s, loading at %s: RNG states are not '
+                       'restored', path, common['layout'], _layout())
+    with_optimizer = load_optimizer and optimizer is not None
+    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=with_optimizer,
+                                with_rng=same_layout, is_loading=True)
+    loaded = dist_checkpointing.load(state, path)
+    modules = unwrap_model(list(model_chunks))
+    if len(modules) == 1:
+        modules[0].load_state_dict(loaded['model'], strict=True)
+    else:
+        for i, module in enumerate(modules):
+            module.load_state_dict(loaded[f'model{i}'], strict=True)
+    if with_optimizer:
+        _restore_adam_steps(optimizer)
+        optimizer.load_state_dict(loaded['optimizer'])
+        _unshare_adam_steps(optimizer)
+        if scheduler is not None and common.get('scheduler') is not None:
+            scheduler.load_state_dict(common['scheduler'])
+    elif optimizer is not None:
+        optimizer.reload_model_params()  # fp32 main params from the loaded weights
+    if same_layout:
+        _set_rng_state(loaded['rng_state'])
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        logger.info('loaded checkpoint %s (iteration %d)', path, iteration)
+    return iteration, common['common']
