@@ -12,6 +12,7 @@ Adam steps). Every rank writes what it recorded to DIR/rank{R}.pt.
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -95,6 +96,8 @@ class Run:
         (what was recorded so far is written first; the launch exits with code 17)."""
         def die(*args, **kwargs):
             self.write()
+            for child in multiprocessing.active_children():  # dist_checkpointing's helper:
+                child.kill()  # a crash takes the rank's whole process tree down
             os._exit(17)
         checkpoint._finalize = die
         self.save(op)
