@@ -112,12 +112,51 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     fields = _fields()
     values = {}
+    if 'mtp' in raw:
+        block = raw.pop('mtp')
+        raw.update(_nemo_mtp_block(block, raw, path))
     for key, value in raw.items():
         name = str(key).replace('-', '_')
         if name not in fields:
             raise ConfigError(f"--config {path}: unknown key {key!r}")
         values[name] = _coerce(name, value, fields[name][0], f"--config {path}")
     return values
+
+
+# NeMo speech models' `mtp:` block -> Megatron names.
+NEMO_MTP_KEYS = {'num_nextn_predict_layers': 'mtp_num_layers',
+                 'loss_scaling_factor': 'mtp_loss_scaling_factor',
+                 'use_repeated_layer': 'mtp_use_repeated_layer',
+                 'hybrid_override_pattern': 'mtp_layer_pattern'}
+
+
+def _nemo_mtp_block(block, flat: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """Map ``mtp: {enabled, num_nextn_predict_layers, ...}``; a Megatron name given beside it
+    with another value is a contradiction naming both. ``enabled: false`` means no MTP at all."""
+    where = f"--config {path}"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: mtp must be a mapping (enabled, num_nextn_predict_layers, ...)")
+    unknown = set(block) - set(NEMO_MTP_KEYS) - {'enabled'}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) in mtp: {sorted(unknown)}")
+    mapped = {NEMO_MTP_KEYS[k]: v for k, v in block.items() if k != 'enabled'}
+    enabled = block.get('enabled', True)
+    if not enabled:
+        if mapped.get('mtp_num_layers'):
+            raise ConfigError(f"{where}: mtp.enabled is false but mtp.num_nextn_predict_layers is "
+                              f"{mapped['mtp_num_layers']}")
+        mapped['mtp_num_layers'] = None
+    else:
+        mapped.setdefault('mtp_num_layers', 1)
+    for name, value in mapped.items():
+        nemo = 'enabled' if name == 'mtp_num_layers' and not enabled else next(
+            k for k, v in NEMO_MTP_KEYS.items() if v == name)
+        for spelling in (name, name.replace('_', '-')):
+            if spelling in flat and flat[spelling] != value and not (
+                    name == 'mtp_num_layers' and not enabled and not flat[spelling]):
+                shown = 'false' if nemo == 'enabled' else repr(value)
+                raise ConfigError(f"{where}: mtp.{nemo}={shown} contradicts {spelling}={flat[spelling]!r}")
+    return mapped
 
 
 def parse_args(argv: Optional[List[str]] = None) -> RunConfig:

@@ -62,6 +62,10 @@ class SALMConfig:
     """MTP depths D (None or 0: no MTP)."""
     mtp_loss_scaling_factor: float = 0.1
     """lambda: the MTP term is lambda / D times the sum of per-depth mean losses."""
+    mtp_use_repeated_layer: bool = False
+    """One MTP layer whose weights serve all D depths (Nemotron-3 Super's shared head)."""
+    mtp_layer_pattern: str = '*-'
+    """Sub-layers of each MTP depth: '*' attention, '-' dense MLP ('*-' or '*')."""
     full_sequence_logits: bool = False
     """Compute head logits at every position, as core does (default: supervised positions only)."""
     mtp_mask_placeholder_paths: bool = True
@@ -133,6 +137,9 @@ class SALMConfig:
             raise ConfigError(f"--mtp-num-layers needs --position-embedding-type rope (got "
                               f"{self.position_embedding_type!r}): learned absolute positions are "
                               "claimed by both the first and the MTP stage under PP")
+        if self.mtp_layer_pattern not in ('*-', '*'):
+            raise ConfigError(f"--mtp-layer-pattern {self.mtp_layer_pattern!r}: choose '*-' (attention + "
+                              "MLP) or '*' (attention only); MoE ('E') is not supported yet")
         if self.sequence_parallel and tp == 1:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.sequence_parallel and self.seq_length % tp:

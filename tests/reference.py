@@ -72,15 +72,18 @@ def _mlp(x, w, p, gated):
     return y + w[p + 'linear_fc2.bias'] if p + 'linear_fc2.bias' in w else y
 
 
-def _llm_layer(x, w, p, cfg):
+def _llm_layer(x, w, p, cfg, attention=True, mlp=True):
     heads, groups = cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads
     head_dim = cfg.kv_channels or cfg.hidden_size // heads
     eps = cfg.norm_epsilon
-    h = _norm(x, w, p + 'input_layernorm.', eps, rms=True)
-    x = x + _attention(h, w, p + 'self_attention.', heads, groups, head_dim, causal=True,
-                       qk_norm=eps if cfg.qk_layernorm else None, rope_base=cfg.rotary_base)
-    h = _norm(x, w, p + 'pre_mlp_layernorm.', eps, rms=True)
-    return x + _mlp(h, w, p + 'mlp.', gated=True)
+    if attention:
+        h = _norm(x, w, p + 'input_layernorm.', eps, rms=True)
+        x = x + _attention(h, w, p + 'self_attention.', heads, groups, head_dim, causal=True,
+                           qk_norm=eps if cfg.qk_layernorm else None, rope_base=cfg.rotary_base)
+    if mlp:
+        h = _norm(x, w, p + 'pre_mlp_layernorm.', eps, rms=True)
+        x = x + _mlp(h, w, p + 'mlp.', gated=True)
+    return x
 
 
 def encode_audio(w, cfg, features, lengths):
@@ -161,13 +164,14 @@ def salm_objective(w, cfg, batch):
     seq = torch.cat([tokens, labels[:, -1:]], dim=1)  # [b, s+1]
     answer = torch.cat([torch.zeros(b, 1), loss_mask], dim=1)  # answer[j]: seq[j] is supervised
     for k in range(1, (cfg.mtp_num_layers or 0) + 1):
-        p = f'language_model.mtp.layers.{k - 1}.'
+        p = f'language_model.mtp.layers.{0 if cfg.mtp_use_repeated_layer else k - 1}.'
         idx = torch.arange(s)
         cond_ids = torch.where(idx + k < s, seq[:, (idx + k).clamp(max=s - 1)], torch.zeros_like(tokens))
         e = _norm(_embed(w, cond_ids), w, p + 'enorm.', cfg.norm_epsilon, rms=True)
         hn = _norm(hidden, w, p + 'hnorm.', cfg.norm_epsilon, rms=True)
         h = torch.cat([e, hn], dim=-1) @ w[p + 'eh_proj.weight'].t()
-        h = _llm_layer(h, w, p + 'transformer_layer.', cfg)
+        h = _llm_layer(h, w, p + 'transformer_layer.', cfg, attention='*' in cfg.mtp_layer_pattern,
+                       mlp='-' in cfg.mtp_layer_pattern)
         hidden = _norm(h, w, p + 'final_layernorm.', cfg.norm_epsilon, rms=True)
         target_pos = (idx + k + 1).clamp(max=s)
         targets = seq[:, target_pos]

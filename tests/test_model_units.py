@@ -1,7 +1,6 @@
 """In-process unit tests: configuration errors, splicing, spec choice, MTP input guards."""
 
 import logging
-import os
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from parallel_utils import speech_batch, tiny_config
     (dict(num_layers=3, pipeline_model_parallel_size=2), 2, '--num-layers'),
     (dict(sequence_parallel=True), 1, '--sequence-parallel'),
     (dict(audio_token_id=999), 1, '--audio-token-id'),
+    (dict(mtp_layer_pattern='*E'), 1, '--mtp-layer-pattern'),
 ])
 def test_config_errors_name_the_flag(changes, world, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -64,13 +64,10 @@ def test_spec_choice_is_logged_and_checked(caplog):
 
 
 @pytest.fixture(scope='module')
-def single_rank_model():
+def single_rank_model(single_rank_parallel):
     """A real SALM on a one-rank gloo group inside this process."""
-    from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
-    os.environ.setdefault('MASTER_PORT', '29533')
-    init_distributed()
+    from megatron_salm_mtp.parallel.setup import build_model
     cfg = tiny_config()
-    init_model_parallel(cfg, seed=0)
     return cfg, build_model(cfg, wrap_ddp=False)[0]
 
 

@@ -111,3 +111,38 @@ def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'STOPPED: 3 consecutive iterations with a non-finite loss' in result.stdout
     assert 'UNCHANGED' in result.stdout
+
+
+def test_nemo_mtp_block_maps_onto_megatron_names(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text('mtp:\n  enabled: true\n  num_nextn_predict_layers: 3\n  loss_scaling_factor: 0.2\n'
+                      '  use_repeated_layer: true\n  hybrid_override_pattern: "*"\n')
+    model = parse_args(['--config', str(config)]).model
+    assert (model.mtp_num_layers, model.mtp_loss_scaling_factor, model.mtp_use_repeated_layer,
+            model.mtp_layer_pattern) == (3, 0.2, True, '*')
+    config.write_text('mtp:\n  enabled: false\n')
+    assert parse_args(['--config', str(config)]).model.mtp_num_layers is None
+    assert parse_args(['--config', str(config), '--mtp-num-layers', '2']).model.mtp_num_layers == 2
+
+
+@pytest.mark.parametrize('text,message', [
+    ('mtp_num_layers: 2\nmtp:\n  num_nextn_predict_layers: 3\n',
+     'mtp.num_nextn_predict_layers=3 contradicts mtp_num_layers=2'),
+    ('mtp_num_layers: 2\nmtp:\n  enabled: false\n', 'mtp.enabled=false contradicts mtp_num_layers=2'),
+    ('mtp:\n  enabled: false\n  num_nextn_predict_layers: 2\n', 'mtp.enabled is false but'),
+    ('mtp:\n  depth: 2\n', "unknown key\\(s\\) in mtp: \\['depth'\\]"),
+])
+def test_nemo_mtp_block_contradictions(tmp_path, text, message):
+    config = tmp_path / 'c.yaml'
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse_args(['--config', str(config)])
+
+
+def test_nemo_mtp_block_drives_a_run(corpus, tmp_path):
+    config = tmp_path / 'nemo.yaml'
+    config.write_text('mtp:\n  enabled: true\n  num_nextn_predict_layers: 2\n  use_repeated_layer: true\n')
+    log_dir = str(tmp_path / 'logs')
+    run_train(corpus, ['--train-iters', '4', '--log-dir', log_dir, '--config', str(config)])
+    last = read_metrics(log_dir)[-1]
+    assert 'mtp_2 loss' in last and 'mtp_3 loss' not in last

@@ -40,8 +40,9 @@ class SpeechGPTModel(GPTModel):
     """GPTModel whose MTP loss uses the answer-only mask and global per-token weights."""
 
     def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True,
-                 full_sequence_logits: bool = False, **kwargs):
+                 full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.mtp_use_repeated_layer = mtp_use_repeated_layer
         self.full_sequence_logits = full_sequence_logits
         self.audio_token_id = audio_token_id
         self.mask_placeholder_paths = mask_placeholder_paths
@@ -121,6 +122,19 @@ class SpeechGPTModel(GPTModel):
         hits = hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
         return loss, hits
 
+    def run_mtp_depths(self, depths, hidden_states, input_ids, position_ids, **layer_kwargs):
+        """Hidden states of ``depths`` chained MTP depths (core's block loop, plus shared weights:
+        with ``mtp_use_repeated_layer`` one layer serves every depth, so decoding may run more
+        depths than training did)."""
+        outputs = []
+        for depth in range(depths):
+            layer = self.mtp.layers[0 if self.mtp_use_repeated_layer else depth]
+            hidden_states, input_ids, position_ids = layer(
+                input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
+                embedding=self.embed_mtp_inputs, **layer_kwargs)
+            outputs.append(hidden_states)
+        return outputs
+
     def _add_mtp_losses(self, hidden_states, input_ids, position_ids, labels, loss_mask,
                         output_weight, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, kwargs):
         """Run the MTP block and hook each depth's weighted summed CE into the backward pass."""
@@ -133,13 +147,10 @@ class SpeechGPTModel(GPTModel):
                 raise RuntimeError("set_mtp_loss_weights() was not called for this global batch")
             weights = torch.zeros(self.config.mtp_num_layers)  # evaluation: losses logged only
         depths = self.config.mtp_num_layers
-        stacked = self.mtp(
-            input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
-            attention_mask=kwargs.get('attention_mask'), rotary_pos_emb=rotary_pos_emb,
-            rotary_pos_cos=rotary_pos_cos, rotary_pos_sin=rotary_pos_sin,
-            packed_seq_params=kwargs.get('packed_seq_params'), embedding=self.embed_mtp_inputs)
-        chunks = torch.chunk(stacked, 1 + depths, dim=0)
-        hidden_states = chunks[0]
+        chunks = [hidden_states] + self.run_mtp_depths(
+            depths, hidden_states, input_ids, position_ids, attention_mask=kwargs.get('attention_mask'),
+            rotary_pos_emb=rotary_pos_emb, rotary_pos_cos=rotary_pos_cos,
+            rotary_pos_sin=rotary_pos_sin, packed_seq_params=kwargs.get('packed_seq_params'))
         masks = mtp_target_masks(loss_mask, input_ids, depths, self.audio_token_id,
                                  self.mask_placeholder_paths)
         mtp_labels = labels

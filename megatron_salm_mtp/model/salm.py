@@ -67,16 +67,27 @@ class SALM(MegatronModule):
             share_embeddings_and_output_weights=not cfg.untie_embeddings_and_output_weights,
             position_embedding_type=cfg.position_embedding_type, rotary_base=cfg.rotary_base,
             scatter_embedding_sequence_parallel=False,  # scatter after the splice, below
-            mtp_block_spec=mtp_block_spec(impl, config, decoder_spec, vp_stage=vp_stage),
+            mtp_block_spec=mtp_block_spec(impl, cfg.mtp_layer_pattern, cfg.qk_layernorm,
+                                          cfg.mtp_use_repeated_layer, config, vp_stage=vp_stage),
             vp_stage=vp_stage, audio_token_id=cfg.audio_token_id,
             mask_placeholder_paths=cfg.mtp_mask_placeholder_paths,
-            full_sequence_logits=cfg.full_sequence_logits)
+            full_sequence_logits=cfg.full_sequence_logits,
+            mtp_use_repeated_layer=cfg.mtp_use_repeated_layer)
         self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
         lm = self.language_model
         if lm.share_embeddings_and_output_weights and lm.mtp_process and not pre_process:
             # The MTP stage's embedding copy already serves as the tied head: GPTModel would
             # otherwise allocate a second, never-used vocab x hidden output weight here.
             lm.output_layer.register_parameter('weight', None)
+
+    @property
+    def mtp_enabled(self) -> bool:
+        """Whether the model trains MTP heads (on every stage; ``has_mtp_layers`` says where)."""
+        return bool(self.cfg.mtp_depths)
+
+    @property
+    def has_mtp_layers(self) -> bool:
+        return self.language_model.mtp_process
 
     def shared_embedding_or_output_weight(self):
         """Used by finalize_model_grads to all-reduce the embedding over first/MTP/last stages."""

@@ -7,6 +7,7 @@ Megatron-Core's ``LocalSpecProvider``: attention through ``scaled_dot_product_at
 RNG tracker or CUDA buffers, and fast on GPU) and a norm that supports sequence parallelism.
 """
 
+import dataclasses
 import logging
 from typing import Optional
 
@@ -16,7 +17,7 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.identity_op import IdentityFuncOp, IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -187,10 +188,33 @@ def block_spec(impl: str, num_layers: int, causal: bool = True,
                                       layer_norm=backend_for(impl).layer_norm())
 
 
-def mtp_block_spec(impl: str, config: TransformerConfig, decoder_spec, vp_stage=None):
-    """Megatron-Core's MTP block spec over the same backend; None where no MTP layer lives."""
+# Core's MTP layer reads its attention's mask type, so every pattern keeps the attention.
+MTP_LAYER_PATTERNS = {'*-': 'attention + dense MLP', '*': 'attention only'}
+
+
+def mtp_transformer_layer_spec(impl: str, pattern: str, qk_layernorm: bool) -> ModuleSpec:
+    """The transformer layer inside each MTP depth, from a pattern in the spirit of NeMo's
+    ``hybrid_override_pattern`` ('*' attention, '-' dense MLP); a dropped MLP becomes identity."""
+    if pattern not in MTP_LAYER_PATTERNS:
+        raise ValueError(f"--mtp-layer-pattern {pattern!r}: choose one of {sorted(MTP_LAYER_PATTERNS)}")
+    spec = transformer_layer_spec(impl, causal=True, qk_layernorm=qk_layernorm)
+    parts = spec.submodules
+    if '-' not in pattern:
+        parts = dataclasses.replace(parts, pre_mlp_layernorm=IdentityOp, mlp=IdentityOp,
+                                    mlp_bda=IdentityFuncOp)
+    return ModuleSpec(module=TransformerLayer, submodules=parts)
+
+
+def mtp_block_spec(impl: str, pattern: str, qk_layernorm: bool, repeated: bool,
+                   config: TransformerConfig, vp_stage=None):
+    """Megatron-Core's MTP block spec over the same backend; None where no MTP layer lives.
+    With ``repeated`` the block holds one layer whose weights serve every depth."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec_for_backend
+    from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlockSubmodules
     if not config.mtp_num_layers:
         return None
-    return get_gpt_mtp_block_spec_for_backend(config, decoder_spec, backend_for(impl),
-                                              vp_stage=vp_stage)
+    layer = mtp_transformer_layer_spec(impl, pattern, qk_layernorm)
+    block = get_gpt_mtp_block_spec_for_backend(config, layer, backend_for(impl), vp_stage=vp_stage)
+    if block is not None and repeated:
+        block = MultiTokenPredictionBlockSubmodules(layer_specs=block.layer_specs[:1])
+    return block
