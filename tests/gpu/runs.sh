@@ -17,7 +17,7 @@ ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention
 bench() { # name nproc args...
   local name="$1" n="$2"; shift 2
   echo "== $name" | tee -a "$out/bench.log"
-  torchrun --nproc-per-node "$n" --master-port $((29000 + RANDOM % 1000)) -m megatron_salm_mtp.bench \
+  python3 -m torch.distributed.run --nproc-per-node "$n" --master-port $((29000 + RANDOM % 1000)) -m megatron_salm_mtp.bench \
     "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -6 | tee -a "$out/bench.log"
 }
 case "$step" in
@@ -27,7 +27,8 @@ case "$step" in
     bench llm152k_naive 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
     bench llm152k 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
     bench salm152k_naive 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
-    bench salm152k 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3
+    bench salm152k 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
+    bench salm152k_d3 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3
     bench salm32k 1 --vocab-size 32000 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3 ;;
   benchN)
     bench salm152k_tp2 2 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 16 --mtp-num-layers 2 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer
@@ -35,11 +36,11 @@ case "$step" in
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
-    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --log-dir "$out/tiny_full" > "$out/tiny_full.log" 2>&1
-    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --save /tmp/ckpt_tiny --exit-interval 50 --log-dir "$out/tiny_resume" > "$out/tiny_part1.log" 2>&1
-    torchrun --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --load /tmp/ckpt_tiny --save /tmp/ckpt_tiny --log-dir "$out/tiny_resume" > "$out/tiny_part2.log" 2>&1
+    python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --log-dir "$out/tiny_full" > "$out/tiny_full.log" 2>&1
+    python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --save /tmp/ckpt_tiny --exit-interval 50 --log-dir "$out/tiny_resume" > "$out/tiny_part1.log" 2>&1
+    python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --load /tmp/ckpt_tiny --save /tmp/ckpt_tiny --log-dir "$out/tiny_resume" > "$out/tiny_part2.log" 2>&1
     grep -h "iteration " "$out"/tiny_full.log | tail -3; grep -h "iteration " "$out"/tiny_part2.log | tail -3
-    torchrun --nproc-per-node 2 -m megatron_salm_mtp.train "${common[@]}" "${ONE_B[@]}" --tensor-model-parallel-size 2 --sequence-parallel \
+    python3 -m torch.distributed.run --nproc-per-node 2 -m megatron_salm_mtp.train "${common[@]}" "${ONE_B[@]}" --tensor-model-parallel-size 2 --sequence-parallel \
       --mtp-num-layers 2 --micro-batch-size 4 --global-batch-size 16 --train-iters 60 --use-distributed-optimizer --log-dir "$out/b1_tp2" > "$out/b1_tp2.log" 2>&1
     grep -h "iteration " "$out/b1_tp2.log" | tail -6 ;;
 esac
