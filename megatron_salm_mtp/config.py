@@ -289,6 +289,8 @@ class TrainConfig:
     """Where metrics.jsonl (and TensorBoard events) go; default: --save, else ./runs/latest."""
     max_consecutive_nan_skips: int = 5
     """Stop after this many consecutive steps with a non-finite loss (each is skipped)."""
+    training_mode: str = 'joint'
+    """joint (all train), head_only (only the MTP heads) or freeze_llm (encoder, projector, MTP)."""
     train_manifest: Optional[str] = None
     """Training manifest(s), comma-separated (JSONL, NeMo style)."""
     valid_manifest: Optional[str] = None
@@ -297,6 +299,8 @@ class TrainConfig:
     def validate(self, dp_size: Optional[int] = None) -> None:
         if self.context_parallel_size != 1:
             raise ConfigError("--context-parallel-size > 1 is not supported yet")
+        if self.training_mode not in ('joint', 'head_only', 'freeze_llm'):
+            raise ConfigError(f"--training-mode {self.training_mode!r}: choose joint, head_only or freeze_llm")
         if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
             raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
                               "cosine or inverse-square-root")

@@ -63,14 +63,18 @@ def set_seed(seed: int) -> None:
 
 
 def build_model(cfg: SALMConfig, ddp_config: DistributedDataParallelConfig = None,
-                wrap_ddp: bool = True):
-    """This rank's SALM chunk, wrapped in Megatron-Core DDP; a one-element list (schedules' form)."""
+                wrap_ddp: bool = True, before_wrap=None):
+    """This rank's SALM chunk, wrapped in Megatron-Core DDP; a one-element list (schedules' form).
+    ``before_wrap(chunk)`` runs on the bare chunk first (e.g. freezing: DDP and the optimizer
+    then skip the frozen parameters)."""
     impl = resolve_transformer_impl(cfg.transformer_impl)
     model = SALM(cfg, impl,
                  pre_process=parallel_state.is_pipeline_first_stage(),
                  post_process=parallel_state.is_pipeline_last_stage())
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
+    if before_wrap is not None:
+        before_wrap(model)
     if not wrap_ddp:
         return [model]
     ddp_config = ddp_config or DistributedDataParallelConfig(grad_reduce_in_fp32=True)

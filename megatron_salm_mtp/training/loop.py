@@ -22,6 +22,7 @@ from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from .flops import batch_flops
+from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer
 from .step import forward_backward, mtp_metrics
@@ -83,7 +84,8 @@ class Trainer:
             grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
             use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
             overlap_param_gather=self.train_cfg.overlap_param_gather)
-        self.model = build_model(self.cfg, ddp)
+        self.model = build_model(self.cfg, ddp, before_wrap=lambda chunk: apply_training_mode(
+            chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         self.train_loader = build_dataloader(run.data, self.train_cfg.train_manifest.split(','),
                                              dp_rank, dp_size, tokenizer=tokenizer)
@@ -100,10 +102,17 @@ class Trainer:
     def resume(self):
         if not self.train_cfg.load:
             return
+        from ..convert.importer import is_model_only
         from .checkpoint import load_checkpoint
-        loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler)
+        model_only = is_model_only(self.train_cfg.load)  # from convert import-hf: weights only
+        loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler,
+                                 load_optimizer=not model_only)
         if loaded is None:
             logger.warning('--load %s holds no complete checkpoint: starting from scratch', self.train_cfg.load)
+            return
+        if model_only:
+            logger.info('initialised from the imported model %s; training starts at iteration 0',
+                        self.train_cfg.load)
             return
         self.iteration, common = loaded
         self.train_loader.load_state_dict(common['data'])

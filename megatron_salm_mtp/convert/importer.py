@@ -1,0 +1,89 @@
+"""``import-hf``: Hugging Face checkpoints -> a plugin checkpoint that ``train --load`` and
+``generate --load`` read, at any TP/PP layout (dist_checkpointing reshards on load).
+
+Each rank builds its own SALM chunk for the requested layout and reads only its shards from the
+safetensors files, then all ranks write one distributed checkpoint (``training/checkpoint.py``)
+holding the model only, marked ``model_only`` in its common state: training starts from it at
+iteration 0 with a fresh optimizer.
+"""
+
+import dataclasses
+import logging
+import os
+import shutil
+
+import torch
+import yaml
+from megatron.core import parallel_state
+
+from ..cli import DERIVED
+from ..config import SALMConfig
+from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from ..training.checkpoint import save_checkpoint
+from .load import import_plan, load_into
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG = 'salm_model.yaml'
+_LAYOUT_FIELDS = ('tensor_model_parallel_size', 'pipeline_model_parallel_size', 'sequence_parallel')
+
+
+def model_yaml(cfg: SALMConfig) -> str:
+    """The model flags of an imported checkpoint, as a ``--config`` file for ``train`` (derived
+    and layout fields left out: the tokenizer and the launch decide those)."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in DERIVED and k not in _LAYOUT_FIELDS}
+    return yaml.safe_dump(fields, sort_keys=True)
+
+
+def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: str,
+               replace_existing_mtp: bool, extend_mtp_depth: bool, seed: int = 1234) -> None:
+    init_distributed()
+    init_model_parallel(cfg, seed)
+    plan = import_plan(cfg, llm_dir, whisper_dir, mtp_init, replace_existing_mtp, extend_mtp_depth)
+    model = build_model(cfg, wrap_ddp=False)
+    loaded = load_into(model[0], plan)
+    rank = torch.distributed.get_rank()
+    common = {'model_only': True, 'imported_from': {'llm': os.path.basename(os.path.normpath(llm_dir)),
+                                                    'whisper': whisper_dir and os.path.basename(os.path.normpath(whisper_dir))},
+              'mtp': plan.report}
+    resolved = dataclasses.asdict(cfg)
+    path = save_checkpoint(out, 0, model, None, None, common, resolved)
+    if rank == 0:
+        with open(os.path.join(out, MODEL_CONFIG), 'w') as f:
+            f.write(model_yaml(cfg))
+        for name in ('tokenizer.json', 'tokenizer_config.json', 'generation_config.json'):
+            if os.path.isfile(os.path.join(llm_dir, name)):
+                shutil.copy(os.path.join(llm_dir, name), os.path.join(out, name))
+        for line in plan.report:
+            print(line, flush=True)
+        print(f'wrote {path} (layout TP={cfg.tensor_model_parallel_size} '
+              f'PP={cfg.pipeline_model_parallel_size}; {loaded} tensors loaded on rank 0); '
+              f'train with --load {out} --config {os.path.join(out, MODEL_CONFIG)}', flush=True)
+    torch.distributed.barrier()
+    parallel_state.destroy_model_parallel()
+    torch.distributed.destroy_process_group()
+
+
+def read_checkpoint_config(load_dir: str) -> SALMConfig:
+    """The SALMConfig stored beside the latest checkpoint in ``load_dir`` (config.yaml)."""
+    from ..training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        raise FileNotFoundError(f'--load {load_dir}: no complete checkpoint')
+    with open(os.path.join(checkpoint_dir(load_dir, iteration), CONFIG_FILE)) as f:
+        stored = yaml.safe_load(f) or {}
+    names = {f.name for f in dataclasses.fields(SALMConfig)}
+    return SALMConfig(**{k: v for k, v in stored.items() if k in names})
+
+
+def is_model_only(load_dir: str) -> bool:
+    """Whether the latest checkpoint under ``load_dir`` holds a model only (an import): training
+    then loads the weights, keeps its fresh optimizer and starts at iteration 0."""
+    from megatron.core import dist_checkpointing
+    from ..training.checkpoint import checkpoint_dir, latest_checkpoint_iteration
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        return False
+    common = dist_checkpointing.load_common_state_dict(checkpoint_dir(load_dir, iteration))
+    return bool((common.get('common') or {}).get('model_only'))

@@ -1,0 +1,46 @@
+"""Training modes: which parts of the SALM train (``--training-mode``).
+
+* ``joint``: everything trains (parameters frozen elsewhere, e.g. ``--freeze-audio-encoder``,
+  stay frozen).
+* ``head_only``: only the MTP heads train; the LLM (embedding, decoder, output head), the audio
+  encoder and the projector are frozen - the common way to add a draft head to a deployed model.
+  The MTP heads read the frozen shared embedding and output head.
+* ``freeze_llm``: the audio encoder, the projector and the MTP heads train; the LLM is frozen.
+
+Freezing happens on the bare model chunk, before the DDP wrap and before the optimizer is built:
+DDP then allocates no gradient buffer for frozen parameters and the optimizer (which skips
+``requires_grad=False``) keeps no state for them.
+"""
+
+import logging
+from typing import Dict
+
+logger = logging.getLogger(__name__)
+
+TRAINING_MODES = ('joint', 'head_only', 'freeze_llm')
+_TRAINABLE = {
+    'joint': None,
+    'head_only': ('language_model.mtp.',),
+    'freeze_llm': ('audio_encoder.', 'audio_projector.', 'language_model.mtp.'),
+}
+
+
+def is_trainable(name: str, mode: str) -> bool:
+    """Whether parameter ``name`` (of the bare SALM chunk) trains in ``mode``."""
+    if mode not in _TRAINABLE:
+        raise ValueError(f"--training-mode {mode!r}: choose one of {', '.join(TRAINING_MODES)}")
+    prefixes = _TRAINABLE[mode]
+    return prefixes is None or name.startswith(prefixes)
+
+
+def apply_training_mode(module, mode: str) -> Dict[str, int]:
+    """Set ``requires_grad=False`` on what ``mode`` freezes (never unfreezes anything); returns
+    {'trainable': n, 'frozen': n} element counts of this rank's chunk, also logged."""
+    counts = {'trainable': 0, 'frozen': 0}
+    for name, param in module.named_parameters():
+        if not is_trainable(name, mode):
+            param.requires_grad_(False)
+        counts['trainable' if param.requires_grad else 'frozen'] += param.numel()
+    logger.info('training mode %s: %d trainable and %d frozen parameter elements on this rank',
+                mode, counts['trainable'], counts['frozen'])
+    return counts
