@@ -19,7 +19,8 @@ WHISPER_POSITIONS = 16  # Whisper expects exactly 2 x this many mel frames
 def _llm_configs():
     import transformers as T
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POS)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POS,
+                  initializer_range=0.3)  # wide enough that greedy decoding does not repeat one id
     return {
         'qwen3': T.Qwen3Config(**common, head_dim=16, tie_word_embeddings=True, rope_theta=10000.0),
         'qwen2': T.Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1e6),

@@ -1,0 +1,122 @@
+"""Greedy text-only generation from a plugin checkpoint (an imported or a trained one).
+
+    python -m megatron_salm_mtp.generate --load ckpt/salm-init --prompt "The capital of France is" \\
+        --max-new-tokens 20 [--json]
+    torchrun --nproc-per-node 2 -m megatron_salm_mtp.generate --load ... --tensor-model-parallel-size 2 ...
+
+The checkpoint may have been saved at any TP/PP layout: it is resharded on load to TP = the number
+of processes, PP = 1. Each new token recomputes the whole sequence (no KV cache: this is the
+reference path; the speculative decoder lives elsewhere). Stops after ``--max-new-tokens`` or at an
+end-of-sequence id (``--eos-id``, default: ``generation_config.json`` beside the checkpoint).
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import List, Optional
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def default_eos_ids(load_dir: str) -> List[int]:
+    path = os.path.join(load_dir, 'generation_config.json')
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        eos = json.load(f).get('eos_token_id')
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+def make_tokenizer(load_dir: str, tokenizer_path: Optional[str], stored: dict):
+    from .data.tokenizer import build_tokenizer
+    if tokenizer_path:
+        return build_tokenizer('huggingface', tokenizer_path)
+    if os.path.isfile(os.path.join(load_dir, 'tokenizer.json')):
+        return build_tokenizer('huggingface', load_dir)
+    return build_tokenizer(stored.get('tokenizer_type') or 'byte', stored.get('tokenizer_model'))
+
+
+@torch.no_grad()
+def greedy(language_model, prompt: List[int], max_new_tokens: int, vocab_size: int,
+           eos_ids=()) -> List[int]:
+    """New token ids; ``language_model`` is the SALM's GPTModel (text only, full recompute)."""
+    ids = list(prompt)
+    new = []
+    for _ in range(max_new_tokens):
+        tokens = torch.tensor([ids])
+        positions = torch.arange(len(ids))[None]
+        logits = language_model(tokens, positions, attention_mask=None, runtime_gather_output=True)
+        token = int(logits[0, -1, :vocab_size].float().argmax())
+        ids.append(token)
+        new.append(token)
+        if token in eos_ids:
+            break
+    return new
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.generate', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument('--prompt', help='prompt text (tokenised with the checkpoint\'s tokenizer)')
+    prompt.add_argument('--prompt-ids', help='prompt token ids, comma-separated')
+    p.add_argument('--max-new-tokens', type=int, default=32)
+    p.add_argument('--eos-id', type=int, action='append', help='stop at this id (repeatable)')
+    p.add_argument('--tokenizer', help='tokenizer.json (or folder) overriding the checkpoint\'s')
+    p.add_argument('--tensor-model-parallel-size', type=int, help='default: number of processes')
+    p.add_argument('--json', action='store_true', help='print one JSON object with the token ids')
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    import yaml
+    from megatron.core import parallel_state
+
+    from .convert.importer import read_checkpoint_config
+    from .parallel.setup import build_model, init_distributed, init_model_parallel
+    from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
+
+    if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
+        os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    init_distributed()
+    world = torch.distributed.get_world_size()
+    tp = args.tensor_model_parallel_size or world
+    cfg = read_checkpoint_config(args.load).replace(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, sequence_parallel=False)
+    init_model_parallel(cfg, seed=1234)
+    model = build_model(cfg, wrap_ddp=False)
+    for chunk in model:
+        chunk.eval()
+    load_checkpoint(args.load, model, None, None, load_optimizer=False)
+    with open(os.path.join(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)), CONFIG_FILE)) as f:
+        stored = yaml.safe_load(f) or {}
+    tokenizer = None
+    if args.prompt is not None:
+        tokenizer = make_tokenizer(args.load, args.tokenizer, stored)
+        prompt = tokenizer.encode(args.prompt)
+    else:
+        prompt = [int(t) for t in args.prompt_ids.split(',') if t.strip()]
+    eos = args.eos_id if args.eos_id is not None else default_eos_ids(args.load)
+    new = greedy(model[0].language_model, prompt, args.max_new_tokens, cfg.vocab_size, eos)
+    if torch.distributed.get_rank() == 0:
+        text = tokenizer.decode(new) if tokenizer is not None else None
+        if args.json:
+            print(json.dumps({'prompt_ids': prompt, 'output_ids': new, 'text': text}), flush=True)
+        else:
+            print(text if text is not None else ' '.join(map(str, new)), flush=True)
+    parallel_state.destroy_model_parallel()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
