@@ -1,0 +1,183 @@
+"""launch/train_salm_mtp.sbatch, run for real under a single-node Slurm on CPU.
+
+The module fixture starts slurmctld, slurmd and munged with every file under a temporary folder
+(tests/slurm_cluster.sh; Debian's slurm-wlm and munge are installed with apt-get when missing and
+this runs as root) and stops them afterwards, also when a test fails. The jobs run the tiny
+configuration without a container: one srun task running torchrun with two gloo ranks, the same
+script and code path as a GPU cluster's, with GPUS_PER_NODE=2 and `--gpus-per-node=0`.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = ROOT / 'tests' / 'slurm_cluster.sh'
+SCRIPT = 'launch/train_salm_mtp.sbatch'
+DONE = {'COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE'}
+LINE = re.compile(r'^iteration\s+(\d+)/\s*(\d+) \|.* lm loss: [0-9.E+-]+ \|.* mtp_1 loss: [0-9.E+-]+ ', re.M)
+
+
+def _slurm_installed() -> bool:
+    return all(shutil.which(tool) for tool in ('slurmctld', 'slurmd', 'munged', 'sbatch'))
+
+
+def _bash(*args, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(['bash', str(HELPER), *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+class Cluster:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}  # no outer job's
+        self.env['SLURM_CONF'] = str(folder / 'slurm.conf')
+        self.jobs = []
+
+    def run(self, *cmd) -> str:
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=True, timeout=30).stdout
+
+    def submit(self, log: Path, env: dict, sbatch_flags=(), train_flags=()) -> str:
+        out = subprocess.run(['sbatch', '--parsable', '--gpus-per-node=0', '--time=5', f'--output={log}',
+                              *sbatch_flags, SCRIPT, *train_flags],
+                             cwd=ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f'sbatch failed: {out.stderr}'
+        job = out.stdout.strip().split(';')[0]
+        self.jobs.append(job)
+        return job
+
+    def job(self, job: str) -> dict:
+        return dict(re.findall(r'(\w+)=(\S*)', self.run('scontrol', 'show', 'job', '-o', job)))
+
+    def wait(self, job: str, timeout: float, log: Path, on_poll=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.job(job)
+            if on_poll is not None:
+                on_poll(info)
+            if info.get('JobState') in DONE:
+                return info
+            time.sleep(0.5)
+        pytest.fail(f'job {job} still {info.get("JobState")} after {timeout} s\n{self.diagnostics(log)}')
+
+    def diagnostics(self, log: Path) -> str:
+        parts = []
+        for path in (log, self.folder / 'slurmctld.log', self.folder / 'slurmd.log'):
+            text = path.read_text(errors='replace') if path.exists() else '(missing)'
+            parts.append(f'--- {path.name} (tail)\n' + '\n'.join(text.splitlines()[-40:]))
+        return '\n'.join(parts)
+
+    def cancel_all(self):
+        if not self.jobs:
+            return
+        subprocess.run(['scancel', *self.jobs], env=self.env, capture_output=True, timeout=30)
+        for _ in range(60):  # let slurmd reap the steps before it goes away
+            states = subprocess.run(['squeue', '-h', '-o', '%T', '-j', ','.join(self.jobs)], env=self.env,
+                                    capture_output=True, text=True, timeout=30).stdout.split()
+            if not states:
+                return
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope='module')
+def slurm(tmp_path_factory):
+    if not sys.platform.startswith('linux'):
+        pytest.skip('the Slurm launch test needs Linux')
+    if os.geteuid() != 0:
+        pytest.skip('the Slurm launch test runs slurmd and munged as root (run the suite as root, as CI does)')
+    if not _slurm_installed():
+        if not shutil.which('apt-get'):
+            pytest.skip('slurm-wlm/munge are not installed and there is no apt-get to install them')
+        try:
+            out = _bash('install', timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.skip('apt-get install slurm-wlm munge took over 10 minutes')
+        if out.returncode != 0 or not _slurm_installed():
+            pytest.skip(f'could not install slurm-wlm/munge: {out.stderr.strip()[-500:]}')
+    folder = tmp_path_factory.mktemp('slurm')
+    cluster = Cluster(folder)
+    try:
+        started = _bash('start', str(folder))
+        assert started.returncode == 0, f'single-node Slurm did not start: {started.stderr}\n' \
+                                        f'{cluster.diagnostics(folder / "none")}'
+        yield cluster
+    finally:
+        cluster.cancel_all()
+        _bash('stop', str(folder))
+
+
+def _job_env(corpus: str, save: Path, **extra) -> dict:
+    return {'CONTAINER_IMAGE': '', 'CONFIG': 'configs/tiny_cpu.yaml', 'GPUS_PER_NODE': '2',
+            'TRAIN_MANIFEST': os.path.join(corpus, 'train.jsonl'),
+            'VALID_MANIFEST': os.path.join(corpus, 'valid.jsonl'),
+            'SAVE_DIR': str(save), 'PYTHON': sys.executable,
+            'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1', **extra}
+
+
+def _metrics(save: Path):
+    with open(save / 'metrics.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sbatch_trains_tiny_config_with_two_ranks(slurm, espeak_corpus, tmp_path):  # noqa: F811
+    log, save = tmp_path / 'job.out', tmp_path / 'run'
+    job = slurm.submit(log, _job_env(espeak_corpus, save),
+                       train_flags=['--train-iters', '4', '--lr-warmup-iters', '1', '--log-interval', '2',
+                                    '--eval-interval', '0'])
+    info = slurm.wait(job, 150, log)
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), slurm.diagnostics(log)
+    text = log.read_text()
+    assert [m.groups() for m in LINE.finditer(text)] == [('2', '4'), ('4', '4')], slurm.diagnostics(log)
+    assert '--nproc-per-node 2' in text and 'TP=1 PP=1' in text
+    records = [r for r in _metrics(save) if r['split'] == 'train']
+    assert [r['iteration'] for r in records] == [2, 4]
+    assert all(0 < r['lm loss'] < 20 and 'mtp_1 loss' in r for r in records)
+    # Both ranks took part: each wrote its shard of the final checkpoint (DP=2).
+    assert (save / 'latest_checkpointed_iteration.txt').read_text().strip() == '4'
+    assert len(list((save / 'iter_0000004').glob('__*_0.distcp'))) == 2
+
+
+def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # noqa: F811
+    """Preemption as Slurm does it 120 s before the time limit: SIGUSR1 to every process of the step.
+
+    The ranks save at the next step boundary and exit 0, the script requeues the job, and the
+    requeued run (same job id and log) resumes from the checkpoint and finishes. Slurm holds a
+    requeued job for about two minutes; the test releases it after three seconds.
+    """
+    log, save = tmp_path / 'job.out', tmp_path / 'run'
+    job = slurm.submit(log, _job_env(espeak_corpus, save, PP='2'),
+                       train_flags=['--train-iters', '12', '--lr-warmup-iters', '1', '--log-interval', '1',
+                                    '--eval-interval', '0'])
+    events = {'signalled': False, 'released': False}
+
+    def poll(info):
+        if not events['signalled'] and log.exists() and re.search(r'^iteration\s+2/', log.read_text(), re.M):
+            slurm.run('scancel', '--signal=USR1', job)
+            events['signalled'] = True
+        if info.get('JobState') == 'PENDING' and int(info.get('Restarts', 0)) >= 1 and not events['released']:
+            # Not at once: slurmd refuses a credential issued in the second it revoked the last run's.
+            slurm.run('scontrol', 'update', f'JobId={job}', 'StartTime=now+3')
+            events['released'] = True
+
+    info = slurm.wait(job, 150, log, on_poll=poll)
+    text = log.read_text()
+    assert (info['JobState'], info['ExitCode'], info['Restarts']) == ('COMPLETED', '0:0', '1'), \
+        slurm.diagnostics(log)
+    assert 'received signal 10' in text and 'PP=2' in text
+    stopped = re.search(r'checkpoint at iteration (\d+) of 12: requeueing', text)
+    assert stopped, slurm.diagnostics(log)
+    saved = int(stopped.group(1))
+    assert 2 <= saved < 12
+    assert re.search(rf'resumed from \S+ at iteration {saved}\b', text)
+    # Each iteration ran once: the first run up to the save, the requeued run from there on.
+    assert [int(m.group(1)) for m in LINE.finditer(text)] == list(range(1, 13))
+    assert [r['iteration'] for r in _metrics(save) if r['split'] == 'train'] == list(range(1, 13))
+    assert (save / 'latest_checkpointed_iteration.txt').read_text().strip() == '12'
+    assert (save / f'iter_{saved:07d}').is_dir()
