@@ -204,7 +204,8 @@ def distributed_optimizer(tmp_path_factory):
         {'op': 'build'}, {'op': 'load', 'dir': ck}, {'op': 'dump', 'name': 'loaded'},
         {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3b'}], nproc=2, dist_opt=True)
     e, _ = launch(work, 'e', tiny_config(pipeline_model_parallel_size=2), [
-        {'op': 'build'}, {'op': 'load', 'dir': ck}, {'op': 'dump', 'name': 'loaded'},
+        {'op': 'build'}, {'op': 'load', 'dir': ck, 'load_optimizer': False, 'name': 'model_only_result'},
+        {'op': 'dump', 'name': 'model_only'}, {'op': 'load', 'dir': ck}, {'op': 'dump', 'name': 'loaded'},
         {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3'}], nproc=2, dist_opt=True)
     return d, e
 
@@ -215,6 +216,10 @@ def test_distributed_optimizer_roundtrip(distributed_optimizer):
     assert_changed(full_params(d, 'saved'), full_params(d, 'after3'))
     assert_params(full_params(d, 'after3'), full_params(d, 'after3b'))
     assert d[0]['losses'][2] == d[0]['losses'][3]
+    # Weights only (--no-load-optim style): optimizer and scheduler stay fresh.
+    assert_params(full_params(d, 'saved'), full_params(e, 'model_only'))
+    assert all(r['model_only']['adam_steps'] == [] and r['model_only']['scheduler_steps'] == 0 for r in e)
+    assert e[0]['model_only_result'][0] == 2
     # DP=2 -> PP=2: the sharded Adam state is regathered for the new buffers.
     assert_params(full_params(d, 'saved'), full_params(e, 'loaded'))
     assert_params(full_params(d, 'after3'), full_params(e, 'after3'), exact=False)
@@ -248,6 +253,13 @@ def test_latest_iteration_follows_tracker_and_skips_incomplete(tmp_path):
         with open(tracker, 'w') as f:
             f.write(text)
         assert latest_checkpoint_iteration(root) == expected, text
+
+
+def test_another_tokenizer_is_refused():
+    from megatron_salm_mtp.training.checkpoint import _check_vocabulary
+    with pytest.raises(ValueError, match='vocabulary of 264 tokens, the model has 272'):
+        _check_vocabulary({'vocab_size': 264, 'padded_vocab_size': 288},
+                          {'vocab_size': 272, 'padded_vocab_size': 288}, 'ck/iter_0000002')
 
 
 def test_load_errors_and_empty_folder(tmp_path):

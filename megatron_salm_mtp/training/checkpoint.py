@@ -4,13 +4,13 @@ One checkpoint is one folder ``iter_0000010`` holding the model, the optimiser (
 ``fully_reshardable`` layout, so TP/PP/DP may change between save and load), the LR scheduler,
 every rank's RNG states and the run's common state (iteration, data-sampler position, counters).
 
-Atomicity: ranks write into ``iter_0000010.tmp-<id>``; after every rank is done, rank 0 writes the
-completion marker, renames the folder into place and only then rewrites the tracker file
-``latest_checkpointed_iteration.txt`` (temporary file + ``os.replace``). A crash at any point
-leaves either a ``.tmp-`` folder or a folder without marker, both of which loading ignores.
+Atomicity: ranks write into ``iter_0000010.tmp-<id>``; when all are done, rank 0 writes the marker,
+renames the folder into place, then replaces ``latest_checkpointed_iteration.txt`` (tmp file +
+``os.replace``). A crash leaves a ``.tmp-`` folder or one without marker: loading ignores both.
 
-dist_checkpointing starts a helper process on CPU: scripts calling these functions must keep
-their entry point under ``if __name__ == "__main__":``.
+dist_checkpointing spawns a helper process (once per process) that re-imports the entry module:
+entry points must sit under ``if __name__ == "__main__":``, and an entry module that imports
+torch and megatron at its top makes every rank's first save seconds slower.
 """
 
 import json
@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
@@ -69,8 +70,6 @@ def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
     return max(found) if found else None
 
 
-# --------------------------------------------------------------------------- state pieces
-
 def _layout() -> dict:
     """The parallel layout; RNG states are restored only into the same one."""
     return {'tp': parallel_state.get_tensor_model_parallel_world_size(),
@@ -78,13 +77,36 @@ def _layout() -> dict:
             'dp': parallel_state.get_data_parallel_world_size(with_context_parallel=True)}
 
 
+def _models(model_chunks) -> dict:
+    """Unwrapped chunks under Megatron-LM's keys: 'model', or 'model0', 'model1', ... (VPP)."""
+    modules = unwrap_model(list(model_chunks))
+    return {'model': modules[0]} if len(modules) == 1 else {f'model{i}': m for i, m in enumerate(modules)}
+
+
 def _model_sharded_state_dict(model_chunks) -> dict:
     # dp_cp_group explicitly: the MTP stage without pre_process raises TypeError without it.
     metadata = {'dp_cp_group': parallel_state.get_data_parallel_group(with_context_parallel=True)}
-    modules = unwrap_model(list(model_chunks))
-    if len(modules) == 1:
-        return {'model': modules[0].sharded_state_dict(metadata=metadata)}
-    return {f'model{i}': m.sharded_state_dict(metadata=metadata) for i, m in enumerate(modules)}
+    return {k: m.sharded_state_dict(metadata=metadata) for k, m in _models(model_chunks).items()}
+
+
+def _vocabulary(model_chunks) -> Optional[dict]:
+    cfg = getattr(unwrap_model(list(model_chunks))[0], 'cfg', None)
+    return cfg and {'vocab_size': cfg.vocab_size, 'padded_vocab_size': cfg.padded_vocab_size}
+
+
+def _check_vocabulary(saved: Optional[dict], current: Optional[dict], path: str) -> None:
+    """Megatron loads word embeddings with ``allow_shape_mismatch`` (the padding may change), so
+    another tokenizer would load silently: refuse it; warn when only the padding differs (the
+    padding rows keep their initial values and take part in the softmax, so losses move a bit)."""
+    if not (saved and current):
+        return
+    if saved['vocab_size'] != current['vocab_size']:
+        raise ValueError(f"{path}: saved with a vocabulary of {saved['vocab_size']} tokens, the "
+                         f"model has {current['vocab_size']}: another tokenizer?")
+    if saved['padded_vocab_size'] != current['padded_vocab_size'] and torch.distributed.get_rank() == 0:
+        logger.warning('%s: vocabulary padded to %d, the model pads to %d: padding rows not restored '
+                       '(pick a --make-vocab-size-divisible-by that pads alike at both TP sizes)',
+                       path, saved['padded_vocab_size'], current['padded_vocab_size'])
 
 
 def _leaf_optimizers(optimizer):
@@ -92,8 +114,7 @@ def _leaf_optimizers(optimizer):
 
 
 def _torch_adam_states(opt):
-    """(param, state) of a torch Adam inside a Megatron optimiser; [] for TE/Apex fused Adam
-    (their step lives in param_groups, not per parameter)."""
+    """(param, state) of a torch Adam in a Megatron optimiser; [] for TE/Apex (step per group)."""
     inner = getattr(opt, 'optimizer', None)
     if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
         return []
@@ -101,12 +122,9 @@ def _torch_adam_states(opt):
 
 
 def _ensure_optimizer_state(optimizer) -> None:
-    """Allocate Adam state (zero moments, step 0) where no step has been taken yet.
-
-    Megatron's DistributedOptimizer, on torch's Adam, reads one common ``step`` from the
-    per-parameter state both to save and to prepare a load; a fresh optimiser has none. Zero
-    moments with step 0 is exactly what Adam's first step would create, so training is unchanged.
-    """
+    """Zero moments and step 0 where Adam has not stepped yet (what its first step creates):
+    DistributedOptimizer on torch's Adam reads a common per-parameter ``step`` to save and to
+    prepare a load, and asserts on a fresh optimiser."""
     for opt in _leaf_optimizers(optimizer):
         for param, state in _torch_adam_states(opt):
             if 'step' not in state:
@@ -118,13 +136,11 @@ def _ensure_optimizer_state(optimizer) -> None:
 def _restore_adam_steps(optimizer) -> None:
     """Load the distributed optimiser's fully_reshardable state around torch Adam's ``step``.
 
-    ``DistributedOptimizer.load_state_dict`` first sets every parameter's ``step`` from the saved
-    param_groups (one shared tensor), then ``load_parameter_state_from_fully_reshardable`` copies
-    each state key from the checkpoint, which holds no ``step``: KeyError in
-    ``_set_main_param_and_optimizer_states``. Wrapping that one method on the instance takes the
-    steps out while the tensors are copied and puts them back, one tensor per parameter (a
-    shared tensor would be incremented once per parameter by Adam's in-place update).
-    """
+    ``DistributedOptimizer.load_state_dict`` sets every ``step`` from the saved param_groups (one
+    shared tensor), then ``load_parameter_state_from_fully_reshardable`` copies every state key
+    from a checkpoint that holds no ``step``: KeyError in ``_set_main_param_and_optimizer_states``.
+    Wrapping that method on the instance sets the steps aside during the copy and restores them,
+    one tensor per parameter (Adam would bump a shared one once per parameter)."""
     for opt in _leaf_optimizers(optimizer):
         if not _torch_adam_states(opt) or not hasattr(opt, 'load_parameter_state_from_fully_reshardable'):
             continue
@@ -142,14 +158,6 @@ def _restore_adam_steps(optimizer) -> None:
         opt.load_parameter_state_from_fully_reshardable = load_without_step
 
 
-def _unshare_adam_steps(optimizer) -> None:
-    """Give every parameter its own ``step`` tensor after a load (see ``_restore_adam_steps``)."""
-    for opt in _leaf_optimizers(optimizer):
-        for _, state in _torch_adam_states(opt):
-            if 'step' in state:
-                state['step'] = state['step'].detach().clone()
-
-
 def _rng_state() -> ShardedObject:
     """This rank's RNG streams, one shard per (PP, TP, DP) rank."""
     np_state = np.random.get_state()
@@ -160,12 +168,11 @@ def _rng_state() -> ShardedObject:
              'torch': torch.get_rng_state(),
              'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
              'tracker': tensor_parallel.get_cuda_rng_tracker().get_states()}
-    layout = _layout()
+    sizes = _layout()
     ranks = (parallel_state.get_pipeline_model_parallel_rank(),
              parallel_state.get_tensor_model_parallel_rank(),
              parallel_state.get_data_parallel_rank(with_context_parallel=True))
-    return ShardedObject('rng_state', state, (layout['pp'], layout['tp'], layout['dp']), ranks,
-                         replica_id=0)
+    return ShardedObject('rng_state', state, (sizes['pp'], sizes['tp'], sizes['dp']), ranks, replica_id=0)
 
 
 def _set_rng_state(state: dict) -> None:
@@ -191,8 +198,6 @@ def _sharded_state_dict(model_chunks, optimizer, with_optimizer: bool, with_rng:
     return state
 
 
-# --------------------------------------------------------------------------- save
-
 def _write_atomic(path: str, text: str) -> None:
     tmp = f'{path}.tmp-{os.getpid()}'
     with open(tmp, 'w') as f:
@@ -210,54 +215,38 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _dump_config(config: dict) -> str:
-    try:
-        import yaml
-        return yaml.safe_dump(config, sort_keys=True)
-    except Exception:  # no PyYAML, or values it cannot represent: JSON is valid YAML
-        return json.dumps(config, indent=2, sort_keys=True, default=str)
-
-
 def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler,
                     common_state: dict, resolved_config: dict) -> str:
-    """Save everything needed to resume at ``iteration``; collective over all ranks.
-
-    ``common_state`` must be identical on all ranks (rank 0's copy is stored). Returns the final
-    checkpoint folder.
-    """
+    """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
+    identical on all ranks (rank 0's copy is stored). Returns the final checkpoint folder."""
     rank = torch.distributed.get_rank()
     final = checkpoint_dir(save_dir, iteration)
-    name = [None]
+    name = [f'{final}.tmp-{uuid.uuid4().hex[:8]}']  # rank 0's name goes to all
     if rank == 0:
         os.makedirs(save_dir, exist_ok=True)
         for stale in os.listdir(save_dir):  # left by an earlier crash mid-save
             if '.tmp-' in stale and stale.startswith('iter_'):
                 logger.warning('removing incomplete checkpoint %s', os.path.join(save_dir, stale))
                 shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
-        name[0] = f'{final}.tmp-{uuid.uuid4().hex[:8]}'
         os.makedirs(name[0])
     torch.distributed.broadcast_object_list(name, src=0)
     tmp = name[0]
-    started = time.time()
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=True, with_rng=True,
                                 is_loading=False)
     state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
-                 common=common_state,
+                 common=common_state, vocabulary=_vocabulary(model_chunks),
                  scheduler=scheduler.state_dict() if scheduler is not None else None)
     dist_checkpointing.save(state, tmp)  # ends with a barrier: every rank's shards are written
     if rank == 0:
         _finalize(save_dir, tmp, final, iteration, resolved_config)
     torch.distributed.barrier()
-    if rank == 0:
-        logger.info('saved checkpoint at iteration %d to %s in %.1f s', iteration, final,
-                    time.time() - started)
     return final
 
 
 def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_config: dict) -> None:
-    """Rank 0, all shards on disk: marker, rename into place, then the tracker."""
+    """Rank 0, all shards on disk: config and marker, rename into place, then the tracker."""
     with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-        f.write(_dump_config(resolved_config or {}))
+        yaml.safe_dump(resolved_config or {}, f, sort_keys=True)
     _write_atomic(os.path.join(tmp, MARKER),
                   json.dumps({'iteration': iteration, 'layout': _layout(), 'time': time.time()}))
     if os.path.exists(final):  # e.g. a rolled-back tracker: the new save replaces the old folder
@@ -269,8 +258,6 @@ def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_conf
     _write_atomic(os.path.join(save_dir, TRACKER), f'{iteration}\n')
     _fsync_dir(save_dir)
 
-
-# --------------------------------------------------------------------------- load
 
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
                     load_optimizer: bool = True) -> Optional[tuple]:
@@ -288,26 +275,20 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     path = checkpoint_dir(load_dir, iteration)
     common = dist_checkpointing.load_common_state_dict(path)
     if common.get('format_version') != FORMAT_VERSION:
-        raise ValueError(f'{path}: checkpoint format {common.get("format_version")!r}, '
-                         f'this code reads {FORMAT_VERSION}')
+        raise ValueError(f'{path}: format {common.get("format_version")!r}, expected {FORMAT_VERSION}')
+    _check_vocabulary(common.get('vocabulary'), _vocabulary(model_chunks), path)
     same_layout = common['layout'] == _layout()
     if not same_layout and torch.distributed.get_rank() == 0:
         logger.warning('checkpoint %s was saved at %s, loading at %s: RNG states are not '
                        'restored', path, common['layout'], _layout())
     with_optimizer = load_optimizer and optimizer is not None
-    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=with_optimizer,
-                                with_rng=same_layout, is_loading=True)
+    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, same_layout, is_loading=True)
     loaded = dist_checkpointing.load(state, path)
-    modules = unwrap_model(list(model_chunks))
-    if len(modules) == 1:
-        modules[0].load_state_dict(loaded['model'], strict=True)
-    else:
-        for i, module in enumerate(modules):
-            module.load_state_dict(loaded[f'model{i}'], strict=True)
+    for key, module in _models(model_chunks).items():
+        module.load_state_dict(loaded[key], strict=True)
     if with_optimizer:
         _restore_adam_steps(optimizer)
         optimizer.load_state_dict(loaded['optimizer'])
-        _unshare_adam_steps(optimizer)
         if scheduler is not None and common.get('scheduler') is not None:
             scheduler.load_state_dict(common['scheduler'])
     elif optimizer is not None:
@@ -315,6 +296,4 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     if same_layout:
         _set_rng_state(loaded['rng_state'])
     torch.distributed.barrier()
-    if torch.distributed.get_rank() == 0:
-        logger.info('loaded checkpoint %s (iteration %d)', path, iteration)
     return iteration, common['common']
