@@ -87,3 +87,15 @@ def is_model_only(load_dir: str) -> bool:
         return False
     common = dist_checkpointing.load_common_state_dict(checkpoint_dir(load_dir, iteration))
     return bool((common.get('common') or {}).get('model_only'))
+
+
+def training_vocab_size(tokenizer_vocab: int, load_dir) -> int:
+    """The LLM vocabulary a training run uses: the tokenizer's, or the embedding table stored with
+    the ``--load`` checkpoint when that is larger (an imported table with unused rows, e.g.
+    Qwen's 151,936 rows for 151,669 + specials tokens), so the checkpoint's shapes load."""
+    if not load_dir:
+        return tokenizer_vocab
+    from ..training.checkpoint import latest_checkpoint_iteration
+    if not os.path.isdir(load_dir) or latest_checkpoint_iteration(load_dir) is None:
+        return tokenizer_vocab
+    return max(tokenizer_vocab, read_checkpoint_config(load_dir).vocab_size)

@@ -47,6 +47,27 @@ class ImportPlan:
     report: List[str]
 
 
+VOCAB_MULTIPLE = 128
+
+
+def tokenizer_vocabulary(llm_dir: str, table_rows: int) -> dict:
+    """Vocabulary fields for the tokenizer the training run will use (``tokenizer.json`` beside
+    the LLM, as ``data.tokenizer.HFTokenizer`` reads it, with its virtual specials such as the
+    audio placeholder). The table keeps its rows when they cover the tokenizer (Qwen's 151,936 >
+    151,669 + specials); otherwise it grows to the next multiple of 128 with zero rows (Llama 3:
+    128,256 + <|audio|>) - divisible by any TP size up to 128, so the checkpoint loads at any layout
+    with ``make_vocab_size_divisible_by: null``. Without a tokenizer the table is kept as is."""
+    import os
+    if not os.path.isfile(os.path.join(llm_dir, 'tokenizer.json')):
+        return {'vocab_size': table_rows, 'audio_token_id': table_rows - 1}
+    from ..data.tokenizer import build_tokenizer
+    tokenizer = build_tokenizer('huggingface', llm_dir)
+    rows = table_rows
+    if tokenizer.vocab_size > table_rows:
+        rows = -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    return {'vocab_size': rows, 'audio_token_id': tokenizer.audio_token_id}
+
+
 def salm_config_from_hf(llm_dir: str, whisper_dir: Optional[str] = None, **overrides) -> SALMConfig:
     """A SALMConfig whose LLM (and encoder) match the Hugging Face checkpoints; ``overrides``
     (parallel sizes, MTP depth, projector...) are applied on top. With MTP shipped in the checkpoint
@@ -55,7 +76,7 @@ def salm_config_from_hf(llm_dir: str, whisper_dir: Optional[str] = None, **overr
     fields = hf_llm.salm_fields(read_config(llm_dir), src)
     if whisper_dir:
         fields.update(hf_whisper.salm_fields(read_config(whisper_dir)))
-    fields['audio_token_id'] = fields['vocab_size'] - 1  # the training entry point sets it from the tokenizer
+    fields.update(tokenizer_vocabulary(llm_dir, fields['vocab_size']))
     fields['seq_length'] = min(int(read_config(llm_dir).get('max_position_embeddings', 4096)), 4096)
     given = {k: v for k, v in overrides.items() if v is not None}
     cfg = SALMConfig(**{**fields, **given})

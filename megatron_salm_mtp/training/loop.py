@@ -75,7 +75,9 @@ class Trainer:
         self.run, self.cfg, self.train_cfg = run, run.model, run.train
         init_distributed()
         tokenizer = run.data.make_tokenizer()
-        self.cfg.vocab_size, self.cfg.audio_token_id = tokenizer.vocab_size, tokenizer.audio_token_id
+        from ..convert.importer import training_vocab_size  # an imported table may be larger
+        self.cfg.vocab_size = training_vocab_size(tokenizer.vocab_size, self.train_cfg.load)
+        self.cfg.audio_token_id = tokenizer.audio_token_id
         init_model_parallel(self.cfg, self.train_cfg.seed)
         dp_rank = parallel_state.get_data_parallel_rank()
         dp_size = parallel_state.get_data_parallel_world_size()

@@ -1,0 +1,81 @@
+"""In-process checks of the import pieces: vocabulary sizing against a tokenizer, sliced reads
+of padded tables and TP shards, and the errors that name what cannot be imported."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from hf_fixtures import hf_models  # noqa: F401
+from megatron_salm_mtp.config import ConfigError
+from megatron_salm_mtp.convert.load import salm_config_from_hf, tokenizer_vocabulary
+from megatron_salm_mtp.convert.recipes import Copy, FusedQKV, GatedFC1
+from megatron_salm_mtp.convert.source import TensorSource
+
+
+def _word_tokenizer(folder, words: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {f'w{i}': i for i in range(words - 1)}
+    vocab['[UNK]'] = words - 1
+    tok = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, 'tokenizer.json'))
+
+
+def test_vocabulary_follows_the_tokenizer(tmp_path):
+    _word_tokenizer(tmp_path / 'small', 100)  # fits the table: rows kept
+    small = tokenizer_vocabulary(str(tmp_path / 'small'), 272)
+    assert small['vocab_size'] == 272 and 100 <= small['audio_token_id'] < 272
+    _word_tokenizer(tmp_path / 'big', 300)  # 300 + virtual specials > 272 rows: grow to 384
+    big = tokenizer_vocabulary(str(tmp_path / 'big'), 272)
+    assert big['vocab_size'] == 384 and big['audio_token_id'] >= 300
+    assert tokenizer_vocabulary(str(tmp_path), 272) == {'vocab_size': 272, 'audio_token_id': 271}
+
+
+def test_grown_table_reads_zero_rows_per_shard(hf_models, tmp_path):
+    src = TensorSource(hf_models['qwen3'])
+    table = src.get('model.embed_tokens.weight')
+    recipe = Copy('model.embed_tokens.weight', rows=384)
+    shards = [recipe.shard(src, 0, r, 2) for r in range(2)]
+    assert shards[0].shape == (192, 32) and torch.equal(shards[0], table[:192])
+    assert torch.equal(shards[1][:80], table[192:]) and not shards[1][80:].any()
+    assert torch.equal(torch.cat(shards), recipe.full(src))
+
+
+def test_shards_concatenate_to_the_full_tensor(hf_models):
+    src = TensorSource(hf_models['qwen2'])
+    a = 'model.layers.0.self_attn.'
+    for recipe in (FusedQKV(a + 'q_proj.weight', a + 'k_proj.weight', a + 'v_proj.weight', 4, 2, 8),
+                   FusedQKV(a + 'q_proj.bias', a + 'k_proj.bias', a + 'v_proj.bias', 4, 2, 8, bias=True),
+                   Copy(a + 'o_proj.weight')):
+        dim = 1 if isinstance(recipe, Copy) else 0
+        assert torch.equal(torch.cat([recipe.shard(src, dim, r, 2) for r in range(2)], dim), recipe.full(src))
+    fc1 = GatedFC1('model.layers.0.mlp.gate_proj.weight', 'model.layers.0.mlp.up_proj.weight')
+    gate, up = fc1.full(src).chunk(2)
+    assert torch.equal(fc1.shard(src, 0, 1, 2), torch.cat([gate[24:], up[24:]]))
+
+
+def test_config_from_hf(hf_models):
+    qwen3 = salm_config_from_hf(hf_models['qwen3'], hf_models['whisper'])
+    assert (qwen3.qk_layernorm, qwen3.kv_channels, qwen3.untie_embeddings_and_output_weights) == (True, 16, False)
+    assert (qwen3.num_mel_bins, qwen3.encoder_max_source_positions, qwen3.mtp_num_layers) == (16, 16, None)
+    qwen2 = salm_config_from_hf(hf_models['qwen2'], mtp_num_layers=2)
+    assert qwen2.add_qkv_bias and qwen2.untie_embeddings_and_output_weights and qwen2.rotary_base == 1e6
+    assert qwen2.mtp_num_layers == 2
+
+
+def test_unsupported_llm_is_named(hf_models, tmp_path):
+    folder = tmp_path / 'scaled'
+    shutil.copytree(hf_models['llama'], folder)
+    config = json.load(open(folder / 'config.json'))
+    config['rope_scaling'] = {'rope_type': 'llama3', 'factor': 8.0}
+    json.dump(config, open(folder / 'config.json', 'w'))
+    with pytest.raises(ConfigError, match="rope_type 'llama3'"):
+        salm_config_from_hf(str(folder))
+    config['model_type'] = 'gemma'
+    json.dump(config, open(folder / 'config.json', 'w'))
+    with pytest.raises(ConfigError, match="model_type 'gemma'"):
+        salm_config_from_hf(str(folder))
