@@ -79,3 +79,61 @@ def test_unsupported_llm_is_named(hf_models, tmp_path):
     json.dump(config, open(folder / 'config.json', 'w'))
     with pytest.raises(ConfigError, match="model_type 'gemma'"):
         salm_config_from_hf(str(folder))
+
+
+def _with_extra_tensors(base: str, folder, extra: dict) -> TensorSource:
+    """A copy of ``base`` whose checkpoint also holds ``extra`` (a second safetensors file)."""
+    from safetensors.torch import save_file
+    shutil.copytree(base, folder)
+    save_file({k: v.contiguous() for k, v in extra.items()}, os.path.join(folder, 'mtp.safetensors'))
+    return TensorSource(str(folder))
+
+
+def _hf_layer(prefix: str, gen) -> dict:
+    shapes = {'input_layernorm.weight': (32,), 'post_attention_layernorm.weight': (32,),
+              'self_attn.q_proj.weight': (64, 32), 'self_attn.k_proj.weight': (32, 32),
+              'self_attn.v_proj.weight': (32, 32), 'self_attn.o_proj.weight': (32, 64),
+              'self_attn.q_norm.weight': (16,), 'self_attn.k_norm.weight': (16,),
+              'mlp.gate_proj.weight': (48, 32), 'mlp.up_proj.weight': (48, 32),
+              'mlp.down_proj.weight': (32, 48)}
+    return {prefix + n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+
+
+@pytest.mark.parametrize('style', ['mimo', 'qwen3_next', 'megatron'])
+def test_other_shipped_mtp_styles(hf_models, tmp_path, style):
+    from megatron_salm_mtp.convert.hf_llm import llm_recipes
+    from megatron_salm_mtp.convert.mtp_init import mtp_recipes
+    gen = torch.Generator().manual_seed(0)
+    w = lambda *s: torch.randn(s, generator=gen)  # noqa: E731
+    if style == 'mimo':
+        extra = {'model.mtp_layers.0.token_layernorm.weight': w(32), 'model.mtp_layers.0.hidden_layernorm.weight': w(32),
+                 'model.mtp_layers.0.input_proj.weight': w(32, 64), 'model.mtp_layers.0.final_layernorm.weight': w(32),
+                 **_hf_layer('model.mtp_layers.0.', gen)}
+        eh_key, enorm_key, layer = 'model.mtp_layers.0.input_proj.weight', 'model.mtp_layers.0.token_layernorm.weight', 'model.mtp_layers.0.'
+    elif style == 'qwen3_next':
+        extra = {'mtp.fc.weight': w(32, 64), 'mtp.pre_fc_norm_embedding.weight': w(32),
+                 'mtp.pre_fc_norm_hidden.weight': w(32), 'mtp.norm.weight': w(32), **_hf_layer('mtp.layers.0.', gen)}
+        eh_key, enorm_key, layer = 'mtp.fc.weight', 'mtp.pre_fc_norm_embedding.weight', 'mtp.layers.0.'
+    else:
+        extra = {'mtp.layers.0.eh_proj.weight': w(32, 64), 'mtp.layers.0.enorm.weight': w(32),
+                 'mtp.layers.0.hnorm.weight': w(32), 'mtp.layers.0.final_layernorm.weight': w(32),
+                 'mtp.layers.0.transformer_layer.self_attention.linear_qkv.weight': w(128, 32)}
+        eh_key, enorm_key, layer = 'mtp.layers.0.eh_proj.weight', 'mtp.layers.0.enorm.weight', None
+    src = _with_extra_tensors(hf_models['qwen3'], tmp_path / style, extra)
+    cfg = salm_config_from_hf(str(tmp_path / style))
+    assert cfg.mtp_num_layers == 1
+    recipes, report = mtp_recipes(src, cfg, llm_recipes(cfg), 1, 'last_layer', False, False)
+    assert 'loaded from the checkpoint' in report[0]
+    p = 'language_model.mtp.layers.0.'
+    eh = recipes[p + 'eh_proj.weight'].full(src)
+    if style == 'mimo':  # stored over cat(hidden, embedding): reordered to cat(embedding, hidden)
+        assert torch.equal(eh, torch.cat([extra[eh_key][:, 32:], extra[eh_key][:, :32]], 1))
+    else:
+        assert torch.equal(eh, extra[eh_key])
+    assert torch.equal(recipes[p + 'enorm.weight'].full(src), extra[enorm_key])
+    qkv = recipes[p + 'transformer_layer.self_attention.linear_qkv.weight'].full(src)
+    if layer:
+        q, k = extra[layer + 'self_attn.q_proj.weight'], extra[layer + 'self_attn.k_proj.weight']
+        assert torch.equal(qkv[:32], q[:32]) and torch.equal(qkv[32:48], k[:16])  # group 0: 2 q heads, k
+    else:
+        assert torch.equal(qkv, extra['mtp.layers.0.transformer_layer.self_attention.linear_qkv.weight'])
