@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=['megatron_salm_mtp', 'megatron_salm_mtp.*']),
     python_requires='>=3.10',
     # torch is left unpinned on purpose: the NGC container's build (or the one installed first) is kept.
-    install_requires=['torch>=2.4', 'megatron-core==0.16.1', 'pyyaml', 'numpy', 'psutil'],
+    install_requires=['torch>=2.4', 'megatron-core>=0.16.1,<0.20', 'pyyaml', 'numpy', 'psutil'],
     extras_require={
         'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
                  'espeakng-loader'],

@@ -82,6 +82,9 @@ def enable_if_no_cuda() -> bool:
         torch.cuda.synchronize = _no_op  # timers and checkpoint barriers
         torch.cuda.empty_cache = _no_op
         torch.cuda.set_device = _no_op
+        # CPU work is ordered already; megatron-core 0.19's DDP bucket sync
+        # (param_and_grad_buffer.start_grad_sync) asks for the current stream to wait on events.
+        torch.cuda.current_stream = lambda device=None: torch.cpu.current_stream()
         _install_device_rng()
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
         _active_mode = _CudaToCpuMode()

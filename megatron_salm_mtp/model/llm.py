@@ -15,6 +15,7 @@ from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
 
+from ..compat import mcore
 from .mtp import MTPStats, mtp_target_masks
 
 
@@ -23,13 +24,13 @@ def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_grou
 
     logits: [s, b, v/tp]; labels: [b, s]. Two small all-reduces instead of gathering the vocabulary.
     """
-    logits = logits.detach().float()
+    logits = logits.detach()  # compared in their own dtype: no fp32 copy of a vocab-wide tensor
     shard = logits.shape[-1]
     rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
     local = labels.t() - rank * shard  # [s, b]
     inside = (local >= 0) & (local < shard)
-    target = torch.gather(logits, -1, local.clamp(0, shard - 1)[..., None])[..., 0] * inside
-    best = logits.max(dim=-1).values
+    target = torch.gather(logits, -1, local.clamp(0, shard - 1)[..., None])[..., 0].float() * inside
+    best = logits.max(dim=-1).values.float()
     if tp_group is not None and tp_group.size() > 1:
         torch.distributed.all_reduce(target, group=tp_group)
         torch.distributed.all_reduce(best, op=torch.distributed.ReduceOp.MAX, group=tp_group)
@@ -92,8 +93,8 @@ class SpeechGPTModel(GPTModel):
         token_loss, _ = self.supervised_token_loss(hidden_states, labels, loss_mask, output_weight)
         return token_loss
 
-    def supervised_token_loss(self, hidden_states, labels, mask, output_weight):
-        """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits) computing logits only at
+    def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False):
+        """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits or None) computing logits only at
         supervised positions: speech prompts are mostly audio, and a 150k-word head over every
         position costs more than a decoder layer (``full_sequence_logits`` restores core's way).
         """
@@ -114,13 +115,14 @@ class SpeechGPTModel(GPTModel):
             self.output_layer.sequence_parallel = sequence_parallel
         targets = labels.t().reshape(-1).index_select(0, rows).unsqueeze(0)  # [1, n]
         picked_loss = self.compute_language_model_loss(targets, logits)[0]
-        picked_hits = vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
         weights = flat_mask.index_select(0, rows).float()
         loss = torch.zeros(seq * batch, dtype=picked_loss.dtype, device=picked_loss.device)
-        hits = torch.zeros(seq * batch, device=picked_loss.device)
         loss = loss.index_add(0, rows, picked_loss * weights).view(seq, batch).t()
-        hits = hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
-        return loss, hits
+        if not with_hits:
+            return loss, None
+        picked_hits = vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
+        hits = torch.zeros(seq * batch, device=picked_loss.device)
+        return loss, hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
 
     def run_mtp_depths(self, depths, hidden_states, input_ids, position_ids, **layer_kwargs):
         """Hidden states of ``depths`` chained MTP depths (core's block loop, plus shared weights:
@@ -129,8 +131,8 @@ class SpeechGPTModel(GPTModel):
         outputs = []
         for depth in range(depths):
             layer = self.mtp.layers[0 if self.mtp_use_repeated_layer else depth]
-            hidden_states, input_ids, position_ids = layer(
-                input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
+            hidden_states, input_ids, position_ids = mcore.run_mtp_layer(
+                layer, input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
                 embedding=self.embed_mtp_inputs, **layer_kwargs)
             outputs.append(hidden_states)
         return outputs
@@ -157,7 +159,7 @@ class SpeechGPTModel(GPTModel):
         for depth in range(depths):
             mtp_labels = torch.roll(mtp_labels, shifts=-1, dims=-1)
             token_loss, hits = self.supervised_token_loss(chunks[depth + 1], mtp_labels,
-                                                          masks[depth], output_weight)
+                                                          masks[depth], output_weight, with_hits=True)
             loss_sum = token_loss.sum()
             self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), hits.sum())
             weight = weights[depth].to(loss_sum.device)

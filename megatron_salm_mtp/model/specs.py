@@ -25,6 +25,8 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from ..compat import mcore
+
 logger = logging.getLogger(__name__)
 
 TRANSFORMER_ENGINE = 'transformer_engine'
@@ -209,12 +211,11 @@ def mtp_block_spec(impl: str, pattern: str, qk_layernorm: bool, repeated: bool,
                    config: TransformerConfig, vp_stage=None):
     """Megatron-Core's MTP block spec over the same backend; None where no MTP layer lives.
     With ``repeated`` the block holds one layer whose weights serve every depth."""
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec_for_backend
     from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlockSubmodules
     if not config.mtp_num_layers:
         return None
     layer = mtp_transformer_layer_spec(impl, pattern, qk_layernorm)
-    block = get_gpt_mtp_block_spec_for_backend(config, layer, backend_for(impl), vp_stage=vp_stage)
+    block = mcore.mtp_block_spec(config, layer, backend_for(impl), vp_stage=vp_stage)
     if block is not None and repeated:
         block = MultiTokenPredictionBlockSubmodules(layer_specs=block.layer_specs[:1])
     return block

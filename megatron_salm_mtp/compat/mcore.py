@@ -1,0 +1,92 @@
+"""Everything that differs between the supported Megatron-Core releases (0.16.1 to 0.19.x).
+
+The rest of the package calls these functions and never looks at the version itself. What differs,
+and what the plugin does about it:
+
+* ``MultiTokenPredictionLayer.forward`` returns ``(hidden, input_ids, position_ids)`` on 0.16 and
+  also the rolled ``padding_mask`` on 0.17+ (MoE routing only). ``run_mtp_layer`` returns the
+  first three on every version; the plugin passes no padding mask (dense MLP, explicit masks).
+* The MTP layer's inner transformer layer is the submodule ``transformer_layer`` on 0.16 and
+  ``mtp_model_layer`` on 0.17+ (whose sharded state dict maps it back to ``transformer_layer.``
+  for checkpoints). ``mtp_block_spec`` builds layers that keep the 0.16 name on every version, so
+  parameter names, ``state_dict`` keys, converters and distributed checkpoints are the same
+  whichever release trains or loads.
+* ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
+  ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
+  the only one called (positionally).
+
+Megatron-Core fixes of 0.16.1 sharp edges that 0.17+ brings (per-token MTP normalisation #3159,
+zero-token clamp #3396, sequence-parallel scatter of multimodal embeddings in MTP #6256, MTP
+input mask for modality placeholders #6770) live in ``GPTModel._postprocess``/``process_mtp_loss``,
+which the plugin's ``SpeechGPTModel._postprocess`` replaces on every version: see README,
+"Supported versions", for why the plugin's own guards stay on both.
+"""
+
+import collections
+import dataclasses
+
+from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
+from packaging.version import Version
+
+MCORE_VERSION = Version(_MCORE_VERSION_STRING)
+MIN_VERSION, MAX_VERSION = Version('0.16.1'), Version('0.20')
+MCORE_0_17 = MCORE_VERSION >= Version('0.17.0')
+"""0.17 renamed the MTP inner layer and added ``padding_mask`` to the MTP forward."""
+
+MTP_INNER_LAYER = 'transformer_layer'
+"""Name of the MTP layer's transformer-layer submodule in parameter and checkpoint keys."""
+_UPSTREAM_INNER_LAYER = 'mtp_model_layer' if MCORE_0_17 else 'transformer_layer'
+
+
+def check_supported() -> None:
+    """Raise if the installed megatron-core is outside the tested range."""
+    if not MIN_VERSION <= MCORE_VERSION < MAX_VERSION:
+        raise ImportError(f"megatron-core {MCORE_VERSION} is installed; megatron_salm_mtp supports "
+                          f">={MIN_VERSION},<{MAX_VERSION}")
+
+
+def run_mtp_layer(layer, **kwargs):
+    """One MTP depth: ``(hidden_states, input_ids, position_ids)`` on every version."""
+    outputs = layer(**kwargs)
+    return outputs[0], outputs[1], outputs[2]
+
+
+def _stable_name_layer_class():
+    """A ``MultiTokenPredictionLayer`` whose inner layer is registered as ``transformer_layer``."""
+    from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionLayer
+
+    class StableNameMTPLayer(MultiTokenPredictionLayer):
+        """0.17+'s MTP layer with 0.16's submodule name (upstream code reads the property)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._modules = collections.OrderedDict(
+                (MTP_INNER_LAYER if name == _UPSTREAM_INNER_LAYER else name, module)
+                for name, module in self._modules.items())
+
+        @property
+        def mtp_model_layer(self):
+            return self._modules[MTP_INNER_LAYER]
+
+    return StableNameMTPLayer
+
+
+_layer_class = None
+
+
+def _adapt_mtp_layer_spec(spec):
+    global _layer_class
+    if _layer_class is None:
+        _layer_class = _stable_name_layer_class()
+    return dataclasses.replace(spec, module=_layer_class)
+
+
+def mtp_block_spec(config, layer_spec, backend, vp_stage=None):
+    """Core's ``get_gpt_mtp_block_spec_for_backend`` (None where this stage builds no MTP layer),
+    with layers that keep the same parameter names on every supported version."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec_for_backend
+
+    block = get_gpt_mtp_block_spec_for_backend(config, layer_spec, backend, vp_stage=vp_stage)
+    if block is None or not MCORE_0_17:
+        return block
+    return dataclasses.replace(block, layer_specs=[_adapt_mtp_layer_spec(s) for s in block.layer_specs])
