@@ -12,7 +12,8 @@ from .frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens
 
 def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_token_id: int,
                     num_mel_bins: int, frame_stack: int, audio_fraction: float = 0.6,
-                    answer_fraction: float = 0.25, text_only: bool = False, seed: int = 0) -> dict:
+                    answer_fraction: float = 0.25, text_only: bool = False, seed: int = 0,
+                    max_mel_frames: int = 3000) -> dict:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab_size, (batch_size, seq_length + 1), generator=gen)
     tokens[tokens == audio_token_id] = 0
@@ -21,15 +22,21 @@ def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_tok
     if text_only:
         loss_mask[:, 1:] = 1
     else:
-        frames = int(audio_fraction * seq_length * frame_stack * 2)  # mel frames filling that share
-        n_audio = audio_tokens(frames, frame_stack)
-        start, answer = 4, int(answer_fraction * seq_length)
+        # Mel frames filling that share, cut into utterances of at most 30 s (Whisper's window):
+        # a long prompt becomes several audio turns, placed one after the other.
+        frames = int(audio_fraction * seq_length * frame_stack * 2)
+        turns = -(-frames // max_mel_frames)
+        per_turn = frames // turns
+        run = audio_tokens(per_turn, frame_stack)
+        answer = int(answer_fraction * seq_length)
         for row in range(batch_size):
-            tokens[row, start:start + n_audio] = audio_token_id
-            first = start + n_audio + 2
-            loss_mask[row, first:first + answer] = 1
-            features.append(torch.randn(num_mel_bins, frames, generator=gen))
-            lengths.append(frames)
+            position = 4
+            for _ in range(turns):
+                tokens[row, position:position + run] = audio_token_id
+                position += run
+                features.append(torch.randn(num_mel_bins, per_turn, generator=gen))
+                lengths.append(per_turn)
+            loss_mask[row, position + 2:position + 2 + answer] = 1
     batch = {'tokens': tokens[:, :-1].contiguous(), 'labels': tokens[:, 1:].contiguous(),
              'loss_mask': loss_mask[:, 1:].contiguous(),
              'position_ids': torch.arange(seq_length).repeat(batch_size, 1)}
