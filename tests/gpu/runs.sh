@@ -25,10 +25,8 @@ case "$step" in
     python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
   bench1)
     bench llm152k_naive 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
-    bench llm152k 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
     bench salm152k_naive 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
     bench salm152k 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
-    bench salm152k_d3 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3
     bench salm32k 1 --vocab-size 32000 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3 ;;
   benchN)
     bench salm152k_tp2 2 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 16 --mtp-num-layers 2 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer
