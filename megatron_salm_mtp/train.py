@@ -8,10 +8,12 @@ Many nodes (SLURM, NGC container): launch/train_salm_mtp.sbatch
 """
 
 from .cli import parse_args
-from .training.loop import train
 
 
 def main(argv=None) -> None:
+    # Imported here: dist_checkpointing's helper process re-imports this module, and should not
+    # pay for megatron-core and the model on every first save.
+    from .training.loop import train
     train(parse_args(argv))
 
 
