@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import socket
-import sys
 from typing import List, Optional
 
 import torch

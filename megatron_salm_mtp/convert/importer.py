@@ -44,9 +44,7 @@ def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: s
     model = build_model(cfg, wrap_ddp=False)
     loaded = load_into(model[0], plan)
     rank = torch.distributed.get_rank()
-    common = {'model_only': True, 'imported_from': {'llm': os.path.basename(os.path.normpath(llm_dir)),
-                                                    'whisper': whisper_dir and os.path.basename(os.path.normpath(whisper_dir))},
-              'mtp': plan.report}
+    common = {'model_only': True, 'import_report': plan.report}
     resolved = dataclasses.asdict(cfg)
     path = save_checkpoint(out, 0, model, None, None, common, resolved)
     if rank == 0:

@@ -9,6 +9,7 @@ TP rank's shard of it.
 
 import dataclasses
 import logging
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -57,7 +58,6 @@ def tokenizer_vocabulary(llm_dir: str, table_rows: int) -> dict:
     151,669 + specials); otherwise it grows to the next multiple of 128 with zero rows (Llama 3:
     128,256 + <|audio|>) - divisible by any TP size up to 128, so the checkpoint loads at any layout
     with ``make_vocab_size_divisible_by: null``. Without a tokenizer the table is kept as is."""
-    import os
     if not os.path.isfile(os.path.join(llm_dir, 'tokenizer.json')):
         return {'vocab_size': table_rows, 'audio_token_id': table_rows - 1}
     from ..data.tokenizer import build_tokenizer
@@ -86,6 +86,11 @@ def salm_config_from_hf(llm_dir: str, whisper_dir: Optional[str] = None, **overr
     return cfg
 
 
+def _name(folder: str) -> str:
+    """A folder's last component: reports (stored in the checkpoint) carry no machine paths."""
+    return os.path.basename(os.path.normpath(folder))
+
+
 def import_plan(cfg: SALMConfig, llm_dir: str, whisper_dir: Optional[str] = None,
                 mtp_init: str = 'last_layer', replace_existing_mtp: bool = False,
                 extend_mtp_depth: bool = False) -> ImportPlan:
@@ -96,12 +101,12 @@ def import_plan(cfg: SALMConfig, llm_dir: str, whisper_dir: Optional[str] = None
                               extend_mtp_depth)
     recipes.update({name: (llm, r) for name, r in mtp.items()})
     keep = ['audio_projector.']
-    report.insert(0, f'llm: {llm_dir} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, '
+    report.insert(0, f'llm: {_name(llm_dir)} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, '
                      f'vocab {cfg.vocab_size}, tied embeddings: {not cfg.untie_embeddings_and_output_weights})')
     if whisper_dir:
         whisper = TensorSource(whisper_dir)
         recipes.update({n: (whisper, r) for n, r in hf_whisper.encoder_recipes(whisper, cfg).items()})
-        report.insert(1, f'audio encoder: {whisper_dir} ({cfg.encoder_num_layers} layers, '
+        report.insert(1, f'audio encoder: {_name(whisper_dir)} ({cfg.encoder_num_layers} layers, '
                          f'width {cfg.encoder_hidden_size})')
     else:
         keep.append('audio_encoder.')

@@ -9,7 +9,8 @@ Shipped heads are recognised by their names:
   the layer (optionally under ``mtp_block.``); ``input_proj`` takes ``cat(hidden, embedding)`` and
   is reordered to Megatron's ``cat(embedding, hidden)``.
 * Qwen3-Next style: ``mtp.{fc,pre_fc_norm_embedding,pre_fc_norm_hidden,norm}`` shared by the
-  layers ``mtp.layers.k`` (dense layers only: the gated-attention / MoE variant is not importable).
+  layers ``mtp.layers.k``, for dense layers with plain RMSNorm weights (Qwen3-Next's own heads -
+  gated attention, MoE, zero-centred norms - do not fit the SALM's dense MTP layer).
 * Megatron: ``[language_model.]mtp.layers.k.{enorm,hnorm,eh_proj,transformer_layer.*,final_layernorm}``.
 
 New heads (``--mtp-init``):

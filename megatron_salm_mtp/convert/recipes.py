@@ -40,11 +40,10 @@ class Recipe:
 
 
 class Copy(Recipe):
-    """One source tensor as is, optionally zero-padded along dim 0 to ``rows`` (vocabulary);
-    ``offset`` is added (norms stored zero-centred, e.g. Qwen3-Next's)."""
+    """One source tensor as is, optionally zero-padded (or cut) along dim 0 to ``rows`` (vocabulary)."""
 
-    def __init__(self, key: str, rows: Optional[int] = None, offset: float = 0.0):
-        self.key, self.rows, self.offset = key, rows, offset
+    def __init__(self, key: str, rows: Optional[int] = None):
+        self.key, self.rows = key, rows
 
     def sources(self):
         return (self.key,)
@@ -66,7 +65,7 @@ class Copy(Recipe):
         if tensor.shape[0] < last - first:  # vocabulary padding rows
             pad = tensor.new_zeros((last - first - tensor.shape[0],) + tuple(tensor.shape[1:]))
             tensor = torch.cat([tensor, pad])
-        return tensor + self.offset if self.offset else tensor
+        return tensor
 
 
 class FusedQKV(Recipe):
