@@ -24,7 +24,7 @@ from .cli import parse_args
 from .data.frames import encoder_frames
 from .data.synthetic_batches import synthetic_batch
 from .parallel.setup import build_model, init_distributed, init_model_parallel
-from .training.flops import batch_flops
+from .training.flops import batch_flops, head_evaluations
 from .training.optim import build_optimizer
 from .training.step import forward_backward
 
@@ -78,7 +78,8 @@ def measure(run, bench, depths: int) -> dict:
     step_s = sum(times) / len(times)
     frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
     per_utt = int(frames / max(train.global_batch_size, 1)) or 1
-    flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt)
+    heads = dp * head_evaluations(microbatches, cfg)
+    flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt, heads)
     world = torch.distributed.get_world_size()
     result = {'mtp_depths': depths, 'step_ms': 1000 * step_s,
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,

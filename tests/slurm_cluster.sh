@@ -19,14 +19,20 @@ die() { echo "slurm_cluster: $*" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-stop_pidfile() {  # pid file -> TERM, wait up to 5 s, then KILL
-  local pidfile=$1 pid
-  [ -s "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+stop_pidfiles() {  # pid files -> TERM to all at once, wait up to 10 s, then KILL what is left
+  local pids=() pid alive
+  for f in "$@"; do
+    [ -s "$f" ] && pid=$(cat "$f") && kill -0 "$pid" 2>/dev/null && pids+=("$pid")
+  done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 100); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 1 ] || return 0
+    sleep 0.1
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 cmd=${1:-}
@@ -97,9 +103,7 @@ EOF
   ;;
 stop)
   dir=$(realpath -m "${2:?usage: slurm_cluster.sh stop DIR}")
-  stop_pidfile "$dir/slurmd.pid"
-  stop_pidfile "$dir/slurmctld.pid"
-  stop_pidfile "$dir/munge/munged.pid"
+  stop_pidfiles "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"
   ;;
 *)
   die "usage: slurm_cluster.sh install | start DIR | stop DIR"

@@ -153,7 +153,7 @@ def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # 
     """
     log, save = tmp_path / 'job.out', tmp_path / 'run'
     job = slurm.submit(log, _job_env(espeak_corpus, save, PP='2'),
-                       train_flags=['--train-iters', '12', '--lr-warmup-iters', '1', '--log-interval', '1',
+                       train_flags=['--train-iters', '8', '--lr-warmup-iters', '1', '--log-interval', '1',
                                     '--eval-interval', '0'])
     events = {'signalled': False, 'released': False}
 
@@ -171,13 +171,80 @@ def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # 
     assert (info['JobState'], info['ExitCode'], info['Restarts']) == ('COMPLETED', '0:0', '1'), \
         slurm.diagnostics(log)
     assert 'received signal 10' in text and 'PP=2' in text
-    stopped = re.search(r'checkpoint at iteration (\d+) of 12: requeueing', text)
+    stopped = re.search(r'checkpoint at iteration (\d+) of 8: requeueing', text)
     assert stopped, slurm.diagnostics(log)
     saved = int(stopped.group(1))
-    assert 2 <= saved < 12
+    assert 2 <= saved < 8
     assert re.search(rf'resumed from \S+ at iteration {saved}\b', text)
     # Each iteration ran once: the first run up to the save, the requeued run from there on.
-    assert [int(m.group(1)) for m in LINE.finditer(text)] == list(range(1, 13))
-    assert [r['iteration'] for r in _metrics(save) if r['split'] == 'train'] == list(range(1, 13))
-    assert (save / 'latest_checkpointed_iteration.txt').read_text().strip() == '12'
+    assert [int(m.group(1)) for m in LINE.finditer(text)] == list(range(1, 9))
+    assert [r['iteration'] for r in _metrics(save) if r['split'] == 'train'] == list(range(1, 9))
+    assert (save / 'latest_checkpointed_iteration.txt').read_text().strip() == '8'
     assert (save / f'iter_{saved:07d}').is_dir()
+
+
+def test_sbatch_container_command(slurm, tmp_path):
+    """The pyxis path, which needs a GPU cluster to run for real: the srun line it would launch
+    (DRY_RUN=1), then that step's shell run here with a stand-in `python` printing its argv."""
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'python').write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$ARGV_LOG"\n'  # argv, then ignored signals
+                                 'awk \'/^SigIgn/ {print "SigIgn " $2}\' /proc/$$/status >> "$ARGV_LOG"\n')
+    (fake / 'python').chmod(0o755)
+    env = {**slurm.env, 'DRY_RUN': '1', 'SLURM_JOB_ID': '4242', 'SLURM_NNODES': '4',
+           'SLURM_JOB_NODELIST': 'gpu[07-10]', 'SLURM_SUBMIT_DIR': str(ROOT), 'SLURM_CPUS_ON_NODE': '96',
+           'SLURM_GPUS_PER_NODE': 'h100:8', 'CONTAINER_IMAGE': 'registry#nvidia/pytorch:25.04-py3',
+           'CONFIG': 'configs/salm_8b_tp2pp2.yaml', 'TRAIN_MANIFEST': '/data/a.jsonl,/data/b.jsonl',
+           'DATA_MOUNTS': '/data,/models', 'TOKENIZER_MODEL': '/models/Qwen3-8B',
+           'SAVE_DIR': str(tmp_path / 'ckpt'), 'INIT_DIR': str(tmp_path / 'init')}
+    out = subprocess.run(['bash', SCRIPT, '--system-prompt', "Say 'hi' twice", '--lr', '1e-4'], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    srun = out.stdout.splitlines()[-1]
+    assert srun.startswith('srun --nodes 4 --ntasks-per-node 1 ') and '--cpus-per-task 96' in srun
+    assert '--container-image registry#nvidia/pytorch:25.04-py3' in srun
+    for folder in (ROOT, tmp_path / 'ckpt', tmp_path / 'init', '/data', '/models'):
+        assert f'{folder}:{folder}' in srun.replace('\\,', ',')
+    step = subprocess.run(['bash', '-c', f'srun() {{ shift $(($# - 3)); "$@"; }}; {srun}'], cwd=ROOT,
+                          env={**env, 'PATH': f'{fake}:{os.environ["PATH"]}', 'SLURM_NODEID': '3',
+                               'ARGV_LOG': str(tmp_path / 'argv')}, capture_output=True, text=True, timeout=30)
+    assert step.returncode == 0, step.stderr
+    lines = (tmp_path / 'argv').read_text().splitlines()
+    pip, pip_mask, torchrun, torchrun_mask = lines
+    assert pip.startswith('-m pip install --quiet --no-deps megatron-core==0.16.1')
+    assert torchrun.startswith('-m torch.distributed.run --nnodes 4 --nproc-per-node 8 --master-addr gpu07 '
+                               '--master-port 24242 --node-rank 3 -m megatron_salm_mtp.train ')
+    for flags in ('--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2',
+                  '--train-manifest /data/a.jsonl,/data/b.jsonl', '--tokenizer-model /models/Qwen3-8B',
+                  f'--save {tmp_path / "ckpt"} --load {tmp_path / "init"}', "--system-prompt Say 'hi' twice --lr 1e-4"):
+        assert flags in torchrun
+    usr1 = 1 << (10 - 1)  # torchrun ignores SIGUSR1: Slurm's signal is for the ranks
+    assert int(torchrun_mask.split()[1], 16) & usr1
+
+
+def test_run_local_two_ranks(espeak_corpus, tmp_path):  # noqa: F811
+    env = {**os.environ, 'NPROC_PER_NODE': '2', 'PYTHON': sys.executable, 'PYTHONWARNINGS': 'ignore',
+           'OMP_NUM_THREADS': '1'}
+    out = subprocess.run(['bash', 'launch/run_local.sh', '--config', 'configs/tiny_cpu.yaml',
+                          '--train-manifest', os.path.join(espeak_corpus, 'train.jsonl'),
+                          '--train-iters', '2', '--lr-warmup-iters', '1', '--log-interval', '1',
+                          '--eval-interval', '0', '--num-workers', '0', '--log-dir', str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert '--nproc-per-node 2' in out.stderr
+    assert [m.groups() for m in LINE.finditer(out.stdout)] == [('1', '2'), ('2', '2')]
+    assert [r['iteration'] for r in _metrics(tmp_path) if r['split'] == 'train'] == [1, 2]
+
+
+@pytest.mark.parametrize('config, world', [('salm_1b_8gpu', 8), ('salm_8b_tp2pp2', 16), ('salm_8b_tp2pp2', 32)])
+def test_cluster_configs_parse_and_fit_their_layouts(config, world):
+    from megatron_salm_mtp.cli import parse_args
+
+    run = parse_args(['--config', f'{ROOT}/configs/{config}.yaml', '--train-manifest', 'x'])
+    model, train = run.model, run.train
+    model.vocab_size, model.audio_token_id = 151_936, 151_669  # Qwen3's imported table
+    model.validate(world)
+    train.validate(world // (model.tensor_model_parallel_size * model.pipeline_model_parallel_size))
+    assert model.padded_vocab_size == 151_936  # padding as `convert import-hf` writes it
+    assert model.bf16 and model.transformer_impl == 'transformer_engine' and model.mtp_num_layers == 2
+    assert run.data.tokenizer_type == 'huggingface' and run.data.tokenizer_model is None

@@ -5,8 +5,12 @@ Training = 3 x forward (backward costs two forwards); a matrix multiply of an m 
 key/value width K = groups x head_dim, FFN F (SwiGLU: three matrices), sequence s, vocabulary V:
 
     layer  = 2 (H (A + 2K) + A H + 3 H F) + 2 s A      # projections + causal QK^T and AV (s/2 each, x2)
-    LLM    = 3 (L layer + 2 V H)                       # + output head
-    MTP_k  = 3 (layer + 2 (2H) H + 2 V H)              # its layer, eh_proj, its own head pass
+    LLM    = 3 L layer                                  # per token
+    MTP_k  = 3 (layer + 2 (2H) H)                       # per token: its layer and eh_proj
+    head   = 3 (2 V H)                                  # per supervised token, main head and each depth
+
+The heads are counted at supervised positions only, where the model computes them (a speech prompt
+is mostly audio; counting a vocabulary-wide head at every position would credit work never done).
 
 Per audio encoder frame (T frames, width d, FFN f, bidirectional attention over T):
     3 (L_enc (2 (4 d d + 2 d f) + 4 T d)) plus the stem and the projector (counted the same way).
@@ -14,6 +18,7 @@ Activation recomputation is not counted (model FLOPs, as MFU wants).
 """
 
 from ..config import SALMConfig
+from ..model.mtp import supervised_counts
 
 
 def _llm_layer(cfg: SALMConfig, seq: int) -> float:
@@ -25,13 +30,16 @@ def _llm_layer(cfg: SALMConfig, seq: int) -> float:
 
 
 def llm_flops_per_token(cfg: SALMConfig, seq: int) -> float:
-    return 3 * (cfg.num_layers * _llm_layer(cfg, seq) + 2 * cfg.padded_vocab_size * cfg.hidden_size)
+    return 3 * cfg.num_layers * _llm_layer(cfg, seq)
 
 
 def mtp_flops_per_token(cfg: SALMConfig, seq: int) -> float:
     h = cfg.hidden_size
-    per_depth = _llm_layer(cfg, seq) + 2 * 2 * h * h + 2 * cfg.padded_vocab_size * h
-    return 3 * cfg.mtp_depths * per_depth
+    return 3 * cfg.mtp_depths * (_llm_layer(cfg, seq) + 2 * 2 * h * h)
+
+
+def head_flops_per_supervised_token(cfg: SALMConfig) -> float:
+    return 3 * 2 * cfg.padded_vocab_size * cfg.hidden_size
 
 
 def encoder_flops_per_frame(cfg: SALMConfig, frames: int) -> float:
@@ -44,10 +52,21 @@ def encoder_flops_per_frame(cfg: SALMConfig, frames: int) -> float:
     return 3 * (layers + stem + projector)
 
 
-def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: int,
-                frames_per_utterance: int) -> float:
-    """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens and
-    ``encoder_frames`` audio frames in total (after the stride-2 stem)."""
+def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: float,
+                frames_per_utterance: int, supervised_tokens: float) -> float:
+    """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens,
+    ``encoder_frames`` audio frames in total (after the stride-2 stem) and ``supervised_tokens``
+    head evaluations (main head plus every depth's; with ``full_sequence_logits``, every position)."""
     tokens = num_samples * seq
     return (tokens * (llm_flops_per_token(cfg, seq) + mtp_flops_per_token(cfg, seq))
+            + supervised_tokens * head_flops_per_supervised_token(cfg)
             + encoder_frames * encoder_flops_per_frame(cfg, frames_per_utterance))
+
+
+def head_evaluations(microbatches, cfg: SALMConfig) -> float:
+    """Rows the heads are evaluated on: supervised tokens of the main head and of every depth."""
+    if cfg.full_sequence_logits:
+        return float(sum(b['tokens'].numel() for b in microbatches) * (1 + cfg.mtp_depths))
+    counts = supervised_counts(microbatches, cfg.mtp_depths, cfg.audio_token_id,
+                               cfg.mtp_mask_placeholder_paths)
+    return float(counts.sum())

@@ -21,7 +21,7 @@ from ..cli import RunConfig
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
-from .flops import batch_flops
+from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer
@@ -63,11 +63,13 @@ def _reporting_rank() -> bool:
             and parallel_state.get_data_parallel_rank() == 0)
 
 
-def _global_encoder_frames(microbatches) -> float:
+def _global_work(microbatches, cfg) -> tuple:
+    """(encoder frames, head evaluations) of the global batch, for the FLOP count."""
     frames = sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
-    value = torch.tensor([float(frames)], device=_device())
+    heads = head_evaluations(microbatches, cfg)
+    value = torch.tensor([float(frames), heads], device=_device())
     torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
-    return value.item()
+    return value[0].item(), value[1].item()
 
 
 class Trainer:
@@ -180,7 +182,7 @@ class Trainer:
         start_iteration = self.iteration
         while self.iteration < self.train_cfg.train_iters:
             microbatches = [next(batches) for _ in range(self.num_microbatches)]
-            frames = _global_encoder_frames(microbatches)
+            work = _global_work(microbatches, self.cfg)
             loss, grad_norm, skipped = self.train_step(microbatches)
             self.iteration += 1
             if skipped:
@@ -194,7 +196,7 @@ class Trainer:
                                        'stopping. Lower --lr or check the data.')
             else:
                 nan_streak = 0
-            window.append((loss, grad_norm, frames))
+            window.append((loss, grad_norm, work))
             if self.iteration % self.train_cfg.log_interval == 0:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
@@ -223,9 +225,10 @@ class Trainer:
     def log(self, window, seconds, started, start_iteration):
         steps = len(window)
         tokens = self.train_cfg.global_batch_size * self.cfg.seq_length
-        frames = sum(w[2] for w in window) / steps
+        frames = sum(w[2][0] for w in window) / steps
+        heads = sum(w[2][1] for w in window) / steps
         flops = batch_flops(self.cfg, self.train_cfg.global_batch_size, self.cfg.seq_length, frames,
-                            int(frames / self.train_cfg.global_batch_size) or 1)
+                            int(frames / self.train_cfg.global_batch_size) or 1, heads)
         world = torch.distributed.get_world_size()
         finite = [w[0] for w in window if math.isfinite(w[0])]
         record = {'iteration': self.iteration, 'consumed_samples': self.train_loader.consumed_samples,
