@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -113,8 +114,16 @@ def slurm(tmp_path_factory):
         _bash('stop', str(folder))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
 def _job_env(corpus: str, save: Path, **extra) -> dict:
+    # A free port rather than the script's job-id-derived one: every fresh cluster starts at job 1.
     return {'CONTAINER_IMAGE': '', 'CONFIG': 'configs/tiny_cpu.yaml', 'GPUS_PER_NODE': '2',
+            'MASTER_PORT': str(_free_port()),
             'TRAIN_MANIFEST': os.path.join(corpus, 'train.jsonl'),
             'VALID_MANIFEST': os.path.join(corpus, 'valid.jsonl'),
             'SAVE_DIR': str(save), 'PYTHON': sys.executable,
