@@ -45,9 +45,9 @@ class Cluster:
     def run(self, *cmd) -> str:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=True, timeout=30).stdout
 
-    def submit(self, log: Path, env: dict, sbatch_flags=(), train_flags=()) -> str:
+    def submit(self, log: Path, env: dict, train_flags=()) -> str:
         out = subprocess.run(['sbatch', '--parsable', '--gpus-per-node=0', '--time=5', f'--output={log}',
-                              *sbatch_flags, SCRIPT, *train_flags],
+                              SCRIPT, *train_flags],
                              cwd=ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, f'sbatch failed: {out.stderr}'
         job = out.stdout.strip().split(';')[0]
@@ -55,7 +55,10 @@ class Cluster:
         return job
 
     def job(self, job: str) -> dict:
-        return dict(re.findall(r'(\w+)=(\S*)', self.run('scontrol', 'show', 'job', '-o', job)))
+        """The job's fields; {} if slurmctld did not answer this time (it can lag on a busy machine)."""
+        out = subprocess.run(['scontrol', 'show', 'job', '-o', job], env=self.env, capture_output=True,
+                             text=True, timeout=30)
+        return dict(re.findall(r'(\w+)=(\S*)', out.stdout)) if out.returncode == 0 else {}
 
     def wait(self, job: str, timeout: float, log: Path, on_poll=None) -> dict:
         deadline = time.monotonic() + timeout
@@ -68,9 +71,9 @@ class Cluster:
             time.sleep(0.5)
         pytest.fail(f'job {job} still {info.get("JobState")} after {timeout} s\n{self.diagnostics(log)}')
 
-    def diagnostics(self, log: Path) -> str:
+    def diagnostics(self, log: Path = None) -> str:
         parts = []
-        for path in (log, self.folder / 'slurmctld.log', self.folder / 'slurmd.log'):
+        for path in filter(None, (log, self.folder / 'slurmctld.log', self.folder / 'slurmd.log')):
             text = path.read_text(errors='replace') if path.exists() else '(missing)'
             parts.append(f'--- {path.name} (tail)\n' + '\n'.join(text.splitlines()[-40:]))
         return '\n'.join(parts)
@@ -107,7 +110,7 @@ def slurm(tmp_path_factory):
     try:
         started = _bash('start', str(folder))
         assert started.returncode == 0, f'single-node Slurm did not start: {started.stderr}\n' \
-                                        f'{cluster.diagnostics(folder / "none")}'
+                                        f'{cluster.diagnostics()}'
         yield cluster
     finally:
         cluster.cancel_all()
