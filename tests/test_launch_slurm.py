@@ -164,13 +164,15 @@ def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # 
     requeued job for about two minutes; the test releases it after three seconds.
     """
     log, save = tmp_path / 'job.out', tmp_path / 'run'
-    job = slurm.submit(log, _job_env(espeak_corpus, save, PP='2'),
+    # An earlier periodic save (iteration 2) started dist_checkpointing's writer process: the
+    # signal must not kill it, or the preemption save breaks.
+    job = slurm.submit(log, _job_env(espeak_corpus, save, PP='2', SAVE_INTERVAL='2'),
                        train_flags=['--train-iters', '8', '--lr-warmup-iters', '1', '--log-interval', '1',
                                     '--eval-interval', '0'])
     events = {'signalled': False, 'released': False}
 
     def poll(info):
-        if not events['signalled'] and log.exists() and re.search(r'^iteration\s+2/', log.read_text(), re.M):
+        if not events['signalled'] and log.exists() and re.search(r'^iteration\s+3/', log.read_text(), re.M):
             slurm.run('scancel', '--signal=USR1', job)
             events['signalled'] = True
         if info.get('JobState') == 'PENDING' and int(info.get('Restarts', 0)) >= 1 and not events['released']:

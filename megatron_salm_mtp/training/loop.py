@@ -30,12 +30,33 @@ from .step import forward_backward, mtp_metrics
 logger = logging.getLogger('megatron_salm_mtp')
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _start_checkpoint_writer_deaf_to_signals() -> None:
+    """Start dist_checkpointing's long-lived writer process (a multiprocessing Manager, spawned on
+    the first save) while the stop signals are ignored, so it inherits SIG_IGN: SLURM signals every
+    process of the step, and a killed writer breaks the very save the signal asks for."""
+    try:
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import _get_write_results_queue
+    except ImportError:  # other megatron-core versions start no such process up front
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        _get_write_results_queue()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class StopRequest:
     """SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint at the next step boundary."""
 
-    def __init__(self):
+    def __init__(self, saving: bool):
         self.signalled = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        if saving:
+            _start_checkpoint_writer_deaf_to_signals()
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -176,7 +197,7 @@ class Trainer:
     def fit(self):
         self.resume()
         self.write_resolved_config()
-        stop = StopRequest()
+        stop = StopRequest(saving=bool(self.train_cfg.save))
         batches = _endless(self.train_loader)
         window, nan_streak, timer, started = [], 0, StepTimer(), time.perf_counter()
         start_iteration = self.iteration
