@@ -9,7 +9,7 @@ import yaml
 
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.config import ConfigError
-from train_utils import read_metrics, run_train
+from train_utils import free_port, read_metrics, run_train
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +107,9 @@ def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
          '--max-consecutive-nan-skips', '3', '--train-iters', '10', '--lr-warmup-iters', '2',
          '--eval-interval', '0',
          '--log-interval', '1', '--log-dir', str(tmp_path)],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS='ignore'), timeout=300)
+        capture_output=True, text=True, timeout=300,
+        # its own port: the in-process single_rank_parallel fixture already listens on MASTER_PORT
+        env=dict(os.environ, PYTHONWARNINGS='ignore', MASTER_PORT=str(free_port())))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'STOPPED: 3 consecutive iterations with a non-finite loss' in result.stdout
     assert 'UNCHANGED' in result.stdout
