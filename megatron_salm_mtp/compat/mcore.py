@@ -11,6 +11,9 @@ and what the plugin does about it:
   for checkpoints). ``mtp_block_spec`` builds layers that keep the 0.16 name on every version, so
   parameter names, ``state_dict`` keys, converters and distributed checkpoints are the same
   whichever release trains or loads.
+* dist_checkpointing's long-lived writer process (a multiprocessing Manager behind the write-results
+  queue) is started by ``_get_write_results_queue`` on 0.16 and ``get_write_results_queue`` on
+  0.17+; ``start_checkpoint_writer`` calls whichever exists.
 * ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
@@ -90,3 +93,15 @@ def mtp_block_spec(config, layer_spec, backend, vp_stage=None):
     if block is None or not MCORE_0_17:
         return block
     return dataclasses.replace(block, layer_specs=[_adapt_mtp_layer_spec(s) for s in block.layer_specs])
+
+
+def start_checkpoint_writer() -> bool:
+    """Start dist_checkpointing's writer process now (it is otherwise spawned on the first save);
+    False where this release has none."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    start = (getattr(filesystem_async, 'get_write_results_queue', None)
+             or getattr(filesystem_async, '_get_write_results_queue', None))
+    if start is None:
+        return False
+    start()
+    return True

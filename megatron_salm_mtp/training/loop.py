@@ -18,6 +18,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
 from ..cli import RunConfig
+from ..compat import mcore
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
@@ -37,13 +38,9 @@ def _start_checkpoint_writer_deaf_to_signals() -> None:
     """Start dist_checkpointing's long-lived writer process (a multiprocessing Manager, spawned on
     the first save) while the stop signals are ignored, so it inherits SIG_IGN: SLURM signals every
     process of the step, and a killed writer breaks the very save the signal asks for."""
-    try:
-        from megatron.core.dist_checkpointing.strategies.filesystem_async import _get_write_results_queue
-    except ImportError:  # other megatron-core versions start no such process up front
-        return
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
-        _get_write_results_queue()
+        mcore.start_checkpoint_writer()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
