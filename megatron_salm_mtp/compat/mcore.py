@@ -32,20 +32,12 @@ from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
 from packaging.version import Version
 
 MCORE_VERSION = Version(_MCORE_VERSION_STRING)
-MIN_VERSION, MAX_VERSION = Version('0.16.1'), Version('0.20')
 MCORE_0_17 = MCORE_VERSION >= Version('0.17.0')
 """0.17 renamed the MTP inner layer and added ``padding_mask`` to the MTP forward."""
 
 MTP_INNER_LAYER = 'transformer_layer'
 """Name of the MTP layer's transformer-layer submodule in parameter and checkpoint keys."""
 _UPSTREAM_INNER_LAYER = 'mtp_model_layer' if MCORE_0_17 else 'transformer_layer'
-
-
-def check_supported() -> None:
-    """Raise if the installed megatron-core is outside the tested range."""
-    if not MIN_VERSION <= MCORE_VERSION < MAX_VERSION:
-        raise ImportError(f"megatron-core {MCORE_VERSION} is installed; megatron_salm_mtp supports "
-                          f">={MIN_VERSION},<{MAX_VERSION}")
 
 
 def run_mtp_layer(layer, **kwargs):

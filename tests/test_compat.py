@@ -1,0 +1,43 @@
+"""The version switches of ``compat/mcore.py`` on the installed megatron-core (CI runs 0.16.1 and 0.19.2)."""
+
+import os
+import re
+
+import torch
+from packaging.version import Version
+
+from megatron_salm_mtp.compat import mcore
+
+
+def test_installed_release_is_in_the_supported_range():
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'setup.py')) as f:
+        low, high = re.search(r"'megatron-core>=([\d.]+),<([\d.]+)'", f.read()).groups()
+    assert Version(low) <= mcore.MCORE_VERSION < Version(high)
+    assert mcore.MCORE_0_17 == (mcore.MCORE_VERSION >= Version('0.17'))
+
+
+def test_run_mtp_layer_returns_three_values_whatever_the_layer_returns():
+    hidden, ids, pos = torch.zeros(2), torch.ones(2), torch.arange(2)
+
+    def layer_0_16(**kwargs):
+        return kwargs['hidden_states'], kwargs['input_ids'], kwargs['position_ids']
+
+    def layer_0_17(**kwargs):
+        return kwargs['hidden_states'], kwargs['input_ids'], kwargs['position_ids'], None
+
+    for layer in (layer_0_16, layer_0_17):
+        out = mcore.run_mtp_layer(layer, hidden_states=hidden, input_ids=ids, position_ids=pos)
+        assert len(out) == 3 and out[0] is hidden and out[1] is ids and out[2] is pos
+
+
+def test_mtp_parameters_keep_one_name_on_every_release(single_rank_parallel):
+    from megatron_salm_mtp.model.salm import SALM
+    from parallel_utils import tiny_config
+    names = [n for n, _ in SALM(tiny_config(), 'local').named_parameters() if '.mtp.' in n]
+    assert names and all('.mtp_model_layer.' not in n for n in names)
+    assert any('.mtp.layers.0.transformer_layer.self_attention.' in n for n in names)
+
+
+def test_checkpoint_writer_can_be_started_up_front():
+    """The loop starts it with SIGUSR1/SIGTERM ignored; a rename upstream must not skip that silently."""
+    assert mcore.start_checkpoint_writer()
