@@ -3,8 +3,8 @@
 The rest of the package calls these functions and never looks at the version itself. What differs,
 and what the plugin does about it:
 
-* ``MultiTokenPredictionLayer.forward`` returns ``(hidden, input_ids, position_ids)`` on 0.16 and
-  also the rolled ``padding_mask`` on 0.17+ (MoE routing only). ``run_mtp_layer`` returns the
+* ``MultiTokenPredictionLayer.forward`` returns ``(hidden, input_ids, position_ids)`` up to 0.17 and
+  also the rolled ``padding_mask`` from 0.18 (MoE routing only). ``run_mtp_layer`` returns the
   first three on every version; the plugin passes no padding mask (dense MLP, explicit masks).
 * The MTP layer's inner transformer layer is the submodule ``transformer_layer`` on 0.16 and
   ``mtp_model_layer`` on 0.17+ (whose sharded state dict maps it back to ``transformer_layer.``
@@ -33,7 +33,7 @@ from packaging.version import Version
 
 MCORE_VERSION = Version(_MCORE_VERSION_STRING)
 MCORE_0_17 = MCORE_VERSION >= Version('0.17.0')
-"""0.17 renamed the MTP inner layer and added ``padding_mask`` to the MTP forward."""
+"""0.17 renamed the MTP inner layer (and the checkpoint writer's start function)."""
 
 MTP_INNER_LAYER = 'transformer_layer'
 """Name of the MTP layer's transformer-layer submodule in parameter and checkpoint keys."""
