@@ -13,6 +13,7 @@ the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the 
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 
@@ -45,6 +46,29 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
+    """Profile ``steps`` more steps: per-op table sorted by device time, and the share of the wall
+    time the GPU was busy (low: the step waits on the host)."""
+    from torch.profiler import ProfilerActivity, profile
+    os.makedirs(out_dir, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    _sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+        _sync()
+    wall_us = (time.perf_counter() - start) * 1e6
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events) if torch.cuda.is_available() else 0.0
+    rank = torch.distributed.get_rank()
+    with open(os.path.join(out_dir, f'{name}_rank{rank}.txt'), 'w') as f:
+        f.write(f"{steps} steps: wall {wall_us / 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms "
+                f"({device_us / wall_us:.0%})\n")
+        sort = 'self_device_time_total' if torch.cuda.is_available() else 'self_cpu_time_total'
+        f.write(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+
+
 def measure(run, bench, depths: int) -> dict:
     """Build the model with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
     cfg = run.model.replace(mtp_num_layers=depths or None)
@@ -63,19 +87,24 @@ def measure(run, bench, depths: int) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(bench.warmup_iters + bench.timed_iters):
-        _sync()
-        start = time.perf_counter()
+    def train_step():
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
         forward_backward(model, microbatches, cfg)
         optimizer.step()
+
+    times = []
+    for step in range(bench.warmup_iters + bench.timed_iters):
+        _sync()
+        start = time.perf_counter()
+        train_step()
         _sync()
         if step >= bench.warmup_iters:
             times.append(time.perf_counter() - start)
     step_s = sum(times) / len(times)
+    if bench.profile_dir:
+        profile_steps(train_step, bench.profile_dir, f'mtp{depths}')
     frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
     per_utt = int(frames / max(train.global_batch_size, 1)) or 1
     heads = dp * head_evaluations(microbatches, cfg)
@@ -100,6 +129,8 @@ def main(argv=None):
     parser.add_argument('--peak-tflops', type=float, default=None, help='bf16 dense peak per GPU')
     parser.add_argument('--vocab-size', type=int, default=None, help='vocabulary (152k Qwen, 32k Llama-2)')
     parser.add_argument('--json', default=None, help='also write the results here')
+    parser.add_argument('--profile-dir', default=None,
+                        help='profile 2 more steps per configuration; op tables written here')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     run = parse_args(rest)
     if bench.vocab_size:

@@ -65,11 +65,35 @@ class SALMConfig:
     mtp_use_repeated_layer: bool = False
     """One MTP layer whose weights serve all D depths (Nemotron-3 Super's shared head)."""
     mtp_layer_pattern: str = '*-'
-    """Sub-layers of each MTP depth: '*' attention, '-' dense MLP ('*-' or '*')."""
+    """Sub-layers of each MTP depth: '*' attention, '-' dense MLP, 'E' MoE MLP ('*-', '*E' or '*';
+    NeMo's 'E' alone means attention + MoE)."""
     full_sequence_logits: bool = False
     """Compute head logits at every position, as core does (default: supervised positions only)."""
+    head_chunk_rows: int = 0
+    """Rows per chunk of LM head + cross-entropy (main head and each MTP depth); each chunk's
+    logits are recomputed in backward, so head memory is one chunk's. 0: one pass, logits kept."""
+    mtp_recompute: bool = False
+    """Recompute each MTP depth's layer in backward instead of keeping its activations."""
     mtp_mask_placeholder_paths: bool = True
     """Drop depth-k targets whose chain consumes an audio placeholder (Megatron-LM #6770)."""
+
+    # --- Mixture of experts (the MTP layers of --mtp-layer-pattern E) ---
+    num_experts: Optional[int] = None
+    """Routed experts of each MoE layer; None: no MoE."""
+    moe_router_topk: int = 2
+    """Experts each token is routed to (softmax over the top-k router logits)."""
+    moe_ffn_hidden_size: Optional[int] = None
+    """SwiGLU inner width (per branch) of each expert; None means ffn_hidden_size."""
+    expert_model_parallel_size: int = 1
+    """EP size: experts are split over this many data-parallel ranks."""
+    moe_token_dispatcher_type: str = 'allgather'
+    """How tokens reach their experts' ranks: allgather or alltoall."""
+    moe_router_load_balancing_type: str = 'aux_loss'
+    """aux_loss (Switch), seq_aux_loss (DeepSeek-V2, per sequence) or none."""
+    moe_aux_loss_coeff: float = 0.0
+    """Weight of the load-balancing loss (0: none)."""
+    moe_grouped_gemm: bool = False
+    """All local experts in one grouped GEMM (Transformer Engine only); else one GEMM per expert."""
 
     # --- Audio encoder (Whisper-shaped) and projector ---
     num_mel_bins: int = 80
@@ -137,11 +161,16 @@ class SALMConfig:
             raise ConfigError(f"--mtp-num-layers needs --position-embedding-type rope (got "
                               f"{self.position_embedding_type!r}): learned absolute positions are "
                               "claimed by both the first and the MTP stage under PP")
-        if self.mtp_layer_pattern not in ('*-', '*'):
+        if self.mtp_layer_pattern not in ('*-', '*', '*E', 'E'):
             raise ConfigError(f"--mtp-layer-pattern {self.mtp_layer_pattern!r}: choose '*-' (attention + "
-                              "MLP) or '*' (attention only); MoE ('E') is not supported yet")
+                              "MLP), '*E' or 'E' (attention + MoE) or '*' (attention only)")
+        self._validate_moe(world_size)
         if self.sequence_parallel and tp == 1:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+        if self.head_chunk_rows < 0:
+            raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
+        if self.mtp_recompute and not self.mtp_depths:
+            raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
         if self.sequence_parallel and self.seq_length % tp:
             raise ConfigError(f"--seq-length {self.seq_length} is not divisible by "
                               f"--tensor-model-parallel-size {tp} (needed by --sequence-parallel)")
@@ -150,6 +179,44 @@ class SALMConfig:
                               f"(--vocab-size {self.vocab_size})")
         if self.audio_frame_stack < 1:
             raise ConfigError(f"--audio-frame-stack must be >= 1, got {self.audio_frame_stack}")
+
+    @property
+    def mtp_uses_experts(self) -> bool:
+        return bool(self.mtp_depths) and 'E' in self.mtp_layer_pattern
+
+    def _validate_moe(self, world_size: Optional[int]) -> None:
+        ep = self.expert_model_parallel_size
+        if 'E' in self.mtp_layer_pattern and not self.num_experts:
+            raise ConfigError(f"--mtp-layer-pattern {self.mtp_layer_pattern!r} (MoE) needs --num-experts")
+        if self.num_experts is None:
+            if ep != 1:
+                raise ConfigError(f"--expert-model-parallel-size {ep} needs --num-experts")
+            return
+        if not self.mtp_uses_experts:
+            raise ConfigError(f"--num-experts {self.num_experts}: no layer uses experts (MoE MTP "
+                              "layers need --mtp-num-layers and --mtp-layer-pattern E)")
+        if self.num_experts % ep:
+            raise ConfigError(f"--num-experts {self.num_experts} is not divisible by "
+                              f"--expert-model-parallel-size {ep}")
+        if not 1 <= self.moe_router_topk <= self.num_experts:
+            raise ConfigError(f"--moe-router-topk {self.moe_router_topk} must be in 1..--num-experts "
+                              f"{self.num_experts}")
+        if self.moe_token_dispatcher_type not in ('allgather', 'alltoall'):
+            raise ConfigError(f"--moe-token-dispatcher-type {self.moe_token_dispatcher_type!r}: "
+                              "choose allgather or alltoall")
+        if self.moe_router_load_balancing_type not in ('aux_loss', 'seq_aux_loss', 'none'):
+            raise ConfigError(f"--moe-router-load-balancing-type {self.moe_router_load_balancing_type!r}: "
+                              "choose aux_loss, seq_aux_loss or none")
+        if self.moe_aux_loss_coeff < 0:
+            raise ConfigError(f"--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0")
+        if self.moe_grouped_gemm and self.transformer_impl == 'local':
+            raise ConfigError("--moe-grouped-gemm needs --transformer-impl transformer_engine")
+        # Experts keep the tensor-parallel split (expert TP = TP), so EP takes data-parallel ranks.
+        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        if world_size is not None and (world_size // model_parallel) % ep:
+            raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel "
+                              f"size {world_size // model_parallel} (world size {world_size} / "
+                              f"(--tensor-model-parallel-size x --pipeline-model-parallel-size))")
 
     def replace(self, **changes) -> 'SALMConfig':
         return dataclasses.replace(self, **changes)
@@ -181,6 +248,7 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         init_method_std=cfg.init_method_std,
         mtp_num_layers=cfg.mtp_num_layers or None,
         mtp_loss_scaling_factor=cfg.mtp_loss_scaling_factor,
+        **_moe_transformer_config(cfg),
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         sequence_parallel=cfg.sequence_parallel,
@@ -198,6 +266,24 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),
+    )
+
+
+def _moe_transformer_config(cfg: SALMConfig) -> dict:
+    """TransformerConfig's MoE fields; none without experts (core then builds no MoE state)."""
+    if not cfg.num_experts:
+        return {}
+    return dict(
+        num_moe_experts=cfg.num_experts,
+        moe_router_topk=cfg.moe_router_topk,
+        moe_ffn_hidden_size=cfg.moe_ffn_hidden_size or cfg.ffn_hidden_size,
+        expert_model_parallel_size=cfg.expert_model_parallel_size,
+        moe_token_dispatcher_type=cfg.moe_token_dispatcher_type,
+        moe_router_load_balancing_type=cfg.moe_router_load_balancing_type,
+        moe_aux_loss_coeff=cfg.moe_aux_loss_coeff,
+        moe_grouped_gemm=cfg.moe_grouped_gemm,
+        # top-1 routing needs the softmax before the top-k (a softmax over one logit has no gradient)
+        moe_router_pre_softmax=cfg.moe_router_topk == 1,
     )
 
 

@@ -83,3 +83,15 @@ def test_full_sequence_logits_give_the_same_gradients(setup):
     loss, grads, _, _ = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
                                    setup['batch_path'], os.path.join(setup['workdir'], 'full'), 2, 2)
     assert_grads_match(setup['grads'], grads)
+
+
+def test_chunked_heads_and_mtp_recompute_give_the_same_gradients(setup):
+    """Heads in recomputed chunks of 5 rows (several per microbatch) and recomputed MTP layers:
+    the same objective, so the same gradients."""
+    cfg = setup['cfg'].replace(tensor_model_parallel_size=2, sequence_parallel=True,
+                               head_chunk_rows=5, mtp_recompute=True)
+    loss, grads, _, _ = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
+                                   setup['batch_path'], os.path.join(setup['workdir'], 'chunked'), 2, 2)
+    ce_sum, count = setup['totals']['main']
+    assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
+    assert_grads_match(setup['grads'], grads)

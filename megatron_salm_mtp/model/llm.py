@@ -8,9 +8,11 @@ and per-depth loss and top-1 agreement are recorded for logging. The main and MT
 logits only at supervised positions (``supervised_token_loss``).
 """
 
+from functools import partial
 from typing import Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
@@ -41,8 +43,11 @@ class SpeechGPTModel(GPTModel):
     """GPTModel whose MTP loss uses the answer-only mask and global per-token weights."""
 
     def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True,
-                 full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False, **kwargs):
+                 full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False,
+                 head_chunk_rows: int = 0, mtp_recompute: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.head_chunk_rows = head_chunk_rows
+        self.mtp_recompute = mtp_recompute
         self.mtp_use_repeated_layer = mtp_use_repeated_layer
         self.full_sequence_logits = full_sequence_logits
         self.audio_token_id = audio_token_id
@@ -108,21 +113,41 @@ class SpeechGPTModel(GPTModel):
         else:
             rows = flat_mask.nonzero().squeeze(1)
         picked = hidden_states.reshape(seq * batch, width).index_select(0, rows).unsqueeze(1)
-        sequence_parallel, self.output_layer.sequence_parallel = self.output_layer.sequence_parallel, False
-        try:
-            logits, _ = self.output_layer(picked, weight=output_weight)  # [n, 1, V/tp]
-        finally:
-            self.output_layer.sequence_parallel = sequence_parallel
         targets = labels.t().reshape(-1).index_select(0, rows).unsqueeze(0)  # [1, n]
-        picked_loss = self.compute_language_model_loss(targets, logits)[0]
+        picked_loss, picked_hits = self._chunked_head_loss(picked, targets, output_weight, with_hits)
         weights = flat_mask.index_select(0, rows).float()
         loss = torch.zeros(seq * batch, dtype=picked_loss.dtype, device=picked_loss.device)
         loss = loss.index_add(0, rows, picked_loss * weights).view(seq, batch).t()
         if not with_hits:
             return loss, None
-        picked_hits = vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
         hits = torch.zeros(seq * batch, device=picked_loss.device)
         return loss, hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
+
+    def _chunked_head_loss(self, picked, targets, output_weight, with_hits):
+        """[n] CE (and [n] top-1 hits) of the head over rows ``picked`` [n, 1, h]; with
+        ``head_chunk_rows`` the rows go through in chunks whose logits are recomputed in backward,
+        so a 150k-word head holds one chunk's logits instead of every row's."""
+        rows = picked.shape[0]
+        chunk = self.head_chunk_rows
+        if not chunk or rows <= chunk or not torch.is_grad_enabled():
+            return self._head_loss(picked, targets, output_weight, with_hits)
+        parts = [checkpoint(self._head_loss, picked[start:start + chunk],
+                            targets[:, start:start + chunk], output_weight, with_hits,
+                            use_reentrant=False)
+                 for start in range(0, rows, chunk)]
+        losses, hits = zip(*parts)
+        return torch.cat(losses), (torch.cat(hits) if with_hits else None)
+
+    def _head_loss(self, picked, targets, output_weight, with_hits):
+        sequence_parallel, self.output_layer.sequence_parallel = self.output_layer.sequence_parallel, False
+        try:
+            logits, _ = self.output_layer(picked, weight=output_weight)  # [n, 1, V/tp]
+        finally:
+            self.output_layer.sequence_parallel = sequence_parallel
+        loss = self.compute_language_model_loss(targets, logits)[0]
+        if not with_hits:
+            return loss, None
+        return loss, vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
 
     def run_mtp_depths(self, depths, hidden_states, input_ids, position_ids, **layer_kwargs):
         """Hidden states of ``depths`` chained MTP depths (core's block loop, plus shared weights:
@@ -131,7 +156,11 @@ class SpeechGPTModel(GPTModel):
         outputs = []
         for depth in range(depths):
             layer = self.mtp.layers[0 if self.mtp_use_repeated_layer else depth]
-            hidden_states, input_ids, position_ids = mcore.run_mtp_layer(
+            run = mcore.run_mtp_layer
+            if self.mtp_recompute and self.training and torch.is_grad_enabled():
+                # Dropout is off in these configs, so replaying the layer needs no RNG tracker.
+                run = partial(checkpoint, mcore.run_mtp_layer, use_reentrant=False)
+            hidden_states, input_ids, position_ids = run(
                 layer, input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
                 embedding=self.embed_mtp_inputs, **layer_kwargs)
             outputs.append(hidden_states)
