@@ -120,10 +120,19 @@ class SALMConfig:
     """TP size."""
     pipeline_model_parallel_size: int = 1
     """PP size: audio encoder and projector on the first stage, MTP on the last."""
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Model chunks per PP rank (interleaved 1F1B: a smaller pipeline bubble for more
+    point-to-point traffic); None or 1: one chunk per rank."""
+    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    """LLM decoder layers per model chunk: sets the virtual pipeline size as
+    num_layers / PP / this (Megatron-LM's alternative to the flag above)."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations along the sequence over the TP group."""
     bf16: bool = False
     """bfloat16 parameters and compute (fp32 main params in the optimiser)."""
+    fp8_format: Optional[str] = None
+    """e4m3 or hybrid: the LLM's and MTP layers' GEMMs in FP8 through Transformer Engine (delayed
+    scaling); heads, audio encoder and projector stay in bf16."""
     transformer_impl: Optional[str] = None
     """transformer_engine or local; None picks TE when importable with CUDA."""
 
@@ -138,7 +147,19 @@ class SALMConfig:
     def mtp_depths(self) -> int:
         return self.mtp_num_layers or 0
 
-    def validate(self, world_size: Optional[int] = None) -> None:
+    @property
+    def virtual_pipeline_size(self) -> Optional[int]:
+        """Model chunks per PP rank when interleaving is on (from either flag), else None."""
+        layers = self.num_layers_per_virtual_pipeline_stage
+        if layers:
+            chunks = self.num_layers // self.pipeline_model_parallel_size // layers
+        else:
+            chunks = self.virtual_pipeline_model_parallel_size
+        return chunks if chunks and chunks > 1 else None
+
+    def validate(self, world_size: Optional[int] = None, num_microbatches: Optional[int] = None) -> None:
+        """``num_microbatches`` (per DP rank and global batch), when known, is checked against
+        the interleaved schedule."""
         tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
         if world_size is not None and world_size % (tp * pp):
             raise ConfigError(f"world size {world_size} is not divisible by "
@@ -157,6 +178,7 @@ class SALMConfig:
         if self.num_layers % pp:
             raise ConfigError(f"--num-layers {self.num_layers} is not divisible by "
                               f"--pipeline-model-parallel-size {pp}")
+        self._validate_virtual_pipeline(num_microbatches)
         if self.mtp_depths and self.position_embedding_type != 'rope':
             raise ConfigError(f"--mtp-num-layers needs --position-embedding-type rope (got "
                               f"{self.position_embedding_type!r}): learned absolute positions are "
@@ -171,6 +193,10 @@ class SALMConfig:
             raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
         if self.mtp_recompute and not self.mtp_depths:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
+        if self.fp8_format not in (None, 'e4m3', 'hybrid'):
+            raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
+        if self.fp8_format and not self.bf16:
+            raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs inside a bf16 model)")
         if self.sequence_parallel and self.seq_length % tp:
             raise ConfigError(f"--seq-length {self.seq_length} is not divisible by "
                               f"--tensor-model-parallel-size {tp} (needed by --sequence-parallel)")
@@ -218,8 +244,44 @@ class SALMConfig:
                               f"size {world_size // model_parallel} (world size {world_size} / "
                               f"(--tensor-model-parallel-size x --pipeline-model-parallel-size))")
 
+    def _validate_virtual_pipeline(self, num_microbatches: Optional[int]) -> None:
+        vp_flag, layers_flag = '--virtual-pipeline-model-parallel-size', '--num-layers-per-virtual-pipeline-stage'
+        pp, vp = self.pipeline_model_parallel_size, self.virtual_pipeline_model_parallel_size
+        layers, per_rank = self.num_layers_per_virtual_pipeline_stage, self.num_layers // pp
+        if vp is not None and vp < 1:
+            raise ConfigError(f"{vp_flag} must be >= 1, got {vp}")
+        if layers is not None:
+            if layers < 1 or per_rank % layers:
+                raise ConfigError(f"{layers_flag} {layers} does not divide the {per_rank} decoder layers "
+                                  f"of a pipeline rank (--num-layers {self.num_layers} / "
+                                  f"--pipeline-model-parallel-size {pp})")
+            if vp is not None and vp != per_rank // layers:
+                raise ConfigError(f"{vp_flag} {vp} contradicts {layers_flag} {layers} ({per_rank} layers "
+                                  f"per pipeline rank make {per_rank // layers} chunks): give one of them")
+        chunks = self.virtual_pipeline_size
+        if chunks is None:
+            return
+        if pp == 1:
+            raise ConfigError(f"{vp_flag} / {layers_flag} (interleaved pipeline) need "
+                              "--pipeline-model-parallel-size > 1")
+        if self.num_layers % (pp * chunks):
+            raise ConfigError(f"--num-layers {self.num_layers} is not divisible by "
+                              f"--pipeline-model-parallel-size {pp} x {vp_flag} {chunks}")
+        # Core's interleaved schedule runs microbatches in groups of PP per model chunk
+        # (microbatch_group_size_per_vp_stage) and refuses a last, smaller group.
+        if num_microbatches is not None and num_microbatches % pp:
+            raise ConfigError(f"{vp_flag} {chunks} (interleaved pipeline) needs a number of microbatches "
+                              f"that is a multiple of --pipeline-model-parallel-size {pp}; --global-batch-size "
+                              f"/ (--micro-batch-size x data-parallel size) gives {num_microbatches}")
+
     def replace(self, **changes) -> 'SALMConfig':
         return dataclasses.replace(self, **changes)
+
+
+NO_VIRTUAL_PIPELINE = {'virtual_pipeline_model_parallel_size': None,
+                       'num_layers_per_virtual_pipeline_stage': None}
+"""``SALMConfig.replace(**NO_VIRTUAL_PIPELINE)``: one chunk per rank, for tools that load a
+checkpoint at PP=1 whatever layout trained it."""
 
 
 def _dtype(cfg: SALMConfig) -> torch.dtype:
@@ -229,6 +291,9 @@ def _dtype(cfg: SALMConfig) -> torch.dtype:
 def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> TransformerConfig:
     """Megatron-Core TransformerConfig of the LLM (and its MTP layers); ``fused_kernels`` (the TE
     spec on GPU) turns on the SwiGLU, RoPE and vocab-parallel cross-entropy fusions."""
+    if cfg.fp8_format and not fused_kernels:
+        raise ConfigError(f"--fp8-format {cfg.fp8_format}: FP8 needs the Transformer Engine spec on a "
+                          "GPU (--transformer-impl transformer_engine with TE importable and CUDA)")
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -251,6 +316,7 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         **_moe_transformer_config(cfg),
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
         sequence_parallel=cfg.sequence_parallel,
         # Per-token loss over the global batch; see model/loss.py for the MTP side.
         calculate_per_token_loss=True,
@@ -266,6 +332,7 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),
+        fp8=cfg.fp8_format,
     )
 
 
@@ -351,8 +418,6 @@ class TrainConfig:
     """Overlap the DP gradient reduction with the backward pass."""
     overlap_param_gather: bool = False
     """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
-    fp8_format: Optional[str] = None
-    """e4m3 or hybrid: FP8 GEMMs through Transformer Engine."""
     context_parallel_size: int = 1
     """Context parallelism (not supported yet: must be 1)."""
     eval_interval: int = 50
@@ -390,8 +455,6 @@ class TrainConfig:
         if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
             raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
                               "cosine or inverse-square-root")
-        if self.fp8_format not in (None, 'e4m3', 'hybrid'):
-            raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
                               f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")

@@ -148,3 +148,21 @@ def test_nemo_mtp_block_drives_a_run(corpus, tmp_path):
     run_train(corpus, ['--train-iters', '4', '--log-dir', log_dir, '--config', str(config)])
     last = read_metrics(log_dir)[-1]
     assert 'mtp_2 loss' in last and 'mtp_3 loss' not in last
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--fp8-format', 'e5m2', '--bf16'], "--fp8-format 'e5m2': choose e4m3 or hybrid"),
+    (['--fp8-format', 'hybrid'], '--fp8-format needs --bf16'),
+    (['--head-chunk-rows', '-1'], '--head-chunk-rows -1'),
+    (['--mtp-recompute'], '--mtp-recompute needs --mtp-num-layers'),
+])
+def test_precision_and_memory_flags_are_validated(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(flags).model.validate(1)
+
+
+def test_fp8_without_transformer_engine_is_an_error():
+    from megatron_salm_mtp.config import llm_transformer_config
+    model = parse_args(['--fp8-format', 'hybrid', '--bf16']).model
+    with pytest.raises(ConfigError, match='FP8 needs the Transformer Engine spec'):
+        llm_transformer_config(model, fused_kernels=False)
