@@ -19,7 +19,8 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -75,6 +76,37 @@ def make_utterance(backend, seed: int, i: int, noise_prob: float, snr_db: tuple[
     return audio, fields
 
 
+def _write_utterance(engine, out: str, i: int, **settings) -> dict:
+    audio, fields = make_utterance(engine, i=i, **settings)
+    rel = f"audio/{i:06d}.wav"
+    write_wav(os.path.join(out, rel), audio, SAMPLE_RATE)
+    return {"audio_filepath": rel, **fields}
+
+
+_process_engine = None  # one per worker process: the library backend keeps global state
+
+
+def _start_process_engine(backend: str) -> None:
+    global _process_engine
+    _process_engine = find_backend(backend)
+
+
+def _write_in_process(out: str, settings: dict, i: int) -> dict:
+    return _write_utterance(_process_engine, out, i, **settings)
+
+
+def _synthesize_all(engine, backend: str, out: str, num_utterances: int, jobs: int | None, settings: dict):
+    """Manifest rows in utterance order: threads for the binary backend, processes for the library
+    one (not thread-safe) when ``jobs`` > 1."""
+    if engine.thread_safe:
+        with ThreadPoolExecutor(max_workers=jobs or min(8, (os.cpu_count() or 1) * 2)) as pool:
+            return list(pool.map(lambda i: _write_utterance(engine, out, i, **settings), range(num_utterances)))
+    if not jobs or jobs == 1:
+        return [_write_utterance(engine, out, i, **settings) for i in range(num_utterances)]
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_process_engine, initargs=(backend,)) as pool:
+        return list(pool.map(partial(_write_in_process, out, settings), range(num_utterances), chunksize=16))
+
+
 def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.25,
                  snr_db: tuple[float, float] = (15.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 4.0,
                  backend: str = "auto", jobs: int | None = None) -> dict:
@@ -82,16 +114,10 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
     engine = find_backend(backend)
     os.makedirs(os.path.join(out, "audio"), exist_ok=True)
 
-    def one(i: int):
-        audio, fields = make_utterance(engine, seed, i, noise_prob, snr_db, min_seconds, max_seconds)
-        rel = f"audio/{i:06d}.wav"
-        write_wav(os.path.join(out, rel), audio, SAMPLE_RATE)
-        return {"audio_filepath": rel, **fields}
-
+    settings = dict(seed=seed, noise_prob=noise_prob, snr_db=snr_db, min_seconds=min_seconds,
+                    max_seconds=max_seconds)
     start = time.perf_counter()
-    workers = (jobs or min(8, (os.cpu_count() or 1) * 2)) if engine.thread_safe else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(one, range(num_utterances)))
+    rows = _synthesize_all(engine, backend, out, num_utterances, jobs, settings)
     splits = {name: [r for i, r in enumerate(rows) if _split(i) == name] for name in ("train", "valid", "test")}
     for name, split_rows in splits.items():
         with open(os.path.join(out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
@@ -122,7 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-seconds", type=float, default=4.0)
     p.add_argument("--backend", choices=("auto", "cli", "lib"), default="auto",
                    help="espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel synthesis threads (binary backend)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel synthesis: threads (binary backend) or processes (library backend)")
     a = p.parse_args(argv)
     s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
                      a.max_seconds, a.backend, a.jobs)
