@@ -97,3 +97,15 @@ def start_checkpoint_writer() -> bool:
         return False
     start()
     return True
+
+
+def static_inference_context(max_batch_size: int, max_sequence_length: int):
+    """Megatron-Core's static-batching KV-cache context (``InferenceParams`` in older code).
+
+    0.16 builds it from ``materialize_only_last_token_logits`` and 0.19 from an ``InferenceConfig``
+    inside its constructor; the constructor's own arguments and the fields decoding uses
+    (``sequence_len_offset``, ``key_value_memory_dict``, ``enable_decode_mode``) are the same on
+    both, so this is the one place to adapt should a release change them.
+    """
+    from megatron.core.inference.contexts import StaticInferenceContext
+    return StaticInferenceContext(max_batch_size, max_sequence_length)

@@ -1,0 +1,85 @@
+"""A checkpoint saved at any TP/PP layout, loaded as one TP=1, PP=1 model for decoding.
+
+The model is built with the portable local spec whatever the training used: its checkpoint keys
+are Transformer Engine's (``specs.py`` maps them), and its SDPA core attention honours the
+per-row key mask that the KV cache needs after the prefill (``trunk_cache.py``).
+"""
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import yaml
+
+from ..config import SALMConfig
+from ..data.loader import DataConfig
+from ..data.tokenizer import Tokenizer
+from ..model.specs import LOCAL
+
+ONE_DEVICE_LAYOUT = dict(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+                         sequence_parallel=False, virtual_pipeline_model_parallel_size=None,
+                         num_layers_per_virtual_pipeline_stage=None, transformer_impl=LOCAL)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # the SALM, eval mode
+    cfg: SALMConfig  # as built (TP=1, PP=1, local spec)
+    data: DataConfig  # the run's tokenizer, template and feature settings
+    tokenizer: Tokenizer
+    iteration: int
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _stored_config(load_dir: str):
+    from ..training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration
+    if not os.path.isdir(load_dir):
+        raise FileNotFoundError(f"--load {load_dir}: no such directory")
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        raise FileNotFoundError(f"--load {load_dir}: no complete checkpoint in it")
+    with open(os.path.join(checkpoint_dir(load_dir, iteration), CONFIG_FILE)) as f:
+        return iteration, yaml.safe_load(f) or {}
+
+
+def _init_one_process() -> None:
+    """A one-rank process group and TP=1/PP=1 parallel state, unless the caller made them."""
+    from megatron.core import parallel_state
+
+    from ..parallel.setup import init_distributed, set_seed
+    if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
+        os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    init_distributed()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+        set_seed(1234)
+    sizes = (parallel_state.get_tensor_model_parallel_world_size(),
+             parallel_state.get_pipeline_model_parallel_world_size())
+    if sizes != (1, 1):
+        raise RuntimeError(f"decoding runs at TP=1, PP=1; this process has TP, PP = {sizes}")
+
+
+def load_for_inference(load_dir: str) -> LoadedModel:
+    """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
+    from ..model.salm import SALM
+    from ..training.checkpoint import load_checkpoint
+    iteration, stored = _stored_config(load_dir)
+    model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
+    cfg = SALMConfig(**{k: v for k, v in stored.items() if k in model_fields})
+    cfg = cfg.replace(**{k: v for k, v in ONE_DEVICE_LAYOUT.items() if k in model_fields})
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in stored.items() if k in data_fields})
+    _init_one_process()
+    model = SALM(cfg, LOCAL)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    model.eval()
+    load_checkpoint(load_dir, [model], None, None, load_optimizer=False)
+    return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration)

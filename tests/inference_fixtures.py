@@ -1,0 +1,66 @@
+"""Tiny SALMs and audio prompts for the inference tests (one process, the session's gloo rank)."""
+
+import torch
+
+from megatron_salm_mtp.data.frames import audio_tokens
+from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.model.salm import SALM
+from megatron_salm_mtp.model.specs import LOCAL
+from parallel_utils import tiny_config
+
+PAD_ID, EOS_ID = 256, 258
+
+
+def tiny_salm(seed: int = 0, **overrides) -> SALM:
+    """A random tiny SALM in eval mode; a larger init std makes its logits peaked, so that an
+    argmax is not decided by fp32 rounding."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(**{'init_method_std': 0.3, 'seq_length': 128, 'mtp_num_layers': 3, **overrides})
+    return SALM(cfg, LOCAL).eval()
+
+
+def random_prompts(cfg, lengths_in_frames, seed: int) -> PromptBatch:
+    """One utterance per row: 1-3 text ids, its placeholders, 2 text ids; rows differ in length."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, features = [], []
+    for frames in lengths_in_frames:
+        head = torch.randint(0, 250, (int(torch.randint(1, 4, (1,), generator=gen)),), generator=gen)
+        tail = torch.randint(0, 250, (2,), generator=gen)
+        audio = torch.full((audio_tokens(frames, cfg.audio_frame_stack),), cfg.audio_token_id)
+        rows.append(torch.cat([head, audio, tail]))
+        features.append(torch.randn(cfg.num_mel_bins, frames, generator=gen))
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), PAD_ID)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)] = row
+    padded = torch.zeros(len(rows), cfg.num_mel_bins, max(lengths_in_frames))
+    for i, feat in enumerate(features):
+        padded[i, :, :feat.shape[1]] = feat
+    return PromptBatch(tokens, torch.tensor([len(r) for r in rows]), padded,
+                       torch.tensor(list(lengths_in_frames)))
+
+
+def row_of(batch: PromptBatch, row: int) -> PromptBatch:
+    """Row ``row`` of a one-audio-per-row batch as a batch of one, unpadded."""
+    length = int(batch.lengths[row])
+    frames = int(batch.audio_feature_lengths[row])
+    return PromptBatch(batch.tokens[row:row + 1, :length], batch.lengths[row:row + 1],
+                       batch.audio_features[row:row + 1, :, :frames],
+                       batch.audio_feature_lengths[row:row + 1])
+
+
+@torch.no_grad()
+def full_recompute_greedy(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size):
+    """Greedy decoding of a one-row batch by a full SALM forward per token (no cache)."""
+    ids = batch.tokens[0].tolist()
+    new = []
+    for _ in range(max_new_tokens):
+        tokens = torch.tensor([ids])
+        logits = model(tokens, torch.arange(len(ids))[None], audio_features=batch.audio_features,
+                       audio_feature_lengths=batch.audio_feature_lengths)
+        token = int(logits[0, -1, :vocab_size].float().argmax())
+        ids.append(token)
+        new.append(token)
+        if token in stop_ids:
+            break
+    return new
