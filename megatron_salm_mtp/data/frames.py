@@ -14,11 +14,12 @@ def mel_frames(num_samples: int) -> int:
     return num_samples // HOP_LENGTH
 
 
-def encoder_frames(num_mel_frames: int) -> int:
-    """Frames after the encoder's stride-2 convolution."""
-    return (num_mel_frames - 1) // 2 + 1 if num_mel_frames > 0 else 0
+def encoder_frames(num_mel_frames):
+    """Frames after the encoder's stride-2 convolution (0 for 0: floor division). Elementwise on
+    integer tensors too, so the model counts on the device without a host round trip."""
+    return (num_mel_frames - 1) // 2 + 1
 
 
-def audio_tokens(num_mel_frames: int, stack: int) -> int:
+def audio_tokens(num_mel_frames, stack: int):
     """LLM placeholder tokens for an utterance of ``num_mel_frames`` log-mel frames."""
     return -(-encoder_frames(num_mel_frames) // stack)

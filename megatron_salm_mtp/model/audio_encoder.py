@@ -52,7 +52,7 @@ class AudioEncoder(MegatronModule):
             raise ValueError(f"audio of {steps} encoder frames exceeds encoder_max_source_positions="
                              f"{self.max_positions}")
         x = x + self.embed_positions[:steps]
-        lengths = torch.tensor([encoder_frames(int(n)) for n in feature_lengths], device=x.device)
+        lengths = encoder_frames(feature_lengths.to(x.device))
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [n, T_enc]
         padding_mask = ~valid[:, None, None, :]  # Megatron convention: True = masked out
         hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(),

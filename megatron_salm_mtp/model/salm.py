@@ -30,7 +30,7 @@ def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: tor
     """
     placeholders = tokens == audio_token_id
     valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < audio_lengths[:, None]
-    expected, given = int(placeholders.sum()), int(valid.sum())
+    expected, given = torch.stack([placeholders.sum(), valid.sum()]).tolist()  # one host sync
     if expected != given:
         raise ValueError(f"input_ids carry {expected} audio placeholders but the audio gives {given} "
                          f"tokens (per utterance: {audio_lengths.tolist()}); the data side must "
@@ -103,8 +103,7 @@ class SALM(MegatronModule):
         if audio_features is not None and audio_features.numel():
             frames = self.audio_encoder(audio_features, audio_feature_lengths)
             audio = self.audio_projector(frames)
-            lengths = torch.tensor([audio_tokens(int(n), self.cfg.audio_frame_stack)
-                                    for n in audio_feature_lengths], device=audio.device)
+            lengths = audio_tokens(audio_feature_lengths.to(audio.device), self.cfg.audio_frame_stack)
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
         elif bool((tokens == self.cfg.audio_token_id).any()):
             raise ValueError("input_ids carry audio placeholders but no audio_features were given")
