@@ -30,7 +30,7 @@ TINY_FLAGS = (
     '--max-position-embeddings 96 --position-embedding-type rope --normalization RMSNorm --swiglu '
     '--disable-bias-linear --hidden-dropout 0 --attention-dropout 0 --micro-batch-size 2 '
     '--global-batch-size 4 --train-iters 4 --lr 1e-3 --mtp-num-layers 2 --mtp-loss-scaling-factor 0.3 '
-    '--transformer-impl local --make-vocab-size-divisible-by 16 --eval-iters 0 '
+    '--transformer-impl local --make-vocab-size-divisible-by 16 --eval-iters 0 --eval-interval 2 '
     '--encoder-num-layers 3 --encoder-hidden-size 32 --encoder-num-attention-heads 4 '
     '--num-mel-bins 80 --tokenizer-type byte --train-manifest train.jsonl').split()
 
@@ -58,6 +58,7 @@ def megatron_args():
 @needs_megatron_training
 def test_megatron_flags_become_the_salm_config(megatron_args):
     from megatron.training.argument_utils import pretrain_cfg_container_from_args
+    from megatron.training.training import get_train_valid_test_num_samples, num_floating_point_operations
 
     from megatron_salm_mtp.megatron_lm.providers import SALMProviders
     args = megatron_args(TINY_FLAGS)
@@ -73,14 +74,24 @@ def test_megatron_flags_become_the_salm_config(megatron_args):
     assert (data.tokenizer_type, data.n_mels, data.seq_length, data.global_batch_size) == ('byte', 80, 96, 4)
     assert args.dataloader_type == 'external' and args.calculate_per_token_loss
     assert getattr(providers.datasets_provider, 'is_distributed') is True
-    pretrain_cfg_container_from_args(args)  # what pretrain() is handed
+    # What pretrain() is handed, and what it computes from the args before and during training.
+    pretrain_cfg_container_from_args(args)
+    assert get_train_valid_test_num_samples()[0] == 16
+    assert num_floating_point_operations(args, 4) > 0
 
 
 @needs_megatron_training
-def test_megatron_flags_for_another_llm_are_refused(megatron_args):
+@pytest.mark.parametrize('dropped, message', [
+    ({'--swiglu': 0, '--disable-bias-linear': 0}, 'pass --swiglu --disable-bias-linear'),
+    ({'--eval-interval': 1}, '--eval-interval is required')])
+def test_megatron_flags_the_salm_cannot_honour_are_refused(megatron_args, dropped, message):
+    """``dropped``: flag -> how many values follow it."""
     from megatron_salm_mtp.config import ConfigError
-    flags = [f for f in TINY_FLAGS if f not in ('--swiglu', '--disable-bias-linear')]
-    with pytest.raises(ConfigError, match='pass --swiglu --disable-bias-linear'):
+    flags = list(TINY_FLAGS)
+    for flag, values in dropped.items():
+        at = flags.index(flag)
+        del flags[at:at + 1 + values]
+    with pytest.raises(ConfigError, match=message):
         megatron_args(flags)
 
 

@@ -110,6 +110,13 @@ def check_salm_args(args: argparse.Namespace) -> None:
     if args.virtual_pipeline_model_parallel_size is not None:
         raise ConfigError("virtual pipeline stages are not supported by this adapter yet "
                           "(--num-layers-per-virtual-pipeline-stage / --num-virtual-stages-per-pipeline-rank)")
+    # pretrain() divides by both where they are None: its sample targets by --eval-interval, its
+    # final save's test by --save-interval.
+    if args.eval_interval is None:
+        raise ConfigError("--eval-interval is required by Megatron-LM's pretrain() (with --eval-iters 0 "
+                          "it only sizes Megatron-LM's sample targets)")
+    if args.save and args.save_interval is None:
+        raise ConfigError("--save needs --save-interval under Megatron-LM's pretrain()")
     if not args.train_manifest:
         raise ConfigError("--train-manifest is required")
     if args.eval_iters and args.eval_interval and not args.valid_manifest:
