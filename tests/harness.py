@@ -29,20 +29,29 @@ from megatron_salm_mtp.training.step import forward_backward, mtp_metrics  # noq
 GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
 
 
+LOCAL_EXPERT = re.compile(r'(.*\.local_experts\.)(\d+)(\..*)')
+
+
 def global_name(local_name: str, cfg: SALMConfig) -> str:
-    """Local parameter name on this PP stage -> name in the TP=1/PP=1 model."""
+    """Local parameter name on this PP stage (and EP rank) -> name in the TP=1/PP=1/EP=1 model."""
     offset = parallel_state.get_pipeline_model_parallel_rank() * (
         cfg.num_layers // cfg.pipeline_model_parallel_size)
     match = re.match(r'(language_model\.decoder\.layers\.)(\d+)(\..*)', local_name)
     if match:
         return f'{match.group(1)}{int(match.group(2)) + offset}{match.group(3)}'
+    match = LOCAL_EXPERT.match(local_name)
+    if match:
+        first = parallel_state.get_expert_model_parallel_rank() * (
+            cfg.num_experts // cfg.expert_model_parallel_size)
+        return f'{match.group(1)}{int(match.group(2)) + first}{match.group(3)}'
     return local_name
 
 
 def shard_spec(name: str, param) -> dict:
+    expert = bool(LOCAL_EXPERT.match(name))  # split over the expert TP group, held by one EP rank
     if not getattr(param, 'tensor_model_parallel', False):
-        return {'dim': None, 'gated': False}
-    return {'dim': param.partition_dim, 'gated': bool(GATED_FC1.match(name))}
+        return {'dim': None, 'gated': False, 'expert': expert}
+    return {'dim': param.partition_dim, 'gated': bool(GATED_FC1.match(name)), 'expert': expert}
 
 
 def take_shard(full: torch.Tensor, spec: dict, rank: int, size: int) -> torch.Tensor:
@@ -102,6 +111,8 @@ def cmd_grads(args):
     full = torch.load(args.weights)
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    expert_tp_rank = parallel_state.get_expert_tensor_parallel_rank()
+    expert_tp_size = parallel_state.get_expert_tensor_parallel_world_size()
     module = model[0].module
     params = dict(module.named_parameters())
     specs, local_state = {}, {}
@@ -110,7 +121,8 @@ def cmd_grads(args):
             continue
         spec = shard_spec(name, params.get(name, tensor))
         specs[name] = spec
-        local_state[name] = take_shard(full[global_name(name, cfg)], spec, tp_rank, tp_size)
+        rank, size = (expert_tp_rank, expert_tp_size) if spec['expert'] else (tp_rank, tp_size)
+        local_state[name] = take_shard(full[global_name(name, cfg)], spec, rank, size)
     missing, unexpected = module.load_state_dict(local_state, strict=False)
     assert not [k for k in missing if not k.endswith('_extra_state')], missing
     batch = torch.load(args.batch)
@@ -131,6 +143,9 @@ def cmd_grads(args):
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
                 'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,
+                'ep_rank': parallel_state.get_expert_model_parallel_rank(),
+                'expert_tp_rank': expert_tp_rank,
+                'expert_dp_rank': parallel_state.get_expert_data_parallel_rank(),
                 'grads': grads, 'mtp_stats': stats, 'metrics': metrics},
                os.path.join(args.out, f'rank{rank}.pt'))
     torch.distributed.barrier()

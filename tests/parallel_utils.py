@@ -99,12 +99,29 @@ def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str
         stage = sorted((r for r in ranks if r['dp_rank'] == 0 and r['pp_rank'] == pp_rank),
                        key=lambda r: r['tp_rank'])
         for name, (_, spec) in stage[0]['grads'].items():
+            if spec['expert']:
+                continue
             merged = merge_shards([r['grads'][name][0] for r in stage], spec)
             if name in grads:  # the word embedding lives on the first and the MTP stage
                 copies[name] = merged
             else:
                 grads[name] = merged
+        grads.update(_expert_grads([r for r in ranks if r['pp_rank'] == pp_rank]))
     return losses[0], grads, copies, ranks
+
+
+def _expert_grads(stage_ranks) -> dict:
+    """Full expert gradients of one PP stage: each EP rank holds its own experts, split over the
+    expert TP group; expert-DP replicas hold the same reduced gradient (the first one is read)."""
+    from harness import merge_shards
+    grads = {}
+    for ep_rank in sorted({r['ep_rank'] for r in stage_ranks}):
+        holders = sorted((r for r in stage_ranks if r['ep_rank'] == ep_rank and r['expert_dp_rank'] == 0),
+                         key=lambda r: r['expert_tp_rank'])
+        for name, (_, spec) in holders[0]['grads'].items():
+            if spec['expert']:
+                grads[name] = merge_shards([r['grads'][name][0] for r in holders], spec)
+    return grads
 
 
 def reference_grads(cfg: SALMConfig, weights: dict, batch: dict):

@@ -72,7 +72,26 @@ def _mlp(x, w, p, gated):
     return y + w[p + 'linear_fc2.bias'] if p + 'linear_fc2.bias' in w else y
 
 
-def _llm_layer(x, w, p, cfg, attention=True, mlp=True):
+def _moe(x, w, p, cfg):
+    """Top-k mixture of SwiGLU experts, routed as core's top-k router with no capacity limit: the
+    softmax of the k largest router logits (for k=1: the top probability of a softmax over all
+    experts) weights each chosen expert's output. Every expert runs on every token here; a token's
+    weight for an expert it was not routed to is zero, so neither its output nor its gradient counts."""
+    logits = x @ w[p + 'router.weight'].t()
+    k = cfg.moe_router_topk
+    if k == 1:
+        top, chosen = logits.softmax(-1).topk(k, dim=-1)
+    else:
+        top, chosen = logits.topk(k, dim=-1)
+        top = top.softmax(-1)
+    out = torch.zeros_like(x)
+    for expert in range(cfg.num_experts):
+        weight = (top * (chosen == expert)).sum(-1, keepdim=True)
+        out = out + weight * _mlp(x, w, f'{p}experts.local_experts.{expert}.', gated=True)
+    return out
+
+
+def _llm_layer(x, w, p, cfg, attention=True, mlp=True, moe=False):
     heads, groups = cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads
     head_dim = cfg.kv_channels or cfg.hidden_size // heads
     eps = cfg.norm_epsilon
@@ -80,9 +99,9 @@ def _llm_layer(x, w, p, cfg, attention=True, mlp=True):
         h = _norm(x, w, p + 'input_layernorm.', eps, rms=True)
         x = x + _attention(h, w, p + 'self_attention.', heads, groups, head_dim, causal=True,
                            qk_norm=eps if cfg.qk_layernorm else None, rope_base=cfg.rotary_base)
-    if mlp:
+    if mlp or moe:
         h = _norm(x, w, p + 'pre_mlp_layernorm.', eps, rms=True)
-        x = x + _mlp(h, w, p + 'mlp.', gated=True)
+        x = x + (_moe(h, w, p + 'mlp.', cfg) if moe else _mlp(h, w, p + 'mlp.', gated=True))
     return x
 
 
@@ -171,7 +190,7 @@ def salm_objective(w, cfg, batch):
         hn = _norm(hidden, w, p + 'hnorm.', cfg.norm_epsilon, rms=True)
         h = torch.cat([e, hn], dim=-1) @ w[p + 'eh_proj.weight'].t()
         h = _llm_layer(h, w, p + 'transformer_layer.', cfg, attention='*' in cfg.mtp_layer_pattern,
-                       mlp='-' in cfg.mtp_layer_pattern)
+                       mlp='-' in cfg.mtp_layer_pattern, moe='E' in cfg.mtp_layer_pattern)
         hidden = _norm(h, w, p + 'final_layernorm.', cfg.norm_epsilon, rms=True)
         target_pos = (idx + k + 1).clamp(max=s)
         targets = seq[:, target_pos]

@@ -51,6 +51,29 @@ def _no_op(*args, **kwargs):
     return None
 
 
+def _all_to_all_with_host_splits(all_to_all_single):
+    """The MoE all-to-all dispatcher turns its split sizes into host arrays only when they sit on
+    the GPU (``moe_utils.maybe_move_tensor_to_cpu``); on CPU they stay tensors, which the process
+    group refuses. Replaced at module level: torch function modes are off in backward passes,
+    where ``tensor_parallel.mappings._AllToAll`` calls it again."""
+    def call(output, input, output_split_sizes=None, input_split_sizes=None, *args, **kwargs):
+        if torch.is_tensor(output_split_sizes):
+            output_split_sizes = output_split_sizes.tolist()
+        if torch.is_tensor(input_split_sizes):
+            input_split_sizes = input_split_sizes.tolist()
+        return all_to_all_single(output, input, output_split_sizes, input_split_sizes, *args, **kwargs)
+    return call
+
+
+class _CpuSideStream(torch.cpu.Stream):
+    """Stand-in for ``torch.cuda.Stream``: the MoE all-to-all token dispatcher
+    (``moe/token_dispatcher.py``) copies its split sizes to the host on a side stream and waits on
+    the event it records. CPU work is ordered already, so the event is complete when recorded."""
+
+    def record_event(self, event=None):
+        return event or torch.cpu.Event()
+
+
 def _install_device_rng() -> None:
     """Back Megatron-Core's CUDA RNG tracker by a CPU generator of its own.
 
@@ -85,6 +108,12 @@ def enable_if_no_cuda() -> bool:
         # CPU work is ordered already; megatron-core 0.19's DDP bucket sync
         # (param_and_grad_buffer.start_grad_sync) asks for the current stream to wait on events.
         torch.cuda.current_stream = lambda device=None: torch.cpu.current_stream()
+        torch.cuda.Stream = _CpuSideStream
+        torch.distributed.all_to_all_single = _all_to_all_with_host_splits(
+            torch.distributed.all_to_all_single)
+        # Megatron's jit_fuser is torch.compile (e.g. the MoE router's expert-bias update): run
+        # such functions eagerly, as written, rather than compile C++ kernels for the CPU.
+        torch.compiler.set_stance('force_eager')
         _install_device_rng()
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
         _active_mode = _CudaToCpuMode()

@@ -14,6 +14,8 @@ and what the plugin does about it:
 * dist_checkpointing's long-lived writer process (a multiprocessing Manager behind the write-results
   queue) is started by ``_get_write_results_queue`` on 0.16 and ``get_write_results_queue`` on
   0.17+; ``start_checkpoint_writer`` calls whichever exists.
+* 0.16's MoE router gating reads ``te_general_gemm``, defined only when Transformer Engine
+  imports; ``enable_router_without_te`` defines it as None (0.17+'s value without TE).
 * ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
@@ -85,6 +87,18 @@ def mtp_block_spec(config, layer_spec, backend, vp_stage=None):
     if block is None or not MCORE_0_17:
         return block
     return dataclasses.replace(block, layer_specs=[_adapt_mtp_layer_spec(s) for s in block.layer_specs])
+
+
+def enable_router_without_te() -> None:
+    """Let the MoE router's gating GEMM run without Transformer Engine.
+
+    0.16's ``moe_utils.RouterGatingLinearFunction`` tests the module global ``te_general_gemm``,
+    which only a successful TE import defines (NameError otherwise); 0.17+ set it to None without
+    TE. Setting it to None where missing selects the same torch matmul fallback on every release.
+    """
+    from megatron.core.transformer.moe import moe_utils
+    if not hasattr(moe_utils, 'te_general_gemm'):
+        moe_utils.te_general_gemm = None
 
 
 def start_checkpoint_writer() -> bool:

@@ -190,18 +190,40 @@ def block_spec(impl: str, num_layers: int, causal: bool = True,
                                       layer_norm=backend_for(impl).layer_norm())
 
 
-# Core's MTP layer reads its attention's mask type, so every pattern keeps the attention.
-MTP_LAYER_PATTERNS = {'*-': 'attention + dense MLP', '*': 'attention only'}
+# Core's MTP layer reads its attention's mask type, so every pattern keeps the attention
+# ('E' alone is NeMo's spelling of attention + MoE in an MTP layer).
+MTP_LAYER_PATTERNS = {'*-': 'attention + dense MLP', '*E': 'attention + MoE MLP',
+                      'E': 'attention + MoE MLP', '*': 'attention only'}
 
 
-def mtp_transformer_layer_spec(impl: str, pattern: str, qk_layernorm: bool) -> ModuleSpec:
+def moe_mlp_spec(impl: str, config: TransformerConfig):
+    """Megatron-Core's MoE layer (router, token dispatcher, experts) over the same backend: one
+    GEMM per expert (``SequentialMLP``), or TE's grouped GEMM with ``--moe-grouped-gemm``."""
+    from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_backend
+    if config.moe_grouped_gemm and impl != TRANSFORMER_ENGINE:
+        raise ValueError("--moe-grouped-gemm needs --transformer-impl transformer_engine")
+    mcore.enable_router_without_te()
+    return get_moe_module_spec_for_backend(backend=backend_for(impl), num_experts=config.num_moe_experts,
+                                           moe_grouped_gemm=config.moe_grouped_gemm)
+
+
+def mtp_transformer_layer_spec(impl: str, pattern: str, qk_layernorm: bool,
+                               config: TransformerConfig) -> ModuleSpec:
     """The transformer layer inside each MTP depth, from a pattern in the spirit of NeMo's
-    ``hybrid_override_pattern`` ('*' attention, '-' dense MLP); a dropped MLP becomes identity."""
+    ``hybrid_override_pattern`` ('*' attention, '-' dense MLP, 'E' MoE); a dropped MLP becomes
+    identity."""
     if pattern not in MTP_LAYER_PATTERNS:
         raise ValueError(f"--mtp-layer-pattern {pattern!r}: choose one of {sorted(MTP_LAYER_PATTERNS)}")
     spec = transformer_layer_spec(impl, causal=True, qk_layernorm=qk_layernorm)
     parts = spec.submodules
-    if '-' not in pattern:
+    if 'E' in pattern:
+        # The router reads normalised inputs, so the norm cannot fuse into a linear layer; the
+        # keys map keeps only the attention norm's TE name, as core's TE MoE spec names them.
+        keys_map = {k: v for k, v in parts.sharded_state_dict_keys_map.items()
+                    if k != 'pre_mlp_layernorm.'}
+        parts = dataclasses.replace(parts, pre_mlp_layernorm=backend_for(impl).layer_norm(),
+                                    mlp=moe_mlp_spec(impl, config), sharded_state_dict_keys_map=keys_map)
+    elif '-' not in pattern:
         parts = dataclasses.replace(parts, pre_mlp_layernorm=IdentityOp, mlp=IdentityOp,
                                     mlp_bda=IdentityFuncOp)
     return ModuleSpec(module=TransformerLayer, submodules=parts)
@@ -214,7 +236,7 @@ def mtp_block_spec(impl: str, pattern: str, qk_layernorm: bool, repeated: bool,
     from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlockSubmodules
     if not config.mtp_num_layers:
         return None
-    layer = mtp_transformer_layer_spec(impl, pattern, qk_layernorm)
+    layer = mtp_transformer_layer_spec(impl, pattern, qk_layernorm, config)
     block = mcore.mtp_block_spec(config, layer, backend_for(impl), vp_stage=vp_stage)
     if block is not None and repeated:
         block = MultiTokenPredictionBlockSubmodules(layer_specs=block.layer_specs[:1])

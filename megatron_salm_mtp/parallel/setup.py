@@ -44,11 +44,13 @@ def init_distributed(timeout_minutes: int = 10) -> None:
 
 
 def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
-    """Megatron-Core's TP/PP/DP groups (DP is what remains of the world) and RNG seeds."""
+    """Megatron-Core's TP/PP/DP groups (DP is what remains of the world), the expert groups (EP
+    taken from DP ranks; expert DP is what remains) and RNG seeds."""
     cfg.validate(torch.distributed.get_world_size())
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
-        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size)
+        pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        expert_model_parallel_size=cfg.expert_model_parallel_size)
     set_seed(seed)
 
 
