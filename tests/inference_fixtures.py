@@ -64,3 +64,45 @@ def full_recompute_greedy(model, batch: PromptBatch, max_new_tokens: int, stop_i
         if token in stop_ids:
             break
     return new
+
+
+def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
+    """A learnable task: after the audio and a separator, count up from the first prompt id
+    (mod 50), then EOS. Returns (training batch dict, PromptBatch of the same prompts)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = [int(f) for f in torch.randint(24, 56, (size,), generator=gen)]
+    prompts = random_prompts(cfg, frames, seed)
+    width = int(prompts.lengths.max()) + answer_length + 1
+    seq = torch.full((size, width + 1), PAD_ID)
+    answer = torch.zeros(size, width + 1)
+    for row in range(size):
+        length = int(prompts.lengths[row])
+        start = int(prompts.tokens[row, 0]) % 50
+        seq[row, :length] = prompts.tokens[row, :length]
+        seq[row, length:length + answer_length] = (start + torch.arange(answer_length)) % 50
+        seq[row, length + answer_length] = EOS_ID
+        answer[row, length:length + answer_length + 1] = 1
+    batch = {'tokens': seq[:, :-1], 'labels': seq[:, 1:], 'loss_mask': answer[:, 1:],
+             'position_ids': torch.arange(width).repeat(size, 1),
+             'audio_features': prompts.audio_features,
+             'audio_feature_lengths': prompts.audio_feature_lengths}
+    return batch, prompts
+
+
+def train_briefly(model, steps: int, lr: float = 1e-2):
+    """``steps`` Adam steps of main + MTP loss on ``counting_batch``es (plain torch loop)."""
+    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
+    MTPLossAutoScaler.set_loss_scale(torch.tensor(1.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch, _ = counting_batch(model.cfg, 8, seed=1000 + step)
+        supervised = batch['loss_mask'].sum()
+        model.language_model.set_mtp_loss_weights(torch.full((model.cfg.mtp_depths,), 1.0 / float(supervised)))
+        token_loss = model(**batch)
+        loss = (token_loss * batch['loss_mask']).sum() / supervised
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return float(loss)

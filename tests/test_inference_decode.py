@@ -1,0 +1,127 @@
+"""KV-cached greedy and MTP self-speculative decoding (inference/decode.py) on tiny SALMs, CPU fp32.
+
+Greedy over the cache must match a full forward per token; speculative decoding must match greedy
+token for token: on random models (drafts rejected), on a briefly trained one (drafts mostly
+accepted), and with drafts built to be accepted to a different depth in each row, whose
+acceptance counts are known in advance.
+"""
+
+import pytest
+import torch
+
+from inference_fixtures import (EOS_ID, counting_batch, full_recompute_greedy, random_prompts,
+                                row_of, tiny_salm, train_briefly)
+from megatron_salm_mtp.inference import decode
+from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
+
+FRAMES = [30, 57, 41]  # rows of different prompt lengths
+
+
+@pytest.fixture(scope='module')
+def random_model(single_rank_parallel):
+    return tiny_salm(seed=0)
+
+
+def test_cached_greedy_equals_full_recompute(random_model):
+    batch = random_prompts(random_model.cfg, FRAMES, seed=1)
+    vocab = random_model.cfg.vocab_size
+    batched, _ = greedy_decode(random_model, batch, 10, [EOS_ID], vocab)
+    for row in range(len(FRAMES)):
+        alone, _ = greedy_decode(random_model, row_of(batch, row), 10, [EOS_ID], vocab)
+        reference = full_recompute_greedy(random_model, row_of(batch, row), 10, [EOS_ID], vocab)
+        assert batched[row] == alone[0] == reference, row
+
+
+@pytest.mark.parametrize('depths', [1, 3])
+def test_speculative_equals_greedy_on_random_models(single_rank_parallel, depths):
+    for seed in (2, 3):
+        model = tiny_salm(seed=seed)
+        batch = random_prompts(model.cfg, FRAMES, seed=seed)
+        vocab = model.cfg.vocab_size
+        greedy, _ = greedy_decode(model, batch, 12, [EOS_ID], vocab)
+        speculative, _ = speculative_decode(model, batch, 12, [EOS_ID], vocab, depths)
+        assert speculative == greedy
+        single, _ = speculative_decode(model, row_of(batch, 1), 12, [EOS_ID], vocab, depths)
+        assert single[0] == greedy[1]
+
+
+def test_shared_mtp_layer_drafts_deeper_than_trained(single_rank_parallel):
+    model = tiny_salm(seed=4, mtp_num_layers=1, mtp_use_repeated_layer=True)
+    batch = random_prompts(model.cfg, FRAMES, seed=4)
+    vocab = model.cfg.vocab_size
+    greedy, _ = greedy_decode(model, batch, 8, [EOS_ID], vocab)
+    speculative, stats = speculative_decode(model, batch, 8, [EOS_ID], vocab, depths=3)
+    assert speculative == greedy and len(stats[0].draft_attempts) == 3
+
+
+def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
+    model = tiny_salm(seed=5, init_method_std=0.02)
+    train_briefly(model, steps=100)
+    _, batch = counting_batch(model.cfg, 6, seed=7)
+    vocab = model.cfg.vocab_size
+    greedy, _ = greedy_decode(model, batch, 16, [EOS_ID], vocab)
+    speculative, stats = speculative_decode(model, batch, 16, [EOS_ID], vocab, depths=3)
+    assert speculative == greedy
+    assert sum(len(g) for g in greedy) > 3 * len(greedy)  # it learned to count, not to stop
+    accepted = sum(sum(s.draft_accepts) for s in stats)
+    assert accepted > 0, 'no draft accepted: the test would not exercise acceptance'
+    for row in range(2):
+        single, _ = speculative_decode(model, row_of(batch, row), 16, [EOS_ID], vocab, depths=3)
+        assert single[0] == greedy[row]
+
+
+def oracle_drafts(truth, prompt_lengths, wrong_depth):
+    """A stand-in for ``draft_tokens`` that drafts the true continuation, wrong from depth
+    ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
+    drafts per step (all D when never wrong)."""
+    def draft(language_model, tokens, lengths, trunk_hidden, depths, vocab_size):
+        rows = []
+        for row, length in enumerate(lengths.tolist()):
+            emitted = length - int(prompt_lengths[row])
+            drafts = list(truth[row][emitted:emitted + depths])
+            if wrong_depth[row]:
+                drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
+            rows.append(drafts)
+        return torch.tensor(rows)
+    return draft
+
+
+def expected_counts(accept_per_step: int, budget: int, depths: int):
+    """(verify steps, emitted tokens, attempts, accepts) of a row accepting the same number of
+    drafts every step, its first token coming from the prefill."""
+    emitted, steps, attempts, accepts = 1, 0, [0] * depths, [0] * depths
+    while emitted < budget:
+        steps += 1
+        emitted += min(accept_per_step + 1, budget - emitted)
+        for depth in range(depths):
+            attempts[depth] += depth <= accept_per_step
+            accepts[depth] += depth < accept_per_step
+    return steps, budget - 1, attempts, accepts
+
+
+def test_rows_accepting_different_lengths_match_greedy_and_are_counted(random_model, monkeypatch):
+    depths, budget, vocab = 3, 11, random_model.cfg.vocab_size
+    batch = random_prompts(random_model.cfg, FRAMES, seed=6)
+    greedy, _ = greedy_decode(random_model, batch, budget, [], vocab)
+    truth, _ = greedy_decode(random_model, batch, budget + depths + 1, [], vocab)
+    wrong_depth = [0, 2, 1]  # row 0 accepts 3 drafts per step, row 1 one, row 2 none
+    monkeypatch.setattr(decode, 'draft_tokens', oracle_drafts(truth, batch.lengths, wrong_depth))
+    speculative, stats = speculative_decode(random_model, batch, budget, [], vocab, depths)
+    assert speculative == greedy
+    for row, wrong in enumerate(wrong_depth):
+        accept = depths if wrong == 0 else wrong - 1
+        steps, emitted, attempts, accepts = expected_counts(accept, budget, depths)
+        assert (stats[row].verify_steps, stats[row].verify_emitted) == (steps, emitted), row
+        assert (stats[row].draft_attempts, stats[row].draft_accepts) == (attempts, accepts), row
+
+
+def test_stop_id_ends_each_row_where_greedy_does(random_model):
+    batch = random_prompts(random_model.cfg, FRAMES, seed=8)
+    vocab = random_model.cfg.vocab_size
+    free, _ = greedy_decode(random_model, batch, 12, [], vocab)
+    stop = free[2][5]
+    cut = [row[:row.index(stop) + 1] if stop in row else row for row in free]
+    assert len(cut[2]) <= 6
+    greedy, _ = greedy_decode(random_model, batch, 12, [stop], vocab)
+    speculative, _ = speculative_decode(random_model, batch, 12, [stop], vocab, 2)
+    assert greedy == cut and speculative == greedy
