@@ -317,6 +317,12 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
+        # Interleaving sends activations and gradients to both neighbours in one exchange. In one
+        # batch_isend_irecv each rank lists prev before next, so at PP=2 (both neighbours are the
+        # same rank) an activation lands in the buffer for a gradient (seen on gloo: wrong loss).
+        # Unbatched p2p orders even/odd ranks apart; overlapped with compute, as Megatron-LM does.
+        overlap_p2p_comm=bool(cfg.virtual_pipeline_size),
+        batch_p2p_comm=not cfg.virtual_pipeline_size,
         sequence_parallel=cfg.sequence_parallel,
         # Per-token loss over the global batch; see model/loss.py for the MTP side.
         calculate_per_token_loss=True,

@@ -81,6 +81,7 @@ def main(argv=None) -> None:
     import yaml
     from megatron.core import parallel_state
 
+    from .config import NO_VIRTUAL_PIPELINE
     from .convert.importer import read_checkpoint_config
     from .parallel.setup import build_model, init_distributed, init_model_parallel
     from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
@@ -91,7 +92,8 @@ def main(argv=None) -> None:
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world
     cfg = read_checkpoint_config(args.load).replace(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, sequence_parallel=False)
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, sequence_parallel=False,
+        **NO_VIRTUAL_PIPELINE)
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     for chunk in model:

@@ -118,14 +118,13 @@ class Run:
         torch.save(self.records, os.path.join(self.out, f'rank{torch.distributed.get_rank()}.pt'))
 
     def dump(self, op):
-        module = self.model[0].module
-        params = dict(module.named_parameters())
+        params = {global_name(n, self.cfg, vp_stage): (p.detach().clone(), shard_spec(n, p))
+                  for vp_stage, chunk in enumerate(self.model) for n, p in chunk.module.named_parameters()}
         tracker = tensor_parallel.get_cuda_rng_tracker().get_states()
         inner = [o.optimizer for o in getattr(self.optimizer, 'chained_optimizers', [self.optimizer])]
         steps = sorted({float(s['step']) for o in inner for s in o.state.values() if 'step' in s})
         self.records[op['name']] = {
-            'params': {global_name(n, self.cfg): (p.detach().clone(), shard_spec(n, p))
-                       for n, p in params.items()},
+            'params': params,
             'rng': {'random': random.getstate(), 'numpy': np.random.get_state()[1].copy(),
                     'torch': torch.get_rng_state(),
                     'tracker': {k: v.clone() for k, v in tracker.items()}},

@@ -32,10 +32,13 @@ GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.tran
 LOCAL_EXPERT = re.compile(r'(.*\.local_experts\.)(\d+)(\..*)')
 
 
-def global_name(local_name: str, cfg: SALMConfig) -> str:
-    """Local parameter name on this PP stage (and EP rank) -> name in the TP=1/PP=1/EP=1 model."""
-    offset = parallel_state.get_pipeline_model_parallel_rank() * (
-        cfg.num_layers // cfg.pipeline_model_parallel_size)
+def global_name(local_name: str, cfg: SALMConfig, vp_stage: int = 0) -> str:
+    """Local parameter name in this PP stage's chunk ``vp_stage`` (and EP rank) -> name in the
+    TP=1/PP=1/EP=1 model. Interleaved order: chunk v of PP rank p holds the (v x PP + p)-th slice
+    of the decoder layers."""
+    pp = cfg.pipeline_model_parallel_size
+    per_chunk = cfg.num_layers // (pp * (cfg.virtual_pipeline_size or 1))
+    offset = (vp_stage * pp + parallel_state.get_pipeline_model_parallel_rank()) * per_chunk
     match = re.match(r'(language_model\.decoder\.layers\.)(\d+)(\..*)', local_name)
     if match:
         return f'{match.group(1)}{int(match.group(2)) + offset}{match.group(3)}'
@@ -113,18 +116,20 @@ def cmd_grads(args):
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     expert_tp_rank = parallel_state.get_expert_tensor_parallel_rank()
     expert_tp_size = parallel_state.get_expert_tensor_parallel_world_size()
-    module = model[0].module
-    params = dict(module.named_parameters())
-    specs, local_state = {}, {}
-    for name, tensor in module.state_dict().items():
-        if name.endswith('_extra_state'):
-            continue
-        spec = shard_spec(name, params.get(name, tensor))
-        specs[name] = spec
-        rank, size = (expert_tp_rank, expert_tp_size) if spec['expert'] else (tp_rank, tp_size)
-        local_state[name] = take_shard(full[global_name(name, cfg)], spec, rank, size)
-    missing, unexpected = module.load_state_dict(local_state, strict=False)
-    assert not [k for k in missing if not k.endswith('_extra_state')], missing
+    chunks = [chunk.module for chunk in model]  # one per virtual pipeline stage
+    specs = {}  # by global name
+    for vp_stage, module in enumerate(chunks):
+        params = dict(module.named_parameters())
+        local_state = {}
+        for name, tensor in module.state_dict().items():
+            if name.endswith('_extra_state'):
+                continue
+            spec = shard_spec(name, params.get(name, tensor))
+            specs[global_name(name, cfg, vp_stage)] = spec
+            rank, size = (expert_tp_rank, expert_tp_size) if spec['expert'] else (tp_rank, tp_size)
+            local_state[name] = take_shard(full[global_name(name, cfg, vp_stage)], spec, rank, size)
+        missing, unexpected = module.load_state_dict(local_state, strict=False)
+        assert not [k for k in missing if not k.endswith('_extra_state')], missing
     batch = torch.load(args.batch)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
@@ -135,9 +140,13 @@ def cmd_grads(args):
     for chunk in model:
         chunk.zero_grad_buffer()
     loss = forward_backward(model, microbatches, cfg).mean
-    grads = {global_name(n, cfg): (p.main_grad.detach().float().cpu(), specs[n])
-             for n, p in params.items() if p.requires_grad}
-    stats = module.language_model.mtp_stats
+    grads = {}
+    for vp_stage, module in enumerate(chunks):
+        for local_name, p in module.named_parameters():
+            if p.requires_grad:
+                name = global_name(local_name, cfg, vp_stage)
+                grads[name] = (p.main_grad.detach().float().cpu(), specs[name])
+    stats = next((m.language_model.mtp_stats for m in chunks if m.language_model.mtp_stats is not None), None)
     stats = stats.values.clone() if stats is not None else None
     metrics = mtp_metrics(model)  # every stage calls it, as the training loop does
     rank = torch.distributed.get_rank()

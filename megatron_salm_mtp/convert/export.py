@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
-from ..config import SALMConfig
+from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
 from . import hf_llm, hf_whisper
 from .load import full_name
 
@@ -153,7 +153,8 @@ def run_export(load_dir: str, out: str, base_config_path: Optional[str] = None) 
         os.environ.pop(name, None)
     init_distributed()
     cfg = read_checkpoint_config(load_dir).replace(
-        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False)
+        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
+        **NO_VIRTUAL_PIPELINE)
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     load_checkpoint(load_dir, model, None, None, load_optimizer=False)

@@ -17,7 +17,7 @@ import yaml
 from megatron.core import parallel_state
 
 from ..cli import DERIVED
-from ..config import SALMConfig
+from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from ..training.checkpoint import save_checkpoint
 from .load import import_plan, load_into
@@ -25,7 +25,8 @@ from .load import import_plan, load_into
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG = 'salm_model.yaml'
-_LAYOUT_FIELDS = ('tensor_model_parallel_size', 'pipeline_model_parallel_size', 'sequence_parallel')
+_LAYOUT_FIELDS = ('tensor_model_parallel_size', 'pipeline_model_parallel_size', 'sequence_parallel',
+                  *NO_VIRTUAL_PIPELINE)
 
 
 def model_yaml(cfg: SALMConfig) -> str:

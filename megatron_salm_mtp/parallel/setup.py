@@ -50,6 +50,7 @@ def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
         expert_model_parallel_size=cfg.expert_model_parallel_size)
     set_seed(seed)
 
@@ -64,20 +65,30 @@ def set_seed(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
+def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
+    """One model chunk; with interleaving, only the first chunk of the first PP rank embeds (and
+    encodes audio) and only the last chunk of the last PP rank has the heads and MTP."""
+    return SALM(cfg, impl, vp_stage=vp_stage,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
+
+
 def build_model(cfg: SALMConfig, ddp_config: DistributedDataParallelConfig = None,
                 wrap_ddp: bool = True, before_wrap=None):
-    """This rank's SALM chunk, wrapped in Megatron-Core DDP; a one-element list (schedules' form).
-    ``before_wrap(chunk)`` runs on the bare chunk first (e.g. freezing: DDP and the optimizer
-    then skip the frozen parameters)."""
+    """This rank's SALM chunks, each wrapped in Megatron-Core DDP, as the list core's schedules
+    take: one per virtual pipeline stage (``vp_stage`` 0, 1, ...), or one (``vp_stage`` None)
+    without interleaving. ``before_wrap(chunk)`` runs on each bare chunk first (e.g. freezing:
+    DDP and the optimizer then skip the frozen parameters)."""
     impl = resolve_transformer_impl(cfg.transformer_impl)
-    model = SALM(cfg, impl,
-                 pre_process=parallel_state.is_pipeline_first_stage(),
-                 post_process=parallel_state.is_pipeline_last_stage())
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
-    if before_wrap is not None:
-        before_wrap(model)
+    vp_stages = range(cfg.virtual_pipeline_size) if cfg.virtual_pipeline_size else [None]
+    chunks = [_build_chunk(cfg, impl, vp_stage) for vp_stage in vp_stages]
+    for chunk in chunks:
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        if before_wrap is not None:
+            before_wrap(chunk)
     if not wrap_ddp:
-        return [model]
+        return chunks
     ddp_config = ddp_config or DistributedDataParallelConfig(grad_reduce_in_fp32=True)
-    return [DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)]
+    return [DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk)
+            for chunk in chunks]

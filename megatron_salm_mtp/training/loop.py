@@ -102,6 +102,8 @@ class Trainer:
         dp_rank = parallel_state.get_data_parallel_rank()
         dp_size = parallel_state.get_data_parallel_world_size()
         self.train_cfg.validate(dp_size)
+        self.num_microbatches = self.train_cfg.global_batch_size // (self.train_cfg.micro_batch_size * dp_size)
+        self.cfg.validate(torch.distributed.get_world_size(), self.num_microbatches)
         ddp = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
             use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
@@ -116,7 +118,6 @@ class Trainer:
             self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
                                                  dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
             self.valid_start = self.valid_loader.state_dict()
-        self.num_microbatches = self.train_cfg.global_batch_size // (self.train_cfg.micro_batch_size * dp_size)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank())
         self.iteration, self.skipped = 0, 0

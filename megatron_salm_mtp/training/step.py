@@ -55,6 +55,18 @@ def _forward_step(data_iterator, model):
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 
+def _set_grad_sync_funcs(config, ddp_chunks) -> None:
+    """Hand the schedules each DDP chunk's gradient-sync controls. The interleaved schedule holds
+    every chunk in no_sync until its backward passes end, so with overlapped reduction it must
+    also start each chunk's reduction itself (grad_sync_func); DDP's hooks never would."""
+    if len(ddp_chunks) == 1:
+        config.no_sync_func = ddp_chunks[0].no_sync
+        return
+    config.no_sync_func = [chunk.no_sync for chunk in ddp_chunks]
+    if ddp_chunks[0].ddp_config.overlap_grad_reduce:
+        config.grad_sync_func = [chunk.start_grad_sync for chunk in ddp_chunks]
+
+
 class LossTotals(NamedTuple):
     """Summed main-head CE and supervised-token count over the global batch (nan off the last stage)."""
     loss_sum: float
@@ -74,9 +86,11 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
     config = get_attr_wrapped_model(model_chunks[0], 'config')
     config.finalize_model_grads_func = None if forward_only else finalize_model_grads
     if hasattr(model_chunks[0], 'no_sync'):
-        config.no_sync_func = model_chunks[0].no_sync
+        _set_grad_sync_funcs(config, model_chunks)
+    # One iterator per chunk: the interleaved schedule has every chunk read each microbatch.
     reports = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=iter(microbatches), model=model_chunks,
+        forward_step_func=_forward_step, data_iterator=[iter(microbatches) for _ in model_chunks],
+        model=model_chunks,
         num_microbatches=len(microbatches), seq_length=cfg.seq_length,
         micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
     if not parallel_state.is_pipeline_last_stage():
