@@ -10,7 +10,9 @@
 #   gpu1_part1    1 GPU, stopped and saved at iteration 15 (--exit-interval)
 #   gpu1_part2    1 GPU, resumed from that checkpoint (--load) to 30: same consumed samples and
 #                 lm losses as gpu1_full from iteration 20 on (rtol 5e-2: kernels need not be bitwise)
-#   gpu2_tp2      2 GPUs, TP=2 + sequence parallelism + distributed optimizer, 30 iterations, saved
+#   gpu2_tp2      2 GPUs, TP=2 + sequence parallelism + distributed optimizer, 30 iterations, saved;
+#                 same consumed samples as gpu1_full (its losses are printed beside, not bounded:
+#                 TP shards start from other random streams)
 # Every run must reach its last iteration with finite lm and mtp_1/mtp_2 losses, a falling lm
 # loss and validation lines with MTP losses (tests/gpu/megatron_log.py). Logs: OUT/<run>.log;
 # OUT/summary.txt ends with PASS or FAIL and the reason. Exit status 0 only on PASS.
@@ -95,9 +97,7 @@ launch() { # name nproc flags...
     fail "$name exited with status $rc after $((SECONDS - started)) s (log: $out/$name.log)"
   fi
   say "   done in $((SECONDS - started)) s"
-  grep -E "iteration +[0-9]+/|validation loss at" "$out/$name.log" | sed 's/^ *\[[^]]*\]//' \
-    | grep -oE "(iteration +[0-9]+/ *[0-9]+|validation loss at iteration [0-9]+|consumed samples: +[0-9]+|(lm|mtp_[0-9]) (loss|acc)( value)?: [^|]+)" \
-    | paste -sd' ' | sed 's/ iteration/\n   iteration/g; s/ validation/\n   validation/g' | tee -a "$summary"
+  "$PYTHON" tests/gpu/megatron_log.py table "$out/$name.log" | tee -a "$summary"
 }
 
 check() { # megatron_log.py arguments
@@ -123,6 +123,7 @@ check same "$out/gpu1_part2.log" "$out/gpu1_full.log" --from 20 --rtol 5e-2
 launch gpu2_tp2 2 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer \
   --save "$ckpt/tp2" --save-interval 30
 check run "$out/gpu2_tp2.log" --iters 30 --mtp-depths 2
-check same "$out/gpu2_tp2.log" "$out/gpu1_full.log" --from 5 --rtol 1e-1
+# TP=2 initialises its shards from other random streams: same data, losses compared but not bounded.
+check same "$out/gpu2_tp2.log" "$out/gpu1_full.log" --from 5
 
 say "PASS: Megatron-LM pretrain() ran the SALM on 1 GPU (save, stop, resume) and at TP=2"
