@@ -54,9 +54,10 @@ def _init_one_process() -> None:
     from megatron.core import parallel_state
 
     from ..parallel.setup import init_distributed, set_seed
-    if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
-        os.environ.setdefault('MASTER_PORT', str(_free_port()))
-    init_distributed()
+    if not torch.distributed.is_initialized():
+        if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
+            os.environ.setdefault('MASTER_PORT', str(_free_port()))
+        init_distributed()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
         set_seed(1234)
