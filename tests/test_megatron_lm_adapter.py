@@ -45,6 +45,12 @@ def test_entry_names_the_release_and_the_plugin_loop_without_megatron_training()
     assert 'python -m megatron_salm_mtp.train' in done.stderr
 
 
+@needs_megatron_training
+def test_installed_megatron_training_has_the_supported_pretrain():
+    from megatron_salm_mtp.megatron_lm import require_megatron_training
+    require_megatron_training()  # 0.19's pretrain(cfg_container, ...)
+
+
 @pytest.fixture
 def megatron_args():
     """Parse flags with Megatron-LM's parser; Megatron-LM's global state is cleared afterwards."""

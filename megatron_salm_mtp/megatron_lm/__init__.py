@@ -15,6 +15,7 @@ This module imports nothing from Megatron, so the version check can run first.
 """
 
 import importlib.util
+import inspect
 
 PLUGIN_ENTRY = 'python -m megatron_salm_mtp.train'
 
@@ -28,6 +29,14 @@ def _installed_version() -> str:
     return __version__
 
 
+def _pretrain_takes_config_container() -> bool:
+    """0.19's ``pretrain(cfg_container, ...)``, whose container ``argument_utils`` builds."""
+    if importlib.util.find_spec('megatron.training.argument_utils') is None:
+        return False
+    from megatron.training.training import pretrain
+    return next(iter(inspect.signature(pretrain).parameters)) == 'cfg_container'
+
+
 def require_megatron_training() -> None:
     """Raise :class:`MegatronTrainingUnavailable` naming the installed release and the plugin's
     own entry point unless megatron.training with 0.19's ``pretrain`` API is importable."""
@@ -36,7 +45,7 @@ def require_megatron_training() -> None:
             f"megatron.training is not importable: megatron-core {_installed_version()} does not "
             "ship it (0.17+ wheels do; this adapter needs 0.19.x). Train with the plugin's own "
             f"loop instead: {PLUGIN_ENTRY} (same SALM and data flags).")
-    if importlib.util.find_spec('megatron.training.argument_utils') is None:
+    if not _pretrain_takes_config_container():
         raise MegatronTrainingUnavailable(
             f"megatron-core {_installed_version()}'s megatron.training predates the 0.19 pretrain() "
             "API (a config container first, built by argument_utils.pretrain_cfg_container_from_args),"
