@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='drafted tokens per trunk forward (default: the trained MTP depths)')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--max-new-tokens', type=int, default=128)
+    p.add_argument('--max-utterances', type=int, help='decode only the first N lines of the manifest')
     p.add_argument('--warmup-batches', type=int, default=1,
                    help='batches decoded once, untimed, before the timed pass of each mode')
     p.add_argument('--out', help='report path (JSON; default: print it)')
@@ -94,7 +95,7 @@ def evaluate(args, parser) -> dict:
     loaded = load_for_inference(args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
-    utterances = read_utterances(args.manifest, loaded.data, tok)
+    utterances = read_utterances(args.manifest, loaded.data, tok)[:args.max_utterances]
     device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
     groups = [utterances[i:i + args.batch_size] for i in range(0, len(utterances), args.batch_size)]
     batches = [make_batch(g, tok.pad_id, cfg.num_mel_bins, device) for g in groups]
