@@ -32,7 +32,7 @@ TINY_FLAGS = (
     '--global-batch-size 4 --train-iters 4 --lr 1e-3 --mtp-num-layers 2 --mtp-loss-scaling-factor 0.3 '
     '--transformer-impl local --make-vocab-size-divisible-by 16 --eval-iters 0 --eval-interval 2 '
     '--encoder-num-layers 3 --encoder-hidden-size 32 --encoder-num-attention-heads 4 '
-    '--num-mel-bins 80 --tokenizer-type byte --train-manifest train.jsonl').split()
+    '--num-mel-bins 80 --train-manifest train.jsonl').split()
 
 
 @pytest.mark.skipif(HAS_MEGATRON_TRAINING, reason='megatron.training is importable here: the adapter runs')
@@ -87,6 +87,15 @@ def test_megatron_flags_become_the_salm_config(megatron_args):
 
 
 @needs_megatron_training
+def test_megatron_lms_own_reparse_accepts_the_command_line(monkeypatch):
+    """pretrain() parses sys.argv again without the extra flags (ft_integration.setup) and only
+    ignores unknown flags: values of Megatron-LM's own flags must be ones it knows."""
+    from megatron.training.arguments import parse_args
+    monkeypatch.setattr(sys, 'argv', ['pretrain.py'] + TINY_FLAGS)
+    assert parse_args(ignore_unknown_args=True).num_layers == 2
+
+
+@needs_megatron_training
 @pytest.mark.parametrize('dropped, message', [
     ({'--swiglu': 0, '--disable-bias-linear': 0}, 'pass --swiglu --disable-bias-linear'),
     ({'--eval-interval': 1}, '--eval-interval is required')])
@@ -105,6 +114,7 @@ def test_megatron_flags_the_salm_cannot_honour_are_refused(megatron_args, droppe
 def test_megatron_tokenizer_names_map_onto_the_plugins():
     from megatron_salm_mtp.config import ConfigError
     from megatron_salm_mtp.megatron_lm.args import tokenizer_type
+    assert tokenizer_type(argparse.Namespace(tokenizer_type=None)) == 'byte'
     assert tokenizer_type(argparse.Namespace(tokenizer_type='HuggingFaceTokenizer')) == 'huggingface'
     assert tokenizer_type(argparse.Namespace(tokenizer_type='GPTSentencePieceTokenizer')) == 'sentencepiece'
     with pytest.raises(ConfigError, match='GPT2BPETokenizer'):

@@ -8,10 +8,12 @@ the same here. Three names need care:
 * ``--encoder-num-layers`` is Megatron-LM's (T5) encoder depth, which ``validate_args`` refuses
   beside ``--num-layers`` and then overwrites with it. It sets the audio encoder's depth, as in the
   plugin's CLI: its value is set aside before Megatron-LM validates.
-* ``--tokenizer-type`` also accepts the plugin's ``byte``, ``huggingface`` and ``sentencepiece``;
-  Megatron-LM's ``HuggingFaceTokenizer`` and ``(GPT)SentencePieceTokenizer``/``Llama2Tokenizer`` map
-  onto them. The plugin's tokenizer (with the audio placeholder and prompt specials) is the one
-  built; Megatron-LM's is not.
+* ``--tokenizer-type`` keeps Megatron-LM's names: ``HuggingFaceTokenizer`` and
+  ``(GPT)SentencePieceTokenizer``/``Llama2Tokenizer`` select the plugin's ``huggingface`` and
+  ``sentencepiece`` tokenizers; without the flag, the plugin's ``byte`` tokenizer. (Megatron-LM
+  parses the command line again inside ``pretrain()``, without extra flags, so the flag cannot take
+  other values.) The plugin's tokenizer (audio placeholder, prompt specials) is the one built;
+  Megatron-LM's is not.
 * ``--num-query-groups`` counts only with ``--group-query-attention``, as in Megatron-LM.
 
 The SALM's LLM is SwiGLU + RMSNorm, without linear biases or dropout; Megatron-LM flags that ask
@@ -28,7 +30,6 @@ from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
 
-PLUGIN_TOKENIZERS = ('byte', 'huggingface', 'sentencepiece')
 MEGATRON_TOKENIZERS = {'HuggingFaceTokenizer': 'huggingface', 'SentencePieceTokenizer': 'sentencepiece',
                        'GPTSentencePieceTokenizer': 'sentencepiece', 'Llama2Tokenizer': 'sentencepiece'}
 TRAIN_FLAGS = ('train_manifest', 'valid_manifest', 'training_mode')
@@ -55,7 +56,6 @@ def _plugin_field_names() -> List[str]:
 def add_salm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron-LM's ``extra_args_provider``: the plugin's flags that Megatron-LM lacks."""
     existing = parser._option_string_actions  # argparse has no public lookup of added flags
-    existing['--tokenizer-type'].choices = tuple(existing['--tokenizer-type'].choices) + PLUGIN_TOKENIZERS
     group = parser.add_argument_group(title='SALM (megatron_salm_mtp)')
     fields = _fields()
     for name in _plugin_field_names():
@@ -124,14 +124,13 @@ def check_salm_args(args: argparse.Namespace) -> None:
 
 
 def tokenizer_type(args: argparse.Namespace) -> str:
-    """The plugin's tokenizer kind for ``--tokenizer-type`` (plugin or Megatron-LM spelling)."""
-    name = args.tokenizer_type or DataConfig.tokenizer_type
-    if name in PLUGIN_TOKENIZERS:
-        return name
-    if name in MEGATRON_TOKENIZERS:
-        return MEGATRON_TOKENIZERS[name]
-    raise ConfigError(f"--tokenizer-type {name}: the SALM supports {', '.join(PLUGIN_TOKENIZERS)} "
-                      f"and Megatron-LM's {', '.join(MEGATRON_TOKENIZERS)}")
+    """The plugin's tokenizer kind for Megatron-LM's ``--tokenizer-type`` (none: byte)."""
+    if args.tokenizer_type is None:
+        return 'byte'
+    if args.tokenizer_type in MEGATRON_TOKENIZERS:
+        return MEGATRON_TOKENIZERS[args.tokenizer_type]
+    raise ConfigError(f"--tokenizer-type {args.tokenizer_type}: the SALM takes "
+                      f"{', '.join(MEGATRON_TOKENIZERS)}, or no --tokenizer-type for its byte tokenizer")
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:

@@ -4,8 +4,10 @@
 #
 # CORPUS: a folder with train.jsonl and valid.jsonl (python -m megatron_salm_mtp.data.synth);
 # without it, one is synthesised into OUT/corpus (espeak-ng), or made of tones where espeak-ng is
-# missing. Runs, each a torchrun of `python -m megatron_salm_mtp.megatron_lm.pretrain` with the
-# tiny SALM (configs/tiny_cpu.yaml's shape), bf16, MTP D=2, validation every 10 iterations:
+# missing. Needs python3 (PYTHON=... to change) with torch, the megatron-core 0.19.x wheel (its
+# megatron.training imports tqdm, psutil and pyyaml), Transformer Engine and 2 GPUs; all checked
+# before the first launch. Runs, each a torchrun of `python -m megatron_salm_mtp.megatron_lm.pretrain`
+# with the tiny SALM (configs/tiny_cpu.yaml's shape), bf16, MTP D=2, validation every 10 iterations:
 #   gpu1_full     1 GPU, 30 iterations (the reference), saved at the end
 #   gpu1_part1    1 GPU, stopped and saved at iteration 15 (--exit-interval)
 #   gpu1_part2    1 GPU, resumed from that checkpoint (--load) to 30: same consumed samples and
@@ -13,8 +15,8 @@
 #   gpu2_tp2      2 GPUs, TP=2 + sequence parallelism + distributed optimizer, 30 iterations, saved;
 #                 same consumed samples as gpu1_full (its losses are printed beside, not bounded:
 #                 TP shards start from other random streams)
-# Every run must reach its last iteration with finite lm and mtp_1/mtp_2 losses, a falling lm
-# loss and validation lines with MTP losses (tests/gpu/megatron_log.py). Logs: OUT/<run>.log;
+# Every run must reach its last iteration with finite lm and mtp_1/mtp_2 losses (from scratch, a
+# falling lm loss) and validation lines with MTP losses (tests/gpu/megatron_log.py). Logs: OUT/<run>.log;
 # OUT/summary.txt ends with PASS or FAIL and the reason. Exit status 0 only on PASS.
 set -uo pipefail
 out="${1:?usage: bash tests/gpu/pretrain_019.sh OUT [CORPUS]}"
@@ -22,6 +24,9 @@ corpus="${2:-}"
 PYTHON="${PYTHON:-python3}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$out" && out="$(cd "$out" && pwd)"
+if [ -n "$corpus" ]; then
+  corpus="$(cd "$corpus" && pwd)" || { echo "FAIL: corpus folder $2 not found" >&2; exit 1; }
+fi
 cd "$root"
 export PYTHONWARNINGS=ignore CUDA_DEVICE_MAX_CONNECTIONS=1 OMP_NUM_THREADS=4
 summary="$out/summary.txt"
@@ -76,7 +81,7 @@ MODEL_ARGS=(--num-layers 4 --hidden-size 128 --ffn-hidden-size 352 --num-attenti
             --make-vocab-size-divisible-by 16 --bf16)
 MTP_ARGS=(--mtp-num-layers 2 --mtp-loss-scaling-factor 0.3)
 SALM_ARGS=(--encoder-num-layers 2 --encoder-hidden-size 128 --encoder-num-attention-heads 4
-           --num-mel-bins 80 --audio-frame-stack 4 --tokenizer-type byte --prompt-template plain
+           --num-mel-bins 80 --audio-frame-stack 4 --prompt-template plain
            --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl")
 TRAINING_ARGS=(--micro-batch-size 8 --global-batch-size 16 --train-iters 30 --lr 2e-3 --min-lr 2e-4
                --lr-warmup-iters 3 --lr-decay-style cosine --weight-decay 0.01 --clip-grad 1.0
