@@ -54,7 +54,10 @@ class DecodeStats:
 
 
 class DecodeRows:
-    """Per-row sequences (prompt + emitted), lengths, trunk hidden states by position, outputs."""
+    """Per-row sequences (prompt + emitted), lengths, trunk hidden states by position, outputs.
+
+    Lengths and finished flags are kept on the host as well: the loops read them every step, and
+    a device read per row would stall the GPU's queue of kernels each time."""
 
     def __init__(self, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
                  hidden_size: int, dtype: torch.dtype, lookahead: int):
@@ -63,12 +66,16 @@ class DecodeRows:
         capacity = prompt + max_new_tokens + lookahead + 1
         self.tokens = torch.zeros(size, capacity, dtype=torch.long, device=device)
         self.tokens[:, :prompt] = batch.tokens
+        self.host_lengths = batch.lengths.tolist()
         self.lengths = batch.lengths.clone().to(device)
         self.hidden = torch.zeros(capacity, size, hidden_size, dtype=dtype, device=device)
         self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
         self.outputs: List[List[int]] = [[] for _ in range(size)]
-        self.done = torch.zeros(size, dtype=torch.bool, device=device)
+        self.done = torch.zeros(size, dtype=torch.bool)  # host
         self.index = torch.arange(size, device=device)
+
+    def active_on(self, device) -> torch.Tensor:
+        return (~self.done).to(device)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
@@ -80,22 +87,26 @@ class DecodeRows:
     def append(self, candidates: torch.Tensor, counts: torch.Tensor) -> List[int]:
         """Emit the first ``counts[r]`` of ``candidates[r]`` for each active row, cut after a stop
         id or at the token budget; returns the number emitted per row."""
-        emitted = []
+        emitted, rows, columns, values = [], [], [], []
         for row, (tokens, count) in enumerate(zip(candidates.tolist(), counts.tolist())):
-            if self.done[row]:
-                emitted.append(0)
-                continue
             taken = []
-            for token in tokens[:count]:
+            for token in tokens[:count] if not self.done[row] else []:
                 taken.append(token)
                 if token in self.stop_ids or len(self.outputs[row]) + len(taken) >= self.max_new_tokens:
                     self.done[row] = True
                     break
-            start = int(self.lengths[row])
-            self.tokens[row, start:start + len(taken)] = torch.tensor(taken, device=self.tokens.device)
-            self.lengths[row] += len(taken)
+            start = self.host_lengths[row]
+            rows += [row] * len(taken)
+            columns += range(start, start + len(taken))
+            values += taken
+            self.host_lengths[row] += len(taken)
             self.outputs[row].extend(taken)
             emitted.append(len(taken))
+        device = self.tokens.device
+        self.tokens[torch.tensor(rows, dtype=torch.long, device=device),
+                    torch.tensor(columns, dtype=torch.long, device=device)] = torch.tensor(
+                        values, dtype=torch.long, device=device)
+        self.lengths = torch.tensor(self.host_lengths, device=device)
         return emitted
 
 
@@ -145,7 +156,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
     while not bool(rows.done.all()):
         active = ~rows.done
         _, hidden, start = _feed(model, cache, rows, rows.last_tokens()[:, None])
-        cache.keep(start, active.long())
+        cache.keep(start, rows.active_on(hidden.device).long())
         emitted = rows.append(cache.logits(hidden, vocab_size)[0].argmax(-1)[:, None],
                               torch.ones_like(rows.lengths))
         for row in active.nonzero()[:, 0].tolist():
@@ -171,10 +182,11 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         verdict = cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
         agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
         accepted = agreed.sum(dim=1)
-        cache.keep(start, torch.where(active, accepted + 1, torch.zeros_like(accepted)))
+        cache.keep(start, (accepted + 1) * rows.active_on(accepted.device))
         emitted = rows.append(verdict, accepted + 1)  # drafts 1..a equal verdict 0..a-1
+        agreed = agreed.tolist()
         for row in active.nonzero()[:, 0].tolist():
-            record_step(stats[row], agreed[row].tolist(), emitted[row])
+            record_step(stats[row], agreed[row], emitted[row])
     return rows.outputs, stats
 
 
