@@ -436,6 +436,9 @@ class TrainConfig:
     """Checkpoint folder to write."""
     load: Optional[str] = None
     """Checkpoint folder to resume from (the latest complete checkpoint in it)."""
+    no_load_optim: bool = False
+    """With --load: restore weights, iteration and data position but start a fresh optimizer and
+    LR schedule (e.g. across a change between EP=1 and EP>1)."""
     save_interval: Optional[int] = None
     """Save every this many steps (and at the end when --save is set)."""
     exit_interval: Optional[int] = None

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from megatron_salm_mtp.config import ConfigError
+from megatron_salm_mtp.training.checkpoint import _check_expert_parallel_change
 from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
 from test_parallel_gradients import assert_grads_match
+from train_utils import read_metrics, run_train
 
 MOE = dict(mtp_layer_pattern='*E', num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=24)
 
@@ -58,3 +60,32 @@ def test_moe_mtp_matches_reference(setup, layout):
 def test_moe_settings_that_cannot_work_name_the_flag(changes, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**changes).validate(world_size=2)
+
+
+def test_training_at_ep2_then_resuming_weights_at_ep1(tmp_path):
+    """The entry point trains MoE MTP heads at EP=2 (all-to-all, distributed optimizer, aux loss
+    on) and saves; one process (EP=1) resumes the weights: experts are saved by global index."""
+    from megatron_salm_mtp.data.espeak import espeak_available
+    from megatron_salm_mtp.data.synth import build_corpus
+    if not espeak_available():
+        pytest.skip('espeak-ng unavailable')
+    corpus = str(tmp_path / 'corpus')
+    build_corpus(corpus, 16, seed=3)
+    moe = ['--mtp-layer-pattern', 'E', '--num-experts', '4', '--moe-router-topk', '2',
+           '--moe-aux-loss-coeff', '0.01', '--use-distributed-optimizer']
+    run_train(corpus, moe + ['--train-iters', '3', '--expert-model-parallel-size', '2',
+                             '--moe-token-dispatcher-type', 'alltoall', '--save', str(tmp_path / 'ckpt'),
+                             '--log-dir', str(tmp_path / 'ep2')], nproc=2)
+    first = read_metrics(str(tmp_path / 'ep2'))
+    assert all(r['mtp_2 loss'] == r['mtp_2 loss'] for r in first) and first[-1]['iteration'] == 2
+    resumed = run_train(corpus, moe + ['--train-iters', '4', '--load', str(tmp_path / 'ckpt'),
+                                       '--no-load-optim', '--log-dir', str(tmp_path / 'ep1')])
+    assert 'resumed from' in resumed.stdout + resumed.stderr
+    assert [r['iteration'] for r in read_metrics(str(tmp_path / 'ep1'))] == [4]
+
+
+def test_optimizer_state_does_not_load_across_ep1_and_ep_above_1():
+    layout = {'tp': 1, 'pp': 1, 'dp': 2}
+    _check_expert_parallel_change(dict(layout, ep=2), dict(layout, ep=4), 'ckpt')  # both EP > 1
+    with pytest.raises(ValueError, match='--no-load-optim'):
+        _check_expert_parallel_change(dict(layout, ep=2), dict(layout, ep=1), 'ckpt')

@@ -74,7 +74,22 @@ def _layout() -> dict:
     """The parallel layout; RNG states are restored only into the same one."""
     return {'tp': parallel_state.get_tensor_model_parallel_world_size(),
             'pp': parallel_state.get_pipeline_model_parallel_world_size(),
-            'dp': parallel_state.get_data_parallel_world_size(with_context_parallel=True)}
+            'dp': parallel_state.get_data_parallel_world_size(with_context_parallel=True),
+            'ep': parallel_state.get_expert_model_parallel_world_size()}
+
+
+def _saved_layout(common: dict) -> dict:
+    return {'ep': 1, **common['layout']}  # checkpoints written before expert parallelism
+
+
+def _check_expert_parallel_change(saved: dict, current: dict, path: str) -> None:
+    """Megatron-Core keeps expert parameters in an optimizer of their own only when EP > 1, so
+    optimizer state does not load across EP=1 <-> EP>1 (weights do: experts are saved by their
+    global index)."""
+    if (saved['ep'] > 1) != (current['ep'] > 1):
+        raise ValueError(f"{path}: saved at --expert-model-parallel-size {saved['ep']}, loading at "
+                         f"{current['ep']}: optimizer state does not carry across EP=1 and EP>1; "
+                         "add --no-load-optim to load the weights only")
 
 
 def _models(model_chunks) -> dict:
@@ -277,11 +292,14 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     if common.get('format_version') != FORMAT_VERSION:
         raise ValueError(f'{path}: format {common.get("format_version")!r}, expected {FORMAT_VERSION}')
     _check_vocabulary(common.get('vocabulary'), _vocabulary(model_chunks), path)
-    same_layout = common['layout'] == _layout()
+    saved_layout = _saved_layout(common)
+    same_layout = saved_layout == _layout()
     if not same_layout and torch.distributed.get_rank() == 0:
         logger.warning('checkpoint %s was saved at %s, loading at %s: RNG states are not '
-                       'restored', path, common['layout'], _layout())
+                       'restored', path, saved_layout, _layout())
     with_optimizer = load_optimizer and optimizer is not None
+    if with_optimizer:
+        _check_expert_parallel_change(saved_layout, _layout(), path)
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, same_layout, is_loading=True)
     loaded = dist_checkpointing.load(state, path)
     for key, module in _models(model_chunks).items():

@@ -129,7 +129,7 @@ class Trainer:
         from .checkpoint import load_checkpoint
         model_only = is_model_only(self.train_cfg.load)  # from convert import-hf: weights only
         loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler,
-                                 load_optimizer=not model_only)
+                                 load_optimizer=not (model_only or self.train_cfg.no_load_optim))
         if loaded is None:
             logger.warning('--load %s holds no complete checkpoint: starting from scratch', self.train_cfg.load)
             return
