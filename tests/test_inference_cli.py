@@ -101,3 +101,13 @@ def test_draft_depth_checks_the_checkpoint(capsys):
 def test_no_checkpoint_in_load_folder(single_rank_parallel, tmp_path, manifest):
     with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
         evaluate.main(['--load', str(tmp_path), '--manifest', manifest])
+
+
+def test_acceptance_plot(tmp_path):
+    pytest.importorskip('matplotlib')
+    from megatron_salm_mtp.inference.report import plot_acceptance
+    figures = {'acceptance_per_depth': [0.9, 0.8, None],
+               'subsets': {'digits': {'acceptance_per_depth': [0.7, 0.5, 0.4]}}}
+    report = {'modes': {'greedy': {'subsets': {}}, 'speculative': figures}}
+    path = plot_acceptance(report, str(tmp_path / 'acceptance.png'))
+    assert path and os.path.getsize(path) > 0

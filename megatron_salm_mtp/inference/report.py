@@ -62,7 +62,7 @@ def plot_acceptance(report: dict, path: str) -> Optional[str]:
     figure, axes = plt.subplots(1, max(1, len(runs)), figsize=(5 * max(1, len(runs)), 3.5), squeeze=False)
     for axis, (name, figures) in zip(axes[0], runs.items()):
         depths = range(1, len(figures['acceptance_per_depth']) + 1)
-        series = {'all': figures['acceptance_per_depth'],
+        series = {'overall': figures['acceptance_per_depth'],
                   **{s: f['acceptance_per_depth'] for s, f in figures['subsets'].items()}}
         for label, values in series.items():
             axis.plot(list(depths), [v if v is not None else float('nan') for v in values],
