@@ -90,8 +90,7 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
     # One iterator per chunk: the interleaved schedule has every chunk read each microbatch.
     reports = get_forward_backward_func()(
         forward_step_func=_forward_step, data_iterator=[iter(microbatches) for _ in model_chunks],
-        model=model_chunks,
-        num_microbatches=len(microbatches), seq_length=cfg.seq_length,
+        model=model_chunks, num_microbatches=len(microbatches), seq_length=cfg.seq_length,
         micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
     if not parallel_state.is_pipeline_last_stage():
         return LossTotals(float('nan'), float('nan'))
