@@ -1,11 +1,12 @@
 """The adapter that runs the SALM under Megatron-LM's pretrain() (megatron_salm_mtp/megatron_lm).
 
-pretrain() itself cannot run on CPU (initialize_megatron asserts CUDA and starts NCCL); the GPU
-run is tests/gpu/pretrain_019.sh. Here, on CPU with megatron-core 0.19.2: Megatron-LM's parser
-and validation turn the flags into the SALM's config, the model provider builds each stage's
-pieces, the dataset provider's iterators carry each global batch's counts, and one global batch
-through Megatron-Core's schedule with the adapter's forward step gives the plugin's own step's
-losses and gradients. On 0.16.1 (no megatron.training) the entry must say so.
+On CPU with megatron-core 0.19.2: Megatron-LM's parser and validation turn the flags into the
+SALM's config, the model provider builds each stage's pieces, the dataset provider's iterators
+carry each global batch's counts, one global batch through Megatron-Core's schedule with the
+adapter's forward step gives the plugin's own step's losses and gradients, and the entry point
+runs Megatron-LM's pretrain() (gloo, with the stand-ins of tests/megatron_lm_cpu.py): train,
+validate, save, stop, resume. The GPU run is tests/gpu/pretrain_019.sh. On 0.16.1 (no
+megatron.training) the entry must say so.
 """
 
 import argparse
@@ -198,3 +199,33 @@ def test_forward_step_gives_the_plugins_losses_and_gradients(single_rank_paralle
         if param.requires_grad:
             torch.testing.assert_close(param.main_grad, plugin_grads[name], rtol=1e-5, atol=1e-7,
                                        msg=lambda m, name=name: f'{name}: {m}')
+
+
+def _run_entry_on_cpu(flags, log_path):
+    from train_utils import free_port
+    env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0',
+               WORLD_SIZE='1', LOCAL_RANK='0', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    with open(log_path, 'w') as log:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'megatron_lm_cpu.py')] + flags,
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+    with open(log_path) as log:
+        assert done.returncode == 0, log.read()[-3000:]
+
+
+@needs_megatron_training
+def test_pretrain_trains_validates_saves_and_resumes(tmp_path):
+    from data_fixtures import make_corpus
+    sys.path.insert(0, os.path.join(ROOT, 'tests', 'gpu'))
+    from megatron_log import check_run
+    train = make_corpus(tmp_path / 'train', n=8)
+    valid = make_corpus(tmp_path / 'valid', n=4)
+    ckpt = str(tmp_path / 'ckpt')
+    flags = [f for f in TINY_FLAGS if f not in ('train.jsonl', '--train-manifest')] + [
+        '--distributed-backend', 'gloo', '--num-workers', '0', '--train-manifest', train,
+        '--valid-manifest', valid, '--eval-iters', '1', '--log-interval', '1']  # later flags win
+    _run_entry_on_cpu(flags + ['--save', ckpt, '--save-interval', '2', '--exit-interval', '2'],
+                      tmp_path / 'part1.log')
+    assert open(os.path.join(ckpt, 'latest_checkpointed_iteration.txt')).read().strip() == '2'
+    _run_entry_on_cpu(flags + ['--load', ckpt], tmp_path / 'part2.log')
+    assert f'successfully loaded checkpoint from {ckpt}' in open(tmp_path / 'part2.log').read()
+    assert check_run(str(tmp_path / 'part2.log'), iters=4, mtp_depths=2, first_iteration=3) == []

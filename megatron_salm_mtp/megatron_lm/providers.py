@@ -101,6 +101,9 @@ class SALMProviders:
         del config, pg_collection
         model = SALM(self.cfg, resolve_transformer_impl(self.cfg.transformer_impl),
                      pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
+        # Megatron-LM's train loop and train step read the chunk's process groups from its
+        # outermost module that has them; the SALM's are its LLM's.
+        model.pg_collection = model.language_model.pg_collection
         apply_training_mode(model, self.training_mode)
         return model
 
