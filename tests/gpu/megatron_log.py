@@ -8,7 +8,9 @@
 validation line names the MTP losses, and (from scratch) the lm loss fell from the first logged
 step to the last.
 ``same``: from iteration ``--from`` on, both logs have the same consumed samples and (with
-``--rtol``) lm losses within it; the largest relative difference is printed either way.
+``--rtol``) training and validation lm losses within it; the largest relative differences are
+printed either way. (A training line averages the iterations since the last one: compare runs
+whose logging intervals line up, e.g. resumed at a multiple of ``--log-interval``.)
 ``table``: the losses of each logged iteration and the validation lines. Exit status 1 names
 what failed.
 """
@@ -23,6 +25,7 @@ TABLE_FIELDS = ('consumed samples', 'lm loss', 'mtp_1 loss', 'mtp_1 acc', 'mtp_2
                 'grad norm')
 
 ITERATION = re.compile(r'\biteration\s+(\d+)/\s*(\d+)\s*\|')
+VALIDATION = re.compile(r'validation loss at iteration (\d+) .*?\| lm loss value: ([^ |]+)')
 
 
 def training_lines(path: str) -> dict:
@@ -48,6 +51,16 @@ def training_lines(path: str) -> dict:
 def validation_lines(path: str) -> list:
     with open(path, errors='replace') as log:
         return [line.strip() for line in log if 'validation loss at' in line]
+
+
+def validation_losses(path: str) -> dict:
+    """{iteration: lm loss} of the validation during training (not the one after it)."""
+    losses = {}
+    for line in validation_lines(path):
+        match = VALIDATION.search(line)
+        if match and 'on validation set' not in line:
+            losses[int(match.group(1))] = float(match.group(2))
+    return losses
 
 
 def check_run(path: str, iters: int, mtp_depths: int, first_iteration: int) -> list:
@@ -92,6 +105,13 @@ def check_same(path: str, reference: str, start: int, rtol: Optional[float]) -> 
     print(f'{path} vs {reference}: iterations {shared}, largest relative lm loss difference {worst:.2e}')
     if rtol is not None and worst > rtol:
         problems.append(f'lm loss differs by {worst:.2e} relative (> {rtol})')
+    mine, theirs = validation_losses(path), validation_losses(reference)
+    shared = sorted(i for i in mine if i >= start and i in theirs)
+    if shared:
+        worst = max(abs(mine[i] - theirs[i]) / abs(theirs[i]) for i in shared)
+        print(f'  validation at {shared}: largest relative lm loss difference {worst:.2e}')
+        if rtol is not None and worst > rtol:
+            problems.append(f'validation lm loss differs by {worst:.2e} relative (> {rtol})')
     return problems
 
 
