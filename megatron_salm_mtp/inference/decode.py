@@ -125,14 +125,14 @@ def _prefill(model, cache: TrunkCache, batch: PromptBatch, rows: DecodeRows, voc
 
 def _feed(model, cache: TrunkCache, rows: DecodeRows, ids: torch.Tensor):
     """Trunk forward of ``ids`` [b, q] placed after each row's emitted tokens (the first is the
-    row's last emitted token); returns (positions [b, q], hidden [q, b, h], first slot)."""
+    row's last emitted token); returns (hidden [q, b, h], the first of its cache slots)."""
     offsets = torch.arange(ids.shape[1], device=ids.device)
     positions = (rows.lengths - 1)[:, None] + offsets[None, :]
     embeddings = model.language_model.embedding(input_ids=ids, position_ids=positions)
     start = cache.used_slots
     hidden = cache.forward(embeddings, positions)
     rows.store_hidden(positions, hidden)
-    return positions, hidden, start
+    return hidden, start
 
 
 def _new_cache(model, batch: PromptBatch, max_new_tokens: int, tokens_per_step: int) -> TrunkCache:
@@ -155,7 +155,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
     _prefill(model, cache, batch, rows, vocab_size)
     while not bool(rows.done.all()):
         active = ~rows.done
-        _, hidden, start = _feed(model, cache, rows, rows.last_tokens()[:, None])
+        hidden, start = _feed(model, cache, rows, rows.last_tokens()[:, None])
         cache.keep(start, rows.active_on(hidden.device).long())
         emitted = rows.append(cache.logits(hidden, vocab_size)[0].argmax(-1)[:, None],
                               torch.ones_like(rows.lengths))
@@ -178,7 +178,7 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         active = ~rows.done
         drafts = draft_tokens(lm, rows.tokens, rows.lengths, rows.hidden, depths, vocab_size)
         ids = torch.cat([rows.last_tokens()[:, None], drafts], dim=1)
-        _, hidden, start = _feed(model, cache, rows, ids)
+        hidden, start = _feed(model, cache, rows, ids)
         verdict = cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
         agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
         accepted = agreed.sum(dim=1)

@@ -11,7 +11,9 @@
 #    without MTP; each run stops at TRAIN_SECONDS (default 300: SIGTERM makes it save and exit) or
 #    at the config's train_iters, whichever comes first.
 # 2. Evaluates both on the test split, both GPUs again in parallel: greedy and speculative decoding
-#    at batch 1 and at batch 8 (the model without MTP: greedy only). About 3 minutes.
+#    at batch 1 (first EVAL_UTTERANCES lines) and at batch 8 (first EVAL_UTTERANCES_BATCH8), at most
+#    MAX_NEW_TOKENS (64: the longest synthetic transcript is 49 bytes) per utterance; the model
+#    without MTP: greedy only. About 3 minutes.
 # Writes under OUT: train_{mtp,base}.log (+ metrics), eval_*.{json,log,png}, summary.txt.
 # Each step runs even when an earlier one failed; the exit status says whether all succeeded.
 set -uo pipefail
@@ -27,7 +29,8 @@ PYTHON="${PYTHON:-python3}"
 TRAIN_SECONDS="${TRAIN_SECONDS:-300}"
 CONFIG="${CONFIG:-configs/asr_spec_gpu.yaml}"
 read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"   # extra training flags, e.g. "--train-iters 500"
-EVAL_UTTERANCES="${EVAL_UTTERANCES:-100}"   # test lines decoded at batch 1 (all of them at batch 8)
+EVAL_UTTERANCES="${EVAL_UTTERANCES:-80}"           # first test lines decoded at batch 1
+EVAL_UTTERANCES_BATCH8="${EVAL_UTTERANCES_BATCH8:-240}"  # ... and at batch 8
 failed=0
 
 if [ ! -f "$corpus/test.jsonl" ]; then  # made here when espeak-ng is available
@@ -59,7 +62,7 @@ evaluate() { # name gpu batch-size extra-flags...
   local name="$1" gpu="$2" batch="$3"; shift 3
   CUDA_VISIBLE_DEVICES="$gpu" timeout -k 30 300 $PYTHON -m megatron_salm_mtp.evaluate \
     --load "$out/ckpt_$name" --manifest "$corpus/test.jsonl" --batch-size "$batch" \
-    --max-new-tokens "${MAX_NEW_TOKENS:-160}" --out "$out/eval_${name}_b${batch}.json" "$@" > "$out/eval_${name}_b${batch}.log" 2>&1 \
+    --max-new-tokens "${MAX_NEW_TOKENS:-64}" --out "$out/eval_${name}_b${batch}.json" "$@" > "$out/eval_${name}_b${batch}.log" 2>&1 \
     || { echo "evaluate $name batch $batch: exit $?" >> "$out/summary.txt"; return 1; }
 }
 
@@ -80,12 +83,16 @@ done
 
 start=$SECONDS
 eval_mtp() {
-  evaluate mtp "$gpu_a" 1 --speculative --max-utterances "$EVAL_UTTERANCES" || return 1
-  evaluate mtp "$gpu_a" 8 --speculative
+  local rc=0
+  evaluate mtp "$gpu_a" 1 --speculative --max-utterances "$EVAL_UTTERANCES" || rc=1
+  evaluate mtp "$gpu_a" 8 --speculative --max-utterances "$EVAL_UTTERANCES_BATCH8" || rc=1
+  return $rc
 }
 eval_base() {
-  evaluate base "$gpu_b" 1 --max-utterances "$EVAL_UTTERANCES" || return 1
-  evaluate base "$gpu_b" 8
+  local rc=0
+  evaluate base "$gpu_b" 1 --max-utterances "$EVAL_UTTERANCES" || rc=1
+  evaluate base "$gpu_b" 8 --max-utterances "$EVAL_UTTERANCES_BATCH8" || rc=1
+  return $rc
 }
 if [ "$gpu_a" = "$gpu_b" ]; then
   eval_mtp || failed=1
