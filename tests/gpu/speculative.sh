@@ -24,7 +24,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-export PYTHONWARNINGS=ignore OMP_NUM_THREADS=4
+export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2  # 2 trainings x 6 data workers share the CPU cores
 PYTHON="${PYTHON:-python3}"
 TRAIN_SECONDS="${TRAIN_SECONDS:-300}"
 CONFIG="${CONFIG:-configs/asr_spec_gpu.yaml}"
