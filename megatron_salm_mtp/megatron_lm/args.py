@@ -108,8 +108,8 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--dataloader-type {args.dataloader_type}: the SALM's dataset provider "
                           "returns its own iterators; use external (the default here)")
     if args.virtual_pipeline_model_parallel_size is not None:
-        raise ConfigError("virtual pipeline stages are not supported by this adapter yet "
-                          "(--num-layers-per-virtual-pipeline-stage / --num-virtual-stages-per-pipeline-rank)")
+        raise ConfigError("virtual pipeline stages are not supported by this adapter yet (drop "
+                          "--num-layers-per-virtual-pipeline-stage / --num-virtual-stages-per-pipeline-rank)")
     # pretrain() divides by both where they are None: its sample targets by --eval-interval, its
     # final save's test by --save-interval.
     if args.eval_interval is None:
