@@ -17,7 +17,9 @@ MOE = dict(mtp_layer_pattern='*E', num_experts=4, moe_router_topk=2, moe_ffn_hid
 LAYOUTS = {  # name: (config changes, processes, microbatches)
     'ep2-dp2-alltoall': (dict(expert_model_parallel_size=2, moe_token_dispatcher_type='alltoall'), 2, 2),
     'pp2-allgather': (dict(pipeline_model_parallel_size=2), 2, 2),
-    'tp2-sp-allgather': (dict(tensor_model_parallel_size=2, sequence_parallel=True), 2, 1),
+    # experts split over TP and EP; all-gather: gloo refuses the all-to-all path's uneven gathers
+    'tp2-ep2-sp-allgather': (dict(tensor_model_parallel_size=2, expert_model_parallel_size=2,
+                                  sequence_parallel=True), 4, 2),
 }
 
 
