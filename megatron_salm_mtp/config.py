@@ -245,7 +245,8 @@ class SALMConfig:
                               f"(--tensor-model-parallel-size x --pipeline-model-parallel-size))")
 
     def _validate_virtual_pipeline(self, num_microbatches: Optional[int]) -> None:
-        vp_flag, layers_flag = '--virtual-pipeline-model-parallel-size', '--num-layers-per-virtual-pipeline-stage'
+        vp_flag = '--virtual-pipeline-model-parallel-size'
+        layers_flag = '--num-layers-per-virtual-pipeline-stage'
         pp, vp = self.pipeline_model_parallel_size, self.virtual_pipeline_model_parallel_size
         layers, per_rank = self.num_layers_per_virtual_pipeline_stage, self.num_layers // pp
         if vp is not None and vp < 1:
@@ -270,9 +271,10 @@ class SALMConfig:
         # Core's interleaved schedule runs microbatches in groups of PP per model chunk
         # (microbatch_group_size_per_vp_stage) and refuses a last, smaller group.
         if num_microbatches is not None and num_microbatches % pp:
-            raise ConfigError(f"{vp_flag} {chunks} (interleaved pipeline) needs a number of microbatches "
-                              f"that is a multiple of --pipeline-model-parallel-size {pp}; --global-batch-size "
-                              f"/ (--micro-batch-size x data-parallel size) gives {num_microbatches}")
+            raise ConfigError(f"{vp_flag} {chunks} (interleaved pipeline) needs a number of "
+                              f"microbatches that is a multiple of --pipeline-model-parallel-size {pp}; "
+                              f"--global-batch-size / (--micro-batch-size x data-parallel size) gives "
+                              f"{num_microbatches}")
 
     def replace(self, **changes) -> 'SALMConfig':
         return dataclasses.replace(self, **changes)
