@@ -80,6 +80,8 @@ def test_training_at_ep2_then_resuming_weights_at_ep1(tmp_path):
                              '--log-dir', str(tmp_path / 'ep2')], nproc=2)
     first = read_metrics(str(tmp_path / 'ep2'))
     assert all(r['mtp_2 loss'] == r['mtp_2 loss'] for r in first) and first[-1]['iteration'] == 2
+    # Switch's load-balancing loss is 1 at perfect balance; a small random router stays near it
+    assert 0.5 < first[-1]['load_balancing_loss'] < 4
     resumed = run_train(corpus, moe + ['--train-iters', '4', '--load', str(tmp_path / 'ckpt'),
                                        '--no-load-optim', '--log-dir', str(tmp_path / 'ep1')])
     assert 'resumed from' in resumed.stdout + resumed.stderr

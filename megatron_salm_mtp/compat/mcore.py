@@ -16,6 +16,8 @@ and what the plugin does about it:
   0.17+; ``start_checkpoint_writer`` calls whichever exists.
 * 0.16's MoE router gating reads ``te_general_gemm``, defined only when Transformer Engine
   imports; ``enable_router_without_te`` defines it as None (0.17+'s value without TE).
+* The MoE routers' logged losses sit in a dict on 0.16 and in a metrics tracker on 0.19
+  (``moe_aux_loss_entries`` reads either).
 * ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
@@ -99,6 +101,26 @@ def enable_router_without_te() -> None:
     from megatron.core.transformer.moe import moe_utils
     if not hasattr(moe_utils, 'te_general_gemm'):
         moe_utils.te_general_gemm = None
+
+
+def moe_aux_loss_entries():
+    """[(name, per-layer values, reduce_group, avg_group, average over DP)] that the MoE routers
+    recorded (raw losses, summed over calls). 0.16 keeps a dict with ``reduce_group_has_dp``
+    (DP average where a reduce group lacks DP); 0.19 a metrics tracker with ``needs_dp_avg``."""
+    from megatron.core.transformer.moe import moe_utils
+    tracker = getattr(moe_utils, 'get_moe_metrics_tracker', None)
+    if tracker is not None:
+        return [(name, e.values, e.reduce_group, e.avg_group, e.needs_dp_avg)
+                for name, e in tracker().metrics.items()]
+    return [(name, e['values'], e.get('reduce_group'), e.get('avg_group'),
+             e.get('reduce_group') is not None and not e.get('reduce_group_has_dp', False))
+            for name, e in moe_utils.get_moe_layer_wise_logging_tracker().items()]
+
+
+def clear_moe_aux_losses() -> None:
+    """Zero what the MoE routers recorded (same call on every supported release)."""
+    from megatron.core.transformer.moe import moe_utils
+    moe_utils.clear_aux_losses_tracker()
 
 
 def start_checkpoint_writer() -> bool:

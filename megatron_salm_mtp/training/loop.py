@@ -26,7 +26,7 @@ from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer
-from .step import forward_backward, mtp_metrics
+from .step import forward_backward, moe_metrics, mtp_metrics
 
 logger = logging.getLogger('megatron_salm_mtp')
 
@@ -258,6 +258,7 @@ class Trainer:
                   'tflops_per_gpu': flops * steps / seconds / world / 1e12,
                   'peak_mem_gb': peak_memory_gb()}
         record.update(mtp_metrics(self.model))
+        record.update(moe_metrics(steps * self.num_microbatches, self.cfg.mtp_depths))
         done = self.iteration - start_iteration
         eta = (time.perf_counter() - started) / done * (self.train_cfg.train_iters - self.iteration)
         if _reporting_rank():

@@ -65,6 +65,8 @@ def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional
         parts.append(f"mtp_{depth} loss: {record[f'mtp_{depth} loss']:.6E}")
         parts.append(f"mtp_{depth} acc: {record[f'mtp_{depth} acc']:.4f}")
         depth += 1
+    if 'load_balancing_loss' in record:  # MoE MTP layers with --moe-aux-loss-coeff
+        parts.append(f"load_balancing_loss: {record['load_balancing_loss']:.6E}")
     parts += [f"grad norm: {record['grad_norm']:.3f}",
               f"skipped iterations: {record['skipped_iterations']}",
               f"tokens/s: {record['tokens_per_s']:.0f}",

@@ -13,6 +13,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_attr_wrapped_model
 
+from ..compat import mcore
 from ..config import SALMConfig
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights, supervised_counts
@@ -107,4 +108,29 @@ def mtp_metrics(model_chunks) -> dict:
         if language_model.mtp_stats is not None:
             metrics.update(language_model.mtp_stats.reduce(parallel_state.get_data_parallel_group()))
             language_model.mtp_stats.reset()
+    return metrics
+
+
+def _mean_over(values: torch.Tensor, group) -> torch.Tensor:
+    torch.distributed.all_reduce(values, group=group)  # gloo has no ReduceOp.AVG
+    return values / group.size()
+
+
+def moe_metrics(microbatches: int, depths: int) -> dict:
+    """The MoE MTP layers' load-balancing loss (before --moe-aux-loss-coeff) per layer call since
+    the last call, ``microbatches`` x ``depths`` calls, averaged over DP; {} where no router
+    recorded one (coefficient 0, evaluation, stages without MTP). Reduced as core reduces it
+    (sum over its reduce group, then averages), but never over PP, where other stages record
+    nothing; every rank of the MTP stage records the same names, so the reductions pair up."""
+    metrics = {}
+    for name, values, reduce_group, avg_group, dp_average in mcore.moe_aux_loss_entries():
+        values = values.clone()
+        if reduce_group is not None:
+            torch.distributed.all_reduce(values, group=reduce_group)
+        if avg_group is not None:
+            values = _mean_over(values, avg_group)
+        if dp_average:
+            values = _mean_over(values, parallel_state.get_data_parallel_group())
+        metrics[name] = values.sum().item() / (microbatches * depths)
+    mcore.clear_moe_aux_losses()
     return metrics
