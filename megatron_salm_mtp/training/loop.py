@@ -168,7 +168,8 @@ class Trainer:
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=self.train_cfg.global_batch_size)
-        return loss, grad_norm or 0.0, not updated
+        # None when nothing was clipped; a device tensor on 0.19 with TE's multi-tensor kernels.
+        return loss, 0.0 if grad_norm is None else float(grad_norm), not updated
 
     def evaluate(self):
         for chunk in self.model:

@@ -30,7 +30,7 @@ case "$step" in
     bench salm152k 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2
     bench salm32k 1 --vocab-size 32000 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 3 ;;
   perf)  # the memory and speed levers of docs/performance.md, 4 single-GPU benches at a time
-    on_gpu() { local gpu="$1"; shift; CUDA_VISIBLE_DEVICES="$gpu" bench "$@"; }
+    on_gpu() { local gpu="$1" name="$2"; shift 2; CUDA_VISIBLE_DEVICES="$gpu" bench "$name" 1 "$@"; }
     fast=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8)
     on_gpu 0 p152k_rows "${fast[@]}" --mtp-num-layers 2 --profile-dir "$out/profile" &
     on_gpu 1 p152k_chunk "${fast[@]}" --mtp-num-layers 2 --head-chunk-rows 1024 &
