@@ -61,6 +61,12 @@ class StopRequest:
         self.signalled = True
 
 
+def grad_norm_value(grad_norm) -> float:
+    """The optimizer's grad norm as a float: None when nothing was clipped, a device tensor on
+    megatron-core 0.19 with TE's multi-tensor kernels (formatting that crashed the log line)."""
+    return 0.0 if grad_norm is None else float(grad_norm)
+
+
 def _any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
@@ -168,8 +174,7 @@ class Trainer:
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=self.train_cfg.global_batch_size)
-        # None when nothing was clipped; a device tensor on 0.19 with TE's multi-tensor kernels.
-        return loss, 0.0 if grad_norm is None else float(grad_norm), not updated
+        return loss, grad_norm_value(grad_norm), not updated
 
     def evaluate(self):
         for chunk in self.model:
