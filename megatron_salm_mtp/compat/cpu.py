@@ -47,8 +47,12 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _no_op(*args, **kwargs):
-    return None
+def _no_op():
+    """A fresh do-nothing function per patched name: torch.compile's rule table maps each torch
+    function object to one rule and refuses one object reached under names with different rules."""
+    def no_op(*args, **kwargs):
+        return None
+    return no_op
 
 
 def _all_to_all_with_host_splits(all_to_all_single):
@@ -88,7 +92,7 @@ def _install_device_rng() -> None:
     torch.cuda.get_rng_state = torch.cuda.random.get_rng_state = lambda device='cuda': device_rng.get_state()
     torch.cuda.set_rng_state = lambda state, device='cuda': device_rng.set_state(state)
     torch.cuda.manual_seed = lambda seed: device_rng.manual_seed(seed)
-    torch.cuda.manual_seed_all = torch.cuda.manual_seed
+    torch.cuda.manual_seed_all = lambda seed: device_rng.manual_seed(seed)
     mcore_random._set_cuda_rng_state = lambda state, device=-1, graph_safe=False: device_rng.set_state(state)
 
 
@@ -102,9 +106,9 @@ def enable_if_no_cuda() -> bool:
         # in tensor_parallel/layers.py) allocate with it where torch function modes are inactive.
         torch.cuda.current_device = lambda: torch.device('cpu')
         torch.cuda.device_count = lambda: 0
-        torch.cuda.synchronize = _no_op  # timers and checkpoint barriers
-        torch.cuda.empty_cache = _no_op
-        torch.cuda.set_device = _no_op
+        torch.cuda.synchronize = _no_op()  # timers and checkpoint barriers
+        torch.cuda.empty_cache = _no_op()
+        torch.cuda.set_device = _no_op()
         # CPU work is ordered already; megatron-core 0.19's DDP bucket sync
         # (param_and_grad_buffer.start_grad_sync) asks for the current stream to wait on events.
         torch.cuda.current_stream = lambda device=None: torch.cpu.current_stream()
