@@ -445,6 +445,9 @@ class TrainConfig:
     """Save every this many steps (and at the end when --save is set)."""
     exit_interval: Optional[int] = None
     """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
+    exit_duration_in_mins: Optional[float] = None
+    """Save (with --save) and exit at the first step boundary after this many minutes of training
+    (a job's time limit; resume with --load)."""
     seed: int = 1234
     """Seed of weights, data order and dropout."""
     log_dir: Optional[str] = None
@@ -475,5 +478,7 @@ class TrainConfig:
                               f"(or --train-iters) {decay}")
         if self.overlap_param_gather and not self.use_distributed_optimizer:
             raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
+        if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
+            raise ConfigError(f"--exit-duration-in-mins {self.exit_duration_in_mins} must be positive")
         if not self.train_manifest:
             raise ConfigError("--train-manifest is required")

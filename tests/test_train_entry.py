@@ -87,12 +87,18 @@ def test_loss_falls_and_metrics_are_written(corpus, tmp_path):
         assert yaml.safe_load(f)['train_iters'] == 30
 
 
-def test_two_ranks_pipeline_parallel(corpus, tmp_path):
-    log_dir = str(tmp_path / 'logs')
-    run_train(corpus, ['--train-iters', '4', '--pipeline-model-parallel-size', '2',
-                       '--log-dir', log_dir], nproc=2)
+def test_two_ranks_pipeline_parallel_stop_at_time_limit(corpus, tmp_path):
+    """PP=2 trains; --exit-duration-in-mins (here a time limit every step exceeds) saves and
+    stops both ranks after the first step."""
+    log_dir, ckpt = str(tmp_path / 'logs'), tmp_path / 'ckpt'
+    result = run_train(corpus, ['--train-iters', '50', '--pipeline-model-parallel-size', '2', '--log-interval', '1',
+                                '--exit-duration-in-mins', '1e-9', '--save', str(ckpt), '--log-dir', log_dir], nproc=2)
     records = read_metrics(log_dir)
-    assert len(records) == 2 and 'mtp_1 loss' in records[-1]
+    assert [r['iteration'] for r in records] == [1] and 'mtp_1 loss' in records[0]
+    assert 'stopping at iteration 1 (--exit-duration-in-mins)' in result.stdout + result.stderr
+    assert (ckpt / 'latest_checkpointed_iteration.txt').read_text().strip() == '1'
+    with pytest.raises(ConfigError, match='--exit-duration-in-mins 0.0 must be positive'):
+        parse_args(['--exit-duration-in-mins', '0', '--train-manifest', 'x']).train.validate()
 
 
 def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):

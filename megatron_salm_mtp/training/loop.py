@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from typing import List, Optional
 
 import torch
 import yaml
@@ -67,10 +68,11 @@ def grad_norm_value(grad_norm) -> float:
     return 0.0 if grad_norm is None else float(grad_norm)
 
 
-def _any_rank(flag: bool) -> bool:
-    value = torch.tensor([1.0 if flag else 0.0], device=_device())
+def _any_rank(*flags: bool) -> List[bool]:
+    """Each flag OR-ed over all ranks, in one all-reduce."""
+    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+    return [bool(v) for v in value.tolist()]
 
 
 def _device():
@@ -169,7 +171,7 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = forward_backward(self.model, microbatches, self.cfg).mean
-        if _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss)):
+        if _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss))[0]:
             return loss, 0.0, True  # no update; the scheduler does not advance
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
@@ -230,11 +232,11 @@ class Trainer:
             if self.train_cfg.save and self.train_cfg.save_interval and \
                     self.iteration % self.train_cfg.save_interval == 0:
                 self.save()
-            if _any_rank(stop.signalled) or self._exit_interval_reached():
+            reason = self._stop_reason(stop, started)
+            if reason:
                 if self.train_cfg.save and not self._saved_this_iteration():
                     self.save()
-                logger.warning('stopping at iteration %d (%s)', self.iteration,
-                               'signal' if stop.signalled else '--exit-interval')
+                logger.warning('stopping at iteration %d (%s)', self.iteration, reason)
                 return
         if self.train_cfg.save and not self._saved_this_iteration():
             self.save()
@@ -242,6 +244,18 @@ class Trainer:
     def _saved_this_iteration(self) -> bool:
         interval = self.train_cfg.save_interval
         return bool(interval) and self.iteration % interval == 0
+
+    def _stop_reason(self, stop: StopRequest, started: float) -> Optional[str]:
+        """Why training stops after this step, if it does: every rank gets the same answer (one
+        signalled rank or one slow clock stops them all)."""
+        limit = self.train_cfg.exit_duration_in_mins
+        out_of_time = bool(limit) and time.perf_counter() - started >= 60.0 * limit
+        signalled, out_of_time = _any_rank(stop.signalled, out_of_time)
+        if signalled:
+            return 'signal'
+        if out_of_time:
+            return '--exit-duration-in-mins'
+        return '--exit-interval' if self._exit_interval_reached() else None
 
     def _exit_interval_reached(self) -> bool:
         interval = self.train_cfg.exit_interval

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs behind the figures in README/docs: `bash tests/gpu/runs.sh STEP OUT_DIR [CORPUS_DIR]`.
 # Steps: check (TE bf16 1 GPU vs TP2+SP), bench1 (1 GPU benchmarks), perf (memory/speed levers,
-# 4 GPUs side by side), benchN (TP=2, TP2xPP2),
+# 4 GPUs side by side), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling),
 # train (tiny + 1B-class training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
@@ -41,15 +41,17 @@ case "$step" in
     on_gpu 1 p152k_fp8 "${fast[@]}" --mtp-num-layers 2 --head-chunk-rows 1024 --fp8-format hybrid &
     on_gpu 2 p152k_chunk512 "${fast[@]}" --mtp-num-layers 2 --head-chunk-rows 512 --mtp-recompute &
     wait ;;
-  benchN)  # two 2-GPU benches side by side (GPUs 0-1, 2-3), then TP=2 x PP=2 on all four
+  benchN)  # 2-GPU benches side by side (GPUs 0-1, 2-3) with the 1-GPU baseline, then 4-GPU layouts;
+    # scaling efficiency = tokens/s per GPU of a layout / tokens/s of one GPU, from these runs
     multi=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --mtp-num-layers 2 --head-chunk-rows 1024)
     CUDA_VISIBLE_DEVICES=0,1 bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer &
     CUDA_VISIBLE_DEVICES=2,3 bench salm152k_dp2 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer &
     wait
     CUDA_VISIBLE_DEVICES=0,1 bench salm152k_dp2_overlap 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather &
-    CUDA_VISIBLE_DEVICES=2,3 bench salm152k_tp2_profile 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --profile-dir "$out/profile_tp2" &
+    CUDA_VISIBLE_DEVICES=2 bench salm152k_gpu1 1 "${multi[@]}" --global-batch-size 16 &
     wait
-    bench salm152k_tp2pp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer ;;
+    bench salm152k_tp2pp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer
+    bench salm152k_tp2dp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --overlap-grad-reduce ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
@@ -60,19 +62,20 @@ case "$step" in
     python3 -m torch.distributed.run --nproc-per-node 2 -m megatron_salm_mtp.train "${common[@]}" "${ONE_B[@]}" --tensor-model-parallel-size 2 --sequence-parallel \
       --mtp-num-layers 2 --micro-batch-size 4 --global-batch-size 16 --train-iters 60 --use-distributed-optimizer --log-dir "$out/b1_tp2" > "$out/b1_tp2.log" 2>&1
     grep -h "iteration " "$out/b1_tp2.log" | tail -6 ;;
-  train4)  # 1B-class SALM, D=2, TE, TP=2 x PP=2 with the distributed optimizer on 4 GPUs: 110 steps
-    # with a save at 100; resume from it on the same layout (steps 101-110 must match); load it at
-    # TP=2 x PP=1 x DP=2 (the step-101 loss must be close: other layout, same weights)
+  train4)  # 1B-class SALM, D=2, TE, TP=2 x PP=2 with the distributed optimizer on 4 GPUs: 210 steps
+    # with a save at 200; resume from it on the same layout (steps 201-210 must match); load it at
+    # TP=2 x PP=1 x DP=2 (the step-201 loss must be close: other layout, same weights)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             "${ONE_B[@]}" --mtp-num-layers 2 --micro-batch-size 4 --global-batch-size 16 --num-workers 6
             --use-distributed-optimizer --sequence-parallel --tensor-model-parallel-size 2 --eval-interval 50
-            --eval-iters 2 --log-interval 10 --lr 2e-4 --lr-warmup-iters 10 --train-iters 110)
+            --eval-iters 2 --log-interval 10 --lr 2e-4 --lr-warmup-iters 10 --train-iters 210)
     torchrun4() { python3 -m torch.distributed.run --nproc-per-node 4 --master-port $((29000 + RANDOM % 1000)) -m megatron_salm_mtp.train "$@"; }
-    torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --save /tmp/ckpt_b1 --save-interval 100 \
+    torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --save /tmp/ckpt_b1 --save-interval 200 \
       --log-dir "$out/b1_tp2pp2" > "$out/b1_tp2pp2.log" 2>&1
+    echo 200 > /tmp/ckpt_b1/latest_checkpointed_iteration.txt  # roll back past the end-of-run save at 210
     torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --load /tmp/ckpt_b1 --log-dir "$out/b1_tp2pp2_resume" \
       > "$out/b1_tp2pp2_resume.log" 2>&1
-    torchrun4 "${common[@]}" --pipeline-model-parallel-size 1 --load /tmp/ckpt_b1 --train-iters 103 --log-interval 1 \
+    torchrun4 "${common[@]}" --pipeline-model-parallel-size 1 --load /tmp/ckpt_b1 --train-iters 203 --log-interval 1 \
       --log-dir "$out/b1_tp2dp2" > "$out/b1_tp2dp2.log" 2>&1
     for name in b1_tp2pp2 b1_tp2pp2_resume b1_tp2dp2; do echo "== $name"; grep -h "iteration " "$out/$name.log" | tail -4; done ;;
 esac

@@ -1,32 +1,31 @@
 #!/usr/bin/env bash
-# Speculative-decoding figures on GPUs: `bash tests/gpu/speculative.sh OUT CORPUS [GPUS]`.
+# Speculative-decoding figures on GPUs: `bash tests/gpu/speculative.sh OUT CORPUS [MTP_GPUS [BASE_GPUS]]`.
 #
 # CORPUS: a synthetic corpus folder (train/valid/test.jsonl + audio/), made beforehand with
 #   python -m megatron_salm_mtp.data.synth --out CORPUS --num-utterances 4000
 # (or made here, NUM_UTTERANCES of them, when CORPUS has no test.jsonl and espeak-ng is installed).
-# GPUS: two device ids, comma-separated (default: CUDA_VISIBLE_DEVICES, else 0,1); with one id the
-#   two trainings run one after the other.
+# MTP_GPUS, BASE_GPUS: comma-separated device ids of each training (default 0 and 1); with more
+#   than one id a training is data-parallel over them. The same ids for both: one after the other.
 #
-# 1. Trains configs/asr_spec_gpu.yaml twice at the same time, one GPU each: with D=3 MTP heads and
-#    without MTP; each run stops at TRAIN_SECONDS (default 300: SIGTERM makes it save and exit) or
-#    at the config's train_iters, whichever comes first.
-# 2. Evaluates both on the test split, both GPUs again in parallel: greedy and speculative decoding
-#    at batch 1 (first EVAL_UTTERANCES lines) and at batch 8 (first EVAL_UTTERANCES_BATCH8), at most
-#    MAX_NEW_TOKENS (64: the longest synthetic transcript is 49 bytes) per utterance; the model
-#    without MTP: greedy only. About 3 minutes.
+# 1. Trains configs/asr_spec_gpu.yaml twice at the same time: with D=3 MTP heads and without MTP;
+#    each run saves and stops after TRAIN_MINUTES (default 5, --exit-duration-in-mins) or at the
+#    config's train_iters (TRAIN_FLAGS="--train-iters N" changes it), whichever comes first.
+# 2. Evaluates both on the test split, greedy and speculative decoding at batch 1 (first
+#    EVAL_UTTERANCES lines) and at batch 8 (first EVAL_UTTERANCES_BATCH8), at most MAX_NEW_TOKENS
+#    (64: the longest synthetic transcript is 49 bytes) per utterance, the two batch sizes on a
+#    model's two GPUs at once where it has two; the model without MTP: greedy only. About 3 minutes.
 # Writes under OUT: train_{mtp,base}.log (+ metrics), eval_*.{json,log,png}, summary.txt.
 # Each step runs even when an earlier one failed; the exit status says whether all succeeded.
 set -uo pipefail
 out="${1:?usage: speculative.sh OUT CORPUS [GPUS]}"
 corpus="${2:?usage: speculative.sh OUT CORPUS [GPUS]}"
-gpus="${3:-${CUDA_VISIBLE_DEVICES:-0,1}}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2  # 2 trainings x 6 data workers share the CPU cores
+export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2  # trainings x 6 data workers share the CPU cores
 PYTHON="${PYTHON:-python3}"
-TRAIN_SECONDS="${TRAIN_SECONDS:-300}"
+TRAIN_MINUTES="${TRAIN_MINUTES:-5}"
 CONFIG="${CONFIG:-configs/asr_spec_gpu.yaml}"
 read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"   # extra training flags, e.g. "--train-iters 500"
 EVAL_UTTERANCES="${EVAL_UTTERANCES:-80}"           # first test lines decoded at batch 1
@@ -37,24 +36,25 @@ if [ ! -f "$corpus/test.jsonl" ]; then  # made here when espeak-ng is available
   $PYTHON -m megatron_salm_mtp.data.synth --out "$corpus" --num-utterances "${NUM_UTTERANCES:-4000}" > "$out/synth.log" 2>&1 \
     || { echo "no corpus in $corpus and it could not be made (see $out/synth.log): run python -m megatron_salm_mtp.data.synth --out $corpus --num-utterances 4000 where espeak-ng is installed" >&2; exit 2; }
 fi
-IFS=, read -r gpu_a gpu_b _ <<< "$gpus"
-gpu_b="${gpu_b:-$gpu_a}"
-{ echo "date: $(date -u)"; echo "gpus: $gpu_a $gpu_b"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -2
+gpus_mtp="${3:-0}"
+gpus_base="${4:-1}"
+{ echo "date: $(date -u)"; echo "gpus: MTP model $gpus_mtp, model without MTP $gpus_base"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | sort | uniq -c
   $PYTHON -c "import torch, megatron.core as m; print('torch', torch.__version__, 'megatron-core', m.__version__)"
   $PYTHON -c "import transformer_engine as te; print('transformer_engine', te.__version__)" 2>&1 | tail -1
   wc -l "$corpus"/{train,valid,test}.jsonl; } > "$out/summary.txt" 2>&1
 
-train() { # name gpu port extra-flags...
-  local name="$1" gpu="$2" port="$3"; shift 3
-  # One process (no launcher), so that timeout's SIGTERM reaches the trainer, which saves and exits;
-  # --foreground keeps the signal from its DataLoader workers (a killed worker would abort the save).
-  CUDA_VISIBLE_DEVICES="$gpu" MASTER_PORT="$port" timeout --foreground -k 90 "$TRAIN_SECONDS" \
-    $PYTHON -m megatron_salm_mtp.train --config "$CONFIG" "${TRAIN_FLAGS[@]}" \
+train() { # name gpus port extra-flags...
+  local name="$1" gpus="$2" port="$3"; shift 3
+  local nproc; nproc=$(tr ',' '\n' <<< "$gpus" | wc -l)
+  # The trainer saves and stops itself at the time limit; timeout only guards against a hang.
+  CUDA_VISIBLE_DEVICES="$gpus" timeout -k 30 "$(( ${TRAIN_MINUTES%.*} * 60 + 240 ))" \
+    $PYTHON -m torch.distributed.run --nproc-per-node "$nproc" --master-port "$port" \
+      -m megatron_salm_mtp.train --config "$CONFIG" "${TRAIN_FLAGS[@]}" \
+      --exit-duration-in-mins "$TRAIN_MINUTES" \
       --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl" \
-      --save "$out/ckpt_$name" --log-dir "$out/train_$name" "$@" > "$out/train_$name.log" 2>&1
-  local rc=$?
-  # 124: stopped by the time budget, after its save (the checkpoint check below decides).
-  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then echo "train $name: exit $rc" >> "$out/summary.txt"; return 1; fi
+      --save "$out/ckpt_$name" --log-dir "$out/train_$name" "$@" > "$out/train_$name.log" 2>&1 \
+    || { echo "train $name: exit $?" >> "$out/summary.txt"; return 1; }
   [ -f "$out/ckpt_$name/latest_checkpointed_iteration.txt" ] || { echo "train $name: no checkpoint" >> "$out/summary.txt"; return 1; }
 }
 
@@ -67,12 +67,12 @@ evaluate() { # name gpu batch-size extra-flags...
 }
 
 start=$SECONDS
-if [ "$gpu_a" = "$gpu_b" ]; then
-  train mtp "$gpu_a" 29610 || failed=1
-  train base "$gpu_b" 29620 --mtp-num-layers 0 || failed=1
+if [ "$gpus_mtp" = "$gpus_base" ]; then
+  train mtp "$gpus_mtp" 29610 || failed=1
+  train base "$gpus_base" 29620 --mtp-num-layers 0 || failed=1
 else
-  train mtp "$gpu_a" 29610 & pid_mtp=$!
-  train base "$gpu_b" 29620 --mtp-num-layers 0 & pid_base=$!
+  train mtp "$gpus_mtp" 29610 & pid_mtp=$!
+  train base "$gpus_base" 29620 --mtp-num-layers 0 & pid_base=$!
   wait "$pid_mtp" || failed=1
   wait "$pid_base" || failed=1
 fi
@@ -82,19 +82,21 @@ for name in mtp base; do
 done
 
 start=$SECONDS
-eval_mtp() {
-  local rc=0
-  evaluate mtp "$gpu_a" 1 --speculative --max-utterances "$EVAL_UTTERANCES" || rc=1
-  evaluate mtp "$gpu_a" 8 --speculative --max-utterances "$EVAL_UTTERANCES_BATCH8" || rc=1
+eval_model() { # name gpus extra-flags...: batch 1 on the first GPU, batch 8 on the second (if any)
+  local name="$1" gpu_1 gpu_8 rc=0; IFS=, read -r gpu_1 gpu_8 _ <<< "$2"; shift 2
+  if [ -n "$gpu_8" ]; then
+    evaluate "$name" "$gpu_8" 8 --max-utterances "$EVAL_UTTERANCES_BATCH8" "$@" & local pid=$!
+    evaluate "$name" "$gpu_1" 1 --max-utterances "$EVAL_UTTERANCES" "$@" || rc=1
+    wait "$pid" || rc=1
+  else
+    evaluate "$name" "$gpu_1" 1 --max-utterances "$EVAL_UTTERANCES" "$@" || rc=1
+    evaluate "$name" "$gpu_1" 8 --max-utterances "$EVAL_UTTERANCES_BATCH8" "$@" || rc=1
+  fi
   return $rc
 }
-eval_base() {
-  local rc=0
-  evaluate base "$gpu_b" 1 --max-utterances "$EVAL_UTTERANCES" || rc=1
-  evaluate base "$gpu_b" 8 --max-utterances "$EVAL_UTTERANCES_BATCH8" || rc=1
-  return $rc
-}
-if [ "$gpu_a" = "$gpu_b" ]; then
+eval_mtp() { eval_model mtp "$gpus_mtp" --speculative; }
+eval_base() { eval_model base "$gpus_base"; }
+if [ "$gpus_mtp" = "$gpus_base" ]; then
   eval_mtp || failed=1
   eval_base || failed=1
 else
