@@ -41,6 +41,28 @@ def _peak_flops(override):
     return next((peak for key, peak in BF16_DENSE_PEAK.items() if key in name), float('nan'))
 
 
+FOREIGN_MEMORY_WARN_GB = 4.0  # more than a CUDA context and NCCL buffers: another process's work
+
+
+def foreign_memory_gb() -> float:
+    """GPU memory in use by others on this rank's device (0 on CPU): total in use minus what this
+    process's allocator holds. A stray process (an orphaned rank of an earlier job, say) shares
+    the SMs too and makes every figure of the run wrong, so the report says so."""
+    if not torch.cuda.is_available():
+        return 0.0
+    free, total = torch.cuda.mem_get_info()
+    return max(0.0, (total - free - torch.cuda.memory_reserved()) / 2**30)
+
+
+def foreign_memory_warning(per_rank_gb) -> str:
+    """A warning line naming the ranks whose GPU holds another process's memory ('' if none)."""
+    busy = [f'rank {rank}: {gb:.1f} GB' for rank, gb in enumerate(per_rank_gb) if gb > FOREIGN_MEMORY_WARN_GB]
+    if not busy:
+        return ''
+    return ('WARNING: other processes hold GPU memory (' + ', '.join(busy) +
+            '); they share the GPU, so these figures are not clean: free the GPUs and run again')
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -137,6 +159,8 @@ def main(argv=None):
         run.model.vocab_size = bench.vocab_size
     init_distributed()
     init_model_parallel(run.model, run.train.seed)
+    foreign = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(foreign, foreign_memory_gb())
     peak = _peak_flops(bench.peak_tflops)
     depths = run.model.mtp_depths
     results = [measure(run, bench, 0)] + ([measure(run, bench, depths)] if depths else [])
@@ -147,6 +171,9 @@ def main(argv=None):
           f"PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch "
           f"{run.train.global_batch_size} | bf16={run.model.bf16} | "
           f"{'text only' if bench.text_only else f'audio {bench.audio_fraction:.0%}, supervised {bench.answer_fraction:.0%}'}")
+    warning = foreign_memory_warning(foreign)
+    if warning:
+        print(warning)
     print(f"{'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | {'peak GB':>7}")
     for r in results:
         r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
@@ -158,7 +185,7 @@ def main(argv=None):
               f"{(mtp['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB")
     if bench.json:
         with open(bench.json, 'w') as f:
-            json.dump({'device': device, 'results': results}, f, indent=1)
+            json.dump({'device': device, 'foreign_memory_gb_per_rank': foreign, 'results': results}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,41 @@
+"""The training benchmark command on CPU: the figures it prints and writes, and the warning that
+flags a GPU shared with another process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_salm_mtp.bench import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
+from train_utils import TINY_FLAGS, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2', f'--master-port={free_port()}',
+           '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           *TINY_FLAGS, '--mtp-num-layers', '2', '--tensor-model-parallel-size', '2',
+           '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'device: 2 x CPU | TP=2 PP=1' in result.stdout
+    assert 'MTP overhead per depth:' in result.stdout and 'WARNING' not in result.stdout
+    report = json.loads(out.read_text())
+    assert report['foreign_memory_gb_per_rank'] == [0.0, 0.0]
+    base, mtp = report['results']
+    assert (base['mtp_depths'], mtp['mtp_depths']) == (0, 2)
+    for r in (base, mtp):
+        assert r['step_ms'] > 0 and r['tokens_per_s'] > 0
+        assert r['mfu'] == pytest.approx(r['tflops_per_gpu'])  # --peak-tflops 1
+    assert mtp['tflops_per_gpu'] * mtp['step_ms'] > base['tflops_per_gpu'] * base['step_ms']  # MTP adds FLOPs
+
+
+def test_foreign_memory_warning_names_the_busy_ranks():
+    assert foreign_memory_warning([0.0, 0.3]) == ''
+    line = foreign_memory_warning([0.5, FOREIGN_MEMORY_WARN_GB + 15.0])
+    assert line.startswith('WARNING: other processes hold GPU memory (rank 1: 19.0 GB)')
