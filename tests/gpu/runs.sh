@@ -44,7 +44,7 @@ case "$step" in
   benchN)  # 2-GPU benches side by side (GPUs 0-1, 2-3) with the 1-GPU baseline, then 4-GPU layouts;
     # scaling efficiency = tokens/s per GPU of a layout / tokens/s of one GPU, from these runs
     multi=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --mtp-num-layers 2 --head-chunk-rows 1024)
-    CUDA_VISIBLE_DEVICES=0,1 bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer &
+    CUDA_VISIBLE_DEVICES=0,1 bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --profile-dir "$out/profile_tp2" &
     CUDA_VISIBLE_DEVICES=2,3 bench salm152k_dp2 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer &
     wait
     CUDA_VISIBLE_DEVICES=0,1 bench salm152k_dp2_overlap 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather &
