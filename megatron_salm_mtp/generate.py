@@ -13,16 +13,9 @@ end-of-sequence id (``--eos-id``, default: ``generation_config.json`` beside the
 import argparse
 import json
 import os
-import socket
 from typing import List, Optional
 
 import torch
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def default_eos_ids(load_dir: str) -> List[int]:
@@ -83,11 +76,11 @@ def main(argv=None) -> None:
 
     from .config import NO_VIRTUAL_PIPELINE
     from .convert.importer import read_checkpoint_config
-    from .parallel.setup import build_model, init_distributed, init_model_parallel
+    from .parallel.setup import (build_model, init_distributed, init_model_parallel,
+                                 use_free_master_port_if_unlaunched)
     from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
 
-    if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
-        os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    use_free_master_port_if_unlaunched()
     init_distributed()
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world

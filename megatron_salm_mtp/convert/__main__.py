@@ -15,15 +15,8 @@ Export the trained LLM (+ MTP heads under DeepSeek-V3 names), encoder and projec
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def import_parser(sub):
@@ -59,18 +52,19 @@ def export_parser(sub):
 
 def _relaunch(world: int) -> None:
     """Run this same command under torchrun with ``world`` local processes."""
+    from ..parallel.setup import free_port
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={world}',
-           f'--master-port={_free_port()}', '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
+           f'--master-port={free_port()}', '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
     sys.exit(subprocess.call(cmd))
 
 
 def cmd_import(args) -> None:
+    from ..parallel.setup import use_free_master_port_if_unlaunched
     from .load import salm_config_from_hf
     world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
     if world > 1 and 'WORLD_SIZE' not in os.environ:
         _relaunch(world)
-    if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
-        os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    use_free_master_port_if_unlaunched()
     cfg = salm_config_from_hf(
         args.llm, args.whisper, tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,

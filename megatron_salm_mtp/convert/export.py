@@ -20,7 +20,6 @@ score of a query, which softmax cancels, so the export is exact.
 import dataclasses
 import json
 import os
-import socket
 from typing import Optional
 
 import torch
@@ -143,12 +142,10 @@ def run_export(load_dir: str, out: str, base_config_path: Optional[str] = None) 
     """Load the latest checkpoint at TP=1/PP=1 in this one process and write the folders."""
     from megatron.core import parallel_state
 
-    from ..parallel.setup import build_model, init_distributed, init_model_parallel
+    from ..parallel.setup import build_model, free_port, init_distributed, init_model_parallel
     from ..training.checkpoint import load_checkpoint
     from .importer import read_checkpoint_config
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        os.environ.setdefault('MASTER_PORT', str(sock.getsockname()[1]))
+    os.environ.setdefault('MASTER_PORT', str(free_port()))
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
         os.environ.pop(name, None)
     init_distributed()

@@ -7,7 +7,6 @@ per-row key mask that the KV cache needs after the prefill (``trunk_cache.py``).
 
 import dataclasses
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -32,12 +31,6 @@ class LoadedModel:
     iteration: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _stored_config(load_dir: str):
     from ..training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration
     if not os.path.isdir(load_dir):
@@ -53,10 +46,9 @@ def _init_one_process() -> None:
     """A one-rank process group and TP=1/PP=1 parallel state, unless the caller made them."""
     from megatron.core import parallel_state
 
-    from ..parallel.setup import init_distributed, set_seed
+    from ..parallel.setup import init_distributed, set_seed, use_free_master_port_if_unlaunched
     if not torch.distributed.is_initialized():
-        if 'WORLD_SIZE' not in os.environ:  # a lone process: never collide on the default port
-            os.environ.setdefault('MASTER_PORT', str(_free_port()))
+        use_free_master_port_if_unlaunched()
         init_distributed()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)

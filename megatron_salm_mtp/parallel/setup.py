@@ -8,6 +8,7 @@ so that replicated parameters start identical on every TP rank.
 import logging
 import os
 import random
+import socket
 from datetime import timedelta
 
 import numpy as np
@@ -22,6 +23,21 @@ from ..model.salm import SALM
 from ..model.specs import resolve_transformer_impl
 
 logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A localhost TCP port that is free right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def use_free_master_port_if_unlaunched() -> None:
+    """Without a launcher (neither torchrun's WORLD_SIZE nor srun's SLURM_PROCID), default
+    MASTER_PORT to a free port rather than 29500, so that lone processes running side by side
+    never collide (launched ranks must agree on one port); call before init_distributed."""
+    if 'WORLD_SIZE' not in os.environ and 'SLURM_PROCID' not in os.environ:
+        os.environ.setdefault('MASTER_PORT', str(free_port()))
 
 
 def init_distributed(timeout_minutes: int = 10) -> None:
