@@ -30,6 +30,8 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
+from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
+
 logger = logging.getLogger(__name__)
 
 TRACKER = 'latest_checkpointed_iteration.txt'
@@ -300,10 +302,16 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     with_optimizer = load_optimizer and optimizer is not None
     if with_optimizer:
         _check_expert_parallel_change(saved_layout, _layout(), path)
+    attach_mtp = attaches_new_mtp(path, CONFIG_FILE, model_chunks, with_optimizer)
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, same_layout, is_loading=True)
+    if attach_mtp:
+        state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
     loaded = dist_checkpointing.load(state, path)
     for key, module in _models(model_chunks).items():
-        module.load_state_dict(loaded[key], strict=True)
+        if attach_mtp:
+            load_all_but_mtp(module, loaded[key])
+        else:
+            module.load_state_dict(loaded[key], strict=True)
     if with_optimizer:
         _restore_adam_steps(optimizer)
         optimizer.load_state_dict(loaded['optimizer'])
