@@ -2,23 +2,12 @@
 fresh and train (head_only); asking for its optimizer state, or for other MTP layers than a
 checkpoint that has some, is refused with the flags named."""
 
-import pytest
-
+from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 from train_utils import read_metrics, run_train
 
 
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
-    if not espeak_available():
-        pytest.skip('espeak-ng unavailable')
-    out = tmp_path_factory.mktemp('corpus')
-    build_corpus(str(out), 64, seed=3)
-    return str(out)
-
-
-def test_attach_mtp_heads_to_a_checkpoint_without_mtp(corpus, tmp_path):
+def test_attach_mtp_heads_to_a_checkpoint_without_mtp(espeak_corpus, tmp_path):
+    corpus = espeak_corpus
     base, heads = tmp_path / 'base', tmp_path / 'heads'
     one_step_logs = ['--log-interval', '1', '--lr-warmup-iters', '1', '--mtp-num-layers']
     run_train(corpus, one_step_logs + ['0', '--train-iters', '3', '--save-interval', '2', '--save', str(base),
