@@ -135,6 +135,9 @@ class SALMConfig:
     scaling); heads, audio encoder and projector stay in bf16."""
     transformer_impl: Optional[str] = None
     """transformer_engine or local; None picks TE when importable with CUDA."""
+    gradient_accumulation_fusion: bool = True
+    """Accumulate weight gradients into the fp32 main gradients inside the weight-gradient GEMM
+    (Transformer Engine's layers; Megatron-LM's default). No effect with the local spec."""
 
     @property
     def padded_vocab_size(self) -> int:

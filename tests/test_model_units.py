@@ -63,6 +63,17 @@ def test_spec_choice_is_logged_and_checked(caplog):
             resolve_transformer_impl('transformer_engine')
 
 
+def test_wgrad_fusion_choice_is_logged(caplog):
+    from megatron_salm_mtp.parallel.setup import fuse_wgrad_accumulation_if_asked
+    layer = torch.nn.Linear(2, 2)
+    with caplog.at_level(logging.INFO):
+        fuse_wgrad_accumulation_if_asked(tiny_config(), 'local', layer)
+        fuse_wgrad_accumulation_if_asked(tiny_config(gradient_accumulation_fusion=False),
+                                         'transformer_engine', layer)
+    assert 'gradient accumulation fusion: off (the local spec)' in caplog.text
+    assert 'gradient accumulation fusion: off (--no-gradient-accumulation-fusion)' in caplog.text
+
+
 @pytest.fixture(scope='module')
 def single_rank_model(single_rank_parallel):
     """A real SALM on a one-rank gloo group inside this process."""

@@ -72,6 +72,7 @@ def test_loss_falls_and_metrics_are_written(corpus, tmp_path):
     result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '15',
                                 '--eval-iters', '1'])
     assert 'transformer implementation: local' in result.stdout
+    assert 'gradient accumulation fusion: off (the local spec)' in result.stdout
     assert 'iteration       30/      30' in result.stdout and 'mtp_2 loss' in result.stdout
     records = read_metrics(log_dir)
     assert [r['iteration'] for r in records] == list(range(2, 31, 2))

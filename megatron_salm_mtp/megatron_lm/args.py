@@ -60,7 +60,7 @@ def add_salm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     fields = _fields()
     for name in _plugin_field_names():
         flag = '--' + name.replace('_', '-')
-        if flag in existing:
+        if flag in existing or '--no-' + flag[2:] in existing:  # e.g. --no-gradient-accumulation-fusion
             continue
         annotation, default, help_text = fields[name]
         if _base_type(annotation) is bool:

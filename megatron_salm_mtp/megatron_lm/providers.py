@@ -30,6 +30,7 @@ from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights
 from ..model.salm import SALM
 from ..model.specs import resolve_transformer_impl
+from ..parallel.setup import fuse_wgrad_accumulation_if_asked
 from ..training.freeze import apply_training_mode
 from .args import data_config_from_args, salm_config_from_args
 from .data import GLOBAL_BATCH_COUNTS, speech_iterator, validation_data_config
@@ -99,12 +100,13 @@ class SALMProviders:
         builds its TransformerConfig from SALMConfig, and under ``pretrain()`` the groups in
         ``pg_collection`` are parallel_state's, which the SALM uses."""
         del config, pg_collection
-        model = SALM(self.cfg, resolve_transformer_impl(self.cfg.transformer_impl),
-                     pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
+        impl = resolve_transformer_impl(self.cfg.transformer_impl)
+        model = SALM(self.cfg, impl, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
         # Megatron-LM's train loop and train step read the chunk's process groups from its
         # outermost module that has them; the SALM's are its LLM's.
         model.pg_collection = model.language_model.pg_collection
         apply_training_mode(model, self.training_mode)
+        fuse_wgrad_accumulation_if_asked(self.cfg, impl, model)
         return model
 
     def forward_step(self, data_iterator, model):

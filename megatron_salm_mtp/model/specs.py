@@ -135,6 +135,28 @@ def resolve_transformer_impl(requested: Optional[str]) -> str:
     return impl
 
 
+def fuse_te_wgrad_accumulation(module: torch.nn.Module) -> int:
+    """Make every Transformer Engine layer under ``module`` add its weight gradient into
+    ``param.main_grad`` inside the GEMM (what ``gradient_accumulation_fusion`` asks of TE) instead of
+    returning it for Megatron-Core DDP to add; returns how many layers were switched.
+
+    Done after construction because the config flag would also reach core's own linears (the
+    output layer), which then require apex's ``fused_weight_gradient_mlp_cuda``. TE reads the
+    attribute at every forward; only for models that DDP wraps (it allocates ``main_grad``)."""
+    from transformer_engine.pytorch.module.base import TransformerEngineBaseModule
+    switched = 0
+    for name, layer in module.named_modules():
+        if not isinstance(layer, TransformerEngineBaseModule):
+            continue
+        if not hasattr(layer, 'fuse_wgrad_accumulation'):
+            raise RuntimeError(f"Transformer Engine layer {name or type(layer).__name__} has no "
+                               "fuse_wgrad_accumulation attribute (TE version change): run with "
+                               "--no-gradient-accumulation-fusion")
+        layer.fuse_wgrad_accumulation = True
+        switched += 1
+    return switched
+
+
 def backend_for(impl: str):
     if impl == TRANSFORMER_ENGINE:
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider

@@ -20,7 +20,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from ..compat.cpu import enable_if_no_cuda
 from ..config import SALMConfig
 from ..model.salm import SALM
-from ..model.specs import resolve_transformer_impl
+from ..model.specs import TRANSFORMER_ENGINE, fuse_te_wgrad_accumulation, resolve_transformer_impl
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,18 @@ def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
 
 
+def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn.Module) -> None:
+    """--gradient-accumulation-fusion (the default) for a chunk about to be wrapped in DDP: TE's
+    layers accumulate weight gradients into main_grad in their GEMM; logged either way."""
+    if not (cfg.gradient_accumulation_fusion and impl == TRANSFORMER_ENGINE):
+        reason = 'the local spec' if cfg.gradient_accumulation_fusion else '--no-gradient-accumulation-fusion'
+        logger.info("gradient accumulation fusion: off (%s)", reason)
+        return
+    layers = fuse_te_wgrad_accumulation(chunk)
+    logger.info("gradient accumulation fusion: on in %d Transformer Engine layers (core's output "
+                "layer adds its gradient unfused)", layers)
+
+
 def build_model(cfg: SALMConfig, ddp_config: DistributedDataParallelConfig = None,
                 wrap_ddp: bool = True, before_wrap=None):
     """This rank's SALM chunks, each wrapped in Megatron-Core DDP, as the list core's schedules
@@ -105,6 +117,8 @@ def build_model(cfg: SALMConfig, ddp_config: DistributedDataParallelConfig = Non
             before_wrap(chunk)
     if not wrap_ddp:
         return chunks
+    for chunk in chunks:
+        fuse_wgrad_accumulation_if_asked(cfg, impl, chunk)
     ddp_config = ddp_config or DistributedDataParallelConfig(grad_reduce_in_fp32=True)
     return [DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk)
             for chunk in chunks]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs behind the figures in README/docs: `bash tests/gpu/runs.sh STEP OUT_DIR [CORPUS_DIR]`.
-# Steps: check (TE bf16 1 GPU vs TP2+SP), bench1 (1 GPU benchmarks), perf (memory/speed levers,
-# 4 GPUs side by side), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling),
+# Steps: check (TE bf16 1 GPU vs TP2+SP, wgrad fusion on/off), bench1 (1 GPU benchmarks), perf (memory/speed
+# levers, 4 GPUs side by side), bench2 (2 GPUs, one run at a time), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling),
 # train (tiny + 1B-class training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
@@ -52,6 +52,14 @@ case "$step" in
     wait
     bench salm152k_tp2pp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer
     bench salm152k_tp2dp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --overlap-grad-reduce ;;
+  bench2)  # one 2-GPU host, one run at a time (clean figures): the 1-GPU baseline with and without
+    # gradient accumulation fusion, DP=2 with the distributed optimizer and overlapped reduce/gather,
+    # TP=2 + SP profiled. Two microbatches of 8 per rank and step in every layout.
+    multi=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --mtp-num-layers 2 --head-chunk-rows 1024)
+    CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1 1 "${multi[@]}" --global-batch-size 16 --profile-dir "$out/profile_gpu1"
+    CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1_unfused 1 "${multi[@]}" --global-batch-size 16 --no-gradient-accumulation-fusion
+    bench salm152k_dp2_overlap 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather
+    bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --profile-dir "$out/profile_tp2" ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
