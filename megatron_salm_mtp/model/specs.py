@@ -143,11 +143,11 @@ def fuse_te_wgrad_accumulation(module: torch.nn.Module) -> int:
     Done after construction because the config flag would also reach core's own linears (the
     output layer), which then require apex's ``fused_weight_gradient_mlp_cuda``. TE reads the
     attribute at every forward; only for models that DDP wraps (it allocates ``main_grad``)."""
-    from transformer_engine.pytorch.module.base import TransformerEngineBaseModule
+    from transformer_engine.pytorch import GroupedLinear, LayerNormLinear, LayerNormMLP, Linear
     switched = 0
     for name, layer in module.named_modules():
-        if not isinstance(layer, TransformerEngineBaseModule):
-            continue
+        if not isinstance(layer, (Linear, LayerNormLinear, LayerNormMLP, GroupedLinear)):
+            continue  # attention, norms: no weight-gradient GEMM
         if not hasattr(layer, 'fuse_wgrad_accumulation'):
             raise RuntimeError(f"Transformer Engine layer {name or type(layer).__name__} has no "
                                "fuse_wgrad_accumulation attribute (TE version change): run with "
