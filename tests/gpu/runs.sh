@@ -54,10 +54,14 @@ case "$step" in
     bench salm152k_tp2dp2 4 "${multi[@]}" --global-batch-size 32 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --overlap-grad-reduce ;;
   bench2)  # one 2-GPU host, one run at a time (clean figures): the 1-GPU baseline with and without
     # gradient accumulation fusion, DP=2 with the distributed optimizer and overlapped reduce/gather,
-    # TP=2 + SP profiled. Two microbatches of 8 per rank and step in every layout.
+    # TP=2 + SP profiled. Two microbatches of 8 per rank and step in every layout. BENCH2_PART=one|multi
+    # runs the 1-GPU or the 2-GPU half (one device call each).
     multi=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --mtp-num-layers 2 --head-chunk-rows 1024)
-    CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1 1 "${multi[@]}" --global-batch-size 16 --profile-dir "$out/profile_gpu1"
-    CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1_unfused 1 "${multi[@]}" --global-batch-size 16 --no-gradient-accumulation-fusion
+    if [ "${BENCH2_PART:-all}" != multi ]; then
+      CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1 1 "${multi[@]}" --global-batch-size 16 --profile-dir "$out/profile_gpu1"
+      CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1_unfused 1 "${multi[@]}" --global-batch-size 16 --no-gradient-accumulation-fusion
+    fi
+    [ "${BENCH2_PART:-all}" = one ] && exit 0
     bench salm152k_dp2_overlap 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather
     bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --profile-dir "$out/profile_tp2" ;;
   train)
