@@ -64,6 +64,14 @@ case "$step" in
     [ "${BENCH2_PART:-all}" = one ] && exit 0
     bench salm152k_dp2_overlap 2 "${multi[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather
     bench salm152k_tp2 2 "${multi[@]}" --global-batch-size 16 --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --profile-dir "$out/profile_tp2" ;;
+  fusion_ab)  # gradient accumulation fusion on/off, D=0, side by side on GPUs 0/1, then swapped
+    ab=(--warmup-iters 3 --timed-iters 12 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 16 --head-chunk-rows 1024)
+    for round in 1 2; do
+      first=$((round - 1)); second=$((2 - round))
+      CUDA_VISIBLE_DEVICES=$first bench "fused_r$round" 1 "${ab[@]}" &
+      CUDA_VISIBLE_DEVICES=$second bench "unfused_r$round" 1 "${ab[@]}" --no-gradient-accumulation-fusion &
+      wait
+    done ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
