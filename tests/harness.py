@@ -147,7 +147,7 @@ def cmd_grads(args):
                 name = global_name(local_name, cfg, vp_stage)
                 grads[name] = (p.main_grad.detach().float().cpu(), specs[name])
     stats = next((m.language_model.mtp_stats for m in chunks if m.language_model.mtp_stats is not None), None)
-    stats = stats.values.clone() if stats is not None else None
+    stats = stats.values.cpu() if stats is not None else None
     metrics = mtp_metrics(model)  # every stage calls it, as the training loop does
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,

@@ -85,17 +85,19 @@ class MTPStats:
         self.reset()
 
     def reset(self):
-        self.values = torch.zeros(3, self.depths, dtype=torch.float64)  # loss sum, count, hits
+        # On the GPU where there is one: a host copy per depth and microbatch would stall the
+        # step (the host waits for the GPU, which then waits for the host's next launches).
+        device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
+        self.values = torch.zeros(3, self.depths, dtype=torch.float64, device=device)  # loss sum, count, hits
 
     def add(self, depth: int, loss_sum: torch.Tensor, count: torch.Tensor, hits: torch.Tensor):
-        update = torch.stack([loss_sum.detach(), count.detach(), hits.detach()]).double().cpu()
-        self.values[:, depth] += update
+        update = torch.stack([loss_sum.detach(), count.detach(), hits.detach()])
+        self.values[:, depth] += update.to(self.values)
 
     def reduce(self, group=None) -> dict:
         """All-reduce over ``group`` (the DP group) and return {'mtp_k loss', 'mtp_k acc'}."""
         values = self.values.clone()
         if group is not None:
-            values = values.to('cuda' if torch.cuda.is_available() else 'cpu')
             torch.distributed.all_reduce(values, group=group)
         loss_sum, count, hits = values.cpu()
         out = {}

@@ -22,6 +22,8 @@ bench() { # name nproc args...
     "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -6 | tee -a "$out/bench.log"
 }
 case "$step" in
+  one)  # one benchmark: runs.sh one OUT NAME NPROC FLAGS...
+    shift 2; bench "$@" ;;
   check)
     python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
   bench1)
@@ -72,6 +74,15 @@ case "$step" in
       CUDA_VISIBLE_DEVICES=$second bench "unfused_r$round" 1 "${ab[@]}" --no-gradient-accumulation-fusion &
       wait
     done ;;
+  tp2_probe)  # why TP=2 is slow: GPU busy share at micro-batch 8 x 2 (profiled), with
+    # CUDA_DEVICE_MAX_CONNECTIONS=1, and at 16 x 1 (half the launches per sample); 1 GPU at 16 x 1
+    probe=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --head-chunk-rows 1024 --global-batch-size 16)
+    tp2=(--tensor-model-parallel-size 2 --sequence-parallel)
+    bench tp2_mb8 2 "${probe[@]}" "${tp2[@]}" --micro-batch-size 8 --profile-dir "$out/profile_tp2"
+    CUDA_DEVICE_MAX_CONNECTIONS=1 bench tp2_mb8_1conn 2 "${probe[@]}" "${tp2[@]}" --micro-batch-size 8
+    bench tp2_mb16 2 "${probe[@]}" "${tp2[@]}" --micro-batch-size 16
+    CUDA_VISIBLE_DEVICES=0 bench gpu1_mb16 1 "${probe[@]}" --micro-batch-size 16
+    for f in "$out"/profile_tp2/*.txt; do echo "== $f"; head -22 "$f" | cut -c1-72,126-166; done ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
