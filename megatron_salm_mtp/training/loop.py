@@ -5,6 +5,7 @@ MTP stage needs both). Decisions that must be unanimous - skip a non-finite step
 signal - are all-reduced over the world before anyone acts on them.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -150,12 +151,29 @@ class Trainer:
         self.skipped = common.get('skipped_iterations', 0)
         logger.info('resumed from %s at iteration %d', self.train_cfg.load, self.iteration)
 
+    @contextlib.contextmanager
+    def _parameters_gathered(self):
+        """With --overlap-param-gather a rank's parameters outside its optimizer shard arrive only
+        in the next forward (core's pre-hooks); checkpoints and evaluation need them now. As in
+        Megatron-LM: drop the hooks (which all-gathers), then put them back."""
+        if not self.train_cfg.overlap_param_gather:
+            yield
+            return
+        for chunk in self.model:
+            chunk.disable_forward_pre_hook()
+        try:
+            yield
+        finally:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+
     def save(self):
         from .checkpoint import save_checkpoint
         common = {'data': self.train_loader.state_dict(), 'skipped_iterations': self.skipped,
                   'consumed_samples': self.train_loader.consumed_samples}
-        path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
-                               self.scheduler, common, self.run.resolved())
+        with self._parameters_gathered():
+            path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
+                                   self.scheduler, common, self.run.resolved())
         logger.info('saved checkpoint %s', path)
 
     def write_resolved_config(self):
@@ -228,7 +246,8 @@ class Trainer:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
             if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
-                self.evaluate()
+                with self._parameters_gathered():
+                    self.evaluate()
             if self.train_cfg.save and self.train_cfg.save_interval and \
                     self.iteration % self.train_cfg.save_interval == 0:
                 self.save()
