@@ -1,11 +1,41 @@
-import os, time, torch, torch.distributed as dist
-dist.init_process_group('nccl'); r = dist.get_rank(); torch.cuda.set_device(r)
-for mb in (32, 256):
-    x = torch.ones(mb * 2**20 // 2, dtype=torch.bfloat16, device='cuda'); out = torch.empty(x.numel() * 2, dtype=x.dtype, device='cuda')
-    for op, f in (('all_reduce', lambda: dist.all_reduce(x)), ('all_gather', lambda: dist.all_gather_into_tensor(out, x))):
-        for _ in range(3): f()
-        torch.cuda.synchronize(); t = time.perf_counter()
-        for _ in range(10): f()
-        torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 10
-        if r == 0: print(f'{op} {mb} MB per rank: {dt*1e3:.2f} ms, {mb/1024/dt:.1f} GB/s algorithm bandwidth', flush=True)
-dist.destroy_process_group()
+"""NCCL bandwidth between the GPUs of one host, for the message sizes of the SALM's collectives:
+`torchrun --nproc-per-node N tests/gpu/nccl_bw.py` prints the time and algorithm bandwidth of
+all-reduce and all-gather at 32 MB and 256 MB per rank (10 timed calls after 3 warm-up calls)."""
+
+import time
+
+import torch
+import torch.distributed as dist
+
+SIZES_MB = (32, 256)
+
+
+def timed(call, repeats: int = 10) -> float:
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main():
+    dist.init_process_group('nccl')
+    rank = dist.get_rank()
+    torch.cuda.set_device(rank % torch.cuda.device_count())
+    for mb in SIZES_MB:
+        x = torch.ones(mb * 2**20 // 2, dtype=torch.bfloat16, device='cuda')
+        gathered = torch.empty(x.numel() * dist.get_world_size(), dtype=x.dtype, device='cuda')
+        for name, call in (('all_reduce', lambda: dist.all_reduce(x)),
+                           ('all_gather', lambda: dist.all_gather_into_tensor(gathered, x))):
+            seconds = timed(call)
+            if rank == 0:
+                print(f'{name} {mb} MB per rank: {seconds * 1e3:.2f} ms, '
+                      f'{mb / 1024 / seconds:.1f} GB/s algorithm bandwidth', flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
