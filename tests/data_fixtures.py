@@ -6,6 +6,7 @@ tests need no espeak; the espeak-backed corpus fixture skips cleanly where espea
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -43,6 +44,13 @@ def make_corpus(folder, n: int = 12, seconds=(1.0, 2.5), rate: int = 16000, text
         write_wav(os.path.join(folder, "wav", f"{i:03d}.wav"), tone(sec, rate, 200 + 20 * i, seed=i), rate)
         rows.append({"audio_filepath": f"wav/{i:03d}.wav", "duration": sec, "text": text.format(i=i)})
     return write_manifest(os.path.join(folder, "train.jsonl"), rows)
+
+
+def make_train_valid_corpus(folder, n: int) -> str:
+    """``make_corpus`` whose validation manifest repeats the training one; returns the folder."""
+    make_corpus(folder, n=n)
+    shutil.copy(os.path.join(folder, "train.jsonl"), os.path.join(folder, "valid.jsonl"))
+    return str(folder)
 
 
 @pytest.fixture

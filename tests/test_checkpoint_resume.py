@@ -7,11 +7,10 @@ checkpoint: the loss at iteration 4 agrees to 1e-5 (another layout sums in anoth
 """
 
 import os
-import shutil
 
 import pytest
 
-from data_fixtures import make_corpus
+from data_fixtures import make_train_valid_corpus
 from train_utils import read_metrics, run_train
 
 # The padded vocabulary must not depend on TP for a checkpoint to move between TP sizes:
@@ -23,9 +22,7 @@ BIG = ['--tensor-model-parallel-size', '2', '--pipeline-model-parallel-size', '2
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp('resume')
-    corpus = str(work / 'corpus')
-    make_corpus(corpus, n=24)
-    shutil.copy(os.path.join(corpus, 'train.jsonl'), os.path.join(corpus, 'valid.jsonl'))
+    corpus = make_train_valid_corpus(work / 'corpus', n=24)
     ck = str(work / 'ck')
     common = LAYOUT_FREE_VOCAB + ['--log-interval', '1', '--seed', '7']
     logs = {name: str(work / name) for name in ('full', 'resumed', 'resharded')}

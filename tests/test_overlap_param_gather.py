@@ -5,11 +5,10 @@ iteration-3 loss must equal the DP=2 run's (stale weights would not), and resumi
 continues the uninterrupted run bitwise."""
 
 import os
-import shutil
 
 import pytest
 
-from data_fixtures import make_corpus
+from data_fixtures import make_train_valid_corpus
 from train_utils import read_metrics, run_train
 
 OVERLAP = ['--use-distributed-optimizer', '--overlap-grad-reduce', '--overlap-param-gather']
@@ -18,9 +17,7 @@ OVERLAP = ['--use-distributed-optimizer', '--overlap-grad-reduce', '--overlap-pa
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp('overlap')
-    corpus = str(work / 'corpus')
-    make_corpus(corpus, n=24)
-    shutil.copy(os.path.join(corpus, 'train.jsonl'), os.path.join(corpus, 'valid.jsonl'))
+    corpus = make_train_valid_corpus(work / 'corpus', n=24)
     ck = str(work / 'ck')
     common = ['--log-interval', '1', '--seed', '3', '--mtp-num-layers', '1']
     logs = {name: str(work / name) for name in ('full', 'resumed', 'weights_only')}
