@@ -5,7 +5,10 @@ run in parallel threads); where apt is unavailable, ``espeakng-loader`` bundles 
 its data, driven here through ctypes in synchronous mode (one utterance at a time: the library keeps
 global state). Both return mono float32 at espeak's native rate (22,050 Hz); resampling to 16 kHz
 is the caller's job. Different espeak-ng versions may produce slightly different waveforms, so a
-corpus is reproducible for a given backend and version (``Synthesizer.version``).
+corpus is reproducible for a given version (``Synthesizer.version``) of the binary. The library is
+not deterministic: the same text comes out a few samples longer or shorter, with other sample
+values, from one call to the next and from one fresh process to the next (seen with espeakng-loader;
+re-initialising or seeding libc's rand() does not help), so its corpora match in text, not in audio.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class EspeakUnavailable(RuntimeError):
 
 class _CliBackend:
     name = "espeak-ng binary"
+    deterministic = True
     thread_safe = True
 
     def __init__(self, binary: str):
@@ -52,6 +56,7 @@ class _CliBackend:
 class _LibBackend:
     name = "espeakng-loader library"
     thread_safe = False
+    deterministic = False
 
     def __init__(self):
         try:

@@ -8,7 +8,8 @@ voice, rate and pitch used.
 Why per-utterance seeding: utterance ``i`` draws everything (subset, text, voice, rate, pitch,
 noise) from ``Generator([seed, i])``, so it does not depend on the others: synthesis runs in
 parallel, a corpus of N utterances is a prefix of one of 2N, and the same seed gives the same files
-(for one espeak-ng version). An utterance outside ``[min_seconds, max_seconds]`` is redrawn from the
+(for one version of the espeak-ng binary; with the espeakng-loader library the same texts, voices and
+splits, but audio that differs slightly from run to run: see :mod:`.espeak`). An utterance outside ``[min_seconds, max_seconds]`` is redrawn from the
 same generator. Split: ``i % 10 == 8`` valid, ``== 9`` test, else train.
 """
 
@@ -130,6 +131,7 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
     summary = {
         "num_utterances": num_utterances, "seed": seed, "noise_prob": noise_prob, "snr_db": list(snr_db),
         "min_seconds": min_seconds, "max_seconds": max_seconds, "backend": engine.name, "espeak": engine.version,
+        "audio_reproducible": engine.deterministic,
         "sample_rate": SAMPLE_RATE, "splits": {k: len(v) for k, v in splits.items()},
         "subsets": {s: sum(r["subset"] == s for r in rows) for s in DEFAULT_MIX},
         "audio_seconds": round(sum(r["duration"] for r in rows), 2),
@@ -159,6 +161,9 @@ def main(argv=None) -> int:
                      a.max_seconds, a.backend, a.jobs)
     print(f"wrote {s['num_utterances']} utterances ({s['audio_seconds']} s of audio) to {a.out} in "
           f"{s['wall_seconds']} s with {s['backend']} ({s['espeak']}): splits {s['splits']}, subsets {s['subsets']}")
+    if not s['audio_reproducible']:
+        print("note: the espeakng-loader library is not deterministic: another run gives the same texts with "
+              "slightly different audio; install the espeak-ng binary for bit-reproducible corpora")
     return 0
 
 
