@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU runs behind the figures in README/docs: `bash tests/gpu/runs.sh STEP OUT_DIR [CORPUS_DIR]`.
-# Steps: check (TE bf16 1 GPU vs TP2+SP, wgrad fusion on/off), bench1 (1 GPU benchmarks), perf (memory/speed
-# levers, 4 GPUs side by side), bench2 (2 GPUs, one run at a time), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling),
-# train (tiny + 1B-class training, save and resume). Each writes logs under OUT_DIR.
+# Steps: one (a single benchmark: OUT NAME NPROC FLAGS...), check (TE bf16 1 GPU vs TP2+SP, wgrad fusion
+# on/off), bench1 (1 GPU benchmarks), perf (memory/speed levers, 4 GPUs side by side), bench2 (2 GPUs,
+# one run at a time), fusion_ab (wgrad fusion A/B on 2 GPUs), tp2_probe (TP=2 profile, micro-batch 8
+# vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), train / train4 (training,
+# save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
 mkdir -p "$out"
