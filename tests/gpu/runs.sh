@@ -59,7 +59,7 @@ case "$step" in
   bench2)  # one 2-GPU host, one run at a time (clean figures): the 1-GPU baseline with and without
     # gradient accumulation fusion, DP=2 with the distributed optimizer and overlapped reduce/gather,
     # TP=2 + SP profiled. Two microbatches of 8 per rank and step in every layout. BENCH2_PART=one|multi
-    # runs the 1-GPU or the 2-GPU half (one device call each).
+    # runs the 1-GPU or the 2-GPU half (each fits a 10-minute slot).
     multi=(--warmup-iters 2 --timed-iters 6 --vocab-size 151936 --micro-batch-size 8 --mtp-num-layers 2 --head-chunk-rows 1024)
     if [ "${BENCH2_PART:-all}" != multi ]; then
       CUDA_VISIBLE_DEVICES=0 bench salm152k_gpu1 1 "${multi[@]}" --global-batch-size 16 --profile-dir "$out/profile_gpu1"
