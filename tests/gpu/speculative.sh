@@ -14,7 +14,10 @@
 #    EVAL_UTTERANCES lines) and at batch 8 (first EVAL_UTTERANCES_BATCH8), at most MAX_NEW_TOKENS
 #    (64: the longest synthetic transcript is 49 bytes) per utterance, the two batch sizes on a
 #    model's two GPUs at once where it has two; the model without MTP: greedy only. About 3 minutes.
-# Writes under OUT: train_{mtp,base}.log (+ metrics), eval_*.{json,log,png}, summary.txt.
+# 3. With HEADS_MINUTES set: trains HEADS_DEPTHS (3) MTP heads alone (--training-mode head_only) on
+#    the model without MTP for HEADS_MINUTES (at most HEADS_ITERS, 1000, steps past its checkpoint),
+#    then evaluates them with speculative decoding: the output stays that model's greedy output.
+# Writes under OUT: train_{mtp,base[,heads]}.log (+ metrics), eval_*.{json,log,png}, summary.txt.
 # Each step runs even when an earlier one failed; the exit status says whether all succeeded.
 set -uo pipefail
 out="${1:?usage: speculative.sh OUT CORPUS [GPUS]}"
@@ -106,6 +109,20 @@ else
   wait "$pid_base" || failed=1
 fi
 echo "evaluation: $((SECONDS - start)) s" >> "$out/summary.txt"
+
+if [ -n "${HEADS_MINUTES:-}" ]; then
+  start=$SECONDS
+  if base_iter=$(cat "$out/ckpt_base/latest_checkpointed_iteration.txt" 2>/dev/null); then
+    TRAIN_MINUTES="$HEADS_MINUTES" train heads "$gpus_base" 29630 --load "$out/ckpt_base" --no-load-optim \
+      --training-mode head_only --mtp-num-layers "${HEADS_DEPTHS:-3}" \
+      --train-iters "$((base_iter + ${HEADS_ITERS:-1000}))" || failed=1
+    grep -h "iteration " "$out/train_heads.log" | tail -2 | sed "s/^/train heads: /" >> "$out/summary.txt"
+    eval_model heads "$gpus_base" --speculative || failed=1
+  else
+    echo "heads: no checkpoint of the model without MTP" >> "$out/summary.txt"; failed=1
+  fi
+  echo "heads (training + evaluation): $((SECONDS - start)) s" >> "$out/summary.txt"
+fi
 
 # One line per report: WER (overall, per subset), acceptance per depth, tokens per forward, speed.
 $PYTHON - "$out" >> "$out/summary.txt" 2>&1 <<'PY'
