@@ -87,5 +87,6 @@ def test_library_backend_when_installed(tmp_path):
     rows = read_manifest(str(tmp_path / "train.jsonl"))
     assert all(1.0 <= audio_info(r.audios[0].value).duration <= 4.0 for r in rows)
     build_corpus(str(tmp_path / "again"), 6, seed=1, backend="lib")
-    texts = [[json.loads(line)["text"] for line in open(folder / "train.jsonl")] for folder in (tmp_path, tmp_path / "again")]
-    assert texts[0] == texts[1]
+    first, again = ([json.loads(line)["text"] for line in open(folder / "train.jsonl")]
+                    for folder in (tmp_path, tmp_path / "again"))
+    assert first == again

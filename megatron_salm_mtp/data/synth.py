@@ -8,9 +8,9 @@ voice, rate and pitch used.
 Why per-utterance seeding: utterance ``i`` draws everything (subset, text, voice, rate, pitch,
 noise) from ``Generator([seed, i])``, so it does not depend on the others: synthesis runs in
 parallel, a corpus of N utterances is a prefix of one of 2N, and the same seed gives the same files
-(for one version of the espeak-ng binary; with the espeakng-loader library the same texts, voices and
-splits, but audio that differs slightly from run to run: see :mod:`.espeak`). An utterance outside ``[min_seconds, max_seconds]`` is redrawn from the
-same generator. Split: ``i % 10 == 8`` valid, ``== 9`` test, else train.
+(for one version of the espeak-ng binary; with the espeakng-loader library the same texts, voices
+and splits, but audio that differs slightly from run to run: see :mod:`.espeak`). An utterance
+outside ``[min_seconds, max_seconds]`` is redrawn from the same generator. Split: ``i % 10 == 8`` valid, ``== 9`` test, else train.
 """
 
 from __future__ import annotations

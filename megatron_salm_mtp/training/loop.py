@@ -197,6 +197,10 @@ class Trainer:
         return loss, grad_norm_value(grad_norm), not updated
 
     def evaluate(self):
+        with self._parameters_gathered():
+            self._evaluate()
+
+    def _evaluate(self):
         for chunk in self.model:
             chunk.eval()
         loss_sum = tokens = 0.0
@@ -246,8 +250,7 @@ class Trainer:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
             if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
-                with self._parameters_gathered():
-                    self.evaluate()
+                self.evaluate()
             if self.train_cfg.save and self.train_cfg.save_interval and \
                     self.iteration % self.train_cfg.save_interval == 0:
                 self.save()
