@@ -16,6 +16,8 @@ import json
 import os
 import sys
 import time
+from collections import Counter
+from contextlib import nullcontext
 
 import torch
 from megatron.core import parallel_state
@@ -26,6 +28,7 @@ from .data.frames import encoder_frames
 from .data.synthetic_batches import synthetic_batch
 from .parallel.setup import build_model, init_distributed, init_model_parallel
 from .training.flops import batch_flops, head_evaluations
+from .training.host_syncs import recorded_host_syncs
 from .training.optim import build_optimizer
 from .training.step import forward_backward
 
@@ -107,14 +110,20 @@ def measure(run, bench, depths: int) -> dict:
                                     bench.audio_fraction, bench.answer_fraction, bench.text_only, seed=i)
                     for i in range(num_micro)]
     if torch.cuda.is_available():
+        # pinned, as the training loaders pin theirs
+        microbatches = [{key: value.pin_memory() for key, value in batch.items()} for batch in microbatches]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    def train_step():
+    syncs = {'forward_backward': Counter(), 'optimizer': Counter()}
+
+    def train_step(audit=False):
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
-        forward_backward(model, microbatches, cfg)
-        optimizer.step()
+        with recorded_host_syncs(syncs['forward_backward']) if audit else nullcontext():
+            forward_backward(model, microbatches, cfg)
+        with recorded_host_syncs(syncs['optimizer']) if audit else nullcontext():
+            optimizer.step()
 
     times = []
     for step in range(bench.warmup_iters + bench.timed_iters):
@@ -127,6 +136,8 @@ def measure(run, bench, depths: int) -> dict:
     step_s = sum(times) / len(times)
     if bench.profile_dir:
         profile_steps(train_step, bench.profile_dir, f'mtp{depths}')
+    if bench.list_host_syncs:
+        train_step(audit=True)
     frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
     per_utt = int(frames / max(train.global_batch_size, 1)) or 1
     heads = dp * head_evaluations(microbatches, cfg)
@@ -136,12 +147,23 @@ def measure(run, bench, depths: int) -> dict:
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
               'tflops_per_gpu': flops / step_s / world / 1e12,
               'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan')}
+    if bench.list_host_syncs:
+        result['host_syncs'] = {phase: dict(sites) for phase, sites in syncs.items()}
     if train.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
         for chunk in model:
             chunk.disable_forward_pre_hook(param_sync=False)
     del model, optimizer
     gc.collect()
     return result
+
+
+def host_sync_report(result) -> str:
+    """Lines naming where one step of ``result``'s configuration made the host wait (last rank)."""
+    lines = []
+    for phase, sites in result['host_syncs'].items():
+        lines.append(f"host syncs, D={result['mtp_depths']}, {phase}: {sum(sites.values())}")
+        lines += [f"  {calls:4d}  {site}" for site, calls in sorted(sites.items(), key=lambda kv: -kv[1])]
+    return '\n'.join(lines)
 
 
 def main(argv=None):
@@ -156,6 +178,8 @@ def main(argv=None):
     parser.add_argument('--json', default=None, help='also write the results here')
     parser.add_argument('--profile-dir', default=None,
                         help='profile 2 more steps per configuration; op tables written here')
+    parser.add_argument('--list-host-syncs', action='store_true',
+                        help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     run = parse_args(rest)
     if bench.vocab_size:
@@ -186,6 +210,9 @@ def main(argv=None):
         base, mtp = results
         print(f"MTP overhead per depth: {(mtp['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step time, "
               f"{(mtp['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB")
+    for r in results:
+        if 'host_syncs' in r:
+            print(host_sync_report(r))
     if bench.json:
         with open(bench.json, 'w') as f:
             json.dump({'device': device, 'foreign_memory_gb_per_rank': foreign, 'results': results}, f, indent=1)

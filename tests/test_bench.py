@@ -19,7 +19,8 @@ def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2', f'--master-port={free_port()}',
            '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            *TINY_FLAGS, '--mtp-num-layers', '2', '--tensor-model-parallel-size', '2',
-           '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
+           '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--list-host-syncs',
+           '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -33,6 +34,9 @@ def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):
         assert r['step_ms'] > 0 and r['tokens_per_s'] > 0
         assert r['mfu'] == pytest.approx(r['tflops_per_gpu'])  # --peak-tflops 1
     assert mtp['tflops_per_gpu'] * mtp['step_ms'] > base['tflops_per_gpu'] * base['step_ms']  # MTP adds FLOPs
+    # CPU: the audit runs and finds nothing to record (tests/gpu/test_host_syncs.py checks a GPU)
+    assert mtp['host_syncs'] == {'forward_backward': {}, 'optimizer': {}}
+    assert 'host syncs, D=2, forward_backward: 0' in result.stdout
 
 
 def test_foreign_memory_warning_names_the_busy_ranks():

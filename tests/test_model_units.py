@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from megatron_salm_mtp.config import ConfigError
-from megatron_salm_mtp.model.salm import splice_audio
+from megatron_salm_mtp.model.host_inputs import HEAD_ROW_COUNTS, prepare_microbatch
+from megatron_salm_mtp.model.mtp import mtp_target_masks
+from megatron_salm_mtp.model.salm import check_audio_placeholders, splice_audio
 from megatron_salm_mtp.model.specs import resolve_transformer_impl
 from parallel_utils import speech_batch, tiny_config
 
@@ -47,10 +49,53 @@ def test_splice_places_audio_in_row_major_order():
     assert torch.equal(out[0, 0], torch.zeros(3)) and torch.equal(out[3, 1], torch.zeros(3))
 
 
-def test_splice_frame_count_mismatch_is_an_error():
+def _splice_by_boolean_masks(text, tokens, audio, lengths, audio_token_id):
+    """The obvious splice (boolean-mask indexing, a host round trip on a GPU), as the reference."""
+    spliced = text.transpose(0, 1).clone()
+    valid = torch.arange(audio.shape[1])[None, :] < lengths[:, None]
+    spliced[tokens == audio_token_id] = audio[valid]
+    return spliced.transpose(0, 1)
+
+
+def test_splice_matches_boolean_mask_reference_with_gradients():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5, 2, 7, 1, 4])  # padded to 7 frames; utterances span rows
+    tokens = torch.randint(0, 8, (3, 16), generator=gen)
+    places = [(0, 1, 5), (0, 9, 2), (1, 0, 7), (1, 12, 1), (2, 3, 4)]
+    for row, start, count in places:
+        tokens[row, start:start + count] = 9
+    results = []
+    for splice in (splice_audio, _splice_by_boolean_masks):
+        text = torch.randn(16, 3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        audio = torch.randn(5, 7, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        out = splice(text, tokens, audio, lengths, 9)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        results.append((out.detach(), text.grad, audio.grad))
+    for ours, reference in zip(*results):
+        assert torch.equal(ours, reference)
+
+
+def test_placeholder_count_mismatch_is_an_error():
     tokens = torch.tensor([[1, 9, 9, 9, 2]])
     with pytest.raises(ValueError, match='3 audio placeholders but the audio gives 2'):
-        splice_audio(torch.zeros(5, 1, 3), tokens, torch.zeros(1, 4, 3), torch.tensor([2]), 9)
+        check_audio_placeholders(tokens, torch.tensor([2]), 9)
+    with pytest.raises(ValueError, match=r'3 audio placeholders but the audio gives 0 .*no audio'):
+        check_audio_placeholders(tokens, None, 9)
+    check_audio_placeholders(tokens, torch.tensor([1, 2]), 9)
+
+
+def test_prepare_microbatch_counts_each_heads_rows_and_checks_placeholders():
+    cfg = tiny_config()
+    batch = speech_batch(cfg, 3, seed=4)
+    prepared = prepare_microbatch(batch, cfg)
+    masks = [batch['loss_mask']] + mtp_target_masks(batch['loss_mask'], batch['tokens'], cfg.mtp_depths,
+                                                    cfg.audio_token_id, cfg.mtp_mask_placeholder_paths)
+    assert prepared[HEAD_ROW_COUNTS] == [int(m.nonzero().shape[0]) for m in masks]
+    assert len(prepared[HEAD_ROW_COUNTS]) == 1 + cfg.mtp_depths > 1
+    assert all(prepared[key] is batch[key] for key in batch)  # no copy of the tensors
+    broken = dict(batch, audio_feature_lengths=batch['audio_feature_lengths'] + 8)
+    with pytest.raises(ValueError, match='audio placeholders but the audio gives'):
+        prepare_microbatch(broken, cfg)
 
 
 def test_spec_choice_is_logged_and_checked(caplog):
@@ -95,8 +140,25 @@ def test_mtp_refuses_missing_loss_mask(single_rank_model):
 def test_audio_placeholders_without_audio_is_an_error(single_rank_model):
     cfg, model = single_rank_model
     batch = speech_batch(cfg, 1, seed=2)
-    with pytest.raises(ValueError, match='no audio_features'):
+    with pytest.raises(ValueError, match='audio placeholders but the audio gives 0 tokens'):
         model(batch['tokens'], batch['position_ids'])
+
+
+def test_host_counted_rows_give_the_device_counted_loss(single_rank_model):
+    """The training step's path (rows counted on the host) and the model's own (counted on the
+    device) select the same rows: same per-token loss, same MTP statistics."""
+    cfg, model = single_rank_model
+    batch = prepare_microbatch(speech_batch(cfg, 3, seed=5), cfg)
+    model.language_model.set_mtp_loss_weights(torch.ones(cfg.mtp_depths))
+    outputs = []
+    for counts in (batch[HEAD_ROW_COUNTS], None):
+        model.language_model.mtp_stats.reset()
+        loss = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
+                     loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
+                     audio_feature_lengths=batch['audio_feature_lengths'], head_row_counts=counts)
+        outputs.append((loss.detach(), model.language_model.mtp_stats.values.clone()))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert outputs[0][1][1].min() > 0  # every depth had supervised rows
 
 
 def test_inference_returns_logits_without_mtp(single_rank_model):

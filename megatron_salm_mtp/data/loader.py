@@ -134,4 +134,6 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
     ds = build_dataset(cfg, manifests, tokenizer)
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
-    return SpeechDataLoader(ds, sampler, tokenizer.pad_id, cfg.n_mels, cfg.num_workers, cfg.pad_to_seq_length)
+    # Pinned batches copy to the GPU without making the host wait for the GPU's queue.
+    return SpeechDataLoader(ds, sampler, tokenizer.pad_id, cfg.n_mels, cfg.num_workers, cfg.pad_to_seq_length,
+                            pin_memory=torch.cuda.is_available())

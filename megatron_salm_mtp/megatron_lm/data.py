@@ -10,6 +10,7 @@ The MTP weights of one global batch need its supervised-token counts before its 
 (``model/mtp.py``); under ``pretrain()`` the schedule draws microbatches one at a time, so
 :class:`MicrobatchesWithCounts` reads each global batch's microbatches ahead and attaches this
 rank's counts to the first of them. The forward step all-reduces them over DP (``providers.py``).
+Every microbatch also gets its host-side facts (``model/host_inputs.py``).
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from megatron.core import parallel_state
 from ..config import SALMConfig
 from ..data.loader import DataConfig, SpeechDataLoader, build_dataloader
 from ..data.tokenizer import Tokenizer
+from ..model.host_inputs import prepare_microbatch
 from ..model.mtp import supervised_counts
 
 GLOBAL_BATCH_COUNTS = 'global_batch_supervised_counts'
@@ -51,7 +53,8 @@ class MicrobatchesWithCounts:
 
     def __next__(self) -> dict:
         if not self.pending:
-            group = [next(self.source) for _ in range(self.microbatches_per_batch())]
+            group = [prepare_microbatch(next(self.source), self.cfg)
+                     for _ in range(self.microbatches_per_batch())]
             counts = supervised_counts(group, self.cfg.mtp_depths, self.cfg.audio_token_id,
                                        self.cfg.mtp_mask_placeholder_paths)
             group[0] = dict(group[0], **{GLOBAL_BATCH_COUNTS: counts})

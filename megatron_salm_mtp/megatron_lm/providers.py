@@ -26,6 +26,7 @@ from megatron.core.utils import get_attr_wrapped_model
 from ..config import SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
+from ..model.host_inputs import HEAD_ROW_COUNTS
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights
 from ..model.salm import SALM
@@ -119,7 +120,8 @@ class SALMProviders:
         inputs = {key: batch[key].to(_device(), non_blocking=True) for key in MODEL_INPUTS}
         output = model(inputs['tokens'], inputs['position_ids'], labels=inputs['labels'],
                        loss_mask=inputs['loss_mask'], audio_features=inputs['audio_features'],
-                       audio_feature_lengths=inputs['audio_feature_lengths'])
+                       audio_feature_lengths=inputs['audio_feature_lengths'],
+                       head_row_counts=batch[HEAD_ROW_COUNTS])
         return output, partial(salm_loss, inputs['loss_mask'], language_model)
 
     def datasets_provider(self, train_val_test_num_samples):

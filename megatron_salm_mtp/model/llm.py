@@ -9,7 +9,7 @@ logits only at supervised positions (``supervised_token_loss``).
 """
 
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -56,6 +56,8 @@ class SpeechGPTModel(GPTModel):
         # Training and evaluation keep separate windows, chosen by the module's mode.
         self._mtp_stats = {True: MTPStats(depths), False: MTPStats(depths)} if self.mtp_process else None
         self.mtp_loss_weights: Optional[torch.Tensor] = None
+        # Set by SALM.forward for one call: [main, depth 1..D] supervised row counts, or None.
+        self.head_row_counts: Optional[Sequence[int]] = None
 
     @property
     def mtp_stats(self) -> Optional[MTPStats]:
@@ -95,13 +97,21 @@ class SpeechGPTModel(GPTModel):
             hidden_states = self._add_mtp_losses(hidden_states, input_ids, position_ids, labels,
                                                  loss_mask, output_weight, rotary_pos_emb,
                                                  rotary_pos_cos, rotary_pos_sin, kwargs)
-        token_loss, _ = self.supervised_token_loss(hidden_states, labels, loss_mask, output_weight)
+        token_loss, _ = self.supervised_token_loss(hidden_states, labels, loss_mask, output_weight,
+                                                   num_rows=self._head_rows(0))
         return token_loss
 
-    def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False):
+    def _head_rows(self, head: int) -> Optional[int]:
+        """Host-counted supervised rows of head ``head`` (0 main, k depth k), None if not given."""
+        return None if self.head_row_counts is None else int(self.head_row_counts[head])
+
+    def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False,
+                              num_rows: Optional[int] = None):
         """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits or None) computing logits only at
         supervised positions: speech prompts are mostly audio, and a 150k-word head over every
         position costs more than a decoder layer (``full_sequence_logits`` restores core's way).
+        ``num_rows``, the count of nonzero ``mask`` entries known on the host, spares the host
+        round trip of finding how many rows there are.
         """
         if self.config.sequence_parallel:  # select rows of the whole sequence
             hidden_states = tensor_parallel.gather_from_sequence_parallel_region(
@@ -110,6 +120,8 @@ class SpeechGPTModel(GPTModel):
         flat_mask = mask.t().reshape(-1)  # s-major, as hidden_states is [s, b, h]
         if self.full_sequence_logits:
             rows = torch.arange(seq * batch, device=hidden_states.device)
+        elif num_rows is not None:
+            rows = torch.nonzero_static(flat_mask, size=num_rows).squeeze(1)
         else:
             rows = flat_mask.nonzero().squeeze(1)
         picked = hidden_states.reshape(seq * batch, width).index_select(0, rows).unsqueeze(1)
@@ -176,7 +188,8 @@ class SpeechGPTModel(GPTModel):
         if weights is None:
             if self.training:
                 raise RuntimeError("set_mtp_loss_weights() was not called for this global batch")
-            weights = torch.zeros(self.config.mtp_num_layers)  # evaluation: losses logged only
+            # evaluation: losses logged only
+            weights = torch.zeros(self.config.mtp_num_layers, device=hidden_states.device)
         depths = self.config.mtp_num_layers
         chunks = [hidden_states] + self.run_mtp_depths(
             depths, hidden_states, input_ids, position_ids, attention_mask=kwargs.get('attention_mask'),
@@ -188,7 +201,8 @@ class SpeechGPTModel(GPTModel):
         for depth in range(depths):
             mtp_labels = torch.roll(mtp_labels, shifts=-1, dims=-1)
             token_loss, hits = self.supervised_token_loss(chunks[depth + 1], mtp_labels,
-                                                          masks[depth], output_weight, with_hits=True)
+                                                          masks[depth], output_weight, with_hits=True,
+                                                          num_rows=self._head_rows(depth + 1))
             loss_sum = token_loss.sum()
             self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), hits.sum())
             weight = weights[depth].to(loss_sum.device)

@@ -54,12 +54,19 @@ def supervised_counts(microbatches, depths: int, audio_token_id: int,
     """[1 + D] float64 counts of supervised tokens (main head, then each depth) over ``microbatches``."""
     counts = torch.zeros(1 + depths, dtype=torch.float64)
     for batch in microbatches:
-        counts[0] += batch['loss_mask'].double().sum()
-        masks = mtp_target_masks(batch['loss_mask'], batch['tokens'], depths, audio_token_id,
-                                 mask_placeholder_paths)
-        for k, mask in enumerate(masks):
-            counts[1 + k] += mask.double().sum()
+        masks = [batch['loss_mask']] + mtp_target_masks(batch['loss_mask'], batch['tokens'], depths,
+                                                        audio_token_id, mask_placeholder_paths)
+        counts += torch.stack([mask.double().sum() for mask in masks])
     return counts
+
+
+def head_row_counts(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int, audio_token_id: int,
+                    mask_placeholder_paths: bool) -> List[int]:
+    """Positions each head computes logits at (main head, then each depth): the nonzero entries of
+    its target mask."""
+    masks = [loss_mask] + mtp_target_masks(loss_mask, tokens, depths, audio_token_id,
+                                           mask_placeholder_paths)
+    return [int(torch.count_nonzero(mask)) for mask in masks]
 
 
 def mtp_loss_weights(global_counts: torch.Tensor, scaling_factor: float) -> torch.Tensor:

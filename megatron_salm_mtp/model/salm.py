@@ -5,7 +5,7 @@ the placeholder positions; sequence parallelism scatters only after the splice. 
 share of decoder layers; the last runs the head, the MTP block and the losses.
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from megatron.core import tensor_parallel
@@ -21,23 +21,44 @@ from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 
 
+def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: Optional[torch.Tensor],
+                             audio_token_id: int) -> None:
+    """Raise unless ``tokens`` hold as many audio placeholders as the audio gives tokens
+    (``audio_lengths`` [n] per utterance, None for no audio). Free on the host; one round trip
+    when the tensors live on a GPU."""
+    placeholders = (tokens == audio_token_id).sum()
+    given = audio_lengths.sum() if audio_lengths is not None else torch.zeros_like(placeholders)
+    expected, given = torch.stack([placeholders, given.to(placeholders)]).tolist()
+    if expected != given:
+        per_utterance = audio_lengths.tolist() if audio_lengths is not None else 'no audio'
+        raise ValueError(f"input_ids carry {expected} audio placeholders but the audio gives {given} "
+                         f"tokens (per utterance: {per_utterance}); the data side must "
+                         "expand each utterance with data.frames.audio_tokens()")
+
+
 def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor,
                  audio_lengths: torch.Tensor, audio_token_id: int) -> torch.Tensor:
-    """Replace placeholder embeddings with audio tokens.
+    """Replace placeholder embeddings with audio tokens: the i-th placeholder (row-major) takes the
+    i-th valid audio token. Counts must match (``check_audio_placeholders``, by the caller).
 
     text_embeddings [s, b, h]; tokens [b, s]; audio [n, T, h] with ``audio_lengths[i]`` valid
-    tokens per utterance, utterances in row-major order of their placeholder runs.
+    tokens per utterance. Index arithmetic only (no boolean-mask indexing), so the GPU never
+    reports a count to the host and the step's launches run ahead of the GPU.
     """
-    placeholders = tokens == audio_token_id
-    valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < audio_lengths[:, None]
-    expected, given = torch.stack([placeholders.sum(), valid.sum()]).tolist()  # one host sync
-    if expected != given:
-        raise ValueError(f"input_ids carry {expected} audio placeholders but the audio gives {given} "
-                         f"tokens (per utterance: {audio_lengths.tolist()}); the data side must "
-                         "expand each utterance with data.frames.audio_tokens()")
-    spliced = text_embeddings.transpose(0, 1).clone()  # [b, s, h]
-    spliced[placeholders] = audio[valid].to(spliced.dtype)
-    return spliced.transpose(0, 1)
+    seq, batch, width = text_embeddings.shape
+    placeholders = tokens == audio_token_id  # [b, s]
+    frames = audio.shape[0] * audio.shape[1]
+    valid = (torch.arange(audio.shape[1], device=audio.device)[None, :] < audio_lengths[:, None]).reshape(-1)
+    # frame_of_rank[r]: flat index of the r-th valid audio token; padding writes the spare slot.
+    rank = torch.where(valid, valid.cumsum(0) - 1, frames)
+    frame_of_rank = torch.zeros(frames + 1, dtype=torch.long, device=audio.device)
+    frame_of_rank.scatter_(0, rank, torch.arange(frames, device=audio.device))
+    # Ranks count placeholders row-major; the result is laid out [s, b] as the embeddings are.
+    placeholder_rank = (placeholders.reshape(-1).cumsum(0) - 1).clamp(0, frames).view(batch, seq)
+    source = frame_of_rank.index_select(0, placeholder_rank.t().reshape(-1))
+    picked = audio.reshape(frames, width).index_select(0, source).to(text_embeddings.dtype)
+    spliced = torch.where(placeholders.t().reshape(-1, 1), picked, text_embeddings.reshape(-1, width))
+    return spliced.view(seq, batch, width)
 
 
 class SALM(MegatronModule):
@@ -97,25 +118,42 @@ class SALM(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
-    def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None):
-        """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h]."""
+    def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None,
+                     placeholders_checked: bool = False):
+        """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h].
+
+        ``placeholders_checked``: the caller checked the placeholder count on the host
+        (``host_inputs.prepare_microbatch``); otherwise it is checked here, with a round trip."""
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
-        if audio_features is not None and audio_features.numel():
+        has_audio = audio_features is not None and audio_features.numel() > 0
+        lengths = (audio_tokens(audio_feature_lengths.to(tokens.device), self.cfg.audio_frame_stack)
+                   if has_audio else None)
+        if not placeholders_checked:
+            check_audio_placeholders(tokens, lengths, self.cfg.audio_token_id)
+        if has_audio:
             frames = self.audio_encoder(audio_features, audio_feature_lengths)
             audio = self.audio_projector(frames)
-            lengths = audio_tokens(audio_feature_lengths.to(audio.device), self.cfg.audio_frame_stack)
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
-        elif bool((tokens == self.cfg.audio_token_id).any()):
-            raise ValueError("input_ids carry audio placeholders but no audio_features were given")
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
-                audio_feature_lengths=None):
+                audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None):
+        """``head_row_counts``: supervised rows of the main head and of each MTP depth, counted on
+        the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
+        placeholders); with them the step needs no host round trip. Without them the model
+        counts and checks on the device."""
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
-                                              audio_feature_lengths)
-        return self.language_model(tokens, position_ids, attention_mask=None,
-                                   decoder_input=decoder_input, labels=labels, loss_mask=loss_mask)
+                                              audio_feature_lengths,
+                                              placeholders_checked=head_row_counts is not None)
+        # GPTModel.forward hands _postprocess no extra argument, so the counts ride on the module.
+        self.language_model.head_row_counts = head_row_counts
+        try:
+            return self.language_model(tokens, position_ids, attention_mask=None,
+                                       decoder_input=decoder_input, labels=labels,
+                                       loss_mask=loss_mask)
+        finally:
+            self.language_model.head_row_counts = None

@@ -15,6 +15,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 from ..compat import mcore
 from ..config import SALMConfig
+from ..model.host_inputs import HEAD_ROW_COUNTS, prepare_microbatch
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights, supervised_counts
 
@@ -49,10 +50,12 @@ def set_global_mtp_weights(model_chunks, microbatches: List[dict], cfg: SALMConf
 
 
 def _forward_step(data_iterator, model):
-    batch = _to_device(next(data_iterator))
+    host_batch = next(data_iterator)
+    batch = _to_device(host_batch)
     output = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
                    loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
-                   audio_feature_lengths=batch['audio_feature_lengths'])
+                   audio_feature_lengths=batch['audio_feature_lengths'],
+                   head_row_counts=host_batch[HEAD_ROW_COUNTS])
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 
@@ -81,7 +84,8 @@ class LossTotals(NamedTuple):
 def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
                      forward_only: bool = False) -> LossTotals:
     """Run the schedule over ``microbatches``; gradients are finalised (DP reduce, embedding sync,
-    1/N_main) unless ``forward_only``."""
+    1/N_main) unless ``forward_only``. ``microbatches`` are CPU tensors (pinned for a fast copy)."""
+    microbatches = [prepare_microbatch(batch, cfg) for batch in microbatches]
     if cfg.mtp_depths:
         set_global_mtp_weights(model_chunks, microbatches, cfg)
     config = get_attr_wrapped_model(model_chunks[0], 'config')

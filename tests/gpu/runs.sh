@@ -3,8 +3,8 @@
 # Steps: one (a single benchmark: OUT NAME NPROC FLAGS...), check (TE bf16 1 GPU vs TP2+SP, wgrad fusion
 # on/off), bench1 (1 GPU benchmarks), perf (memory/speed levers, 4 GPUs side by side), bench2 (2 GPUs,
 # one run at a time), fusion_ab (wgrad fusion A/B on 2 GPUs), tp2_probe (TP=2 profile, micro-batch 8
-# vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), train / train4 (training,
-# save and resume). Each writes logs under OUT_DIR.
+# vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), syncs_ab (host round trips
+# removed: before/after), train / train4 (training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
 mkdir -p "$out"
@@ -85,6 +85,31 @@ case "$step" in
     bench tp2_mb16 2 "${probe[@]}" "${tp2[@]}" --micro-batch-size 16
     CUDA_VISIBLE_DEVICES=0 bench gpu1_mb16 1 "${probe[@]}" --micro-batch-size 16
     for f in "$out"/profile_tp2/*.txt; do echo "== $f"; head -22 "$f" | cut -c1-72,126-166; done ;;
+  syncs_ab)  # host round trips removed (host_inputs.py): before (BEFORE_TREE, a checkout of the
+    # earlier commit) and after side by side on GPUs 0-3 (8 x 2 and 16 x 1), then swapped; SYNCS_PART=tp
+    # runs TP=2 before/after at 16 x 1 side by side, TP=2 at 32 x 1, and TP=2 x PP=2 on 4 GPUs
+    ab=(--warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 --head-chunk-rows 1024)
+    before() { local gpus="$1"; shift; (cd "$BEFORE_TREE" && CUDA_VISIBLE_DEVICES="$gpus" bench "$@"); }
+    after() { local gpus="$1"; shift; CUDA_VISIBLE_DEVICES="$gpus" bench "$@"; }
+    if [ "${SYNCS_PART:-one}" = one ]; then
+      for round in 1 2; do
+        a=$((round - 1)); b=$((2 - round)); c=$((round + 1)); d=$((4 - round))
+        before $a "before_mb8_r$round" 1 "${ab[@]}" --micro-batch-size 8 --global-batch-size 16 &
+        after $b "after_mb8_r$round" 1 "${ab[@]}" --micro-batch-size 8 --global-batch-size 16 &
+        before $c "before_mb16_r$round" 1 "${ab[@]}" --micro-batch-size 16 --global-batch-size 16 &
+        after $d "after_mb16_r$round" 1 "${ab[@]}" --micro-batch-size 16 --global-batch-size 16 &
+        wait
+      done
+    else
+      tp2=("${ab[@]}" --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer)
+      before 0,1 before_tp2_mb16 2 "${tp2[@]}" --micro-batch-size 16 --global-batch-size 16 &
+      after 2,3 after_tp2_mb16 2 "${tp2[@]}" --micro-batch-size 16 --global-batch-size 16 &
+      wait
+      after 0,1 after_tp2_mb32 2 "${tp2[@]}" --micro-batch-size 32 --global-batch-size 32 &
+      after 2,3 after_tp2_mb16_syncs 2 "${tp2[@]}" --micro-batch-size 16 --global-batch-size 16 --list-host-syncs &
+      wait
+      after 0,1,2,3 after_tp2pp2_mb16 4 "${tp2[@]}" --pipeline-model-parallel-size 2 --micro-batch-size 16 --global-batch-size 64
+    fi ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
