@@ -4,7 +4,8 @@
 # on/off), bench1 (1 GPU benchmarks), perf (memory/speed levers, 4 GPUs side by side), bench2 (2 GPUs,
 # one run at a time), fusion_ab (wgrad fusion A/B on 2 GPUs), tp2_probe (TP=2 profile, micro-batch 8
 # vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), syncs_ab (host round trips
-# removed: before/after), train / train4 (training, save and resume). Each writes logs under OUT_DIR.
+# removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), train / train4
+# (training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
 mkdir -p "$out"
@@ -110,6 +111,15 @@ case "$step" in
       wait
       after 0,1,2,3 after_tp2pp2_mb16 4 "${tp2[@]}" --pipeline-model-parallel-size 2 --micro-batch-size 16 --global-batch-size 64
     fi ;;
+  levers16)  # micro-batch 16 on a 4x H200 host: FP8 and MTP recompute (GPUs 0, 1) beside DP=2 with the
+    # distributed optimizer and overlapped reduce/gather (GPUs 2-3); then TP=2 x PP=2 with 8 microbatches
+    l16=(--warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 --head-chunk-rows 1024 --micro-batch-size 16)
+    CUDA_VISIBLE_DEVICES=0 bench mb16_fp8 1 "${l16[@]}" --global-batch-size 16 --fp8-format hybrid &
+    CUDA_VISIBLE_DEVICES=1 bench mb16_mtp_recompute 1 "${l16[@]}" --global-batch-size 16 --mtp-recompute &
+    CUDA_VISIBLE_DEVICES=2,3 bench dp2_mb16 2 "${l16[@]}" --global-batch-size 32 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather &
+    wait
+    bench tp2pp2_mb16_gbs128 4 "${l16[@]}" --global-batch-size 128 --tensor-model-parallel-size 2 \
+      --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
