@@ -103,7 +103,7 @@ def measure(run, bench, depths: int) -> dict:
                                         use_distributed_optimizer=train.use_distributed_optimizer,
                                         overlap_param_gather=train.overlap_param_gather)
     model = build_model(cfg, ddp)
-    optimizer, _ = build_optimizer(model, train, cfg)
+    optimizer, scheduler = build_optimizer(model, train, cfg)
     num_micro = train.global_batch_size // (train.micro_batch_size * dp)
     microbatches = [synthetic_batch(train.micro_batch_size, cfg.seq_length, cfg.vocab_size,
                                     cfg.audio_token_id, cfg.num_mel_bins, cfg.audio_frame_stack,
@@ -115,21 +115,24 @@ def measure(run, bench, depths: int) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     syncs = {'forward_backward': Counter(), 'optimizer': Counter()}
+    lm_loss = []  # main-head loss per step (same batches each step: it falls, and reruns agree)
 
     def train_step(audit=False):
         for chunk in model:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
         with recorded_host_syncs(syncs['forward_backward']) if audit else nullcontext():
-            forward_backward(model, microbatches, cfg)
+            totals = forward_backward(model, microbatches, cfg)
         with recorded_host_syncs(syncs['optimizer']) if audit else nullcontext():
             optimizer.step()
+        scheduler.step(increment=train.global_batch_size)  # as training does (lr 0 would not train)
+        return totals.mean
 
     times = []
     for step in range(bench.warmup_iters + bench.timed_iters):
         _sync()
         start = time.perf_counter()
-        train_step()
+        lm_loss.append(train_step())
         _sync()
         if step >= bench.warmup_iters:
             times.append(time.perf_counter() - start)
@@ -146,7 +149,8 @@ def measure(run, bench, depths: int) -> dict:
     result = {'mtp_depths': depths, 'step_ms': 1000 * step_s,
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
               'tflops_per_gpu': flops / step_s / world / 1e12,
-              'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan')}
+              'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan'),
+              'lm_loss_per_step': lm_loss}
     if bench.list_host_syncs:
         result['host_syncs'] = {phase: dict(sites) for phase, sites in syncs.items()}
     if train.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
@@ -201,11 +205,13 @@ def main(argv=None):
     warning = foreign_memory_warning(foreign)
     if warning:
         print(warning)
-    print(f"{'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | {'peak GB':>7}")
+    print(f"{'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | "
+          f"{'peak GB':>7} | last lm loss")
     for r in results:
         r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
         print(f"{r['mtp_depths']:>10} | {r['step_ms']:8.1f} | {r['tokens_per_s']:9.0f} | "
-              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f}")
+              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f} | "
+              f"{r['lm_loss_per_step'][-1]:.6f}")
     if depths:
         base, mtp = results
         print(f"MTP overhead per depth: {(mtp['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step time, "

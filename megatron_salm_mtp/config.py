@@ -128,6 +128,10 @@ class SALMConfig:
     num_layers / PP / this (Megatron-LM's alternative to the flag above)."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations along the sequence over the TP group."""
+    batch_p2p_sync: bool = False
+    """Synchronise the whole GPU after each batched pipeline send/receive (Megatron-Core's
+    default, a guard for a PyTorch bug long fixed): it stalls the host several times per
+    microbatch, so it is off here."""
     bf16: bool = False
     """bfloat16 parameters and compute (fp32 main params in the optimiser)."""
     fp8_format: Optional[str] = None
@@ -328,6 +332,7 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         # Unbatched p2p orders even/odd ranks apart; overlapped with compute, as Megatron-LM does.
         overlap_p2p_comm=bool(cfg.virtual_pipeline_size),
         batch_p2p_comm=not cfg.virtual_pipeline_size,
+        batch_p2p_sync=cfg.batch_p2p_sync,
         sequence_parallel=cfg.sequence_parallel,
         # Per-token loss over the global batch; see model/loss.py for the MTP side.
         calculate_per_token_loss=True,

@@ -33,6 +33,8 @@ def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):
     for r in (base, mtp):
         assert r['step_ms'] > 0 and r['tokens_per_s'] > 0
         assert r['mfu'] == pytest.approx(r['tflops_per_gpu'])  # --peak-tflops 1
+        losses = r['lm_loss_per_step']  # the same batches each step: the loss falls
+        assert len(losses) == 3 and losses[-1] < losses[0]
     assert mtp['tflops_per_gpu'] * mtp['step_ms'] > base['tflops_per_gpu'] * base['step_ms']  # MTP adds FLOPs
     # CPU: the audit runs and finds nothing to record (tests/gpu/test_host_syncs.py checks a GPU)
     assert mtp['host_syncs'] == {'forward_backward': {}, 'optimizer': {}}

@@ -4,7 +4,8 @@
 # on/off), bench1 (1 GPU benchmarks), perf (memory/speed levers, 4 GPUs side by side), bench2 (2 GPUs,
 # one run at a time), fusion_ab (wgrad fusion A/B on 2 GPUs), tp2_probe (TP=2 profile, micro-batch 8
 # vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), syncs_ab (host round trips
-# removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), train / train4
+# removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), p2p_ab
+# (TP2xPP2 with/without the device sync after pipeline sends), train / train4
 # (training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
@@ -120,6 +121,13 @@ case "$step" in
     wait
     bench tp2pp2_mb16_gbs128 4 "${l16[@]}" --global-batch-size 128 --tensor-model-parallel-size 2 \
       --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer ;;
+  p2p_ab)  # TP=2 x PP=2 on 4 GPUs with core's device sync after each batched p2p exchange
+    # (--batch-p2p-sync, before) and without (the default, after); losses of both must agree
+    p2p=(--warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 --head-chunk-rows 1024
+         --micro-batch-size 16 --global-batch-size 64 --tensor-model-parallel-size 2
+         --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --list-host-syncs)
+    bench tp2pp2_p2p_sync 4 "${p2p[@]}" --batch-p2p-sync
+    bench tp2pp2_no_p2p_sync 4 "${p2p[@]}" ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
