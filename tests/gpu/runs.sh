@@ -5,7 +5,7 @@
 # one run at a time), fusion_ab (wgrad fusion A/B on 2 GPUs), tp2_probe (TP=2 profile, micro-batch 8
 # vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), syncs_ab (host round trips
 # removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), p2p_ab
-# (TP2xPP2 with/without the device sync after pipeline sends), train / train4
+# (TP2xPP2 with/without the device sync after pipeline sends), dp2_ab (overlap on/off), train / train4
 # (training, save and resume). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
@@ -128,6 +128,13 @@ case "$step" in
          --pipeline-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --list-host-syncs)
     bench tp2pp2_p2p_sync 4 "${p2p[@]}" --batch-p2p-sync
     bench tp2pp2_no_p2p_sync 4 "${p2p[@]}" ;;
+  dp2_ab)  # DP=2 with the distributed optimizer: overlapped grad reduce + param gather on (GPUs 0-1)
+    # and off (GPUs 2-3) side by side, 16 x 1 per rank
+    dp2=(--warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 --head-chunk-rows 1024
+         --micro-batch-size 16 --global-batch-size 32 --use-distributed-optimizer)
+    CUDA_VISIBLE_DEVICES=0,1 bench dp2_overlap 2 "${dp2[@]}" --overlap-grad-reduce --overlap-param-gather &
+    CUDA_VISIBLE_DEVICES=2,3 bench dp2_no_overlap 2 "${dp2[@]}" &
+    wait ;;
   train)
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
