@@ -76,6 +76,10 @@ class SALMConfig:
     """Recompute each MTP depth's layer in backward instead of keeping its activations."""
     mtp_mask_placeholder_paths: bool = True
     """Drop depth-k targets whose chain consumes an audio placeholder (Megatron-LM #6770)."""
+    mtp_detach_trunk: bool = False
+    """Train the MTP layers without letting their loss reach the rest of the model: the trunk's
+    hidden states, the word embedding and the output head enter MTP detached, so everything else
+    trains exactly as without MTP (heads learnt alongside, at no cost to the main model)."""
 
     # --- Mixture of experts (the MTP layers of --mtp-layer-pattern E) ---
     num_experts: Optional[int] = None
@@ -200,6 +204,8 @@ class SALMConfig:
             raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
         if self.mtp_recompute and not self.mtp_depths:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
+        if self.mtp_detach_trunk and not self.mtp_depths:
+            raise ConfigError("--mtp-detach-trunk needs --mtp-num-layers > 0")
         if self.fp8_format not in (None, 'e4m3', 'hybrid'):
             raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
         if self.fp8_format and not self.bf16:

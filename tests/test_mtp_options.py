@@ -48,3 +48,25 @@ def test_mtp_enabled_and_disabled_model(single_rank_salm):
 def single_rank_salm(single_rank_parallel):
     from megatron_salm_mtp.model.salm import SALM
     return lambda cfg: SALM(cfg, 'local')
+
+
+def test_detached_trunk_trains_as_without_mtp_under_tp2_and_pp2(tmp_path):
+    """--mtp-detach-trunk: every parameter outside MTP gets the gradient of the model without MTP,
+    and the MTP layers the gradient they get in joint training (detaching is upstream of them)."""
+    cfg = tiny_config(mtp_num_layers=2, mtp_detach_trunk=True)
+    weights = init_weights(cfg, str(tmp_path))
+    batch = speech_batch(cfg, 4, seed=5)
+    torch.save(batch, tmp_path / 'batch.pt')
+    trunk_weights = {k: v for k, v in weights.items() if '.mtp.' not in k}
+    _, _, without_mtp = reference_grads(cfg.replace(mtp_num_layers=None, mtp_detach_trunk=False),
+                                        trunk_weights, batch)
+    _, _, joint = reference_grads(cfg.replace(mtp_detach_trunk=False), weights, batch)
+    expected = {k: (joint[k] if '.mtp.' in k else without_mtp[k]) for k in joint}
+    assert any(not torch.allclose(joint[k], without_mtp[k]) for k in without_mtp)  # MTP does reach the trunk
+    for tp, pp in ((2, 1), (1, 2)):
+        layout = cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        _, grads, copies, _ = run_layout(layout, str(tmp_path / 'weights.pt'), str(tmp_path / 'batch.pt'),
+                                         str(tmp_path / f'tp{tp}pp{pp}'), nproc=2, microbatches=2)
+        assert_grads_match(expected, grads)
+        for name, copy in copies.items():
+            torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)

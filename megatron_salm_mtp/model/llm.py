@@ -44,8 +44,10 @@ class SpeechGPTModel(GPTModel):
 
     def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True,
                  full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False,
-                 head_chunk_rows: int = 0, mtp_recompute: bool = False, **kwargs):
+                 head_chunk_rows: int = 0, mtp_recompute: bool = False,
+                 mtp_detach_trunk: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.mtp_detach_trunk = mtp_detach_trunk
         self.head_chunk_rows = head_chunk_rows
         self.mtp_recompute = mtp_recompute
         self.mtp_use_repeated_layer = mtp_use_repeated_layer
@@ -161,10 +163,18 @@ class SpeechGPTModel(GPTModel):
             return loss, None
         return loss, vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
 
-    def run_mtp_depths(self, depths, hidden_states, input_ids, position_ids, **layer_kwargs):
+    def _detached_mtp_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_mtp_inputs(input_ids, position_ids).detach()
+
+    def run_mtp_depths(self, depths, hidden_states, input_ids, position_ids, detach_trunk=False,
+                       **layer_kwargs):
         """Hidden states of ``depths`` chained MTP depths (core's block loop, plus shared weights:
         with ``mtp_use_repeated_layer`` one layer serves every depth, so decoding may run more
-        depths than training did)."""
+        depths than training did). ``detach_trunk``: the trunk's hidden states and the word
+        embedding enter detached, so the MTP loss trains the MTP layers alone."""
+        embedding = self.embed_mtp_inputs
+        if detach_trunk:
+            hidden_states, embedding = hidden_states.detach(), self._detached_mtp_inputs
         outputs = []
         for depth in range(depths):
             layer = self.mtp.layers[0 if self.mtp_use_repeated_layer else depth]
@@ -174,7 +184,7 @@ class SpeechGPTModel(GPTModel):
                 run = partial(checkpoint, mcore.run_mtp_layer, use_reentrant=False)
             hidden_states, input_ids, position_ids = run(
                 layer, input_ids=input_ids, position_ids=position_ids, hidden_states=hidden_states,
-                embedding=self.embed_mtp_inputs, **layer_kwargs)
+                embedding=embedding, **layer_kwargs)
             outputs.append(hidden_states)
         return outputs
 
@@ -191,8 +201,11 @@ class SpeechGPTModel(GPTModel):
             # evaluation: losses logged only
             weights = torch.zeros(self.config.mtp_num_layers, device=hidden_states.device)
         depths = self.config.mtp_num_layers
+        if self.mtp_detach_trunk:  # the heads' shared output weight stays out of the MTP loss too
+            output_weight = (output_weight if output_weight is not None else self.output_layer.weight).detach()
         chunks = [hidden_states] + self.run_mtp_depths(
-            depths, hidden_states, input_ids, position_ids, attention_mask=kwargs.get('attention_mask'),
+            depths, hidden_states, input_ids, position_ids, detach_trunk=self.mtp_detach_trunk,
+            attention_mask=kwargs.get('attention_mask'),
             rotary_pos_emb=rotary_pos_emb, rotary_pos_cos=rotary_pos_cos,
             rotary_pos_sin=rotary_pos_sin, packed_seq_params=kwargs.get('packed_seq_params'))
         masks = mtp_target_masks(loss_mask, input_ids, depths, self.audio_token_id,
