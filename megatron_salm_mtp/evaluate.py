@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import time
+from collections import Counter
 
 import torch
 from megatron.core.package_info import __version__ as mcore_version
@@ -166,9 +167,7 @@ def _batches(utterances, size: int, pad_id: int, n_mels: int, device) -> list:
 def _inputs_report(args, splits: dict) -> dict:
     """What was read: per split its manifest, utterances and skipped lines."""
     skips = [s for _, split_skips in splits.values() for s in split_skips]
-    by_reason = {}
-    for skip in skips:
-        by_reason[skip.reason] = by_reason.get(skip.reason, 0) + 1
+    by_reason = dict(Counter(s.reason for s in skips))
     return {'manifest': ','.join(os.path.abspath(m) for m in args.manifests),
             'splits': {name: {'manifest': os.path.abspath(manifest), 'utterances': len(splits[name][0]),
                               'skipped_utterances': len(splits[name][1])}
@@ -187,26 +186,36 @@ def read_splits(parser, args, loaded) -> dict:
         parser.error(str(e))
 
 
+def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
+    """mode -> (decode function, batches): greedy; with --speculative the MTP drafts over the same
+    batches; with --audio-ablation greedy again over the utterances with their audio silenced."""
+    cfg, pad_id = loaded.cfg, loaded.tokenizer.pad_id
+    device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
+    batches = _batches(utterances, args.batch_size, pad_id, cfg.num_mel_bins, device)
+
+    def greedy(batch):
+        return greedy_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size)
+
+    def speculative(batch):
+        return speculative_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, depth)
+
+    modes = {'greedy': (greedy, batches)}
+    if depth:
+        modes['speculative'] = (speculative, batches)
+    if args.audio_ablation:
+        silent = [u.silenced() for u in utterances]
+        modes[SILENCE] = (greedy, _batches(silent, args.batch_size, pad_id, cfg.num_mel_bins, device))
+    return modes
+
+
 def evaluate(args, parser) -> dict:
     loaded = load_for_inference(args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
-    device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
-    batches = _batches(utterances, args.batch_size, tok.pad_id, cfg.num_mel_bins, device)
     stops = stop_ids(tok, loaded.data.prompt_template)
-
-    def greedy(batch):
-        return greedy_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size)
-
-    modes = {'greedy': (greedy, batches)}
-    if depth:
-        modes['speculative'] = (lambda b: speculative_decode(loaded.model, b, args.max_new_tokens, stops,
-                                                             cfg.vocab_size, depth), batches)
-    if args.audio_ablation:
-        modes[SILENCE] = (greedy, _batches([u.silenced() for u in utterances], args.batch_size, tok.pad_id,
-                                           cfg.num_mel_bins, device))
+    modes = decoding_modes(args, loaded, depth, utterances, stops)
     report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration, **_inputs_report(args, splits),
               'audio_seconds': sum(u.seconds for u in utterances), 'batch_size': args.batch_size,
               'max_new_tokens': args.max_new_tokens, 'mtp_depths_trained': cfg.mtp_depths,

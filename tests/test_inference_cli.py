@@ -149,7 +149,8 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     with open(out_folder / 'report.json') as f:
         report = json.load(f)
     assert report['utterances'] == 6 and report['skipped_utterances'] == 1
-    assert report['skipped_by_reason'] == {'missing_file': 1} and report['skipped'][0].endswith('test_unseen.jsonl:2): missing_file')
+    assert report['skipped_by_reason'] == {'missing_file': 1}
+    assert report['skipped'] == [f'{os.path.dirname(unseen_manifest)}/1.wav ({unseen_manifest}:2): missing_file']
     assert {k: (v['utterances'], v['skipped_utterances']) for k, v in report['splits'].items()} == \
         {'test': (4, 0), 'test_unseen': (2, 1)}
     assert set(report['modes']) == {'greedy', 'greedy_silence'}

@@ -60,10 +60,13 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
     audio = sum(u.seconds for u in utterances)
     return {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
             'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
-            'subsets': {name: subsets[name].figures() for name in sorted(subsets)},
-            'splits': {split: {**splits[split].figures(),
-                               'subsets': {name: group.figures() for name, group in sorted(split_subsets[split].items())}}
-                       for split in splits}}
+            'subsets': _by_name(subsets),
+            'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
+                       for split, group in splits.items()}}
+
+
+def _by_name(groups: dict) -> Dict[str, object]:
+    return {name: groups[name].figures() for name in sorted(groups)}
 
 
 def _side_by_side(audio: dict, silence: dict) -> Dict[str, object]:
