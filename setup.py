@@ -10,7 +10,9 @@ setup(
     install_requires=['torch>=2.4', 'megatron-core>=0.16.1,<0.20', 'pyyaml', 'numpy', 'psutil'],
     extras_require={
         'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
-                 'espeakng-loader'],
+                 'espeakng-loader', 'whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6'],
+        # evaluate: Whisper's English normaliser (pinned: it defines the reported WER) and alignment
+        'eval': ['whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6'],
         'audio': ['soundfile'],
         'tokenizers': ['tokenizers', 'sentencepiece'],
         'synth': ['espeakng-loader'],

@@ -1,50 +1,126 @@
-"""Transcribe a manifest with a trained SALM: greedy and MTP self-speculative decoding, one report.
+"""Transcribe manifests with a trained SALM: greedy and MTP self-speculative decoding, one report.
 
-    python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl --speculative \\
-        [--mtp-draft-depth 3] [--batch-size 8] [--max-new-tokens 128] [--out report.json]
+    python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl,test_unseen.jsonl \\
+        [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--batch-size 8] \\
+        [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
 
 The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the
-CPU). Greedy decoding always runs; with ``--speculative`` the MTP heads also draft up to
-``--mtp-draft-depth`` tokens per trunk forward, over the same batches in the same process, so the
-speedup compares like with like. The JSON report holds, per mode: WER overall and per manifest
-``subset``, decode tokens/s, real-time factor, tokens per trunk forward and (speculative)
-acceptance per depth; then the speedup of speculative over greedy and how many utterances differ
-between the two (lossless decoding: 0). A PNG of acceptance per depth is written beside the
-report when matplotlib imports.
+CPU). Each manifest is a split named by its file stem. Greedy decoding always runs; with
+``--speculative`` the MTP heads also draft up to ``--mtp-draft-depth`` tokens per trunk forward,
+over the same batches in the same process, so the speedup compares like with like; with
+``--audio-ablation`` greedy decoding runs again with each audio replaced by silence of the same
+length (same prompt), and the report sets WER with and without audio side by side: a model that
+ignores its audio scores the same either way. The JSON report holds, per mode: WER after a
+Whisper-style English normaliser (``wer``) and raw (``wer_raw``: lowercase, no punctuation), CER,
+substitutions/deletions/insertions, overall, per ``subset``, per split and per subset within each
+split; decode tokens/s, real-time factor, tokens per trunk forward and (speculative) acceptance per
+depth; then the speedup of speculative over greedy and how many utterances differ between the two
+(lossless decoding: 0). Lines whose audio is missing or unreadable are skipped and counted. A PNG
+of acceptance per depth is written beside the report when matplotlib imports. Progress goes to
+stderr.
 """
 
 import argparse
 import json
 import os
 import time
+from collections import Counter
+
+import torch
+from megatron.core.package_info import __version__ as mcore_version
+
+from .inference.decode import greedy_decode, speculative_decode
+from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
+from .inference.loading import load_for_inference
+from .inference.progress import Progress
+from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
+from .inference.wer import MISSING_PACKAGES, scoring_available
+
+REPORT_FILE = 'report.json'  # what --out FOLDER holds
+SILENCE = 'greedy_silence'  # the ablation's mode: greedy decoding with the audio silenced
+SKIPS_LISTED = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.evaluate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
-    p.add_argument('--manifest', required=True, help='JSONL manifest (audio_filepath, text, subset)')
+    p.add_argument('--manifest', required=True,
+                   help='JSONL manifest(s), comma-separated (audio_filepath, text, subset); each is a split '
+                        'named by its file stem (test.jsonl -> test)')
     p.add_argument('--speculative', action='store_true', help='also decode with MTP drafts')
     p.add_argument('--mtp-draft-depth', type=int,
                    help='drafted tokens per trunk forward (default: the trained MTP depths)')
+    p.add_argument('--audio-ablation', action='store_true',
+                   help='also decode greedily with each audio replaced by silence of the same length')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--max-new-tokens', type=int, default=128)
-    p.add_argument('--max-utterances', type=int, help='decode only the first N lines of the manifest')
+    p.add_argument('--max-utterances', type=int, help='decode only the first N lines of each manifest')
     p.add_argument('--warmup-batches', type=int, default=1,
                    help='batches decoded once, untimed, before the timed pass of each mode')
-    p.add_argument('--out', help='report path (JSON; default: print it)')
+    p.add_argument('--out', help=f'report path (JSON); a folder (existing, or given with a trailing /) gets '
+                                 f'{REPORT_FILE} inside it; default: print the report')
+    p.add_argument('--out-manifest', help='write the decoded manifest lines, each with its greedy transcript '
+                                          'as pred_text (JSONL, NeMo style)')
     return p
 
 
-def check_files(parser, args) -> None:
-    if not os.path.isfile(args.manifest):
-        parser.error(f'--manifest {args.manifest}: no such file')
+def manifest_paths(parser, value: str) -> list:
+    """The comma-separated manifests, each an existing file with a split name of its own."""
+    paths = [p for p in value.split(',') if p]
+    if not paths:
+        parser.error(f'--manifest {value!r}: no path')
+    seen = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            parser.error(f'--manifest {path}: no such file')
+        other = seen.setdefault(split_name(path), path)
+        if other != path:
+            parser.error(f'--manifest: {other} and {path} would both be split {split_name(path)!r}; rename one')
+    return paths
+
+
+def check_writable(parser, flag: str, path: str) -> None:
+    """Before any decoding, so that a finished evaluation is never lost to a bad output path."""
+    if os.path.isdir(path):
+        parser.error(f'{flag} {path}: is a folder')
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        parser.error(f'{flag} {path}: cannot create its folder ({e.strerror})')
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        parser.error(f'{flag} {path}: not writable')
+
+
+def report_path(parser, out: str) -> str:
+    """--out as a file: a folder (existing, or written with a trailing slash) gets report.json."""
+    if out.endswith(('/', os.sep)) or os.path.isdir(out):
+        out = os.path.join(out, REPORT_FILE)
+    check_writable(parser, '--out', out)
+    return out
+
+
+def check_args(parser, args) -> None:
+    """Every flag and path checked before the model is loaded; sets ``args.manifests``."""
+    if not scoring_available():
+        parser.error(MISSING_PACKAGES)
+    args.manifests = manifest_paths(parser, args.manifest)
     if not os.path.isdir(args.load):
         parser.error(f'--load {args.load}: no such directory')
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        parser.error('--batch-size and --max-new-tokens must be >= 1')
+    for flag, value, least in (('--batch-size', args.batch_size, 1), ('--max-new-tokens', args.max_new_tokens, 1),
+                               ('--max-utterances', args.max_utterances, 1),
+                               ('--warmup-batches', args.warmup_batches, 0)):
+        if value is not None and value < least:
+            parser.error(f'{flag} {value}: must be >= {least}')
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
+    if args.out:
+        args.out = report_path(parser, args.out)
+    if args.out_manifest:
+        check_writable(parser, '--out-manifest', args.out_manifest)
+        if args.out and os.path.abspath(args.out_manifest) == os.path.abspath(args.out):
+            parser.error(f'--out-manifest {args.out_manifest}: the same file as --out')
 
 
 def draft_depth(parser, args, cfg) -> int:
@@ -62,67 +138,106 @@ def draft_depth(parser, args, cfg) -> int:
 
 
 def _synchronize() -> None:
-    import torch
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def run_mode(decode, batches, warmup: int):
+def run_mode(name: str, decode, batches, warmup: int):
     """(outputs, per-row stats, seconds) of ``decode(batch)`` over ``batches``, timed after
-    ``warmup`` untimed batches."""
+    ``warmup`` untimed batches; progress on stderr."""
     for batch in batches[:warmup]:
         decode(batch)
     _synchronize()
+    progress = Progress(name, sum(int(b.lengths.numel()) for b in batches))
     start = time.perf_counter()
     outputs, stats = [], []
     for batch in batches:
         rows, row_stats = decode(batch)
         outputs.extend(rows)
         stats.extend(row_stats)
+        progress.advance(len(rows))
     _synchronize()
     return outputs, stats, time.perf_counter() - start
 
 
+def _batches(utterances, size: int, pad_id: int, n_mels: int, device) -> list:
+    return [make_batch(utterances[i:i + size], pad_id, n_mels, device) for i in range(0, len(utterances), size)]
+
+
+def _inputs_report(args, splits: dict) -> dict:
+    """What was read: per split its manifest, utterances and skipped lines."""
+    skips = [s for _, split_skips in splits.values() for s in split_skips]
+    by_reason = dict(Counter(s.reason for s in skips))
+    return {'manifest': ','.join(os.path.abspath(m) for m in args.manifests),
+            'splits': {name: {'manifest': os.path.abspath(manifest), 'utterances': len(splits[name][0]),
+                              'skipped_utterances': len(splits[name][1])}
+                       for name, manifest in zip(splits, args.manifests)},
+            'utterances': sum(len(u) for u, _ in splits.values()),
+            'skipped_utterances': len(skips), 'skipped_by_reason': by_reason,
+            'skipped': [f'{s.where}: {s.reason}' for s in skips[:SKIPS_LISTED]]}
+
+
+def read_splits(parser, args, loaded) -> dict:
+    """split name -> (utterances, skipped lines); a manifest that cannot be used is a parser error."""
+    try:
+        return {split_name(m): read_utterances(m, loaded.data, loaded.tokenizer, args.max_utterances)
+                for m in args.manifests}
+    except ValueError as e:  # a malformed line (ManifestError) or no usable utterance
+        parser.error(str(e))
+
+
+def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
+    """mode -> (decode function, batches): greedy; with --speculative the MTP drafts over the same
+    batches; with --audio-ablation greedy again over the utterances with their audio silenced."""
+    cfg, pad_id = loaded.cfg, loaded.tokenizer.pad_id
+    device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
+    batches = _batches(utterances, args.batch_size, pad_id, cfg.num_mel_bins, device)
+
+    def greedy(batch):
+        return greedy_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size)
+
+    def speculative(batch):
+        return speculative_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, depth)
+
+    modes = {'greedy': (greedy, batches)}
+    if depth:
+        modes['speculative'] = (speculative, batches)
+    if args.audio_ablation:
+        silent = [u.silenced() for u in utterances]
+        modes[SILENCE] = (greedy, _batches(silent, args.batch_size, pad_id, cfg.num_mel_bins, device))
+    return modes
+
+
 def evaluate(args, parser) -> dict:
-    import torch
-    from megatron.core.package_info import __version__ as mcore_version
-
-    from .inference.decode import greedy_decode, speculative_decode
-    from .inference.inputs import make_batch, read_utterances, stop_ids
-    from .inference.loading import load_for_inference
-    from .inference.report import mode_report, plot_acceptance
-
     loaded = load_for_inference(args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
-    utterances = read_utterances(args.manifest, loaded.data, tok)[:args.max_utterances]
-    device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
-    groups = [utterances[i:i + args.batch_size] for i in range(0, len(utterances), args.batch_size)]
-    batches = [make_batch(g, tok.pad_id, cfg.num_mel_bins, device) for g in groups]
+    splits = read_splits(parser, args, loaded)
+    utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)
-    modes = {'greedy': lambda b: greedy_decode(loaded.model, b, args.max_new_tokens, stops, cfg.vocab_size)}
-    if depth:
-        modes['speculative'] = lambda b: speculative_decode(loaded.model, b, args.max_new_tokens,
-                                                            stops, cfg.vocab_size, depth)
-    report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration,
-              'manifest': os.path.abspath(args.manifest), 'utterances': len(utterances),
+    modes = decoding_modes(args, loaded, depth, utterances, stops)
+    report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration, **_inputs_report(args, splits),
               'audio_seconds': sum(u.seconds for u in utterances), 'batch_size': args.batch_size,
               'max_new_tokens': args.max_new_tokens, 'mtp_depths_trained': cfg.mtp_depths,
               'draft_depth': depth, 'megatron_core': mcore_version,
               'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
               'dtype': 'bf16' if cfg.bf16 else 'fp32', 'modes': {}}
-    outputs = {}
-    for name, decode in modes.items():
-        outputs[name], stats, seconds = run_mode(decode, batches, args.warmup_batches)
-        texts = [tok.decode([t for t in o if t not in stops]) for o in outputs[name]]
-        report['modes'][name] = mode_report(utterances, texts, outputs[name], stats, seconds,
+    outputs, texts = {}, {}
+    for name, (decode, mode_batches) in modes.items():
+        outputs[name], stats, seconds = run_mode(name, decode, mode_batches, args.warmup_batches)
+        texts[name] = [tok.decode([t for t in o if t not in stops]) for o in outputs[name]]
+        report['modes'][name] = mode_report(utterances, texts[name], outputs[name], stats, seconds,
                                             depth if name == 'speculative' else 0)
-        for utt, text in zip(utterances, texts):
-            report.setdefault('hypotheses', {}).setdefault(utt.where, {'subset': utt.subset,
-                                                                     'reference': utt.reference})[name] = text
     if depth:
         report['speculative_vs_greedy'] = compare(report['modes'], outputs, utterances)
-    report['hypotheses'] = list(report['hypotheses'].values())
+    if args.audio_ablation:
+        unchanged = sum(a == b for a, b in zip(outputs['greedy'], outputs[SILENCE]))
+        report['audio_ablation'] = ablation_table(report['modes']['greedy'], report['modes'][SILENCE], unchanged)
+    report['hypotheses'] = [{'where': u.where, 'split': u.split, 'subset': u.subset, 'reference': u.reference,
+                             **{name: texts[name][i] for name in modes}} for i, u in enumerate(utterances)]
+    if args.out_manifest:
+        write_prediction_manifest(args.out_manifest, utterances, texts['greedy'])
+        report['out_manifest'] = os.path.abspath(args.out_manifest)
     if args.out:
         report['acceptance_plot'] = plot_acceptance(report, os.path.splitext(args.out)[0] + '_acceptance.png')
     return report
@@ -136,21 +251,27 @@ def compare(modes: dict, outputs: dict, utterances) -> dict:
             'mismatched': differing[:20]}
 
 
+def summary(report: dict, out: str) -> dict:
+    """The headline figures printed when the report goes to a file."""
+    keys = ('wer', 'wer_raw', 'cer', 'decode_tokens_per_s', 'tokens_per_trunk_forward', 'acceptance_per_depth')
+    lines = {'report': out, 'utterances': report['utterances'], 'skipped_utterances': report['skipped_utterances'],
+             **{name: {k: figures.get(k) for k in keys} for name, figures in report['modes'].items()}}
+    for key in ('speculative_vs_greedy', 'audio_ablation'):
+        if key in report:
+            lines[key] = {k: v for k, v in report[key].items() if k not in ('subsets', 'splits', 'mismatched')}
+    return lines
+
+
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_files(parser, args)
+    check_args(parser, args)
     report = evaluate(args, parser)
     text = json.dumps(report, indent=2)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             f.write(text + '\n')
-        summary = {name: {k: figures.get(k) for k in ('wer', 'decode_tokens_per_s', 'tokens_per_trunk_forward',
-                                                     'acceptance_per_depth')}
-                   for name, figures in report['modes'].items()}
-        print(json.dumps({'report': args.out, **summary, **({'speculative_vs_greedy': report[
-            'speculative_vs_greedy']} if 'speculative_vs_greedy' in report else {})}), flush=True)
+        print(json.dumps(summary(report, args.out)), flush=True)
     else:
         print(text, flush=True)
 

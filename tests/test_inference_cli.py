@@ -1,5 +1,6 @@
 """``python -m megatron_salm_mtp.evaluate`` end to end: a checkpoint saved at TP=2 by two gloo
-processes, decoded at TP=1 greedily and speculatively into one report; bad input named."""
+processes, decoded at TP=1 greedily and speculatively into one report; two splits with the audio
+ablation, a skipped line and the predictions manifest; bad input named before decoding."""
 
 import argparse
 import json
@@ -12,6 +13,7 @@ import pytest
 from data_fixtures import tone, write_manifest
 from megatron_salm_mtp import evaluate
 from megatron_salm_mtp.data.audio import write_wav
+from megatron_salm_mtp.inference.wer import Scores
 from parallel_utils import tiny_config
 from train_utils import free_port
 
@@ -27,6 +29,18 @@ def manifest(tmp_path_factory):
         write_wav(str(folder / f'{i}.wav'), tone(0.8 + 0.3 * i, freq=300 + 50 * i, seed=i), 16000)
         rows.append({'audio_filepath': f'{i}.wav', 'text': f'say {i} now', 'subset': subset})
     return write_manifest(folder / 'test.jsonl', rows)
+
+
+@pytest.fixture(scope='module')
+def unseen_manifest(tmp_path_factory):
+    """A second split: three utterances, one of whose audio is missing."""
+    folder = tmp_path_factory.mktemp('unseen_corpus')
+    rows = []
+    for i, subset in enumerate(('natural', 'wordlist', 'natural')):
+        if i != 1:
+            write_wav(str(folder / f'{i}.wav'), tone(0.6 + 0.4 * i, freq=500 + 70 * i, seed=10 + i), 16000)
+        rows.append({'audio_filepath': f'{i}.wav', 'text': f'Call {i} 5, colour!', 'subset': subset, 'id': i})
+    return write_manifest(folder / 'test_unseen.jsonl', rows)
 
 
 @pytest.fixture(scope='module')
@@ -111,3 +125,98 @@ def test_acceptance_plot(tmp_path):
     report = {'modes': {'greedy': {'subsets': {}}, 'speculative': figures}}
     path = plot_acceptance(report, str(tmp_path / 'acceptance.png'))
     assert path and os.path.getsize(path) > 0
+
+
+def _same_scores(figures: dict, pairs) -> None:
+    """``figures`` are the scores of these (reference, hypothesis) pairs, and S + D + I adds up."""
+    scores = Scores()
+    for reference, hypothesis in pairs:
+        scores.add(reference, hypothesis)
+    assert {k: figures[k] for k in scores.figures()} == scores.figures()
+    assert figures['word_errors'] == figures['substitutions'] + figures['deletions'] + figures['insertions']
+
+
+def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpoint, manifest, unseen_manifest,
+                                               tmp_path, capsys):
+    out_folder, predictions = tmp_path / 'reports', tmp_path / 'pred' / 'test_pred.jsonl'
+    out_folder.mkdir()
+    evaluate.main(['--load', tp2_checkpoint, '--manifest', f'{manifest},{unseen_manifest}', '--audio-ablation',
+                   '--batch-size', '2', '--max-new-tokens', '5', '--warmup-batches', '0',
+                   '--out', str(out_folder), '--out-manifest', str(predictions)])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])['report'] == str(out_folder / 'report.json')
+    assert 'greedy: 6/6 utterances (100%)' in captured.err and 'greedy_silence: 6/6 utterances' in captured.err
+    with open(out_folder / 'report.json') as f:
+        report = json.load(f)
+    assert report['utterances'] == 6 and report['skipped_utterances'] == 1
+    assert report['skipped_by_reason'] == {'missing_file': 1}
+    assert report['skipped'] == [f'{os.path.dirname(unseen_manifest)}/1.wav ({unseen_manifest}:2): missing_file']
+    assert {k: (v['utterances'], v['skipped_utterances']) for k, v in report['splits'].items()} == \
+        {'test': (4, 0), 'test_unseen': (2, 1)}
+    assert set(report['modes']) == {'greedy', 'greedy_silence'}
+    hyps = report['hypotheses']
+    assert [(h['split'], h['subset']) for h in hyps] == [('test', s) for s in SUBSETS] + \
+        [('test_unseen', 'natural')] * 2
+    for mode, figures in report['modes'].items():  # every figure is the scores of its hypotheses
+        _same_scores(figures, [(h['reference'], h[mode]) for h in hyps])
+        assert figures['utterances'] == 6
+        for split, split_figures in figures['splits'].items():
+            _same_scores(split_figures, [(h['reference'], h[mode]) for h in hyps if h['split'] == split])
+            for subset, subset_figures in split_figures['subsets'].items():
+                _same_scores(subset_figures, [(h['reference'], h[mode]) for h in hyps
+                                              if (h['split'], h['subset']) == (split, subset)])
+        assert set(figures['splits']['test']['subsets']) == {'natural', 'digits', 'names'}
+        assert figures['splits']['test_unseen']['subsets']['natural']['utterances'] == 2
+        assert figures['subsets']['natural']['utterances'] == 4 and figures['generated_tokens'] == 6 * 5
+    # the ablation table sets the two greedy runs over the same utterances side by side
+    table, greedy, silence = report['audio_ablation'], report['modes']['greedy'], report['modes']['greedy_silence']
+    assert (table['wer'], table['wer_silence'], table['cer_silence']) == (greedy['wer'], silence['wer'], silence['cer'])
+    assert table['unchanged_outputs'] == sum(h['greedy'] == h['greedy_silence'] for h in hyps)
+    for split in ('test', 'test_unseen'):
+        row = table['splits'][split]
+        assert (row['utterances'], row['wer'], row['wer_silence']) == (
+            greedy['splits'][split]['utterances'], greedy['splits'][split]['wer'], silence['splits'][split]['wer'])
+        assert set(row['subsets']) == set(greedy['splits'][split]['subsets'])
+    assert table['subsets']['natural']['wer_silence'] == silence['subsets']['natural']['wer']
+    # NeMo-style predictions: each decoded input line as it was, plus pred_text (greedy)
+    with open(predictions) as f:
+        lines = [json.loads(line) for line in f]
+    assert [row['pred_text'] for row in lines] == [h['greedy'] for h in hyps]
+    assert lines[4] == {'audio_filepath': '0.wav', 'text': 'Call 0 5, colour!', 'subset': 'natural', 'id': 0,
+                        'pred_text': hyps[4]['greedy']}
+    assert lines[5]['id'] == 2 and report['out_manifest'] == str(predictions)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--max-utterances', '0'], '--max-utterances 0: must be >= 1'),
+    (['--batch-size', '0'], '--batch-size 0: must be >= 1'),
+    (['--out', '{tmp}/file.txt/report.json'], '--out {tmp}/file.txt/report.json: cannot create its folder'),
+    (['--out-manifest', '{tmp}'], '--out-manifest {tmp}: is a folder'),
+    (['--out', '{tmp}/r.json', '--out-manifest', '{tmp}/r.json'], 'the same file as --out'),
+])
+def test_bad_flags_fail_before_loading(tmp_path, manifest, capsys, flags, message):
+    (tmp_path / 'file.txt').write_text('x')
+    with pytest.raises(SystemExit):  # --load holds no checkpoint: the error must come first
+        evaluate.main(['--load', str(tmp_path), '--manifest', manifest, *[f.format(tmp=tmp_path) for f in flags]])
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_two_manifests_with_one_split_name(tmp_path, manifest, capsys):
+    other = write_manifest(tmp_path / 'test.jsonl', [])
+    with pytest.raises(SystemExit):
+        evaluate.main(['--load', str(tmp_path), '--manifest', f'{manifest},{other}'])
+    assert f"--manifest: {manifest} and {other} would both be split 'test'" in capsys.readouterr().err
+
+
+def test_a_split_without_usable_audio_is_named(single_rank_parallel, tp2_checkpoint, tmp_path, capsys):
+    bad = write_manifest(tmp_path / 'gone.jsonl', [{'audio_filepath': 'nope.wav', 'text': 'x'}])
+    with pytest.raises(SystemExit):
+        evaluate.main(['--load', tp2_checkpoint, '--manifest', bad])
+    assert f'--manifest {bad}: no usable utterance among 1 lines (1 skipped: missing_file)' in capsys.readouterr().err
+
+
+def test_missing_scoring_packages_are_named_first(tmp_path, manifest, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, 'scoring_available', lambda: False)
+    with pytest.raises(SystemExit):
+        evaluate.main(['--load', str(tmp_path), '--manifest', manifest])
+    assert "pip install 'megatron_salm_mtp[eval]'" in capsys.readouterr().err

@@ -1,11 +1,13 @@
-"""Figures of one decoding mode over a manifest, and the acceptance plot."""
+"""Figures of one decoding mode (overall, per split, per subset), the audio ablation table, the
+hypotheses as a NeMo-style manifest, and the acceptance plot."""
 
+import json
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 from .decode import DecodeStats
 from .inputs import Utterance
-from .wer import ErrorCount
+from .wer import Scores
 
 
 def _rate(numerator: float, denominator: float) -> Optional[float]:
@@ -27,27 +29,74 @@ def acceptance_figures(stats: DecodeStats) -> Dict[str, object]:
     return figures
 
 
+class _Group:
+    """Scores and decode counts of a set of utterances (all, a split, a subset)."""
+
+    def __init__(self, depths: int):
+        self.utterances, self.scores, self.stats = 0, Scores(), DecodeStats(depths)
+
+    def add(self, scores: Scores, stats: DecodeStats) -> None:
+        self.utterances += 1
+        self.scores.merge(scores)
+        self.stats.merge(stats)
+
+    def figures(self) -> Dict[str, object]:
+        return {'utterances': self.utterances, **self.scores.figures(), **acceptance_figures(self.stats)}
+
+
 def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: Sequence[List[int]],
                 stats: Sequence[DecodeStats], seconds: float, depths: int = 0) -> Dict[str, object]:
-    """WER (overall and per subset), acceptance, speed of one decoding mode."""
-    errors, by_subset = ErrorCount(), defaultdict(ErrorCount)
-    total, subset_stats = DecodeStats(depths), defaultdict(lambda: DecodeStats(depths))
+    """WER (normalised and raw), CER, S/D/I, acceptance and speed of one decoding mode: overall,
+    per subset (over all splits), per split and per subset within each split."""
+    total = _Group(depths)
+    subsets, splits = defaultdict(lambda: _Group(depths)), defaultdict(lambda: _Group(depths))
+    split_subsets = defaultdict(lambda: defaultdict(lambda: _Group(depths)))
     for utt, text, row_stats in zip(utterances, texts, stats):
-        errors.add(utt.reference, text)
-        by_subset[utt.subset].add(utt.reference, text)
-        total.merge(row_stats)
-        subset_stats[utt.subset].merge(row_stats)
+        scores = Scores()
+        scores.add(utt.reference, text)
+        for group in (total, subsets[utt.subset], splits[utt.split], split_subsets[utt.split][utt.subset]):
+            group.add(scores, row_stats)
     tokens = sum(len(o) for o in outputs)
     audio = sum(u.seconds for u in utterances)
-    report = {'wer': errors.wer, 'word_errors': errors.errors, 'reference_words': errors.words,
-              'generated_tokens': tokens, 'decode_seconds': seconds,
-              'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
-              **acceptance_figures(total), 'subsets': {}}
-    for name in sorted(by_subset):
-        report['subsets'][name] = {'wer': by_subset[name].wer, 'utterances':
-                                   sum(u.subset == name for u in utterances),
-                                   **acceptance_figures(subset_stats[name])}
-    return report
+    return {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
+            'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
+            'subsets': _by_name(subsets),
+            'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
+                       for split, group in splits.items()}}
+
+
+def _by_name(groups: dict) -> Dict[str, object]:
+    return {name: groups[name].figures() for name in sorted(groups)}
+
+
+def _side_by_side(audio: dict, silence: dict) -> Dict[str, object]:
+    return {'utterances': audio['utterances'], 'wer': audio['wer'], 'wer_silence': silence['wer'],
+            'cer': audio['cer'], 'cer_silence': silence['cer']}
+
+
+def ablation_table(audio: dict, silence: dict, unchanged: int) -> Dict[str, object]:
+    """Normalised WER and CER of greedy decoding with the audio and with silence in its place:
+    overall, per subset, per split and per subset within each split; ``unchanged_outputs``:
+    utterances transcribed the same either way (all of them: the model ignores its audio)."""
+    return {**_side_by_side(audio, silence), 'unchanged_outputs': unchanged,
+            'subsets': {name: _side_by_side(f, silence['subsets'][name]) for name, f in audio['subsets'].items()},
+            'splits': {split: {**_side_by_side(f, silence['splits'][split]),
+                               'subsets': {name: _side_by_side(g, silence['splits'][split]['subsets'][name])
+                                           for name, g in f['subsets'].items()}}
+                       for split, f in audio['splits'].items()}}
+
+
+def write_prediction_manifest(path: str, utterances: Sequence[Utterance], texts: Sequence[str]) -> None:
+    """Each utterance's manifest line as it was, plus ``pred_text`` (NeMo's name), in input order."""
+    lines = {}
+    for source in dict.fromkeys(u.source for u in utterances):
+        with open(source, encoding='utf-8') as f:
+            lines[source] = list(f)  # line numbers as the manifest reader counts them
+    with open(path, 'w', encoding='utf-8') as out:
+        for utt, text in zip(utterances, texts):
+            row = json.loads(lines[utt.source][utt.line - 1])
+            row['pred_text'] = text
+            out.write(json.dumps(row, ensure_ascii=False) + '\n')
 
 
 def plot_acceptance(report: dict, path: str) -> Optional[str]:
