@@ -122,15 +122,20 @@ def wordlist(rng, texts: SplitTexts, seconds: float, rate: int, word_gap: int, m
 
 
 def digits(rng, seconds: float, rate: int, min_digits: int = 3, max_digits: int = 12) -> str:
-    count = int(np.clip(round((seconds - 0.6) * rate / 60.0 * 1.6), min_digits, max_digits))
     carrier = _pick(rng, _DIGIT_CARRIERS)
+    spoken = seconds - 0.4 - (0.5 if carrier else 0.0)  # a digit takes ~52/rate s (measured)
+    count = int(np.clip(round(spoken * rate / 52.0), min_digits, max_digits))
     return " ".join(([carrier] if carrier else []) + [str(int(d)) for d in rng.integers(0, 10, size=count)])
 
 
-def names(rng, texts: SplitTexts, seconds: float) -> str:
-    people = int(np.clip(round(seconds / 1.5), 1, 3))
+def names(rng, texts: SplitTexts, seconds: float, rate: int, max_people: int = 3) -> str:
+    """First name + surname pairs, as many as fit ``seconds`` (at least one), after a carrier."""
     carrier = _pick(rng, _NAME_CARRIERS)
-    pairs = " and ".join(f"{_pick(rng, texts.first_names)} {_pick(rng, texts.surnames)}" for _ in range(people))
+    people = [f"{_pick(rng, texts.first_names)} {_pick(rng, texts.surnames)}" for _ in range(max_people)]
+    count = 1
+    while count < max_people and estimate_seconds(f"{carrier} {' and '.join(people[:count + 1])}", rate) <= seconds:
+        count += 1
+    pairs = " and ".join(people[:count])
     return f"{carrier} {pairs}" if carrier else pairs
 
 
@@ -147,7 +152,7 @@ def utterance_text(rng, subset: str, split: str, texts: SplitTexts, seconds: flo
         return natural(rng, texts, seconds, rate, word_gap)
     draw = {"wordlist": lambda r: wordlist(r, texts, seconds, rate, word_gap),
             "digits": lambda r: digits(r, seconds, rate),
-            "names": lambda r: names(r, texts, seconds)}.get(subset)
+            "names": lambda r: names(r, texts, seconds, rate)}.get(subset)
     if draw is None:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     return _in_split(rng, split, draw)
