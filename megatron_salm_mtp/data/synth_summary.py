@@ -3,8 +3,6 @@ distinct words it holds, so a reader sees at once what ``test_unseen`` holds out
 
 from __future__ import annotations
 
-from collections import Counter
-
 from .synth_text import SUBSETS
 from .voices import HELD_OUT_BASES, HELD_OUT_VARIANTS
 
