@@ -15,7 +15,7 @@ from megatron_salm_mtp.data.espeak import espeak_available, find_backend
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.manifest import read_manifest
 from megatron_salm_mtp.data.synth import build_corpus, main
-from megatron_salm_mtp.data.text_source import default_text_source, load_text_source
+from megatron_salm_mtp.data.text_source import default_text_source, load_text_source, save_pools
 from megatron_salm_mtp.data.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS
 
 needs_espeak = pytest.mark.skipif(not espeak_available() or default_text_source() is None,
@@ -72,7 +72,9 @@ def test_test_unseen_shares_no_voice_text_or_held_out_word_with_train(espeak_cor
 def test_same_seed_same_bytes_prefix_property(tmp_path, espeak_corpus):
     build_corpus(str(tmp_path / "a"), 40, seed=3, max_seconds=3.0)
     assert digest(str(tmp_path / "a")) == digest(espeak_corpus)
-    build_corpus(str(tmp_path / "b"), 10, seed=3, max_seconds=3.0)  # a smaller corpus is a prefix of the larger one
+    # a smaller corpus is a prefix of the larger one, also when its text comes from the compact pools file
+    save_pools(load_text_source(), str(tmp_path / "pools.json.gz"))
+    build_corpus(str(tmp_path / "b"), 10, seed=3, max_seconds=3.0, text_source=str(tmp_path / "pools.json.gz"))
     for name in os.listdir(tmp_path / "b" / "audio"):
         assert open(tmp_path / "b" / "audio" / name, "rb").read() == open(os.path.join(espeak_corpus, "audio", name), "rb").read()
     build_corpus(str(tmp_path / "c"), 10, seed=4, max_seconds=3.0)
