@@ -55,7 +55,7 @@ from .voices import corpus_voices
 CORPUS_VERSION = 2
 RATE_RANGE = (115, 210)  # words per minute
 PITCH_RANGE = (25, 75)  # espeak's 0..99 scale
-AMPLITUDE_RANGE = (50, 130)  # espeak's 0..200 scale, 100 normal
+AMPLITUDE_RANGE = (40, 100)  # espeak's 0..200 scale (100 normal); louder, more variants clip
 INTONATION_RANGE = (40, 180)  # percent of the voice's pitch range
 WORD_GAP_PROB, WORD_GAP_MAX = 0.3, 6  # extra pause between words, units of 10 ms
 MEDIAN_SECONDS, SIGMA_LOG_SECONDS = 4.5, 0.55
@@ -251,11 +251,14 @@ def main(argv=None) -> int:
     except (TextSourceError, SynthSettingsError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
+    pool = s["voice_pool"]
     per_split = "; ".join(f"{k} {v['utterances']} utt {v['hours']} h {len(v['voices'])} voices "
                           f"{v['distinct_words']} words" for k, v in s["per_split"].items())
     print(f"wrote {s['num_utterances']} utterances ({s['hours']} h of audio, {s['distinct_words']} distinct words) "
           f"to {a.out} in {s['wall_seconds']} s with {s['backend']} ({s['espeak']}): {per_split}; "
-          f"subsets {s['subsets']}")
+          f"subsets {s['subsets']}; test_unseen voices: base {' / '.join(pool['held_out_bases'])} or variant "
+          f"{' / '.join(pool['held_out_variants'])}, of {len(pool['seen']) + len(pool['unseen'])} voices "
+          f"({len(pool['missing'])} missing here{': ' + ', '.join(pool['missing']) if pool['missing'] else ''})")
     if not s['audio_reproducible']:
         print("note: the espeakng-loader library is not deterministic: another run gives the same texts with "
               "slightly different audio; install the espeak-ng binary for bit-reproducible corpora")
