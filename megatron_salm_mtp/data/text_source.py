@@ -5,13 +5,14 @@ Sources (``load_text_source``):
 - a WordNet folder holding ``data.{noun,verb,adj,adv}`` (Debian's ``wordnet-base`` installs one at
   ``/usr/share/wordnet``, the default when present);
 - a compact file written by ``python -m megatron_salm_mtp.data.text_source --out pools.json.gz``
-  (about 3 MB, gzip JSON): the form to carry to a machine without WordNet.
+  (2.7 MB, gzip JSON): the form to carry to a machine without WordNet.
 
-Pools, cleaned by :mod:`.text_clean`: ``sentences`` (WordNet's usage examples, ~45,000 real
-sentences such as "he made a note of the appointment"), ``phrases`` (its definitions, ~110,000, such
-as "a sleeve for storing a phonograph record"), and ``first_names`` / ``surnames`` (first and last
-words of the multi-word person names in ``noun.person``, such as Jane Goodall). :func:`lexicon` is
-every lower-case word of the two text pools: the material of the word-list subset.
+Pools, cleaned by :mod:`.text_clean`: ``sentences`` (WordNet's usage examples, 42,105 real
+sentences such as "he made a note of the appointment"), ``phrases`` (its definitions, 123,326, such
+as "a sleeve for storing a phonograph record"), and ``first_names`` / ``surnames`` (1,169 and 2,902:
+first and last words of the multi-word person names in ``noun.person``, such as Jane Goodall, less
+titles, nationalities and first names that are common words). :func:`lexicon` is every lower-case
+word of the two text pools (44,696): the material of the word-list subset.
 
 WordNet 3.0 Copyright 2006 by Princeton University, under the WordNet licence (use, copy and
 distribute with its notice), which the compact file records in its ``source`` field.
