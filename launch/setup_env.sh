@@ -28,8 +28,9 @@ salm_resolve_python() {  # prints a runnable interpreter for $1 (a command, path
   echo "$found"
 }
 
-if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null) || echo "setup_env: apt-get failed; the synthetic corpus falls back to espeakng-loader"
+if { ! command -v espeak-ng >/dev/null 2>&1 || [ ! -f /usr/share/wordnet/data.noun ]; } && \
+   command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then  # wordnet-base: the corpus's English text
+  (apt-get update -qq && apt-get install -y -qq espeak-ng wordnet-base sox >/dev/null) || echo "setup_env: apt-get failed; the synthetic corpus falls back to espeakng-loader and needs --text-source"
 fi
 if [ ! -x "$venv/bin/python" ]; then
   "$(salm_resolve_python "${SALM_PYTHON:-python3}")" -m venv "$venv"

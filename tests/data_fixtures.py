@@ -61,12 +61,15 @@ def tiny_corpus(tmp_path):
 
 @pytest.fixture(scope="session")
 def espeak_corpus(tmp_path_factory):
-    """A 40-utterance synthetic corpus (skips when no espeak-ng backend is available)."""
+    """A 40-utterance synthetic corpus of 1-3 s utterances (skips without espeak-ng or WordNet)."""
     from megatron_salm_mtp.data.espeak import espeak_available
     from megatron_salm_mtp.data.synth import build_corpus
+    from megatron_salm_mtp.data.text_source import default_text_source
 
     if not espeak_available():
         pytest.skip("espeak-ng unavailable (apt-get install espeak-ng, or pip install espeakng-loader)")
+    if default_text_source() is None:
+        pytest.skip("WordNet unavailable (apt-get install wordnet-base)")
     out = tmp_path_factory.mktemp("synth")
-    build_corpus(str(out), 40, seed=3)
+    build_corpus(str(out), 40, seed=3, max_seconds=3.0)
     return str(out)

@@ -1,42 +1,37 @@
-"""Synthetic corpus: sentences, reproducibility, manifests read back, and the pipeline consuming it."""
+"""Synthetic corpus with espeak-ng: layout, reproducibility, held-out splits, missing voices, bad
+text sources, and the pipeline consuming it."""
 
 import hashlib
 import json
+import logging
 import os
 
-import numpy as np
 import pytest
 from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
 from megatron_salm_mtp.data import synth_text
 from megatron_salm_mtp.data.audio import audio_info
-from megatron_salm_mtp.data.espeak import espeak_available
+from megatron_salm_mtp.data.espeak import espeak_available, find_backend
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.manifest import read_manifest
-from megatron_salm_mtp.data.wordlist import WORDS
+from megatron_salm_mtp.data.synth import build_corpus, main
+from megatron_salm_mtp.data.text_source import default_text_source, load_text_source, save_pools
+from megatron_salm_mtp.data.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS
 
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng unavailable")
+needs_espeak = pytest.mark.skipif(not espeak_available() or default_text_source() is None,
+                                  reason="espeak-ng or WordNet unavailable")
+SPLITS = ("train", "valid", "test", "test_unseen")
 
 
-def test_sentences_are_deterministic_and_subset_shaped():
-    def draw(seed):
-        rng = np.random.default_rng(seed)
-        return [synth_text.sentence(rng, synth_text.choose_subset(rng)) for _ in range(200)]
-
-    a = draw(1)
-    assert a == draw(1) and a != draw(2)
-    rng = np.random.default_rng(0)
-    assert all(w in WORDS for w in synth_text.wordlist(rng).split())
-    d = synth_text.digits(rng, 5, 5).split()
-    assert d[-5:] and all(x.isdigit() and len(x) == 1 for x in d[-5:])
-    assert " " in synth_text.names(rng) and len(WORDS) >= 2000
+def rows_of(folder, split):
+    return [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"))]
 
 
 def digest(folder):
     h = hashlib.sha256()
     for name in sorted(os.listdir(os.path.join(folder, "audio"))):
         h.update(open(os.path.join(folder, "audio", name), "rb").read())
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         h.update(open(os.path.join(folder, f"{split}.jsonl"), "rb").read())
     return h.hexdigest()
 
@@ -44,49 +39,105 @@ def digest(folder):
 @needs_espeak
 def test_corpus_layout_and_manifests(espeak_corpus):
     summary = json.load(open(os.path.join(espeak_corpus, "corpus.json")))
-    assert summary["splits"] == {"train": 32, "valid": 4, "test": 4}
-    rows = [json.loads(line) for s in ("train", "valid", "test") for line in open(os.path.join(espeak_corpus, f"{s}.jsonl"))]
+    assert summary["version"] == 2 and summary["splits"] == {"train": 28, "valid": 4, "test": 4, "test_unseen": 4}
+    rows = [r for s in SPLITS for r in rows_of(espeak_corpus, s)]
     assert {r["subset"] for r in rows} == set(synth_text.SUBSETS)
     for r in rows:
         info = audio_info(os.path.join(espeak_corpus, r["audio_filepath"]))
         assert info.sample_rate == 16000 and info.channels == 1
-        assert 1.0 <= info.duration <= 4.0 and abs(info.duration - r["duration"]) < 1e-3
+        assert 1.0 <= info.duration <= 3.0 and abs(info.duration - r["duration"]) < 1e-3
         assert r["text"] and not os.path.isabs(r["audio_filepath"])
+    for split in SPLITS:
+        split_rows = rows_of(espeak_corpus, split)
+        words = {w.lower() for r in split_rows for w in r["text"].split()}
+        assert summary["per_split"][split]["voices"] == sorted({r["voice"] for r in split_rows})
+        assert summary["per_split"][split]["distinct_words"] == len(words)
     assert len(read_manifest(os.path.join(espeak_corpus, "valid.jsonl"))) == 4
 
 
 @needs_espeak
-def test_same_seed_same_bytes_prefix_property(tmp_path, espeak_corpus):
-    from megatron_salm_mtp.data.synth import build_corpus
+def test_test_unseen_shares_no_voice_text_or_held_out_word_with_train(espeak_corpus):
+    train, unseen = rows_of(espeak_corpus, "train"), rows_of(espeak_corpus, "test_unseen")
+    assert not {r["voice"] for r in train} & {r["voice"] for r in unseen}
+    assert all(r["voice"].split("+")[0] in HELD_OUT_BASES or r["voice"].partition("+")[2] in HELD_OUT_VARIANTS
+               for r in unseen)
+    assert not {r["text"] for r in train} & {r["text"] for r in unseen}
+    train_words = {w.lower() for r in train for w in r["text"].split()}
+    held = synth_text.split_texts(load_text_source())["test_unseen"]  # test_unseen's own words and names
+    assert not train_words & ({w.lower() for w in held.first_names + held.surnames} | set(held.words))
+    assert len(train_words) > 100  # a check with substance: 28 utterances of varied words
 
-    build_corpus(str(tmp_path / "a"), 40, seed=3)
+
+@needs_espeak
+def test_same_seed_same_bytes_prefix_property(tmp_path, espeak_corpus):
+    build_corpus(str(tmp_path / "a"), 40, seed=3, max_seconds=3.0)
     assert digest(str(tmp_path / "a")) == digest(espeak_corpus)
-    build_corpus(str(tmp_path / "b"), 10, seed=3)  # a smaller corpus is a prefix of the larger one
+    # a smaller corpus is a prefix of the larger one, also when its text comes from the compact pools file
+    save_pools(load_text_source(), str(tmp_path / "pools.json.gz"))
+    build_corpus(str(tmp_path / "b"), 10, seed=3, max_seconds=3.0, text_source=str(tmp_path / "pools.json.gz"))
     for name in os.listdir(tmp_path / "b" / "audio"):
         assert open(tmp_path / "b" / "audio" / name, "rb").read() == open(os.path.join(espeak_corpus, "audio", name), "rb").read()
-    build_corpus(str(tmp_path / "c"), 10, seed=4)
+    build_corpus(str(tmp_path / "c"), 10, seed=4, max_seconds=3.0)
     assert open(tmp_path / "c" / "train.jsonl").read() != open(tmp_path / "b" / "train.jsonl").read()
 
 
 @needs_espeak
+def test_a_missing_variant_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    """espeak-ng would silently speak the plain base voice for an unknown variant: the corpus names
+    the missing one, records it, and never uses it."""
+    data = find_backend("cli").data_dir
+    copy = tmp_path / "share" / "espeak-ng-data"
+    os.makedirs(copy / "voices" / "!v")
+    for entry in os.listdir(data):
+        if entry != "voices":
+            os.symlink(os.path.join(data, entry), copy / entry)
+    for entry in os.listdir(os.path.join(data, "voices")):
+        if entry != "!v":
+            os.symlink(os.path.join(data, "voices", entry), copy / "voices" / entry)
+    for variant in os.listdir(os.path.join(data, "voices", "!v")):
+        if variant != "m3":
+            os.symlink(os.path.join(data, "voices", "!v", variant), copy / "voices" / "!v" / variant)
+    monkeypatch.setenv("ESPEAK_DATA_PATH", str(tmp_path / "share"))
+    with caplog.at_level(logging.WARNING):
+        summary = build_corpus(str(tmp_path / "c"), 12, seed=5, max_seconds=3.0)
+    assert f"espeak-ng voice +m3 is missing in {copy}" in caplog.text
+    assert summary["voice_pool"]["missing"] == ["+m3"]
+    assert not any(v.endswith("+m3") for v in summary["voice_pool"]["seen"] + summary["voice_pool"]["unseen"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--text-source", "{tmp}/missing.gz"], "text source {tmp}/missing.gz: no such file or folder"),
+    (["--min-seconds", "3", "--max-seconds", "4"], "--min-seconds 3.0 must be positive and --max-seconds 4.0 at least"),
+    (["--noise-prob", "1.5"], "--noise-prob must be in [0, 1], got 1.5"),
+    (["--rt60", "0.9", "0.2"], "--rt60 MIN MAX must be positive and ordered"),
+])
+def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, message):
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    assert main(["--out", str(tmp_path / "c"), "--num-utterances", "4"] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"python -m megatron_salm_mtp.data.synth: error: {message.format(tmp=tmp_path)}")
+    assert not os.path.exists(tmp_path / "c")
+
+
+@needs_espeak
 def test_pipeline_consumes_the_corpus(espeak_corpus):
-    cfg = DataConfig(seq_length=192, micro_batch_size=4, global_batch_size=8, max_duration=4.0)
+    cfg = DataConfig(seq_length=256, micro_batch_size=4, global_batch_size=8, max_duration=4.0)
     loader = build_dataloader(cfg, os.path.join(espeak_corpus, "train.jsonl"))
     batches = list(loader)
-    assert len(batches) == 8 and loader.skip_counts() == {}
+    assert len(batches) == 6 and loader.skip_counts() == {}
     assert all(b["loss_mask"].sum() > 0 and b["audio_features"].shape[0] == 4 for b in batches)
 
 
 def test_library_backend_when_installed(tmp_path):
     pytest.importorskip("espeakng_loader")
-    from megatron_salm_mtp.data.synth import build_corpus
-
-    s = build_corpus(str(tmp_path), 6, seed=1, backend="lib")
+    if default_text_source() is None:
+        pytest.skip("WordNet absent")
+    s = build_corpus(str(tmp_path), 6, seed=1, backend="lib", max_seconds=6.0)
     assert s["backend"] == "espeakng-loader library" and sum(s["splits"].values()) == 6
     assert s["audio_reproducible"] is False  # the library's waveforms vary from run to run
     rows = read_manifest(str(tmp_path / "train.jsonl"))
-    assert all(1.0 <= audio_info(r.audios[0].value).duration <= 4.0 for r in rows)
-    build_corpus(str(tmp_path / "again"), 6, seed=1, backend="lib")
+    assert all(1.0 <= audio_info(r.audios[0].value).duration <= 6.0 for r in rows)
+    build_corpus(str(tmp_path / "again"), 6, seed=1, backend="lib", max_seconds=6.0)
     first, again = ([json.loads(line)["text"] for line in open(folder / "train.jsonl")]
                     for folder in (tmp_path, tmp_path / "again"))
     assert first == again

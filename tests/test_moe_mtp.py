@@ -72,7 +72,7 @@ def test_training_at_ep2_then_resuming_weights_at_ep1(tmp_path):
     if not espeak_available():
         pytest.skip('espeak-ng unavailable')
     corpus = str(tmp_path / 'corpus')
-    build_corpus(corpus, 16, seed=3)
+    build_corpus(corpus, 16, seed=3, max_seconds=3.0)
     moe = ['--mtp-layer-pattern', 'E', '--num-experts', '4', '--moe-router-topk', '2',
            '--moe-aux-loss-coeff', '0.01', '--use-distributed-optimizer', '--lr-warmup-iters', '0',
            '--log-interval', '1']

@@ -19,7 +19,7 @@ def corpus(tmp_path_factory):
     if not espeak_available():
         pytest.skip('espeak-ng unavailable')
     out = tmp_path_factory.mktemp('corpus')
-    build_corpus(str(out), 96, seed=1)
+    build_corpus(str(out), 96, seed=1, max_seconds=3.0)
     return str(out)
 
 

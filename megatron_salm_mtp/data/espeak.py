@@ -1,5 +1,9 @@
 """espeak-ng speech synthesis through the Debian binary or the PyPI ``espeakng-loader`` library.
 
+``synth(text, voice, Prosody(...))`` sets rate, pitch, amplitude, word gap and pitch range per call.
+``data_dir`` is the ``espeak-ng-data`` folder in use (``ESPEAK_DATA_PATH`` moves it), where
+:mod:`.voices` checks that each voice exists.
+
 Why two backends: CI and clusters with apt get ``espeak-ng`` (a subprocess per utterance, safe to
 run in parallel threads); where apt is unavailable, ``espeakng-loader`` bundles ``libespeak-ng`` and
 its data, driven here through ctypes in synchronous mode (one utterance at a time: the library keeps
@@ -14,24 +18,42 @@ re-initialising or seeding libc's rand() does not help), so its corpora match in
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
+import struct
 import subprocess
-import tempfile
+from xml.sax.saxutils import escape
 
 import numpy as np
-
-from .audio import read_audio
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000
-_PARAM_RATE, _PARAM_PITCH = 1, 3
+_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
+
+
+@dataclasses.dataclass(frozen=True)
+class Prosody:
+    rate: int = 175  # words per minute
+    pitch: int = 50  # 0..99
+    amplitude: int = 100  # 0..200
+    word_gap: int = 0  # extra pause between words, units of 10 ms
+    pitch_range: int = 100  # percent of the voice's own intonation range (0: monotone)
 
 
 class EspeakUnavailable(RuntimeError):
     pass
+
+
+def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
+    """PCM16 mono of espeak-ng's ``--stdout`` WAV, whose size fields are placeholders."""
+    if data[:4] != b"RIFF" or data[36:40] != b"data":
+        raise RuntimeError("espeak-ng --stdout did not write the expected 44-byte WAV header")
+    rate = struct.unpack("<I", data[24:28])[0]
+    pcm = np.frombuffer(data, dtype="<i2", offset=44, count=(len(data) - 44) // 2)
+    return pcm.astype(np.float32) / 32768.0, rate
 
 
 class _CliBackend:
@@ -43,14 +65,19 @@ class _CliBackend:
         self.binary = binary
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
         self.version = out.split("Data at")[0].strip()
+        self.data_dir = out.split("Data at:")[1].strip() if "Data at:" in out else None
 
-    def synth(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "u.wav")
-            subprocess.run([self.binary, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", path, text],
-                           check=True, capture_output=True)
-            data, sr = read_audio(path)
-        return data[:, 0], sr
+    def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
+        # SSML carries the pitch range, which has no command-line flag; it also keeps a text that
+        # starts with "-" from reading as an option.
+        ssml = f'<prosody range="{prosody.pitch_range}%">{escape(text)}</prosody>'
+        args = [self.binary, "-m", "-v", voice, "-s", str(prosody.rate), "-p", str(prosody.pitch),
+                "-a", str(prosody.amplitude), "-g", str(prosody.word_gap), "--stdout", ssml]
+        done = subprocess.run(args, capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"espeak-ng failed ({done.returncode}) for voice {voice!r}: "
+                               f"{done.stderr.decode(errors='replace').strip()}")
+        return _wav_samples(done.stdout)
 
 
 class _LibBackend:
@@ -64,7 +91,8 @@ class _LibBackend:
         except ImportError as e:
             raise EspeakUnavailable("neither the espeak-ng binary nor the espeakng-loader package is installed") from e
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        data_parent = os.path.dirname(espeakng_loader.get_data_path())  # the folder holding espeak-ng-data
+        self.data_dir = espeakng_loader.get_data_path()
+        data_parent = os.path.dirname(self.data_dir)  # the folder holding espeak-ng-data
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
         if self.rate <= 0:
@@ -87,12 +115,14 @@ class _LibBackend:
         self.version = "espeak-ng " + lib.espeak_Info(None).decode()
         self._lib = lib
 
-    def synth(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+    def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
         lib = self._lib
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
-        lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
-        lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
+        for param, value in ((_PARAM_RATE, prosody.rate), (_PARAM_PITCH, prosody.pitch),
+                             (_PARAM_VOLUME, prosody.amplitude), (_PARAM_WORDGAP, prosody.word_gap),
+                             (_PARAM_RANGE, min(100, prosody.pitch_range // 2))):  # the library's 50 is normal
+            lib.espeak_SetParameter(param, value, 0)
         self._chunks = []
         raw = text.encode("utf-8") + b"\0"
         err = lib.espeak_Synth(raw, len(raw), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)

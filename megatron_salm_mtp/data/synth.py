@@ -1,21 +1,36 @@
 """Synthetic speech corpus: ``python -m megatron_salm_mtp.data.synth --out DIR --num-utterances N``.
 
-Writes ``DIR/audio/NNNNNN.wav`` (16 kHz, 16-bit mono) and ``DIR/{train,valid,test}.jsonl`` NeMo
-manifests (relative paths, so the folder can move), plus ``DIR/corpus.json`` with the settings.
-Each line carries ``subset`` (natural / wordlist / digits / names, see :mod:`.synth_text`) and the
-voice, rate and pitch used.
+Version 2. Writes ``DIR/audio/NNNNNN.wav`` (16 kHz, 16-bit mono), the NeMo manifests
+``DIR/{train,valid,test,test_unseen}.jsonl`` (relative paths, so the folder can move) and
+``DIR/corpus.json`` (settings, voices and distinct words per split). Each line carries ``subset``
+(natural / wordlist / digits / names, see :mod:`.synth_text`), the voice, its prosody and the
+augmentation applied.
 
-Why per-utterance seeding: utterance ``i`` draws everything (subset, text, voice, rate, pitch,
-noise) from ``Generator([seed, i])``, so it does not depend on the others: synthesis runs in
-parallel, a corpus of N utterances is a prefix of one of 2N, and the same seed gives the same files
-(for one version of the espeak-ng binary; with the espeakng-loader library the same texts, voices
-and splits, but audio that differs slightly from run to run: see :mod:`.espeak`). An utterance
-outside ``[min_seconds, max_seconds]`` is redrawn from the same generator. Split: ``i % 10 == 8`` valid, ``== 9`` test, else train.
+- Text: real English from WordNet (``--text-source``, see :mod:`.text_source`), ~45,000 lexicon words.
+- Voices: 8 English espeak-ng voices x 83 variants (see :mod:`.voices`); rate, pitch, amplitude,
+  word gap and pitch range drawn per utterance.
+- Augmentation: room reverberation and white / pink / brown noise on a fraction (:mod:`.augment`).
+- Durations: a log-normal around 4.5 s (most 2-10 s, a tail to ``--max-seconds``), natural sentences
+  joined to reach it; an utterance outside ``[--min-seconds, --max-seconds]`` is redrawn.
+- Splits by index: ``i % 10`` 0-6 train, 7 valid, 8 test (seen voices, unseen texts), 9
+  ``test_unseen`` (voices, texts, word-list words and names that train never contains).
+
+Why per-utterance seeding: utterance ``i`` draws everything from ``Generator([seed, i])``, so it does
+not depend on the others: synthesis runs in parallel, a corpus of N utterances is a prefix of one of
+2N, and the same seed gives the same files (for one espeak-ng binary and one text source; with the
+espeakng-loader library the same texts, voices and splits, but audio that differs slightly from run
+to run: see :mod:`.espeak`).
+
+Speed with the binary backend: ~17 ms of CPU per utterance (median 4.5 s of audio; espeak-ng ~10 ms,
+text, resampling, augmentation and writing ~7 ms), measured over 400 utterances on 2 cores in
+threads and in processes alike: ~120 utterances/s on 2 free cores, and 100,000 utterances in about
+2 minutes on 16 (processes from ``PROCESS_POOL_MIN`` utterances on, so the GIL does not cap them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,141 +41,224 @@ from functools import partial
 import numpy as np
 import torch
 
-from .audio import resample, write_wav
-from .espeak import find_backend
+from .audio import write_wav
+from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_response
+from .espeak import Prosody, find_backend
 from .frames import SAMPLE_RATE
-from .synth_text import DEFAULT_MIX, choose_subset, sentence
+from .polyphase import resample
+from .synth_summary import summarize
+from .synth_text import DEFAULT_MIX, SPLITS, SplitTexts, choose_subset, split_texts, utterance_text
+from .text_clean import transcript
+from .text_source import TextSourceError, default_text_source, load_text_source
+from .voices import corpus_voices
 
-VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us+m3", "en-us+f2", "en+f4",
-          "en-gb-x-rp+m7", "en-029+f3")
-RATE_RANGE = (140, 190)  # words per minute
-PITCH_RANGE = (30, 70)  # espeak's 0..99 scale
-
-
-def _split(i: int) -> str:
-    return {8: "valid", 9: "test"}.get(i % 10, "train")
-
-
-def _add_noise(rng: np.random.Generator, audio: np.ndarray, snr_db: float) -> np.ndarray:
-    """White noise at ``snr_db`` below the speech power (measured where the signal is active)."""
-    active = audio[np.abs(audio) > 0.01 * np.abs(audio).max()] if audio.size else audio
-    power = float(np.mean(active.astype(np.float64) ** 2)) if active.size else 0.0
-    noise = rng.standard_normal(audio.shape) * np.sqrt(power / (10.0 ** (snr_db / 10.0)))
-    return (audio + noise).astype(np.float32)
+CORPUS_VERSION = 2
+RATE_RANGE = (115, 210)  # words per minute
+PITCH_RANGE = (25, 75)  # espeak's 0..99 scale
+AMPLITUDE_RANGE = (40, 100)  # espeak's 0..200 scale (100 normal); louder, more variants clip
+INTONATION_RANGE = (40, 180)  # percent of the voice's pitch range
+WORD_GAP_PROB, WORD_GAP_MAX = 0.3, 6  # extra pause between words, units of 10 ms
+MEDIAN_SECONDS, SIGMA_LOG_SECONDS = 4.5, 0.55
+PAD_SECONDS = 0.25  # silence up to this long before and after the speech
+PROCESS_POOL_MIN = 2000
 
 
-def make_utterance(backend, seed: int, i: int, noise_prob: float, snr_db: tuple[float, float],
-                   min_seconds: float, max_seconds: float, mix=DEFAULT_MIX, max_tries: int = 20):
+@dataclasses.dataclass(frozen=True)
+class SynthSettings:
+    seed: int = 0
+    min_seconds: float = 1.0
+    max_seconds: float = 20.0
+    noise_prob: float = 0.3
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    reverb_prob: float = 0.2
+    rt60: tuple[float, float] = (0.2, 0.9)
+
+    def validate(self) -> None:
+        checks = [(0 < self.min_seconds and 1.5 * self.min_seconds <= self.max_seconds,
+                   f"--min-seconds {self.min_seconds} must be positive and --max-seconds {self.max_seconds} "
+                   "at least 1.5 times it"),
+                  (0 <= self.noise_prob <= 1, f"--noise-prob must be in [0, 1], got {self.noise_prob}"),
+                  (0 <= self.reverb_prob <= 1, f"--reverb-prob must be in [0, 1], got {self.reverb_prob}"),
+                  (self.snr_db[0] <= self.snr_db[1], f"--snr-db MIN MAX: {self.snr_db[0]} > {self.snr_db[1]}"),
+                  (0 < self.rt60[0] <= self.rt60[1], f"--rt60 MIN MAX must be positive and ordered, got {self.rt60}")]
+        for ok, message in checks:
+            if not ok:
+                raise SynthSettingsError(message)
+
+
+class SynthSettingsError(ValueError):
+    """A corpus setting out of range; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusPlan:
+    """What every utterance draws from; built once, shared by all workers."""
+    settings: SynthSettings
+    texts: dict[str, SplitTexts]
+    voices: dict[str, list[str]]  # "seen" (train, valid, test) and "unseen" (test_unseen)
+
+
+def split_of(i: int) -> str:
+    return {7: "valid", 8: "test", 9: "test_unseen"}.get(i % 10, "train")
+
+
+def _draw_prosody(rng: np.random.Generator) -> Prosody:
+    gap = int(rng.integers(1, WORD_GAP_MAX + 1)) if rng.random() < WORD_GAP_PROB else 0
+    return Prosody(rate=int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
+                   pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+                   amplitude=int(rng.integers(AMPLITUDE_RANGE[0], AMPLITUDE_RANGE[1] + 1)), word_gap=gap,
+                   pitch_range=int(rng.integers(INTONATION_RANGE[0], INTONATION_RANGE[1] + 1)))
+
+
+def _target_seconds(rng: np.random.Generator, s: SynthSettings) -> float:
+    seconds = rng.lognormal(np.log(MEDIAN_SECONDS), SIGMA_LOG_SECONDS)
+    return float(np.clip(seconds, 1.1 * s.min_seconds, 0.9 * s.max_seconds))
+
+
+def _augment(rng: np.random.Generator, audio: np.ndarray, s: SynthSettings) -> tuple[np.ndarray, dict]:
+    fields = {"noise_snr_db": None, "noise_colour": None, "reverb_rt60": None}
+    if rng.random() < s.reverb_prob:
+        rt60 = float(rng.uniform(*s.rt60))
+        audio = reverberate(audio, room_impulse_response(rng, SAMPLE_RATE, rt60, float(rng.uniform(0.0, 12.0))))
+        fields["reverb_rt60"] = round(rt60, 2)
+    if rng.random() < s.noise_prob:
+        snr, colour = float(rng.uniform(*s.snr_db)), str(rng.choice(list(NOISE_COLOURS)))
+        audio = add_noise(rng, audio, snr, colour)
+        fields.update(noise_snr_db=round(snr, 1), noise_colour=colour)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    return (audio * (0.99 / peak) if peak > 0.99 else audio), fields
+
+
+def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tuple[np.ndarray, dict]:
     """(16 kHz audio, manifest fields) of utterance ``i``."""
-    rng = np.random.default_rng([seed, i])
+    s, split = plan.settings, split_of(i)
+    rng = np.random.default_rng([s.seed, i])
+    voices = plan.voices["unseen" if split == "test_unseen" else "seen"]
     for _ in range(max_tries):
-        subset = choose_subset(rng, mix)
-        text = sentence(rng, subset)
-        voice = VOICES[int(rng.integers(len(VOICES)))]
-        rate = int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1))
-        pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
-        noisy = bool(rng.random() < noise_prob)
-        snr = float(rng.uniform(*snr_db))
-        wav, sr = backend.synth(text, voice, rate, pitch)
-        audio = resample(wav, sr, SAMPLE_RATE)
-        seconds = len(audio) / SAMPLE_RATE
-        if min_seconds <= seconds <= max_seconds:
+        subset = choose_subset(rng, DEFAULT_MIX)
+        voice = voices[int(rng.integers(len(voices)))]
+        prosody = _draw_prosody(rng)
+        text = utterance_text(rng, subset, split, plan.texts[split], _target_seconds(rng, s), prosody.rate,
+                              prosody.word_gap)
+        pads = rng.uniform(0.0, PAD_SECONDS, size=2)
+        wav, sr = engine.synth(text, voice, prosody)
+        seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
+        if s.min_seconds <= seconds <= s.max_seconds:
             break
     else:
-        raise RuntimeError(f"utterance {i}: no sentence within [{min_seconds}, {max_seconds}] s in {max_tries} tries")
-    if noisy:
-        audio = _add_noise(rng, audio, snr)
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    if peak > 0.99:
-        audio = audio * (0.99 / peak)
-    fields = {"duration": round(seconds, 4), "text": text, "subset": subset, "lang": "en", "voice": voice,
-              "rate": rate, "pitch": pitch, "noise_snr_db": round(snr, 1) if noisy else None}
+        raise RuntimeError(f"utterance {i}: no text within [{s.min_seconds}, {s.max_seconds}] s in {max_tries} tries")
+    lead, tail = (np.zeros(int(p * SAMPLE_RATE), np.float32) for p in pads)
+    audio = np.concatenate([lead, resample(wav, sr, SAMPLE_RATE), tail])
+    audio, augmentation = _augment(rng, audio, s)
+    fields = {"duration": round(len(audio) / SAMPLE_RATE, 4), "text": transcript(text), "subset": subset,
+              "lang": "en", "voice": voice, **dataclasses.asdict(prosody), **augmentation}
     return audio, fields
 
 
-def _write_utterance(engine, out: str, i: int, **settings) -> dict:
-    audio, fields = make_utterance(engine, i=i, **settings)
+def _write_utterance(engine, plan: CorpusPlan, out: str, i: int) -> dict:
+    audio, fields = make_utterance(engine, plan, i)
     rel = f"audio/{i:06d}.wav"
     write_wav(os.path.join(out, rel), audio, SAMPLE_RATE)
     return {"audio_filepath": rel, **fields}
 
 
-_process_engine = None  # one per worker process: the library backend keeps global state
+_process_state = None  # (engine, plan) of a worker process: the library backend keeps global state
 
 
-def _start_process_engine(backend: str) -> None:
-    global _process_engine
-    # One torch thread per worker: with torch's default (every core) per process, N workers ran
-    # N x cores resampling threads and synthesis crawled at ~1 utterance/s per process on a 64-core host.
-    torch.set_num_threads(1)
-    _process_engine = find_backend(backend)
+def _start_process(backend: str, plan: CorpusPlan) -> None:
+    global _process_state
+    torch.set_num_threads(1)  # N workers x all-core torch pools crawled on a 64-core host
+    _process_state = (find_backend(backend), plan)
 
 
-def _write_in_process(out: str, settings: dict, i: int) -> dict:
-    return _write_utterance(_process_engine, out, i, **settings)
+def _write_in_process(out: str, i: int) -> dict:
+    return _write_utterance(*_process_state, out, i)
 
 
-def _synthesize_all(engine, backend: str, out: str, num_utterances: int, jobs: int | None, settings: dict):
-    """Manifest rows in utterance order: threads for the binary backend, processes for the library
-    one (not thread-safe) when ``jobs`` > 1."""
-    if engine.thread_safe:
-        with ThreadPoolExecutor(max_workers=jobs or min(8, (os.cpu_count() or 1) * 2)) as pool:
-            return list(pool.map(lambda i: _write_utterance(engine, out, i, **settings), range(num_utterances)))
-    if not jobs or jobs == 1:
-        return [_write_utterance(engine, out, i, **settings) for i in range(num_utterances)]
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_process_engine, initargs=(backend,)) as pool:
-        return list(pool.map(partial(_write_in_process, out, settings), range(num_utterances), chunksize=16))
+def _synthesize_all(engine, backend: str, plan: CorpusPlan, out: str, num_utterances: int, jobs: int | None):
+    """Manifest rows in utterance order. The binary backend runs in threads for small corpora
+    (nothing to start) and in processes from ``PROCESS_POOL_MIN`` utterances on (the GIL-bound part
+    of an utterance, ~5 ms, would cap threads near 200 utterances/s); the library backend, not
+    thread-safe, in processes when ``jobs`` > 1."""
+    workers = jobs or os.cpu_count() or 1
+    threads = engine.thread_safe and workers > 1 and num_utterances < PROCESS_POOL_MIN
+    processes = workers > 1 and not threads and (engine.thread_safe or bool(jobs))
+    if threads:
+        with ThreadPoolExecutor(max_workers=workers + 2) as pool:
+            return list(pool.map(lambda i: _write_utterance(engine, plan, out, i), range(num_utterances)))
+    if not processes:
+        return [_write_utterance(engine, plan, out, i) for i in range(num_utterances)]
+    with ProcessPoolExecutor(max_workers=workers, initializer=_start_process, initargs=(backend, plan)) as pool:
+        return list(pool.map(partial(_write_in_process, out), range(num_utterances), chunksize=16))
 
 
-def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.25,
-                 snr_db: tuple[float, float] = (15.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 4.0,
-                 backend: str = "auto", jobs: int | None = None) -> dict:
-    """Write the corpus; returns the summary also saved as ``corpus.json``."""
+def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.3,
+                 snr_db: tuple[float, float] = (5.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 20.0,
+                 backend: str = "auto", jobs: int | None = None, text_source: str | None = None,
+                 reverb_prob: float = 0.2, rt60: tuple[float, float] = (0.2, 0.9)) -> dict:
+    """Write the corpus; returns the summary also saved as ``corpus.json`` (plus ``wall_seconds``)."""
+    settings = SynthSettings(seed, min_seconds, max_seconds, noise_prob, tuple(snr_db), reverb_prob, tuple(rt60))
+    settings.validate()
+    if num_utterances < 1 or (jobs is not None and jobs < 1):
+        raise SynthSettingsError(f"--num-utterances ({num_utterances}) and --jobs ({jobs}) must be at least 1")
+    pools = load_text_source(text_source)
+    texts = split_texts(pools)
+    source = {"path": text_source or default_text_source(), "source": pools.source, "sentences": len(pools.sentences),
+              "phrases": len(pools.phrases)}
     engine = find_backend(backend)
+    voices, missing = corpus_voices(engine.data_dir)
+    plan = CorpusPlan(settings, texts, voices)
     os.makedirs(os.path.join(out, "audio"), exist_ok=True)
-
-    settings = dict(seed=seed, noise_prob=noise_prob, snr_db=snr_db, min_seconds=min_seconds,
-                    max_seconds=max_seconds)
     start = time.perf_counter()
-    rows = _synthesize_all(engine, backend, out, num_utterances, jobs, settings)
-    splits = {name: [r for i, r in enumerate(rows) if _split(i) == name] for name in ("train", "valid", "test")}
+    rows = _synthesize_all(engine, backend, plan, out, num_utterances, jobs)
+    splits = {name: [r for i, r in enumerate(rows) if split_of(i) == name] for name in SPLITS}
     for name, split_rows in splits.items():
         with open(os.path.join(out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-            for r in split_rows:
-                f.write(json.dumps(r) + "\n")
-    summary = {
-        "num_utterances": num_utterances, "seed": seed, "noise_prob": noise_prob, "snr_db": list(snr_db),
-        "min_seconds": min_seconds, "max_seconds": max_seconds, "backend": engine.name, "espeak": engine.version,
-        "audio_reproducible": engine.deterministic,
-        "sample_rate": SAMPLE_RATE, "splits": {k: len(v) for k, v in splits.items()},
-        "subsets": {s: sum(r["subset"] == s for r in rows) for s in DEFAULT_MIX},
-        "audio_seconds": round(sum(r["duration"] for r in rows), 2),
-        "wall_seconds": round(time.perf_counter() - start, 2),
-    }
+            f.writelines(json.dumps(r) + "\n" for r in split_rows)
+    summary = {"version": CORPUS_VERSION, "num_utterances": num_utterances, **dataclasses.asdict(settings),
+               "backend": engine.name, "espeak": engine.version, "audio_reproducible": engine.deterministic,
+               "sample_rate": SAMPLE_RATE, "text_source": source,
+               **summarize(splits, voices, missing, {s: len(t.words) for s, t in texts.items()})}
     with open(os.path.join(out, "corpus.json"), "w", encoding="utf-8") as f:
-        json.dump({k: v for k, v in summary.items() if k != "wall_seconds"}, f, indent=2)
-    return summary
+        json.dump(summary, f, indent=1)
+    return {**summary, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.data.synth", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num-utterances", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise-prob", type=float, default=0.25, help="fraction of utterances with white noise")
-    p.add_argument("--snr-db", type=float, nargs=2, default=(15.0, 30.0), metavar=("MIN", "MAX"))
+    p.add_argument("--text-source", default=None,
+                   help="WordNet folder or pools file (python -m megatron_salm_mtp.data.text_source); "
+                        "default: the Debian wordnet-base folder")
+    p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with added noise")
+    p.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"))
+    p.add_argument("--reverb-prob", type=float, default=0.2, help="fraction of utterances with room reverberation")
+    p.add_argument("--rt60", type=float, nargs=2, default=(0.2, 0.9), metavar=("MIN", "MAX"),
+                   help="reverberation time range in seconds")
     p.add_argument("--min-seconds", type=float, default=1.0)
-    p.add_argument("--max-seconds", type=float, default=4.0)
+    p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--backend", choices=("auto", "cli", "lib"), default="auto",
                    help="espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)")
     p.add_argument("--jobs", type=int, default=None,
                    help="parallel synthesis: threads (binary backend) or processes (library backend)")
     a = p.parse_args(argv)
-    s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
-                     a.max_seconds, a.backend, a.jobs)
-    print(f"wrote {s['num_utterances']} utterances ({s['audio_seconds']} s of audio) to {a.out} in "
-          f"{s['wall_seconds']} s with {s['backend']} ({s['espeak']}): splits {s['splits']}, subsets {s['subsets']}")
+    try:
+        s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
+                         a.max_seconds, a.backend, a.jobs, a.text_source, a.reverb_prob, tuple(a.rt60))
+    except (TextSourceError, SynthSettingsError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    pool = s["voice_pool"]
+    per_split = "; ".join(f"{k} {v['utterances']} utt {v['hours']} h {len(v['voices'])} voices "
+                          f"{v['distinct_words']} words" for k, v in s["per_split"].items())
+    print(f"wrote {s['num_utterances']} utterances ({s['hours']} h of audio, {s['distinct_words']} distinct words) "
+          f"to {a.out} in {s['wall_seconds']} s with {s['backend']} ({s['espeak']}): {per_split}; "
+          f"subsets {s['subsets']}; test_unseen voices: base {' / '.join(pool['held_out_bases'])} or variant "
+          f"{' / '.join(pool['held_out_variants'])}, of {len(pool['seen']) + len(pool['unseen'])} voices "
+          f"({len(pool['missing'])} missing here{': ' + ', '.join(pool['missing']) if pool['missing'] else ''})")
     if not s['audio_reproducible']:
         print("note: the espeakng-loader library is not deterministic: another run gives the same texts with "
               "slightly different audio; install the espeak-ng binary for bit-reproducible corpora")
