@@ -2,8 +2,11 @@
 
 import torch
 
+from megatron_salm_mtp.compat import mcore
 from megatron_salm_mtp.data.frames import audio_tokens
 from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
+from megatron_salm_mtp.inference.trunk_cache import head_logits
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import LOCAL
 from parallel_utils import tiny_config
@@ -64,6 +67,48 @@ def full_recompute_greedy(model, batch: PromptBatch, max_new_tokens: int, stop_i
         if token in stop_ids:
             break
     return new
+
+
+@torch.no_grad()
+def recompute_drafts(language_model, tokens, lengths, trunk_hidden, depths: int, vocab_size: int):
+    """Reference drafts [b, depths]: training's MTP forward (core's rolling layer) over the whole
+    sequence at every draft, no cache. tokens [b, >= max(lengths)], row r holding ``lengths[r]``
+    ids; trunk_hidden [>= max(lengths), b, h], valid below ``lengths[r] - 1``."""
+    span = int(lengths.max())
+    rows = torch.arange(tokens.shape[0])
+    last_state = lengths - 2  # position n-1 of each row
+    input_ids = tokens[:, :span].clone()
+    position_ids = torch.arange(span)[None].expand_as(input_ids)
+    hidden = trunk_hidden[:span]
+    rotary = language_model.rotary_pos_emb(span)
+    drafts = []
+    for depth in range(depths):
+        hidden, input_ids, position_ids = mcore.run_mtp_layer(
+            mtp_layer_for_depth(language_model, depth), input_ids=input_ids,
+            position_ids=position_ids, hidden_states=hidden, attention_mask=None,
+            rotary_pos_emb=rotary, embedding=language_model.embed_mtp_inputs)
+        logits = head_logits(language_model, hidden[last_state, rows][None], vocab_size)[0]
+        drafts.append(logits.argmax(-1))
+        input_ids = input_ids.clone()
+        input_ids[rows, last_state + 1] = drafts[-1]  # what position n-1 reads at the next depth
+    return torch.stack(drafts, dim=1)
+
+
+@torch.no_grad()
+def trunk_states(model, tokens: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """Trunk final-norm states [s, b, h] of whole sequences ``tokens`` [b, s] that continue
+    ``batch``'s prompts (audio spliced in), in one causal forward without a cache."""
+    lm = model.language_model
+    size, length = tokens.shape
+    prompt = batch.tokens.shape[1]
+    positions = torch.arange(length)[None].expand(size, length)
+    embeddings = lm.embedding(input_ids=tokens, position_ids=positions)  # generated ids as text
+    spliced = model.embed_inputs(batch.tokens, positions[:, :prompt], batch.audio_features,
+                                 batch.audio_feature_lengths)
+    in_prompt = (positions[:, :prompt] < batch.lengths[:, None]).t()[..., None]
+    embeddings[:prompt] = torch.where(in_prompt, spliced, embeddings[:prompt])
+    return lm.decoder(hidden_states=embeddings, attention_mask=None,
+                      rotary_pos_emb=lm.rotary_pos_emb(length))
 
 
 def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):

@@ -70,20 +70,24 @@ def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
         assert single[0] == greedy[row]
 
 
-def oracle_drafts(truth, prompt_lengths, wrong_depth):
-    """A stand-in for ``draft_tokens`` that drafts the true continuation, wrong from depth
+def oracle_drafter(truth, prompt_lengths, wrong_depth):
+    """A stand-in for ``MTPDrafter`` that drafts the true continuation, wrong from depth
     ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
     drafts per step (all D when never wrong)."""
-    def draft(language_model, tokens, lengths, trunk_hidden, depths, vocab_size):
-        rows = []
-        for row, length in enumerate(lengths.tolist()):
-            emitted = length - int(prompt_lengths[row])
-            drafts = list(truth[row][emitted:emitted + depths])
-            if wrong_depth[row]:
-                drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
-            rows.append(drafts)
-        return torch.tensor(rows)
-    return draft
+    class OracleDrafter:
+        def __init__(self, language_model, batch_size, capacity, depths, device):
+            self.depths = depths
+
+        def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
+            rows = []
+            for row, length in enumerate(lengths.tolist()):
+                emitted = length - int(prompt_lengths[row])
+                drafts = list(truth[row][emitted:emitted + self.depths])
+                if wrong_depth[row]:
+                    drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
+                rows.append(drafts)
+            return torch.tensor(rows)
+    return OracleDrafter
 
 
 def expected_counts(accept_per_step: int, budget: int, depths: int):
@@ -105,7 +109,7 @@ def test_rows_accepting_different_lengths_match_greedy_and_are_counted(random_mo
     greedy, _ = greedy_decode(random_model, batch, budget, [], vocab)
     truth, _ = greedy_decode(random_model, batch, budget + depths + 1, [], vocab)
     wrong_depth = [0, 2, 1]  # row 0 accepts 3 drafts per step, row 1 one, row 2 none
-    monkeypatch.setattr(decode, 'draft_tokens', oracle_drafts(truth, batch.lengths, wrong_depth))
+    monkeypatch.setattr(decode, 'MTPDrafter', oracle_drafter(truth, batch.lengths, wrong_depth))
     speculative, stats = speculative_decode(random_model, batch, budget, [], vocab, depths)
     assert speculative == greedy
     for row, wrong in enumerate(wrong_depth):

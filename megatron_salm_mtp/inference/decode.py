@@ -3,15 +3,27 @@
 Both loops share the prefill (audio encoded once and spliced into the prompt embedding by
 ``SALM.embed_inputs``) and the per-row bookkeeping of ``DecodeRows``. Greedy feeds each row's last
 token; speculative decoding feeds it plus D drafts (``drafter.py``), takes the trunk's argmax at
-each of the D+1 positions, accepts the longest prefix of drafts that the trunk agrees with plus
-the trunk's own next token, and invalidates the cache slots of the rejected drafts. Every emitted
-token is a trunk argmax given the emitted prefix, hence the output equals greedy decoding (up to
-floating-point differences between a 1-query and a (D+1)-query forward, which can flip a
-near-tie in bf16).
+each of the D+1 positions and accepts the longest prefix of drafts that the trunk agrees with plus
+the trunk's own next token. Rejected drafts need no rollback: the cache is kept by position
+(``kv_cache.py``) and the next step overwrites them.
 
-Rows accept different numbers of tokens per step; the cache keeps per-row slots
-(``trunk_cache.py``), so no row waits for another. Finished rows ride along until the batch ends,
-their slots invalidated and their outputs ignored.
+Exact, in bf16 too. Every emitted token is a trunk argmax given the emitted prefix, so the output
+equals greedy decoding in exact arithmetic; in floating point it must also be computed the same
+way, or a near-tie flips (bf16 did, in a few utterances out of a hundred, when greedy ran a
+one-token forward and the verify step a (D+1)-token one). ``greedy_decode(width=D+1)`` therefore
+runs every step at the verify step's shapes: the last token plus D fillers, logits at all D+1
+positions. A token at position p then comes out of the very same computation in both loops: the
+same kernels at the same shapes (GEMMs of (D+1) x b rows, attention of D+1 queries over the same
+number of cached keys), a query at p sees slots 0..p holding the same values (by induction; later
+slots, fillers or rejected drafts, get an attention weight of exactly 0), and a row of a GEMM or a
+query of the attention does not round differently for sitting at another index. Cost: on a GPU a
+step of a small batch reads the weights once whatever its width, so D+1 positions cost about what
+one does (the benchmark reports both); on a CPU greedy at width 1 stays the cheaper reference.
+Re-deciding near-ties with a one-token forward instead would not be exact: greedy's own state
+(its cached keys) comes from one-token forwards that speculative decoding never runs.
+
+Rows accept different numbers of tokens per step; each row has its own positions in the cache, so
+no row waits for another. Finished rows ride along until the batch ends, their outputs ignored.
 """
 
 from dataclasses import dataclass, field
@@ -19,7 +31,7 @@ from typing import List, Sequence
 
 import torch
 
-from .drafter import draft_tokens
+from .drafter import MTPDrafter
 from .trunk_cache import TrunkCache
 
 
@@ -59,11 +71,11 @@ class DecodeRows:
     Lengths and finished flags are kept on the host as well: the loops read them every step, and
     a device read per row would stall the GPU's queue of kernels each time."""
 
-    def __init__(self, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                 hidden_size: int, dtype: torch.dtype, lookahead: int):
+    def __init__(self, batch: PromptBatch, capacity: int, max_new_tokens: int,
+                 stop_ids: Sequence[int], hidden_size: int, dtype: torch.dtype):
         size, prompt = batch.tokens.shape
         device = batch.tokens.device
-        capacity = prompt + max_new_tokens + lookahead + 1
+        self.capacity = capacity
         self.tokens = torch.zeros(size, capacity, dtype=torch.long, device=device)
         self.tokens[:, :prompt] = batch.tokens
         self.host_lengths = batch.lengths.tolist()
@@ -73,9 +85,6 @@ class DecodeRows:
         self.outputs: List[List[int]] = [[] for _ in range(size)]
         self.done = torch.zeros(size, dtype=torch.bool)  # host
         self.index = torch.arange(size, device=device)
-
-    def active_on(self, device) -> torch.Tensor:
-        return (~self.done).to(device)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
@@ -116,49 +125,61 @@ def _prefill(model, cache: TrunkCache, batch: PromptBatch, rows: DecodeRows, voc
     embeddings = model.embed_inputs(batch.tokens, positions, batch.audio_features,
                                     batch.audio_feature_lengths)
     hidden = cache.forward(embeddings, positions)
-    cache.keep(0, rows.lengths)  # padding after each prompt
     rows.store_hidden(positions, hidden)
     last = hidden[rows.lengths - 1, rows.index]
     first = cache.logits(last[None], vocab_size)[0].argmax(-1)
     rows.append(first[:, None], torch.ones_like(first))
 
 
-def _feed(model, cache: TrunkCache, rows: DecodeRows, ids: torch.Tensor):
-    """Trunk forward of ``ids`` [b, q] placed after each row's emitted tokens (the first is the
-    row's last emitted token); returns (hidden [q, b, h], the first of its cache slots)."""
+def _feed(model, cache: TrunkCache, rows: DecodeRows, ids: torch.Tensor) -> torch.Tensor:
+    """Trunk forward of ``ids`` [b, w] placed at each row's last emitted position (the first id
+    is the row's last emitted token) and the w-1 after it; returns the hidden states [w, b, h]."""
     offsets = torch.arange(ids.shape[1], device=ids.device)
     positions = (rows.lengths - 1)[:, None] + offsets[None, :]
     embeddings = model.language_model.embedding(input_ids=ids, position_ids=positions)
-    start = cache.used_slots
     hidden = cache.forward(embeddings, positions)
     rows.store_hidden(positions, hidden)
-    return hidden, start
+    return hidden
 
 
-def _new_cache(model, batch: PromptBatch, max_new_tokens: int, tokens_per_step: int) -> TrunkCache:
-    slots = batch.tokens.shape[1] + max_new_tokens * tokens_per_step
-    return TrunkCache(model.language_model, batch.tokens.shape[0], slots, batch.tokens.device)
+def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
+    """Positions per row of every buffer: prompt, new tokens, a step's lookahead and the drafter's
+    window (``drafter.py``). A function of the width alone, so that greedy decoding at width D+1
+    attends over exactly the key length that speculative decoding at depth D does."""
+    return batch.tokens.shape[1] + max_new_tokens + 3 * (width - 1) + 1
 
 
-def _new_rows(model, batch, max_new_tokens, stop_ids, lookahead) -> DecodeRows:
-    weight = model.language_model.embedding.word_embeddings.weight
-    return DecodeRows(batch, max_new_tokens, stop_ids, weight.shape[1], weight.dtype, lookahead)
+def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int):
+    """(cache, rows) after the prefill and the first token."""
+    capacity = _capacity(batch, max_new_tokens, width)
+    lm = model.language_model
+    cache = TrunkCache(lm, batch.tokens.shape[0], capacity, batch.tokens.device)
+    weight = lm.embedding.word_embeddings.weight
+    rows = DecodeRows(batch, capacity, max_new_tokens, stop_ids, weight.shape[1], weight.dtype)
+    _prefill(model, cache, batch, rows, vocab_size)
+    return cache, rows
 
 
 @torch.no_grad()
 def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                  vocab_size: int):
-    """(outputs per row, DecodeStats per row) of KV-cached greedy decoding."""
-    cache = _new_cache(model, batch, max_new_tokens, 1)
-    rows = _new_rows(model, batch, max_new_tokens, stop_ids, lookahead=0)
+                  vocab_size: int, width: int = 1):
+    """(outputs per row, DecodeStats per row) of KV-cached greedy decoding.
+
+    With ``width`` w > 1 every step feeds the row's last token followed by w-1 fillers (the same
+    token again), the shape of speculative decoding's verify forward at depth w-1: its tokens are
+    then computed exactly as ``speculative_decode`` at that depth computes them (module docstring).
+    """
+    if width < 1:
+        raise ValueError(f"greedy width {width}: must be >= 1")
+    cache, rows = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width)
     stats = [DecodeStats() for _ in range(batch.tokens.shape[0])]
-    _prefill(model, cache, batch, rows, vocab_size)
     while not bool(rows.done.all()):
         active = ~rows.done
-        hidden, start = _feed(model, cache, rows, rows.last_tokens()[:, None])
-        cache.keep(start, rows.active_on(hidden.device).long())
-        emitted = rows.append(cache.logits(hidden, vocab_size)[0].argmax(-1)[:, None],
-                              torch.ones_like(rows.lengths))
+        hidden = _feed(model, cache, rows, rows.last_tokens()[:, None].expand(-1, width))
+        # Logits at every position, the filler ones included: the head's GEMM then has the shape
+        # it has in a verify step, which is what makes the first row's rounding the same.
+        tokens = cache.logits(hidden, vocab_size).argmax(-1)[0]
+        emitted = rows.append(tokens[:, None], torch.ones_like(rows.lengths))
         for row in active.nonzero()[:, 0].tolist():
             stats[row].verify_steps += 1
             stats[row].verify_emitted += emitted[row]
@@ -168,22 +189,20 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
 @torch.no_grad()
 def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
                        vocab_size: int, depths: int):
-    """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP drafts."""
-    cache = _new_cache(model, batch, max_new_tokens, depths + 1)
-    rows = _new_rows(model, batch, max_new_tokens, stop_ids, lookahead=depths)
+    """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
+    drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
+    cache, rows = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1)
+    drafter = MTPDrafter(model.language_model, batch.tokens.shape[0], rows.capacity, depths,
+                         batch.tokens.device)
     stats = [DecodeStats(depths) for _ in range(batch.tokens.shape[0])]
-    _prefill(model, cache, batch, rows, vocab_size)
-    lm = model.language_model
     while not bool(rows.done.all()):
         active = ~rows.done
-        drafts = draft_tokens(lm, rows.tokens, rows.lengths, rows.hidden, depths, vocab_size)
-        ids = torch.cat([rows.last_tokens()[:, None], drafts], dim=1)
-        hidden, start = _feed(model, cache, rows, ids)
+        drafts = drafter.draft(rows.tokens, rows.lengths, rows.hidden, vocab_size,
+                               max(rows.host_lengths))
+        hidden = _feed(model, cache, rows, torch.cat([rows.last_tokens()[:, None], drafts], dim=1))
         verdict = cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
         agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
-        accepted = agreed.sum(dim=1)
-        cache.keep(start, (accepted + 1) * rows.active_on(accepted.device))
-        emitted = rows.append(verdict, accepted + 1)  # drafts 1..a equal verdict 0..a-1
+        emitted = rows.append(verdict, agreed.sum(dim=1) + 1)  # drafts 1..a equal verdict 0..a-1
         agreed = agreed.tolist()
         for row in active.nonzero()[:, 0].tolist():
             record_step(stats[row], agreed[row], emitted[row])
