@@ -4,7 +4,8 @@ import torch
 
 from megatron_salm_mtp.compat import mcore
 from megatron_salm_mtp.data.frames import audio_tokens
-from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.inference import decode
+from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
 from megatron_salm_mtp.inference.trunk_cache import head_logits
 from megatron_salm_mtp.model.salm import SALM
@@ -111,6 +112,26 @@ def trunk_states(model, tokens: torch.Tensor, batch: PromptBatch) -> torch.Tenso
                       rotary_pos_emb=lm.rotary_pos_emb(length))
 
 
+def oracle_drafter(truth, prompt_lengths, wrong_depth):
+    """A stand-in for ``MTPDrafter`` that drafts the true continuation, wrong from depth
+    ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
+    drafts per step (all D when never wrong)."""
+    class OracleDrafter:
+        def __init__(self, language_model, batch_size, capacity, depths, device):
+            self.depths = depths
+
+        def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
+            rows = []
+            for row, length in enumerate(lengths.tolist()):
+                emitted = length - int(prompt_lengths[row])
+                drafts = list(truth[row][emitted:emitted + self.depths])
+                if wrong_depth[row]:
+                    drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
+                rows.append(drafts)
+            return torch.tensor(rows, device=lengths.device)
+    return OracleDrafter
+
+
 def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
     """A learnable task: after the audio and a separator, count up from the first prompt id
     (mod 50), then EOS. Returns (training batch dict, PromptBatch of the same prompts)."""
@@ -151,3 +172,33 @@ def train_briefly(model, steps: int, lr: float = 1e-2):
         optimizer.step()
     model.eval()
     return float(loss)
+
+
+def short_prompt_batches(cfg, utterances: int, batch_size: int, seed: int, device='cpu'):
+    """Batches of random prompts with 8-40 audio frames each (short: many utterances, quickly)."""
+    gen = torch.Generator().manual_seed(seed)
+    for first in range(0, utterances, batch_size):
+        frames = torch.randint(8, 41, (min(batch_size, utterances - first),), generator=gen)
+        batch = random_prompts(cfg, frames.tolist(), seed=seed + first)
+        yield PromptBatch(*(t.to(device) for t in (batch.tokens, batch.lengths, batch.audio_features,
+                                                   batch.audio_feature_lengths)))
+
+
+def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=None):
+    """(utterances decoded, indices of those whose speculative output differs from greedy at
+    width depths+1, drafts accepted). With ``monkeypatch``, an ``oracle_drafter`` drafts greedy's
+    continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never)."""
+    vocab = model.cfg.vocab_size
+    decoded, differing, accepted = 0, [], 0
+    for batch in batches:
+        greedy, _ = greedy_decode(model, batch, max_new_tokens, [EOS_ID], vocab, width=depths + 1)
+        if monkeypatch is not None:
+            truth, _ = greedy_decode(model, batch, max_new_tokens + depths + 1, [], vocab,
+                                     width=depths + 1)
+            wrong = [row % (depths + 1) for row in range(len(truth))]
+            monkeypatch.setattr(decode, 'MTPDrafter', oracle_drafter(truth, batch.lengths.cpu(), wrong))
+        speculative, stats = speculative_decode(model, batch, max_new_tokens, [EOS_ID], vocab, depths)
+        differing += [decoded + row for row, (g, s) in enumerate(zip(greedy, speculative)) if g != s]
+        decoded += len(greedy)
+        accepted += sum(sum(s.draft_accepts) for s in stats)
+    return decoded, differing, accepted

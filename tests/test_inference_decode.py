@@ -1,16 +1,18 @@
-"""KV-cached greedy and MTP self-speculative decoding (inference/decode.py) on tiny SALMs, CPU fp32.
+"""KV-cached greedy and MTP self-speculative decoding (inference/decode.py) on tiny SALMs, CPU.
 
 Greedy over the cache must match a full forward per token; speculative decoding must match greedy
 token for token: on random models (drafts rejected), on a briefly trained one (drafts mostly
 accepted), and with drafts built to be accepted to a different depth in each row, whose
-acceptance counts are known in advance.
+acceptance counts are known in advance (fp32). Over 200 utterances, in fp32 and bf16, it must
+equal greedy decoding at the verify step's width bit for bit.
 """
 
 import pytest
 import torch
 
-from inference_fixtures import (EOS_ID, counting_batch, full_recompute_greedy, random_prompts,
-                                row_of, tiny_salm, train_briefly)
+from inference_fixtures import (EOS_ID, counting_batch, exactness_run, full_recompute_greedy,
+                                oracle_drafter, random_prompts, row_of, short_prompt_batches,
+                                tiny_salm, train_briefly)
 from megatron_salm_mtp.inference import decode
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 
@@ -70,26 +72,6 @@ def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
         assert single[0] == greedy[row]
 
 
-def oracle_drafter(truth, prompt_lengths, wrong_depth):
-    """A stand-in for ``MTPDrafter`` that drafts the true continuation, wrong from depth
-    ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
-    drafts per step (all D when never wrong)."""
-    class OracleDrafter:
-        def __init__(self, language_model, batch_size, capacity, depths, device):
-            self.depths = depths
-
-        def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
-            rows = []
-            for row, length in enumerate(lengths.tolist()):
-                emitted = length - int(prompt_lengths[row])
-                drafts = list(truth[row][emitted:emitted + self.depths])
-                if wrong_depth[row]:
-                    drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
-                rows.append(drafts)
-            return torch.tensor(rows)
-    return OracleDrafter
-
-
 def expected_counts(accept_per_step: int, budget: int, depths: int):
     """(verify steps, emitted tokens, attempts, accepts) of a row accepting the same number of
     drafts every step, its first token coming from the prefill."""
@@ -129,3 +111,25 @@ def test_stop_id_ends_each_row_where_greedy_does(random_model):
     greedy, _ = greedy_decode(random_model, batch, 12, [stop], vocab)
     speculative, _ = speculative_decode(random_model, batch, 12, [stop], vocab, 2)
     assert greedy == cut and speculative == greedy
+
+
+
+@pytest.mark.parametrize('bf16', [False, True])
+def test_speculative_equals_greedy_of_its_width_over_200_utterances(single_rank_parallel, bf16):
+    """Token for token, fp32 and bf16: greedy at the verify step's width (decode.py's docstring).
+    In bf16 the decoder before the per-position cache differed here in 7 of the 200."""
+    model = tiny_salm(seed=21, bf16=bf16)
+    decoded, differing, accepted = exactness_run(model, short_prompt_batches(model.cfg, 200, 8, 22),
+                                                 depths=3, max_new_tokens=12)
+    assert decoded >= 200 and differing == []
+    assert accepted > 0  # drafts were accepted: verify steps emitted several tokens
+
+
+def test_speculative_with_oracle_drafts_equals_greedy_in_bf16(single_rank_parallel, monkeypatch):
+    """Drafts of greedy's own continuation, wrong at a different depth per row: most tokens come
+    out of verify positions 1..D, and must still round exactly as greedy's position 0."""
+    model = tiny_salm(seed=23, bf16=True)
+    decoded, differing, accepted = exactness_run(model, short_prompt_batches(model.cfg, 40, 8, 24),
+                                                 depths=3, max_new_tokens=12, monkeypatch=monkeypatch)
+    assert decoded == 40 and differing == []
+    assert accepted > 4 * decoded  # about half the tokens came from accepted drafts
