@@ -4,7 +4,7 @@ import torch
 
 from megatron_salm_mtp.compat import mcore
 from megatron_salm_mtp.data.frames import audio_tokens
-from megatron_salm_mtp.inference import decode
+from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
 from megatron_salm_mtp.inference.trunk_cache import head_logits
@@ -120,6 +120,9 @@ def oracle_drafter(truth, prompt_lengths, wrong_depth):
         def __init__(self, language_model, batch_size, capacity, depths, device):
             self.depths = depths
 
+        def reset(self):
+            pass
+
         def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
             rows = []
             for row, length in enumerate(lengths.tolist()):
@@ -196,7 +199,7 @@ def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=
             truth, _ = greedy_decode(model, batch, max_new_tokens + depths + 1, [], vocab,
                                      width=depths + 1)
             wrong = [row % (depths + 1) for row in range(len(truth))]
-            monkeypatch.setattr(decode, 'MTPDrafter', oracle_drafter(truth, batch.lengths.cpu(), wrong))
+            monkeypatch.setattr(workspace, 'MTPDrafter', oracle_drafter(truth, batch.lengths.cpu(), wrong))
         speculative, stats = speculative_decode(model, batch, max_new_tokens, [EOS_ID], vocab, depths)
         differing += [decoded + row for row, (g, s) in enumerate(zip(greedy, speculative)) if g != s]
         decoded += len(greedy)

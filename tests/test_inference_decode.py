@@ -13,8 +13,10 @@ import torch
 from inference_fixtures import (EOS_ID, counting_batch, exactness_run, full_recompute_greedy,
                                 oracle_drafter, random_prompts, row_of, short_prompt_batches,
                                 tiny_salm, train_briefly)
-from megatron_salm_mtp.inference import decode
+from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
+from megatron_salm_mtp.inference.drafter import MTPDrafter
+from megatron_salm_mtp.inference.workspace import WorkspacePool
 
 FRAMES = [30, 57, 41]  # rows of different prompt lengths
 
@@ -56,9 +58,15 @@ def test_shared_mtp_layer_drafts_deeper_than_trained(single_rank_parallel):
     assert speculative == greedy and len(stats[0].draft_attempts) == 3
 
 
-def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
+@pytest.fixture(scope='module')
+def trained_model(single_rank_parallel):
     model = tiny_salm(seed=5, init_method_std=0.02)
     train_briefly(model, steps=100)
+    return model
+
+
+def test_speculative_equals_greedy_after_brief_training(trained_model):
+    model = trained_model
     _, batch = counting_batch(model.cfg, 6, seed=7)
     vocab = model.cfg.vocab_size
     greedy, _ = greedy_decode(model, batch, 16, [EOS_ID], vocab)
@@ -91,7 +99,7 @@ def test_rows_accepting_different_lengths_match_greedy_and_are_counted(random_mo
     greedy, _ = greedy_decode(random_model, batch, budget, [], vocab)
     truth, _ = greedy_decode(random_model, batch, budget + depths + 1, [], vocab)
     wrong_depth = [0, 2, 1]  # row 0 accepts 3 drafts per step, row 1 one, row 2 none
-    monkeypatch.setattr(decode, 'MTPDrafter', oracle_drafter(truth, batch.lengths, wrong_depth))
+    monkeypatch.setattr(workspace, 'MTPDrafter', oracle_drafter(truth, batch.lengths, wrong_depth))
     speculative, stats = speculative_decode(random_model, batch, budget, [], vocab, depths)
     assert speculative == greedy
     for row, wrong in enumerate(wrong_depth):
@@ -133,3 +141,27 @@ def test_speculative_with_oracle_drafts_equals_greedy_in_bf16(single_rank_parall
                                                  depths=3, max_new_tokens=12, monkeypatch=monkeypatch)
     assert decoded == 40 and differing == []
     assert accepted > 4 * decoded  # about half the tokens came from accepted drafts
+
+
+def test_workspaces_reused_across_batches_decode_as_fresh_ones(random_model, monkeypatch):
+    """One pool of workspaces for batches of different prompt lengths (one capacity bucket):
+    outputs and every draft equal those of fresh workspaces (no state leaks between batches)."""
+    drafts, real_draft = [], MTPDrafter.draft
+
+    def recording_draft(self, *args):
+        drafts.append(real_draft(self, *args))
+        return drafts[-1]
+    monkeypatch.setattr(MTPDrafter, 'draft', recording_draft)
+    pool, vocab = WorkspacePool(), random_model.cfg.vocab_size
+    for seed, frames in ((31, [30, 41, 35]), (32, [36, 29, 33]), (33, [40, 31, 38])):
+        batch = random_prompts(random_model.cfg, frames, seed=seed)
+        for decode_with in (lambda **kw: greedy_decode(random_model, batch, 12, [], vocab, width=4, **kw),
+                            lambda **kw: speculative_decode(random_model, batch, 12, [], vocab, 3, **kw)):
+            drafts.clear()
+            fresh, _ = decode_with()
+            fresh_drafts = list(drafts)
+            drafts.clear()
+            assert decode_with(workspaces=pool)[0] == fresh
+            assert all(torch.equal(a, b) for a, b in zip(drafts, fresh_drafts))
+            assert len(drafts) == len(fresh_drafts)
+    assert len(pool.workspaces) == 2  # greedy's and speculative's, reused by every batch

@@ -27,12 +27,16 @@ no row waits for another. Finished rows ride along until the batch ends, their o
 """
 
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from .drafter import MTPDrafter
-from .trunk_cache import TrunkCache
+from .timing import PhaseClock
+from .workspace import DecodeWorkspace, WorkspacePool
+
+CAPACITY_BUCKET = 64
+"""Buffer capacities are rounded up to a multiple of this: batches of one size then share a few
+workspaces (and CUDA graphs) whatever their prompt lengths."""
 
 
 @dataclass
@@ -46,12 +50,17 @@ class PromptBatch:
 
 @dataclass
 class DecodeStats:
-    """Counts of one row (or, merged, of many); ``report.py`` turns them into rates."""
+    """Counts of one row (or, merged, of many); ``report.py`` turns them into rates.
+
+    The seconds are the batch's, set on its first row only, so that sums over rows count each
+    batch once; decoding time less both is the time of the steps after the prefill."""
     depths: int = 0
     verify_steps: int = 0  # trunk forwards after the prefill while the row was active
     verify_emitted: int = 0  # tokens those forwards emitted (after EOS / budget cuts)
     draft_attempts: List[int] = field(default_factory=list)  # per depth: drafts whose prefix was accepted
     draft_accepts: List[int] = field(default_factory=list)  # per depth: drafts accepted
+    encode_seconds: float = 0.0  # audio encoding and projection, spliced into the prompt
+    prefill_seconds: float = 0.0  # the trunk over the prompt, to the first token
 
     def __post_init__(self):
         self.draft_attempts = self.draft_attempts or [0] * self.depths
@@ -60,38 +69,29 @@ class DecodeStats:
     def merge(self, other: 'DecodeStats') -> None:
         self.verify_steps += other.verify_steps
         self.verify_emitted += other.verify_emitted
+        self.encode_seconds += other.encode_seconds
+        self.prefill_seconds += other.prefill_seconds
         for k in range(self.depths):
             self.draft_attempts[k] += other.draft_attempts[k]
             self.draft_accepts[k] += other.draft_accepts[k]
 
 
 class DecodeRows:
-    """Per-row sequences (prompt + emitted), lengths, trunk hidden states by position, outputs.
+    """Host side of a batch: outputs, finished flags and lengths per row, mirrored into the
+    workspace's token and length buffers as tokens are emitted.
 
-    Lengths and finished flags are kept on the host as well: the loops read them every step, and
-    a device read per row would stall the GPU's queue of kernels each time."""
+    Lengths and finished flags are kept on the host: the loops read them every step, and a
+    device read per row would stall the GPU's queue of kernels each time."""
 
-    def __init__(self, batch: PromptBatch, capacity: int, max_new_tokens: int,
-                 stop_ids: Sequence[int], hidden_size: int, dtype: torch.dtype):
-        size, prompt = batch.tokens.shape
-        device = batch.tokens.device
-        self.capacity = capacity
-        self.tokens = torch.zeros(size, capacity, dtype=torch.long, device=device)
-        self.tokens[:, :prompt] = batch.tokens
+    def __init__(self, workspace: DecodeWorkspace, batch: PromptBatch, max_new_tokens: int,
+                 stop_ids: Sequence[int]):
+        self.ws = workspace
+        workspace.load(batch.tokens, batch.lengths)
+        size = batch.tokens.shape[0]
         self.host_lengths = batch.lengths.tolist()
-        self.lengths = batch.lengths.clone().to(device)
-        self.hidden = torch.zeros(capacity, size, hidden_size, dtype=dtype, device=device)
         self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
         self.outputs: List[List[int]] = [[] for _ in range(size)]
-        self.done = torch.zeros(size, dtype=torch.bool)  # host
-        self.index = torch.arange(size, device=device)
-
-    def last_tokens(self) -> torch.Tensor:
-        return self.tokens[self.index, self.lengths - 1]
-
-    def store_hidden(self, positions: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Trunk states [q, b, h] of the tokens at ``positions`` [b, q]."""
-        self.hidden[positions.t(), self.index[None, :]] = hidden
+        self.done = torch.zeros(size, dtype=torch.bool)
 
     def append(self, candidates: torch.Tensor, counts: torch.Tensor) -> List[int]:
         """Emit the first ``counts[r]`` of ``candidates[r]`` for each active row, cut after a stop
@@ -111,75 +111,72 @@ class DecodeRows:
             self.host_lengths[row] += len(taken)
             self.outputs[row].extend(taken)
             emitted.append(len(taken))
-        device = self.tokens.device
-        self.tokens[torch.tensor(rows, dtype=torch.long, device=device),
-                    torch.tensor(columns, dtype=torch.long, device=device)] = torch.tensor(
-                        values, dtype=torch.long, device=device)
-        self.lengths = torch.tensor(self.host_lengths, device=device)
+        device = self.ws.tokens.device
+        self.ws.tokens[torch.tensor(rows, dtype=torch.long, device=device),
+                       torch.tensor(columns, dtype=torch.long, device=device)] = torch.tensor(
+                           values, dtype=torch.long, device=device)
+        self.ws.lengths.copy_(torch.tensor(self.host_lengths))
         return emitted
-
-
-def _prefill(model, cache: TrunkCache, batch: PromptBatch, rows: DecodeRows, vocab_size: int):
-    size, prompt = batch.tokens.shape
-    positions = torch.arange(prompt, device=batch.tokens.device)[None].expand(size, prompt)
-    embeddings = model.embed_inputs(batch.tokens, positions, batch.audio_features,
-                                    batch.audio_feature_lengths)
-    hidden = cache.forward(embeddings, positions)
-    rows.store_hidden(positions, hidden)
-    last = hidden[rows.lengths - 1, rows.index]
-    first = cache.logits(last[None], vocab_size)[0].argmax(-1)
-    rows.append(first[:, None], torch.ones_like(first))
-
-
-def _feed(model, cache: TrunkCache, rows: DecodeRows, ids: torch.Tensor) -> torch.Tensor:
-    """Trunk forward of ``ids`` [b, w] placed at each row's last emitted position (the first id
-    is the row's last emitted token) and the w-1 after it; returns the hidden states [w, b, h]."""
-    offsets = torch.arange(ids.shape[1], device=ids.device)
-    positions = (rows.lengths - 1)[:, None] + offsets[None, :]
-    embeddings = model.language_model.embedding(input_ids=ids, position_ids=positions)
-    hidden = cache.forward(embeddings, positions)
-    rows.store_hidden(positions, hidden)
-    return hidden
 
 
 def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
     """Positions per row of every buffer: prompt, new tokens, a step's lookahead and the drafter's
-    window (``drafter.py``). A function of the width alone, so that greedy decoding at width D+1
-    attends over exactly the key length that speculative decoding at depth D does."""
-    return batch.tokens.shape[1] + max_new_tokens + 3 * (width - 1) + 1
+    window (``drafter.py``), bucketed. A function of the width alone, so that greedy decoding at
+    width D+1 attends over exactly the key length that speculative decoding at depth D does."""
+    needed = batch.tokens.shape[1] + max_new_tokens + 3 * (width - 1) + 1
+    return -(-needed // CAPACITY_BUCKET) * CAPACITY_BUCKET
 
 
-def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int):
-    """(cache, rows) after the prefill and the first token."""
+def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
+           depths: int, workspaces: Optional[WorkspacePool]):
+    """(rows, per-row stats) after the audio encoding, the prefill and the first token."""
+    size, prompt = batch.tokens.shape
+    device = batch.tokens.device
     capacity = _capacity(batch, max_new_tokens, width)
-    lm = model.language_model
-    cache = TrunkCache(lm, batch.tokens.shape[0], capacity, batch.tokens.device)
-    weight = lm.embedding.word_embeddings.weight
-    rows = DecodeRows(batch, capacity, max_new_tokens, stop_ids, weight.shape[1], weight.dtype)
-    _prefill(model, cache, batch, rows, vocab_size)
-    return cache, rows
+    pool = workspaces or WorkspacePool()
+    rows = DecodeRows(pool.get(model, size, capacity, width, depths, device), batch,
+                      max_new_tokens, stop_ids)
+    clock = PhaseClock(device)
+    clock.mark()
+    positions = torch.arange(prompt, device=device)[None].expand(size, prompt)
+    embeddings = model.embed_inputs(batch.tokens, positions, batch.audio_features,
+                                    batch.audio_feature_lengths)
+    clock.mark()
+    hidden = rows.ws.trunk(embeddings, positions)
+    last = hidden[rows.ws.lengths - 1, rows.ws.index]
+    first = rows.ws.cache.logits(last[None], vocab_size)[0].argmax(-1)
+    clock.mark()
+    rows.append(first[:, None], torch.ones_like(first))
+    stats = [DecodeStats(depths) for _ in range(size)]
+    stats[0].encode_seconds, stats[0].prefill_seconds = clock.seconds(0, 1), clock.seconds(1, 2)
+    return rows, stats
 
 
 @torch.no_grad()
 def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                  vocab_size: int, width: int = 1):
+                  vocab_size: int, width: int = 1, workspaces: Optional[WorkspacePool] = None):
     """(outputs per row, DecodeStats per row) of KV-cached greedy decoding.
 
     With ``width`` w > 1 every step feeds the row's last token followed by w-1 fillers (the same
     token again), the shape of speculative decoding's verify forward at depth w-1: its tokens are
     then computed exactly as ``speculative_decode`` at that depth computes them (module docstring).
+    ``workspaces`` keeps buffers (and, with ``cuda_graphs``, graphs of the step) across calls.
     """
     if width < 1:
         raise ValueError(f"greedy width {width}: must be >= 1")
-    cache, rows = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width)
-    stats = [DecodeStats() for _ in range(batch.tokens.shape[0])]
-    while not bool(rows.done.all()):
-        active = ~rows.done
-        hidden = _feed(model, cache, rows, rows.last_tokens()[:, None].expand(-1, width))
+    rows, stats = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
+    ws = rows.ws
+
+    def step():
+        hidden = ws.feed(ws.last_tokens()[:, None].expand(-1, width))
         # Logits at every position, the filler ones included: the head's GEMM then has the shape
         # it has in a verify step, which is what makes the first row's rounding the same.
-        tokens = cache.logits(hidden, vocab_size).argmax(-1)[0]
-        emitted = rows.append(tokens[:, None], torch.ones_like(rows.lengths))
+        return ws.cache.logits(hidden, vocab_size).argmax(-1)[0]
+
+    while not bool(rows.done.all()):
+        active = ~rows.done
+        tokens = ws.run('greedy', step)
+        emitted = rows.append(tokens[:, None], torch.ones_like(tokens))
         for row in active.nonzero()[:, 0].tolist():
             stats[row].verify_steps += 1
             stats[row].verify_emitted += emitted[row]
@@ -188,20 +185,26 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
 
 @torch.no_grad()
 def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                       vocab_size: int, depths: int):
+                       vocab_size: int, depths: int, workspaces: Optional[WorkspacePool] = None):
     """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
     drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
-    cache, rows = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1)
-    drafter = MTPDrafter(model.language_model, batch.tokens.shape[0], rows.capacity, depths,
-                         batch.tokens.device)
-    stats = [DecodeStats(depths) for _ in range(batch.tokens.shape[0])]
+    rows, stats = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
+                         workspaces)
+    ws = rows.ws
+
+    def step():
+        drafts = ws.drafter.draft(ws.tokens, ws.lengths, ws.hidden, vocab_size, max(rows.host_lengths))
+        hidden = ws.feed(torch.cat([ws.last_tokens()[:, None], drafts], dim=1))
+        verdict = ws.cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
+        agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
+        return verdict, agreed
+
+    first = True
     while not bool(rows.done.all()):
         active = ~rows.done
-        drafts = drafter.draft(rows.tokens, rows.lengths, rows.hidden, vocab_size,
-                               max(rows.host_lengths))
-        hidden = _feed(model, cache, rows, torch.cat([rows.last_tokens()[:, None], drafts], dim=1))
-        verdict = cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
-        agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
+        # The first draft computes every position (its width is the prompt's): eager.
+        verdict, agreed = step() if first else ws.run('speculative', step)
+        first = False
         emitted = rows.append(verdict, agreed.sum(dim=1) + 1)  # drafts 1..a equal verdict 0..a-1
         agreed = agreed.tolist()
         for row in active.nonzero()[:, 0].tolist():

@@ -52,6 +52,10 @@ class MTPDrafter:
         self.rows = torch.arange(batch_size, device=device)
         self.started = False
 
+    def reset(self) -> None:
+        """Start a new batch: its first draft computes every position again."""
+        self.started = False
+
     @torch.no_grad()
     def draft(self, tokens: torch.Tensor, lengths: torch.Tensor, trunk_hidden: torch.Tensor,
               vocab_size: int, longest: int) -> torch.Tensor:
