@@ -187,20 +187,24 @@ def short_prompt_batches(cfg, utterances: int, batch_size: int, seed: int, devic
                                                    batch.audio_feature_lengths)))
 
 
-def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=None):
+def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=None,
+                  workspaces=None):
     """(utterances decoded, indices of those whose speculative output differs from greedy at
     width depths+1, drafts accepted). With ``monkeypatch``, an ``oracle_drafter`` drafts greedy's
-    continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never)."""
+    continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never). Both decode
+    through ``workspaces`` (a ``WorkspacePool``) when given."""
     vocab = model.cfg.vocab_size
     decoded, differing, accepted = 0, [], 0
     for batch in batches:
-        greedy, _ = greedy_decode(model, batch, max_new_tokens, [EOS_ID], vocab, width=depths + 1)
+        greedy, _ = greedy_decode(model, batch, max_new_tokens, [EOS_ID], vocab, width=depths + 1,
+                                  workspaces=workspaces)
         if monkeypatch is not None:
             truth, _ = greedy_decode(model, batch, max_new_tokens + depths + 1, [], vocab,
                                      width=depths + 1)
             wrong = [row % (depths + 1) for row in range(len(truth))]
             monkeypatch.setattr(workspace, 'MTPDrafter', oracle_drafter(truth, batch.lengths.cpu(), wrong))
-        speculative, stats = speculative_decode(model, batch, max_new_tokens, [EOS_ID], vocab, depths)
+        speculative, stats = speculative_decode(model, batch, max_new_tokens, [EOS_ID], vocab, depths,
+                                                workspaces=workspaces)
         differing += [decoded + row for row, (g, s) in enumerate(zip(greedy, speculative)) if g != s]
         decoded += len(greedy)
         accepted += sum(sum(s.draft_accepts) for s in stats)

@@ -93,11 +93,12 @@ class DecodeRows:
         self.outputs: List[List[int]] = [[] for _ in range(size)]
         self.done = torch.zeros(size, dtype=torch.bool)
 
-    def append(self, candidates: torch.Tensor, counts: torch.Tensor) -> List[int]:
+    def append(self, candidates: List[List[int]], counts: List[int]) -> List[int]:
         """Emit the first ``counts[r]`` of ``candidates[r]`` for each active row, cut after a stop
-        id or at the token budget; returns the number emitted per row."""
-        emitted, rows, columns, values = [], [], [], []
-        for row, (tokens, count) in enumerate(zip(candidates.tolist(), counts.tolist())):
+        id or at the token budget; returns the number emitted per row. Host lists: the caller
+        reads the step's outputs from the device in one go."""
+        emitted, update = [], [[], [], []]  # rows, positions, tokens written to the workspace
+        for row, (tokens, count) in enumerate(zip(candidates, counts)):
             taken = []
             for token in tokens[:count] if not self.done[row] else []:
                 taken.append(token)
@@ -105,16 +106,14 @@ class DecodeRows:
                     self.done[row] = True
                     break
             start = self.host_lengths[row]
-            rows += [row] * len(taken)
-            columns += range(start, start + len(taken))
-            values += taken
+            update[0] += [row] * len(taken)
+            update[1] += range(start, start + len(taken))
+            update[2] += taken
             self.host_lengths[row] += len(taken)
             self.outputs[row].extend(taken)
             emitted.append(len(taken))
-        device = self.ws.tokens.device
-        self.ws.tokens[torch.tensor(rows, dtype=torch.long, device=device),
-                       torch.tensor(columns, dtype=torch.long, device=device)] = torch.tensor(
-                           values, dtype=torch.long, device=device)
+        rows, positions, tokens = torch.tensor(update, dtype=torch.long, device=self.ws.tokens.device)
+        self.ws.tokens[rows, positions] = tokens
         self.ws.lengths.copy_(torch.tensor(self.host_lengths))
         return emitted
 
@@ -146,7 +145,7 @@ def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size:
     last = hidden[rows.ws.lengths - 1, rows.ws.index]
     first = rows.ws.cache.logits(last[None], vocab_size)[0].argmax(-1)
     clock.mark()
-    rows.append(first[:, None], torch.ones_like(first))
+    rows.append([[token] for token in first.tolist()], [1] * size)
     stats = [DecodeStats(depths) for _ in range(size)]
     stats[0].encode_seconds, stats[0].prefill_seconds = clock.seconds(0, 1), clock.seconds(1, 2)
     return rows, stats
@@ -175,8 +174,8 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
 
     while not bool(rows.done.all()):
         active = ~rows.done
-        tokens = ws.run('greedy', step)
-        emitted = rows.append(tokens[:, None], torch.ones_like(tokens))
+        tokens = ws.run('greedy', step).tolist()
+        emitted = rows.append([[token] for token in tokens], [1] * len(tokens))
         for row in active.nonzero()[:, 0].tolist():
             stats[row].verify_steps += 1
             stats[row].verify_emitted += emitted[row]
@@ -197,16 +196,16 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         hidden = ws.feed(torch.cat([ws.last_tokens()[:, None], drafts], dim=1))
         verdict = ws.cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
         agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
-        return verdict, agreed
+        return torch.cat([verdict, agreed], dim=1)  # one tensor: one read per step
 
     first = True
     while not bool(rows.done.all()):
         active = ~rows.done
         # The first draft computes every position (its width is the prompt's): eager.
-        verdict, agreed = step() if first else ws.run('speculative', step)
+        host = (step() if first else ws.run('speculative', step)).tolist()
         first = False
-        emitted = rows.append(verdict, agreed.sum(dim=1) + 1)  # drafts 1..a equal verdict 0..a-1
-        agreed = agreed.tolist()
+        verdict, agreed = [row[:depths + 1] for row in host], [row[depths + 1:] for row in host]
+        emitted = rows.append(verdict, [sum(a) + 1 for a in agreed])  # drafts 1..a equal verdict 0..a-1
         for row in active.nonzero()[:, 0].tolist():
             record_step(stats[row], agreed[row], emitted[row])
     return rows.outputs, stats
