@@ -76,6 +76,11 @@ class SALMConfig:
     """Recompute each MTP depth's layer in backward instead of keeping its activations."""
     mtp_mask_placeholder_paths: bool = True
     """Drop depth-k targets whose chain consumes an audio placeholder (Megatron-LM #6770)."""
+    mtp_self_distillation: bool = False
+    """Train the MTP heads on the KL from the trunk's own next-token distribution (depth k at
+    position i: the main head at i+k) instead of the ground-truth tokens, as EAGLE and FastMTP
+    do; meant for --training-mode head_only (frozen trunk, fixed teacher). The logged mtp_k loss
+    is then that KL."""
 
     # --- Mixture of experts (the MTP layers of --mtp-layer-pattern E) ---
     num_experts: Optional[int] = None
@@ -198,6 +203,8 @@ class SALMConfig:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.head_chunk_rows < 0:
             raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
+        if self.mtp_self_distillation and not self.mtp_depths:
+            raise ConfigError("--mtp-self-distillation needs MTP heads (--mtp-num-layers)")
         if self.mtp_recompute and not self.mtp_depths:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
         if self.fp8_format not in (None, 'e4m3', 'hybrid'):
