@@ -9,8 +9,8 @@ the trunk's own next token. Rejected drafts need no rollback: the cache is kept 
 
 Exact, in bf16 too. Every emitted token is a trunk argmax given the emitted prefix, so the output
 equals greedy decoding in exact arithmetic; in floating point it must also be computed the same
-way, or a near-tie flips (bf16 did, in a few utterances out of a hundred, when greedy ran a
-one-token forward and the verify step a (D+1)-token one). ``greedy_decode(width=D+1)`` therefore
+way, or a near-tie flips (in bf16 it did, in a few utterances per hundred, when greedy ran a
+one-token forward over a differently laid-out cache and the verify step a (D+1)-token one). ``greedy_decode(width=D+1)`` therefore
 runs every step at the verify step's shapes: the last token plus D fillers, logits at all D+1
 positions. A token at position p then comes out of the very same computation in both loops: the
 same kernels at the same shapes (GEMMs of (D+1) x b rows, attention of D+1 queries over the same
@@ -24,6 +24,8 @@ Re-deciding near-ties with a one-token forward instead would not be exact: greed
 
 Rows accept different numbers of tokens per step; each row has its own positions in the cache, so
 no row waits for another. Finished rows ride along until the batch ends, their outputs ignored.
+The steps after the prefill run over a ``workspace.py`` workspace, replayed from CUDA graphs when
+its pool asks for them.
 """
 
 from dataclasses import dataclass, field
@@ -120,8 +122,9 @@ class DecodeRows:
 
 def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
     """Positions per row of every buffer: prompt, new tokens, a step's lookahead and the drafter's
-    window (``drafter.py``), bucketed. A function of the width alone, so that greedy decoding at
-    width D+1 attends over exactly the key length that speculative decoding at depth D does."""
+    window (``drafter.py``), bucketed. It depends on the width, not on the mode, so that greedy
+    decoding at width D+1 attends over exactly the key length that speculative decoding at depth D
+    does for the same batch and token budget."""
     needed = batch.tokens.shape[1] + max_new_tokens + 3 * (width - 1) + 1
     return -(-needed // CAPACITY_BUCKET) * CAPACITY_BUCKET
 
