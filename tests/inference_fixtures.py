@@ -1,5 +1,7 @@
 """Tiny SALMs and audio prompts for the inference tests (one process, the session's gloo rank)."""
 
+import functools
+
 import torch
 
 from megatron_salm_mtp.compat import mcore
@@ -156,6 +158,15 @@ def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
              'audio_features': prompts.audio_features,
              'audio_feature_lengths': prompts.audio_feature_lengths}
     return batch, prompts
+
+
+@functools.lru_cache(maxsize=None)
+def counting_salm():
+    """A tiny SALM trained briefly to count (``train_briefly``), built once per process and shared
+    by the tests that only decode with it."""
+    model = tiny_salm(seed=5, init_method_std=0.02)
+    train_briefly(model, steps=100)
+    return model
 
 
 def train_briefly(model, steps: int, lr: float = 1e-2):

@@ -10,9 +10,9 @@ equal greedy decoding at the verify step's width bit for bit.
 import pytest
 import torch
 
-from inference_fixtures import (EOS_ID, counting_batch, exactness_run, full_recompute_greedy,
-                                oracle_drafter, random_prompts, row_of, short_prompt_batches,
-                                tiny_salm, train_briefly)
+from inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
+                                full_recompute_greedy, oracle_drafter, random_prompts, row_of,
+                                short_prompt_batches, tiny_salm)
 from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
@@ -60,9 +60,7 @@ def test_shared_mtp_layer_drafts_deeper_than_trained(single_rank_parallel):
 
 @pytest.fixture(scope='module')
 def trained_model(single_rank_parallel):
-    model = tiny_salm(seed=5, init_method_std=0.02)
-    train_briefly(model, steps=100)
-    return model
+    return counting_salm()
 
 
 def test_speculative_equals_greedy_after_brief_training(trained_model):

@@ -10,8 +10,8 @@ draft that read a rejected token or kept a provisional state in its cache would 
 import pytest
 import torch
 
-from inference_fixtures import (counting_batch, random_prompts, recompute_drafts, row_of,
-                                tiny_salm, train_briefly, trunk_states)
+from inference_fixtures import (counting_batch, counting_salm, random_prompts, recompute_drafts,
+                                row_of, tiny_salm, trunk_states)
 from megatron_salm_mtp.inference.decode import greedy_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
 
@@ -69,6 +69,4 @@ def test_cached_drafts_equal_recompute_on_a_trained_model(trained_model, rows):
 
 @pytest.fixture(scope='module')
 def trained_model(single_rank_parallel):
-    model = tiny_salm(seed=5, init_method_std=0.02)
-    train_briefly(model, steps=100)
-    return model
+    return counting_salm()
