@@ -204,6 +204,8 @@ def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=
     width depths+1, drafts accepted). With ``monkeypatch``, an ``oracle_drafter`` drafts greedy's
     continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never). Both decode
     through ``workspaces`` (a ``WorkspacePool``) when given."""
+    if monkeypatch is not None and workspaces is not None:
+        raise ValueError("oracle drafts change with every batch: decode them in fresh workspaces")
     vocab = model.cfg.vocab_size
     decoded, differing, accepted = 0, [], 0
     for batch in batches:

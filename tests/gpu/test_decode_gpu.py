@@ -40,14 +40,14 @@ def peaked_bf16_salm(single_rank_parallel):
 @pytest.mark.parametrize('drafts', ['mtp', 'mtp_graphs', 'oracle'])
 def test_speculative_equals_greedy_of_its_width_in_bf16(small_bf16_salm, monkeypatch, batch_size, drafts):
     batches = short_prompt_batches(small_bf16_salm.cfg, 200, batch_size, seed=32, device='cuda')
-    pool = WorkspacePool(cuda_graphs=drafts == 'mtp_graphs')
-    decoded, differing, accepted = exactness_run(
-        small_bf16_salm, batches, DEPTHS, NEW_TOKENS, workspaces=pool,
-        monkeypatch=monkeypatch if drafts == 'oracle' else None)
+    oracle = drafts == 'oracle'  # a new oracle per batch: fresh workspaces, no pool
+    pool = None if oracle else WorkspacePool(cuda_graphs=drafts == 'mtp_graphs')
+    decoded, differing, accepted = exactness_run(small_bf16_salm, batches, DEPTHS, NEW_TOKENS,
+                                                 workspaces=pool, monkeypatch=monkeypatch if oracle else None)
     print(f'batch {batch_size}, {drafts} drafts: {decoded} utterances, {len(differing)} differ, '
           f'{accepted} drafts accepted')
     assert decoded == 200 and differing == []
-    if drafts == 'oracle':
+    if oracle:
         assert accepted > 4 * decoded
 
 
