@@ -80,6 +80,11 @@ class SALMConfig:
     """Train the MTP layers without letting their loss reach the rest of the model: the trunk's
     hidden states, the word embedding and the output head enter MTP detached, so everything else
     trains exactly as without MTP (heads learnt alongside, at no cost to the main model)."""
+    mtp_self_distillation: bool = False
+    """Train the MTP heads on the KL from the trunk's own next-token distribution (depth k at
+    position i: the main head at i+k) instead of the ground-truth tokens, as EAGLE and FastMTP
+    do; meant for --training-mode head_only (frozen trunk, fixed teacher). The logged mtp_k loss
+    is then that KL."""
 
     # --- Mixture of experts (the MTP layers of --mtp-layer-pattern E) ---
     num_experts: Optional[int] = None
@@ -202,6 +207,8 @@ class SALMConfig:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.head_chunk_rows < 0:
             raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
+        if self.mtp_self_distillation and not self.mtp_depths:
+            raise ConfigError("--mtp-self-distillation needs MTP heads (--mtp-num-layers)")
         if self.mtp_recompute and not self.mtp_depths:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
         if self.mtp_detach_trunk and not self.mtp_depths:

@@ -1,9 +1,15 @@
 """Tiny SALMs and audio prompts for the inference tests (one process, the session's gloo rank)."""
 
+import functools
+
 import torch
 
+from megatron_salm_mtp.compat import mcore
 from megatron_salm_mtp.data.frames import audio_tokens
-from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.inference import workspace
+from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, speculative_decode
+from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
+from megatron_salm_mtp.inference.trunk_cache import head_logits
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import LOCAL
 from parallel_utils import tiny_config
@@ -66,6 +72,71 @@ def full_recompute_greedy(model, batch: PromptBatch, max_new_tokens: int, stop_i
     return new
 
 
+@torch.no_grad()
+def recompute_drafts(language_model, tokens, lengths, trunk_hidden, depths: int, vocab_size: int):
+    """Reference drafts [b, depths]: training's MTP forward (core's rolling layer) over the whole
+    sequence at every draft, no cache. tokens [b, >= max(lengths)], row r holding ``lengths[r]``
+    ids; trunk_hidden [>= max(lengths), b, h], valid below ``lengths[r] - 1``."""
+    span = int(lengths.max())
+    rows = torch.arange(tokens.shape[0])
+    last_state = lengths - 2  # position n-1 of each row
+    input_ids = tokens[:, :span].clone()
+    position_ids = torch.arange(span)[None].expand_as(input_ids)
+    hidden = trunk_hidden[:span]
+    rotary = language_model.rotary_pos_emb(span)
+    drafts = []
+    for depth in range(depths):
+        hidden, input_ids, position_ids = mcore.run_mtp_layer(
+            mtp_layer_for_depth(language_model, depth), input_ids=input_ids,
+            position_ids=position_ids, hidden_states=hidden, attention_mask=None,
+            rotary_pos_emb=rotary, embedding=language_model.embed_mtp_inputs)
+        logits = head_logits(language_model, hidden[last_state, rows][None], vocab_size)[0]
+        drafts.append(logits.argmax(-1))
+        input_ids = input_ids.clone()
+        input_ids[rows, last_state + 1] = drafts[-1]  # what position n-1 reads at the next depth
+    return torch.stack(drafts, dim=1)
+
+
+@torch.no_grad()
+def trunk_states(model, tokens: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """Trunk final-norm states [s, b, h] of whole sequences ``tokens`` [b, s] that continue
+    ``batch``'s prompts (audio spliced in), in one causal forward without a cache."""
+    lm = model.language_model
+    size, length = tokens.shape
+    prompt = batch.tokens.shape[1]
+    positions = torch.arange(length)[None].expand(size, length)
+    embeddings = lm.embedding(input_ids=tokens, position_ids=positions)  # generated ids as text
+    spliced = model.embed_inputs(batch.tokens, positions[:, :prompt], batch.audio_features,
+                                 batch.audio_feature_lengths)
+    in_prompt = (positions[:, :prompt] < batch.lengths[:, None]).t()[..., None]
+    embeddings[:prompt] = torch.where(in_prompt, spliced, embeddings[:prompt])
+    return lm.decoder(hidden_states=embeddings, attention_mask=None,
+                      rotary_pos_emb=lm.rotary_pos_emb(length))
+
+
+def oracle_drafter(truth, prompt_lengths, wrong_depth):
+    """A stand-in for ``MTPDrafter`` that drafts the true continuation, wrong from depth
+    ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
+    drafts per step (all D when never wrong)."""
+    class OracleDrafter:
+        def __init__(self, language_model, batch_size, capacity, depths, device):
+            self.depths = depths
+
+        def reset(self):
+            pass
+
+        def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
+            rows = []
+            for row, length in enumerate(lengths.tolist()):
+                emitted = length - int(prompt_lengths[row])
+                drafts = list(truth[row][emitted:emitted + self.depths])
+                if wrong_depth[row]:
+                    drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
+                rows.append(drafts)
+            return torch.tensor(rows, device=lengths.device)
+    return OracleDrafter
+
+
 def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
     """A learnable task: after the audio and a separator, count up from the first prompt id
     (mod 50), then EOS. Returns (training batch dict, PromptBatch of the same prompts)."""
@@ -89,6 +160,15 @@ def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
     return batch, prompts
 
 
+@functools.lru_cache(maxsize=None)
+def counting_salm():
+    """A tiny SALM trained briefly to count (``train_briefly``), built once per process and shared
+    by the tests that only decode with it."""
+    model = tiny_salm(seed=5, init_method_std=0.02)
+    train_briefly(model, steps=100)
+    return model
+
+
 def train_briefly(model, steps: int, lr: float = 1e-2):
     """``steps`` Adam steps of main + MTP loss on ``counting_batch``es (plain torch loop)."""
     from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
@@ -106,3 +186,39 @@ def train_briefly(model, steps: int, lr: float = 1e-2):
         optimizer.step()
     model.eval()
     return float(loss)
+
+
+def short_prompt_batches(cfg, utterances: int, batch_size: int, seed: int, device='cpu'):
+    """Batches of random prompts with 8-40 audio frames each (short: many utterances, quickly)."""
+    gen = torch.Generator().manual_seed(seed)
+    for first in range(0, utterances, batch_size):
+        frames = torch.randint(8, 41, (min(batch_size, utterances - first),), generator=gen)
+        batch = random_prompts(cfg, frames.tolist(), seed=seed + first)
+        yield PromptBatch(*(t.to(device) for t in (batch.tokens, batch.lengths, batch.audio_features,
+                                                   batch.audio_feature_lengths)))
+
+
+def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=None,
+                  workspaces=None):
+    """(utterances decoded, indices of those whose speculative output differs from greedy at
+    width depths+1, drafts accepted). With ``monkeypatch``, an ``oracle_drafter`` drafts greedy's
+    continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never). Both decode
+    through ``workspaces`` (a ``WorkspacePool``) when given."""
+    if monkeypatch is not None and workspaces is not None:
+        raise ValueError("oracle drafts change with every batch: decode them in fresh workspaces")
+    vocab = model.cfg.vocab_size
+    decoded, differing, accepted = 0, [], 0
+    for batch in batches:
+        greedy, _ = greedy_decode(model, batch, max_new_tokens, [EOS_ID], vocab, width=depths + 1,
+                                  workspaces=workspaces)
+        if monkeypatch is not None:
+            truth, _ = greedy_decode(model, batch, max_new_tokens + depths + 1, [], vocab,
+                                     width=depths + 1)
+            wrong = [row % (depths + 1) for row in range(len(truth))]
+            monkeypatch.setattr(workspace, 'MTPDrafter', oracle_drafter(truth, batch.lengths.cpu(), wrong))
+        speculative, stats = speculative_decode(model, batch, max_new_tokens, [EOS_ID], vocab, depths,
+                                                workspaces=workspaces)
+        differing += [decoded + row for row, (g, s) in enumerate(zip(greedy, speculative)) if g != s]
+        decoded += len(greedy)
+        accepted += sum(sum(s.draft_accepts) for s in stats)
+    return decoded, differing, accepted

@@ -175,7 +175,8 @@ def salm_objective(w, cfg, batch):
     for i in range(cfg.num_layers):
         x = _llm_layer(x, w, f'language_model.decoder.layers.{i}.', cfg)
     hidden = _norm(x, w, 'language_model.decoder.final_layernorm.', cfg.norm_epsilon, rms=True)
-    ce = F.cross_entropy(_logits(w, cfg, hidden).reshape(b * s, -1), labels.reshape(-1),
+    trunk_logits = _logits(w, cfg, hidden)
+    ce = F.cross_entropy(trunk_logits.reshape(b * s, -1), labels.reshape(-1),
                          reduction='none').view(b, s)
     stats = {'main': ((ce * loss_mask).sum(), loss_mask.sum())}
     # DeepSeek-V3 MTP by direct indexing: sequence position j holds seq[j]; target of depth k at
@@ -199,8 +200,14 @@ def salm_objective(w, cfg, batch):
             for j in range(1, k + 1):
                 consumed = seq[:, (idx + j).clamp(max=s)]
                 mask = mask * (consumed != cfg.audio_token_id).float()
-        ce = F.cross_entropy(_logits(w, cfg, hidden).reshape(b * s, -1), targets.reshape(-1),
-                             reduction='none').view(b, s)
+        student = _logits(w, cfg, hidden)
+        if cfg.mtp_self_distillation:  # KL from the (detached) main head at position i+k
+            teacher = trunk_logits.detach()[:, (idx + k).clamp(max=s - 1)]
+            ce = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                          reduction='none').sum(-1)
+        else:
+            ce = F.cross_entropy(student.reshape(b * s, -1), targets.reshape(-1),
+                                 reduction='none').view(b, s)
         stats[f'mtp_{k}'] = ((ce * mask).sum(), mask.sum())
     return stats
 

@@ -1,18 +1,22 @@
-"""KV-cached greedy and MTP self-speculative decoding (inference/decode.py) on tiny SALMs, CPU fp32.
+"""KV-cached greedy and MTP self-speculative decoding (inference/decode.py) on tiny SALMs, CPU.
 
 Greedy over the cache must match a full forward per token; speculative decoding must match greedy
 token for token: on random models (drafts rejected), on a briefly trained one (drafts mostly
 accepted), and with drafts built to be accepted to a different depth in each row, whose
-acceptance counts are known in advance.
+acceptance counts are known in advance (fp32). Over 200 utterances, in fp32 and bf16, it must
+equal greedy decoding at the verify step's width bit for bit.
 """
 
 import pytest
 import torch
 
-from inference_fixtures import (EOS_ID, counting_batch, full_recompute_greedy, random_prompts,
-                                row_of, tiny_salm, train_briefly)
-from megatron_salm_mtp.inference import decode
+from inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
+                                full_recompute_greedy, oracle_drafter, random_prompts, row_of,
+                                short_prompt_batches, tiny_salm)
+from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
+from megatron_salm_mtp.inference.drafter import MTPDrafter
+from megatron_salm_mtp.inference.workspace import WorkspacePool
 
 FRAMES = [30, 57, 41]  # rows of different prompt lengths
 
@@ -54,9 +58,13 @@ def test_shared_mtp_layer_drafts_deeper_than_trained(single_rank_parallel):
     assert speculative == greedy and len(stats[0].draft_attempts) == 3
 
 
-def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
-    model = tiny_salm(seed=5, init_method_std=0.02)
-    train_briefly(model, steps=100)
+@pytest.fixture(scope='module')
+def trained_model(single_rank_parallel):
+    return counting_salm()
+
+
+def test_speculative_equals_greedy_after_brief_training(trained_model):
+    model = trained_model
     _, batch = counting_batch(model.cfg, 6, seed=7)
     vocab = model.cfg.vocab_size
     greedy, _ = greedy_decode(model, batch, 16, [EOS_ID], vocab)
@@ -68,22 +76,6 @@ def test_speculative_equals_greedy_after_brief_training(single_rank_parallel):
     for row in range(2):
         single, _ = speculative_decode(model, row_of(batch, row), 16, [EOS_ID], vocab, depths=3)
         assert single[0] == greedy[row]
-
-
-def oracle_drafts(truth, prompt_lengths, wrong_depth):
-    """A stand-in for ``draft_tokens`` that drafts the true continuation, wrong from depth
-    ``wrong_depth[r]`` (1-based; 0: never) of row r on: row r then accepts wrong_depth[r] - 1
-    drafts per step (all D when never wrong)."""
-    def draft(language_model, tokens, lengths, trunk_hidden, depths, vocab_size):
-        rows = []
-        for row, length in enumerate(lengths.tolist()):
-            emitted = length - int(prompt_lengths[row])
-            drafts = list(truth[row][emitted:emitted + depths])
-            if wrong_depth[row]:
-                drafts[wrong_depth[row] - 1] = (drafts[wrong_depth[row] - 1] + 1) % vocab_size
-            rows.append(drafts)
-        return torch.tensor(rows)
-    return draft
 
 
 def expected_counts(accept_per_step: int, budget: int, depths: int):
@@ -105,7 +97,7 @@ def test_rows_accepting_different_lengths_match_greedy_and_are_counted(random_mo
     greedy, _ = greedy_decode(random_model, batch, budget, [], vocab)
     truth, _ = greedy_decode(random_model, batch, budget + depths + 1, [], vocab)
     wrong_depth = [0, 2, 1]  # row 0 accepts 3 drafts per step, row 1 one, row 2 none
-    monkeypatch.setattr(decode, 'draft_tokens', oracle_drafts(truth, batch.lengths, wrong_depth))
+    monkeypatch.setattr(workspace, 'MTPDrafter', oracle_drafter(truth, batch.lengths, wrong_depth))
     speculative, stats = speculative_decode(random_model, batch, budget, [], vocab, depths)
     assert speculative == greedy
     for row, wrong in enumerate(wrong_depth):
@@ -125,3 +117,49 @@ def test_stop_id_ends_each_row_where_greedy_does(random_model):
     greedy, _ = greedy_decode(random_model, batch, 12, [stop], vocab)
     speculative, _ = speculative_decode(random_model, batch, 12, [stop], vocab, 2)
     assert greedy == cut and speculative == greedy
+
+
+
+@pytest.mark.parametrize('bf16', [False, True])
+def test_speculative_equals_greedy_of_its_width_over_200_utterances(single_rank_parallel, bf16):
+    """Token for token, fp32 and bf16: greedy at the verify step's width (decode.py's docstring).
+    In bf16 the decoder before the per-position cache differed here in 7 of the 200."""
+    model = tiny_salm(seed=21, bf16=bf16)
+    decoded, differing, accepted = exactness_run(model, short_prompt_batches(model.cfg, 200, 8, 22),
+                                                 depths=3, max_new_tokens=12)
+    assert decoded >= 200 and differing == []
+    assert accepted > 0  # drafts were accepted: verify steps emitted several tokens
+
+
+def test_speculative_with_oracle_drafts_equals_greedy_in_bf16(single_rank_parallel, monkeypatch):
+    """Drafts of greedy's own continuation, wrong at a different depth per row: most tokens come
+    out of verify positions 1..D, and must still round exactly as greedy's position 0."""
+    model = tiny_salm(seed=23, bf16=True)
+    decoded, differing, accepted = exactness_run(model, short_prompt_batches(model.cfg, 40, 8, 24),
+                                                 depths=3, max_new_tokens=12, monkeypatch=monkeypatch)
+    assert decoded == 40 and differing == []
+    assert accepted > 4 * decoded  # about half the tokens came from accepted drafts
+
+
+def test_workspaces_reused_across_batches_decode_as_fresh_ones(random_model, monkeypatch):
+    """One pool of workspaces for batches of different prompt lengths (one capacity bucket):
+    outputs and every draft equal those of fresh workspaces (no state leaks between batches)."""
+    drafts, real_draft = [], MTPDrafter.draft
+
+    def recording_draft(self, *args):
+        drafts.append(real_draft(self, *args))
+        return drafts[-1]
+    monkeypatch.setattr(MTPDrafter, 'draft', recording_draft)
+    pool, vocab = WorkspacePool(), random_model.cfg.vocab_size
+    for seed, frames in ((31, [30, 41, 35]), (32, [36, 29, 33]), (33, [40, 31, 38])):
+        batch = random_prompts(random_model.cfg, frames, seed=seed)
+        for decode_with in (lambda **kw: greedy_decode(random_model, batch, 12, [], vocab, width=4, **kw),
+                            lambda **kw: speculative_decode(random_model, batch, 12, [], vocab, 3, **kw)):
+            drafts.clear()
+            fresh, _ = decode_with()
+            fresh_drafts = list(drafts)
+            drafts.clear()
+            assert decode_with(workspaces=pool)[0] == fresh
+            assert all(torch.equal(a, b) for a, b in zip(drafts, fresh_drafts))
+            assert len(drafts) == len(fresh_drafts)
+    assert len(pool.workspaces) == 2  # greedy's and speculative's, reused by every batch

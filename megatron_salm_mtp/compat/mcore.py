@@ -18,6 +18,8 @@ and what the plugin does about it:
   imports; ``enable_router_without_te`` defines it as None (0.17+'s value without TE).
 * The MoE routers' logged losses sit in a dict on 0.16 and in a metrics tracker on 0.19
   (``moe_aux_loss_entries`` reads either).
+* 0.19 runs an MTP layer on given next-token ids without the roll (``forward_single_position``);
+  ``run_mtp_layer_on_ids`` does the same on 0.16 from the steps that method calls.
 * ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
@@ -48,6 +50,20 @@ def run_mtp_layer(layer, **kwargs):
     """One MTP depth: ``(hidden_states, input_ids, position_ids)`` on every version."""
     outputs = layer(**kwargs)
     return outputs[0], outputs[1], outputs[2]
+
+
+def run_mtp_layer_on_ids(layer, hidden_states, token_ids, position_ids, embedding, rotary_pos_emb):
+    """One MTP depth over given positions, reading the given token ids as they are (no roll):
+    what drafting with a KV cache needs. 0.19's ``forward_single_position``; on releases without
+    it, the same two steps (embed, then ``_proj_and_transformer_layer``, unchanged since 0.16)."""
+    single_position = getattr(layer, 'forward_single_position', None)
+    if single_position is not None:
+        return single_position(hidden_states=hidden_states, next_token_ids=token_ids,
+                               position_ids=position_ids, embedding=embedding,
+                               rotary_pos_emb=rotary_pos_emb)
+    decoder_input = embedding(input_ids=token_ids, position_ids=position_ids)
+    return layer._proj_and_transformer_layer(hidden_states=hidden_states, decoder_input=decoder_input,
+                                             rotary_pos_emb=rotary_pos_emb)
 
 
 def _stable_name_layer_class():
@@ -133,15 +149,3 @@ def start_checkpoint_writer() -> bool:
         return False
     start()
     return True
-
-
-def static_inference_context(max_batch_size: int, max_sequence_length: int):
-    """Megatron-Core's static-batching KV-cache context (``InferenceParams`` in older code).
-
-    0.16 builds it from ``materialize_only_last_token_logits`` and 0.19 from an ``InferenceConfig``
-    inside its constructor; the constructor's own arguments and the fields decoding uses
-    (``sequence_len_offset``, ``key_value_memory_dict``, ``enable_decode_mode``) are the same on
-    both, so this is the one place to adapt should a release change them.
-    """
-    from megatron.core.inference.contexts import StaticInferenceContext
-    return StaticInferenceContext(max_batch_size, max_sequence_length)

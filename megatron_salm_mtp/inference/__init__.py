@@ -1,8 +1,8 @@
 """Decoding of a trained SALM: KV-cached greedy, MTP self-speculative decoding, WER.
 
-``trunk_cache.py`` holds the LLM trunk's KV cache (Megatron-Core's static inference context plus
-per-row slot bookkeeping), ``drafter.py`` the MTP drafts, ``decode.py`` the greedy and speculative
-loops, ``inputs.py`` manifest -> prompts and features, ``loading.py`` checkpoint -> model,
-``wer.py`` the word and character error rates (raw and Whisper-normalised), ``report.py`` the
-evaluation figures and ``progress.py`` the progress lines of long work.
+``kv_cache.py`` keeps keys and values by position, row by row (``trunk_cache.py`` runs the LLM
+trunk over it, ``drafter.py`` the MTP drafts with one cache per depth), ``decode.py`` the greedy
+and speculative loops, ``inputs.py`` manifest -> prompts and features, ``loading.py`` checkpoint
+-> model, ``wer.py`` the word and character error rates (raw and Whisper-normalised),
+``report.py`` the evaluation figures and ``progress.py`` the progress lines of long work.
 """

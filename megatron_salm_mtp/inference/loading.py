@@ -2,7 +2,7 @@
 
 The model is built with the portable local spec whatever the training used: its checkpoint keys
 are Transformer Engine's (``specs.py`` maps them), and its SDPA core attention honours the
-per-row key mask that the KV cache needs after the prefill (``trunk_cache.py``).
+per-position key mask of the KV cache (``kv_cache.py``).
 """
 
 import dataclasses

@@ -4,8 +4,9 @@ Only ``_postprocess`` differs from upstream, and only when MTP runs with labels:
 its inputs from ``embed_mtp_inputs`` (scattered for sequence parallelism: Megatron-LM #6256), each
 depth is supervised by the expanded answer-only mask (never "all ones": #6010) and weighted by the
 global per-token weights of ``mtp.py`` (never divided by a local count that can be zero: #3396),
-and per-depth loss and top-1 agreement are recorded for logging. The main and MTP heads compute
-logits only at supervised positions (``supervised_token_loss``).
+and per-depth loss and top-1 agreement are recorded for logging; with ``mtp_self_distillation``
+a depth's loss is the KL from the trunk's own distribution instead (``distill.py``). The main and
+MTP heads compute logits only at supervised positions (``supervised_token_loss``).
 """
 
 from functools import partial
@@ -18,6 +19,7 @@ from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
 
 from ..compat import mcore
+from .distill import vocab_parallel_kl
 from .mtp import MTPStats, mtp_target_masks
 
 
@@ -45,9 +47,11 @@ class SpeechGPTModel(GPTModel):
     def __init__(self, *args, audio_token_id: int, mask_placeholder_paths: bool = True,
                  full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False,
                  head_chunk_rows: int = 0, mtp_recompute: bool = False,
-                 mtp_detach_trunk: bool = False, **kwargs):
+                 mtp_detach_trunk: bool = False, mtp_self_distillation: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.mtp_detach_trunk = mtp_detach_trunk
+        self.mtp_self_distillation = mtp_self_distillation
         self.head_chunk_rows = head_chunk_rows
         self.mtp_recompute = mtp_recompute
         self.mtp_use_repeated_layer = mtp_use_repeated_layer
@@ -108,16 +112,18 @@ class SpeechGPTModel(GPTModel):
         return None if self.head_row_counts is None else int(self.head_row_counts[head])
 
     def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False,
-                              num_rows: Optional[int] = None):
+                              num_rows: Optional[int] = None, teacher_states=None, teacher_shift=0):
         """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits or None) computing logits only at
         supervised positions: speech prompts are mostly audio, and a 150k-word head over every
         position costs more than a decoder layer (``full_sequence_logits`` restores core's way).
         ``num_rows``, the count of nonzero ``mask`` entries known on the host, spares the host
-        round trip of finding how many rows there are.
+        round trip of finding how many rows there are. With ``teacher_states`` (trunk states laid
+        out as ``hidden_states``) the loss is the KL from the main head's distribution at the
+        position ``teacher_shift`` later instead of the CE of ``labels`` (``distill.py``).
         """
         if self.config.sequence_parallel:  # select rows of the whole sequence
-            hidden_states = tensor_parallel.gather_from_sequence_parallel_region(
-                hidden_states, tensor_parallel_output_grad=False, group=self.pg_collection.tp)
+            hidden_states = self._whole_sequence(hidden_states)
+            teacher_states = None if teacher_states is None else self._whole_sequence(teacher_states)
         seq, batch, width = hidden_states.shape
         flat_mask = mask.t().reshape(-1)  # s-major, as hidden_states is [s, b, h]
         if self.full_sequence_logits:
@@ -128,7 +134,12 @@ class SpeechGPTModel(GPTModel):
             rows = flat_mask.nonzero().squeeze(1)
         picked = hidden_states.reshape(seq * batch, width).index_select(0, rows).unsqueeze(1)
         targets = labels.t().reshape(-1).index_select(0, rows).unsqueeze(0)  # [1, n]
-        picked_loss, picked_hits = self._chunked_head_loss(picked, targets, output_weight, with_hits)
+        teachers = None
+        if teacher_states is not None:  # position i + shift is row + shift * batch, s-major
+            teacher_rows = (rows + teacher_shift * batch).clamp(max=seq * batch - 1)
+            teachers = teacher_states.reshape(seq * batch, width).index_select(0, teacher_rows).unsqueeze(1)
+        picked_loss, picked_hits = self._chunked_head_loss(picked, targets, output_weight, with_hits,
+                                                           teachers)
         weights = flat_mask.index_select(0, rows).float()
         loss = torch.zeros(seq * batch, dtype=picked_loss.dtype, device=picked_loss.device)
         loss = loss.index_add(0, rows, picked_loss * weights).view(seq, batch).t()
@@ -137,28 +148,39 @@ class SpeechGPTModel(GPTModel):
         hits = torch.zeros(seq * batch, device=picked_loss.device)
         return loss, hits.index_add(0, rows, picked_hits * weights).view(seq, batch).t()
 
-    def _chunked_head_loss(self, picked, targets, output_weight, with_hits):
+    def _whole_sequence(self, states):
+        return tensor_parallel.gather_from_sequence_parallel_region(
+            states, tensor_parallel_output_grad=False, group=self.pg_collection.tp)
+
+    def _chunked_head_loss(self, picked, targets, output_weight, with_hits, teachers=None):
         """[n] CE (and [n] top-1 hits) of the head over rows ``picked`` [n, 1, h]; with
         ``head_chunk_rows`` the rows go through in chunks whose logits are recomputed in backward,
         so a 150k-word head holds one chunk's logits instead of every row's."""
         rows = picked.shape[0]
         chunk = self.head_chunk_rows
         if not chunk or rows <= chunk or not torch.is_grad_enabled():
-            return self._head_loss(picked, targets, output_weight, with_hits)
+            return self._head_loss(picked, targets, output_weight, with_hits, teachers)
         parts = [checkpoint(self._head_loss, picked[start:start + chunk],
                             targets[:, start:start + chunk], output_weight, with_hits,
+                            None if teachers is None else teachers[start:start + chunk],
                             use_reentrant=False)
                  for start in range(0, rows, chunk)]
         losses, hits = zip(*parts)
         return torch.cat(losses), (torch.cat(hits) if with_hits else None)
 
-    def _head_loss(self, picked, targets, output_weight, with_hits):
+    def _head_loss(self, picked, targets, output_weight, with_hits, teachers=None):
         sequence_parallel, self.output_layer.sequence_parallel = self.output_layer.sequence_parallel, False
         try:
             logits, _ = self.output_layer(picked, weight=output_weight)  # [n, 1, V/tp]
+            if teachers is not None:
+                with torch.no_grad():
+                    teacher_logits, _ = self.output_layer(teachers, weight=output_weight)
         finally:
             self.output_layer.sequence_parallel = sequence_parallel
-        loss = self.compute_language_model_loss(targets, logits)[0]
+        if teachers is None:
+            loss = self.compute_language_model_loss(targets, logits)[0]
+        else:
+            loss = vocab_parallel_kl(logits, teacher_logits, self.pg_collection.tp)[:, 0]
         if not with_hits:
             return loss, None
         return loss, vocab_parallel_top1_hits(logits, targets, self.pg_collection.tp)[0]
@@ -211,11 +233,14 @@ class SpeechGPTModel(GPTModel):
         masks = mtp_target_masks(loss_mask, input_ids, depths, self.audio_token_id,
                                  self.mask_placeholder_paths)
         mtp_labels = labels
+        teacher = chunks[0].detach() if self.mtp_self_distillation else None
         for depth in range(depths):
             mtp_labels = torch.roll(mtp_labels, shifts=-1, dims=-1)
             token_loss, hits = self.supervised_token_loss(chunks[depth + 1], mtp_labels,
                                                           masks[depth], output_weight, with_hits=True,
-                                                          num_rows=self._head_rows(depth + 1))
+                                                          num_rows=self._head_rows(depth + 1),
+                                                          teacher_states=teacher,
+                                                          teacher_shift=depth + 1)
             loss_sum = token_loss.sum()
             self.mtp_stats.add(depth, loss_sum, masks[depth].sum(), hits.sum())
             weight = weights[depth].to(loss_sum.device)

@@ -94,6 +94,7 @@ class SALM(MegatronModule):
             mask_placeholder_paths=cfg.mtp_mask_placeholder_paths,
             full_sequence_logits=cfg.full_sequence_logits, head_chunk_rows=cfg.head_chunk_rows,
             mtp_recompute=cfg.mtp_recompute, mtp_detach_trunk=cfg.mtp_detach_trunk,
+            mtp_self_distillation=cfg.mtp_self_distillation,
             mtp_use_repeated_layer=cfg.mtp_use_repeated_layer)
         self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
         lm = self.language_model

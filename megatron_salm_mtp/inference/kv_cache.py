@@ -1,0 +1,92 @@
+"""Keys and values stored by token position, row by row: the KV cache of the trunk and the MTP layers.
+
+Row r's token at position p keeps its (rotated) keys and values in slot p of row r. A forward
+writes the keys of its q queries at their own positions, each row at its own, and every query
+attends over the whole buffer through a mask that shows a query at position p the slots 0 .. p.
+What follows from that:
+
+* rollback is free: rejected drafts (and prompt padding) lie beyond a row's length, and the
+  forward that first puts a query at position p writes slot p itself, before any query can see it;
+* every decoding step has the same shapes (q queries over ``capacity`` keys) whatever the rows'
+  lengths, and a position's keys always sit in the same slot: the logits of a token do not depend
+  on the forward it was computed in (``decode.py`` builds exact speculative decoding on this), and
+  a step can be replayed from a CUDA graph.
+
+Why not Megatron-Core's ``StaticInferenceContext``: it writes all rows at one shared offset and
+attends over a prefix that grows by each step's width, so rows accepting different numbers of
+drafts need invalid-slot bookkeeping, a token's keys land in different slots (over different key
+lengths) under greedy and speculative decoding - they round differently in bf16 - and the shapes
+change every step. Core's attention module still does everything else (QKV, QK-norm, RoPE,
+output projection, as in training): a forward pre-hook on its core attention swaps the new keys
+and values for the cache's and the causal flag for the position mask.
+"""
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Dict, Sequence, Tuple
+
+import torch
+from megatron.core.transformer.enums import AttnMaskType
+
+from ..model.specs import SDPAttention
+
+
+class PositionKVCache:
+    """K/V buffers ``[capacity, b, groups, dim]`` by position for ``attentions`` (core
+    ``SelfAttention`` modules), one batch of ``batch_size`` rows."""
+
+    def __init__(self, attentions: Sequence[torch.nn.Module], batch_size: int, capacity: int, device):
+        for attention in attentions:
+            if not isinstance(attention.core_attention, SDPAttention):
+                raise TypeError(f"decoding needs the local spec's SDPA core attention (it honours "
+                                f"the cache's mask), got {type(attention.core_attention).__name__}")
+        self.attentions = list(attentions)
+        self.capacity = capacity
+        self.slots = torch.arange(capacity, device=device)
+        self.rows = torch.arange(batch_size, device=device)
+        self.buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.write_index = self.mask = None
+
+    def attend_at(self, positions: torch.Tensor) -> None:
+        """Place the next forward's queries at ``positions`` [b, q] (each row its own)."""
+        self.write_index = positions.t()  # [q, b], as the keys are laid out
+        self.mask = self.slots[None, None, None, :] > positions[:, None, :, None]  # True = hidden
+
+    @contextmanager
+    def attached(self):
+        """Route the core attention of ``attentions`` through this cache for the ``with`` body."""
+        handles = [attention.core_attention.register_forward_pre_hook(
+            partial(self._attend, index), with_kwargs=True)
+            for index, attention in enumerate(self.attentions)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _attend(self, index: int, module, args, kwargs):
+        query, key, value = args[:3]
+        keys, values = self._buffers(index, key, value)
+        keys[self.write_index, self.rows] = key
+        values[self.write_index, self.rows] = value
+        return (query, keys, values, self.mask), dict(kwargs, attn_mask_type=AttnMaskType.no_mask)
+
+    def _buffers(self, index: int, key: torch.Tensor, value: torch.Tensor):
+        if index not in self.buffers:
+            # Zeros, not empty memory: a hidden slot's value is multiplied by an attention weight
+            # of exactly 0, which a NaN left in uninitialised memory would turn into NaN.
+            self.buffers[index] = tuple(t.new_zeros((self.capacity,) + tuple(t.shape[1:]))
+                                        for t in (key, value))
+        return self.buffers[index]
+
+
+def rope_table(language_model, capacity: int):
+    """[capacity, dim] rotary angles by position, or None for a model without RoPE."""
+    if language_model.position_embedding_type != 'rope':
+        return None
+    return language_model.rotary_pos_emb(capacity)[:, 0, 0, :]
+
+
+def rotary_at(table, positions: torch.Tensor):
+    """Rotary angles ``[q, b, 1, dim]`` of per-row ``positions`` [b, q] (core's layout)."""
+    return None if table is None else table[positions.t()].unsqueeze(2)

@@ -1,0 +1,107 @@
+"""Device state of decoding one batch shape, kept from batch to batch, and CUDA graphs of its steps.
+
+A decoding step (greedy: one trunk forward of w positions; speculative: the MTP drafts over the
+window and the verify forward) has the same shapes at every step of every batch of one shape
+(rows, capacity, width: ``kv_cache.py``) and reads and writes only tensors that live here: the
+trunk and MTP caches and the tokens, lengths and trunk states by position. So a step is captured
+once as a CUDA graph and replayed: the GPU then runs its few hundred kernels back to back, free of
+the Python, module calls and launches that otherwise bound a small model's step. The prefill (as
+wide as the batch's prompts) and the first draft after it (every position) stay eager.
+
+Capture: the step runs once eagerly on a side stream (cuBLAS and the allocator warm up; a step is
+idempotent - it rewrites the same cache slots with the same values), is recorded, then replayed.
+Its outputs are the graph's own tensors, overwritten by the next replay: read them before.
+"""
+
+from typing import Callable, Dict, Tuple
+
+import torch
+
+from .drafter import MTPDrafter
+from .trunk_cache import TrunkCache
+
+
+class DecodeWorkspace:
+    """Trunk KV cache, MTP drafter (``depths`` > 0) and by-position buffers for ``batch_size``
+    rows of ``capacity`` positions, stepping ``width`` positions at a time."""
+
+    def __init__(self, model, batch_size: int, capacity: int, width: int, depths: int, device,
+                 cuda_graphs: bool = False):
+        lm = model.language_model
+        self.model, self.capacity, self.width, self.cuda_graphs = model, capacity, width, cuda_graphs
+        self.cache = TrunkCache(lm, batch_size, capacity, device)
+        self.drafter = MTPDrafter(lm, batch_size, capacity, depths, device) if depths else None
+        weight = lm.embedding.word_embeddings.weight
+        self.tokens = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.hidden = torch.zeros(capacity, batch_size, weight.shape[1], dtype=weight.dtype,
+                                  device=device)
+        self.index = torch.arange(batch_size, device=device)
+        self.graphs: Dict[str, Tuple[torch.cuda.CUDAGraph, object]] = {}
+
+    def load(self, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Start a batch: right-padded prompts [b, P] of ``lengths`` [b]."""
+        self.tokens[:, :tokens.shape[1]] = tokens
+        self.lengths.copy_(lengths)
+        if self.drafter is not None:
+            self.drafter.reset()
+
+    def last_tokens(self) -> torch.Tensor:
+        return self.tokens[self.index, self.lengths - 1]
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Trunk forward of ``ids`` [b, w] placed at each row's last emitted position (the first id
+        is the row's last emitted token) and the w-1 after it; returns the hidden states [w, b, h],
+        also kept by position for the drafter."""
+        positions = (self.lengths - 1)[:, None] + torch.arange(ids.shape[1], device=ids.device)[None, :]
+        embeddings = self.model.language_model.embedding(input_ids=ids, position_ids=positions)
+        return self.trunk(embeddings, positions)
+
+    def trunk(self, embeddings: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Trunk states [q, b, h] of ``embeddings`` at ``positions`` [b, q], kept by position."""
+        hidden = self.cache.forward(embeddings, positions)
+        self.hidden[positions.t(), self.index[None, :]] = hidden
+        return hidden
+
+    def run(self, name: str, step: Callable[[], object]):
+        """``step()``'s outputs: eager, or with ``cuda_graphs`` replayed from the graph captured
+        at the first call of ``name`` (later calls' ``step`` must compute the same thing)."""
+        if not self.cuda_graphs:
+            return step()
+        if name not in self.graphs:
+            self.graphs[name] = capture(step)
+        graph, outputs = self.graphs[name]
+        graph.replay()
+        return outputs
+
+
+def capture(step: Callable[[], object]):
+    """(graph, outputs) of ``step`` recorded after one eager warm-up run on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
+class WorkspacePool:
+    """Workspaces by shape, kept across batches and decoding calls of one model, so that each shape
+    allocates its buffers and captures its graphs once. Capacities are bucketed (``decode.py``),
+    so a run meets few shapes."""
+
+    def __init__(self, cuda_graphs: bool = False):
+        if cuda_graphs and not torch.cuda.is_available():
+            raise ValueError("--cuda-graphs needs a GPU")
+        self.cuda_graphs = cuda_graphs
+        self.workspaces: Dict[tuple, DecodeWorkspace] = {}
+
+    def get(self, model, batch_size: int, capacity: int, width: int, depths: int, device) -> DecodeWorkspace:
+        key = (id(model), batch_size, capacity, width, depths, str(device))
+        if key not in self.workspaces:
+            self.workspaces[key] = DecodeWorkspace(model, batch_size, capacity, width, depths, device,
+                                                   self.cuda_graphs)
+        return self.workspaces[key]
