@@ -33,6 +33,7 @@ from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import load_for_inference
 from .inference.progress import Progress
+from .inference.workspace import WorkspacePool
 from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='drafted tokens per trunk forward (default: the trained MTP depths)')
     p.add_argument('--audio-ablation', action='store_true',
                    help='also decode greedily with each audio replaced by silence of the same length')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help='replay each decoding step as a CUDA graph (GPU only): no host overhead per step')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--max-utterances', type=int, help='decode only the first N lines of each manifest')
@@ -115,6 +118,8 @@ def check_args(parser, args) -> None:
             parser.error(f'{flag} {value}: must be >= {least}')
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
+    if args.cuda_graphs and not torch.cuda.is_available():
+        parser.error('--cuda-graphs needs a GPU')
     if args.out:
         args.out = report_path(parser, args.out)
     if args.out_manifest:
@@ -188,16 +193,24 @@ def read_splits(parser, args, loaded) -> dict:
 
 def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
     """mode -> (decode function, batches): greedy; with --speculative the MTP drafts over the same
-    batches; with --audio-ablation greedy again over the utterances with their audio silenced."""
+    batches; with --audio-ablation greedy again over the utterances with their audio silenced.
+
+    With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes
+    out of the same kernels at the same shapes in both modes, so speculative output equals greedy
+    output in bf16 too (``inference/decode.py``)."""
     cfg, pad_id = loaded.cfg, loaded.tokenizer.pad_id
     device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
     batches = _batches(utterances, args.batch_size, pad_id, cfg.num_mel_bins, device)
+    workspaces = WorkspacePool(cuda_graphs=args.cuda_graphs)
+    width = depth + 1 if depth else 1
 
     def greedy(batch):
-        return greedy_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size)
+        return greedy_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, width=width,
+                             workspaces=workspaces)
 
     def speculative(batch):
-        return speculative_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, depth)
+        return speculative_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, depth,
+                                  workspaces=workspaces)
 
     modes = {'greedy': (greedy, batches)}
     if depth:
@@ -219,7 +232,8 @@ def evaluate(args, parser) -> dict:
     report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration, **_inputs_report(args, splits),
               'audio_seconds': sum(u.seconds for u in utterances), 'batch_size': args.batch_size,
               'max_new_tokens': args.max_new_tokens, 'mtp_depths_trained': cfg.mtp_depths,
-              'draft_depth': depth, 'megatron_core': mcore_version,
+              'draft_depth': depth, 'greedy_width': depth + 1 if depth else 1, 'cuda_graphs': args.cuda_graphs,
+              'megatron_core': mcore_version,
               'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
               'dtype': 'bf16' if cfg.bf16 else 'fp32', 'modes': {}}
     outputs, texts = {}, {}
@@ -253,7 +267,8 @@ def compare(modes: dict, outputs: dict, utterances) -> dict:
 
 def summary(report: dict, out: str) -> dict:
     """The headline figures printed when the report goes to a file."""
-    keys = ('wer', 'wer_raw', 'cer', 'decode_tokens_per_s', 'tokens_per_trunk_forward', 'acceptance_per_depth')
+    keys = ('wer', 'wer_raw', 'cer', 'decode_tokens_per_s', 'step_tokens_per_s', 'tokens_per_trunk_forward',
+            'acceptance_per_depth')
     lines = {'report': out, 'utterances': report['utterances'], 'skipped_utterances': report['skipped_utterances'],
              **{name: {k: figures.get(k) for k in keys} for name, figures in report['modes'].items()}}
     for key in ('speculative_vs_greedy', 'audio_ablation'):

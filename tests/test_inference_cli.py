@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from data_fixtures import tone, write_manifest
 from megatron_salm_mtp import evaluate
@@ -69,7 +70,11 @@ def test_report_from_a_tp2_checkpoint(single_rank_parallel, tp2_checkpoint, mani
         assert figures['subsets']['natural']['utterances'] == 2
         assert 0 <= figures['wer'] and figures['decode_tokens_per_s'] > 0 and figures['real_time_factor'] > 0
         assert figures['generated_tokens'] == 4 * 6  # random weights: no stop id within 6 tokens
-    assert greedy['tokens_per_trunk_forward'] == 1.0
+    assert greedy['tokens_per_trunk_forward'] == 1.0 and report['greedy_width'] == 3
+    for figures in (greedy, speculative):  # the batch's audio encoding and prefill timed apart
+        assert figures['encode_seconds'] > 0 and figures['prefill_seconds'] > 0
+        assert figures['step_seconds'] == pytest.approx(
+            figures['decode_seconds'] - figures['encode_seconds'] - figures['prefill_seconds'])
     assert len(speculative['acceptance_per_depth']) == 2 and speculative['tokens_per_trunk_forward'] >= 1
     comparison = report['speculative_vs_greedy']
     assert comparison['identical_to_greedy'] and comparison['mismatched_utterances'] == 0
@@ -193,6 +198,8 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     (['--out', '{tmp}/file.txt/report.json'], '--out {tmp}/file.txt/report.json: cannot create its folder'),
     (['--out-manifest', '{tmp}'], '--out-manifest {tmp}: is a folder'),
     (['--out', '{tmp}/r.json', '--out-manifest', '{tmp}/r.json'], 'the same file as --out'),
+    pytest.param(['--cuda-graphs'], '--cuda-graphs needs a GPU',
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU takes the flag')),
 ])
 def test_bad_flags_fail_before_loading(tmp_path, manifest, capsys, flags, message):
     (tmp_path / 'file.txt').write_text('x')

@@ -58,8 +58,13 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
             group.add(scores, row_stats)
     tokens = sum(len(o) for o in outputs)
     audio = sum(u.seconds for u in utterances)
+    encode = sum(s.encode_seconds for s in stats)
+    prefill = sum(s.prefill_seconds for s in stats)
+    steps = seconds - encode - prefill  # the token-by-token part, after each batch's first token
     return {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
             'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
+            'encode_seconds': encode, 'prefill_seconds': prefill, 'step_seconds': steps,
+            'step_tokens_per_s': _rate(tokens - len(outputs), steps),
             'subsets': _by_name(subsets),
             'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
                        for split, group in splits.items()}}

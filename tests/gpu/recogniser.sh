@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The recogniser's figures on one GPU (docs/quality.md), in stages that each fit one call of a
+# machine whose calls are limited to minutes:
+#
+#   bash tests/gpu/recogniser.sh corpus CORPUS N [synth flags]       synthesise N utterances
+#        (data.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model)
+#   bash tests/gpu/recogniser.sh start OUT CORPUS NAME [train flags]  start one training of
+#        CONFIG (default configs/asr_gpu.yaml) in its own session and return at once; it writes
+#        OUT/NAME.log, OUT/ckpt_NAME and OUT/train_NAME/metrics.jsonl
+#   bash tests/gpu/recogniser.sh wait OUT SECONDS                     print each training's last
+#        log line every minute until all have ended or SECONDS have passed
+#   bash tests/gpu/recogniser.sh evaluate OUT CORPUS NAME TAG [evaluate flags]
+#        evaluate OUT/ckpt_NAME on CORPUS's test and test_unseen splits -> OUT/eval_NAME_TAG.json
+#
+# Example (one H200; the trainings share the GPU):
+#   bash tests/gpu/recogniser.sh corpus /root/corpus 60000 --text-source .gpu/pools.json.gz
+#   bash tests/gpu/recogniser.sh start /root/out /root/corpus base --mtp-num-layers 0
+#   bash tests/gpu/recogniser.sh start /root/out /root/corpus mtp --mtp-num-layers 3 --mtp-detach-trunk
+#   bash tests/gpu/recogniser.sh wait /root/out 570
+#   bash tests/gpu/recogniser.sh evaluate /root/out /root/corpus base b32 --batch-size 32 --audio-ablation
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+PYTHON="${PYTHON:-python3}"
+CONFIG="${CONFIG:-configs/asr_gpu.yaml}"
+VOCAB_SIZE="${VOCAB_SIZE:-1024}"
+stage="${1:?usage: recogniser.sh corpus|start|wait|evaluate ...}"
+shift
+
+corpus() {  # CORPUS N [synth flags]
+  local dir="$1" n="$2"; shift 2
+  $PYTHON -m megatron_salm_mtp.data.synth --out "$dir" --num-utterances "$n" "$@" || return 1
+  $PYTHON -m megatron_salm_mtp.data.train_tokenizer --manifest "$dir/train.jsonl" \
+    --vocab-size "$VOCAB_SIZE" --out "$dir/tok.model"
+}
+
+start() {  # OUT CORPUS NAME [train flags]
+  local out="$1" dir="$2" name="$3"; shift 3
+  mkdir -p "$out"
+  # Its own session: the training outlives the command that started it, and a world of one
+  # rendezvouses in memory, so several run side by side without port clashes.
+  setsid nohup $PYTHON -m megatron_salm_mtp.train --config "$CONFIG" --tokenizer-model "$dir/tok.model" \
+    --train-manifest "$dir/train.jsonl" --valid-manifest "$dir/valid.jsonl" \
+    --save "$out/ckpt_$name" --log-dir "$out/train_$name" "$@" > "$out/$name.log" 2>&1 < /dev/null &
+  echo "started $name (pid $!): $out/$name.log"
+}
+
+wait_all() {  # OUT SECONDS
+  local out="$1" until=$((SECONDS + $2))
+  while [ $SECONDS -lt $until ]; do
+    local running=0
+    for log in "$out"/*.log; do
+      case "$log" in *eval_*) continue ;; esac
+      pgrep -f -- "--log-dir $out/train_$(basename "$log" .log)( |\$)" > /dev/null && running=$((running + 1))
+      echo "$(date -u +%T) $(basename "$log" .log): $(grep -E 'iteration|Error|error' "$log" | tail -n 1 | cut -c1-220)"
+    done
+    [ "$running" -eq 0 ] && { echo "all trainings ended"; return 0; }
+    sleep $(( until - SECONDS < 60 ? (until - SECONDS > 0 ? until - SECONDS : 1) : 60 ))
+  done
+  echo "still running after $2 s"
+}
+
+evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
+  local out="$1" dir="$2" name="$3" tag="$4"; shift 4
+  $PYTHON -m megatron_salm_mtp.evaluate --load "$out/ckpt_$name" \
+    --manifest "$dir/test.jsonl,$dir/test_unseen.jsonl" --out "$out/eval_${name}_$tag.json" "$@" \
+    > "$out/eval_${name}_$tag.log" 2>&1
+  local rc=$?
+  tail -n 1 "$out/eval_${name}_$tag.log"
+  return $rc
+}
+
+case "$stage" in
+  corpus) corpus "$@" ;;
+  start) start "$@" ;;
+  wait) wait_all "$@" ;;
+  evaluate) evaluate "$@" ;;
+  *) echo "unknown stage $stage: corpus, start, wait or evaluate" >&2; exit 2 ;;
+esac
