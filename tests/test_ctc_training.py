@@ -3,6 +3,7 @@ loss, and both logs - the training line, metrics.jsonl, validation - carry it.""
 
 import pytest
 
+from megatron_salm_mtp.inference.loading import load_for_inference
 from train_utils import read_metrics, run_train
 
 
@@ -18,9 +19,9 @@ def corpus(tmp_path_factory):
 
 
 def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):
-    log_dir = str(tmp_path / 'logs')
+    log_dir, save = str(tmp_path / 'logs'), str(tmp_path / 'ckpt')
     result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '30',
-                                '--eval-iters', '1', '--ctc-loss-weight', '0.3',
+                                '--eval-iters', '1', '--ctc-loss-weight', '0.3', '--save', save,
                                 '--spec-augment-freq-masks', '2', '--spec-augment-time-masks', '2'])
     assert 'ctc loss: ' in result.stdout and 'ctc infeasible: 0' in result.stdout
     records = read_metrics(log_dir)
@@ -29,3 +30,6 @@ def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):
     assert last['lm loss'] < 0.7 * first['lm loss'], (first['lm loss'], last['lm loss'])
     valid = read_metrics(log_dir, 'valid')
     assert valid and 0 < valid[-1]['ctc loss'] < first['ctc loss']
+    # Decoding loads the checkpoint, CTC head included (the saved config builds it).
+    loaded = load_for_inference(save)
+    assert loaded.model.ctc_head is not None and loaded.iteration == 30

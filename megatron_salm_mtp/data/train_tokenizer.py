@@ -10,7 +10,8 @@ Choices, and why:
   ASR tokenizers; both are fine at these sizes.
 - exact round trip, ``decode(encode(text)) == text`` for any text: byte fallback (a character the
   pieces lack becomes its UTF-8 bytes, never ``<unk>``), no normalisation (``identity``: no NFKC,
-  spaces kept as they are), digits split one by one (transcripts of digit strings stay short pieces).
+  spaces kept as they are). Digits are not split apart from their space: a spoken digit string
+  ``5 7 8`` is three pieces ``▁5 ▁7 ▁8``, not six.
 - text: every transcript (answer text), and each distinct prompt once, so the prompt's words have
   pieces without outweighing the transcripts.
 - ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ``<pad>`` 3; the vocabulary holds the 256 byte pieces too, so
@@ -60,7 +61,7 @@ def train_tokenizer(manifests: list[str], vocab_size: int, out: str, model_type:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
         model_type=model_type, byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=True, character_coverage=1.0,
+        remove_extra_whitespaces=False, character_coverage=1.0,
         hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2)
     folder = os.path.dirname(os.path.abspath(out))

@@ -220,7 +220,8 @@ class Trainer:
             chunk.train()
         if _reporting_rank():
             logger.info('validation at iteration %d | %s', self.iteration,
-                        ' | '.join(f'{k}: {v:.6E}' for k, v in record.items() if k != 'iteration'))
+                        ' | '.join(f'{k}: {v:.6E}' if isinstance(v, float) else f'{k}: {v}'
+                                   for k, v in record.items() if k != 'iteration'))
         self.metrics.log(record, prefix='valid')
 
     def fit(self):
