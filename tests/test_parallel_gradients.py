@@ -76,6 +76,12 @@ def test_gradients_match_reference(setup, tp, pp, nproc, microbatches, sp):
         assert total[1, k].item() == n_k.item()
         assert total[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
     assert_ctc_metrics(setup['totals'], ranks)
+    # The CTC head is replicated over TP (and DP): every rank that holds it has the same gradient.
+    holders = [r['grads'] for r in ranks if 'ctc_head.weight' in r['grads']]
+    assert len(holders) == tp * (nproc // (tp * pp))
+    for name in ('ctc_head.weight', 'ctc_head.bias'):
+        for grads in holders[1:]:
+            torch.testing.assert_close(grads[name][0], holders[0][name][0], rtol=0, atol=0)
 
 
 def assert_ctc_metrics(totals: dict, ranks):
