@@ -70,7 +70,8 @@ def test_loss_sums_only_audios_with_targets():
 
 
 def test_weight_rescales_to_per_target_token_and_survives_no_targets():
-    weight = ctc_loss_weight(torch.tensor(40.0, dtype=torch.float64), torch.tensor(10.0, dtype=torch.float64), 0.5)
+    n_main, n_ctc = torch.tensor(40.0, dtype=torch.float64), torch.tensor(10.0, dtype=torch.float64)
+    weight = ctc_loss_weight(n_main, n_ctc, 0.5)
     assert weight.item() == pytest.approx(0.5 * 40 / 10)
     assert ctc_loss_weight(torch.tensor(40.0), torch.tensor(0.0), 0.5).item() == 0.0
 

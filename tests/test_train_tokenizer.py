@@ -22,8 +22,9 @@ ROUND_TRIPS = ["send it to arjun patel", " leading and trailing  spaces ", "tab\
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
-    rows = [{"audio_filepath": f"{i}.wav", "text": " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(6 + i % 5)),
-             **({"prompt": "Write down what is said."} if i % 2 else {})} for i in range(300)]
+    texts = [" ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(6 + i % 5)) for i in range(300)]
+    rows = [{"audio_filepath": f"{i}.wav", "text": text, **({"prompt": "Write down what is said."} if i % 2 else {})}
+            for i, text in enumerate(texts)]
     manifest = write_manifest(folder / "train.jsonl", rows)
     out = str(folder / "tok.model")
     assert main(["--manifest", manifest, "--vocab-size", "320", "--out", out]) == 0
