@@ -124,6 +124,12 @@ class SALMConfig:
     freeze_audio_encoder: bool = False
     """Keep the audio encoder's weights fixed."""
 
+    # --- CTC on the audio encoder (model/ctc.py) ---
+    ctc_loss_weight: float = 0.0
+    """w of the auxiliary CTC loss on the audio encoder: a linear CTC head (vocabulary + blank) on
+    the 50 Hz encoder output, targets the answer text's token ids; the objective gains w x summed
+    CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before)."""
+
     # --- Parallelism and precision ---
     tensor_model_parallel_size: int = 1
     """TP size."""
@@ -162,6 +168,11 @@ class SALMConfig:
     @property
     def mtp_depths(self) -> int:
         return self.mtp_num_layers or 0
+
+    @property
+    def ctc_enabled(self) -> bool:
+        """Whether the model has a CTC head on its audio encoder and trains it."""
+        return self.ctc_loss_weight > 0
 
     @property
     def virtual_pipeline_size(self) -> Optional[int]:
@@ -225,6 +236,14 @@ class SALMConfig:
                               f"(--vocab-size {self.vocab_size})")
         if self.audio_frame_stack < 1:
             raise ConfigError(f"--audio-frame-stack must be >= 1, got {self.audio_frame_stack}")
+        self._validate_ctc()
+
+    def _validate_ctc(self) -> None:
+        if not self.ctc_loss_weight >= 0:  # also refuses NaN
+            raise ConfigError(f"--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)")
+        if self.ctc_enabled and self.freeze_audio_encoder:
+            raise ConfigError("--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder "
+                              "keeps fixed: drop one of them")
 
     @property
     def mtp_uses_experts(self) -> bool:

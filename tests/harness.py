@@ -24,7 +24,7 @@ from megatron.core import parallel_state  # noqa: E402
 
 from megatron_salm_mtp.config import SALMConfig  # noqa: E402
 from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel  # noqa: E402
-from megatron_salm_mtp.training.step import forward_backward, mtp_metrics  # noqa: E402
+from megatron_salm_mtp.training.step import ctc_metrics, forward_backward, mtp_metrics  # noqa: E402
 
 GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
 
@@ -149,6 +149,7 @@ def cmd_grads(args):
     stats = next((m.language_model.mtp_stats for m in chunks if m.language_model.mtp_stats is not None), None)
     stats = stats.values.cpu() if stats is not None else None
     metrics = mtp_metrics(model)  # every stage calls it, as the training loop does
+    metrics.update(ctc_metrics(model, cfg))
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
                 'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,

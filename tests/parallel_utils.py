@@ -10,7 +10,8 @@ import sys
 import torch
 
 from megatron_salm_mtp.config import SALMConfig
-from megatron_salm_mtp.data.frames import audio_tokens
+from megatron_salm_mtp.data.batching import pad_targets
+from megatron_salm_mtp.data.frames import audio_tokens, encoder_frames
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'harness.py')
 AUDIO_ID = 259
@@ -52,7 +53,30 @@ def speech_batch(cfg: SALMConfig, num_samples: int, seed: int, answer_lengths=No
     return {'tokens': tokens[:, :-1].contiguous(), 'labels': tokens[:, 1:].contiguous(),
             'loss_mask': answer[:, 1:].contiguous(),
             'position_ids': torch.arange(s).repeat(num_samples, 1),
-            'audio_features': padded, 'audio_feature_lengths': torch.tensor(lengths)}
+            'audio_features': padded, 'audio_feature_lengths': torch.tensor(lengths),
+            **ctc_targets(lengths, seed)}
+
+
+def ctc_targets(mel_lengths, seed: int) -> dict:
+    """CTC targets per utterance, drawn from few ids so that repeats are common. Sample 1 has
+    none; sample 2 one longer than its frames; sample 3 fits in ids but not with the blanks its
+    repeats need: both are infeasible, so the CTC term must leave them out."""
+    gen = torch.Generator().manual_seed(seed + 1)  # apart from the stream of the batch itself
+    targets = []
+    for i, mel in enumerate(mel_lengths):
+        frames = encoder_frames(mel)
+        if i == 1:
+            target = []
+        elif i == 2:
+            target = torch.randint(0, 250, (frames + 2,), generator=gen).tolist()
+        elif i == 3:
+            target = [7] * frames
+        else:
+            target = torch.randint(3, 6, (int(torch.randint(1, frames // 2, (1,), generator=gen)),),
+                                   generator=gen).tolist()
+        targets.append(target)
+    padded, lengths = pad_targets(targets)
+    return {'ctc_targets': padded, 'ctc_target_lengths': lengths}
 
 
 def _free_port() -> int:

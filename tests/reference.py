@@ -4,7 +4,12 @@ It reads full (TP=1, PP=1) weights by their Megatron-Core names, recomputes ever
 math (no Megatron module, no MTP autoscaler hook), and returns the objective of DESIGN.md with the
 DeepSeek-V3 MTP terms written by direct indexing into the token sequence rather than by rolling:
 
-    L = sum_i CE_main(i) / N_main + lambda / D * sum_k sum_i CE_k(i) / N_k
+    L = sum_i CE_main(i) / N_main + lambda / D * sum_k sum_i CE_k(i) / N_k + w * sum_u CTC(u) / N_ctc
+
+The CTC term scores each utterance's encoder output (50 Hz, before stacking) through the linear
+CTC head (vocabulary + a blank, the last id) against its target ids, one utterance at a time;
+N_ctc counts the target ids of the utterances that enter. An utterance whose target cannot be
+aligned is recognised by its infinite loss and left out (counted as infeasible).
 """
 
 import math
@@ -150,13 +155,38 @@ def _logits(w, cfg, h):
     return h @ w[key].t()
 
 
+def ctc_term(w, frames, enc_lengths, targets, target_lengths):
+    """(summed CTC over utterances with an alignable target, their target ids, infeasible count)."""
+    log_probs = (frames @ w['ctc_head.weight'].t() + w['ctc_head.bias']).log_softmax(-1)
+    blank = log_probs.shape[-1] - 1
+    total, count, infeasible = log_probs.new_zeros(()), 0, 0
+    for u in range(frames.shape[0]):
+        n = int(target_lengths[u])
+        if n == 0:
+            continue
+        loss = F.ctc_loss(log_probs[u, : int(enc_lengths[u])], targets[u, :n], [int(enc_lengths[u])],
+                          [n], blank=blank, reduction='sum')
+        if torch.isinf(loss):
+            infeasible += 1
+            continue
+        total, count = total + loss, count + n
+    return total, torch.tensor(float(count)), infeasible
+
+
 def salm_objective(w, cfg, batch):
-    """(objective, {'main': (ce_sum, n), 'mtp_k': (ce_sum, n)}) for one batch of full samples."""
+    """(objective, {'main': (ce_sum, n), 'mtp_k': (ce_sum, n)[, 'ctc': (ctc_sum, n)]}) for one
+    batch of full samples (with CTC also 'ctc infeasible')."""
     tokens, labels, loss_mask = batch['tokens'], batch['labels'], batch['loss_mask'].float()
     b, s = tokens.shape
     x = _embed(w, tokens)
+    stats = {}
     if batch.get('audio_features') is not None:
         frames, enc_lengths = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+        if cfg.ctc_loss_weight:
+            ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, batch['ctc_targets'],
+                                                  batch['ctc_target_lengths'])
+            stats['ctc'] = (ctc_sum, n_ctc)
+            stats['ctc infeasible'] = infeasible
         audio = iter(project_audio(w, cfg, frames, enc_lengths))
         rows = []
         for r in range(b):  # fill each row's placeholder runs, utterance by utterance
@@ -178,7 +208,7 @@ def salm_objective(w, cfg, batch):
     trunk_logits = _logits(w, cfg, hidden)
     ce = F.cross_entropy(trunk_logits.reshape(b * s, -1), labels.reshape(-1),
                          reduction='none').view(b, s)
-    stats = {'main': ((ce * loss_mask).sum(), loss_mask.sum())}
+    stats['main'] = ((ce * loss_mask).sum(), loss_mask.sum())
     # DeepSeek-V3 MTP by direct indexing: sequence position j holds seq[j]; target of depth k at
     # position i is seq[i+k+1], conditioned on the embedding of seq[i+k] (id 0 past the end).
     seq = torch.cat([tokens, labels[:, -1:]], dim=1)  # [b, s+1]
@@ -215,11 +245,15 @@ def salm_objective(w, cfg, batch):
 def combine(stats_list, cfg):
     """The global-batch objective from per-batch (sum, count) statistics."""
     total = {key: (sum(s[key][0] for s in stats_list), sum(s[key][1] for s in stats_list))
-             for key in stats_list[0]}
+             for key in stats_list[0] if key != 'ctc infeasible'}
     loss = total['main'][0] / total['main'][1].clamp(min=1)
     depths = cfg.mtp_num_layers or 0
     for k in range(1, depths + 1):
         ce_sum, n = total[f'mtp_{k}']
         if n > 0:
             loss = loss + cfg.mtp_loss_scaling_factor / depths * ce_sum / n
+    if 'ctc infeasible' in stats_list[0]:
+        total['ctc infeasible'] = sum(s['ctc infeasible'] for s in stats_list)
+    if 'ctc' in total and total['ctc'][1] > 0:
+        loss = loss + cfg.ctc_loss_weight * total['ctc'][0] / total['ctc'][1]
     return loss, total

@@ -112,6 +112,14 @@ def test_megatron_flags_the_salm_cannot_honour_are_refused(megatron_args, droppe
 
 
 @needs_megatron_training
+def test_ctc_is_refused_under_pretrain(megatron_args):
+    """The CTC loss lives on the first stage; the adapter's loss reports cannot carry it yet."""
+    from megatron_salm_mtp.config import ConfigError
+    with pytest.raises(ConfigError, match='--ctc-loss-weight is not supported'):
+        megatron_args(list(TINY_FLAGS) + ['--ctc-loss-weight', '0.3'])
+
+
+@needs_megatron_training
 def test_megatron_tokenizer_names_map_onto_the_plugins():
     from megatron_salm_mtp.config import ConfigError
     from megatron_salm_mtp.megatron_lm.args import tokenizer_type

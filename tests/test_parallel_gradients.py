@@ -1,9 +1,10 @@
 """The heart of the suite: the real Megatron-Core SALM under TP/PP/DP/SP (gloo, one process per
 rank) has the gradients of the plain-torch reference objective
 
-    sum CE_main / N_main + lambda / D * sum_k sum CE_k / N_k
+    sum CE_main / N_main + lambda / D * sum_k sum CE_k / N_k + w * sum CTC / N_ctc
 
-over the global batch, for every layout and microbatch split.
+over the global batch, for every layout and microbatch split (the CTC term's loss lives on the
+first pipeline stage, the others on the last). One layout also runs without CTC, the default.
 """
 
 import os
@@ -20,7 +21,7 @@ RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('grads'))
-    cfg = tiny_config()
+    cfg = tiny_config(ctc_loss_weight=0.7)
     weights = init_weights(cfg, workdir)
     batch = speech_batch(cfg, GLOBAL_BATCH, seed=5)
     batch_path = os.path.join(workdir, 'batch.pt')
@@ -74,6 +75,36 @@ def test_gradients_match_reference(setup, tp, pp, nproc, microbatches, sp):
         ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
         assert total[1, k].item() == n_k.item()
         assert total[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
+    assert_ctc_metrics(setup['totals'], ranks)
+    # The CTC head is replicated over TP (and DP): every rank that holds it has the same gradient.
+    holders = [r['grads'] for r in ranks if 'ctc_head.weight' in r['grads']]
+    assert len(holders) == tp * (nproc // (tp * pp))
+    for name in ('ctc_head.weight', 'ctc_head.bias'):
+        for grads in holders[1:]:
+            torch.testing.assert_close(grads[name][0], holders[0][name][0], rtol=0, atol=0)
+
+
+def assert_ctc_metrics(totals: dict, ranks):
+    """The logged CTC figures, on the rank that writes the log (last stage, TP and DP rank 0)."""
+    reporting = next(r for r in ranks if r['pp_rank'] == max(q['pp_rank'] for q in ranks)
+                     and r['tp_rank'] == 0 and r['dp_rank'] == 0)
+    ctc_sum, n_ctc = totals['ctc']
+    assert totals['ctc infeasible'] == 2  # by construction of the batch (parallel_utils.ctc_targets)
+    assert reporting['metrics']['ctc infeasible'] == 2
+    assert reporting['metrics']['ctc loss'] == pytest.approx((ctc_sum / n_ctc).item(), rel=1e-5)
+
+
+def test_gradients_without_ctc_match_reference(setup):
+    """--ctc-loss-weight 0 (the default): no CTC head, the objective without its term."""
+    cfg = setup['cfg'].replace(ctc_loss_weight=0.0, tensor_model_parallel_size=2,
+                               pipeline_model_parallel_size=2)
+    weights = {k: v for k, v in setup['weights'].items() if not k.startswith('ctc_head.')}
+    batch = torch.load(setup['batch_path'])
+    _, _, expected = reference_grads(cfg, weights, batch)
+    loss, grads, _, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
+                                       setup['batch_path'], os.path.join(setup['workdir'], 'no_ctc'), 4, 2)
+    assert_grads_match(expected, grads)
+    assert all('ctc loss' not in r['metrics'] for r in ranks)
 
 
 def test_full_sequence_logits_give_the_same_gradients(setup):

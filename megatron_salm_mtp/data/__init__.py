@@ -5,6 +5,7 @@ Modules (each imports only the ones above it):
 - ``frames``     frame-count contract between data and model (mel frames -> placeholder tokens)
 - ``audio``      WAV reader (PCM 8/16/24/32, float), FLAC/OGG via soundfile, polyphase resampler
 - ``features``   Whisper-compatible log-mel (80/128 bins) without padding to 30 s
+- ``spec_augment`` SpecAugment masks for training features, keyed on (seed, epoch, sample)
 - ``manifest``   NeMo ASR/AST JSONL and multi-turn conversation JSONL -> ``Example``
 - ``tokenizer``  byte-level (default), Hugging Face tokenizer.json, SentencePiece
 - ``prompts``    templates plain / llama3 / qwen: ids, supervised marks, placeholder runs
@@ -16,6 +17,7 @@ Modules (each imports only the ones above it):
                  ``synth_text``, ``text_source`` + ``text_clean`` (WordNet text), ``augment``,
                  ``polyphase``, ``synth_summary``)
 - ``bench``      ``python -m megatron_salm_mtp.data.bench``: loading throughput per worker
+- ``train_tokenizer`` ``python -m megatron_salm_mtp.data.train_tokenizer``: SentencePiece on a corpus
 
 Typical use in a training loop::
 

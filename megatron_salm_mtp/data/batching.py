@@ -12,6 +12,10 @@ For ``b`` samples and sequence length ``s``, exactly these keys::
     audio_features         FloatTensor [n_audio, n_mels, T_max]  log-mel per audio, zero-padded in time,
                                                 in row-major order of the placeholder runs
     audio_feature_lengths  LongTensor  [n_audio] valid mel frames of each audio
+    ctc_targets            LongTensor  [n_audio, L_max] per audio, the token ids its transcript
+                                                tokenises to (answer text, no prompt/EOS), 0-padded
+    ctc_target_lengths     LongTensor  [n_audio] valid ids of each row; 0: no CTC target
+                                                (see ``dataset.ctc_targets``)
 
 Why ``s + 1`` ids are built then shifted: labels at position ``j`` is the token at ``j + 1``, so
 the last input position still has a target; a sample of exactly ``seq_length + 1`` ids fits.
@@ -27,7 +31,8 @@ import torch
 
 from .features import pad_features
 
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "audio_features", "audio_feature_lengths")
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "audio_features", "audio_feature_lengths",
+              "ctc_targets", "ctc_target_lengths")
 
 
 class Collator:
@@ -49,7 +54,7 @@ class Collator:
         b, s = len(samples), self._length(samples)
         seq = torch.full((b, s + 1), self.pad_id, dtype=torch.long)
         sup = torch.zeros(b, s + 1, dtype=torch.bool)
-        features = []
+        features, targets = [], []
         for i, x in enumerate(samples):
             n = len(x["ids"])
             if n > s + 1:
@@ -57,7 +62,9 @@ class Collator:
             seq[i, :n] = x["ids"]
             sup[i, :n] = x["supervised"]
             features.extend(x["features"])
+            targets.extend(x["ctc_targets"])
         audio_features, lengths = pad_features(features, self.n_mels)
+        ctc_targets, ctc_lengths = pad_targets(targets)
         return {
             "tokens": seq[:, :-1].contiguous(),
             "labels": seq[:, 1:].contiguous(),
@@ -65,7 +72,18 @@ class Collator:
             "position_ids": torch.arange(s, dtype=torch.long).unsqueeze(0).expand(b, s).contiguous(),
             "audio_features": audio_features,
             "audio_feature_lengths": lengths,
+            "ctc_targets": ctc_targets,
+            "ctc_target_lengths": ctc_lengths,
         }
+
+
+def pad_targets(targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id lists -> ``[n, L_max]`` (0-padded) and their lengths ``[n]``."""
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    out = torch.zeros(len(targets), int(lengths.max()) if targets else 0, dtype=torch.long)
+    for i, t in enumerate(targets):
+        out[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return out, lengths
 
 
 class CollatorWithSkips(Collator):

@@ -30,6 +30,7 @@ from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .manifest import Example
 from .prompts import PromptBuilder
+from .spec_augment import SpecAugment
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("megatron_salm_mtp.data")
@@ -66,18 +67,38 @@ def _where(example: Example, audio_path: str | None = None) -> str:
     return f"{path} ({example.where})"
 
 
+TRANSCRIPTION_TASKS = ("asr", "transcribe")
+
+
+def ctc_targets(example: Example, tokenizer: Tokenizer) -> list[list[int]]:
+    """Per audio of ``example``, the token ids its CTC head should emit: the answer text (no
+    prompt, no end-of-turn token) when the example is one audio to transcribe; else none (``[]``:
+    a translation's answer or one answer for several audios is no transcript of one audio)."""
+    task = example.meta.get("taskname") or example.meta.get("task") or "asr"
+    if len(example.audios) != 1 or str(task).lower() not in TRANSCRIPTION_TASKS:
+        return [[] for _ in example.audios]
+    return [tokenizer.encode(example.answer_text)]
+
+
 class SpeechDataset(torch.utils.data.Dataset):
-    """Examples -> samples ``{"ids", "supervised", "features", "skipped"}`` (see :mod:`.batching`).
+    """Examples -> samples ``{"ids", "supervised", "features", "ctc_targets", "skipped"}`` (see
+    :mod:`.batching`).
 
     ``ids`` is the whole sequence (length <= ``seq_length + 1``: the collate shifts it into tokens
-    and labels); ``features`` holds one ``[n_mels, T]`` log-mel per audio in order of appearance.
+    and labels); ``features`` holds one ``[n_mels, T]`` log-mel per audio in order of appearance,
+    ``ctc_targets`` one list of token ids per audio (:func:`ctc_targets`).
+
+    An index may come as ``(index, epoch)`` (``loader.EpochTaggedBatches``): with ``spec_augment``
+    the features are then masked from the stream of ``(seed, epoch, index)``.
     """
 
     def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = "plain",
                  stack: int = 4, n_mels: int = 80, max_duration: float | None = None, strict_data: bool = False,
-                 system_prompt: str | None = None, prescan: bool = True):
+                 system_prompt: str | None = None, prescan: bool = True,
+                 spec_augment: SpecAugment | None = None, seed: int = 0):
         self.examples = list(examples)
         self.tokenizer = tokenizer
+        self.spec_augment, self.seed = spec_augment, seed
         self.seq_length, self.stack, self.n_mels = seq_length, stack, n_mels
         self.max_duration, self.strict_data = max_duration, strict_data
         self.prompts = PromptBuilder(tokenizer, template, system_prompt)
@@ -162,19 +183,35 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._check_length(ex, len(enc.ids))
         return {"ids": torch.tensor(enc.ids, dtype=torch.long),
                 "supervised": torch.tensor(enc.supervised, dtype=torch.bool),
-                "features": feats}
+                "features": feats, "ctc_targets": ctc_targets(ex, self.tokenizer)}
 
     def __len__(self) -> int:
         return len(self.valid)
 
+    @property
+    def augments(self) -> bool:
+        """Whether samples are augmented, so indices must carry their epoch."""
+        return self.spec_augment is not None and self.spec_augment.enabled
+
+    def _augment(self, sample: dict, index: int, epoch: int | None) -> dict:
+        if not self.augments:
+            return sample
+        if epoch is None:
+            raise ValueError("SpecAugment needs (index, epoch) keys: build the loader with "
+                             "build_dataloader(..., augment=True)")
+        rng = self.spec_augment.generator(self.seed, epoch, index)
+        sample["features"] = [self.spec_augment(f, rng) for f in sample["features"]]
+        return sample
+
     MAX_SUBSTITUTIONS = 64  # more consecutive failures means storage trouble, not bad samples
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         skipped = []
         for k in range(min(len(self.valid), self.MAX_SUBSTITUTIONS + 1)):
             ex = self.examples[self.valid[(i + k) % len(self.valid)]]
             try:
-                sample = self._load(ex)
+                sample = self._augment(self._load(ex), (i + k) % len(self.valid), epoch)
             except BadSampleError as e:
                 skip = Skip(e.where, e.reason, e.detail)
                 self._report(skip)

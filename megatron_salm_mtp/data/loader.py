@@ -24,6 +24,7 @@ from .dataset import SKIP_REASONS, SpeechDataset
 from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
 from .prompts import required_special_tokens
 from .sampler import DistributedMicroBatchSampler
+from .spec_augment import SpecAugment
 from .tokenizer import AUDIO_TOKEN, Tokenizer, build_tokenizer
 
 log = logging.getLogger("megatron_salm_mtp.data")
@@ -51,6 +52,14 @@ class DataConfig:
     prescan: bool = True  # vet every example's header at start (cheap checks)
     pad_to_seq_length: bool = True  # fixed shapes (needed with pipeline parallelism)
     bucket_window: int = 0  # length bucketing over this many global batches (0: off)
+    spec_augment_freq_masks: int = 0
+    """SpecAugment frequency masks per training utterance (0: none); never in validation."""
+    spec_augment_freq_width: int = 27
+    """Widest frequency mask, in mel bins (each mask's width is uniform in [0, this])."""
+    spec_augment_time_masks: int = 0
+    """SpecAugment time masks per training utterance (0: none); never in validation."""
+    spec_augment_time_width: float = 0.05
+    """Widest time mask as a fraction of the utterance's frames (uniform in [0, this x frames])."""
 
     def __post_init__(self):
         checks = [(self.n_mels in (80, 128), f"--n-mels must be 80 or 128, got {self.n_mels}"),
@@ -58,22 +67,56 @@ class DataConfig:
                   (self.seq_length >= 1, f"--seq-length must be >= 1, got {self.seq_length}"),
                   (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
                   (self.max_duration is None or self.max_duration > 0,
-                   f"--max-duration must be positive, got {self.max_duration}")]
+                   f"--max-duration must be positive, got {self.max_duration}"),
+                  (self.spec_augment_freq_masks >= 0,
+                   f"--spec-augment-freq-masks must be >= 0, got {self.spec_augment_freq_masks}"),
+                  (0 <= self.spec_augment_freq_width <= self.n_mels,
+                   f"--spec-augment-freq-width must be in [0, {self.n_mels}] (the mel bins), "
+                   f"got {self.spec_augment_freq_width}"),
+                  (self.spec_augment_time_masks >= 0,
+                   f"--spec-augment-time-masks must be >= 0, got {self.spec_augment_time_masks}"),
+                  (0 <= self.spec_augment_time_width <= 1,
+                   f"--spec-augment-time-width is a fraction of the utterance, in [0, 1]; "
+                   f"got {self.spec_augment_time_width}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         required_special_tokens(self.prompt_template)  # names the valid templates if wrong
+
+    @property
+    def spec_augment(self) -> SpecAugment:
+        return SpecAugment(self.spec_augment_freq_masks, self.spec_augment_freq_width,
+                           self.spec_augment_time_masks, self.spec_augment_time_width)
 
     def make_tokenizer(self) -> Tokenizer:
         return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.audio_token,
                                required_special_tokens(self.prompt_template))
 
 
-def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None) -> SpeechDataset:
+def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None,
+                  augment: bool = False) -> SpeechDataset:
+    """``augment``: apply the configured SpecAugment (training data only)."""
     tokenizer = tokenizer or cfg.make_tokenizer()
     return SpeechDataset(read_manifests(manifests, cfg.default_prompt), tokenizer, cfg.seq_length,
                          cfg.prompt_template, cfg.stack, cfg.n_mels, cfg.max_duration, cfg.strict_data,
-                         cfg.system_prompt, cfg.prescan)
+                         cfg.system_prompt, cfg.prescan,
+                         spec_augment=cfg.spec_augment if augment else None, seed=cfg.seed)
+
+
+class EpochTaggedBatches:
+    """The sampler's microbatches with each index paired with its epoch, ``[(index, epoch), ...]``:
+    what the dataset keys SpecAugment's random stream on. The sampler runs one epoch per ``iter()``."""
+
+    def __init__(self, sampler: DistributedMicroBatchSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(index, epoch) for index in batch]
 
 
 class SpeechDataLoader:
@@ -83,8 +126,9 @@ class SpeechDataLoader:
                  num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False):
         self.dataset, self.sampler = dataset, sampler
         collate = CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length)
+        batches = EpochTaggedBatches(sampler) if dataset.augments else sampler
         self._loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+            dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
             pin_memory=pin_memory, persistent_workers=num_workers > 0)
         self.consumed_samples = sampler.consumed_samples
         self._step_samples = sampler.micro_batch_size * sampler.dp_size
@@ -128,10 +172,12 @@ class SpeechDataLoader:
 
 
 def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int = 1, consumed_samples: int = 0,
-                     tokenizer: Tokenizer | None = None, shuffle: bool = True) -> SpeechDataLoader:
-    """Dataset + sampler + loader for one DP rank, resuming at ``consumed_samples``."""
+                     tokenizer: Tokenizer | None = None, shuffle: bool = True,
+                     augment: bool = False) -> SpeechDataLoader:
+    """Dataset + sampler + loader for one DP rank, resuming at ``consumed_samples``; ``augment``
+    (training data only) applies the configured SpecAugment."""
     tokenizer = tokenizer or cfg.make_tokenizer()
-    ds = build_dataset(cfg, manifests, tokenizer)
+    ds = build_dataset(cfg, manifests, tokenizer, augment)
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.

@@ -7,7 +7,8 @@ every position supervised (the baseline the GPU README measures).
 
 import torch
 
-from .frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens
+from .batching import pad_targets
+from .frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens, encoder_frames
 
 
 def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_token_id: int,
@@ -18,7 +19,8 @@ def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_tok
     tokens = torch.randint(0, vocab_size, (batch_size, seq_length + 1), generator=gen)
     tokens[tokens == audio_token_id] = 0
     loss_mask = torch.zeros(batch_size, seq_length + 1)
-    features, lengths = [], []
+    features, lengths, ctc_targets = [], [], []
+    ctc_gen = torch.Generator().manual_seed(seed + 1)  # leaves the batch's own stream as it was
     if text_only:
         loss_mask[:, 1:] = 1
     else:
@@ -36,6 +38,9 @@ def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_tok
                 position += run
                 features.append(torch.randn(num_mel_bins, per_turn, generator=gen))
                 lengths.append(per_turn)
+                # a transcript per audio for the CTC head, at about a quarter of its frames
+                ctc_targets.append(torch.randint(0, vocab_size, (encoder_frames(per_turn) // 4 + 1,),
+                                                 generator=ctc_gen).tolist())
             loss_mask[row, position + 2:position + 2 + answer] = 1
     batch = {'tokens': tokens[:, :-1].contiguous(), 'labels': tokens[:, 1:].contiguous(),
              'loss_mask': loss_mask[:, 1:].contiguous(),
@@ -46,6 +51,7 @@ def synthetic_batch(batch_size: int, seq_length: int, vocab_size: int, audio_tok
     else:
         batch['audio_features'] = torch.zeros(0, num_mel_bins, 0)
         batch['audio_feature_lengths'] = torch.zeros(0, dtype=torch.long)
+    batch['ctc_targets'], batch['ctc_target_lengths'] = pad_targets(ctc_targets)
     return batch
 
 

@@ -119,6 +119,10 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError("--save needs --save-interval under Megatron-LM's pretrain()")
     if not args.train_manifest:
         raise ConfigError("--train-manifest is required")
+    if args.ctc_loss_weight:
+        raise ConfigError("--ctc-loss-weight is not supported under Megatron-LM's pretrain() yet (its "
+                          "loss lives on the first pipeline stage); train with "
+                          "python -m megatron_salm_mtp.train")
     if args.eval_iters and args.eval_interval and not args.valid_manifest:
         raise ConfigError("--valid-manifest is required unless --eval-iters 0")
 

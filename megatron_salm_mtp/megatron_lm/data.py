@@ -69,11 +69,13 @@ def _microbatches_per_batch(global_batch_size: int, micro_batch_size: int) -> Ca
 
 def speech_iterator(data: DataConfig, manifests: str, tokenizer: Tokenizer, cfg: SALMConfig,
                     consumed_samples: int, shuffle: bool,
-                    microbatches_per_batch: Optional[Callable[[], int]] = None) -> MicrobatchesWithCounts:
-    """This DP rank's microbatches of the comma-separated ``manifests``, from ``consumed_samples``."""
+                    microbatches_per_batch: Optional[Callable[[], int]] = None,
+                    augment: bool = False) -> MicrobatchesWithCounts:
+    """This DP rank's microbatches of the comma-separated ``manifests``, from ``consumed_samples``;
+    ``augment`` (training data) applies the configured SpecAugment."""
     loader = build_dataloader(data, manifests.split(','), parallel_state.get_data_parallel_rank(),
                               parallel_state.get_data_parallel_world_size(), consumed_samples,
-                              tokenizer=tokenizer, shuffle=shuffle)
+                              tokenizer=tokenizer, shuffle=shuffle, augment=augment)
     per_batch = microbatches_per_batch or _microbatches_per_batch(data.global_batch_size,
                                                                   data.micro_batch_size)
     return MicrobatchesWithCounts(endless(loader), per_batch, cfg)

@@ -132,7 +132,7 @@ class SALMProviders:
         args = get_args()
         train = speech_iterator(self.data, self.train_manifest, self.tokenizer, self.cfg,
                                 args.consumed_train_samples, shuffle=True,
-                                microbatches_per_batch=get_num_microbatches)
+                                microbatches_per_batch=get_num_microbatches, augment=True)
         valid = None
         if self.valid_manifest:
             valid = speech_iterator(validation_data_config(self.data, args), self.valid_manifest,

@@ -16,6 +16,7 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from ..config import SALMConfig, encoder_transformer_config, llm_transformer_config
 from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
+from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
@@ -80,6 +81,13 @@ class SALM(MegatronModule):
                                                   cfg.audio_frame_stack)
             if cfg.freeze_audio_encoder:
                 self.audio_encoder.requires_grad_(False)
+        self.ctc_head = None
+        if pre_process and cfg.ctc_enabled:
+            self.ctc_head = ctc_head(cfg.encoder_hidden_size, cfg.vocab_size, cfg.init_method_std,
+                                     encoder_config.params_dtype)
+            # Training and evaluation keep separate windows, chosen by the module's mode.
+            self._ctc_stats = {True: CTCStats(), False: CTCStats()}
+        self.ctc_loss_weight: Optional[torch.Tensor] = None
         decoder_spec = block_spec(impl, get_num_layers_to_build(config, vp_stage=vp_stage),
                                   causal=True, qk_layernorm=cfg.qk_layernorm)
         self.language_model = SpeechGPTModel(
@@ -112,6 +120,14 @@ class SALM(MegatronModule):
     def has_mtp_layers(self) -> bool:
         return self.language_model.mtp_process
 
+    @property
+    def ctc_stats(self) -> Optional[CTCStats]:
+        return self._ctc_stats[self.training] if self.ctc_head is not None else None
+
+    def set_ctc_loss_weight(self, weight: torch.Tensor) -> None:
+        """Weight of the summed CTC loss for the coming global batch (``ctc.ctc_loss_weight``)."""
+        self.ctc_loss_weight = weight
+
     def shared_embedding_or_output_weight(self):
         """Used by finalize_model_grads to all-reduce the embedding over first/MTP/last stages."""
         return self.language_model.shared_embedding_or_output_weight()
@@ -120,11 +136,14 @@ class SALM(MegatronModule):
         self.language_model.set_input_tensor(input_tensor)
 
     def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None,
-                     placeholders_checked: bool = False):
+                     placeholders_checked: bool = False, ctc_targets=None,
+                     ctc_lengths: Optional[CTCLengths] = None):
         """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h].
 
         ``placeholders_checked``: the caller checked the placeholder count on the host
-        (``host_inputs.prepare_microbatch``); otherwise it is checked here, with a round trip."""
+        (``host_inputs.prepare_microbatch``); otherwise it is checked here, with a round trip.
+        ``ctc_targets`` (batch contract) and their host ``ctc_lengths``: with a CTC head, the
+        CTC loss joins the backward pass here (``ctc.py``)."""
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         has_audio = audio_features is not None and audio_features.numel() > 0
         lengths = (audio_tokens(audio_feature_lengths.to(tokens.device), self.cfg.audio_frame_stack)
@@ -135,21 +154,41 @@ class SALM(MegatronModule):
             frames = self.audio_encoder(audio_features, audio_feature_lengths)
             audio = self.audio_projector(frames)
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
+            if self.ctc_head is not None:
+                embeddings = self._attach_ctc_loss(embeddings, frames, ctc_targets, ctc_lengths)
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
 
+    def _attach_ctc_loss(self, embeddings, frames, targets, lengths: Optional[CTCLengths]):
+        """``embeddings`` carrying the weighted CTC loss of ``frames`` into the backward pass."""
+        if targets is None or lengths is None:
+            if self.training:
+                raise ValueError("--ctc-loss-weight is set but the microbatch has no ctc_targets / "
+                                 "ctc_lengths (data/batching.py, host_inputs.prepare_microbatch)")
+            return embeddings  # decoding: no transcript to score
+        loss_sum = ctc_loss_sum(self.ctc_head, frames, targets, lengths)
+        self.ctc_stats.add(loss_sum, lengths)
+        weight = self.ctc_loss_weight
+        if weight is None:
+            if self.training:
+                raise RuntimeError("set_ctc_loss_weight() was not called for this global batch")
+            return embeddings  # evaluation: the loss is logged only
+        return AuxLossInjector.apply(embeddings, weight.to(loss_sum.device) * loss_sum)
+
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
-                audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None):
+                audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None,
+                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None):
         """``head_row_counts``: supervised rows of the main head and of each MTP depth, counted on
         the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
         placeholders); with them the step needs no host round trip. Without them the model
-        counts and checks on the device."""
+        counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``."""
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
                                               audio_feature_lengths,
-                                              placeholders_checked=head_row_counts is not None)
+                                              placeholders_checked=head_row_counts is not None,
+                                              ctc_targets=ctc_targets, ctc_lengths=ctc_lengths)
         # GPTModel.forward hands _postprocess no extra argument, so the counts ride on the module.
         self.language_model.head_row_counts = head_row_counts
         try:

@@ -5,7 +5,8 @@
 * ``head_only``: only the MTP heads train; the LLM (embedding, decoder, output head), the audio
   encoder and the projector are frozen - the common way to add a draft head to a deployed model.
   The MTP heads read the frozen shared embedding and output head.
-* ``freeze_llm``: the audio encoder, the projector and the MTP heads train; the LLM is frozen.
+* ``freeze_llm``: the audio encoder, the projector (and the encoder's CTC head) and the MTP
+  heads train; the LLM is frozen.
 
 Freezing happens on the bare model chunk, before the DDP wrap and before the optimizer is built:
 DDP then allocates no gradient buffer for frozen parameters and the optimizer (which skips
@@ -21,7 +22,7 @@ TRAINING_MODES = ('joint', 'head_only', 'freeze_llm')
 _TRAINABLE = {
     'joint': None,
     'head_only': ('language_model.mtp.',),
-    'freeze_llm': ('audio_encoder.', 'audio_projector.', 'language_model.mtp.'),
+    'freeze_llm': ('audio_encoder.', 'audio_projector.', 'ctc_head.', 'language_model.mtp.'),
 }
 
 

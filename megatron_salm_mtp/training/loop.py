@@ -28,7 +28,7 @@ from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer
-from .step import forward_backward, moe_metrics, mtp_metrics
+from .step import ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 
 logger = logging.getLogger('megatron_salm_mtp')
 
@@ -121,7 +121,7 @@ class Trainer:
             chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         self.train_loader = build_dataloader(run.data, self.train_cfg.train_manifest.split(','),
-                                             dp_rank, dp_size, tokenizer=tokenizer)
+                                             dp_rank, dp_size, tokenizer=tokenizer, augment=True)
         self.valid_loader = None
         if self.train_cfg.valid_manifest and self.train_cfg.eval_interval:
             self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
@@ -215,11 +215,13 @@ class Trainer:
                 loss_sum, tokens = loss_sum + totals.loss_sum, tokens + totals.tokens
         record = {'iteration': self.iteration, 'lm loss': loss_sum / max(tokens, 1.0)}
         record.update(mtp_metrics(self.model))
+        record.update(ctc_metrics(self.model, self.cfg))
         for chunk in self.model:
             chunk.train()
         if _reporting_rank():
             logger.info('validation at iteration %d | %s', self.iteration,
-                        ' | '.join(f'{k}: {v:.6E}' for k, v in record.items() if k != 'iteration'))
+                        ' | '.join(f'{k}: {v:.6E}' if isinstance(v, float) else f'{k}: {v}'
+                                   for k, v in record.items() if k != 'iteration'))
         self.metrics.log(record, prefix='valid')
 
     def fit(self):
@@ -300,6 +302,7 @@ class Trainer:
                   'tflops_per_gpu': flops * steps / seconds / world / 1e12,
                   'peak_mem_gb': peak_memory_gb()}
         record.update(mtp_metrics(self.model))
+        record.update(ctc_metrics(self.model, self.cfg))
         record.update(moe_metrics(steps * self.num_microbatches, self.cfg.mtp_depths))
         done = self.iteration - start_iteration
         eta = (time.perf_counter() - started) / done * (self.train_cfg.train_iters - self.iteration)

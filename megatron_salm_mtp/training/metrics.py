@@ -65,6 +65,9 @@ def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional
         parts.append(f"mtp_{depth} loss: {record[f'mtp_{depth} loss']:.6E}")
         parts.append(f"mtp_{depth} acc: {record[f'mtp_{depth} acc']:.4f}")
         depth += 1
+    if 'ctc loss' in record:  # --ctc-loss-weight
+        parts.append(f"ctc loss: {record['ctc loss']:.6E}")
+        parts.append(f"ctc infeasible: {record['ctc infeasible']}")
     if 'load_balancing_loss' in record:  # MoE MTP layers with --moe-aux-loss-coeff
         parts.append(f"load_balancing_loss: {record['load_balancing_loss']:.6E}")
     parts += [f"grad norm: {record['grad_norm']:.3f}",

@@ -1,7 +1,7 @@
 """One global batch through Megatron-Core's schedules: forward, backward, gradient finalisation.
 
 Before the schedule runs, the supervised-token counts of the whole global batch (all microbatches,
-all DP ranks) fix the MTP weights, so the gradient does not depend on how the batch is split.
+all DP ranks) fix the MTP and CTC weights, so the gradient does not depend on how the batch is split.
 """
 
 from functools import partial
@@ -11,16 +11,17 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_attr_wrapped_model
+from megatron.core.utils import get_attr_wrapped_model, unwrap_model
 
 from ..compat import mcore
 from ..config import SALMConfig
-from ..model.host_inputs import HEAD_ROW_COUNTS, prepare_microbatch
+from ..model.ctc import CTC_LENGTHS, ctc_loss_weight, reduce_ctc_stats
+from ..model.host_inputs import HEAD_ROW_COUNTS, ctc_target_count, prepare_microbatch
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights, supervised_counts
 
 BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
-              'audio_feature_lengths')
+              'audio_feature_lengths', 'ctc_targets')
 
 
 def _device() -> torch.device:
@@ -36,16 +37,29 @@ def _language_models(model_chunks):
     return [get_attr_wrapped_model(chunk, 'language_model') for chunk in model_chunks]
 
 
-def set_global_mtp_weights(model_chunks, microbatches: List[dict], cfg: SALMConfig) -> torch.Tensor:
-    """All-reduce this global batch's supervised counts over DP and hand the weights to MTP."""
+def _salms(model_chunks):
+    return [unwrap_model(chunk) for chunk in model_chunks]
+
+
+def set_global_loss_weights(model_chunks, microbatches: List[dict], cfg: SALMConfig) -> torch.Tensor:
+    """All-reduce this global batch's counts over DP in one call - supervised tokens of the main
+    head and each MTP depth, then CTC target ids - and hand MTP and CTC their weights."""
     depths = cfg.mtp_depths
-    counts = supervised_counts(microbatches, depths, cfg.audio_token_id,
-                               cfg.mtp_mask_placeholder_paths).to(_device())
+    counts = supervised_counts(microbatches, depths, cfg.audio_token_id, cfg.mtp_mask_placeholder_paths)
+    if cfg.ctc_enabled:
+        counts = torch.cat([counts, ctc_target_count(microbatches)])
+    counts = counts.to(_device())
     torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
-    weights = mtp_loss_weights(counts, cfg.mtp_loss_scaling_factor)
-    for language_model in _language_models(model_chunks):
-        if language_model.mtp_process:
-            language_model.set_mtp_loss_weights(weights)
+    if depths:
+        weights = mtp_loss_weights(counts[:1 + depths], cfg.mtp_loss_scaling_factor)
+        for language_model in _language_models(model_chunks):
+            if language_model.mtp_process:
+                language_model.set_mtp_loss_weights(weights)
+    if cfg.ctc_enabled:
+        weight = ctc_loss_weight(counts[0], counts[-1], cfg.ctc_loss_weight)
+        for salm in _salms(model_chunks):
+            if salm.ctc_head is not None:
+                salm.set_ctc_loss_weight(weight)
     return counts
 
 
@@ -55,7 +69,8 @@ def _forward_step(data_iterator, model):
     output = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
                    loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
                    audio_feature_lengths=batch['audio_feature_lengths'],
-                   head_row_counts=host_batch[HEAD_ROW_COUNTS])
+                   head_row_counts=host_batch[HEAD_ROW_COUNTS], ctc_targets=batch['ctc_targets'],
+                   ctc_lengths=host_batch.get(CTC_LENGTHS))
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 
@@ -86,8 +101,8 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
     """Run the schedule over ``microbatches``; gradients are finalised (DP reduce, embedding sync,
     1/N_main) unless ``forward_only``. ``microbatches`` are CPU tensors (pinned for a fast copy)."""
     microbatches = [prepare_microbatch(batch, cfg) for batch in microbatches]
-    if cfg.mtp_depths:
-        set_global_mtp_weights(model_chunks, microbatches, cfg)
+    if cfg.mtp_depths or cfg.ctc_enabled:
+        set_global_loss_weights(model_chunks, microbatches, cfg)
     config = get_attr_wrapped_model(model_chunks[0], 'config')
     config.finalize_model_grads_func = None if forward_only else finalize_model_grads
     if hasattr(model_chunks[0], 'no_sync'):
@@ -112,6 +127,19 @@ def mtp_metrics(model_chunks) -> dict:
         if language_model.mtp_stats is not None:
             metrics.update(language_model.mtp_stats.reduce(parallel_state.get_data_parallel_group()))
             language_model.mtp_stats.reset()
+    return metrics
+
+
+def ctc_metrics(model_chunks, cfg: SALMConfig) -> dict:
+    """CTC loss per target id and infeasible audios since the last call, over DP and to the last
+    stage, where the log is written; {} without CTC. Every rank calls it."""
+    if not cfg.ctc_enabled:
+        return {}
+    stats = [salm.ctc_stats for salm in _salms(model_chunks) if salm.ctc_stats is not None]
+    groups = [parallel_state.get_data_parallel_group(), parallel_state.get_pipeline_model_parallel_group()]
+    metrics = reduce_ctc_stats(stats[0] if stats else None, groups)
+    for window in stats:
+        window.reset()
     return metrics
 
 

@@ -1,5 +1,6 @@
-"""GPU check with Transformer Engine: the SALM with D=2 MTP heads in bf16, one global batch on one
-GPU and at TP=2 with sequence parallelism on two; losses and gradients must agree within bf16
+"""GPU check with Transformer Engine: the SALM with D=2 MTP heads and the encoder's CTC loss in
+bf16, one global batch on one GPU and at TP=2 with sequence parallelism on two; losses and
+gradients (the replicated CTC head's included) must agree within bf16
 tolerance. Both run with gradient accumulation fusion (the default); a third run on one GPU without
 it must give the same loss and gradients (fp32 accumulation inside the GEMM instead of a bf16
 weight gradient added afterwards). Prints the figures; exits non-zero on a mismatch.
@@ -25,7 +26,7 @@ def gpu_config(**overrides):
     base = dict(num_layers=4, hidden_size=256, ffn_hidden_size=704, num_attention_heads=8,
                 num_query_groups=4, vocab_size=1024, seq_length=256, num_mel_bins=80,
                 encoder_num_layers=2, encoder_hidden_size=256, encoder_num_attention_heads=8,
-                encoder_max_source_positions=1500, mtp_num_layers=2, bf16=True,
+                encoder_max_source_positions=1500, mtp_num_layers=2, ctc_loss_weight=0.3, bf16=True,
                 transformer_impl='transformer_engine', audio_token_id=259)
     base.update(overrides)
     return tiny_config(**base)
