@@ -23,3 +23,15 @@ def single_rank_parallel():
         finally:  # the rendezvous variables must not leak into launchers spawned by later tests
             os.environ.clear()
             os.environ.update(saved)
+
+
+@pytest.fixture(scope='session')
+def train_corpus(tmp_path_factory):
+    """96 synthetic utterances of 1-3 s (train/valid/test/test_unseen), shared by the training tests."""
+    from megatron_salm_mtp.data.espeak import espeak_available
+    from megatron_salm_mtp.data.synth import build_corpus
+    if not espeak_available():
+        pytest.skip('espeak-ng unavailable')
+    out = tmp_path_factory.mktemp('train_corpus')
+    build_corpus(str(out), 96, seed=1, max_seconds=3.0)
+    return str(out)

@@ -7,15 +7,9 @@ from megatron_salm_mtp.inference.loading import load_for_inference
 from train_utils import read_metrics, run_train
 
 
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
-    if not espeak_available():
-        pytest.skip('espeak-ng unavailable')
-    out = tmp_path_factory.mktemp('corpus')
-    build_corpus(str(out), 96, seed=1)
-    return str(out)
+@pytest.fixture
+def corpus(train_corpus):
+    return train_corpus
 
 
 def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):

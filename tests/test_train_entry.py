@@ -12,15 +12,9 @@ from megatron_salm_mtp.config import ConfigError
 from train_utils import free_port, read_metrics, run_train
 
 
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory):
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
-    if not espeak_available():
-        pytest.skip('espeak-ng unavailable')
-    out = tmp_path_factory.mktemp('corpus')
-    build_corpus(str(out), 96, seed=1, max_seconds=3.0)
-    return str(out)
+@pytest.fixture
+def corpus(train_corpus):
+    return train_corpus
 
 
 def test_precedence_defaults_yaml_flags(tmp_path):
