@@ -76,11 +76,9 @@ def main(argv=None) -> None:
 
     from .config import NO_VIRTUAL_PIPELINE
     from .convert.importer import read_checkpoint_config
-    from .parallel.setup import (build_model, init_distributed, init_model_parallel,
-                                 use_free_master_port_if_unlaunched)
+    from .parallel.setup import build_model, init_distributed, init_model_parallel
     from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
 
-    use_free_master_port_if_unlaunched()
     init_distributed()
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world

@@ -52,19 +52,17 @@ def export_parser(sub):
 
 def _relaunch(world: int) -> None:
     """Run this same command under torchrun with ``world`` local processes."""
-    from ..parallel.setup import free_port
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={world}',
-           f'--master-port={free_port()}', '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
+    # --standalone: the rendezvous store binds a port the OS picks and keeps it (no free-port race)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={world}',
+           '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
     sys.exit(subprocess.call(cmd))
 
 
 def cmd_import(args) -> None:
-    from ..parallel.setup import use_free_master_port_if_unlaunched
     from .load import salm_config_from_hf
     world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
     if world > 1 and 'WORLD_SIZE' not in os.environ:
         _relaunch(world)
-    use_free_master_port_if_unlaunched()
     cfg = salm_config_from_hf(
         args.llm, args.whisper, tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
