@@ -38,6 +38,8 @@ def import_parser(sub):
     p.add_argument('--audio-frame-stack', type=int)
     p.add_argument('--bf16', action='store_true', help='store bfloat16 weights')
     p.add_argument('--seed', type=int, default=1234, help='seed of the randomly initialised parts')
+    p.add_argument('--overwrite', action='store_true',
+                   help='write into an --out folder that already holds checkpoints (they are deleted first)')
     return p
 
 
@@ -59,7 +61,10 @@ def _relaunch(world: int) -> None:
 
 
 def cmd_import(args) -> None:
+    from ..training.run_folders import check_save_folder
     from .load import salm_config_from_hf
+    if not args.overwrite:  # before any process starts: a training checkpoint's tracker would go to 0
+        check_save_folder(args.out, None, False, '--out', '--overwrite')
     world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
     if world > 1 and 'WORLD_SIZE' not in os.environ:
         _relaunch(world)
@@ -71,7 +76,7 @@ def cmd_import(args) -> None:
         mtp_use_repeated_layer=args.mtp_use_repeated_layer or None)
     from .importer import run_import
     run_import(cfg, args.llm, args.whisper, args.out, args.mtp_init, args.mtp_replace_existing_head,
-               args.mtp_extend_depth, args.seed)
+               args.mtp_extend_depth, args.seed, args.overwrite)
 
 
 def cmd_export(args) -> None:
