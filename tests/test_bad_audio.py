@@ -76,6 +76,19 @@ def test_nan_samples_are_a_counted_skip_naming_the_file(tmp_path, caplog):
         list(build_dataloader(cfg(strict_data=True), manifest, shuffle=False))
 
 
+def test_finite_samples_whose_features_overflow_are_skipped_too(tmp_path):
+    """1e30 is a finite float32 sample, but its power overflows: the log-mel would be inf."""
+    make_corpus(tmp_path, n=2, seconds=(1.0, 1.0))
+    write_wav(str(tmp_path / 'huge.wav'), tone(1.0) * 1e30, float_format=True, bits=32)
+    manifest = write_manifest(tmp_path / 'm.jsonl', [{'audio_filepath': 'huge.wav', 'text': 'loud'},
+                                                      {'audio_filepath': 'wav/000.wav', 'text': 'fine'}])
+    dataset = build_dataset(cfg(), manifest)
+    sample = dataset[0]
+    assert [(s.reason, s.where.split(' ')[0].endswith('huge.wav')) for s in sample['skipped']] == [
+        ('non_finite_audio', True)]
+    assert all(np.isfinite(f.numpy()).all() for f in sample['features'])
+
+
 def test_a_file_no_decoder_recognises_says_so(tmp_path):
     pytest.importorskip('soundfile')
     fake = tmp_path / 'fake.mp3'

@@ -46,6 +46,7 @@ DAMAGES = {
     'common.pt truncated': (lambda p, s: _truncate(os.path.join(p, 'common.pt'), 300), 'unreadable common.pt'),
     'shard truncated': (lambda p, s: _truncate(os.path.join(p, s[-1]), 1000), 'is truncated (1000 bytes, the index needs'),
     'shard deleted': (lambda p, s: os.remove(os.path.join(p, s[0])), 'is missing'),
+    'metadata.json deleted': (lambda p, s: os.remove(os.path.join(p, 'metadata.json')), 'metadata.json is missing'),
     'index deleted': (lambda p, s: os.remove(os.path.join(p, '.metadata')), '.metadata (the shard index) is missing'),
     'config.yaml deleted': (lambda p, s: os.remove(os.path.join(p, 'config.yaml')), 'config.yaml is missing'),
 }
@@ -58,6 +59,8 @@ def test_the_intact_checkpoint_passes(checkpoint):
 @pytest.mark.parametrize('name', sorted(DAMAGES))
 def test_damage_is_named_with_folder_and_file(checkpoint, tmp_path, name):
     damage, message = DAMAGES[name]
+    if name.startswith('common.pt') and not os.path.exists(os.path.join(checkpoint, 'iter_0000001', 'common.pt')):
+        pytest.skip('this megatron-core keeps the common state inside the shards')
     root, path = _damaged(checkpoint, tmp_path, damage)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(root, [], None, None)
@@ -86,12 +89,20 @@ def test_generate_refuses_bad_input_before_any_process_group(checkpoint, tmp_pat
 def test_training_refuses_a_damaged_load_and_a_foreign_save_folder(checkpoint, tmp_path):
     manifest = tmp_path / 'm.jsonl'
     manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
+    train = ['-m', 'megatron_salm_mtp.train', '--train-manifest', str(manifest)]
     root, path = _damaged(checkpoint, tmp_path, DAMAGES['shard truncated'][0])
-    for flags, message in ((['--load', root], f'error: {path}: shard __0_1.distcp is truncated'),
-                           (['--save', checkpoint], f'error: --save {checkpoint} already holds iter_0000001 and ')):
-        done = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--train-manifest', str(manifest)]
-                              + flags, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-3000:]
+    done = subprocess.run([sys.executable] + train + ['--load', root], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and errors[0].startswith(f'error: {path}: shard __0_'), done.stderr[-3000:]
+    assert 'is truncated (1000 bytes' in errors[0]
+    # Two ranks: rank 0 decides, both stop (none waits in a collective), one of them says why.
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2']
+                          + train + ['--save', checkpoint], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count(f'error: --save {checkpoint} already holds iter_0000001 and ') == 1, done.stderr[-3000:]
 
 
 def test_load_of_only_incomplete_checkpoints_is_an_error(tmp_path):

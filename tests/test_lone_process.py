@@ -55,7 +55,8 @@ def test_two_launched_ranks_meet_at_the_master_port():
 
 def test_srun_tasks_take_rank_and_world_from_slurm(monkeypatch):
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, '')  # recorded, so that what the mapping writes is undone afterwards
+        monkeypatch.delenv(name)
     monkeypatch.setenv('SLURM_PROCID', '3')
     monkeypatch.setenv('SLURM_NTASKS', '4')
     monkeypatch.setenv('SLURM_LOCALID', '1')

@@ -21,7 +21,7 @@ TRACKER = 'latest_checkpointed_iteration.txt'
 MARKER = 'checkpoint_complete.json'
 CONFIG_FILE = 'config.yaml'
 DIST_CONFIG = 'metadata.json'  # dist_checkpointing's backend description
-COMMON_STATE = 'common.pt'  # dist_checkpointing's common (non-sharded) state
+COMMON_STATE = 'common.pt'  # dist_checkpointing's common (non-sharded) state, up to 0.16
 TORCH_DIST_INDEX = '.metadata'  # torch.distributed.checkpoint's index of the shard files
 _ITER_DIR = re.compile(r'^iter_(\d{7,})$')
 
@@ -67,15 +67,24 @@ def _shard_sizes_needed(path: str) -> dict:
     return needed
 
 
+def _require(path: str, name: str) -> None:
+    if not os.path.isfile(os.path.join(path, name)):
+        raise CheckpointError(f"{path}: {name} is missing (the checkpoint is damaged; "
+                              f"{TRACKER} in the folder above picks which one loads)")
+
+
 def verify_checkpoint_files(path: str) -> None:
     """Raise CheckpointError naming ``path`` and the file if one is missing or truncated."""
-    for name in (CONFIG_FILE, DIST_CONFIG, COMMON_STATE):
-        if not os.path.isfile(os.path.join(path, name)):
-            raise CheckpointError(f"{path}: {name} is missing (the checkpoint is damaged; "
-                                  f"{TRACKER} in the folder above picks which one loads)")
-    with open(os.path.join(path, DIST_CONFIG)) as f:
-        backend = json.load(f).get('sharded_backend')
-    if backend != 'torch_dist':
+    for name in (CONFIG_FILE, DIST_CONFIG):
+        _require(path, name)
+    try:
+        with open(os.path.join(path, DIST_CONFIG)) as f:
+            backends = json.load(f)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: unreadable {DIST_CONFIG} ({err})") from err
+    if 'common_backend' in backends:  # megatron-core 0.16; later releases keep it in the shards
+        _require(path, COMMON_STATE)
+    if backends.get('sharded_backend') != 'torch_dist':
         return  # another backend: its own reader reports what it misses
     if not os.path.isfile(os.path.join(path, TORCH_DIST_INDEX)):
         raise CheckpointError(f"{path}: {TORCH_DIST_INDEX} (the shard index) is missing")
