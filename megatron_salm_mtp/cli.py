@@ -4,12 +4,14 @@ Every dataclass field is a flag (``--field-name``) and a YAML key (``field_name`
 the help text is the field's docstring. Precedence: defaults < ``--config`` YAML < flags given on
 the command line. Unknown flags and unknown YAML keys are errors naming them. A field that two
 dataclasses share (``seq_length``, ``micro_batch_size``, ...) is one flag setting both.
+:meth:`RunConfig.validate` runs every check that needs no process group, tokenizer or model.
 """
 
 import argparse
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .config import ConfigError, SALMConfig, TrainConfig
+from .config_checks import check_types
+from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
 
 # Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
@@ -31,6 +35,37 @@ class RunConfig:
     model: SALMConfig
     train: TrainConfig
     data: DataConfig
+
+    def validate(self) -> None:
+        """Types and ranges of every section, what the sections imply for each other, and the
+        manifests named; the trainer re-checks what needs the world size and the tokenizer."""
+        check_types(self.data)
+        self.model.validate(vocabulary=False)
+        self.train.validate()
+        if self.model.num_mel_bins not in (80, 128):
+            raise ConfigError(f"--num-mel-bins {self.model.num_mel_bins}: the log-mel features are "
+                              "Whisper's, 80 or 128 bins")
+        if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
+            raise ConfigError("--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0")
+        # The encoder's sinusoidal positions cover 2 mel frames each (stride-2 stem), 10 ms per frame.
+        seconds = self.model.encoder_max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
+        if self.data.max_duration is None or self.data.max_duration > seconds:
+            raise ConfigError(f"--max-duration {self.data.max_duration}: the audio encoder takes at most "
+                              f"{seconds:g} s (--encoder-max-source-positions "
+                              f"{self.model.encoder_max_source_positions}); a longer clip would crash training")
+        self._validate_inputs()
+
+    def _validate_inputs(self) -> None:
+        """The files a run reads first: manifests and the tokenizer."""
+        for name in ('train_manifest', 'valid_manifest'):
+            for path in (getattr(self.train, name) or '').split(','):
+                if path and not os.path.isfile(path):
+                    raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+        data = self.data
+        if data.tokenizer_type != 'byte' and not data.tokenizer_model:
+            raise ConfigError(f"--tokenizer-type {data.tokenizer_type} needs --tokenizer-model (a file or folder)")
+        if data.tokenizer_model and not os.path.exists(data.tokenizer_model):
+            raise ConfigError(f"--tokenizer-model {data.tokenizer_model}: no such file or folder")
 
     def resolved(self) -> Dict[str, Any]:
         """Every setting by name, as written beside checkpoints and logs."""
@@ -69,6 +104,8 @@ def _base_type(annotation):
 
 
 def _coerce(name: str, value, annotation, where: str):
+    """A YAML value as the field's type; strings convert (``3e-4`` is a string to YAML), but
+    ``3.7`` or ``true`` never pass as an int."""
     if value is None:
         return None
     base = _base_type(annotation)
@@ -76,6 +113,8 @@ def _coerce(name: str, value, annotation, where: str):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+    if base in (int, float) and isinstance(value, bool) or base is int and isinstance(value, float):
+        raise ConfigError(f"{where}: {name} must be {'an integer' if base is int else 'a number'}, got {value!r}")
     try:
         return base(value)
     except (TypeError, ValueError):
@@ -167,7 +206,10 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     sections = {}
     for section, cls in SECTIONS:
         names = {f.name for f in dataclasses.fields(cls)}
-        sections[section] = cls(**{k: v for k, v in settings.items() if k in names})
+        try:
+            sections[section] = cls(**{k: v for k, v in settings.items() if k in names})
+        except ValueError as err:  # DataConfig checks its values as it is made
+            raise ConfigError(str(err)) from None
     run = RunConfig(**sections)
     run.data.n_mels, run.data.stack = run.model.num_mel_bins, run.model.audio_frame_stack
     return run

@@ -11,13 +11,14 @@ from typing import Optional
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from .config_checks import ConfigError, at_least, check_types, flag, one_of, positive
 
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the flag."""
-
-
-def _flag(name: str) -> str:
-    return '--' + name.replace('_', '-')
+_AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
+                 'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
+                 'encoder_hidden_size', 'encoder_num_attention_heads', 'encoder_ffn_hidden_size',
+                 'encoder_max_source_positions', 'audio_frame_stack', 'tensor_model_parallel_size',
+                 'pipeline_model_parallel_size', 'expert_model_parallel_size', 'num_experts',
+                 'moe_ffn_hidden_size')
 
 
 @dataclass
@@ -184,20 +185,21 @@ class SALMConfig:
             chunks = self.virtual_pipeline_model_parallel_size
         return chunks if chunks and chunks > 1 else None
 
-    def validate(self, world_size: Optional[int] = None, num_microbatches: Optional[int] = None) -> None:
+    def validate(self, world_size: Optional[int] = None, num_microbatches: Optional[int] = None,
+                 vocabulary: bool = True) -> None:
         """``num_microbatches`` (per DP rank and global batch), when known, is checked against
-        the interleaved schedule."""
+        the interleaved schedule; ``vocabulary=False`` before the tokenizer has set it."""
+        self._validate_values()
         tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
         if world_size is not None and world_size % (tp * pp):
             raise ConfigError(f"world size {world_size} is not divisible by "
                               f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp}")
         groups = self.num_query_groups or self.num_attention_heads
-        for name, value in (('num_attention_heads', self.num_attention_heads),
-                            ('num_query_groups', groups),
-                            ('encoder_num_attention_heads', self.encoder_num_attention_heads),
-                            ('vocab_size', self.padded_vocab_size)):
+        split = [('num_attention_heads', self.num_attention_heads), ('num_query_groups', groups),
+                 ('encoder_num_attention_heads', self.encoder_num_attention_heads)]
+        for name, value in split + ([('vocab_size', self.padded_vocab_size)] if vocabulary else []):
             if value % tp:
-                raise ConfigError(f"{_flag(name)}: {name}={value} is not divisible by "
+                raise ConfigError(f"{flag(name)}: {name}={value} is not divisible by "
                                   f"--tensor-model-parallel-size {tp}")
         if self.num_attention_heads % groups:
             raise ConfigError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "
@@ -231,11 +233,9 @@ class SALMConfig:
         if self.sequence_parallel and self.seq_length % tp:
             raise ConfigError(f"--seq-length {self.seq_length} is not divisible by "
                               f"--tensor-model-parallel-size {tp} (needed by --sequence-parallel)")
-        if not 0 <= self.audio_token_id < self.vocab_size:
+        if vocabulary and not 0 <= self.audio_token_id < self.vocab_size:
             raise ConfigError(f"--audio-token-id {self.audio_token_id} is outside the vocabulary "
                               f"(--vocab-size {self.vocab_size})")
-        if self.audio_frame_stack < 1:
-            raise ConfigError(f"--audio-frame-stack must be >= 1, got {self.audio_frame_stack}")
         self._validate_ctc()
 
     def _validate_ctc(self) -> None:
@@ -244,6 +244,21 @@ class SALMConfig:
         if self.ctc_enabled and self.freeze_audio_encoder:
             raise ConfigError("--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder "
                               "keeps fixed: drop one of them")
+
+    def _validate_values(self) -> None:
+        """Types, ranges and choices of single fields."""
+        check_types(self)
+        at_least(self, 1, _AT_LEAST_ONE)
+        at_least(self, 0, ('mtp_num_layers', 'mtp_loss_scaling_factor'))
+        positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
+        one_of(self, 'position_embedding_type', ('rope', 'learned_absolute'))
+        one_of(self, 'transformer_impl', (None, 'transformer_engine', 'local'))
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+                              f"{self.num_attention_heads} (or give the head size with --kv-channels)")
+        if self.encoder_hidden_size % self.encoder_num_attention_heads:
+            raise ConfigError(f"--encoder-hidden-size {self.encoder_hidden_size} is not divisible by "
+                              f"--encoder-num-attention-heads {self.encoder_num_attention_heads}")
 
     @property
     def mtp_uses_experts(self) -> bool:
@@ -478,11 +493,15 @@ class TrainConfig:
     """Checkpoint folder to write."""
     load: Optional[str] = None
     """Checkpoint folder to resume from (the latest complete checkpoint in it)."""
+    overwrite_save: bool = False
+    """Start over in a --save folder that holds checkpoints this run does not resume from (no
+    --load of it): they are deleted at start. Without it such a folder is refused, since the
+    run's saves would rewind its tracker."""
     no_load_optim: bool = False
     """With --load: restore weights, iteration and data position but start a fresh optimizer and
     LR schedule (e.g. across a change between EP=1 and EP>1)."""
     save_interval: Optional[int] = None
-    """Save every this many steps (and at the end when --save is set)."""
+    """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
     exit_interval: Optional[int] = None
     """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
     exit_duration_in_mins: Optional[float] = None
@@ -502,6 +521,20 @@ class TrainConfig:
     """Validation manifest(s), comma-separated."""
 
     def validate(self, dp_size: Optional[int] = None) -> None:
+        check_types(self)
+        at_least(self, 1, ('train_iters', 'micro_batch_size', 'global_batch_size', 'log_interval', 'eval_iters',
+                           'max_consecutive_nan_skips', 'lr_decay_iters', 'exit_interval'))
+        at_least(self, 0, ('lr', 'min_lr', 'lr_warmup_iters', 'weight_decay', 'clip_grad', 'eval_interval',
+                           'save_interval', 'seed'))
+        for name in ('adam_beta1', 'adam_beta2'):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.save_interval and not self.save:
+            raise ConfigError(f"--save-interval {self.save_interval} needs --save (the folder to write), "
+                              "or --save-interval 0 for no periodic saves")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
+                              f"--micro-batch-size {self.micro_batch_size}")
         if self.context_parallel_size != 1:
             raise ConfigError("--context-parallel-size > 1 is not supported yet")
         if self.training_mode not in ('joint', 'head_only', 'freeze_llm'):

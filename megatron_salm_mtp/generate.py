@@ -54,6 +54,23 @@ def greedy(language_model, prompt: List[int], max_new_tokens: int, vocab_size: i
     return new
 
 
+def prompt_ids_or_error(text: str, parser: argparse.ArgumentParser) -> List[int]:
+    """``--prompt-ids 1,2,3`` as ints; anything else is a usage error naming the flag."""
+    try:
+        return [int(t) for t in text.split(',') if t.strip()]
+    except ValueError:
+        parser.error(f'--prompt-ids {text!r}: expected comma-separated integers')
+
+
+def check_prompt(ids: List[int], vocab_size: int, flag: str, parser: argparse.ArgumentParser) -> None:
+    """A usage error naming ``flag`` unless ``ids`` is a non-empty run of the model's token ids."""
+    if not ids:
+        parser.error(f'{flag}: the prompt holds no token')
+    outside = [t for t in ids if not 0 <= t < vocab_size]
+    if outside:
+        parser.error(f'{flag}: id(s) {outside[:5]} outside the checkpoint\'s vocabulary (0..{vocab_size - 1})')
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.generate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,23 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import yaml
     from megatron.core import parallel_state
 
-    from .config import NO_VIRTUAL_PIPELINE
+    from .config import NO_VIRTUAL_PIPELINE, ConfigError
     from .convert.importer import read_checkpoint_config
-    from .parallel.setup import (build_model, init_distributed, init_model_parallel,
-                                 use_free_master_port_if_unlaunched)
+    from .parallel.setup import build_model, init_distributed, init_model_parallel
     from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
+    from .training.checkpoint_files import verify_checkpoint_files
 
-    use_free_master_port_if_unlaunched()
+    if args.max_new_tokens < 1:
+        parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
+    try:  # a missing or damaged checkpoint: one line before any process group
+        stored_cfg = read_checkpoint_config(args.load)
+        verify_checkpoint_files(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)))
+    except (FileNotFoundError, ConfigError) as err:
+        parser.error(str(err))
+    if args.prompt_ids is not None:
+        prompt = prompt_ids_or_error(args.prompt_ids, parser)
+        check_prompt(prompt, stored_cfg.vocab_size, '--prompt-ids', parser)
     init_distributed()
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world
-    cfg = read_checkpoint_config(args.load).replace(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, sequence_parallel=False,
-        **NO_VIRTUAL_PIPELINE)
+    cfg = stored_cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=1,
+                             sequence_parallel=False, **NO_VIRTUAL_PIPELINE)
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     for chunk in model:
@@ -98,8 +124,7 @@ def main(argv=None) -> None:
     if args.prompt is not None:
         tokenizer = make_tokenizer(args.load, args.tokenizer, stored)
         prompt = tokenizer.encode(args.prompt)
-    else:
-        prompt = [int(t) for t in args.prompt_ids.split(',') if t.strip()]
+        check_prompt(prompt, cfg.vocab_size, '--prompt', parser)
     eos = args.eos_id if args.eos_id is not None else default_eos_ids(args.load)
     new = greedy(model[0].language_model, prompt, args.max_new_tokens, cfg.vocab_size, eos)
     if torch.distributed.get_rank() == 0:

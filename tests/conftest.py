@@ -13,16 +13,9 @@ def single_rank_parallel():
 
     from megatron_salm_mtp.parallel.setup import init_distributed, init_model_parallel
     from parallel_utils import tiny_config
-    from train_utils import free_port
     if not parallel_state.model_parallel_is_initialized():
-        saved = dict(os.environ)
-        os.environ['MASTER_PORT'] = str(free_port())
-        try:
-            init_distributed()
-            init_model_parallel(tiny_config(), seed=0)
-        finally:  # the rendezvous variables must not leak into launchers spawned by later tests
-            os.environ.clear()
-            os.environ.update(saved)
+        init_distributed(lone=True)  # an in-memory store: no port, nothing left in the environment
+        init_model_parallel(tiny_config(), seed=0)
 
 
 @pytest.fixture(scope='session')

@@ -123,7 +123,7 @@ def test_abandoned_iterator_does_not_lose_prefetched_batches(tmp_path):
 
 
 @pytest.mark.parametrize("kw,message", [({"n_mels": 64}, "n-mels"), ({"stack": 0}, "stack"),
-                                        ({"prompt_template": "chatml"}, "prompt_template"),
+                                        ({"prompt_template": "chatml"}, "prompt-template"),
                                         ({"max_duration": 0}, "max-duration")])
 def test_data_config_names_the_bad_setting(kw, message):
     with pytest.raises(ValueError, match=message):

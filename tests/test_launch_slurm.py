@@ -254,7 +254,7 @@ def test_run_local_two_ranks(espeak_corpus, tmp_path):  # noqa: F811
 def test_cluster_configs_parse_and_fit_their_layouts(config, world):
     from megatron_salm_mtp.cli import parse_args
 
-    run = parse_args(['--config', f'{ROOT}/configs/{config}.yaml', '--train-manifest', 'x'])
+    run = parse_args(['--config', f'{ROOT}/configs/{config}.yaml', '--train-manifest', 'x', '--save', 'ckpt'])
     model, train = run.model, run.train
     model.vocab_size, model.audio_token_id = 151_936, 151_669  # Qwen3's imported table
     model.validate(world)

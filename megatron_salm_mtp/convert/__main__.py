@@ -38,6 +38,8 @@ def import_parser(sub):
     p.add_argument('--audio-frame-stack', type=int)
     p.add_argument('--bf16', action='store_true', help='store bfloat16 weights')
     p.add_argument('--seed', type=int, default=1234, help='seed of the randomly initialised parts')
+    p.add_argument('--overwrite', action='store_true',
+                   help='write into an --out folder that already holds checkpoints (they are deleted first)')
     return p
 
 
@@ -52,19 +54,20 @@ def export_parser(sub):
 
 def _relaunch(world: int) -> None:
     """Run this same command under torchrun with ``world`` local processes."""
-    from ..parallel.setup import free_port
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={world}',
-           f'--master-port={free_port()}', '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
+    # --standalone: the rendezvous store binds a port the OS picks and keeps it (no free-port race)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={world}',
+           '-m', 'megatron_salm_mtp.convert'] + sys.argv[1:]
     sys.exit(subprocess.call(cmd))
 
 
 def cmd_import(args) -> None:
-    from ..parallel.setup import use_free_master_port_if_unlaunched
+    from ..training.run_folders import check_save_folder
     from .load import salm_config_from_hf
+    if not args.overwrite:  # before any process starts: a training checkpoint's tracker would go to 0
+        check_save_folder(args.out, None, False, '--out', '--overwrite')
     world = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
     if world > 1 and 'WORLD_SIZE' not in os.environ:
         _relaunch(world)
-    use_free_master_port_if_unlaunched()
     cfg = salm_config_from_hf(
         args.llm, args.whisper, tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -73,7 +76,7 @@ def cmd_import(args) -> None:
         mtp_use_repeated_layer=args.mtp_use_repeated_layer or None)
     from .importer import run_import
     run_import(cfg, args.llm, args.whisper, args.out, args.mtp_init, args.mtp_replace_existing_head,
-               args.mtp_extend_depth, args.seed)
+               args.mtp_extend_depth, args.seed, args.overwrite)
 
 
 def cmd_export(args) -> None:

@@ -142,13 +142,10 @@ def run_export(load_dir: str, out: str, base_config_path: Optional[str] = None) 
     """Load the latest checkpoint at TP=1/PP=1 in this one process and write the folders."""
     from megatron.core import parallel_state
 
-    from ..parallel.setup import build_model, free_port, init_distributed, init_model_parallel
+    from ..parallel.setup import build_model, init_distributed, init_model_parallel
     from ..training.checkpoint import load_checkpoint
     from .importer import read_checkpoint_config
-    os.environ.setdefault('MASTER_PORT', str(free_port()))
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
-        os.environ.pop(name, None)
-    init_distributed()
+    init_distributed(lone=True)
     cfg = read_checkpoint_config(load_dir).replace(
         tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
         **NO_VIRTUAL_PIPELINE)

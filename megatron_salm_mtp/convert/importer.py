@@ -20,6 +20,7 @@ from ..cli import DERIVED
 from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from ..training.checkpoint import save_checkpoint
+from ..training.run_folders import claim_checkpoint_folders
 from .load import import_plan, load_into
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ def model_yaml(cfg: SALMConfig) -> str:
 
 
 def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: str,
-               replace_existing_mtp: bool, extend_mtp_depth: bool, seed: int = 1234) -> None:
+               replace_existing_mtp: bool, extend_mtp_depth: bool, seed: int = 1234,
+               overwrite: bool = False) -> None:
     init_distributed()
+    claim_checkpoint_folders(None, out, overwrite, '--out', '--overwrite')  # locked until this process exits
     init_model_parallel(cfg, seed)
     plan = import_plan(cfg, llm_dir, whisper_dir, mtp_init, replace_existing_mtp, extend_mtp_depth)
     model = build_model(cfg, wrap_ddp=False)
@@ -79,12 +82,12 @@ def read_checkpoint_config(load_dir: str) -> SALMConfig:
 def is_model_only(load_dir: str) -> bool:
     """Whether the latest checkpoint under ``load_dir`` holds a model only (an import): training
     then loads the weights, keeps its fresh optimizer and starts at iteration 0."""
-    from megatron.core import dist_checkpointing
     from ..training.checkpoint import checkpoint_dir, latest_checkpoint_iteration
+    from ..training.checkpoint_files import load_common_state
     iteration = latest_checkpoint_iteration(load_dir)
     if iteration is None:
         return False
-    common = dist_checkpointing.load_common_state_dict(checkpoint_dir(load_dir, iteration))
+    common = load_common_state(checkpoint_dir(load_dir, iteration))
     return bool((common.get('common') or {}).get('model_only'))
 
 

@@ -3,7 +3,8 @@
 Modules (each imports only the ones above it):
 
 - ``frames``     frame-count contract between data and model (mel frames -> placeholder tokens)
-- ``audio``      WAV reader (PCM 8/16/24/32, float), FLAC/OGG via soundfile, polyphase resampler
+- ``resample``   band-limited polyphase resampler (odd rates approximated, never a huge kernel)
+- ``audio``      WAV reader (PCM 8/16/24/32, float), FLAC/OGG via soundfile, NaN/inf check
 - ``features``   Whisper-compatible log-mel (80/128 bins) without padding to 30 s
 - ``spec_augment`` SpecAugment masks for training features, keyed on (seed, epoch, sample)
 - ``manifest``   NeMo ASR/AST JSONL and multi-turn conversation JSONL -> ``Example``

@@ -5,28 +5,27 @@ hold float32 and 24-bit WAVs too. Parsing the header alone also gives a cheap
 :func:`audio_info` (sample rate, channels, frames) that the dataset uses to vet a manifest at start
 without decoding audio, and to tell a truncated file from a good one.
 
-Why our own resampler: the encoder expects 16 kHz, corpora come at 8/22.05/44.1/48 kHz, and a naive
-linear interpolation aliases. :func:`resample` is a Kaiser-windowed sinc evaluated polyphase (one
-tap row per output phase), all phases in one strided ``torch`` conv1d (about 1 ms per 2 s utterance).
+Corpora come at 8/22.05/44.1/48 kHz: :func:`load_audio` resamples to the encoder's 16 kHz
+(:mod:`.resample`). Samples that are NaN or infinite (float WAVs can hold them) are an error
+naming the file, never a silently poisoned batch.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import torch
 
 from .frames import SAMPLE_RATE
+from .resample import resample, resampled_length
 
 _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _STREAMING_SIZES = (0, 0xFFFFFFFF)  # written by tools that could not seek back to fix the header
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 1_000_000  # outside: a broken header, not speech
 
 
 class AudioError(Exception):
@@ -39,6 +38,17 @@ class AudioFileNotFound(AudioError):
 
 class _UnsupportedWav(AudioError):
     """A well-formed WAV in an encoding the parser does not decode (ADPCM, A-law...)."""
+
+
+class NonFiniteAudio(AudioError):
+    """Decoded samples that are NaN or infinite (float WAVs can hold them): they would poison the
+    whole batch's loss."""
+
+
+def _check_rate(rate: int, name: str) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: implausible sample rate {rate} Hz (expected "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})")
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,9 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
             if fmt is None:
                 raise AudioError(f"{name}: data chunk before fmt chunk")
             tag, channels, rate, block_align, bits = fmt
-            if channels < 1 or rate < 1 or block_align != channels * ((bits + 7) // 8):
+            if channels < 1 or block_align != channels * ((bits + 7) // 8):
                 raise AudioError(f"{name}: inconsistent fmt chunk (channels={channels}, rate={rate}, bits={bits})")
+            _check_rate(rate, name)
             if (tag, bits) not in ((_WAVE_FORMAT_PCM, 8), (_WAVE_FORMAT_PCM, 16), (_WAVE_FORMAT_PCM, 24),
                                    (_WAVE_FORMAT_PCM, 32), (_WAVE_FORMAT_IEEE_FLOAT, 32),
                                    (_WAVE_FORMAT_IEEE_FLOAT, 64)):
@@ -139,6 +150,17 @@ def _soundfile():
     return soundfile
 
 
+def _soundfile_error(path: str, err: Exception) -> AudioError:
+    """libsndfile says "File does not exist" of any existing file it cannot make sense of (a text
+    file named .mp3): say what is wrong instead."""
+    text = str(err)
+    if "does not exist" in text:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        text = f"no decoder recognises its {os.path.getsize(path)} bytes, which start {head!r}"
+    return AudioError(f"{path}: unreadable audio ({text})")
+
+
 def audio_info(path: str) -> AudioInfo:
     """Sample rate, channels and length from the header only (cheap: used to vet manifests)."""
     if not os.path.isfile(path):
@@ -156,7 +178,8 @@ def audio_info(path: str) -> AudioInfo:
     try:
         i = sf.info(path)
     except Exception as e:  # soundfile raises its own error types; keep the message
-        raise AudioError(f"{path}: unreadable audio ({e})") from e
+        raise _soundfile_error(path, e) from e
+    _check_rate(int(i.samplerate), path)
     return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames))
 
 
@@ -198,7 +221,8 @@ def _read_soundfile(sf, path: str, offset: float | None, duration: float | None)
         start, stop = slice_frames(int(info.frames), int(info.samplerate), offset, duration)
         data, rate = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{path}: unreadable audio ({e})") from e
+        raise _soundfile_error(path, e) from e
+    _check_rate(int(rate), path)
     return data, int(rate)
 
 
@@ -211,14 +235,10 @@ def load_audio(path: str, offset: float | None = None, duration: float | None = 
         mono += data[:, c]
     if data.shape[1] > 1:
         mono /= data.shape[1]
+    bad = len(mono) - int(np.isfinite(mono).sum())
+    if bad:
+        raise NonFiniteAudio(f"{path}: {bad} of {len(mono)} samples are NaN or infinite")
     return resample(mono, rate, target_rate)
-
-
-def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
-    """Output length of :func:`resample`: ``ceil(num_samples * new / orig)``."""
-    g = math.gcd(orig_rate, new_rate)
-    up, down = new_rate // g, orig_rate // g
-    return -(-num_samples * up // down)
 
 
 def load_num_samples(info: AudioInfo, offset: float | None, duration: float | None,
@@ -226,50 +246,6 @@ def load_num_samples(info: AudioInfo, offset: float | None, duration: float | No
     """Samples :func:`load_audio` will return, known from the header alone."""
     start, stop = slice_frames(info.num_frames, info.sample_rate, offset, duration)
     return resampled_length(stop - start, info.sample_rate, target_rate)
-
-
-@lru_cache(maxsize=16)
-def _polyphase_kernel(up: int, down: int, zeros: int, rolloff: float, beta: float):
-    """Conv weights ``[up, 1, down + 2 * half]``: channel ``p`` computes output phase ``p``.
-
-    Output ``n = i * up + p`` sits at input position ``i * down + p * down / up``; its taps read the
-    (left-padded by ``half``) input at ``i * down + j``, i.e. at distance ``j - half - p * down / up``.
-    """
-    cutoff = min(1.0, up / down) * rolloff  # as a fraction of the input Nyquist frequency
-    half = int(math.ceil(zeros / cutoff))  # one-sided support in input samples
-    j = np.arange(down + 2 * half, dtype=np.float64)
-    d = j[None, :] - half - (np.arange(up, dtype=np.float64)[:, None] * down / up)
-    r = np.clip(d / half, -1.0, 1.0)
-    window = np.where(np.abs(d) < half, np.i0(beta * np.sqrt(1.0 - r * r)) / np.i0(beta), 0.0)  # Kaiser
-    taps = cutoff * np.sinc(cutoff * d) * window
-    return torch.from_numpy(taps.astype(np.float32)).unsqueeze(1), half
-
-
-def resample(x: np.ndarray, orig_rate: int, new_rate: int, zeros: int = 16, rolloff: float = 0.945,
-             beta: float = 8.6) -> np.ndarray:
-    """Band-limited resampling of a 1-D signal (Kaiser-windowed sinc, polyphase).
-
-    Output sample ``n`` sits at input position ``n * down / up``; its value is the input convolved
-    with a low-pass at ``rolloff * min(orig, new) / 2`` Hz, ``zeros`` zero crossings wide on each side.
-    Samples outside the signal count as zero. Stop-band attenuation is about 80 dB (``beta`` = 8.6).
-    All ``up`` phases run as one strided ``conv1d`` (one output channel per phase).
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if orig_rate == new_rate:
-        return x.copy()
-    g = math.gcd(orig_rate, new_rate)
-    up, down = new_rate // g, orig_rate // g
-    n_out = resampled_length(len(x), orig_rate, new_rate)
-    if n_out == 0:
-        return np.zeros(0, np.float32)
-    kernel, half = _polyphase_kernel(up, down, zeros, rolloff, beta)
-    blocks = -(-n_out // up)
-    length = (blocks - 1) * down + kernel.shape[-1]
-    padded = torch.zeros(length, dtype=torch.float32)
-    padded[half:half + len(x)] = torch.from_numpy(x)[: length - half]
-    with torch.no_grad():
-        out = torch.nn.functional.conv1d(padded.view(1, 1, -1), kernel, stride=down)  # [1, up, blocks]
-    return out[0].t().reshape(-1)[:n_out].numpy().copy()
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, bits: int = 16,

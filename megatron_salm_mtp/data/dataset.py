@@ -7,11 +7,11 @@ Bad samples, and why they are handled in two places:
    audio placeholders + answer within ``seq_length + 1`` ids (exact, since the header gives the
    sample count and thus the placeholder count). Failing examples never enter the index space, so
    the sampler's epoch length and batch sizes are unaffected.
-2. What only decoding reveals (a file corrupted after its header, removed since the prescan; or
-   everything, with ``prescan=False``) is caught in ``__getitem__``: the sample is replaced by the
-   next good index (``i + 1``, ``i + 2``, ... deterministically, so a resumed run still sees the same
-   batches), and the skip travels with the returned sample so the main process can count it even
-   when a DataLoader worker found it.
+2. What only decoding reveals (a file corrupted after its header or removed since the prescan, NaN
+   or infinite samples; or everything, with ``prescan=False``) is caught in ``__getitem__``: the
+   sample is replaced by the next good index (``i + 1``, ``i + 2``, ... deterministically, so a
+   resumed run still sees the same batches), and the skip travels with the returned sample so the
+   main process can count it even when a DataLoader worker found it.
 
 Every skip logs a warning naming the file and the reason; ``skip_counts()`` gives counts per reason.
 With ``strict_data=True`` the first bad sample raises :class:`BadSampleError` with that message.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .audio import AudioError, AudioFileNotFound, audio_info, load_audio, load_num_samples
+from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, audio_info, load_audio, load_num_samples
 from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .manifest import Example
@@ -41,7 +41,9 @@ EMPTY_AUDIO = "empty_audio"
 EMPTY_TRANSCRIPT = "empty_transcript"
 AUDIO_TOO_LONG = "audio_too_long"
 SEQUENCE_TOO_LONG = "sequence_too_long"
-SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG)
+NON_FINITE_AUDIO = "non_finite_audio"  # NaN/inf samples, or features that overflow
+SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG,
+                NON_FINITE_AUDIO)
 
 
 class BadSampleError(ValueError):
@@ -78,6 +80,11 @@ def ctc_targets(example: Example, tokenizer: Tokenizer) -> list[list[int]]:
     if len(example.audios) != 1 or str(task).lower() not in TRANSCRIPTION_TASKS:
         return [[] for _ in example.audios]
     return [tokenizer.encode(example.answer_text)]
+
+
+def _audio_skip(example: Example, path: str, error: AudioError) -> BadSampleError:
+    reason = {AudioFileNotFound: MISSING_FILE, NonFiniteAudio: NON_FINITE_AUDIO}.get(type(error), UNREADABLE_AUDIO)
+    return BadSampleError(_where(example, path), reason, str(error))
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -155,8 +162,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             try:
                 info = audio_info(seg.value)
             except AudioError as e:
-                reason = MISSING_FILE if isinstance(e, AudioFileNotFound) else UNREADABLE_AUDIO
-                raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
+                raise _audio_skip(ex, seg.value, e) from None
             counts.append(self._check_num_samples(ex, seg.value, load_num_samples(info, seg.offset, seg.duration)))
         n_ids = len(self.prompts.encode(ex, counts).ids)
         self._check_length(ex, n_ids)
@@ -175,10 +181,11 @@ class SpeechDataset(torch.utils.data.Dataset):
             try:
                 wav = load_audio(seg.value, seg.offset, seg.duration)
             except AudioError as e:
-                reason = MISSING_FILE if isinstance(e, AudioFileNotFound) else UNREADABLE_AUDIO
-                raise BadSampleError(_where(ex, seg.value), reason, str(e)) from None
+                raise _audio_skip(ex, seg.value, e) from None
             counts.append(self._check_num_samples(ex, seg.value, len(wav)))
             feats.append(log_mel(wav, self.n_mels))
+            if not torch.isfinite(feats[-1]).all():  # finite samples whose power overflows float32
+                raise BadSampleError(_where(ex, seg.value), NON_FINITE_AUDIO, "log-mel features are not finite")
         enc = self.prompts.encode(ex, counts)
         self._check_length(ex, len(enc.ids))
         return {"ids": torch.tensor(enc.ids, dtype=torch.long),

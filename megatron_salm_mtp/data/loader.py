@@ -22,10 +22,10 @@ import torch
 from .batching import CollatorWithSkips
 from .dataset import SKIP_REASONS, SpeechDataset
 from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
-from .prompts import required_special_tokens
+from .prompts import TEMPLATES, required_special_tokens
 from .sampler import DistributedMicroBatchSampler
 from .spec_augment import SpecAugment
-from .tokenizer import AUDIO_TOKEN, Tokenizer, build_tokenizer
+from .tokenizer import AUDIO_TOKEN, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 
 log = logging.getLogger("megatron_salm_mtp.data")
 
@@ -62,10 +62,14 @@ class DataConfig:
     """Widest time mask as a fraction of the utterance's frames (uniform in [0, this x frames])."""
 
     def __post_init__(self):
+        tokenizers = TOKENIZER_TYPES + ("hf", "spm")
         checks = [(self.n_mels in (80, 128), f"--n-mels must be 80 or 128, got {self.n_mels}"),
                   (self.stack >= 1, f"--stack must be >= 1, got {self.stack}"),
                   (self.seq_length >= 1, f"--seq-length must be >= 1, got {self.seq_length}"),
+                  (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
+                  (self.global_batch_size >= 1, f"--global-batch-size must be >= 1, got {self.global_batch_size}"),
                   (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
+                  (self.bucket_window >= 0, f"--bucket-window must be >= 0, got {self.bucket_window}"),
                   (self.max_duration is None or self.max_duration > 0,
                    f"--max-duration must be positive, got {self.max_duration}"),
                   (self.spec_augment_freq_masks >= 0,
@@ -77,11 +81,14 @@ class DataConfig:
                    f"--spec-augment-time-masks must be >= 0, got {self.spec_augment_time_masks}"),
                   (0 <= self.spec_augment_time_width <= 1,
                    f"--spec-augment-time-width is a fraction of the utterance, in [0, 1]; "
-                   f"got {self.spec_augment_time_width}")]
+                   f"got {self.spec_augment_time_width}"),
+                  (self.prompt_template in TEMPLATES,
+                   f"--prompt-template {self.prompt_template!r}: choose {', '.join(TEMPLATES)}"),
+                  (self.tokenizer_type in tokenizers,
+                   f"--tokenizer-type {self.tokenizer_type!r}: choose {', '.join(tokenizers)}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        required_special_tokens(self.prompt_template)  # names the valid templates if wrong
 
     @property
     def spec_augment(self) -> SpecAugment:

@@ -46,10 +46,8 @@ def _init_one_process() -> None:
     """A one-rank process group and TP=1/PP=1 parallel state, unless the caller made them."""
     from megatron.core import parallel_state
 
-    from ..parallel.setup import init_distributed, set_seed, use_free_master_port_if_unlaunched
-    if not torch.distributed.is_initialized():
-        use_free_master_port_if_unlaunched()
-        init_distributed()
+    from ..parallel.setup import init_distributed, set_seed
+    init_distributed()  # no-op when the caller made the group
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
         set_seed(1234)

@@ -8,7 +8,6 @@ so that replicated parameters start identical on every TP rank.
 import logging
 import os
 import random
-import socket
 from datetime import timedelta
 
 import numpy as np
@@ -25,38 +24,35 @@ from ..model.specs import TRANSFORMER_ENGINE, fuse_te_wgrad_accumulation, resolv
 logger = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    """A localhost TCP port that is free right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def _launched_world_size() -> int:
+    """Ranks the launcher started: torchrun's WORLD_SIZE, else srun's task count (one task per GPU,
+    RANK taken from SLURM_PROCID), else 1 (a lone process, also inside an sbatch script)."""
+    env = os.environ
+    if 'WORLD_SIZE' not in env and 'SLURM_PROCID' in env:
+        env['RANK'], env['WORLD_SIZE'] = env['SLURM_PROCID'], env.get('SLURM_NTASKS', '1')
+        env['LOCAL_RANK'] = env.get('SLURM_LOCALID', '0')
+    return int(env.get('WORLD_SIZE', '1'))
 
 
-def use_free_master_port_if_unlaunched() -> None:
-    """Without a launcher (neither torchrun's WORLD_SIZE nor srun's SLURM_PROCID), default
-    MASTER_PORT to a free port rather than 29500, so that lone processes running side by side
-    never collide (launched ranks must agree on one port); call before init_distributed."""
-    if 'WORLD_SIZE' not in os.environ and 'SLURM_PROCID' not in os.environ:
-        os.environ.setdefault('MASTER_PORT', str(free_port()))
-
-
-def init_distributed(timeout_minutes: int = 10) -> None:
-    """Default process group from torchrun's or SLURM's variables: NCCL on GPU, gloo on CPU."""
+def init_distributed(timeout_minutes: int = 10, lone: bool = False) -> None:
+    """Default process group: NCCL on GPU, gloo on CPU. Launched ranks (torchrun's or srun's
+    variables, world size > 1) meet at MASTER_ADDR:MASTER_PORT; a world of one (``lone``, or no
+    launcher) needs no rendezvous: an in-memory store, so lone processes side by side never
+    compete for a port."""
     on_cpu = enable_if_no_cuda()
     if torch.distributed.is_initialized():
         return
-    env = os.environ
-    if 'RANK' not in env and 'SLURM_PROCID' in env:  # one task per GPU launched by srun
-        env['RANK'], env['WORLD_SIZE'] = env['SLURM_PROCID'], env['SLURM_NTASKS']
-        env['LOCAL_RANK'] = env.get('SLURM_LOCALID', '0')
-    env.setdefault('RANK', '0')
-    env.setdefault('WORLD_SIZE', '1')
-    env.setdefault('MASTER_ADDR', '127.0.0.1')
-    env.setdefault('MASTER_PORT', '29500')
+    world = 1 if lone else _launched_world_size()
     if not on_cpu:
-        torch.cuda.set_device(int(env.get('LOCAL_RANK', '0')))
-    torch.distributed.init_process_group(backend='gloo' if on_cpu else 'nccl',
-                                         timeout=timedelta(minutes=timeout_minutes))
+        torch.cuda.set_device(0 if lone else int(os.environ.get('LOCAL_RANK', '0')))
+    backend, timeout = 'gloo' if on_cpu else 'nccl', timedelta(minutes=timeout_minutes)
+    if world == 1:
+        torch.distributed.init_process_group(backend=backend, store=torch.distributed.HashStore(),
+                                             rank=0, world_size=1, timeout=timeout)
+        return
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    torch.distributed.init_process_group(backend=backend, timeout=timeout)
 
 
 def init_model_parallel(cfg: SALMConfig, seed: int) -> None:

@@ -6,7 +6,9 @@ every rank's RNG states and the run's common state (iteration, data-sampler posi
 
 Atomicity: ranks write into ``iter_0000010.tmp-<id>``; when all are done, rank 0 writes the marker,
 renames the folder into place, then replaces ``latest_checkpointed_iteration.txt`` (tmp file +
-``os.replace``). A crash leaves a ``.tmp-`` folder or one without marker: loading ignores both.
+``os.replace``). A crash leaves a ``.tmp-`` folder: loading ignores it. A folder without marker is
+skipped when a complete one exists, and an error when none does (``checkpoint_files.py`` also
+names a missing or truncated file of the checkpoint it loads).
 
 dist_checkpointing spawns a helper process (once per process) that re-imports the entry module:
 entry points must sit under ``if __name__ == "__main__":``, and an entry module that imports
@@ -17,7 +19,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 import uuid
@@ -30,15 +31,13 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
+from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
+                               load_common_state)
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 
 logger = logging.getLogger(__name__)
 
-TRACKER = 'latest_checkpointed_iteration.txt'
-MARKER = 'checkpoint_complete.json'
-CONFIG_FILE = 'config.yaml'
 FORMAT_VERSION = 1
-_ITER_DIR = re.compile(r'^iter_(\d{7,})$')
 _SHARDING = {'distrib_optim_sharding_type': 'fully_reshardable'}
 
 
@@ -67,9 +66,17 @@ def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
             return int(text)
         logger.warning('%s names %r, which is no complete checkpoint: scanning %s instead',
                        tracker, text, load_dir)
-    found = [int(m.group(1)) for m in map(_ITER_DIR.match, os.listdir(load_dir))
-             if m and is_complete(os.path.join(load_dir, m.group(0)))]
+    found = [i for i in checkpoint_iterations(load_dir) if is_complete(checkpoint_dir(load_dir, i))]
     return max(found) if found else None
+
+
+def _no_complete_checkpoint(load_dir: str) -> None:
+    """None to load from ``load_dir``: fine for an empty folder (or one holding only the ``.tmp-``
+    folder of an interrupted first save), an error where checkpoints were (a tracker) or are
+    (``iter_*`` folders without the completion marker: damaged, or written by another tool)."""
+    if checkpoint_iterations(load_dir) or os.path.isfile(os.path.join(load_dir, TRACKER)):
+        raise CheckpointError(f"--load {load_dir}: no complete checkpoint among {describe(load_dir)} "
+                              f"(a checkpoint counts once its {MARKER} exists)")
 
 
 def _layout() -> dict:
@@ -280,7 +287,8 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
                     load_optimizer: bool = True) -> Optional[tuple]:
     """Load the latest complete checkpoint under ``load_dir`` into the given objects.
 
-    Returns ``(iteration, common_state)``, or None when the folder holds no complete checkpoint.
+    Returns ``(iteration, common_state)``, or None when the folder holds no checkpoint yet;
+    CheckpointError when it holds only incomplete ones, or a file of the latest is damaged.
     The checkpoint may come from another TP/PP/DP layout; RNG states are then not restored.
     Without ``load_optimizer`` the optimiser and scheduler keep their fresh state.
     """
@@ -288,9 +296,10 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
         raise FileNotFoundError(f'--load {load_dir!r}: no such directory')
     iteration = latest_checkpoint_iteration(load_dir)
     if iteration is None:
+        _no_complete_checkpoint(load_dir)
         return None
     path = checkpoint_dir(load_dir, iteration)
-    common = dist_checkpointing.load_common_state_dict(path)
+    common = load_common_state(path)
     if common.get('format_version') != FORMAT_VERSION:
         raise ValueError(f'{path}: format {common.get("format_version")!r}, expected {FORMAT_VERSION}')
     _check_vocabulary(common.get('vocabulary'), _vocabulary(model_chunks), path)
@@ -306,7 +315,10 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, same_layout, is_loading=True)
     if attach_mtp:
         state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
-    loaded = dist_checkpointing.load(state, path)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except (EOFError, OSError) as err:  # damaged in a way the size check cannot see
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
     for key, module in _models(model_chunks).items():
         if attach_mtp:
             load_all_but_mtp(module, loaded[key])

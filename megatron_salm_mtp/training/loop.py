@@ -28,6 +28,7 @@ from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer
+from .run_folders import claim_checkpoint_folders
 from .step import ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 
 logger = logging.getLogger('megatron_salm_mtp')
@@ -103,6 +104,8 @@ class Trainer:
     def __init__(self, run: RunConfig):
         self.run, self.cfg, self.train_cfg = run, run.model, run.train
         init_distributed()
+        self.save_lock = claim_checkpoint_folders(  # held for the life of the run
+            self.train_cfg.load, self.train_cfg.save, self.train_cfg.overwrite_save)
         tokenizer = run.data.make_tokenizer()
         from ..convert.importer import training_vocab_size  # an imported table may be larger
         self.cfg.vocab_size = training_vocab_size(tokenizer.vocab_size, self.train_cfg.load)
@@ -113,13 +116,7 @@ class Trainer:
         self.train_cfg.validate(dp_size)
         self.num_microbatches = self.train_cfg.global_batch_size // (self.train_cfg.micro_batch_size * dp_size)
         self.cfg.validate(torch.distributed.get_world_size(), self.num_microbatches)
-        ddp = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
-            use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
-            overlap_param_gather=self.train_cfg.overlap_param_gather)
-        self.model = build_model(self.cfg, ddp, before_wrap=lambda chunk: apply_training_mode(
-            chunk, self.train_cfg.training_mode))
-        self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
+        # Manifests first: a bad one fails before the model is built.
         self.train_loader = build_dataloader(run.data, self.train_cfg.train_manifest.split(','),
                                              dp_rank, dp_size, tokenizer=tokenizer, augment=True)
         self.valid_loader = None
@@ -127,6 +124,13 @@ class Trainer:
             self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
                                                  dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
             self.valid_start = self.valid_loader.state_dict()
+        ddp = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
+            use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
+            overlap_param_gather=self.train_cfg.overlap_param_gather)
+        self.model = build_model(self.cfg, ddp, before_wrap=lambda chunk: apply_training_mode(
+            chunk, self.train_cfg.training_mode))
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank())
         self.iteration, self.skipped = 0, 0

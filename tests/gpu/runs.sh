@@ -139,7 +139,7 @@ case "$step" in
     common=(--config configs/tiny_cpu.yaml --train-manifest "$corpus/train.jsonl" --valid-manifest "$corpus/valid.jsonl"
             --eval-interval 50 --eval-iters 2 --log-interval 10)
     python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --log-dir "$out/tiny_full" > "$out/tiny_full.log" 2>&1
-    python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --save /tmp/ckpt_tiny --exit-interval 50 --log-dir "$out/tiny_resume" > "$out/tiny_part1.log" 2>&1
+    python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --save /tmp/ckpt_tiny --overwrite-save --exit-interval 50 --log-dir "$out/tiny_resume" > "$out/tiny_part1.log" 2>&1
     python3 -m torch.distributed.run --nproc-per-node 1 -m megatron_salm_mtp.train "${common[@]}" --train-iters 100 --load /tmp/ckpt_tiny --save /tmp/ckpt_tiny --log-dir "$out/tiny_resume" > "$out/tiny_part2.log" 2>&1
     grep -h "iteration " "$out"/tiny_full.log | tail -3; grep -h "iteration " "$out"/tiny_part2.log | tail -3
     python3 -m torch.distributed.run --nproc-per-node 2 -m megatron_salm_mtp.train "${common[@]}" "${ONE_B[@]}" --tensor-model-parallel-size 2 --sequence-parallel \
@@ -153,7 +153,7 @@ case "$step" in
             --use-distributed-optimizer --sequence-parallel --tensor-model-parallel-size 2 --eval-interval 50
             --eval-iters 2 --log-interval 10 --lr 2e-4 --lr-warmup-iters 10 --train-iters 210)
     torchrun4() { python3 -m torch.distributed.run --nproc-per-node 4 --master-port $((29000 + RANDOM % 1000)) -m megatron_salm_mtp.train "$@"; }
-    torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --save /tmp/ckpt_b1 --save-interval 200 \
+    torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --save /tmp/ckpt_b1 --overwrite-save --save-interval 200 \
       --log-dir "$out/b1_tp2pp2" > "$out/b1_tp2pp2.log" 2>&1
     echo 200 > /tmp/ckpt_b1/latest_checkpointed_iteration.txt  # roll back past the end-of-run save at 210
     torchrun4 "${common[@]}" --pipeline-model-parallel-size 2 --load /tmp/ckpt_b1 --log-dir "$out/b1_tp2pp2_resume" \
