@@ -27,7 +27,7 @@ from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
-from .optim import build_optimizer
+from .optim import build_optimizer, finish_step, prepare_step
 from .step import forward_backward, moe_metrics, mtp_metrics
 
 logger = logging.getLogger('megatron_salm_mtp')
@@ -129,7 +129,8 @@ class Trainer:
             self.valid_start = self.valid_loader.state_dict()
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank())
-        self.iteration, self.skipped = 0, 0
+        self.iteration, self.skipped, self.skip_streak = 0, 0, 0
+        self.saved_iteration, self.save_pending = None, False
 
     def resume(self):
         if not self.train_cfg.load:
@@ -174,6 +175,7 @@ class Trainer:
         with self._parameters_gathered():
             path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
                                    self.scheduler, common, self.run.resolved())
+        self.saved_iteration, self.save_pending = self.iteration, False
         logger.info('saved checkpoint %s', path)
 
     def write_resolved_config(self):
@@ -184,17 +186,26 @@ class Trainer:
                 yaml.safe_dump(self.run.resolved(), f, sort_keys=True)
 
     def train_step(self, microbatches):
-        """(lm loss, grad norm, skipped); a non-finite loss on any rank skips the update everywhere."""
+        """(lm loss, grad norm, why the update was skipped or None). With
+        --check-for-nan-in-loss-and-grad a non-finite loss or gradient norm on any rank skips the
+        update on every rank (the scheduler does not advance either)."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = forward_backward(self.model, microbatches, self.cfg).mean
-        if _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss))[0]:
-            return loss, 0.0, True  # no update; the scheduler does not advance
-        updated, grad_norm, _ = self.optimizer.step()
-        if updated:
+        if not self.train_cfg.check_for_nan_in_loss_and_grad:
+            updated, grad_norm, _ = self.optimizer.step()
+            skipped = None if updated else 'loss-scale overflow'
+        else:
+            overflow, grad_norm = prepare_step(self.optimizer)
+            bad_loss, bad_grad = _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss),
+                                           overflow or not math.isfinite(grad_norm))
+            skipped = 'non-finite loss' if bad_loss else 'non-finite gradient' if bad_grad else None
+            if skipped is None:
+                finish_step(self.optimizer, grad_norm)
+        if skipped is None:
             self.scheduler.step(increment=self.train_cfg.global_batch_size)
-        return loss, grad_norm_value(grad_norm), not updated
+        return loss, grad_norm_value(grad_norm), skipped
 
     def evaluate(self):
         with self._parameters_gathered():
@@ -227,45 +238,58 @@ class Trainer:
         self.write_resolved_config()
         stop = StopRequest(saving=bool(self.train_cfg.save))
         batches = _endless(self.train_loader)
-        window, nan_streak, timer, started = [], 0, StepTimer(), time.perf_counter()
+        window, timer, started = [], StepTimer(), time.perf_counter()
         start_iteration = self.iteration
         while self.iteration < self.train_cfg.train_iters:
             microbatches = [next(batches) for _ in range(self.num_microbatches)]
             work = _global_work(microbatches, self.cfg)
             loss, grad_norm, skipped = self.train_step(microbatches)
             self.iteration += 1
-            if skipped:
-                self.skipped += 1
-                nan_streak += 1
-                logger.warning('iteration %d: non-finite loss, update skipped (%d in a row)',
-                               self.iteration, nan_streak)
-                if nan_streak >= self.train_cfg.max_consecutive_nan_skips:
-                    raise RuntimeError(f'{nan_streak} consecutive iterations with a non-finite loss '
-                                       f'(--max-consecutive-nan-skips {self.train_cfg.max_consecutive_nan_skips}); '
-                                       'stopping. Lower --lr or check the data.')
-            else:
-                nan_streak = 0
+            self._count_skip(skipped)
             window.append((loss, grad_norm, work))
             if self.iteration % self.train_cfg.log_interval == 0:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
             if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
                 self.evaluate()
-            if self.train_cfg.save and self.train_cfg.save_interval and \
-                    self.iteration % self.train_cfg.save_interval == 0:
-                self.save()
+            self._save_if_due(skipped)
             reason = self._stop_reason(stop, started)
             if reason:
-                if self.train_cfg.save and not self._saved_this_iteration():
+                if self.train_cfg.save and self.saved_iteration != self.iteration:
                     self.save()
                 logger.warning('stopping at iteration %d (%s)', self.iteration, reason)
                 return
-        if self.train_cfg.save and not self._saved_this_iteration():
+        if self.train_cfg.save and self.saved_iteration != self.iteration:
             self.save()
 
-    def _saved_this_iteration(self) -> bool:
+    def _count_skip(self, skipped: Optional[str]) -> None:
+        """Count a skipped update; too many in a row stop the run."""
+        if not skipped:
+            self.skip_streak = 0
+            return
+        self.skipped += 1
+        self.skip_streak += 1
+        logger.warning('iteration %d: %s, update skipped (%d in a row)', self.iteration, skipped,
+                       self.skip_streak)
+        limit = self.train_cfg.max_consecutive_nan_skips
+        if self.skip_streak >= limit:
+            raise RuntimeError(f'{self.skip_streak} consecutive iterations with a non-finite loss or '
+                               f'gradient (--max-consecutive-nan-skips {limit}); stopping. Lower --lr '
+                               'or check the data.')
+
+    def _save_if_due(self, skipped: Optional[str]) -> None:
+        """--save-interval saves, never right after a skipped update: the save due then waits for
+        the next step that updates (a skip follows a fault that may have touched more than the
+        gradients)."""
         interval = self.train_cfg.save_interval
-        return bool(interval) and self.iteration % interval == 0
+        if not (self.train_cfg.save and interval):
+            return
+        self.save_pending = self.save_pending or self.iteration % interval == 0
+        if self.save_pending and skipped:
+            logger.warning('iteration %d: the checkpoint due is deferred to the next step that '
+                           'updates', self.iteration)
+        elif self.save_pending:
+            self.save()
 
     def _stop_reason(self, stop: StopRequest, started: float) -> Optional[str]:
         """Why training stops after this step, if it does: every rank gets the same answer (one
@@ -292,10 +316,12 @@ class Trainer:
                             int(frames / self.train_cfg.global_batch_size) or 1, heads)
         world = torch.distributed.get_world_size()
         finite = [w[0] for w in window if math.isfinite(w[0])]
+        norms = [w[1] for w in window if math.isfinite(w[1])]  # skipped steps' norms may not be
         record = {'iteration': self.iteration, 'consumed_samples': self.train_loader.consumed_samples,
                   'lr': self.optimizer.param_groups[0]['lr'],
                   'lm loss': sum(finite) / len(finite) if finite else float('nan'),
-                  'grad_norm': sum(w[1] for w in window) / steps, 'skipped_iterations': self.skipped,
+                  'grad_norm': sum(norms) / len(norms) if norms else float('nan'),
+                  'skipped_iterations': self.skipped,
                   'step_ms': 1000 * seconds / steps, 'tokens_per_s': tokens * steps / seconds,
                   'tflops_per_gpu': flops * steps / seconds / world / 1e12,
                   'peak_mem_gb': peak_memory_gb()}
