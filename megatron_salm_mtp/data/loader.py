@@ -14,6 +14,7 @@ epoch's skips, also kept in ``epoch_skip_counts``.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from dataclasses import dataclass
 
@@ -76,6 +77,18 @@ def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None
                          cfg.system_prompt, cfg.prescan)
 
 
+# SIGTERM / SIGUSR1 ask training to save at the next step boundary (SLURM, torchrun, `kill`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Worker start: a scheduler signals every process of the job, and a worker that died of it
+    would crash its rank before the checkpoint. Workers still end with their rank: DataLoader
+    workers watch their parent and exit when it is gone."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class SpeechDataLoader:
     """Iterates this rank's microbatches (contract dicts, see :mod:`.batching`) one epoch per ``iter()``."""
 
@@ -85,7 +98,7 @@ class SpeechDataLoader:
         collate = CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length)
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-            pin_memory=pin_memory, persistent_workers=num_workers > 0)
+            pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
         self.consumed_samples = sampler.consumed_samples
         self._step_samples = sampler.micro_batch_size * sampler.dp_size
         self._epoch_runtime: dict[str, str] = {}  # where -> reason, distinct samples this epoch
