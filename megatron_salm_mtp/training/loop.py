@@ -21,6 +21,7 @@ from megatron.core.distributed import DistributedDataParallelConfig
 
 from ..cli import RunConfig
 from ..compat import mcore
+from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
@@ -102,6 +103,7 @@ def _global_work(microbatches, cfg) -> tuple:
 class Trainer:
     def __init__(self, run: RunConfig):
         self.run, self.cfg, self.train_cfg = run, run.model, run.train
+        forked_children_die_with_this_process()  # DataLoader workers, forked checkpoint writers
         init_distributed()
         tokenizer = run.data.make_tokenizer()
         from ..convert.importer import training_vocab_size  # an imported table may be larger
