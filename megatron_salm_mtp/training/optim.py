@@ -11,6 +11,7 @@ import logging
 
 import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import clip_grads
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -28,7 +29,7 @@ def build_optimizer(model_chunks, train: TrainConfig, model: SALMConfig):
         use_distributed_optimizer=train.use_distributed_optimizer,
         overlap_param_gather=train.overlap_param_gather)
     optimizer = get_megatron_optimizer(config, model_chunks)
-    logger.info('optimizer: %s', adam_implementation(optimizer))
+    logger.info('optimizer: %s', implementation(optimizer))
     steps = train.train_iters * train.global_batch_size  # the scheduler counts samples
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=train.lr, min_lr=train.min_lr,
@@ -45,12 +46,13 @@ def _leaves(optimizer) -> list:
     return list(getattr(optimizer, 'chained_optimizers', None) or [optimizer])
 
 
-def adam_implementation(optimizer) -> str:
-    """Which Adam runs, e.g. ``transformer_engine.pytorch.optimizers.fused_adam.FusedAdam``:
-    megatron-core takes Transformer Engine's, else Apex's, else torch's AdamW (the same update
-    rule), and its gradient-norm kernels follow the same order."""
+def implementation(optimizer) -> str:
+    """Which Adam and gradient-norm kernels run: megatron-core takes Transformer Engine's, else
+    Apex's, else torch's AdamW and its own Python multi-tensor functions (the same update rule),
+    depending on what imports; logged so that runs on different installs can be told apart."""
     inner = {type(leaf.optimizer) for leaf in _leaves(optimizer) if getattr(leaf, 'optimizer', None) is not None}
-    return ', '.join(sorted(f'{cls.__module__}.{cls.__qualname__}' for cls in inner)) or 'none on this rank'
+    adam = ', '.join(sorted(f'{cls.__module__}.{cls.__qualname__}' for cls in inner)) or 'none on this rank'
+    return f'{adam}; grad-norm kernels from {clip_grads.multi_tensor_applier.__module__}'
 
 
 def prepare_step(optimizer):
