@@ -10,12 +10,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from data_fixtures import make_train_valid_corpus
+from data_fixtures import make_corpus, make_train_valid_corpus
 from train_utils import read_metrics, run_train, train_command
 
 ITERS = 12
@@ -77,3 +78,30 @@ def test_sigterm_to_the_process_group_saves_and_the_resume_is_exact(corpus, tmp_
         record = first.get(it) or resumed[it]
         for key in ('lm loss', 'mtp_1 loss', 'consumed_samples', 'lr'):
             assert record[key] == full[it][key], (it, key)
+
+
+# Two workers, SIGTERM to each after the first batch, the next batch, then an uncaught error.
+DEAF_WORKERS = """
+import multiprocessing, os, signal, sys, time
+from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
+loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2), [sys.argv[1]])
+batches = iter(loader)
+next(batches)
+workers = multiprocessing.active_children()
+for worker in workers:
+    os.kill(worker.pid, signal.SIGTERM)
+time.sleep(1)
+next(batches)
+print('workers alive after SIGTERM:', sum(w.is_alive() for w in workers), 'of', len(workers), flush=True)
+raise RuntimeError('boom')
+"""
+
+
+def test_workers_ignore_sigterm_and_still_end_with_their_process(tmp_path):
+    """Deaf to SIGTERM, workers must not keep an erroring process from exiting: multiprocessing's
+    exit handler ends its children with SIGTERM and waits (the timeout only guards a hang)."""
+    result = subprocess.run([sys.executable, '-c', DEAF_WORKERS, make_corpus(tmp_path)], capture_output=True,
+                            text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
+    assert 'workers alive after SIGTERM: 2 of 2' in result.stdout, result.stdout + result.stderr[-3000:]
+    assert result.returncode == 1 and 'RuntimeError: boom' in result.stderr, result.stderr[-3000:]

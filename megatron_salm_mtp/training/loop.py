@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from typing import List, Optional
@@ -20,7 +19,6 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
 from ..cli import RunConfig
-from ..compat import mcore
 from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
@@ -30,38 +28,9 @@ from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
 from .step import forward_backward, moe_metrics, mtp_metrics
+from .stop import StopRequest
 
 logger = logging.getLogger('megatron_salm_mtp')
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def _start_checkpoint_writer_deaf_to_signals() -> None:
-    """Start dist_checkpointing's long-lived writer process (a multiprocessing Manager, spawned on
-    the first save) while the stop signals are ignored, so it inherits SIG_IGN: SLURM signals every
-    process of the step, and a killed writer breaks the very save the signal asks for."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        mcore.start_checkpoint_writer()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint at the next step boundary."""
-
-    def __init__(self, saving: bool):
-        self.signalled = False
-        if saving:
-            _start_checkpoint_writer_deaf_to_signals()
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        logger.warning('received signal %d: saving at the next step boundary, then exiting', signum)
-        self.signalled = True
 
 
 def grad_norm_value(grad_norm) -> float:
