@@ -94,13 +94,21 @@ def test_learning_rate_blow_up_never_reaches_a_checkpoint(corpus, tmp_path):
     assert read_metrics(save)[-1]['skipped_iterations'] == 2
 
 
-def test_one_rank_with_an_inf_gradient_skips_the_step_on_every_rank(corpus, tmp_path):
-    """DP=2, the inf on DP rank 1 only (after the gradient all-reduce): both ranks skip, so the
-    replicas stay identical and finite."""
-    reports, log = run_probe(corpus, ['--fault-iterations', '2', '--fault-rank', '1', '--train-iters', '3',
-                                      '--log-dir', str(tmp_path)], nproc=2)
+# MoE MTP layers with EP=2 and the distributed optimizer: core's ChainedOptimizer over a dense and
+# an expert optimizer, each with its own gradient-statistics group.
+MOE_EP2 = ['--mtp-layer-pattern', 'E', '--num-experts', '4', '--moe-router-topk', '2',
+           '--expert-model-parallel-size', '2', '--moe-token-dispatcher-type', 'alltoall',
+           '--use-distributed-optimizer']
+
+
+@pytest.mark.parametrize('layout', [[], MOE_EP2], ids=['dp2', 'moe_ep2_distributed_optimizer'])
+def test_one_rank_with_an_inf_gradient_skips_the_step_on_every_rank(corpus, tmp_path, layout):
+    """The inf on rank 1 only (after the gradient all-reduce): both ranks skip. At DP=2 the
+    replicas stay identical; with EP=2 they hold different experts."""
+    reports, log = run_probe(corpus, layout + ['--fault-iterations', '2', '--fault-rank', '1', '--train-iters', '3',
+                                               '--log-dir', str(tmp_path)], nproc=2)
     assert [(r['finite'], r['skipped']) for r in reports] == [(True, 1), (True, 1)], reports
-    assert reports[0]['checksum'] == reports[1]['checksum']
+    assert layout or reports[0]['checksum'] == reports[1]['checksum']
     assert 'iteration 2: non-finite gradient, update skipped' in log
 
 
