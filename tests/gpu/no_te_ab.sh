@@ -5,13 +5,15 @@
 #
 # CORPUS holds train.jsonl (python -m megatron_salm_mtp.data.synth --out CORPUS --num-utterances 4000;
 # made here when missing and espeak-ng is installed). Both runs train configs/asr_spec_gpu.yaml (bf16,
-# lr 1e-3) with the local spec, the same seed and data order, for ITERS iterations (saved at the end):
+# lr 1e-3, its 2000-iteration schedule) with the local spec, the same seed and data order, and stop
+# (saved) at iteration ITERS (--exit-interval):
 #   te      Transformer Engine importable, --transformer-impl local (core picks TE's FusedAdam and
 #           TE's multi-tensor norm/scale kernels)
 #   no_te   TE hidden: a folder first on PYTHONPATH whose transformer_engine/__init__.py raises
 #           ModuleNotFoundError (core falls back to torch's AdamW and its local multi-tensor functions)
-# CONFIG changes the configuration; TRAIN_FLAGS adds flags to both, e.g. "--no-check-for-nan-in-loss-and-grad" to see the runs without
-# the gradient guard (as the NaN was first seen). Prints which spec and Adam each run used, both
+# CONFIG changes the configuration; TRAIN_FLAGS adds flags to both, e.g.
+# "--no-check-for-nan-in-loss-and-grad" to see the runs without the gradient guard (as the NaN was
+# first seen). Prints which spec and Adam each run used, both
 # loss curves side by side, every skipped update and the final losses. Logs: OUT/<run>.log,
 # metrics: OUT/<run>/metrics.jsonl. Exit 0 when both runs reach ITERS.
 set -uo pipefail
@@ -44,7 +46,7 @@ train() { # name extra-env...
   echo "== $name"
   env "$@" "$PYTHON" -m torch.distributed.run --nproc-per-node 1 --master-port $((29000 + RANDOM % 1000)) \
     -m megatron_salm_mtp.train --config "$CONFIG" --train-manifest "$corpus/train.jsonl" \
-    --transformer-impl local --train-iters "$iters" --log-interval 10 --eval-interval 0 \
+    --transformer-impl local --exit-interval "$iters" --log-interval 10 --eval-interval 0 \
     --save "$out/ckpt_$name" --log-dir "$out/$name" "${extra[@]}" > "$out/$name.log" 2>&1
   local rc=$?
   [ "$rc" -eq 0 ] || { tail -n 20 "$out/$name.log"; echo "run $name: exit $rc"; status=1; }
@@ -72,7 +74,7 @@ for it in sorted(set(te) | set(no_te)):
           f"{a.get('skipped_iterations', '-')} / {b.get('skipped_iterations', '-')}")
 for name, run in (('te', te), ('no_te', no_te)):
     last = run.get(max(run)) if run else None
-    print(f"{name}: " + (f"reached iteration {max(run)}/{iters}, final lm loss {last['lm loss']:.4f}, "
+    print(f"{name}: " + (f"reached iteration {max(run)} (of {iters}), final lm loss {last['lm loss']:.4f}, "
                          f"{last['skipped_iterations']} updates skipped" if last else 'no metrics'))
 EOF
 exit $status
