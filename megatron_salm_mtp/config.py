@@ -511,8 +511,11 @@ class TrainConfig:
     """Seed of weights, data order and dropout."""
     log_dir: Optional[str] = None
     """Where metrics.jsonl (and TensorBoard events) go; default: --save, else ./runs/latest."""
+    check_for_nan_in_loss_and_grad: bool = True
+    """Skip the update (on every rank; counted, no checkpoint) when the loss or the reduced
+    gradient norm is NaN or inf anywhere; off: core's optimizer applies whatever it gets."""
     max_consecutive_nan_skips: int = 5
-    """Stop after this many consecutive steps with a non-finite loss (each is skipped)."""
+    """Stop after this many consecutive skipped steps (non-finite loss or gradient)."""
     training_mode: str = 'joint'
     """joint (all train), head_only (only the MTP heads) or freeze_llm (encoder, projector, MTP)."""
     train_manifest: Optional[str] = None

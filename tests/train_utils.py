@@ -18,7 +18,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_train(corpus: str, extra, nproc: int = 1, timeout: int = 600, check: bool = True):
+def train_command(corpus: str, extra, nproc: int = 1):
+    """(command, environment, working folder) of a torchrun training on the tiny configuration."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
@@ -26,6 +27,11 @@ def run_train(corpus: str, extra, nproc: int = 1, timeout: int = 600, check: boo
     cmd = launcher + ['--config', os.path.join(root, 'configs', 'tiny_cpu.yaml'),
                       '--train-manifest', os.path.join(corpus, 'train.jsonl'),
                       '--valid-manifest', os.path.join(corpus, 'valid.jsonl')] + TINY_FLAGS + list(extra)
+    return cmd, env, root
+
+
+def run_train(corpus: str, extra, nproc: int = 1, timeout: int = 600, check: bool = True):
+    cmd, env, root = train_command(corpus, extra, nproc)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")

@@ -11,9 +11,11 @@ and what the plugin does about it:
   for checkpoints). ``mtp_block_spec`` builds layers that keep the 0.16 name on every version, so
   parameter names, ``state_dict`` keys, converters and distributed checkpoints are the same
   whichever release trains or loads.
-* dist_checkpointing's long-lived writer process (a multiprocessing Manager behind the write-results
-  queue) is started by ``_get_write_results_queue`` on 0.16 and ``get_write_results_queue`` on
-  0.17+; ``start_checkpoint_writer`` calls whichever exists.
+* dist_checkpointing's long-lived writer process is a spawned multiprocessing Manager behind the
+  module global ``filesystem_async._results_queue`` (0.16 to 0.19), which ``_get_write_results_queue``
+  (0.16) or ``get_write_results_queue`` (0.17+) fills on the first save. ``start_checkpoint_writer``
+  fills it beforehand with a Manager whose server process dies with this one (its own would
+  outlive a SIGKILLed rank).
 * 0.16's MoE router gating reads ``te_general_gemm``, defined only when Transformer Engine
   imports; ``enable_router_without_te`` defines it as None (0.17+'s value without TE).
 * The MoE routers' logged losses sit in a dict on 0.16 and in a metrics tracker on 0.19
@@ -33,9 +35,14 @@ which the plugin's ``SpeechGPTModel._postprocess`` replaces on every version: se
 
 import collections
 import dataclasses
+import multiprocessing
+import os
+from multiprocessing.managers import SyncManager
 
 from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
 from packaging.version import Version
+
+from .process import die_with_parent
 
 MCORE_VERSION = Version(_MCORE_VERSION_STRING)
 MCORE_0_17 = MCORE_VERSION >= Version('0.17.0')
@@ -140,12 +147,13 @@ def clear_moe_aux_losses() -> None:
 
 
 def start_checkpoint_writer() -> bool:
-    """Start dist_checkpointing's writer process now (it is otherwise spawned on the first save);
-    False where this release has none."""
+    """Start dist_checkpointing's writer process now (the same spawned Manager its first save would
+    start, but one that dies with this process); False where this release has none."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
-    start = (getattr(filesystem_async, 'get_write_results_queue', None)
-             or getattr(filesystem_async, '_get_write_results_queue', None))
-    if start is None:
+    if not hasattr(filesystem_async, '_results_queue'):
         return False
-    start()
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context('spawn'))
+        manager.start(die_with_parent, (os.getpid(),))
+        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
     return True

@@ -13,7 +13,10 @@ epoch's skips, also kept in ``epoch_skip_counts``.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import signal
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -126,6 +129,30 @@ class EpochTaggedBatches:
             yield [(index, epoch) for index in batch]
 
 
+# SIGTERM / SIGUSR1 ask training to save at the next step boundary (training/stop.py).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Worker start: a scheduler signals every process of the job, and a worker that died of it
+    would crash its rank before the checkpoint. Workers still end with their rank: DataLoader
+    workers watch their parent and exit when it is gone, or when it shuts them down."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop_workers_at_exit(loader_ref) -> None:
+    """Shut a live loader's persistent workers down as DataLoader does when its iterator goes
+    away. At interpreter exit with the iterator still referenced (an uncaught error keeps its
+    frames), multiprocessing's own exit handler would SIGTERM the workers, which ignore it, and
+    wait for them forever. Registered after multiprocessing's handler, so it runs before it."""
+    loader = loader_ref()
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 class SpeechDataLoader:
     """Iterates this rank's microbatches (contract dicts, see :mod:`.batching`) one epoch per ``iter()``."""
 
@@ -136,7 +163,9 @@ class SpeechDataLoader:
         batches = EpochTaggedBatches(sampler) if dataset.augments else sampler
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-            pin_memory=pin_memory, persistent_workers=num_workers > 0)
+            pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
+        if num_workers:
+            atexit.register(_stop_workers_at_exit, weakref.ref(self._loader))
         self.consumed_samples = sampler.consumed_samples
         self._step_samples = sampler.micro_batch_size * sampler.dp_size
         self._epoch_runtime: dict[str, str] = {}  # where -> reason, distinct samples this epoch

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from typing import List, Optional
@@ -20,48 +19,19 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
 from ..cli import RunConfig
-from ..compat import mcore
+from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from .flops import batch_flops, head_evaluations
 from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
-from .optim import build_optimizer
+from .optim import build_optimizer, finish_step, prepare_step
 from .run_folders import claim_checkpoint_folders
 from .step import ctc_metrics, forward_backward, moe_metrics, mtp_metrics
+from .stop import StopRequest
 
 logger = logging.getLogger('megatron_salm_mtp')
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def _start_checkpoint_writer_deaf_to_signals() -> None:
-    """Start dist_checkpointing's long-lived writer process (a multiprocessing Manager, spawned on
-    the first save) while the stop signals are ignored, so it inherits SIG_IGN: SLURM signals every
-    process of the step, and a killed writer breaks the very save the signal asks for."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        mcore.start_checkpoint_writer()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint at the next step boundary."""
-
-    def __init__(self, saving: bool):
-        self.signalled = False
-        if saving:
-            _start_checkpoint_writer_deaf_to_signals()
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        logger.warning('received signal %d: saving at the next step boundary, then exiting', signum)
-        self.signalled = True
 
 
 def grad_norm_value(grad_norm) -> float:
@@ -103,6 +73,7 @@ def _global_work(microbatches, cfg) -> tuple:
 class Trainer:
     def __init__(self, run: RunConfig):
         self.run, self.cfg, self.train_cfg = run, run.model, run.train
+        forked_children_die_with_this_process()  # DataLoader workers, forked checkpoint writers
         init_distributed()
         self.save_lock = claim_checkpoint_folders(  # held for the life of the run
             self.train_cfg.load, self.train_cfg.save, self.train_cfg.overwrite_save)
@@ -133,7 +104,8 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank())
-        self.iteration, self.skipped = 0, 0
+        self.iteration, self.skipped, self.skip_streak = 0, 0, 0
+        self.saved_iteration, self.save_pending = None, False
 
     def resume(self):
         if not self.train_cfg.load:
@@ -178,6 +150,7 @@ class Trainer:
         with self._parameters_gathered():
             path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
                                    self.scheduler, common, self.run.resolved())
+        self.saved_iteration, self.save_pending = self.iteration, False
         logger.info('saved checkpoint %s', path)
 
     def write_resolved_config(self):
@@ -188,17 +161,26 @@ class Trainer:
                 yaml.safe_dump(self.run.resolved(), f, sort_keys=True)
 
     def train_step(self, microbatches):
-        """(lm loss, grad norm, skipped); a non-finite loss on any rank skips the update everywhere."""
+        """(lm loss, grad norm, why the update was skipped or None). With
+        --check-for-nan-in-loss-and-grad a non-finite loss or gradient norm on any rank skips the
+        update on every rank (the scheduler does not advance either)."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         loss = forward_backward(self.model, microbatches, self.cfg).mean
-        if _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss))[0]:
-            return loss, 0.0, True  # no update; the scheduler does not advance
-        updated, grad_norm, _ = self.optimizer.step()
-        if updated:
+        if not self.train_cfg.check_for_nan_in_loss_and_grad:
+            updated, grad_norm, _ = self.optimizer.step()
+            skipped = None if updated else 'loss-scale overflow'
+        else:
+            overflow, grad_norm = prepare_step(self.optimizer)
+            bad_loss, bad_grad = _any_rank(parallel_state.is_pipeline_last_stage() and not math.isfinite(loss),
+                                           overflow or not math.isfinite(grad_norm))
+            skipped = 'non-finite loss' if bad_loss else 'non-finite gradient' if bad_grad else None
+            if skipped is None:
+                finish_step(self.optimizer, grad_norm)
+        if skipped is None:
             self.scheduler.step(increment=self.train_cfg.global_batch_size)
-        return loss, grad_norm_value(grad_norm), not updated
+        return loss, grad_norm_value(grad_norm), skipped
 
     def evaluate(self):
         with self._parameters_gathered():
@@ -233,45 +215,58 @@ class Trainer:
         self.write_resolved_config()
         stop = StopRequest(saving=bool(self.train_cfg.save))
         batches = _endless(self.train_loader)
-        window, nan_streak, timer, started = [], 0, StepTimer(), time.perf_counter()
+        window, timer, started = [], StepTimer(), time.perf_counter()
         start_iteration = self.iteration
         while self.iteration < self.train_cfg.train_iters:
             microbatches = [next(batches) for _ in range(self.num_microbatches)]
             work = _global_work(microbatches, self.cfg)
             loss, grad_norm, skipped = self.train_step(microbatches)
             self.iteration += 1
-            if skipped:
-                self.skipped += 1
-                nan_streak += 1
-                logger.warning('iteration %d: non-finite loss, update skipped (%d in a row)',
-                               self.iteration, nan_streak)
-                if nan_streak >= self.train_cfg.max_consecutive_nan_skips:
-                    raise RuntimeError(f'{nan_streak} consecutive iterations with a non-finite loss '
-                                       f'(--max-consecutive-nan-skips {self.train_cfg.max_consecutive_nan_skips}); '
-                                       'stopping. Lower --lr or check the data.')
-            else:
-                nan_streak = 0
+            self._count_skip(skipped)
             window.append((loss, grad_norm, work))
             if self.iteration % self.train_cfg.log_interval == 0:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
             if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
                 self.evaluate()
-            if self.train_cfg.save and self.train_cfg.save_interval and \
-                    self.iteration % self.train_cfg.save_interval == 0:
-                self.save()
+            self._save_if_due(skipped)
             reason = self._stop_reason(stop, started)
             if reason:
-                if self.train_cfg.save and not self._saved_this_iteration():
+                if self.train_cfg.save and self.saved_iteration != self.iteration:
                     self.save()
                 logger.warning('stopping at iteration %d (%s)', self.iteration, reason)
                 return
-        if self.train_cfg.save and not self._saved_this_iteration():
+        if self.train_cfg.save and self.saved_iteration != self.iteration:
             self.save()
 
-    def _saved_this_iteration(self) -> bool:
+    def _count_skip(self, skipped: Optional[str]) -> None:
+        """Count a skipped update; too many in a row stop the run."""
+        if not skipped:
+            self.skip_streak = 0
+            return
+        self.skipped += 1
+        self.skip_streak += 1
+        logger.warning('iteration %d: %s, update skipped (%d in a row)', self.iteration, skipped,
+                       self.skip_streak)
+        limit = self.train_cfg.max_consecutive_nan_skips
+        if self.skip_streak >= limit:
+            raise RuntimeError(f'{self.skip_streak} consecutive iterations with a non-finite loss or '
+                               f'gradient (--max-consecutive-nan-skips {limit}); stopping. Lower --lr '
+                               'or check the data.')
+
+    def _save_if_due(self, skipped: Optional[str]) -> None:
+        """--save-interval saves, never right after a skipped update: the save due then waits for
+        the next step that updates (a skip follows a fault that may have touched more than the
+        gradients)."""
         interval = self.train_cfg.save_interval
-        return bool(interval) and self.iteration % interval == 0
+        if not (self.train_cfg.save and interval):
+            return
+        self.save_pending = self.save_pending or self.iteration % interval == 0
+        if self.save_pending and skipped:
+            logger.warning('iteration %d: the checkpoint due is deferred to the next step that '
+                           'updates', self.iteration)
+        elif self.save_pending:
+            self.save()
 
     def _stop_reason(self, stop: StopRequest, started: float) -> Optional[str]:
         """Why training stops after this step, if it does: every rank gets the same answer (one
@@ -298,10 +293,12 @@ class Trainer:
                             int(frames / self.train_cfg.global_batch_size) or 1, heads)
         world = torch.distributed.get_world_size()
         finite = [w[0] for w in window if math.isfinite(w[0])]
+        norms = [w[1] for w in window if math.isfinite(w[1])]  # skipped steps' norms may not be
         record = {'iteration': self.iteration, 'consumed_samples': self.train_loader.consumed_samples,
                   'lr': self.optimizer.param_groups[0]['lr'],
                   'lm loss': sum(finite) / len(finite) if finite else float('nan'),
-                  'grad_norm': sum(w[1] for w in window) / steps, 'skipped_iterations': self.skipped,
+                  'grad_norm': sum(norms) / len(norms) if norms else float('nan'),
+                  'skipped_iterations': self.skipped,
                   'step_ms': 1000 * seconds / steps, 'tokens_per_s': tokens * steps / seconds,
                   'tflops_per_gpu': flops * steps / seconds / world / 1e12,
                   'peak_mem_gb': peak_memory_gb()}
