@@ -97,11 +97,27 @@ raise RuntimeError('boom')
 """
 
 
-def test_workers_ignore_sigterm_and_still_end_with_their_process(tmp_path):
-    """Deaf to SIGTERM, workers must not keep an erroring process from exiting: multiprocessing's
-    exit handler ends its children with SIGTERM and waits (the timeout only guards a hang)."""
-    result = subprocess.run([sys.executable, '-c', DEAF_WORKERS, make_corpus(tmp_path)], capture_output=True,
+ORPHANED_ITERATOR = """
+import gc, sys
+from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
+loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2), [sys.argv[1]])
+workers = iter(loader._loader)  # torch's iterator outlives its DataLoader, as a test's frames can
+next(workers)
+del loader
+gc.collect()
+print('loader gone, workers alive', flush=True)
+"""
+
+
+@pytest.mark.parametrize('script', [DEAF_WORKERS, ORPHANED_ITERATOR], ids=['error', 'orphaned-iterator'])
+def test_workers_ignore_sigterm_and_still_end_with_their_process(tmp_path, script):
+    """Deaf to SIGTERM, workers must not keep a process from exiting: multiprocessing's exit
+    handler ends its children with SIGTERM and waits (the timeout only guards a hang)."""
+    result = subprocess.run([sys.executable, '-c', script, make_corpus(tmp_path)], capture_output=True,
                             text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
+    if script is ORPHANED_ITERATOR:
+        assert result.returncode == 0 and 'loader gone, workers alive' in result.stdout, result.stderr[-3000:]
+        return
     assert 'workers alive after SIGTERM: 2 of 2' in result.stdout, result.stdout + result.stderr[-3000:]
     assert result.returncode == 1 and 'RuntimeError: boom' in result.stderr, result.stderr[-3000:]

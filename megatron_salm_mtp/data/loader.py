@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing
 import signal
 import weakref
 from collections import Counter
@@ -141,16 +142,31 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _stop_workers_at_exit(loader_ref) -> None:
-    """Shut a live loader's persistent workers down as DataLoader does when its iterator goes
-    away. At interpreter exit with the iterator still referenced (an uncaught error keeps its
-    frames), multiprocessing's own exit handler would SIGTERM the workers, which ignore it, and
-    wait for them forever. Registered after multiprocessing's handler, so it runs before it."""
-    loader = loader_ref()
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None:
-        iterator._shutdown_workers()
-        loader._iterator = None
+_stop_deaf_workers: "weakref.WeakSet[multiprocessing.Process]" = weakref.WeakSet()
+
+
+class _StopDeafDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker processes are remembered: they ignore the stop signals, so exit
+    has to end them itself (``_kill_stop_deaf_workers``)."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        _stop_deaf_workers.update(getattr(iterator, "_workers", ()))
+        return iterator
+
+
+def _kill_stop_deaf_workers() -> None:
+    """At interpreter exit, SIGKILL the stop-deaf workers still alive. multiprocessing's own exit
+    handler ends daemonic children with SIGTERM, which they ignore, and would then wait for them
+    forever (an uncaught error, or a test, can leave an iterator referenced at exit). Registered at
+    import, after multiprocessing's handler, so it runs before it."""
+    for worker in list(_stop_deaf_workers):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+atexit.register(_kill_stop_deaf_workers)
 
 
 class SpeechDataLoader:
@@ -161,11 +177,9 @@ class SpeechDataLoader:
         self.dataset, self.sampler = dataset, sampler
         collate = CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length)
         batches = EpochTaggedBatches(sampler) if dataset.augments else sampler
-        self._loader = torch.utils.data.DataLoader(
+        self._loader = _StopDeafDataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
             pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
-        if num_workers:
-            atexit.register(_stop_workers_at_exit, weakref.ref(self._loader))
         self.consumed_samples = sampler.consumed_samples
         self._step_samples = sampler.micro_batch_size * sampler.dp_size
         self._epoch_runtime: dict[str, str] = {}  # where -> reason, distinct samples this epoch
