@@ -14,10 +14,10 @@
 #
 # Example (one H200; the trainings share the GPU):
 #   bash tests/gpu/recogniser.sh corpus /root/corpus 60000 --text-source .gpu/pools.json.gz
-#   bash tests/gpu/recogniser.sh start /root/out /root/corpus base --mtp-num-layers 0
-#   bash tests/gpu/recogniser.sh start /root/out /root/corpus mtp --mtp-num-layers 3 --mtp-detach-trunk
-#   bash tests/gpu/recogniser.sh wait /root/out 570
-#   bash tests/gpu/recogniser.sh evaluate /root/out /root/corpus base b32 --batch-size 32 --audio-ablation
+#   bash tests/gpu/recogniser.sh start /root/runs /root/corpus base --mtp-num-layers 0
+#   bash tests/gpu/recogniser.sh start /root/runs /root/corpus mtp --mtp-num-layers 3 --mtp-detach-trunk
+#   bash tests/gpu/recogniser.sh wait /root/runs 570
+#   bash tests/gpu/recogniser.sh evaluate /root/runs /root/corpus base b32 --batch-size 32 --audio-ablation
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
