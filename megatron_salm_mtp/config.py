@@ -12,6 +12,7 @@ import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from .config_checks import ConfigError, at_least, check_types, flag, one_of, positive
+from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
 
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
@@ -130,6 +131,9 @@ class SALMConfig:
     """w of the auxiliary CTC loss on the audio encoder: a linear CTC head (vocabulary + blank) on
     the 50 Hz encoder output, targets the answer text's token ids; the objective gains w x summed
     CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before)."""
+    ctc_target_units: str = 'tokens'
+    """What the CTC head emits: the tokenizer's ids (tokens) or characters (38 of them: letters,
+    digits, apostrophe, space; far fewer classes, so the encoder leaves CTC's blank plateau sooner)."""
 
     # --- Parallelism and precision ---
     tensor_model_parallel_size: int = 1
@@ -174,6 +178,11 @@ class SALMConfig:
     def ctc_enabled(self) -> bool:
         """Whether the model has a CTC head on its audio encoder and trains it."""
         return self.ctc_loss_weight > 0
+
+    @property
+    def ctc_vocab_size(self) -> int:
+        """Ids the CTC head emits besides its blank."""
+        return len(CTC_CHARACTERS) if self.ctc_target_units == 'characters' else self.vocab_size
 
     @property
     def virtual_pipeline_size(self) -> Optional[int]:
@@ -239,6 +248,7 @@ class SALMConfig:
         self._validate_ctc()
 
     def _validate_ctc(self) -> None:
+        one_of(self, 'ctc_target_units', CTC_TARGET_UNITS)
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
             raise ConfigError(f"--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)")
         if self.ctc_enabled and self.freeze_audio_encoder:

@@ -19,6 +19,7 @@ BAD_FLAGS = [
     (['--position-embedding-type', 'bogus'], "--position-embedding-type 'bogus': choose rope, learned_absolute"),
     (['--transformer-impl', 'fast'], "--transformer-impl 'fast': choose none, transformer_engine, local"),
     (['--clip-grad', '-1'], '--clip-grad must be >= 0, got -1.0'),
+    (['--ctc-target-units', 'phones'], "--ctc-target-units 'phones': choose tokens, characters"),
     (['--mtp-num-layers', '2', '--mtp-loss-scaling-factor', '-1'], '--mtp-loss-scaling-factor must be >= 0'),
     (['--eval-iters', '0'], '--eval-iters must be >= 1, got 0'),
     (['--save-interval', '5'], '--save-interval 5 needs --save'),

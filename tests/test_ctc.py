@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.data.batching import Collator
+from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
 from megatron_salm_mtp.data.dataset import ctc_targets
 from megatron_salm_mtp.data.manifest import parse_line
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
@@ -94,3 +95,19 @@ def test_flag_checks():
         tiny_config(ctc_loss_weight=-1.0).validate()
     with pytest.raises(ConfigError, match='--freeze-audio-encoder'):
         tiny_config(ctc_loss_weight=0.3, freeze_audio_encoder=True).validate()
+
+
+def test_character_targets_are_the_normalised_transcript():
+    assert ''.join(CTC_CHARACTERS[i] for i in character_ids("Call 5 5 1! It's  O'Brien-Smith.")) == \
+        "call 5 5 1 it's o'brien smith"
+    example = parse_line('{"audio_filepath": "a.wav", "duration": 1.0, "text": "Hi, Bob"}', 'm.jsonl', 1)
+    assert ctc_targets(example, ByteTokenizer(), 'characters') == [character_ids('hi bob')]
+
+
+def test_character_units_size_the_head_and_bound_the_targets():
+    cfg = tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters')
+    assert cfg.ctc_vocab_size == len(CTC_CHARACTERS) == 38
+    batch = speech_batch(cfg, 2, seed=1)
+    batch['ctc_targets'] = torch.full_like(batch['ctc_targets'], len(CTC_CHARACTERS))
+    with pytest.raises(ValueError, match='outside the CTC head'):
+        prepare_microbatch(batch, cfg)

@@ -31,6 +31,7 @@ from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .manifest import Example
 from .prompts import PromptBuilder
 from .spec_augment import SpecAugment
+from .ctc_text import character_ids
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("megatron_salm_mtp.data")
@@ -72,13 +73,16 @@ def _where(example: Example, audio_path: str | None = None) -> str:
 TRANSCRIPTION_TASKS = ("asr", "transcribe")
 
 
-def ctc_targets(example: Example, tokenizer: Tokenizer) -> list[list[int]]:
-    """Per audio of ``example``, the token ids its CTC head should emit: the answer text (no
-    prompt, no end-of-turn token) when the example is one audio to transcribe; else none (``[]``:
-    a translation's answer or one answer for several audios is no transcript of one audio)."""
+def ctc_targets(example: Example, tokenizer: Tokenizer, units: str = "tokens") -> list[list[int]]:
+    """Per audio of ``example``, the ids its CTC head should emit: the answer text (no prompt, no
+    end-of-turn token) as token ids or as characters (``units``, :mod:`.ctc_text`) when the example
+    is one audio to transcribe; else none (``[]``: a translation's answer or one answer for several
+    audios is no transcript of one audio)."""
     task = example.meta.get("taskname") or example.meta.get("task") or "asr"
     if len(example.audios) != 1 or str(task).lower() not in TRANSCRIPTION_TASKS:
         return [[] for _ in example.audios]
+    if units == "characters":
+        return [character_ids(example.answer_text)]
     return [tokenizer.encode(example.answer_text)]
 
 
@@ -102,10 +106,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = "plain",
                  stack: int = 4, n_mels: int = 80, max_duration: float | None = None, strict_data: bool = False,
                  system_prompt: str | None = None, prescan: bool = True,
-                 spec_augment: SpecAugment | None = None, seed: int = 0):
+                 spec_augment: SpecAugment | None = None, seed: int = 0, ctc_target_units: str = "tokens"):
         self.examples = list(examples)
         self.tokenizer = tokenizer
-        self.spec_augment, self.seed = spec_augment, seed
+        self.spec_augment, self.seed, self.ctc_target_units = spec_augment, seed, ctc_target_units
         self.seq_length, self.stack, self.n_mels = seq_length, stack, n_mels
         self.max_duration, self.strict_data = max_duration, strict_data
         self.prompts = PromptBuilder(tokenizer, template, system_prompt)
@@ -190,7 +194,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._check_length(ex, len(enc.ids))
         return {"ids": torch.tensor(enc.ids, dtype=torch.long),
                 "supervised": torch.tensor(enc.supervised, dtype=torch.bool),
-                "features": feats, "ctc_targets": ctc_targets(ex, self.tokenizer)}
+                "features": feats, "ctc_targets": ctc_targets(ex, self.tokenizer, self.ctc_target_units)}
 
     def __len__(self) -> int:
         return len(self.valid)

@@ -64,6 +64,8 @@ class DataConfig:
     """SpecAugment time masks per training utterance (0: none); never in validation."""
     spec_augment_time_width: float = 0.05
     """Widest time mask as a fraction of the utterance's frames (uniform in [0, this x frames])."""
+    ctc_target_units: str = "tokens"
+    """What the CTC head emits (the model's flag of the same name sets it): tokens or characters."""
 
     def __post_init__(self):
         tokenizers = TOKENIZER_TYPES + ("hf", "spm")
@@ -111,7 +113,8 @@ def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None
     return SpeechDataset(read_manifests(manifests, cfg.default_prompt), tokenizer, cfg.seq_length,
                          cfg.prompt_template, cfg.stack, cfg.n_mels, cfg.max_duration, cfg.strict_data,
                          cfg.system_prompt, cfg.prescan,
-                         spec_augment=cfg.spec_augment if augment else None, seed=cfg.seed)
+                         spec_augment=cfg.spec_augment if augment else None, seed=cfg.seed,
+                         ctc_target_units=cfg.ctc_target_units)
 
 
 class EpochTaggedBatches:

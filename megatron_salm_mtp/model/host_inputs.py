@@ -37,9 +37,10 @@ def prepare_microbatch(batch: dict, cfg: SALMConfig) -> dict:
             raise ValueError("--ctc-loss-weight needs ctc_targets and ctc_target_lengths in every "
                              "microbatch with audio (the batch contract of data/batching.py)")
         targets = batch['ctc_targets']
-        if targets.numel() and int(targets.max()) >= cfg.vocab_size:
-            raise ValueError(f"ctc_targets hold id {int(targets.max())}, outside the vocabulary of "
-                             f"{cfg.vocab_size} ids (id {cfg.vocab_size} is the CTC blank)")
+        if targets.numel() and int(targets.max()) >= cfg.ctc_vocab_size:
+            raise ValueError(f"ctc_targets hold id {int(targets.max())}, outside the CTC head's "
+                             f"{cfg.ctc_vocab_size} ids (id {cfg.ctc_vocab_size} is the CTC blank; "
+                             f"--ctc-target-units {cfg.ctc_target_units})")
         prepared[CTC_LENGTHS] = ctc_lengths(lengths, targets, batch['ctc_target_lengths'])
     return prepared
 

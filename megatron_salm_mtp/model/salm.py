@@ -83,7 +83,7 @@ class SALM(MegatronModule):
                 self.audio_encoder.requires_grad_(False)
         self.ctc_head = None
         if pre_process and cfg.ctc_enabled:
-            self.ctc_head = ctc_head(cfg.encoder_hidden_size, cfg.vocab_size, cfg.init_method_std,
+            self.ctc_head = ctc_head(cfg.encoder_hidden_size, cfg.ctc_vocab_size, cfg.init_method_std,
                                      encoder_config.params_dtype)
             # Training and evaluation keep separate windows, chosen by the module's mode.
             self._ctc_stats = {True: CTCStats(), False: CTCStats()}

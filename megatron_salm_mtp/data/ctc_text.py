@@ -1,0 +1,25 @@
+"""Character targets for the CTC head (``--ctc-target-units characters``).
+
+Why characters as well as the tokenizer's pieces: a CTC head over 38 characters leaves its blank
+plateau far sooner than one over a 1,000-piece vocabulary (each class is seen more often), which is
+what a from-scratch encoder needs first; the LLM still writes the tokenizer's pieces.
+
+Text is lowercased; letters, digits and the apostrophe are kept, every other run of characters
+becomes one space (so "Call 5 5 1!" -> "call 5 5 1").
+"""
+
+from __future__ import annotations
+
+import re
+
+CTC_CHARACTERS = " abcdefghijklmnopqrstuvwxyz0123456789'"
+"""The alphabet; a character's id is its index (the CTC blank comes after the last)."""
+CTC_TARGET_UNITS = ("tokens", "characters")
+
+_INDEX = {c: i for i, c in enumerate(CTC_CHARACTERS)}
+_OTHER = re.compile(r"[^a-z0-9']+")
+
+
+def character_ids(text: str) -> list[int]:
+    """``text`` as ids of :data:`CTC_CHARACTERS` (see the module docstring)."""
+    return [_INDEX[c] for c in _OTHER.sub(" ", text.lower()).strip()]
