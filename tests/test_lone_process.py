@@ -14,6 +14,7 @@ from megatron_salm_mtp.parallel.setup import _launched_world_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INIT = """
+import sys
 import torch
 from megatron.core import parallel_state
 from megatron_salm_mtp.parallel.setup import init_distributed
@@ -22,7 +23,9 @@ parallel_state.initialize_model_parallel(1, 1)
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # NCCL on GPU, gloo on CPU
 value = torch.tensor([float(torch.distributed.get_rank() + 1)], device=device)
 torch.distributed.all_reduce(value)
-print('WORLD', torch.distributed.get_world_size(), 'SUM', int(value.item()), flush=True)
+# One write per line: two ranks share the pipe, and print's pieces can interleave.
+sys.stdout.write(f'WORLD {torch.distributed.get_world_size()} SUM {int(value.item())}\\n')
+sys.stdout.flush()
 """
 
 
