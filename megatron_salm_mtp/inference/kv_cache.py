@@ -3,6 +3,9 @@
 Row r's token at position p keeps its (rotated) keys and values in slot p of row r. A forward
 writes the keys of its q queries at their own positions, each row at its own, and every query
 attends over the whole buffer through a mask that shows a query at position p the slots 0 .. p.
+The mask is additive (0 or -inf in the attention's dtype, the values SDPA turns a boolean mask
+into), built once per forward and shared by its layers: a boolean one costs every layer a negation
+and a conversion.
 What follows from that:
 
 * rollback is free: rejected drafts (and prompt padding) lie beyond a row's length, and the
@@ -44,13 +47,21 @@ class PositionKVCache:
         self.capacity = capacity
         self.slots = torch.arange(capacity, device=device)
         self.rows = torch.arange(batch_size, device=device)
+        dtype = next(attentions[0].parameters()).dtype  # the queries' dtype
+        self.shown, self.hidden = (torch.tensor(value, dtype=dtype, device=device)
+                                   for value in (0.0, float('-inf')))
         self.buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.write_index = self.mask = None
 
     def attend_at(self, positions: torch.Tensor) -> None:
         """Place the next forward's queries at ``positions`` [b, q] (each row its own)."""
         self.write_index = positions.t()  # [q, b], as the keys are laid out
-        self.mask = self.slots[None, None, None, :] > positions[:, None, :, None]  # True = hidden
+        later = self.slots[None, None, None, :] > positions[:, None, :, None]  # [b, 1, q, capacity]
+        self.mask = torch.where(later, self.hidden, self.shown)
+
+    def attend_as(self, other: 'PositionKVCache') -> None:
+        """Place the next forward's queries where ``other``'s are (its mask, not rebuilt)."""
+        self.write_index, self.mask = other.write_index, other.mask
 
     @contextmanager
     def attached(self):

@@ -29,14 +29,17 @@ class TrunkCache:
             return self.lm.decoder(hidden_states=embeddings, attention_mask=None,
                                    rotary_pos_emb=rotary_at(self.rope, positions))
 
-    def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """Main-head logits of [..., h] hidden states, cut to the tokenizer's vocabulary."""
-        return head_logits(self.lm, hidden, vocab_size)
+    def next_tokens(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Main-head argmax [n, b] of hidden states [n, b, h], within the tokenizer's vocabulary."""
+        return head_argmax(self.lm, hidden, vocab_size)
 
 
-def head_logits(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Logits of the (tied or untied) output head for hidden states [n, b, h] -> [n, b, V]."""
+def head_argmax(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Argmax [n, b] over the tokenizer's vocabulary of the (tied or untied) output head's logits
+    of hidden states [n, b, h]. In the logits' own dtype: an fp32 copy would give the same ids (it
+    is exact and keeps the order; argmax takes the first of equal values either way) for one more
+    kernel and a vocabulary-wide write per head."""
     weight = (language_model.shared_embedding_or_output_weight()
               if language_model.share_embeddings_and_output_weights else None)
     logits, _ = language_model.output_layer(hidden, weight=weight)
-    return logits[..., :vocab_size].float()
+    return logits[..., :vocab_size].argmax(-1)
