@@ -75,11 +75,12 @@ class MTPDrafter:
         """
         last = lengths - 2  # position n-1: the last with a trunk state
         starts = (last - self.depths).clamp(min=0)
-        positions = starts[:, None] + self.window[None, :]  # [b, D+1]
+        by_position = self.window[:, None] + starts[None, :]  # [D+1, b], as the states are laid out
         at_last = last - starts  # where position n-1 lies in the window
         sequence = tokens.clone()  # drafts are written past each row's tokens as they come
         drafts: List[torch.Tensor] = []
-        for depth, hidden in self._depth_states(sequence, positions, trunk_hidden[positions.t(), self.rows]):
+        hidden = trunk_hidden[by_position, self.rows]  # contiguous (a transposed index would not be)
+        for depth, hidden in self._depth_states(sequence, by_position.t(), hidden):
             drafts.append(head_argmax(self.lm, hidden[at_last, self.rows][None], vocab_size)[0])
             sequence[self.rows, lengths + depth] = drafts[-1]
         return torch.stack(drafts, dim=1)
