@@ -29,7 +29,7 @@ from typing import List
 import torch
 
 from ..compat import mcore
-from .kv_cache import PositionKVCache, rope_table, rotary_at
+from .kv_cache import PositionKVCache, rope_table
 from .trunk_cache import head_argmax
 
 
@@ -48,10 +48,10 @@ class MTPDrafter:
         if capacity < 3 * depths + 1:
             raise ValueError(f"drafting {depths} tokens needs a capacity of at least {3 * depths + 1} "
                              f"positions, got {capacity}")
+        rope = rope_table(language_model, capacity)
         self.caches = [PositionKVCache([getattr(mtp_layer_for_depth(language_model, depth),
                                                 mcore.MTP_INNER_LAYER).self_attention],
-                                       batch_size, capacity, device) for depth in range(depths)]
-        self.rope = rope_table(language_model, capacity)
+                                       batch_size, capacity, device, rope) for depth in range(depths)]
         self.rows = torch.arange(batch_size, device=device)
         self.window = torch.arange(depths + 1, device=device)  # offsets of the D+1 positions
 
@@ -88,10 +88,9 @@ class MTPDrafter:
     def _depth_states(self, sequence, positions, hidden):
         """Yields (depth, states [q, b, h] at ``positions`` [b, q]) depth after depth, reading each
         depth's tokens from ``sequence`` when it comes (a draft written in between is read)."""
-        self.caches[0].attend_at(positions)
+        self.caches[0].attend_at(positions)  # mask and RoPE, shared by the depths
         for cache in self.caches[1:]:
             cache.attend_as(self.caches[0])
-        rotary = rotary_at(self.rope, positions)
         for depth, cache in enumerate(self.caches):
             # Past a row's last position the window reads and writes junk that no later query
             # sees (indices clamped into the buffers).
@@ -99,5 +98,5 @@ class MTPDrafter:
             with cache.attached():
                 hidden = mcore.run_mtp_layer_on_ids(
                     mtp_layer_for_depth(self.lm, depth), hidden, sequence.gather(1, read), positions,
-                    self.lm.embed_mtp_inputs, rotary)
+                    self.lm.embed_mtp_inputs, None)  # the cache applies RoPE
             yield depth, hidden

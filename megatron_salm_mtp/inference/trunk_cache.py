@@ -8,7 +8,7 @@ of different prompt lengths, or accepting different numbers of drafts, need no s
 
 import torch
 
-from .kv_cache import PositionKVCache, rope_table, rotary_at
+from .kv_cache import PositionKVCache, rope_table
 
 
 class TrunkCache:
@@ -17,17 +17,16 @@ class TrunkCache:
     def __init__(self, language_model, batch_size: int, capacity: int, device):
         self.lm = language_model
         attentions = [layer.self_attention for layer in language_model.decoder.layers]
-        self.kv = PositionKVCache(attentions, batch_size, capacity, device)
-        self.rope = rope_table(language_model, capacity)
+        self.kv = PositionKVCache(attentions, batch_size, capacity, device,
+                                  rope_table(language_model, capacity))
 
     def forward(self, embeddings: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run ``embeddings`` [q, b, h] at per-row ``positions`` [b, q] through the decoder, each
         query attending to its row's cached positions up to its own; returns the final-norm
-        hidden states [q, b, h]."""
+        hidden states [q, b, h]. The cache applies RoPE (``kv_cache.py``)."""
         self.kv.attend_at(positions)
         with self.kv.attached():
-            return self.lm.decoder(hidden_states=embeddings, attention_mask=None,
-                                   rotary_pos_emb=rotary_at(self.rope, positions))
+            return self.lm.decoder(hidden_states=embeddings, attention_mask=None, rotary_pos_emb=None)
 
     def next_tokens(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Main-head argmax [n, b] of hidden states [n, b, h], within the tokenizer's vocabulary."""
