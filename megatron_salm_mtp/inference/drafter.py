@@ -62,8 +62,8 @@ class MTPDrafter:
         row's own window the states read junk, overwritten before any query sees them."""
         positions = torch.arange(longest - 1, device=tokens.device)[None].expand(len(self.rows), -1)
         hidden = trunk_hidden[:longest - 1]
-        for depth, _ in self._depth_states(tokens, positions, hidden):
-            pass
+        for _ in self._depth_states(tokens, positions, hidden):
+            pass  # the caches are what the prefill leaves
 
     @torch.no_grad()
     def draft(self, tokens: torch.Tensor, lengths: torch.Tensor, trunk_hidden: torch.Tensor,

@@ -3,7 +3,7 @@ checkpoint or of a randomly initialised model of a config's shape.
 
     python tests/gpu/bench_decode.py --load CKPT --manifest test.jsonl [--batch-sizes 1 8]
         [--max-utterances 64] [--max-new-tokens 64] [--mtp-draft-depth D] [--hbm-tb-per-s 4.8]
-        [--count-ops] [--skip-timing] [--out bench.json]
+        [--count-ops] [--skip-timing] [--skip-eager] [--out bench.json]
     python tests/gpu/bench_decode.py --random-init configs/asr_gpu.yaml --mtp-num-layers 3 \\
         [--vocab-size 1040] [same options; training flags override the config's]
 
@@ -12,8 +12,9 @@ graphs (the greedy that speculative decoding reproduces bit for bit), speculativ
 Each mode decodes every batch once untimed (graphs captured, caches allocated) then once timed.
 Per mode: tokens/s of the whole decode; seconds of audio encoding, of the prefill and of the steps
 after it; steps, milliseconds per step and tokens per step; then speculative step cost / greedy
-step cost. With graphs, also the GPU time of one step alone (its graph replayed 200 times) and the
-speculative / greedy-at-width-D+1 ratio of those: the cost of drafting, free of the host.
+step cost (greedy at width 1, and with graphs at width D+1). With graphs, also the GPU time of one
+step alone (its graph replayed 200 times) and the speculative / greedy-at-width-D+1 ratio of those
+(``speculative_graph_replay_vs_greedy_widthD+1``): the cost of drafting, free of the host.
 A random model (random prompts of 3-15 s of audio, no stop id: every row decodes
 --max-new-tokens) has the shapes, hence the step costs, of the trained one; only the tokens per
 step differ. The bound: bytes of the weights one greedy step reads (decoder and output head) over
@@ -59,6 +60,7 @@ def parse(argv):
     p.add_argument('--hbm-tb-per-s', type=float, default=4.8, help='memory bandwidth (H200: 4.8)')
     p.add_argument('--count-ops', action='store_true', help='operators per step, by part')
     p.add_argument('--skip-timing', action='store_true', help='no timed decoding (with --count-ops)')
+    p.add_argument('--skip-eager', action='store_true', help='on a GPU, time the CUDA-graph modes only')
     p.add_argument('--out', help='JSON path (default: print)')
     args, model_flags = p.parse_known_args(argv)
     if args.load and (not args.manifest or model_flags):
@@ -142,7 +144,7 @@ def replay_ms(pool: WorkspacePool, name: str, width: int) -> float:
 
 def time_modes(model, batches, depth: int, args, stops, vocab: int) -> dict:
     modes = {}
-    for cuda_graphs in ([False, True] if torch.cuda.is_available() else [False]):
+    for cuda_graphs in ([True] if args.skip_eager else [False, True]) if torch.cuda.is_available() else [False]:
         pool = WorkspacePool(cuda_graphs)
         suffix = '_graphs' if cuda_graphs else '_eager'
         modes['greedy' + suffix] = time_mode(lambda b: greedy_decode(
@@ -158,11 +160,13 @@ def time_modes(model, batches, depth: int, args, stops, vocab: int) -> dict:
             greedy, speculative = replay_ms(pool, 'greedy', depth + 1), replay_ms(pool, 'speculative', depth + 1)
             modes[f'greedy_width{depth + 1}' + suffix]['graph_replay_ms'] = greedy
             modes['speculative' + suffix]['graph_replay_ms'] = speculative
-            modes['speculative_graph_replay_vs_greedy'] = speculative / greedy
+            modes[f'speculative_graph_replay_vs_greedy_width{depth + 1}'] = speculative / greedy
     fastest = 'graphs' if torch.cuda.is_available() else 'eager'
     if depth:
-        modes['speculative_step_cost_vs_greedy'] = (modes[f'speculative_{fastest}']['ms_per_step']
-                                                    / modes[f'greedy_{fastest}']['ms_per_step'])
+        for greedy in (f'greedy_{fastest}', f'greedy_width{depth + 1}_{fastest}'):
+            if greedy in modes:
+                modes[f'speculative_step_cost_vs_{greedy}'] = (modes[f'speculative_{fastest}']['ms_per_step']
+                                                               / modes[greedy]['ms_per_step'])
         modes['speculative_speedup'] = (modes[f'speculative_{fastest}']['tokens_per_s']
                                         / modes[f'greedy_{fastest}']['tokens_per_s'])
     print(', '.join(f'{name} {m["tokens_per_s"]:.0f} tok/s ({m["ms_per_step"]:.2f} ms/step'
@@ -206,7 +210,7 @@ def main(argv=None):
     device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
     lm = model.language_model
     step_bytes = greedy_step_bytes(lm)
-    report = {'model': source, 'utterances': args.max_utterances,
+    report = {'model': source, 'utterances': len(utterances) if args.load else args.max_utterances,
               'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
               'dtype': 'bf16' if cfg.bf16 else 'fp32', 'draft_depth': depth,
               'parameters': sum(p.numel() for p in model.parameters()),
