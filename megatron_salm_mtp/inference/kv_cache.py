@@ -25,9 +25,9 @@ what every layer would recompute from the positions alone is computed once per f
 by the layers (and by the MTP depths of a draft): the mask, additive (0 or -inf in the
 activations' dtype: what SDPA turns a boolean mask into, so a boolean one costs every layer a
 negation and a conversion), and RoPE's cos and sin. The hook applies RoPE itself (the forwards pass
-core no rotary embedding): core's unfused RoPE computes cos and sin of the angles in each layer,
-12 of the ~40 kernels of a layer; ``rotated`` is the rest of its arithmetic, op for op, so the
-values are the same.
+core no rotary embedding): core's unfused RoPE computes cos and sin of the angles for the queries
+and again for the keys of every layer, 12 of its ~40 kernels; ``rotated`` is the rest of its
+arithmetic, op for op, so the values are the same.
 """
 
 from contextlib import contextmanager
