@@ -15,7 +15,7 @@ from typing import Callable, Dict, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+from torch.utils.flop_counter import flop_registry
 
 from ..compat import mcore
 from . import drafter
@@ -64,7 +64,7 @@ class StepTally(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
-        if name in HOST_READS or _copies_to_host(name, args, kwargs, out):
+        if name in HOST_READS or _copies_to_host(name, args, out):
             self.host_read()
         if self.in_step and name not in VIEWS:
             part = self.parts[-1] if self.parts else 'glue'
@@ -73,7 +73,7 @@ class StepTally(TorchDispatchMode):
         return out
 
 
-def _copies_to_host(name: str, args, kwargs, out) -> bool:
+def _copies_to_host(name: str, args, out) -> bool:
     if name == '_to_copy':
         return args[0].device.type != 'cpu' and out.device.type == 'cpu'
     if name == 'copy_':
@@ -84,8 +84,9 @@ def _copies_to_host(name: str, args, kwargs, out) -> bool:
 def _flops(func, name: str, args, kwargs, out) -> int:
     if func.overloadpacket in flop_registry:
         return flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
-    if name in CPU_ATTENTION:
-        return sdpa_flop_count(*(t.shape for t in args[:3]))
+    if name in CPU_ATTENTION:  # q [b, heads, sq, d] against k [b, groups, sk, d]: QK^T and PV
+        (batch, heads, queries, dim), keys = args[0].shape, args[1].shape[2]
+        return 4 * batch * heads * queries * keys * dim
     return 0
 
 
