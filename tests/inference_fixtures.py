@@ -9,7 +9,6 @@ from megatron_salm_mtp.data.frames import audio_tokens
 from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
-from megatron_salm_mtp.inference.trunk_cache import head_logits
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import LOCAL
 from parallel_utils import tiny_config
@@ -72,6 +71,13 @@ def full_recompute_greedy(model, batch: PromptBatch, max_new_tokens: int, stop_i
     return new
 
 
+def reference_logits(language_model, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits [b, V] of hidden states [b, h]: the tied word embedding (or untied head) as a matrix."""
+    weight = (language_model.shared_embedding_or_output_weight()
+              if language_model.share_embeddings_and_output_weights else language_model.output_layer.weight)
+    return hidden @ weight.t()
+
+
 @torch.no_grad()
 def recompute_drafts(language_model, tokens, lengths, trunk_hidden, depths: int, vocab_size: int):
     """Reference drafts [b, depths]: training's MTP forward (core's rolling layer) over the whole
@@ -90,8 +96,8 @@ def recompute_drafts(language_model, tokens, lengths, trunk_hidden, depths: int,
             mtp_layer_for_depth(language_model, depth), input_ids=input_ids,
             position_ids=position_ids, hidden_states=hidden, attention_mask=None,
             rotary_pos_emb=rotary, embedding=language_model.embed_mtp_inputs)
-        logits = head_logits(language_model, hidden[last_state, rows][None], vocab_size)[0]
-        drafts.append(logits.argmax(-1))
+        logits = reference_logits(language_model, hidden[last_state, rows])
+        drafts.append(logits[:, :vocab_size].float().argmax(-1))
         input_ids = input_ids.clone()
         input_ids[rows, last_state + 1] = drafts[-1]  # what position n-1 reads at the next depth
     return torch.stack(drafts, dim=1)
@@ -122,10 +128,10 @@ def oracle_drafter(truth, prompt_lengths, wrong_depth):
         def __init__(self, language_model, batch_size, capacity, depths, device):
             self.depths = depths
 
-        def reset(self):
+        def prefill(self, tokens, trunk_hidden, longest):
             pass
 
-        def draft(self, tokens, lengths, trunk_hidden, vocab_size, longest):
+        def draft(self, tokens, lengths, trunk_hidden, vocab_size):
             rows = []
             for row, length in enumerate(lengths.tolist()):
                 emitted = length - int(prompt_lengths[row])

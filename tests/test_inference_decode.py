@@ -7,8 +7,11 @@ acceptance counts are known in advance (fp32). Over 200 utterances, in fp32 and 
 equal greedy decoding at the verify step's width bit for bit.
 """
 
+import dataclasses
+
 import pytest
 import torch
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 
 from inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
                                 full_recompute_greedy, oracle_drafter, random_prompts, row_of,
@@ -16,6 +19,7 @@ from inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness
 from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
+from megatron_salm_mtp.inference.kv_cache import rotated
 from megatron_salm_mtp.inference.workspace import WorkspacePool
 
 FRAMES = [30, 57, 41]  # rows of different prompt lengths
@@ -24,6 +28,19 @@ FRAMES = [30, 57, 41]  # rows of different prompt lengths
 @pytest.fixture(scope='module')
 def random_model(single_rank_parallel):
     return tiny_salm(seed=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('rotary_dim', [16, 8])
+def test_cache_rope_equals_core_rope_bit_for_bit(random_model, dtype, rotary_dim):
+    """The KV cache rotates queries and keys itself, with cos and sin computed once per forward;
+    the values must be core's (partial rotary included: the rest of the head passes through)."""
+    gen = torch.Generator().manual_seed(9)
+    t = torch.randn(4, 3, 2, 16, generator=gen).to(dtype)  # [q, b, heads, head dim]
+    angles = torch.randn(4, 3, 1, rotary_dim, generator=gen) * 50
+    config = dataclasses.replace(random_model.language_model.config, apply_rope_fusion=False)
+    cos, sin = torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+    assert torch.equal(rotated(t, cos, sin), apply_rotary_pos_emb(t, angles, config=config))
 
 
 def test_cached_greedy_equals_full_recompute(random_model):

@@ -1,10 +1,11 @@
 """MTP drafting over per-depth KV caches (inference/drafter.py) against the reference: training's
 MTP forward recomputed over the whole sequence at every draft (``recompute_drafts``), CPU fp32.
 
-The drafter is driven through decoding states directly: each row advances by a random number of
-tokens per step (1 .. D+1: rows of one batch accept different numbers of drafts), and everything
-past a row's verified tokens and trunk states is random junk, as rejected drafts leave it. A
-draft that read a rejected token or kept a provisional state in its cache would differ.
+The drafter is driven as decoding drives it: after each draft every row accepts a random number
+of its own drafts (0 .. D, each once in every D+1 steps, rows in their own order) followed by a
+token other than its next draft (the trunk's correction), so that a cached state that read a
+rejected draft would be stale; everything past a row's tokens and trunk states is random junk, as
+rejected drafts leave it. The trunk states are those of the sequence so far.
 """
 
 import pytest
@@ -12,43 +13,49 @@ import torch
 
 from inference_fixtures import (counting_batch, counting_salm, random_prompts, recompute_drafts,
                                 row_of, tiny_salm, trunk_states)
-from megatron_salm_mtp.inference.decode import greedy_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
 
 FRAMES = [30, 57, 41]
+TEXT_IDS = 250  # ids below the tiny models' special ids
 
-def continued(model, batch, new_tokens: int) -> torch.Tensor:
-    """[b, P + new_tokens]: each row's prompt followed at once by its greedy continuation."""
-    outputs, _ = greedy_decode(model, batch, new_tokens, [], model.cfg.vocab_size)
-    sequences = torch.zeros(len(outputs), batch.tokens.shape[1] + new_tokens, dtype=torch.long)
-    for row, output in enumerate(outputs):
-        length = int(batch.lengths[row])
-        sequences[row, :length] = batch.tokens[row, :length]
-        sequences[row, length:length + len(output)] = torch.tensor(output)
-    return sequences
+
+def accepted_per_step(rows: int, depths: int, steps: int, gen) -> torch.Tensor:
+    """[rows, steps] drafts accepted: every row accepts 0 .. D once in each D+1 steps."""
+    rounds = steps // (depths + 1) + 1
+    return torch.cat([torch.stack([torch.randperm(depths + 1, generator=gen) for _ in range(rows)])
+                      for _ in range(rounds)], 1)
+
 
 def check_drafts_against_recompute(model, batch, depths: int, steps: int, seed: int):
     """Drive an ``MTPDrafter`` for ``steps`` drafts and assert each equals the reference."""
     lm, vocab = model.language_model, model.cfg.vocab_size
-    sequences = continued(model, batch, steps * (depths + 1) + 1)
-    states = trunk_states(model, sequences, batch)
-    size, capacity = sequences.shape[0], sequences.shape[1] + 3 * depths + 1
-    drafter = MTPDrafter(lm, size, capacity, depths, 'cpu')
+    size, prompt = batch.tokens.shape
+    capacity = prompt + (steps + 1) * (depths + 1) + 3 * depths + 1
     gen = torch.Generator().manual_seed(seed)
-    # Each row accepts 0 .. D drafts once in every D+1 steps, in its own random order.
-    advances = torch.cat([torch.stack([torch.randperm(depths + 1, generator=gen) + 1
-                                       for _ in range(size)]) for _ in range(steps // (depths + 1) + 1)], 1)
+    sequences = torch.zeros(size, capacity, dtype=torch.long)
+    sequences[:, :prompt] = batch.tokens
     lengths = batch.lengths + 1  # the prompt and the prefill's token
+    sequences[torch.arange(size), batch.lengths] = torch.randint(0, TEXT_IDS, (size,), generator=gen)
+    accepted = accepted_per_step(size, depths, steps, gen)
+    drafter = MTPDrafter(lm, size, capacity, depths, 'cpu')
     for step in range(steps):
-        tokens = torch.randint(0, 250, (size, capacity), generator=gen)
+        states = trunk_states(model, sequences[:, :int(lengths.max())], batch)
+        tokens = torch.randint(0, TEXT_IDS, (size, capacity), generator=gen)
         hidden = torch.randn(capacity, size, states.shape[-1], generator=gen)
         for row, length in enumerate(lengths.tolist()):
             tokens[row, :length] = sequences[row, :length]
             hidden[:length - 1, row] = states[:length - 1, row]
-        cached = drafter.draft(tokens, lengths, hidden, vocab, int(lengths.max()))
+        if step == 0:  # what decoding does after the trunk's prefill
+            drafter.prefill(tokens, hidden, int(lengths.max()))
+        cached = drafter.draft(tokens, lengths, hidden, vocab)
         reference = recompute_drafts(lm, tokens, lengths, hidden, depths, vocab)
         assert torch.equal(cached, reference), (step, lengths.tolist(), cached, reference)
-        lengths = lengths + advances[:, step]
+        for row, (length, taken) in enumerate(zip(lengths.tolist(), accepted[:, step].tolist())):
+            shift = int(torch.randint(1, TEXT_IDS, (1,), generator=gen))
+            correction = (int(cached[row, taken]) + shift) % TEXT_IDS if taken < depths else shift
+            sequences[row, length:length + taken + 1] = torch.tensor(cached[row, :taken].tolist() + [correction])
+        lengths = lengths + accepted[:, step] + 1
+
 
 @pytest.mark.parametrize('rows', [1, 3])
 def test_cached_drafts_equal_recompute_on_a_random_model(single_rank_parallel, rows):

@@ -1,7 +1,8 @@
 """Batched greedy and MTP self-speculative decoding of the SALM over the trunk's KV cache.
 
 Both loops share the prefill (audio encoded once and spliced into the prompt embedding by
-``SALM.embed_inputs``) and the per-row bookkeeping of ``DecodeRows``. Greedy feeds each row's last
+``SALM.embed_inputs``) and the per-row bookkeeping of ``rows.py``, done on the device inside each
+step. Greedy feeds each row's last
 token; speculative decoding feeds it plus D drafts (``drafter.py``), takes the trunk's argmax at
 each of the D+1 positions and accepts the longest prefix of drafts that the trunk agrees with plus
 the trunk's own next token. Rejected drafts need no rollback: the cache is kept by position
@@ -25,7 +26,10 @@ Re-deciding near-ties with a one-token forward instead would not be exact: greed
 Rows accept different numbers of tokens per step; each row has its own positions in the cache, so
 no row waits for another. Finished rows ride along until the batch ends, their outputs ignored.
 The steps after the prefill run over a ``workspace.py`` workspace, replayed from CUDA graphs when
-its pool asks for them.
+its pool asks for them: a whole step (drafts, verify, acceptance and bookkeeping) is one replay,
+and the host reads one flag between steps. What has the prompt's width (the trunk's prefill and,
+with drafts, the MTP layers over the prompt) runs eagerly before the first step and is timed as
+the prefill.
 """
 
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .rows import EMITTED, STEPS
 from .timing import PhaseClock
 from .workspace import DecodeWorkspace, WorkspacePool
 
@@ -62,7 +67,7 @@ class DecodeStats:
     draft_attempts: List[int] = field(default_factory=list)  # per depth: drafts whose prefix was accepted
     draft_accepts: List[int] = field(default_factory=list)  # per depth: drafts accepted
     encode_seconds: float = 0.0  # audio encoding and projection, spliced into the prompt
-    prefill_seconds: float = 0.0  # the trunk over the prompt, to the first token
+    prefill_seconds: float = 0.0  # the trunk (and the MTP layers) over the prompt, to the first token
 
     def __post_init__(self):
         self.draft_attempts = self.draft_attempts or [0] * self.depths
@@ -78,48 +83,6 @@ class DecodeStats:
             self.draft_accepts[k] += other.draft_accepts[k]
 
 
-class DecodeRows:
-    """Host side of a batch: outputs, finished flags and lengths per row, mirrored into the
-    workspace's token and length buffers as tokens are emitted.
-
-    Lengths and finished flags are kept on the host: the loops read them every step, and a
-    device read per row would stall the GPU's queue of kernels each time."""
-
-    def __init__(self, workspace: DecodeWorkspace, batch: PromptBatch, max_new_tokens: int,
-                 stop_ids: Sequence[int]):
-        self.ws = workspace
-        workspace.load(batch.tokens, batch.lengths)
-        size = batch.tokens.shape[0]
-        self.host_lengths = batch.lengths.tolist()
-        self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
-        self.outputs: List[List[int]] = [[] for _ in range(size)]
-        self.done = torch.zeros(size, dtype=torch.bool)
-
-    def append(self, candidates: List[List[int]], counts: List[int]) -> List[int]:
-        """Emit the first ``counts[r]`` of ``candidates[r]`` for each active row, cut after a stop
-        id or at the token budget; returns the number emitted per row. Host lists: the caller
-        reads the step's outputs from the device in one go."""
-        emitted, update = [], [[], [], []]  # rows, positions, tokens written to the workspace
-        for row, (tokens, count) in enumerate(zip(candidates, counts)):
-            taken = []
-            for token in tokens[:count] if not self.done[row] else []:
-                taken.append(token)
-                if token in self.stop_ids or len(self.outputs[row]) + len(taken) >= self.max_new_tokens:
-                    self.done[row] = True
-                    break
-            start = self.host_lengths[row]
-            update[0] += [row] * len(taken)
-            update[1] += range(start, start + len(taken))
-            update[2] += taken
-            self.host_lengths[row] += len(taken)
-            self.outputs[row].extend(taken)
-            emitted.append(len(taken))
-        rows, positions, tokens = torch.tensor(update, dtype=torch.long, device=self.ws.tokens.device)
-        self.ws.tokens[rows, positions] = tokens
-        self.ws.lengths.copy_(torch.tensor(self.host_lengths))
-        return emitted
-
-
 def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
     """Positions per row of every buffer: prompt, new tokens, a step's lookahead and the drafter's
     window (``drafter.py``), bucketed. It depends on the width, not on the mode, so that greedy
@@ -131,27 +94,38 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
 
 def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
            depths: int, workspaces: Optional[WorkspacePool]):
-    """(rows, per-row stats) after the audio encoding, the prefill and the first token."""
+    """(workspace, phase clock) after the audio encoding, the prefill, the first token and, with
+    drafts, the MTP layers over the prompt (``MTPDrafter.prefill``: every step after it then has
+    the same shapes)."""
     size, prompt = batch.tokens.shape
     device = batch.tokens.device
-    capacity = _capacity(batch, max_new_tokens, width)
     pool = workspaces or WorkspacePool()
-    rows = DecodeRows(pool.get(model, size, capacity, width, depths, device), batch,
-                      max_new_tokens, stop_ids)
+    ws = pool.get(model, size, _capacity(batch, max_new_tokens, width), width, depths, device)
+    ws.load(batch.tokens, batch.lengths, max_new_tokens, stop_ids)
     clock = PhaseClock(device)
     clock.mark()
     positions = torch.arange(prompt, device=device)[None].expand(size, prompt)
     embeddings = model.embed_inputs(batch.tokens, positions, batch.audio_features,
                                     batch.audio_feature_lengths)
     clock.mark()
-    hidden = rows.ws.trunk(embeddings, positions)
-    last = hidden[rows.ws.lengths - 1, rows.ws.index]
-    first = rows.ws.cache.logits(last[None], vocab_size)[0].argmax(-1)
+    hidden = ws.trunk(embeddings, positions)
+    last = hidden[ws.lengths - 1, ws.index]
+    ws.rows.emit(ws.cache.next_tokens(last[None], vocab_size).t())
+    if depths:
+        ws.drafter.prefill(ws.tokens, ws.hidden, prompt + 1)
     clock.mark()
-    rows.append([[token] for token in first.tolist()], [1] * size)
-    stats = [DecodeStats(depths) for _ in range(size)]
+    return ws, clock
+
+
+def _finish(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: PhaseClock, depths: int):
+    """(outputs per row, DecodeStats per row) of running ``step`` until every row has finished."""
+    while not bool(ws.rows.all_done):  # the one device read of a step
+        ws.run(name, step)
+    outputs, counts = ws.rows.read(batch.lengths.tolist())
+    stats = [DecodeStats(depths, verify_steps=c[STEPS], verify_emitted=c[EMITTED],
+                         draft_attempts=c[2:2 + depths], draft_accepts=c[2 + depths:]) for c in counts]
     stats[0].encode_seconds, stats[0].prefill_seconds = clock.seconds(0, 1), clock.seconds(1, 2)
-    return rows, stats
+    return outputs, stats
 
 
 @torch.no_grad()
@@ -166,23 +140,17 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
     """
     if width < 1:
         raise ValueError(f"greedy width {width}: must be >= 1")
-    rows, stats = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
-    ws = rows.ws
+    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
 
     def step():
+        active = ~ws.rows.done
         hidden = ws.feed(ws.last_tokens()[:, None].expand(-1, width))
-        # Logits at every position, the filler ones included: the head's GEMM then has the shape
-        # it has in a verify step, which is what makes the first row's rounding the same.
-        return ws.cache.logits(hidden, vocab_size).argmax(-1)[0]
+        # The head at every position, the filler ones included: its GEMM then has the shape it
+        # has in a verify step, which is what makes the first row's rounding the same.
+        tokens = ws.cache.next_tokens(hidden, vocab_size)[0]
+        ws.rows.count_step(active, ws.rows.emit(tokens[:, None]))
 
-    while not bool(rows.done.all()):
-        active = ~rows.done
-        tokens = ws.run('greedy', step).tolist()
-        emitted = rows.append([[token] for token in tokens], [1] * len(tokens))
-        for row in active.nonzero()[:, 0].tolist():
-            stats[row].verify_steps += 1
-            stats[row].verify_emitted += emitted[row]
-    return rows.outputs, stats
+    return _finish(ws, 'greedy', step, batch, clock, 0)
 
 
 @torch.no_grad()
@@ -190,37 +158,16 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
                        vocab_size: int, depths: int, workspaces: Optional[WorkspacePool] = None):
     """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
     drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
-    rows, stats = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
-                         workspaces)
-    ws = rows.ws
+    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
+                       workspaces)
 
     def step():
-        drafts = ws.drafter.draft(ws.tokens, ws.lengths, ws.hidden, vocab_size, max(rows.host_lengths))
+        active = ~ws.rows.done
+        drafts = ws.drafter.draft(ws.tokens, ws.lengths, ws.hidden, vocab_size)
         hidden = ws.feed(torch.cat([ws.last_tokens()[:, None], drafts], dim=1))
-        verdict = ws.cache.logits(hidden, vocab_size).argmax(-1).t()  # [b, D+1]: trunk's choices
+        verdict = ws.cache.next_tokens(hidden, vocab_size).t()  # [b, D+1]: the trunk's choices
         agreed = (drafts == verdict[:, :depths]).long().cumprod(dim=1)  # accepted prefix
-        return torch.cat([verdict, agreed], dim=1)  # one tensor: one read per step
+        # Drafts 1..a equal the trunk's choices 0..a-1: emit those and the trunk's choice a.
+        ws.rows.count_step(active, ws.rows.emit(verdict, agreed.sum(dim=1)), agreed)
 
-    first = True
-    while not bool(rows.done.all()):
-        active = ~rows.done
-        # The first draft computes every position (its width is the prompt's): eager.
-        host = (step() if first else ws.run('speculative', step)).tolist()
-        first = False
-        verdict, agreed = [row[:depths + 1] for row in host], [row[depths + 1:] for row in host]
-        emitted = rows.append(verdict, [sum(a) + 1 for a in agreed])  # drafts 1..a equal verdict 0..a-1
-        for row in active.nonzero()[:, 0].tolist():
-            record_step(stats[row], agreed[row], emitted[row])
-    return rows.outputs, stats
-
-
-def record_step(stats: DecodeStats, agreed: List[int], emitted: int) -> None:
-    """Count one verify forward of an active row: ``agreed`` is 1 along the row's accepted
-    prefix of drafts (depth by depth), ``emitted`` the tokens the step emitted."""
-    stats.verify_steps += 1
-    stats.verify_emitted += emitted
-    reached = 1
-    for depth, accepted in enumerate(agreed):
-        stats.draft_attempts[depth] += reached
-        stats.draft_accepts[depth] += accepted
-        reached = accepted
+    return _finish(ws, 'speculative', step, batch, clock, depths)

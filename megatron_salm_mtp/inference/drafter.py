@@ -8,16 +8,20 @@ states are h_0 .. h_{n-1}: depth k at position n-1 reads token n-1+k and predict
 positions past x_n read the drafts of the depths before, d_1 = x_{n+1} .. d_{k-1}, so that the
 chain consumes its own drafts as training consumed the true tokens.
 
-Which states a cache may keep: depth k at position i reads tokens up to i+k, so it is final (all
-its inputs verified) only for i <= n-k; positions n-k+1 .. n-1 read drafts that the next verify
-step may reject. After a step that accepts a drafts, n grows by a+1 <= D+1, so every position
-that is not final at some depth lies in the last ``2 D`` positions before the new draft position
-(n-1-(D+k) < i for depth k <= D). Each depth therefore keeps a KV cache by position
-(``kv_cache.py``) and a draft recomputes, at each depth, the window of the last 2D positions:
-everything before it is final and cached, rejected or provisional states inside it are simply
-overwritten (the rollback), and the window has the same shape at every step. The first draft
-after the prefill computes every position once. Drafts equal those of training's forward over the
-whole sequence (``tests/inference_fixtures.py`` keeps that recompute as the reference).
+Which states a cache may keep. The depth-k state at i depends on h_0 .. h_i and the tokens up to
+i+k, nothing else. A draft at n computes every depth at positions up to n-1, those past n-k from
+its own drafts. The verify step then accepts a of the D drafts (x_{n+1} .. x_{n+a} are the drafts)
+and emits one more token, so the next draft is at n' = n+a+1; every state of the cache at i <= n-1
+whose tokens are all verified, i+k <= n+a, is final, and depth k must compute the positions from
+min(n, n+a-k+1) to n'-1: max(a+1, k) <= D+1 of them. Each depth therefore keeps a KV cache by
+position (``kv_cache.py``) and a draft computes, at every depth, the window of the last D+1
+positions: what lies before it is final and cached, provisional states inside it are simply
+overwritten (the rollback), and the window has the same shape at every step (one CUDA graph).
+Fewer is impossible for this conditioning: depth k's own state at n-k+1 .. n-1 reads this step's
+drafts d_1 .. d_{k-1}, so k positions per depth are new at every step even when all drafts were
+accepted. After the prefill, ``prefill`` computes every depth over the prompt once.
+Drafts equal those of training's forward over the whole sequence (``tests/inference_fixtures.py``
+keeps that recompute as the reference).
 """
 
 from typing import List
@@ -25,8 +29,8 @@ from typing import List
 import torch
 
 from ..compat import mcore
-from .kv_cache import PositionKVCache, rope_table, rotary_at
-from .trunk_cache import head_logits
+from .kv_cache import PositionKVCache, rope_table
+from .trunk_cache import head_argmax
 
 
 def mtp_layer_for_depth(language_model, depth: int):
@@ -41,55 +45,58 @@ class MTPDrafter:
 
     def __init__(self, language_model, batch_size: int, capacity: int, depths: int, device):
         self.lm, self.depths, self.capacity = language_model, depths, capacity
-        self.window = 2 * depths
         if capacity < 3 * depths + 1:
             raise ValueError(f"drafting {depths} tokens needs a capacity of at least {3 * depths + 1} "
                              f"positions, got {capacity}")
+        rope = rope_table(language_model, capacity)
         self.caches = [PositionKVCache([getattr(mtp_layer_for_depth(language_model, depth),
                                                 mcore.MTP_INNER_LAYER).self_attention],
-                                       batch_size, capacity, device) for depth in range(depths)]
-        self.rope = rope_table(language_model, capacity)
+                                       batch_size, capacity, device, rope) for depth in range(depths)]
         self.rows = torch.arange(batch_size, device=device)
-        self.started = False
+        self.window = torch.arange(depths + 1, device=device)  # offsets of the D+1 positions
 
-    def reset(self) -> None:
-        """Start a new batch: its first draft computes every position again."""
-        self.started = False
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, trunk_hidden: torch.Tensor, longest: int) -> None:
+        """Every depth's states at positions 0 .. longest-2 (the first draft's window and what lies
+        before it), after the trunk's prefill and first token; ``longest``: max(lengths). Past a
+        row's own window the states read junk, overwritten before any query sees them."""
+        positions = torch.arange(longest - 1, device=tokens.device)[None].expand(len(self.rows), -1)
+        hidden = trunk_hidden[:longest - 1]
+        for _ in self._depth_states(tokens, positions, hidden):
+            pass  # the caches are what the prefill leaves
 
     @torch.no_grad()
     def draft(self, tokens: torch.Tensor, lengths: torch.Tensor, trunk_hidden: torch.Tensor,
-              vocab_size: int, longest: int) -> torch.Tensor:
+              vocab_size: int) -> torch.Tensor:
         """[b, depths] drafts of the tokens after each row's last one.
 
         tokens [b, capacity]: prompt + emitted ids, row r holding ``lengths[r]`` of them;
-        trunk_hidden [capacity, b, h]: trunk states by position (final below ``lengths[r] - 1``);
-        longest: max(lengths), known on the host (sizes the first draft's window).
+        trunk_hidden [capacity, b, h]: trunk states by position (final below ``lengths[r] - 1``).
         """
         last = lengths - 2  # position n-1: the last with a trunk state
-        if self.started:
-            starts = (last - (self.window - 1)).clamp(min=0)
-            width = self.window
-        else:  # nothing cached yet: every position once
-            starts, width = torch.zeros_like(last), longest - 1
-            self.started = True
-        positions = starts[:, None] + torch.arange(width, device=last.device)[None, :]  # [b, w]
-        hidden = trunk_hidden[positions.t(), self.rows]  # [w, b, h]
+        starts = (last - self.depths).clamp(min=0)
+        by_position = self.window[:, None] + starts[None, :]  # [D+1, b], as the states are laid out
+        at_last = last - starts  # where position n-1 lies in the window
         sequence = tokens.clone()  # drafts are written past each row's tokens as they come
         drafts: List[torch.Tensor] = []
-        for depth in range(self.depths):
-            # Past a row's last position the window reads and writes garbage that no later
-            # query sees (indices clamped into the buffers).
-            read = (positions + depth + 1).clamp(max=self.capacity - 1)
-            hidden = self._layer_step(depth, hidden, sequence.gather(1, read), positions)
-            out = hidden[last - starts, self.rows]  # [b, h]: the state at position n-1
-            drafts.append(head_logits(self.lm, out[None], vocab_size)[0].argmax(-1))
+        hidden = trunk_hidden[by_position, self.rows]  # contiguous (a transposed index would not be)
+        for depth, hidden in self._depth_states(sequence, by_position.t(), hidden):
+            drafts.append(head_argmax(self.lm, hidden[at_last, self.rows][None], vocab_size)[0])
             sequence[self.rows, lengths + depth] = drafts[-1]
         return torch.stack(drafts, dim=1)
 
-    def _layer_step(self, depth: int, hidden, token_ids, positions):
-        cache = self.caches[depth]
-        cache.attend_at(positions)
-        with cache.attached():
-            return mcore.run_mtp_layer_on_ids(
-                mtp_layer_for_depth(self.lm, depth), hidden, token_ids, positions,
-                self.lm.embed_mtp_inputs, rotary_at(self.rope, positions))
+    def _depth_states(self, sequence, positions, hidden):
+        """Yields (depth, states [q, b, h] at ``positions`` [b, q]) depth after depth, reading each
+        depth's tokens from ``sequence`` when it comes (a draft written in between is read)."""
+        self.caches[0].attend_at(positions)  # mask and RoPE, shared by the depths
+        for cache in self.caches[1:]:
+            cache.attend_as(self.caches[0])
+        for depth, cache in enumerate(self.caches):
+            # Past a row's last position the window reads and writes junk that no later query
+            # sees (indices clamped into the buffers).
+            read = (positions + depth + 1).clamp(max=self.capacity - 1)
+            with cache.attached():
+                hidden = mcore.run_mtp_layer_on_ids(
+                    mtp_layer_for_depth(self.lm, depth), hidden, sequence.gather(1, read), positions,
+                    self.lm.embed_mtp_inputs, None)  # the cache applies RoPE
+            yield depth, hidden

@@ -16,14 +16,23 @@ Why not Megatron-Core's ``StaticInferenceContext``: it writes all rows at one sh
 attends over a prefix that grows by each step's width, so rows accepting different numbers of
 drafts need invalid-slot bookkeeping, a token's keys land in different slots (over different key
 lengths) under greedy and speculative decoding - they round differently in bf16 - and the shapes
-change every step. Core's attention module still does everything else (QKV, QK-norm, RoPE,
-output projection, as in training): a forward pre-hook on its core attention swaps the new keys
-and values for the cache's and the causal flag for the position mask.
+change every step. Core's attention module still does everything else (QKV, QK-norm, output
+projection, as in training): a forward pre-hook on its core attention swaps the new keys and values
+for the cache's and the causal flag for the position mask.
+
+Per forward, not per layer. A decoding step of a small model is bound by its number of kernels, so
+what every layer would recompute from the positions alone is computed once per forward and shared
+by the layers (and by the MTP depths of a draft): the mask, additive (0 or -inf in the
+activations' dtype: what SDPA turns a boolean mask into, so a boolean one costs every layer a
+negation and a conversion), and RoPE's cos and sin. The hook applies RoPE itself (the forwards pass
+core no rotary embedding): core's unfused RoPE computes cos and sin of the angles for the queries
+and again for the keys of every layer, 12 of its ~40 kernels; ``rotated`` is the rest of its
+arithmetic, op for op, so the values are the same.
 """
 
 from contextlib import contextmanager
 from functools import partial
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
@@ -35,7 +44,8 @@ class PositionKVCache:
     """K/V buffers ``[capacity, b, groups, dim]`` by position for ``attentions`` (core
     ``SelfAttention`` modules), one batch of ``batch_size`` rows."""
 
-    def __init__(self, attentions: Sequence[torch.nn.Module], batch_size: int, capacity: int, device):
+    def __init__(self, attentions: Sequence[torch.nn.Module], batch_size: int, capacity: int, device,
+                 rope: Optional[torch.Tensor] = None):
         for attention in attentions:
             if not isinstance(attention.core_attention, SDPAttention):
                 raise TypeError(f"decoding needs the local spec's SDPA core attention (it honours "
@@ -44,13 +54,25 @@ class PositionKVCache:
         self.capacity = capacity
         self.slots = torch.arange(capacity, device=device)
         self.rows = torch.arange(batch_size, device=device)
+        dtype = next(attentions[0].parameters()).dtype  # the queries' dtype
+        self.dtype, self.rope = dtype, rope  # rope: [capacity, dim] angles by position (``rope_table``)
+        self.shown, self.hidden = (torch.tensor(value, dtype=dtype, device=device)
+                                   for value in (0.0, float('-inf')))
         self.buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-        self.write_index = self.mask = None
+        self.write_index = self.mask = self.cos = self.sin = None
 
     def attend_at(self, positions: torch.Tensor) -> None:
         """Place the next forward's queries at ``positions`` [b, q] (each row its own)."""
         self.write_index = positions.t()  # [q, b], as the keys are laid out
-        self.mask = self.slots[None, None, None, :] > positions[:, None, :, None]  # True = hidden
+        later = self.slots[None, None, None, :] > positions[:, None, :, None]  # [b, 1, q, capacity]
+        self.mask = torch.where(later, self.hidden, self.shown)
+        if self.rope is not None:
+            angles = self.rope[self.write_index].unsqueeze(2)  # [q, b, 1, dim], core's layout
+            self.cos, self.sin = (torch.cos(angles).to(self.dtype), torch.sin(angles).to(self.dtype))
+
+    def attend_as(self, other: 'PositionKVCache') -> None:
+        """Place the next forward's queries where ``other``'s are (its mask and rotations)."""
+        self.write_index, self.mask, self.cos, self.sin = other.write_index, other.mask, other.cos, other.sin
 
     @contextmanager
     def attached(self):
@@ -66,6 +88,8 @@ class PositionKVCache:
 
     def _attend(self, index: int, module, args, kwargs):
         query, key, value = args[:3]
+        if self.cos is not None:
+            query, key = rotated(query, self.cos, self.sin), rotated(key, self.cos, self.sin)
         keys, values = self._buffers(index, key, value)
         keys[self.write_index, self.rows] = key
         values[self.write_index, self.rows] = value
@@ -80,13 +104,25 @@ class PositionKVCache:
         return self.buffers[index]
 
 
-def rope_table(language_model, capacity: int):
-    """[capacity, dim] rotary angles by position, or None for a model without RoPE."""
+def rope_table(language_model, capacity: int) -> Optional[torch.Tensor]:
+    """[capacity, dim] rotary angles by position, or None for a model without RoPE; only the RoPE
+    that ``rotated`` reproduces (core's unfused, non-interleaved, unscaled)."""
     if language_model.position_embedding_type != 'rope':
         return None
+    config = language_model.config
+    for name in ('rotary_interleaved', 'multi_latent_attention', 'apply_rope_fusion'):
+        if getattr(config, name, False):
+            raise ValueError(f"decoding applies RoPE itself and does not support {name}=True")
+    if getattr(config, 'yarn_rotary_scaling_factor', None) is not None:
+        raise ValueError("decoding applies RoPE itself and does not support YaRN scaling")
     return language_model.rotary_pos_emb(capacity)[:, 0, 0, :]
 
 
-def rotary_at(table, positions: torch.Tensor):
-    """Rotary angles ``[q, b, 1, dim]`` of per-row ``positions`` [b, q] (core's layout)."""
-    return None if table is None else table[positions.t()].unsqueeze(2)
+def rotated(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Core's unfused RoPE (``rope_utils._apply_rotary_pos_emb_bshd``, non-interleaved, mscale 1)
+    of ``t`` [q, b, heads, dim], given cos and sin [q, b, 1, rotary dim] in ``t``'s dtype."""
+    dim = cos.shape[-1]
+    t, rest = t[..., :dim], t[..., dim:]
+    first, second = torch.chunk(t, 2, dim=-1)
+    t = (t * cos) + (torch.cat((-second, first), dim=-1) * sin)
+    return t if rest.shape[-1] == 0 else torch.cat((t, rest), dim=-1)

@@ -57,20 +57,26 @@ def _init_one_process() -> None:
         raise RuntimeError(f"decoding runs at TP=1, PP=1; this process has TP, PP = {sizes}")
 
 
-def load_for_inference(load_dir: str) -> LoadedModel:
-    """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
+def build_for_inference(cfg: SALMConfig):
+    """(SALM of ``cfg`` laid out for one device, randomly initialised, in eval mode on this
+    device; the config it was built with)."""
     from ..model.salm import SALM
-    from ..training.checkpoint import load_checkpoint
-    iteration, stored = _stored_config(load_dir)
     model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
-    cfg = SALMConfig(**{k: v for k, v in stored.items() if k in model_fields})
     cfg = cfg.replace(**{k: v for k, v in ONE_DEVICE_LAYOUT.items() if k in model_fields})
-    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in stored.items() if k in data_fields})
     _init_one_process()
     model = SALM(cfg, LOCAL)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
-    model.eval()
+    return model.eval(), cfg
+
+
+def load_for_inference(load_dir: str) -> LoadedModel:
+    """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
+    from ..training.checkpoint import load_checkpoint
+    iteration, stored = _stored_config(load_dir)
+    model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
+    model, cfg = build_for_inference(SALMConfig(**{k: v for k, v in stored.items() if k in model_fields}))
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in stored.items() if k in data_fields})
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)
     return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration)

@@ -8,7 +8,7 @@ of different prompt lengths, or accepting different numbers of drafts, need no s
 
 import torch
 
-from .kv_cache import PositionKVCache, rope_table, rotary_at
+from .kv_cache import PositionKVCache, rope_table
 
 
 class TrunkCache:
@@ -17,26 +17,28 @@ class TrunkCache:
     def __init__(self, language_model, batch_size: int, capacity: int, device):
         self.lm = language_model
         attentions = [layer.self_attention for layer in language_model.decoder.layers]
-        self.kv = PositionKVCache(attentions, batch_size, capacity, device)
-        self.rope = rope_table(language_model, capacity)
+        self.kv = PositionKVCache(attentions, batch_size, capacity, device,
+                                  rope_table(language_model, capacity))
 
     def forward(self, embeddings: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run ``embeddings`` [q, b, h] at per-row ``positions`` [b, q] through the decoder, each
         query attending to its row's cached positions up to its own; returns the final-norm
-        hidden states [q, b, h]."""
+        hidden states [q, b, h]. The cache applies RoPE (``kv_cache.py``)."""
         self.kv.attend_at(positions)
         with self.kv.attached():
-            return self.lm.decoder(hidden_states=embeddings, attention_mask=None,
-                                   rotary_pos_emb=rotary_at(self.rope, positions))
+            return self.lm.decoder(hidden_states=embeddings, attention_mask=None, rotary_pos_emb=None)
 
-    def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """Main-head logits of [..., h] hidden states, cut to the tokenizer's vocabulary."""
-        return head_logits(self.lm, hidden, vocab_size)
+    def next_tokens(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Main-head argmax [n, b] of hidden states [n, b, h], within the tokenizer's vocabulary."""
+        return head_argmax(self.lm, hidden, vocab_size)
 
 
-def head_logits(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Logits of the (tied or untied) output head for hidden states [n, b, h] -> [n, b, V]."""
+def head_argmax(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Argmax [n, b] over the tokenizer's vocabulary of the (tied or untied) output head's logits
+    of hidden states [n, b, h]. In the logits' own dtype: an fp32 copy would give the same ids (it
+    is exact and keeps the order; argmax takes the first of equal values either way) for one more
+    kernel and a vocabulary-wide write per head."""
     weight = (language_model.shared_embedding_or_output_weight()
               if language_model.share_embeddings_and_output_weights else None)
     logits, _ = language_model.output_layer(hidden, weight=weight)
-    return logits[..., :vocab_size].float()
+    return logits[..., :vocab_size].argmax(-1)

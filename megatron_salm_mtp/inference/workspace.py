@@ -1,23 +1,25 @@
 """Device state of decoding one batch shape, kept from batch to batch, and CUDA graphs of its steps.
 
 A decoding step (greedy: one trunk forward of w positions; speculative: the MTP drafts over the
-window and the verify forward) has the same shapes at every step of every batch of one shape
-(rows, capacity, width: ``kv_cache.py``) and reads and writes only tensors that live here: the
-trunk and MTP caches and the tokens, lengths and trunk states by position. So a step is captured
-once as a CUDA graph and replayed: the GPU then runs its few hundred kernels back to back, free of
-the Python, module calls and launches that otherwise bound a small model's step. The prefill (as
-wide as the batch's prompts) and the first draft after it (every position) stay eager.
+window and the verify forward; both: the rows' bookkeeping, ``rows.py``) has the same shapes at
+every step of every batch of one shape (rows, capacity, width: ``kv_cache.py``) and reads and
+writes only tensors that live here: the trunk and MTP caches, the tokens, lengths and trunk states
+by position and the rows' state. So a step is captured once as a CUDA graph and replayed: the GPU
+then runs its few hundred kernels back to back, free of the Python, module calls and launches
+that otherwise bound a small model's step. The prefill (as wide as the batch's prompts, the MTP
+layers' over the prompt included) stays eager.
 
-Capture: the step runs once eagerly on a side stream (cuBLAS and the allocator warm up; a step is
-idempotent - it rewrites the same cache slots with the same values), is recorded, then replayed.
-Its outputs are the graph's own tensors, overwritten by the next replay: read them before.
+Capture: at the first call the step runs eagerly on a side stream - that run is the call's step
+(cuBLAS and the allocator warm up on it) - then is recorded without running; later calls replay
+it. A step returns nothing: what it computes is in the workspace's buffers.
 """
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence
 
 import torch
 
 from .drafter import MTPDrafter
+from .rows import RowState
 from .trunk_cache import TrunkCache
 
 
@@ -37,14 +39,16 @@ class DecodeWorkspace:
         self.hidden = torch.zeros(capacity, batch_size, weight.shape[1], dtype=weight.dtype,
                                   device=device)
         self.index = torch.arange(batch_size, device=device)
-        self.graphs: Dict[str, Tuple[torch.cuda.CUDAGraph, object]] = {}
+        self.rows = RowState(self.tokens, self.lengths, depths, weight.shape[0])
+        self.graphs: Dict[str, torch.cuda.CUDAGraph] = {}
 
-    def load(self, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Start a batch: right-padded prompts [b, P] of ``lengths`` [b]."""
+    def load(self, tokens: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int,
+             stop_ids: Sequence[int]) -> None:
+        """Start a batch: right-padded prompts [b, P] of ``lengths`` [b], decoded until a stop id
+        or ``max_new_tokens`` per row."""
         self.tokens[:, :tokens.shape[1]] = tokens
         self.lengths.copy_(lengths)
-        if self.drafter is not None:
-            self.drafter.reset()
+        self.rows.start(max_new_tokens, stop_ids)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
@@ -63,20 +67,20 @@ class DecodeWorkspace:
         self.hidden[positions.t(), self.index[None, :]] = hidden
         return hidden
 
-    def run(self, name: str, step: Callable[[], object]):
-        """``step()``'s outputs: eager, or with ``cuda_graphs`` replayed from the graph captured
+    def run(self, name: str, step: Callable[[], None]) -> None:
+        """Run ``step()`` once: eager, or with ``cuda_graphs`` replayed from the graph captured
         at the first call of ``name`` (later calls' ``step`` must compute the same thing)."""
         if not self.cuda_graphs:
-            return step()
-        if name not in self.graphs:
+            step()
+        elif name not in self.graphs:
             self.graphs[name] = capture(step)
-        graph, outputs = self.graphs[name]
-        graph.replay()
-        return outputs
+        else:
+            self.graphs[name].replay()
 
 
-def capture(step: Callable[[], object]):
-    """(graph, outputs) of ``step`` recorded after one eager warm-up run on a side stream."""
+def capture(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """The graph of ``step``, recorded after one eager run on a side stream (that run is the
+    step: recording runs nothing)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -84,8 +88,8 @@ def capture(step: Callable[[], object]):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        outputs = step()
-    return graph, outputs
+        step()
+    return graph
 
 
 class WorkspacePool:

@@ -65,7 +65,8 @@ class SDPAttention(MegatronModule):
     """Core attention on ``torch.nn.functional.scaled_dot_product_attention`` (GQA aware).
 
     Takes Megatron's layout (``[s, b, heads, dim]`` in, ``[s, b, heads * dim]`` out) and its mask
-    convention (``True`` = masked out, shape ``[b, 1, 1|sq, sk]``).
+    convention (``True`` = masked out, shape ``[b, 1, 1|sq, sk]``); a floating-point mask is added
+    to the scores as it is (the decoding KV cache's, 0 or -inf, built once for all layers).
     """
 
     def __init__(
@@ -93,7 +94,8 @@ class SDPAttention(MegatronModule):
         mask_type = attn_mask_type or self.attn_mask_type
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, dim]
         causal = mask_type == AttnMaskType.causal
-        allowed = None if causal or attention_mask is None else ~attention_mask
+        allowed = None if causal or attention_mask is None else (
+            attention_mask if attention_mask.is_floating_point() else ~attention_mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,
             dropout_p=self.dropout if self.training else 0.0,

@@ -4,9 +4,12 @@
   batch 1 and 8, over 200 utterances each: with the MTP drafter (eager and CUDA graphs) and with
   oracle drafts (most tokens then come out of verify positions 1..D).
 * Steps replayed from CUDA graphs give the eager steps' outputs and acceptance counts.
+* With graphs, the host waits for the GPU once per step (the loop's check), whatever the mode.
 
     python -m pytest -q -s tests/gpu/test_decode_gpu.py
 """
+
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ import torch
 from inference_fixtures import EOS_ID, exactness_run, short_prompt_batches, tiny_salm
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.workspace import WorkspacePool
+from megatron_salm_mtp.training.host_syncs import recorded_host_syncs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
@@ -69,3 +73,23 @@ def test_cuda_graph_replay_equals_eager(peaked_bf16_salm, batch_size):
     assert accepted > 0  # the drafts, replayed, were compared through their acceptance
     captured = {name for ws in graphed.workspaces.values() for name in ws.graphs}
     assert captured == {'greedy', 'speculative'}
+
+
+@pytest.mark.parametrize('batch_size', [1, 8])
+def test_one_host_sync_per_step_with_graphs(peaked_bf16_salm, batch_size):
+    """Decoding 20 instead of 4 tokens per row (no stop id) adds exactly one sync per added step."""
+    model, vocab = peaked_bf16_salm, peaked_bf16_salm.cfg.vocab_size
+    pool = WorkspacePool(cuda_graphs=True)
+    batch = next(short_prompt_batches(model.cfg, batch_size, batch_size, seed=35, device='cuda'))
+    modes = {'greedy': lambda new: greedy_decode(model, batch, new, [], vocab, DEPTHS + 1, pool),
+             'speculative': lambda new: speculative_decode(model, batch, new, [], vocab, DEPTHS, pool)}
+    for name, decode in modes.items():
+        decode(4)  # graphs captured
+        counted = {}
+        for new in (4, 20):
+            sites = Counter()
+            with recorded_host_syncs(sites):
+                _, stats = decode(new)
+            counted[new] = (sum(sites.values()), max(s.verify_steps for s in stats))
+        print(f'batch {batch_size}, {name}: (syncs, steps) at 4 and 20 new tokens: {counted}')
+        assert counted[20][0] - counted[4][0] == counted[20][1] - counted[4][1] > 0, counted
