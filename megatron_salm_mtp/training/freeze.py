@@ -7,6 +7,10 @@
   The MTP heads read the frozen shared embedding and output head.
 * ``freeze_llm``: the audio encoder, the projector (and the encoder's CTC head) and the MTP
   heads train; the LLM is frozen.
+* ``encoder_ctc``: the audio encoder and its CTC head train, on the CTC loss alone; the projector
+  and the LLM neither run nor train (``step.py``). Stage 1 of a two-stage recipe: a joint run then
+  starts from its weights with ``--finetune``. The untrained parts are saved at their
+  initialisation, so the checkpoint loads into a SALM of the same shape.
 
 Freezing happens on the bare model chunk, before the DDP wrap and before the optimizer is built:
 DDP then allocates no gradient buffer for frozen parameters and the optimizer (which skips
@@ -16,14 +20,17 @@ DDP then allocates no gradient buffer for frozen parameters and the optimizer (w
 import logging
 from typing import Dict
 
+from ..config import TRAINING_MODES
+
 logger = logging.getLogger(__name__)
 
-TRAINING_MODES = ('joint', 'head_only', 'freeze_llm')
 _TRAINABLE = {
     'joint': None,
     'head_only': ('language_model.mtp.',),
     'freeze_llm': ('audio_encoder.', 'audio_projector.', 'ctc_head.', 'language_model.mtp.'),
+    'encoder_ctc': ('audio_encoder.', 'ctc_head.'),
 }
+assert set(_TRAINABLE) == set(TRAINING_MODES)
 
 
 def is_trainable(name: str, mode: str) -> bool:
