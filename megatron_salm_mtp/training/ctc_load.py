@@ -27,9 +27,9 @@ def check_ctc_head(path: str, stored: dict, model_chunks) -> None:
     saved_units = stored.get('ctc_target_units', 'tokens')
     if cfg.ctc_enabled and not saved:
         raise ConfigError(f'{path}: saved without a CTC head, this run has one (--ctc-loss-weight '
-                         f'{cfg.ctc_loss_weight}): drop --ctc-loss-weight, or load a checkpoint trained with it')
+                          f'{cfg.ctc_loss_weight}): drop --ctc-loss-weight, or load a checkpoint trained with it')
     if cfg.ctc_enabled and saved_units != cfg.ctc_target_units:
         raise ConfigError(f'{path}: its CTC head emits {saved_units}, this run has --ctc-target-units '
-                         f"{cfg.ctc_target_units}: give the checkpoint's units")
+                          f"{cfg.ctc_target_units}: give the checkpoint's units")
     if saved and not cfg.ctc_enabled and torch.distributed.get_rank() == 0:
         logger.info('%s: its CTC head is not loaded (this run has --ctc-loss-weight 0)', path)
