@@ -8,6 +8,7 @@ End to end: stage 1 lowers the CTC loss and logs it as its loss; stage 2 starts 
 from exactly stage 1's weights, attaches MTP heads, and trains.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -22,6 +23,7 @@ from train_utils import read_metrics, run_train
 GLOBAL_BATCH = 8
 RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 TRAINED = ('audio_encoder.', 'ctc_head.')
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 @pytest.fixture(scope='module')
@@ -78,6 +80,26 @@ def test_good_flags_pass(tmp_path):
     assert run.train.finetune
 
 
+STAGES = [('asr_gpu_encoder.yaml', 'asr_gpu.yaml'), ('asr_tiny_cpu_encoder.yaml', 'asr_tiny_cpu.yaml')]
+
+
+@pytest.mark.parametrize('stage1,stage2', STAGES, ids=[s for s, _ in STAGES])
+def test_stage_one_configs_build_the_model_of_stage_two(tmp_path, stage1, stage2):
+    """Stage 2 loads every tensor stage 1 saved: the two configs must build the same SALM."""
+    manifest = tmp_path / 'train.jsonl'
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
+    common = ['--train-manifest', str(manifest), '--tokenizer-model', str(tmp_path), '--save-interval', '0']
+    first = parse_and_validate(['--config', os.path.join(CONFIGS, stage1)] + common)
+    second = parse_and_validate(['--config', os.path.join(CONFIGS, stage2), '--ctc-target-units',
+                                 first.model.ctc_target_units] + common)
+    assert first.train.training_mode == 'encoder_ctc' and second.model.ctc_enabled
+    models = [{k: v for k, v in dataclasses.asdict(run.model).items() if k != 'ctc_loss_weight'}
+              for run in (first, second)]
+    assert models[0] == models[1]
+    for name in ('tokenizer_type', 'prompt_template', 'max_duration'):  # the same utterances
+        assert getattr(first.data, name) == getattr(second.data, name), name
+
+
 def _weights(folder: str) -> dict:
     return {k: v.clone() for k, v in load_for_inference(folder).model.state_dict().items()
             if not k.endswith('_extra_state')}
@@ -92,7 +114,8 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     assert len(lines) == 16 and all('ctc loss: ' in line and 'lm loss' not in line for line in lines)
     records, valid = read_metrics(stage1), read_metrics(stage1, 'valid')
     assert all('lm loss' not in r for r in records + valid)
-    assert records[-1]['ctc loss'] < 0.5 * records[0]['ctc loss'], (records[0]['ctc loss'], records[-1]['ctc loss'])
+    late = sum(r['ctc loss'] for r in records[-4:]) / 4  # ~9.5 against 23 at the first step
+    assert late < 0.5 * records[0]['ctc loss'], (records[0]['ctc loss'], late)
     assert 0 < valid[-1]['ctc loss'] < records[0]['ctc loss']
 
     second = run_train(train_corpus, ctc + ['--load', stage1, '--finetune', '--mtp-num-layers', '2',
