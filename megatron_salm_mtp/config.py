@@ -134,7 +134,8 @@ class SALMConfig:
     ctc_loss_weight: float = 0.0
     """w of the auxiliary CTC loss on the audio encoder: a linear CTC head (vocabulary + blank) on
     the 50 Hz encoder output, targets the answer text's token ids; the objective gains w x summed
-    CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before)."""
+    CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before). With
+    --training-mode encoder_ctc any value > 0 only builds the head: the CTC loss is the objective."""
     ctc_target_units: str = 'tokens'
     """What the CTC head emits: the tokenizer's ids (tokens) or characters (38 of them: letters,
     digits, apostrophe, space; far fewer classes, so the encoder leaves CTC's blank plateau sooner)."""

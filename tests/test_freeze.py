@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from megatron_salm_mtp.config import TRAINING_MODES
 from megatron_salm_mtp.training.freeze import is_trainable
 from parallel_utils import _free_port
 
@@ -22,6 +23,11 @@ def test_mode_rules():
     assert is_trainable('language_model.mtp.layers.1.eh_proj.weight', 'head_only')
     assert is_trainable('audio_projector.mlp.encoder.linear_fc1.weight', 'freeze_llm')
     assert not is_trainable('language_model.embedding.word_embeddings.weight', 'freeze_llm')
+    assert is_trainable('ctc_head.weight', 'encoder_ctc') and is_trainable('audio_encoder.conv1.weight', 'encoder_ctc')
+    assert not is_trainable('audio_projector.mlp.encoder.linear_fc1.weight', 'encoder_ctc')
+    assert not is_trainable('language_model.decoder.layers.0.mlp.linear_fc1.weight', 'encoder_ctc')
+    for mode in TRAINING_MODES:  # every choice of the flag has its rule
+        is_trainable('x', mode)
     with pytest.raises(ValueError, match='--training-mode'):
         is_trainable('x', 'lora')
 

@@ -10,7 +10,8 @@
 * ``encoder_ctc``: the audio encoder and its CTC head train, on the CTC loss alone; the projector
   and the LLM neither run nor train (``step.py``). Stage 1 of a two-stage recipe: a joint run then
   starts from its weights with ``--finetune``. The untrained parts are saved at their
-  initialisation, so the checkpoint loads into a SALM of the same shape.
+  initialisation, so the checkpoint loads into a SALM of the same shape. It needs PP=1 and no MTP
+  heads (refused: they would not train; the joint run attaches new ones).
 
 Freezing happens on the bare model chunk, before the DDP wrap and before the optimizer is built:
 DDP then allocates no gradient buffer for frozen parameters and the optimizer (which skips
@@ -30,7 +31,6 @@ _TRAINABLE = {
     'freeze_llm': ('audio_encoder.', 'audio_projector.', 'ctc_head.', 'language_model.mtp.'),
     'encoder_ctc': ('audio_encoder.', 'ctc_head.'),
 }
-assert set(_TRAINABLE) == set(TRAINING_MODES)
 
 
 def is_trainable(name: str, mode: str) -> bool:
