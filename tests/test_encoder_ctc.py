@@ -10,12 +10,15 @@ from exactly stage 1's weights, attaches MTP heads, and trains.
 
 import dataclasses
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.inference.loading import load_for_inference
 from megatron_salm_mtp.train import parse_and_validate
+from megatron_salm_mtp.training.ctc_load import check_ctc_head
 from parallel_utils import init_weights, run_layout, speech_batch, tiny_config
 from reference import encoder_ctc_objective
 from train_utils import read_metrics, run_train
@@ -78,6 +81,16 @@ def test_good_flags_pass(tmp_path):
     run = parse_and_validate(['--train-manifest', str(manifest), '--load', str(tmp_path / 'stage1'),
                               '--finetune', '--save', str(tmp_path / 'stage2')])
     assert run.train.finetune
+
+
+def test_a_ctc_head_of_other_units_or_none_is_refused_at_load():
+    run = [SimpleNamespace(cfg=tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters'))]
+    check_ctc_head('ck', {'ctc_loss_weight': 1.0, 'ctc_target_units': 'characters'}, run)  # loads
+    check_ctc_head('ck', {}, run)  # saved without its settings: nothing to compare
+    with pytest.raises(ConfigError, match='ck: its CTC head emits tokens, this run has --ctc-target-units characters'):
+        check_ctc_head('ck', {'ctc_loss_weight': 0.3, 'ctc_target_units': 'tokens'}, run)
+    with pytest.raises(ConfigError, match=r'ck: saved without a CTC head, this run has one \(--ctc-loss-weight 0.3\)'):
+        check_ctc_head('ck', {'ctc_loss_weight': 0.0, 'ctc_target_units': 'characters'}, run)
 
 
 STAGES = [('asr_gpu_encoder.yaml', 'asr_gpu.yaml'), ('asr_tiny_cpu_encoder.yaml', 'asr_tiny_cpu.yaml')]
