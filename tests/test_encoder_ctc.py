@@ -131,6 +131,11 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     assert late < 0.5 * records[0]['ctc loss'], (records[0]['ctc loss'], late)
     assert 0 < valid[-1]['ctc loss'] < records[0]['ctc loss']
 
+    resumed = run_train(train_corpus, ctc + ['--load', stage1, '--train-iters', '17'], check=False)
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith('error: ')]
+    assert resumed.returncode != 0 and len(errors) == 1, resumed.stderr[-3000:]
+    assert 'saved by a --training-mode encoder_ctc run, whose optimizer state holds less than ' \
+           '--training-mode joint trains: add --finetune' in errors[0]
     second = run_train(train_corpus, ctc + ['--load', stage1, '--finetune', '--mtp-num-layers', '2',
                                             '--train-iters', '3', '--lr-warmup-iters', '1', '--eval-interval', '0',
                                             '--save', stage2, '--save-interval', '1'])

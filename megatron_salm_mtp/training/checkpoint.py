@@ -34,6 +34,7 @@ from megatron.core.utils import unwrap_model
 from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
                                load_common_state, stored_settings)
 from .ctc_load import check_ctc_head
+from .freeze import check_optimizer_state_covers
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 
 logger = logging.getLogger(__name__)
@@ -285,14 +286,16 @@ def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_conf
 
 
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
-                    load_optimizer: bool = True, load_rng: bool = True) -> Optional[tuple]:
+                    load_optimizer: bool = True, load_rng: bool = True,
+                    training_mode: Optional[str] = None) -> Optional[tuple]:
     """Load the latest complete checkpoint under ``load_dir`` into the given objects.
 
     Returns ``(iteration, common_state)``, or None when the folder holds no checkpoint yet;
     CheckpointError when it holds only incomplete ones, or a file of the latest is damaged.
     The checkpoint may come from another TP/PP/DP layout; RNG states are then not restored.
     Without ``load_optimizer`` the optimiser and scheduler keep their fresh state, without
-    ``load_rng`` the RNGs theirs (a new run from the weights: ``--finetune``).
+    ``load_rng`` the RNGs theirs (a new run from the weights: ``--finetune``). ``training_mode``:
+    the run's, against the saved run's when optimizer state is loaded.
     """
     if not os.path.isdir(load_dir):
         raise FileNotFoundError(f'--load {load_dir!r}: no such directory')
@@ -314,6 +317,8 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     if with_optimizer:
         _check_expert_parallel_change(saved_layout, _layout(), path)
     stored = stored_settings(path)
+    if with_optimizer and training_mode and stored.get('training_mode'):
+        check_optimizer_state_covers(path, stored['training_mode'], training_mode)
     check_ctc_head(path, stored, model_chunks)
     attach_mtp = attaches_new_mtp(path, stored, model_chunks, with_optimizer)
     with_rng = load_rng and same_layout

@@ -21,7 +21,7 @@ DDP then allocates no gradient buffer for frozen parameters and the optimizer (w
 import logging
 from typing import Dict
 
-from ..config import TRAINING_MODES
+from ..config import TRAINING_MODES, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ def is_trainable(name: str, mode: str) -> bool:
         raise ValueError(f"--training-mode {mode!r}: choose one of {', '.join(TRAINING_MODES)}")
     prefixes = _TRAINABLE[mode]
     return prefixes is None or name.startswith(prefixes)
+
+
+def check_optimizer_state_covers(path: str, saved_mode: str, mode: str) -> None:
+    """Raise ConfigError when checkpoint ``path``, saved by a ``saved_mode`` run, keeps optimizer
+    state for less than ``mode`` trains (e.g. encoder_ctc, then joint): dist_checkpointing would
+    fail on the missing keys. Decided on the modes, so every rank agrees."""
+    saved, wanted = _TRAINABLE[saved_mode], _TRAINABLE[mode]
+    if saved is None or wanted is not None and all(prefix.startswith(saved) for prefix in wanted):
+        return
+    raise ConfigError(f"{path}: saved by a --training-mode {saved_mode} run, whose optimizer state holds "
+                      f"less than --training-mode {mode} trains: add --finetune (a new run from its "
+                      "weights) or --no-load-optim (its weights and data position, a fresh optimizer)")
 
 
 def apply_training_mode(module, mode: str) -> Dict[str, int]:

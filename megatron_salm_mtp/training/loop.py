@@ -120,7 +120,7 @@ class Trainer:
         weights_only = imported or self.train_cfg.finetune
         loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler,
                                  load_optimizer=not (weights_only or self.train_cfg.no_load_optim),
-                                 load_rng=not weights_only)
+                                 load_rng=not weights_only, training_mode=self.train_cfg.training_mode)
         if loaded is None:
             logger.warning('--load %s holds no complete checkpoint: starting from scratch', self.train_cfg.load)
             return
