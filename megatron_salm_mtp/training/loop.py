@@ -167,9 +167,9 @@ class Trainer:
                 yaml.safe_dump(self.run.resolved(), f, sort_keys=True)
 
     def train_step(self, microbatches):
-        """(lm loss, grad norm, why the update was skipped or None). With
-        --check-for-nan-in-loss-and-grad a non-finite loss or gradient norm on any rank skips the
-        update on every rank (the scheduler does not advance either)."""
+        """(main loss - the LM's, or the CTC with --training-mode encoder_ctc -, grad norm, why the
+        update was skipped or None). With --check-for-nan-in-loss-and-grad a non-finite loss or
+        gradient norm on any rank skips the update on every rank (the scheduler does not advance)."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
