@@ -47,6 +47,8 @@ class RunConfig:
                               "Whisper's, 80 or 128 bins")
         if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
             raise ConfigError("--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0")
+        if self.train.training_mode == 'encoder_ctc':
+            self._validate_encoder_ctc()
         # The encoder's sinusoidal positions cover 2 mel frames each (stride-2 stem), 10 ms per frame.
         seconds = self.model.encoder_max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
         if self.data.max_duration is None or self.data.max_duration > seconds:
@@ -54,6 +56,21 @@ class RunConfig:
                               f"{seconds:g} s (--encoder-max-source-positions "
                               f"{self.model.encoder_max_source_positions}); a longer clip would crash training")
         self._validate_inputs()
+
+    def _validate_encoder_ctc(self) -> None:
+        """Stage 1 trains the encoder on CTC alone: it needs the CTC head, runs no LLM (so no MTP
+        heads to train), and the encoder lives on the first pipeline stage."""
+        model = self.model
+        if not model.ctc_enabled:
+            raise ConfigError("--training-mode encoder_ctc trains the audio encoder on its CTC loss: it needs "
+                              "--ctc-loss-weight > 0 (any value: the CTC loss is then the whole objective)")
+        if model.pipeline_model_parallel_size != 1:
+            raise ConfigError(f"--training-mode encoder_ctc needs --pipeline-model-parallel-size 1 (got "
+                              f"{model.pipeline_model_parallel_size}): the encoder lives on the first stage "
+                              "and the LLM's stages would idle")
+        if model.mtp_depths:
+            raise ConfigError("--training-mode encoder_ctc runs no LLM, so its MTP heads would not train: "
+                              "drop --mtp-num-layers (the --finetune run that follows attaches new ones)")
 
     def _validate_inputs(self) -> None:
         """The files a run reads first: manifests and the tokenizer."""

@@ -5,6 +5,7 @@ configuration that cannot work fails in the first second, not after a model buil
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,6 +14,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from .config_checks import ConfigError, at_least, check_types, flag, one_of, positive
 from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
+
+TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
+"""``--training-mode`` choices (training/freeze.py says what each trains)."""
 
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
@@ -130,7 +134,8 @@ class SALMConfig:
     ctc_loss_weight: float = 0.0
     """w of the auxiliary CTC loss on the audio encoder: a linear CTC head (vocabulary + blank) on
     the 50 Hz encoder output, targets the answer text's token ids; the objective gains w x summed
-    CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before)."""
+    CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before). With
+    --training-mode encoder_ctc any value > 0 only builds the head: the CTC loss is the objective."""
     ctc_target_units: str = 'tokens'
     """What the CTC head emits: the tokenizer's ids (tokens) or characters (38 of them: letters,
     digits, apostrophe, space; far fewer classes, so the encoder leaves CTC's blank plateau sooner)."""
@@ -510,6 +515,10 @@ class TrainConfig:
     no_load_optim: bool = False
     """With --load: restore weights, iteration and data position but start a fresh optimizer and
     LR schedule (e.g. across a change between EP=1 and EP>1)."""
+    finetune: bool = False
+    """With --load: load the model weights only and start a new run (Megatron-LM's flag): iteration
+    0, a fresh optimizer and LR schedule, the data from the start, RNG from --seed; e.g. a joint run
+    from an --training-mode encoder_ctc checkpoint. --save must name another folder."""
     save_interval: Optional[int] = None
     """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
     exit_interval: Optional[int] = None
@@ -527,7 +536,9 @@ class TrainConfig:
     max_consecutive_nan_skips: int = 5
     """Stop after this many consecutive skipped steps (non-finite loss or gradient)."""
     training_mode: str = 'joint'
-    """joint (all train), head_only (only the MTP heads) or freeze_llm (encoder, projector, MTP)."""
+    """joint (all train), head_only (only the MTP heads), freeze_llm (encoder, projector, MTP) or
+    encoder_ctc (only the audio encoder and its CTC head, on the CTC loss alone; the LLM does not
+    run: stage 1 of a two-stage recipe, continued by --finetune)."""
     train_manifest: Optional[str] = None
     """Training manifest(s), comma-separated (JSONL, NeMo style)."""
     valid_manifest: Optional[str] = None
@@ -550,8 +561,7 @@ class TrainConfig:
                               f"--micro-batch-size {self.micro_batch_size}")
         if self.context_parallel_size != 1:
             raise ConfigError("--context-parallel-size > 1 is not supported yet")
-        if self.training_mode not in ('joint', 'head_only', 'freeze_llm'):
-            raise ConfigError(f"--training-mode {self.training_mode!r}: choose joint, head_only or freeze_llm")
+        one_of(self, 'training_mode', TRAINING_MODES)
         if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
             raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
                               "cosine or inverse-square-root")
@@ -568,3 +578,12 @@ class TrainConfig:
             raise ConfigError(f"--exit-duration-in-mins {self.exit_duration_in_mins} must be positive")
         if not self.train_manifest:
             raise ConfigError("--train-manifest is required")
+        self._validate_finetune()
+
+    def _validate_finetune(self) -> None:
+        if self.finetune and not self.load:
+            raise ConfigError("--finetune needs --load (the checkpoint whose weights start the run)")
+        if self.finetune and self.save and os.path.realpath(self.save) == os.path.realpath(self.load):
+            raise ConfigError(f"--finetune starts a new run from --load {self.load}'s weights: --save needs "
+                              "another folder (to resume a finetuning run, --load its own --save folder "
+                              "without --finetune)")

@@ -2,12 +2,14 @@
 
     python tests/harness.py init  --config C.json --out W.pt             (world size 1)
     torchrun --nproc-per-node N tests/harness.py grads --config C.json --weights W.pt
-             --batch B.pt --microbatches M --out DIR
+             --batch B.pt --microbatches M --out DIR [--training-mode MODE]
 
 ``init`` writes full weights under TP=1/PP=1 names, perturbed so norms and biases are not trivial.
 ``grads`` loads each rank's shard of those weights, runs one global batch (DP ranks take
 contiguous slices, each split into M microbatches) through the schedules and finalize_model_grads,
-and writes each rank's gradient shards with what is needed to reassemble them.
+and writes each rank's gradient shards with what is needed to reassemble them. With a
+``--training-mode`` other than joint, the model is frozen as the trainer freezes it, and each rank
+also records which parameters have a DDP gradient buffer and optimizer state.
 """
 
 import argparse
@@ -22,9 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.core import parallel_state  # noqa: E402
 
-from megatron_salm_mtp.config import SALMConfig  # noqa: E402
+from megatron_salm_mtp.config import SALMConfig, TrainConfig  # noqa: E402
 from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel  # noqa: E402
+from megatron_salm_mtp.training.freeze import apply_training_mode  # noqa: E402
+from megatron_salm_mtp.training.optim import build_optimizer  # noqa: E402
 from megatron_salm_mtp.training.step import ctc_metrics, forward_backward, mtp_metrics  # noqa: E402
+from freeze_harness import optimizer_state_params  # noqa: E402
 
 GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
 
@@ -110,7 +115,8 @@ def cmd_grads(args):
     cfg = load_config(args.config)
     init_distributed()
     init_model_parallel(cfg, seed=args.seed)
-    model = build_model(cfg)
+    mode = args.training_mode
+    model = build_model(cfg, before_wrap=lambda chunk: apply_training_mode(chunk, mode))
     full = torch.load(args.weights)
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
@@ -139,7 +145,7 @@ def cmd_grads(args):
     microbatches = [_split(mine, i * size, (i + 1) * size) for i in range(args.microbatches)]
     for chunk in model:
         chunk.zero_grad_buffer()
-    loss = forward_backward(model, microbatches, cfg).mean
+    loss = forward_backward(model, microbatches, cfg, training_mode=mode).mean
     grads = {}
     for vp_stage, module in enumerate(chunks):
         for local_name, p in module.named_parameters():
@@ -150,16 +156,27 @@ def cmd_grads(args):
     stats = stats.values.cpu() if stats is not None else None
     metrics = mtp_metrics(model)  # every stage calls it, as the training loop does
     metrics.update(ctc_metrics(model, cfg))
+    frozen_state = _frozen_state(model, chunks, cfg) if mode != 'joint' else None
     rank = torch.distributed.get_rank()
     torch.save({'tp_rank': tp_rank, 'dp_rank': dp_rank,
                 'pp_rank': parallel_state.get_pipeline_model_parallel_rank(), 'loss': loss,
                 'ep_rank': parallel_state.get_expert_model_parallel_rank(),
                 'expert_tp_rank': expert_tp_rank,
                 'expert_dp_rank': parallel_state.get_expert_data_parallel_rank(),
-                'grads': grads, 'mtp_stats': stats, 'metrics': metrics},
+                'grads': grads, 'mtp_stats': stats, 'metrics': metrics, 'frozen_state': frozen_state},
                os.path.join(args.out, f'rank{rank}.pt'))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def _frozen_state(model, chunks, cfg) -> dict:
+    """Global names of the parameters with a DDP gradient buffer and with optimizer state."""
+    optimizer, _ = build_optimizer(model, TrainConfig(train_manifest='unused'), cfg)
+    held = optimizer_state_params(optimizer)
+    named = [(global_name(n, cfg, v), p) for v, m in enumerate(chunks) for n, p in m.named_parameters()]
+    return {'grad_buffer': sorted(n for n, p in named if hasattr(p, 'main_grad')),
+            'in_optimizer': sorted(n for n, p in named if id(p) in held),
+            'all': sorted(n for n, _ in named)}
 
 
 def main():
@@ -170,6 +187,7 @@ def main():
     parser.add_argument('--batch')
     parser.add_argument('--microbatches', type=int, default=1)
     parser.add_argument('--seed', type=int, default=1234)
+    parser.add_argument('--training-mode', default='joint')
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
     {'init': cmd_init, 'grads': cmd_grads}[args.mode](args)

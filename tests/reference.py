@@ -173,6 +173,15 @@ def ctc_term(w, frames, enc_lengths, targets, target_lengths):
     return total, torch.tensor(float(count)), infeasible
 
 
+def encoder_ctc_objective(w, cfg, batch):
+    """``--training-mode encoder_ctc``: sum CTC / N_ctc over the batch, the encoder and the CTC head
+    alone (the CTC weight plays no part); also (summed CTC, N_ctc, infeasible count)."""
+    frames, enc_lengths = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+    ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, batch['ctc_targets'],
+                                          batch['ctc_target_lengths'])
+    return ctc_sum / n_ctc, (ctc_sum, n_ctc, infeasible)
+
+
 def salm_objective(w, cfg, batch):
     """(objective, {'main': (ce_sum, n), 'mtp_k': (ce_sum, n)[, 'ctc': (ctc_sum, n)]}) for one
     batch of full samples (with CTC also 'ctc infeasible')."""

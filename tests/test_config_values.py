@@ -38,6 +38,16 @@ BAD_FLAGS = [
     (['--norm-epsilon', '0'], '--norm-epsilon must be positive, got 0.0'),
     (['--max-consecutive-nan-skips', '0'], '--max-consecutive-nan-skips must be >= 1'),
     (['--training-mode', 'head_only'], '--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers'),
+    (['--training-mode', 'encoder_ctc'], '--training-mode encoder_ctc trains the audio encoder on its CTC loss: it '
+                                         'needs --ctc-loss-weight > 0'),
+    (['--training-mode', 'encoder_ctc', '--ctc-loss-weight', '1', '--pipeline-model-parallel-size', '2'],
+     '--training-mode encoder_ctc needs --pipeline-model-parallel-size 1 (got 2)'),
+    (['--training-mode', 'encoder_ctc', '--ctc-loss-weight', '1', '--mtp-num-layers', '2'],
+     '--training-mode encoder_ctc runs no LLM, so its MTP heads would not train: drop --mtp-num-layers'),
+    (['--training-mode', 'lora'], "--training-mode 'lora': choose joint, head_only, freeze_llm, encoder_ctc"),
+    (['--finetune'], '--finetune needs --load'),
+    (['--finetune', '--load', 'ck', '--save', 'ck'], "--finetune starts a new run from --load ck's weights: "
+                                                     "--save needs another folder"),
     (['--max-duration', '61'], '--max-duration 61.0: the audio encoder takes at most 30 s (--encoder-max-source-positions 1500)'),
     (['--encoder-max-source-positions', '500'], '--max-duration 30.0: the audio encoder takes at most 10 s'),
     (['--num-mel-bins', '100'], "--num-mel-bins 100: the log-mel features are Whisper's, 80 or 128 bins"),

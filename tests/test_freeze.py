@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from megatron_salm_mtp.training.freeze import is_trainable
+from megatron_salm_mtp.config import TRAINING_MODES, ConfigError
+from megatron_salm_mtp.training.freeze import check_optimizer_state_covers, is_trainable
 from parallel_utils import _free_port
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'freeze_harness.py')
@@ -22,8 +23,23 @@ def test_mode_rules():
     assert is_trainable('language_model.mtp.layers.1.eh_proj.weight', 'head_only')
     assert is_trainable('audio_projector.mlp.encoder.linear_fc1.weight', 'freeze_llm')
     assert not is_trainable('language_model.embedding.word_embeddings.weight', 'freeze_llm')
+    assert is_trainable('ctc_head.weight', 'encoder_ctc') and is_trainable('audio_encoder.conv1.weight', 'encoder_ctc')
+    assert not is_trainable('audio_projector.mlp.encoder.linear_fc1.weight', 'encoder_ctc')
+    assert not is_trainable('language_model.decoder.layers.0.mlp.linear_fc1.weight', 'encoder_ctc')
+    for mode in TRAINING_MODES:  # every choice of the flag has its rule
+        is_trainable('x', mode)
     with pytest.raises(ValueError, match='--training-mode'):
         is_trainable('x', 'lora')
+
+
+def test_optimizer_state_of_a_mode_that_trained_less_is_refused():
+    check_optimizer_state_covers('ck', 'joint', 'encoder_ctc')
+    check_optimizer_state_covers('ck', 'freeze_llm', 'head_only')
+    check_optimizer_state_covers('ck', 'encoder_ctc', 'encoder_ctc')
+    with pytest.raises(ConfigError, match='ck: saved by a --training-mode encoder_ctc run, .* add --finetune'):
+        check_optimizer_state_covers('ck', 'encoder_ctc', 'joint')
+    with pytest.raises(ConfigError, match='less than --training-mode freeze_llm trains'):
+        check_optimizer_state_covers('ck', 'head_only', 'freeze_llm')
 
 
 def test_frozen_params_do_not_change(tmp_path):

@@ -113,10 +113,13 @@ def test_megatron_flags_the_salm_cannot_honour_are_refused(megatron_args, droppe
 
 @needs_megatron_training
 def test_ctc_is_refused_under_pretrain(megatron_args):
-    """The CTC loss lives on the first stage; the adapter's loss reports cannot carry it yet."""
+    """The CTC loss lives on the first stage; the adapter's loss reports cannot carry it yet (nor
+    the encoder_ctc mode, whose step is the plugin loop's)."""
     from megatron_salm_mtp.config import ConfigError
     with pytest.raises(ConfigError, match='--ctc-loss-weight is not supported'):
         megatron_args(list(TINY_FLAGS) + ['--ctc-loss-weight', '0.3'])
+    with pytest.raises(ConfigError, match='--training-mode encoder_ctc is not supported'):
+        megatron_args(list(TINY_FLAGS) + ['--training-mode', 'encoder_ctc'])
 
 
 @needs_megatron_training

@@ -123,6 +123,9 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError("--ctc-loss-weight is not supported under Megatron-LM's pretrain() yet (its "
                           "loss lives on the first pipeline stage); train with "
                           "python -m megatron_salm_mtp.train")
+    if args.training_mode == 'encoder_ctc':
+        raise ConfigError("--training-mode encoder_ctc is not supported under Megatron-LM's pretrain() (it "
+                          "trains on the CTC loss alone); train with python -m megatron_salm_mtp.train")
     if args.eval_iters and args.eval_interval and not args.valid_manifest:
         raise ConfigError("--valid-manifest is required unless --eval-iters 0")
 

@@ -176,6 +176,17 @@ class SALM(MegatronModule):
             return embeddings  # evaluation: the loss is logged only
         return AuxLossInjector.apply(embeddings, weight.to(loss_sum.device) * loss_sum)
 
+    def encoder_ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets,
+                         ctc_lengths: CTCLengths) -> torch.Tensor:
+        """The summed CTC loss of the encoder's output (``--training-mode encoder_ctc``): the
+        encoder and the CTC head run, the projector and the LLM do not."""
+        if self.ctc_head is None:
+            raise ValueError("encoder_ctc_loss needs the first pipeline stage's CTC head (--ctc-loss-weight > 0)")
+        frames = self.audio_encoder(audio_features, audio_feature_lengths)
+        loss_sum = ctc_loss_sum(self.ctc_head, frames, ctc_targets, ctc_lengths)
+        self.ctc_stats.add(loss_sum, ctc_lengths)
+        return loss_sum
+
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
                 audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None,
                 ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None):

@@ -32,7 +32,9 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
 from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
-                               load_common_state)
+                               load_common_state, stored_settings)
+from .ctc_load import check_ctc_head
+from .freeze import check_optimizer_state_covers
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 
 logger = logging.getLogger(__name__)
@@ -284,13 +286,16 @@ def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_conf
 
 
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
-                    load_optimizer: bool = True) -> Optional[tuple]:
+                    load_optimizer: bool = True, load_rng: bool = True,
+                    training_mode: Optional[str] = None) -> Optional[tuple]:
     """Load the latest complete checkpoint under ``load_dir`` into the given objects.
 
     Returns ``(iteration, common_state)``, or None when the folder holds no checkpoint yet;
     CheckpointError when it holds only incomplete ones, or a file of the latest is damaged.
     The checkpoint may come from another TP/PP/DP layout; RNG states are then not restored.
-    Without ``load_optimizer`` the optimiser and scheduler keep their fresh state.
+    Without ``load_optimizer`` the optimiser and scheduler keep their fresh state, without
+    ``load_rng`` the RNGs theirs (a new run from the weights: ``--finetune``). ``training_mode``:
+    the run's, against the saved run's when optimizer state is loaded.
     """
     if not os.path.isdir(load_dir):
         raise FileNotFoundError(f'--load {load_dir!r}: no such directory')
@@ -305,14 +310,19 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     _check_vocabulary(common.get('vocabulary'), _vocabulary(model_chunks), path)
     saved_layout = _saved_layout(common)
     same_layout = saved_layout == _layout()
-    if not same_layout and torch.distributed.get_rank() == 0:
+    if not same_layout and load_rng and torch.distributed.get_rank() == 0:
         logger.warning('checkpoint %s was saved at %s, loading at %s: RNG states are not '
                        'restored', path, saved_layout, _layout())
     with_optimizer = load_optimizer and optimizer is not None
     if with_optimizer:
         _check_expert_parallel_change(saved_layout, _layout(), path)
-    attach_mtp = attaches_new_mtp(path, CONFIG_FILE, model_chunks, with_optimizer)
-    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, same_layout, is_loading=True)
+    stored = stored_settings(path)
+    if with_optimizer and training_mode and stored.get('training_mode'):
+        check_optimizer_state_covers(path, stored['training_mode'], training_mode)
+    check_ctc_head(path, stored, model_chunks)
+    attach_mtp = attaches_new_mtp(path, stored, model_chunks, with_optimizer)
+    with_rng = load_rng and same_layout
+    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, with_rng, is_loading=True)
     if attach_mtp:
         state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
     try:
@@ -331,7 +341,7 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
             scheduler.load_state_dict(common['scheduler'])
     elif optimizer is not None:
         optimizer.reload_model_params()  # fp32 main params from the loaded weights
-    if same_layout:
+    if with_rng:
         _set_rng_state(loaded['rng_state'])
     torch.distributed.barrier()
     return iteration, common['common']

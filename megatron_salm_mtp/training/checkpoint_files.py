@@ -12,6 +12,7 @@ import pickle
 import re
 from typing import List, Optional
 
+import yaml
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -95,6 +96,15 @@ def verify_checkpoint_files(path: str) -> None:
         if os.path.getsize(shard) < size:
             raise CheckpointError(f"{path}: shard {name} is truncated ({os.path.getsize(shard)} bytes, "
                                   f"the index needs {size})")
+
+
+def stored_settings(path: str) -> dict:
+    """The run settings saved beside checkpoint ``path`` (its config.yaml); {} where there are none."""
+    stored_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(stored_path):
+        return {}
+    with open(stored_path) as f:
+        return yaml.safe_load(f) or {}
 
 
 def load_common_state(path: str) -> dict:

@@ -42,21 +42,24 @@ def head_flops_per_supervised_token(cfg: SALMConfig) -> float:
     return 3 * 2 * cfg.padded_vocab_size * cfg.hidden_size
 
 
-def encoder_flops_per_frame(cfg: SALMConfig, frames: int) -> float:
+def encoder_flops_per_frame(cfg: SALMConfig, frames: int, projector: bool = True) -> float:
     d = cfg.encoder_hidden_size
     f = cfg.encoder_ffn_hidden_size or 4 * d
     layers = cfg.encoder_num_layers * (2 * (4 * d * d + 2 * d * f) + 4 * frames * d)
     stem = 2 * (3 * cfg.num_mel_bins * d) * 2 + 2 * (3 * d * d)  # conv1 at 2x the frame rate
     h = cfg.hidden_size
-    projector = 2 * (cfg.audio_frame_stack * d * h + h * h) / cfg.audio_frame_stack
-    return 3 * (layers + stem + projector)
+    projection = 2 * (cfg.audio_frame_stack * d * h + h * h) / cfg.audio_frame_stack if projector else 0
+    return 3 * (layers + stem + projection)
 
 
 def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: float,
-                frames_per_utterance: int, supervised_tokens: float) -> float:
+                frames_per_utterance: int, supervised_tokens: float, llm: bool = True) -> float:
     """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens,
     ``encoder_frames`` audio frames in total (after the stride-2 stem) and ``supervised_tokens``
-    head evaluations (main head plus every depth's; with ``full_sequence_logits``, every position)."""
+    head evaluations (main head plus every depth's; with ``full_sequence_logits``, every position).
+    Without ``llm`` (``--training-mode encoder_ctc``) the encoder's alone."""
+    if not llm:
+        return encoder_frames * encoder_flops_per_frame(cfg, frames_per_utterance, projector=False)
     tokens = num_samples * seq
     return (tokens * (llm_flops_per_token(cfg, seq) + mtp_flops_per_token(cfg, seq))
             + supervised_tokens * head_flops_per_supervised_token(cfg)

@@ -28,7 +28,7 @@ from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
 from .run_folders import claim_checkpoint_folders
-from .step import ctc_metrics, forward_backward, moe_metrics, mtp_metrics
+from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
 logger = logging.getLogger('megatron_salm_mtp')
@@ -104,6 +104,8 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank())
+        # --training-mode encoder_ctc runs the encoder alone: its loss is the CTC, not the LLM's.
+        self.runs_llm = self.train_cfg.training_mode != ENCODER_CTC
         self.iteration, self.skipped, self.skip_streak = 0, 0, 0
         self.saved_iteration, self.save_pending = None, False
 
@@ -112,15 +114,19 @@ class Trainer:
             return
         from ..convert.importer import is_model_only
         from .checkpoint import load_checkpoint
-        model_only = is_model_only(self.train_cfg.load)  # from convert import-hf: weights only
+        # A new run from the weights alone (an import-hf checkpoint, or --finetune): no optimizer,
+        # LR schedule, RNG or data position, and iteration 0.
+        imported = is_model_only(self.train_cfg.load)
+        weights_only = imported or self.train_cfg.finetune
         loaded = load_checkpoint(self.train_cfg.load, self.model, self.optimizer, self.scheduler,
-                                 load_optimizer=not (model_only or self.train_cfg.no_load_optim))
+                                 load_optimizer=not (weights_only or self.train_cfg.no_load_optim),
+                                 load_rng=not weights_only, training_mode=self.train_cfg.training_mode)
         if loaded is None:
             logger.warning('--load %s holds no complete checkpoint: starting from scratch', self.train_cfg.load)
             return
-        if model_only:
-            logger.info('initialised from the imported model %s; training starts at iteration 0',
-                        self.train_cfg.load)
+        if weights_only:
+            logger.info('initialised from the weights of %s (%s); training starts at iteration 0',
+                        self.train_cfg.load, 'an imported model' if imported else '--finetune')
             return
         self.iteration, common = loaded
         self.train_loader.load_state_dict(common['data'])
@@ -161,13 +167,14 @@ class Trainer:
                 yaml.safe_dump(self.run.resolved(), f, sort_keys=True)
 
     def train_step(self, microbatches):
-        """(lm loss, grad norm, why the update was skipped or None). With
-        --check-for-nan-in-loss-and-grad a non-finite loss or gradient norm on any rank skips the
-        update on every rank (the scheduler does not advance either)."""
+        """(main loss - the LM's, or the CTC with --training-mode encoder_ctc -, grad norm, why the
+        update was skipped or None). With --check-for-nan-in-loss-and-grad a non-finite loss or
+        gradient norm on any rank skips the update on every rank (the scheduler does not advance)."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss = forward_backward(self.model, microbatches, self.cfg).mean
+        loss = forward_backward(self.model, microbatches, self.cfg,
+                                training_mode=self.train_cfg.training_mode).mean
         if not self.train_cfg.check_for_nan_in_loss_and_grad:
             updated, grad_norm, _ = self.optimizer.step()
             skipped = None if updated else 'loss-scale overflow'
@@ -197,9 +204,12 @@ class Trainer:
                 microbatches = [next(batches, None) for _ in range(self.num_microbatches)]
                 if any(b is None for b in microbatches):
                     break
-                totals = forward_backward(self.model, microbatches, self.cfg, forward_only=True)
+                totals = forward_backward(self.model, microbatches, self.cfg, forward_only=True,
+                                          training_mode=self.train_cfg.training_mode)
                 loss_sum, tokens = loss_sum + totals.loss_sum, tokens + totals.tokens
-        record = {'iteration': self.iteration, 'lm loss': loss_sum / max(tokens, 1.0)}
+        record = {'iteration': self.iteration}
+        if self.runs_llm:  # else ctc_metrics gives the loss (the same figure)
+            record['lm loss'] = loss_sum / max(tokens, 1.0)
         record.update(mtp_metrics(self.model))
         record.update(ctc_metrics(self.model, self.cfg))
         for chunk in self.model:
@@ -290,18 +300,21 @@ class Trainer:
         frames = sum(w[2][0] for w in window) / steps
         heads = sum(w[2][1] for w in window) / steps
         flops = batch_flops(self.cfg, self.train_cfg.global_batch_size, self.cfg.seq_length, frames,
-                            int(frames / self.train_cfg.global_batch_size) or 1, heads)
+                            int(frames / self.train_cfg.global_batch_size) or 1, heads, llm=self.runs_llm)
         world = torch.distributed.get_world_size()
         finite = [w[0] for w in window if math.isfinite(w[0])]
         norms = [w[1] for w in window if math.isfinite(w[1])]  # skipped steps' norms may not be
         record = {'iteration': self.iteration, 'consumed_samples': self.train_loader.consumed_samples,
-                  'lr': self.optimizer.param_groups[0]['lr'],
-                  'lm loss': sum(finite) / len(finite) if finite else float('nan'),
-                  'grad_norm': sum(norms) / len(norms) if norms else float('nan'),
-                  'skipped_iterations': self.skipped,
-                  'step_ms': 1000 * seconds / steps, 'tokens_per_s': tokens * steps / seconds,
-                  'tflops_per_gpu': flops * steps / seconds / world / 1e12,
-                  'peak_mem_gb': peak_memory_gb()}
+                  'lr': self.optimizer.param_groups[0]['lr']}
+        if self.runs_llm:  # else ctc_metrics gives the loss
+            record['lm loss'] = sum(finite) / len(finite) if finite else float('nan')
+        # Throughput of what runs: LLM tokens, or encoder frames with --training-mode encoder_ctc.
+        rate_key, per_step = ('tokens_per_s', tokens) if self.runs_llm else ('encoder_frames_per_s', frames)
+        record.update({'grad_norm': sum(norms) / len(norms) if norms else float('nan'),
+                       'skipped_iterations': self.skipped,
+                       'step_ms': 1000 * seconds / steps, rate_key: per_step * steps / seconds,
+                       'tflops_per_gpu': flops * steps / seconds / world / 1e12,
+                       'peak_mem_gb': peak_memory_gb()})
         record.update(mtp_metrics(self.model))
         record.update(ctc_metrics(self.model, self.cfg))
         record.update(moe_metrics(steps * self.num_microbatches, self.cfg.mtp_depths))

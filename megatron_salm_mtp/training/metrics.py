@@ -58,8 +58,9 @@ def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional
     parts = [f"iteration {record['iteration']:8d}/{train_iters:8d}",
              f"consumed samples: {record['consumed_samples']:10d}",
              f"elapsed time per iteration (ms): {record['step_ms']:.1f}",
-             f"learning rate: {record['lr']:.6E}",
-             f"lm loss: {record['lm loss']:.6E}"]
+             f"learning rate: {record['lr']:.6E}"]
+    if 'lm loss' in record:  # not with --training-mode encoder_ctc (the LLM does not run)
+        parts.append(f"lm loss: {record['lm loss']:.6E}")
     depth = 1
     while f'mtp_{depth} loss' in record:
         parts.append(f"mtp_{depth} loss: {record[f'mtp_{depth} loss']:.6E}")
@@ -72,7 +73,8 @@ def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional
         parts.append(f"load_balancing_loss: {record['load_balancing_loss']:.6E}")
     parts += [f"grad norm: {record['grad_norm']:.3f}",
               f"skipped iterations: {record['skipped_iterations']}",
-              f"tokens/s: {record['tokens_per_s']:.0f}",
+              f"tokens/s: {record['tokens_per_s']:.0f}" if 'tokens_per_s' in record
+              else f"encoder frames/s: {record['encoder_frames_per_s']:.0f}",
               f"TFLOP/s/GPU: {record['tflops_per_gpu']:.2f}",
               f"peak mem (GB): {record['peak_mem_gb']:.2f}"]
     if eta_seconds is not None:

@@ -2,17 +2,15 @@
 
 A checkpoint saved without MTP has no ``language_model.mtp.*`` tensors; a run with
 ``--mtp-num-layers D`` loads everything else from it and keeps its freshly initialised MTP layers.
-Its optimizer state holds nothing for them, so that takes ``--no-load-optim``. Any other
+Its optimizer state holds nothing for them, so that takes ``--no-load-optim`` (or ``--finetune``). Any other
 difference in MTP layers between checkpoint and run is refused with both sides named (loading
 would otherwise fail deep in dist_checkpointing with a missing-key list).
 """
 
 import logging
-import os
 from typing import Optional
 
 import torch
-import yaml
 from megatron.core.utils import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -30,14 +28,10 @@ def _describe(depths: Optional[int], repeated: bool) -> str:
     return f"{depths} MTP depths{' (one shared layer)' if repeated else ''}"
 
 
-def attaches_new_mtp(path: str, config_file: str, model_chunks, with_optimizer: bool) -> bool:
-    """Whether loading ``path`` into ``model_chunks`` attaches new MTP layers; raises
-    ValueError when the MTP layers differ otherwise, or when optimizer state is to be loaded."""
-    stored_path = os.path.join(path, config_file)
-    if not os.path.isfile(stored_path):
-        return False
-    with open(stored_path) as f:
-        stored = yaml.safe_load(f) or {}
+def attaches_new_mtp(path: str, stored: dict, model_chunks, with_optimizer: bool) -> bool:
+    """Whether loading ``path`` (saved with the settings ``stored``) into ``model_chunks`` attaches
+    new MTP layers; raises ValueError when the MTP layers differ otherwise, or when optimizer state
+    is to be loaded."""
     if 'mtp_num_layers' not in stored:  # saved without its model settings: nothing to compare
         return False
     cfg = unwrap_model(list(model_chunks))[0].cfg
@@ -51,8 +45,8 @@ def attaches_new_mtp(path: str, config_file: str, model_chunks, with_optimizer: 
                          'can take new MTP layers')
     if with_optimizer:
         raise ValueError(f'{path} has no MTP layers and this run has {_describe(*current)}: add '
-                         '--no-load-optim to attach new MTP layers to its weights (its optimizer state '
-                         'holds nothing for them)')
+                         '--no-load-optim to attach new MTP layers to its weights, or --finetune to start a '
+                         'new run from them (its optimizer state holds nothing for them)')
     if torch.distributed.get_rank() == 0:
         logger.warning('%s has no MTP layers: the %s of this run start from their initialisation',
                        path, _describe(*current))

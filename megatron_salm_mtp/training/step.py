@@ -2,6 +2,11 @@
 
 Before the schedule runs, the supervised-token counts of the whole global batch (all microbatches,
 all DP ranks) fix the MTP and CTC weights, so the gradient does not depend on how the batch is split.
+
+``--training-mode encoder_ctc`` runs the audio encoder and its CTC head only: each microbatch hands
+core its summed CTC loss with its CTC target ids as the token count, so ``finalize_model_grads``
+divides by the global batch's target ids (``calculate_per_token_loss``) and the objective is the
+per-target CTC over the global batch, whatever its split; the CTC weight plays no part.
 """
 
 from functools import partial
@@ -17,9 +22,12 @@ from ..compat import mcore
 from ..config import SALMConfig
 from ..model.ctc import CTC_LENGTHS, ctc_loss_weight, reduce_ctc_stats
 from ..model.host_inputs import HEAD_ROW_COUNTS, ctc_target_count, prepare_microbatch
-from ..model.loss import masked_token_loss
+from ..model.loss import masked_token_loss, summed_ctc_loss
 from ..model.mtp import mtp_loss_weights, supervised_counts
 
+ENCODER_CTC = 'encoder_ctc'
+"""The training mode whose step runs the encoder and its CTC head only."""
+AUDIO_KEYS = ('audio_features', 'audio_feature_lengths', 'ctc_targets')
 BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
               'audio_feature_lengths', 'ctc_targets')
 
@@ -28,9 +36,9 @@ def _device() -> torch.device:
     return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
 
 
-def _to_device(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _to_device(batch: Dict[str, torch.Tensor], keys=BATCH_KEYS) -> Dict[str, torch.Tensor]:
     return {key: batch[key].to(_device(), non_blocking=True) if batch.get(key) is not None else None
-            for key in BATCH_KEYS}
+            for key in keys}
 
 
 def _language_models(model_chunks):
@@ -74,6 +82,20 @@ def _forward_step(data_iterator, model):
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 
+def _encoder_ctc_forward_step(data_iterator, model):
+    """--training-mode encoder_ctc: the summed CTC loss of the encoder and its CTC head, counted
+    in target ids (no LLM, no projector)."""
+    host_batch = next(data_iterator)
+    lengths = host_batch.get(CTC_LENGTHS)
+    if lengths is None:
+        raise ValueError("--training-mode encoder_ctc: a microbatch without audio; the CTC loss needs "
+                         "audio and its transcript in every sample")
+    batch = _to_device(host_batch, AUDIO_KEYS)
+    loss_sum = unwrap_model(model).encoder_ctc_loss(batch['audio_features'], batch['audio_feature_lengths'],
+                                                    batch['ctc_targets'], lengths)
+    return loss_sum, partial(summed_ctc_loss, sum(lengths.targets))
+
+
 def _set_grad_sync_funcs(config, ddp_chunks) -> None:
     """Hand the schedules each DDP chunk's gradient-sync controls. The interleaved schedule holds
     every chunk in no_sync until its backward passes end, so with overlapped reduction it must
@@ -87,7 +109,8 @@ def _set_grad_sync_funcs(config, ddp_chunks) -> None:
 
 
 class LossTotals(NamedTuple):
-    """Summed main-head CE and supervised-token count over the global batch (nan off the last stage)."""
+    """The main loss summed over the global batch and its count (nan off the last stage): the main
+    head's CE and supervised tokens; with --training-mode encoder_ctc, the CTC and its target ids."""
     loss_sum: float
     tokens: float
 
@@ -97,11 +120,12 @@ class LossTotals(NamedTuple):
 
 
 def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
-                     forward_only: bool = False) -> LossTotals:
+                     forward_only: bool = False, training_mode: str = 'joint') -> LossTotals:
     """Run the schedule over ``microbatches``; gradients are finalised (DP reduce, embedding sync,
     1/N_main) unless ``forward_only``. ``microbatches`` are CPU tensors (pinned for a fast copy)."""
     microbatches = [prepare_microbatch(batch, cfg) for batch in microbatches]
-    if cfg.mtp_depths or cfg.ctc_enabled:
+    encoder_only = training_mode == ENCODER_CTC
+    if not encoder_only and (cfg.mtp_depths or cfg.ctc_enabled):
         set_global_loss_weights(model_chunks, microbatches, cfg)
     config = get_attr_wrapped_model(model_chunks[0], 'config')
     config.finalize_model_grads_func = None if forward_only else finalize_model_grads
@@ -109,12 +133,12 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
         _set_grad_sync_funcs(config, model_chunks)
     # One iterator per chunk: the interleaved schedule has every chunk read each microbatch.
     reports = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=[iter(microbatches) for _ in model_chunks],
+        forward_step_func=_encoder_ctc_forward_step if encoder_only else _forward_step, data_iterator=[iter(microbatches) for _ in model_chunks],
         model=model_chunks, num_microbatches=len(microbatches), seq_length=cfg.seq_length,
         micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
     if not parallel_state.is_pipeline_last_stage():
         return LossTotals(float('nan'), float('nan'))
-    total = torch.stack([r['lm loss'] for r in reports]).sum(dim=0)
+    total = torch.stack([r['ctc loss' if encoder_only else 'lm loss'] for r in reports]).sum(dim=0)
     torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return LossTotals(total[0].item(), total[1].item())
 

@@ -6,13 +6,31 @@
 #        (data.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model)
 #   bash tests/gpu/recogniser.sh start OUT CORPUS NAME [train flags]  start one training of
 #        CONFIG (default configs/asr_gpu.yaml) in its own session and return at once; it writes
-#        OUT/NAME.log, OUT/ckpt_NAME and OUT/train_NAME/metrics.jsonl
+#        OUT/NAME.log, OUT/ckpt_NAME and OUT/train_NAME/metrics.jsonl; when OUT/ckpt_NAME already
+#        holds a checkpoint (a run stopped by --exit-duration-in-mins), it resumes from it
+#   bash tests/gpu/recogniser.sh encoder OUT CORPUS NAME [train flags]
+#        stage 1 of the two-stage recipe: start as above with ENCODER_CONFIG (default
+#        configs/asr_gpu_encoder.yaml: the encoder and its CTC head on CTC alone)
+#   bash tests/gpu/recogniser.sh finetune OUT CORPUS NAME FROM [train flags]
+#        stage 2: start as above (CONFIG) from the weights of OUT/ckpt_FROM (--finetune: iteration
+#        0, fresh optimizer); once OUT/ckpt_NAME holds a checkpoint, it resumes from that instead
 #   bash tests/gpu/recogniser.sh wait OUT SECONDS                     print each training's last
 #        log line every minute until all have ended or SECONDS have passed
 #   bash tests/gpu/recogniser.sh evaluate OUT CORPUS NAME TAG [evaluate flags]
 #        evaluate OUT/ckpt_NAME on CORPUS's test and test_unseen splits -> OUT/eval_NAME_TAG.json
 #
-# Example (one H200; the trainings share the GPU):
+# Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
+# (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
+#   bash tests/gpu/recogniser.sh corpus /root/corpus 60000 --text-source .gpu/pools.json.gz
+#   bash tests/gpu/recogniser.sh encoder /root/runs /root/corpus enc
+#   bash tests/gpu/recogniser.sh wait /root/runs 570
+#   bash tests/gpu/recogniser.sh finetune /root/runs /root/corpus two enc --ctc-target-units characters
+#   bash tests/gpu/recogniser.sh finetune /root/runs /root/corpus two_mtp enc --ctc-target-units characters \
+#       --mtp-num-layers 3 --mtp-detach-trunk
+#   bash tests/gpu/recogniser.sh wait /root/runs 570
+#   bash tests/gpu/recogniser.sh evaluate /root/runs /root/corpus two b32 --batch-size 32 --audio-ablation
+#
+# Joint-only example (one H200; the trainings share the GPU):
 #   bash tests/gpu/recogniser.sh corpus /root/corpus 60000 --text-source .gpu/pools.json.gz
 #   bash tests/gpu/recogniser.sh start /root/runs /root/corpus base --mtp-num-layers 0
 #   bash tests/gpu/recogniser.sh start /root/runs /root/corpus mtp --mtp-num-layers 3 --mtp-detach-trunk
@@ -24,8 +42,9 @@ cd "$root"
 export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 PYTHON="${PYTHON:-python3}"
 CONFIG="${CONFIG:-configs/asr_gpu.yaml}"
+ENCODER_CONFIG="${ENCODER_CONFIG:-configs/asr_gpu_encoder.yaml}"
 VOCAB_SIZE="${VOCAB_SIZE:-1024}"
-stage="${1:?usage: recogniser.sh corpus|start|wait|evaluate ...}"
+stage="${1:?usage: recogniser.sh corpus|start|encoder|finetune|wait|evaluate ...}"
 shift
 
 corpus() {  # CORPUS N [synth flags]
@@ -35,15 +54,35 @@ corpus() {  # CORPUS N [synth flags]
     --vocab-size "$VOCAB_SIZE" --out "$dir/tok.model"
 }
 
-start() {  # OUT CORPUS NAME [train flags]
-  local out="$1" dir="$2" name="$3"; shift 3
+has_checkpoint() { [ -f "$1/latest_checkpointed_iteration.txt" ]; }
+
+launch() {  # CONFIG OUT CORPUS NAME [train flags]: resumes OUT/ckpt_NAME when it holds a checkpoint
+  local config="$1" out="$2" dir="$3" name="$4"; shift 4
+  local resume=()
+  has_checkpoint "$out/ckpt_$name" && resume=(--load "$out/ckpt_$name")
   mkdir -p "$out"
   # Its own session: the training outlives the command that started it, and a world of one
   # rendezvouses in memory, so several run side by side without port clashes.
-  setsid nohup $PYTHON -m megatron_salm_mtp.train --config "$CONFIG" --tokenizer-model "$dir/tok.model" \
+  setsid nohup $PYTHON -m megatron_salm_mtp.train --config "$config" --tokenizer-model "$dir/tok.model" \
     --train-manifest "$dir/train.jsonl" --valid-manifest "$dir/valid.jsonl" \
-    --save "$out/ckpt_$name" --log-dir "$out/train_$name" "$@" > "$out/$name.log" 2>&1 < /dev/null &
-  echo "started $name (pid $!): $out/$name.log"
+    --save "$out/ckpt_$name" --log-dir "$out/train_$name" ${resume[@]+"${resume[@]}"} "$@" >> "$out/$name.log" 2>&1 < /dev/null &
+  echo "started $name (pid $!)${resume:+, resuming $out/ckpt_$name}: $out/$name.log"
+}
+
+start() { launch "$CONFIG" "$@"; }  # OUT CORPUS NAME [train flags]
+
+encoder() { launch "$ENCODER_CONFIG" "$@"; }  # OUT CORPUS NAME [train flags]
+
+finetune() {  # OUT CORPUS NAME FROM [train flags]
+  local out="$1" dir="$2" name="$3" from="$4"; shift 4
+  if has_checkpoint "$out/ckpt_$name"; then
+    launch "$CONFIG" "$out" "$dir" "$name" "$@"
+  elif has_checkpoint "$out/ckpt_$from"; then
+    launch "$CONFIG" "$out" "$dir" "$name" --load "$out/ckpt_$from" --finetune "$@"
+  else
+    echo "finetune $name: $out/ckpt_$from holds no checkpoint (run its stage first)" >&2
+    return 1
+  fi
 }
 
 wait_all() {  # OUT SECONDS
@@ -74,7 +113,9 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 case "$stage" in
   corpus) corpus "$@" ;;
   start) start "$@" ;;
+  encoder) encoder "$@" ;;
+  finetune) finetune "$@" ;;
   wait) wait_all "$@" ;;
   evaluate) evaluate "$@" ;;
-  *) echo "unknown stage $stage: corpus, start, wait or evaluate" >&2; exit 2 ;;
+  *) echo "unknown stage $stage: corpus, start, encoder, finetune, wait or evaluate" >&2; exit 2 ;;
 esac
