@@ -23,7 +23,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from .cli import parse_args
+from .cli import exit_on_config_error, parse_args
+from .config import ConfigError
 from .data.frames import encoder_frames
 from .data.synthetic_batches import synthetic_batch
 from .parallel.setup import build_model, init_distributed, init_model_parallel
@@ -185,7 +186,10 @@ def main(argv=None):
     parser.add_argument('--list-host-syncs', action='store_true',
                         help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    run = parse_args(rest)
+    try:
+        run = parse_args(rest)
+    except ConfigError as err:
+        exit_on_config_error(err)
     if bench.vocab_size:
         run.model.vocab_size = bench.vocab_size
     init_distributed()

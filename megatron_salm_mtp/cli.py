@@ -19,15 +19,18 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .config import ConfigError, SALMConfig, TrainConfig
-from .config_checks import check_types
+from .config import CHOICES, ConfigError, SALMConfig, TrainConfig
+from .config_checks import check_types, did_you_mean, one_of
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
+from .data.prompts import TEMPLATES
+from .data.tokenizer import TOKENIZER_TYPES
 
 # Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
 # mel bins and frame stacking fix the data side's.
 DERIVED = {'vocab_size', 'audio_token_id', 'n_mels', 'stack'}
 SECTIONS = (('model', SALMConfig), ('train', TrainConfig), ('data', DataConfig))
+ALL_CHOICES = {**CHOICES, 'prompt_template': TEMPLATES, 'tokenizer_type': TOKENIZER_TYPES + ('hf', 'spm')}
 
 
 @dataclass
@@ -121,8 +124,25 @@ def _coerce(name: str, value, annotation, where: str):
         raise ConfigError(f"{where}: {name} must be {base.__name__}, got {value!r}") from None
 
 
+class FlagParser(argparse.ArgumentParser):
+    """argparse's errors as one :class:`ConfigError` line (no usage dump, printed by one rank),
+    naming the nearest flag for an unknown one."""
+
+    def error(self, message):
+        unknown = 'unrecognized arguments: '
+        if message.startswith(unknown):
+            words = [word.split('=')[0] for word in message[len(unknown):].split() if word.startswith('--')]
+            hints = {word: did_you_mean(word, self._option_string_actions) for word in words}
+            hints = {word: hint for word, hint in hints.items() if hint}
+            if len(hints) == 1:
+                message += next(iter(hints.values()))
+            elif hints:
+                message += ' (' + '; '.join(f'{word}: {hint[2:-1]}' for word, hint in hints.items()) + ')'
+        raise ConfigError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog='python -m megatron_salm_mtp.train', argument_default=argparse.SUPPRESS,
         description='Train a speech-augmented LLM with MTP heads on Megatron-Core.')
     parser.add_argument('--config', help='YAML file setting any of the flags below (by name)')
@@ -157,7 +177,7 @@ def _read_yaml(path: str) -> Dict[str, Any]:
     for key, value in raw.items():
         name = str(key).replace('-', '_')
         if name not in fields:
-            raise ConfigError(f"--config {path}: unknown key {key!r}")
+            raise ConfigError(f"--config {path}: unknown key {key!r}{did_you_mean(name, fields)}")
         values[name] = _coerce(name, value, fields[name][0], f"--config {path}")
     return values
 
@@ -203,6 +223,9 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     settings = _read_yaml(args.pop('config')) if 'config' in args else {}
     settings.update(args)
+    for name, choices in ALL_CHOICES.items():  # before DataConfig checks its own, to name the nearest
+        if name in settings:
+            one_of(argparse.Namespace(**settings), name, choices)
     sections = {}
     for section, cls in SECTIONS:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -213,3 +236,11 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     run = RunConfig(**sections)
     run.data.n_mels, run.data.stack = run.model.num_mel_bins, run.model.audio_frame_stack
     return run
+
+
+def exit_on_config_error(err: ConfigError) -> None:
+    """One line on stderr, from one rank (every rank finds the same error), exit status 2."""
+    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
+    if rank == '0':
+        print(f'error: {err}', file=sys.stderr, flush=True)
+    sys.exit(2)

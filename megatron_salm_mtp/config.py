@@ -14,6 +14,18 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from .config_checks import ConfigError, at_least, check_types, flag, one_of, positive
 from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
 
+# The values a field takes (None: unset), for validate() and --help.
+CHOICES = {
+    'position_embedding_type': ('rope', 'learned_absolute'),
+    'transformer_impl': (None, 'transformer_engine', 'local'),
+    'fp8_format': (None, 'e4m3', 'hybrid'),
+    'moe_token_dispatcher_type': ('allgather', 'alltoall'),
+    'moe_router_load_balancing_type': ('aux_loss', 'seq_aux_loss', 'none'),
+    'ctc_target_units': CTC_TARGET_UNITS,
+    'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
+    'training_mode': ('joint', 'head_only', 'freeze_llm'),
+}
+
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
                  'encoder_hidden_size', 'encoder_num_attention_heads', 'encoder_ffn_hidden_size',
@@ -235,8 +247,7 @@ class SALMConfig:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
         if self.mtp_detach_trunk and not self.mtp_depths:
             raise ConfigError("--mtp-detach-trunk needs --mtp-num-layers > 0")
-        if self.fp8_format not in (None, 'e4m3', 'hybrid'):
-            raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
+        one_of(self, 'fp8_format', CHOICES['fp8_format'])
         if self.fp8_format and not self.bf16:
             raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs inside a bf16 model)")
         if self.sequence_parallel and self.seq_length % tp:
@@ -248,7 +259,7 @@ class SALMConfig:
         self._validate_ctc()
 
     def _validate_ctc(self) -> None:
-        one_of(self, 'ctc_target_units', CTC_TARGET_UNITS)
+        one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
             raise ConfigError(f"--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)")
         if self.ctc_enabled and self.freeze_audio_encoder:
@@ -261,8 +272,8 @@ class SALMConfig:
         at_least(self, 1, _AT_LEAST_ONE)
         at_least(self, 0, ('mtp_num_layers', 'mtp_loss_scaling_factor'))
         positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
-        one_of(self, 'position_embedding_type', ('rope', 'learned_absolute'))
-        one_of(self, 'transformer_impl', (None, 'transformer_engine', 'local'))
+        one_of(self, 'position_embedding_type', CHOICES['position_embedding_type'])
+        one_of(self, 'transformer_impl', CHOICES['transformer_impl'])
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
                               f"{self.num_attention_heads} (or give the head size with --kv-channels)")
@@ -291,12 +302,8 @@ class SALMConfig:
         if not 1 <= self.moe_router_topk <= self.num_experts:
             raise ConfigError(f"--moe-router-topk {self.moe_router_topk} must be in 1..--num-experts "
                               f"{self.num_experts}")
-        if self.moe_token_dispatcher_type not in ('allgather', 'alltoall'):
-            raise ConfigError(f"--moe-token-dispatcher-type {self.moe_token_dispatcher_type!r}: "
-                              "choose allgather or alltoall")
-        if self.moe_router_load_balancing_type not in ('aux_loss', 'seq_aux_loss', 'none'):
-            raise ConfigError(f"--moe-router-load-balancing-type {self.moe_router_load_balancing_type!r}: "
-                              "choose aux_loss, seq_aux_loss or none")
+        one_of(self, 'moe_token_dispatcher_type', CHOICES['moe_token_dispatcher_type'])
+        one_of(self, 'moe_router_load_balancing_type', CHOICES['moe_router_load_balancing_type'])
         if self.moe_aux_loss_coeff < 0:
             raise ConfigError(f"--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0")
         if self.moe_grouped_gemm and self.transformer_impl == 'local':
@@ -550,11 +557,8 @@ class TrainConfig:
                               f"--micro-batch-size {self.micro_batch_size}")
         if self.context_parallel_size != 1:
             raise ConfigError("--context-parallel-size > 1 is not supported yet")
-        if self.training_mode not in ('joint', 'head_only', 'freeze_llm'):
-            raise ConfigError(f"--training-mode {self.training_mode!r}: choose joint, head_only or freeze_llm")
-        if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
-            raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
-                              "cosine or inverse-square-root")
+        one_of(self, 'training_mode', CHOICES['training_mode'])
+        one_of(self, 'lr_decay_style', CHOICES['lr_decay_style'])
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
                               f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")
