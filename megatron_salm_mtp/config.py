@@ -519,6 +519,10 @@ class TrainConfig:
     LR schedule (e.g. across a change between EP=1 and EP>1)."""
     save_interval: Optional[int] = None
     """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
+    async_save: bool = False
+    """Write checkpoints in the background (a forked writer per rank) while training goes on; a
+    checkpoint counts (marker, tracker) once every rank's writes are done. Each save still waits
+    for the previous one, as does the end of the run and a signal's stop."""
     exit_interval: Optional[int] = None
     """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
     exit_duration_in_mins: Optional[float] = None
@@ -549,6 +553,8 @@ class TrainConfig:
         for name in ('adam_beta1', 'adam_beta2'):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.async_save and not self.save:
+            raise ConfigError("--async-save needs --save (the folder to write)")
         if self.save_interval and not self.save:
             raise ConfigError(f"--save-interval {self.save_interval} needs --save (the folder to write), "
                               "or --save-interval 0 for no periodic saves")
