@@ -17,6 +17,8 @@ setup(
         'tokenizers': ['tokenizers', 'sentencepiece'],
         'synth': ['espeakng-loader'],
         'te': ['transformer-engine[pytorch]'],
+        # the quickstart's loss curve, evaluate's acceptance plot, --tensorboard-dir
+        'plots': ['matplotlib', 'tensorboard'],
     },
     entry_points={'console_scripts': ['salm-mtp-train=megatron_salm_mtp.train:main']},
 )
