@@ -172,9 +172,14 @@ def host_sync_report(result) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('--warmup-iters', type=int, default=3)
-    parser.add_argument('--timed-iters', type=int, default=10)
+    parser = argparse.ArgumentParser(
+        prog='python -m megatron_salm_mtp.bench', usage='%(prog)s [bench flags] [training flags]',
+        description="Time the real training step (forward, backward, optimizer) on synthetic batches, "
+                    "without MTP and with the configured --mtp-num-layers.",
+        epilog='Every flag of `python -m megatron_salm_mtp.train --help` also works here (the model, '
+               'the layout, --config ...).')
+    parser.add_argument('--warmup-iters', type=int, default=3, help='untimed steps first (default 3)')
+    parser.add_argument('--timed-iters', type=int, default=10, help='timed steps per configuration (default 10)')
     parser.add_argument('--audio-fraction', type=float, default=0.6, help='share of the sequence that is audio')
     parser.add_argument('--answer-fraction', type=float, default=0.25, help='supervised share')
     parser.add_argument('--text-only', action='store_true', help='LLM alone, every position supervised')

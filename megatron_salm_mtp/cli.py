@@ -8,29 +8,19 @@ dataclasses share (``seq_length``, ``micro_batch_size``, ...) is one flag settin
 """
 
 import argparse
-import ast
 import dataclasses
-import inspect
 import os
 import sys
-import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .config import CHOICES, ConfigError, SALMConfig, TrainConfig
+from .config import ConfigError, SALMConfig, TrainConfig
 from .config_checks import check_types, did_you_mean, one_of
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
-from .data.prompts import TEMPLATES
-from .data.tokenizer import TOKENIZER_TYPES
-
-# Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
-# mel bins and frame stacking fix the data side's.
-DERIVED = {'vocab_size', 'audio_token_id', 'n_mels', 'stack'}
-SECTIONS = (('model', SALMConfig), ('train', TrainConfig), ('data', DataConfig))
-ALL_CHOICES = {**CHOICES, 'prompt_template': TEMPLATES, 'tokenizer_type': TOKENIZER_TYPES + ('hf', 'spm')}
+from .flags import ALL_CHOICES, SECTIONS, base_type, build_parser, fields
 
 
 @dataclass
@@ -78,40 +68,12 @@ class RunConfig:
         return dict(sorted(merged.items()))
 
 
-def _field_docs(cls) -> Dict[str, str]:
-    """Attribute docstrings (the string literal after each field), read from the source."""
-    docs = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
-            docs[node.target.id] = ' '.join(following.value.value.split())
-    return docs
-
-
-def _fields() -> Dict[str, tuple]:
-    """name -> (type, default, help); the first section that defines a name gives its default."""
-    out = {}
-    for _, cls in SECTIONS:
-        hints, docs = typing.get_type_hints(cls), _field_docs(cls)
-        for field in dataclasses.fields(cls):
-            if field.name in DERIVED or field.name in out:
-                continue
-            out[field.name] = (hints[field.name], field.default, docs.get(field.name, ''))
-    return out
-
-
-def _base_type(annotation):
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
-
-
 def _coerce(name: str, value, annotation, where: str):
     """A YAML value as the field's type; strings convert (``3e-4`` is a string to YAML), but
     ``3.7`` or ``true`` never pass as an int."""
     if value is None:
         return None
-    base = _base_type(annotation)
+    base = base_type(annotation)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -124,41 +86,6 @@ def _coerce(name: str, value, annotation, where: str):
         raise ConfigError(f"{where}: {name} must be {base.__name__}, got {value!r}") from None
 
 
-class FlagParser(argparse.ArgumentParser):
-    """argparse's errors as one :class:`ConfigError` line (no usage dump, printed by one rank),
-    naming the nearest flag for an unknown one."""
-
-    def error(self, message):
-        unknown = 'unrecognized arguments: '
-        if message.startswith(unknown):
-            words = [word.split('=')[0] for word in message[len(unknown):].split() if word.startswith('--')]
-            hints = {word: did_you_mean(word, self._option_string_actions) for word in words}
-            hints = {word: hint for word, hint in hints.items() if hint}
-            if len(hints) == 1:
-                message += next(iter(hints.values()))
-            elif hints:
-                message += ' (' + '; '.join(f'{word}: {hint[2:-1]}' for word, hint in hints.items()) + ')'
-        raise ConfigError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(
-        prog='python -m megatron_salm_mtp.train', argument_default=argparse.SUPPRESS,
-        description='Train a speech-augmented LLM with MTP heads on Megatron-Core.')
-    parser.add_argument('--config', help='YAML file setting any of the flags below (by name)')
-    for name, (annotation, default, help_text) in _fields().items():
-        flag = '--' + name.replace('_', '-')
-        shown = f'{help_text} (default: {default})'
-        if _base_type(annotation) is bool:
-            parser.add_argument(flag, dest=name, action='store_true', help=shown)
-            parser.add_argument('--no-' + name.replace('_', '-'), dest=name, action='store_false',
-                                help=argparse.SUPPRESS)
-        else:
-            parser.add_argument(flag, dest=name, type=_base_type(annotation), help=shown,
-                                metavar=_base_type(annotation).__name__.upper())
-    return parser
-
-
 def _read_yaml(path: str) -> Dict[str, Any]:
     try:
         with open(path) as f:
@@ -169,16 +96,16 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
-    fields = _fields()
+    known = fields()
     values = {}
     if 'mtp' in raw:
         block = raw.pop('mtp')
         raw.update(_nemo_mtp_block(block, raw, path))
     for key, value in raw.items():
         name = str(key).replace('-', '_')
-        if name not in fields:
-            raise ConfigError(f"--config {path}: unknown key {key!r}{did_you_mean(name, fields)}")
-        values[name] = _coerce(name, value, fields[name][0], f"--config {path}")
+        if name not in known:
+            raise ConfigError(f"--config {path}: unknown key {key!r}{did_you_mean(name, known)}")
+        values[name] = _coerce(name, value, known[name].annotation, f"--config {path}")
     return values
 
 

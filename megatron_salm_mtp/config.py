@@ -5,6 +5,7 @@ configuration that cannot work fails in the first second, not after a model buil
 """
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional
 
@@ -468,6 +469,7 @@ def encoder_transformer_config(cfg: SALMConfig) -> TransformerConfig:
 @dataclass
 class TrainConfig:
     """Schedule, optimiser, logging and checkpoint settings (Megatron-LM names)."""
+    # --- Training: schedule and optimizer ---
     train_iters: int = 100
     """Optimizer steps to run."""
     micro_batch_size: int = 4
@@ -492,6 +494,7 @@ class TrainConfig:
     """Adam beta2."""
     clip_grad: float = 1.0
     """Gradient-norm clipping (0: off)."""
+    # --- Parallelism and precision ---
     use_distributed_optimizer: bool = False
     """Shard optimizer state (fp32 main params) over DP."""
     overlap_grad_reduce: bool = False
@@ -500,12 +503,14 @@ class TrainConfig:
     """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
     context_parallel_size: int = 1
     """Context parallelism (not supported yet: must be 1)."""
+    # --- Logging and validation ---
     eval_interval: int = 50
     """Evaluate on the validation manifest every this many steps (0: never)."""
     eval_iters: int = 4
     """Global batches per evaluation."""
     log_interval: int = 10
     """Log every this many steps."""
+    # --- Checkpoints and stopping ---
     save: Optional[str] = None
     """Checkpoint folder to write."""
     load: Optional[str] = None
@@ -528,10 +533,21 @@ class TrainConfig:
     exit_duration_in_mins: Optional[float] = None
     """Save (with --save) and exit at the first step boundary after this many minutes of training
     (a job's time limit; resume with --load)."""
+    # --- Training: schedule and optimizer ---
     seed: int = 1234
     """Seed of weights, data order and dropout."""
+    # --- Logging and validation ---
     log_dir: Optional[str] = None
-    """Where metrics.jsonl (and TensorBoard events) go; default: --save, else ./runs/latest."""
+    """Where metrics.jsonl goes; default: --save, else ./runs/latest."""
+    tensorboard_dir: Optional[str] = None
+    """Write TensorBoard event files here (the ``plots`` extra's tensorboard); none without it."""
+    wandb_project: Optional[str] = None
+    """Log the metrics to this Weights & Biases project too (needs the wandb package)."""
+    wandb_exp_name: Optional[str] = None
+    """The Weights & Biases run's name (with --wandb-project)."""
+    logging_level: Optional[int] = None
+    """Python logging level of the run's log lines (10 debug, 20 info, 30 warning; default 20)."""
+    # --- Training: schedule and optimizer ---
     check_for_nan_in_loss_and_grad: bool = True
     """Skip the update (on every rank; counted, no checkpoint) when the loss or the reduced
     gradient norm is NaN or inf anywhere; off: core's optimizer applies whatever it gets."""
@@ -539,6 +555,7 @@ class TrainConfig:
     """Stop after this many consecutive skipped steps (non-finite loss or gradient)."""
     training_mode: str = 'joint'
     """joint (all train), head_only (only the MTP heads) or freeze_llm (encoder, projector, MTP)."""
+    # --- Data ---
     train_manifest: Optional[str] = None
     """Training manifest(s), comma-separated (JSONL, NeMo style)."""
     valid_manifest: Optional[str] = None
@@ -553,6 +570,13 @@ class TrainConfig:
         for name in ('adam_beta1', 'adam_beta2'):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.wandb_exp_name and not self.wandb_project:
+            raise ConfigError("--wandb-exp-name names a run of --wandb-project: give the project too")
+        if self.wandb_project and importlib.util.find_spec('wandb') is None:
+            raise ConfigError(f"--wandb-project {self.wandb_project}: the wandb package is not installed "
+                              "(pip install wandb)")
+        if self.logging_level is not None and self.logging_level < 0:
+            raise ConfigError(f"--logging-level must be >= 0, got {self.logging_level}")
         if self.async_save and not self.save:
             raise ConfigError("--async-save needs --save (the folder to write)")
         if self.save_interval and not self.save:

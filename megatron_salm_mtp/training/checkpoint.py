@@ -31,6 +31,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
+from ..compat.mcore import async_save_options
 from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
                                load_common_state)
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
@@ -263,7 +264,7 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
                  common=common_state, vocabulary=_vocabulary(model_chunks),
                  scheduler=scheduler.state_dict() if scheduler is not None else None)
-    request = dist_checkpointing.save(state, tmp, save_strategy(), async_sharded_save=pending is not None)
+    request = dist_checkpointing.save(state, tmp, save_strategy(), **(async_save_options() if pending else {}))
 
     def finalize():  # every rank's shards are written (dist_checkpointing's barrier)
         if rank == 0:

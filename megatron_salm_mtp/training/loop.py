@@ -104,7 +104,8 @@ class Trainer:
             chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
-        self.metrics = MetricsWriter(log_dir, _reporting_rank())
+        self.metrics = MetricsWriter(log_dir, _reporting_rank(), self.train_cfg.tensorboard_dir,
+                                     self.train_cfg.wandb_project, self.train_cfg.wandb_exp_name, run.resolved())
         self.iteration, self.skipped, self.skip_streak = 0, 0, 0
         self.saved_iteration, self.save_pending = None, False
         self.pending_saves = PendingSaves() if self.train_cfg.async_save else None  # --async-save
@@ -326,7 +327,18 @@ class Trainer:
         self.metrics.log(record)
 
 
+# Megatron-Core's DDP logs every parameter's name per gradient bucket (~90 lines for the tiny model,
+# thousands for 8B) at INFO: shown only at --logging-level 10 (debug).
+CHATTY_LOGGERS = ('megatron.core.distributed.param_and_grad_buffer',)
+
+
 def train(run: RunConfig) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    Trainer(run).fit()
+    level = run.train.logging_level if run.train.logging_level is not None else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stdout, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if level > logging.DEBUG else level)
+    trainer = Trainer(run)
+    try:
+        trainer.fit()
+    finally:
+        trainer.metrics.close()
