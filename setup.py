@@ -5,18 +5,26 @@ setup(
     version='0.1.0',
     description='Speech-augmented LLMs with Multi-Token Prediction heads on Megatron-Core',
     packages=find_packages(include=['megatron_salm_mtp', 'megatron_salm_mtp.*']),
-    python_requires='>=3.10',
-    # torch is left unpinned on purpose: the NGC container's build (or the one installed first) is kept.
-    install_requires=['torch>=2.4', 'megatron-core>=0.16.1,<0.20', 'pyyaml', 'numpy', 'psutil'],
+    # What CI tests: Python 3.11 + torch 2.13 + megatron-core 0.16.1, and Python 3.12 + torch 2.14.1 +
+    # megatron-core 0.19.2. In the NGC container (Dockerfile) the plugin goes in with --no-deps, so
+    # the container's own torch build is kept.
+    python_requires='>=3.11,<3.13',
+    install_requires=['torch>=2.13', 'megatron-core>=0.16.1,<0.20', 'pyyaml', 'numpy', 'packaging', 'psutil',
+                      'safetensors'],  # safetensors: convert's import-hf / export-hf; psutil: megatron.training
     extras_require={
         'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
                  'espeakng-loader', 'whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6'],
         # evaluate: Whisper's English normaliser (pinned: it defines the reported WER) and alignment
         'eval': ['whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6'],
+        # audio: every format libsndfile reads (WAV, FLAC, OGG, MP3, ...); without it, WAV only
         'audio': ['soundfile'],
         'tokenizers': ['tokenizers', 'sentencepiece'],
         'synth': ['espeakng-loader'],
+        # Transformer Engine's kernels on GPU (the NGC container has it); apex is never used
         'te': ['transformer-engine[pytorch]'],
+        # the quickstart's loss curve, evaluate's acceptance plot, --tensorboard-dir
+        'plots': ['matplotlib', 'tensorboard'],
+        'wandb': ['wandb'],  # --wandb-project
     },
     entry_points={'console_scripts': ['salm-mtp-train=megatron_salm_mtp.train:main']},
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates a virtual environment with torch, megatron-core and the test extras, and the Debian packages
+# Creates a virtual environment with torch, megatron-core and the test and plots extras, and the Debian packages
 # the synthetic corpus needs. Idempotent; sourced by quickstart.sh and tests/run.sh.
 #
 #   SALM_PYTHON  interpreter to build the venv from (default python3); a name such as python3.12
@@ -49,7 +49,7 @@ if [ ! -f "$stamp" ]; then
     "$venv/bin/pip" install -q "torch==$torch_pin"
   fi
   installed_torch="$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
-  "$venv/bin/pip" install -q -e "$root[test]" "torch==$installed_torch" "megatron-core==$mcore_pin"
+  "$venv/bin/pip" install -q -e "$root[test,plots]" "torch==$installed_torch" "megatron-core==$mcore_pin"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

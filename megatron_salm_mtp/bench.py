@@ -23,7 +23,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from .cli import parse_args
+from .cli import exit_on_config_error, parse_args
+from .config import ConfigError
 from .data.frames import encoder_frames
 from .data.synthetic_batches import synthetic_batch
 from .parallel.setup import build_model, init_distributed, init_model_parallel
@@ -171,9 +172,14 @@ def host_sync_report(result) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('--warmup-iters', type=int, default=3)
-    parser.add_argument('--timed-iters', type=int, default=10)
+    parser = argparse.ArgumentParser(
+        prog='python -m megatron_salm_mtp.bench', usage='%(prog)s [bench flags] [training flags]',
+        description="Time the real training step (forward, backward, optimizer) on synthetic batches, "
+                    "without MTP and with the configured --mtp-num-layers.",
+        epilog='Every flag of `python -m megatron_salm_mtp.train --help` also works here (the model, '
+               'the layout, --config ...).')
+    parser.add_argument('--warmup-iters', type=int, default=3, help='untimed steps first (default 3)')
+    parser.add_argument('--timed-iters', type=int, default=10, help='timed steps per configuration (default 10)')
     parser.add_argument('--audio-fraction', type=float, default=0.6, help='share of the sequence that is audio')
     parser.add_argument('--answer-fraction', type=float, default=0.25, help='supervised share')
     parser.add_argument('--text-only', action='store_true', help='LLM alone, every position supervised')
@@ -185,7 +191,10 @@ def main(argv=None):
     parser.add_argument('--list-host-syncs', action='store_true',
                         help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    run = parse_args(rest)
+    try:
+        run = parse_args(rest)
+    except ConfigError as err:
+        exit_on_config_error(err)
     if bench.vocab_size:
         run.model.vocab_size = bench.vocab_size
     init_distributed()

@@ -8,26 +8,19 @@ dataclasses share (``seq_length``, ``micro_batch_size``, ...) is one flag settin
 """
 
 import argparse
-import ast
 import dataclasses
-import inspect
 import os
 import sys
-import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import yaml
 
 from .config import ConfigError, SALMConfig, TrainConfig
-from .config_checks import check_types
+from .config_checks import check_types, did_you_mean, one_of
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
-
-# Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
-# mel bins and frame stacking fix the data side's.
-DERIVED = {'vocab_size', 'audio_token_id', 'n_mels', 'stack'}
-SECTIONS = (('model', SALMConfig), ('train', TrainConfig), ('data', DataConfig))
+from .flags import ALL_CHOICES, SECTIONS, base_type, build_parser, fields
 
 
 @dataclass
@@ -92,40 +85,12 @@ class RunConfig:
         return dict(sorted(merged.items()))
 
 
-def _field_docs(cls) -> Dict[str, str]:
-    """Attribute docstrings (the string literal after each field), read from the source."""
-    docs = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
-            docs[node.target.id] = ' '.join(following.value.value.split())
-    return docs
-
-
-def _fields() -> Dict[str, tuple]:
-    """name -> (type, default, help); the first section that defines a name gives its default."""
-    out = {}
-    for _, cls in SECTIONS:
-        hints, docs = typing.get_type_hints(cls), _field_docs(cls)
-        for field in dataclasses.fields(cls):
-            if field.name in DERIVED or field.name in out:
-                continue
-            out[field.name] = (hints[field.name], field.default, docs.get(field.name, ''))
-    return out
-
-
-def _base_type(annotation):
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
-
-
 def _coerce(name: str, value, annotation, where: str):
     """A YAML value as the field's type; strings convert (``3e-4`` is a string to YAML), but
     ``3.7`` or ``true`` never pass as an int."""
     if value is None:
         return None
-    base = _base_type(annotation)
+    base = base_type(annotation)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -138,24 +103,6 @@ def _coerce(name: str, value, annotation, where: str):
         raise ConfigError(f"{where}: {name} must be {base.__name__}, got {value!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='python -m megatron_salm_mtp.train', argument_default=argparse.SUPPRESS,
-        description='Train a speech-augmented LLM with MTP heads on Megatron-Core.')
-    parser.add_argument('--config', help='YAML file setting any of the flags below (by name)')
-    for name, (annotation, default, help_text) in _fields().items():
-        flag = '--' + name.replace('_', '-')
-        shown = f'{help_text} (default: {default})'
-        if _base_type(annotation) is bool:
-            parser.add_argument(flag, dest=name, action='store_true', help=shown)
-            parser.add_argument('--no-' + name.replace('_', '-'), dest=name, action='store_false',
-                                help=argparse.SUPPRESS)
-        else:
-            parser.add_argument(flag, dest=name, type=_base_type(annotation), help=shown,
-                                metavar=_base_type(annotation).__name__.upper())
-    return parser
-
-
 def _read_yaml(path: str) -> Dict[str, Any]:
     try:
         with open(path) as f:
@@ -166,16 +113,16 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
-    fields = _fields()
+    known = fields()
     values = {}
     if 'mtp' in raw:
         block = raw.pop('mtp')
         raw.update(_nemo_mtp_block(block, raw, path))
     for key, value in raw.items():
         name = str(key).replace('-', '_')
-        if name not in fields:
-            raise ConfigError(f"--config {path}: unknown key {key!r}")
-        values[name] = _coerce(name, value, fields[name][0], f"--config {path}")
+        if name not in known:
+            raise ConfigError(f"--config {path}: unknown key {key!r}{did_you_mean(name, known)}")
+        values[name] = _coerce(name, value, known[name].annotation, f"--config {path}")
     return values
 
 
@@ -220,6 +167,9 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     settings = _read_yaml(args.pop('config')) if 'config' in args else {}
     settings.update(args)
+    for name, choices in ALL_CHOICES.items():  # before DataConfig checks its own, to name the nearest
+        if name in settings:
+            one_of(argparse.Namespace(**settings), name, choices)
     sections = {}
     for section, cls in SECTIONS:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -230,3 +180,11 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     run = RunConfig(**sections)
     run.data.n_mels, run.data.stack = run.model.num_mel_bins, run.model.audio_frame_stack
     return run
+
+
+def exit_on_config_error(err: ConfigError) -> None:
+    """One line on stderr, from one rank (every rank finds the same error), exit status 2."""
+    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
+    if rank == '0':
+        print(f'error: {err}', file=sys.stderr, flush=True)
+    sys.exit(2)

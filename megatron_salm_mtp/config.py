@@ -5,6 +5,7 @@ configuration that cannot work fails in the first second, not after a model buil
 """
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -17,6 +18,18 @@ from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
 
 TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
 """``--training-mode`` choices (training/freeze.py says what each trains)."""
+
+# The values a field takes (None: unset), for validate() and --help.
+CHOICES = {
+    'position_embedding_type': ('rope', 'learned_absolute'),
+    'transformer_impl': (None, 'transformer_engine', 'local'),
+    'fp8_format': (None, 'e4m3', 'hybrid'),
+    'moe_token_dispatcher_type': ('allgather', 'alltoall'),
+    'moe_router_load_balancing_type': ('aux_loss', 'seq_aux_loss', 'none'),
+    'ctc_target_units': CTC_TARGET_UNITS,
+    'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
+    'training_mode': TRAINING_MODES,
+}
 
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
@@ -240,8 +253,7 @@ class SALMConfig:
             raise ConfigError("--mtp-recompute needs --mtp-num-layers > 0")
         if self.mtp_detach_trunk and not self.mtp_depths:
             raise ConfigError("--mtp-detach-trunk needs --mtp-num-layers > 0")
-        if self.fp8_format not in (None, 'e4m3', 'hybrid'):
-            raise ConfigError(f"--fp8-format {self.fp8_format!r}: choose e4m3 or hybrid")
+        one_of(self, 'fp8_format', CHOICES['fp8_format'])
         if self.fp8_format and not self.bf16:
             raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs inside a bf16 model)")
         if self.sequence_parallel and self.seq_length % tp:
@@ -253,7 +265,7 @@ class SALMConfig:
         self._validate_ctc()
 
     def _validate_ctc(self) -> None:
-        one_of(self, 'ctc_target_units', CTC_TARGET_UNITS)
+        one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
             raise ConfigError(f"--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)")
         if self.ctc_enabled and self.freeze_audio_encoder:
@@ -266,8 +278,8 @@ class SALMConfig:
         at_least(self, 1, _AT_LEAST_ONE)
         at_least(self, 0, ('mtp_num_layers', 'mtp_loss_scaling_factor'))
         positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
-        one_of(self, 'position_embedding_type', ('rope', 'learned_absolute'))
-        one_of(self, 'transformer_impl', (None, 'transformer_engine', 'local'))
+        one_of(self, 'position_embedding_type', CHOICES['position_embedding_type'])
+        one_of(self, 'transformer_impl', CHOICES['transformer_impl'])
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
                               f"{self.num_attention_heads} (or give the head size with --kv-channels)")
@@ -296,12 +308,8 @@ class SALMConfig:
         if not 1 <= self.moe_router_topk <= self.num_experts:
             raise ConfigError(f"--moe-router-topk {self.moe_router_topk} must be in 1..--num-experts "
                               f"{self.num_experts}")
-        if self.moe_token_dispatcher_type not in ('allgather', 'alltoall'):
-            raise ConfigError(f"--moe-token-dispatcher-type {self.moe_token_dispatcher_type!r}: "
-                              "choose allgather or alltoall")
-        if self.moe_router_load_balancing_type not in ('aux_loss', 'seq_aux_loss', 'none'):
-            raise ConfigError(f"--moe-router-load-balancing-type {self.moe_router_load_balancing_type!r}: "
-                              "choose aux_loss, seq_aux_loss or none")
+        one_of(self, 'moe_token_dispatcher_type', CHOICES['moe_token_dispatcher_type'])
+        one_of(self, 'moe_router_load_balancing_type', CHOICES['moe_router_load_balancing_type'])
         if self.moe_aux_loss_coeff < 0:
             raise ConfigError(f"--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0")
         if self.moe_grouped_gemm and self.transformer_impl == 'local':
@@ -466,6 +474,7 @@ def encoder_transformer_config(cfg: SALMConfig) -> TransformerConfig:
 @dataclass
 class TrainConfig:
     """Schedule, optimiser, logging and checkpoint settings (Megatron-LM names)."""
+    # --- Training: schedule and optimizer ---
     train_iters: int = 100
     """Optimizer steps to run."""
     micro_batch_size: int = 4
@@ -490,6 +499,7 @@ class TrainConfig:
     """Adam beta2."""
     clip_grad: float = 1.0
     """Gradient-norm clipping (0: off)."""
+    # --- Parallelism and precision ---
     use_distributed_optimizer: bool = False
     """Shard optimizer state (fp32 main params) over DP."""
     overlap_grad_reduce: bool = False
@@ -498,12 +508,14 @@ class TrainConfig:
     """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
     context_parallel_size: int = 1
     """Context parallelism (not supported yet: must be 1)."""
+    # --- Logging and validation ---
     eval_interval: int = 50
     """Evaluate on the validation manifest every this many steps (0: never)."""
     eval_iters: int = 4
     """Global batches per evaluation."""
     log_interval: int = 10
     """Log every this many steps."""
+    # --- Checkpoints and stopping ---
     save: Optional[str] = None
     """Checkpoint folder to write."""
     load: Optional[str] = None
@@ -521,15 +533,30 @@ class TrainConfig:
     from an --training-mode encoder_ctc checkpoint. --save must name another folder."""
     save_interval: Optional[int] = None
     """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
+    async_save: bool = False
+    """Write checkpoints in the background (a forked writer per rank) while training goes on; a
+    checkpoint counts (marker, tracker) once every rank's writes are done. Each save still waits
+    for the previous one, as does the end of the run and a signal's stop."""
     exit_interval: Optional[int] = None
     """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
     exit_duration_in_mins: Optional[float] = None
     """Save (with --save) and exit at the first step boundary after this many minutes of training
     (a job's time limit; resume with --load)."""
+    # --- Training: schedule and optimizer ---
     seed: int = 1234
     """Seed of weights, data order and dropout."""
+    # --- Logging and validation ---
     log_dir: Optional[str] = None
-    """Where metrics.jsonl (and TensorBoard events) go; default: --save, else ./runs/latest."""
+    """Where metrics.jsonl goes; default: --save, else ./runs/latest."""
+    tensorboard_dir: Optional[str] = None
+    """Write TensorBoard event files here (the ``plots`` extra's tensorboard); none without it."""
+    wandb_project: Optional[str] = None
+    """Log the metrics to this Weights & Biases project too (needs the wandb package)."""
+    wandb_exp_name: Optional[str] = None
+    """The Weights & Biases run's name (with --wandb-project)."""
+    logging_level: Optional[int] = None
+    """Python logging level of the run's log lines (10 debug, 20 info, 30 warning; default 20)."""
+    # --- Training: schedule and optimizer ---
     check_for_nan_in_loss_and_grad: bool = True
     """Skip the update (on every rank; counted, no checkpoint) when the loss or the reduced
     gradient norm is NaN or inf anywhere; off: core's optimizer applies whatever it gets."""
@@ -539,6 +566,7 @@ class TrainConfig:
     """joint (all train), head_only (only the MTP heads), freeze_llm (encoder, projector, MTP) or
     encoder_ctc (only the audio encoder and its CTC head, on the CTC loss alone; the LLM does not
     run: stage 1 of a two-stage recipe, continued by --finetune)."""
+    # --- Data ---
     train_manifest: Optional[str] = None
     """Training manifest(s), comma-separated (JSONL, NeMo style)."""
     valid_manifest: Optional[str] = None
@@ -553,6 +581,15 @@ class TrainConfig:
         for name in ('adam_beta1', 'adam_beta2'):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.wandb_exp_name and not self.wandb_project:
+            raise ConfigError("--wandb-exp-name names a run of --wandb-project: give the project too")
+        if self.wandb_project and importlib.util.find_spec('wandb') is None:
+            raise ConfigError(f"--wandb-project {self.wandb_project}: the wandb package is not installed "
+                              "(pip install wandb)")
+        if self.logging_level is not None and self.logging_level < 0:
+            raise ConfigError(f"--logging-level must be >= 0, got {self.logging_level}")
+        if self.async_save and not self.save:
+            raise ConfigError("--async-save needs --save (the folder to write)")
         if self.save_interval and not self.save:
             raise ConfigError(f"--save-interval {self.save_interval} needs --save (the folder to write), "
                               "or --save-interval 0 for no periodic saves")
@@ -561,10 +598,8 @@ class TrainConfig:
                               f"--micro-batch-size {self.micro_batch_size}")
         if self.context_parallel_size != 1:
             raise ConfigError("--context-parallel-size > 1 is not supported yet")
-        one_of(self, 'training_mode', TRAINING_MODES)
-        if self.lr_decay_style not in ('constant', 'linear', 'cosine', 'inverse-square-root'):
-            raise ConfigError(f"--lr-decay-style {self.lr_decay_style!r}: choose constant, linear, "
-                              "cosine or inverse-square-root")
+        one_of(self, 'training_mode', CHOICES['training_mode'])
+        one_of(self, 'lr_decay_style', CHOICES['lr_decay_style'])
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
                               f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")

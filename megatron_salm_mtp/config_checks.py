@@ -6,6 +6,7 @@ silently or surface as a crash after the model is built.
 """
 
 import dataclasses
+import difflib
 import typing
 from typing import Iterable
 
@@ -63,8 +64,15 @@ def positive(config, names: Iterable[str]) -> None:
             raise ConfigError(f"{flag(name)} must be positive, got {value}")
 
 
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' naming the closest candidate to a misspelt word, or ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def one_of(config, name: str, choices: tuple) -> None:
     value = getattr(config, name)
     if value not in choices:
         shown = ', '.join('none' if c is None else str(c) for c in choices)
-        raise ConfigError(f"{flag(name)} {value!r}: choose {shown}")
+        named = [c for c in choices if c is not None]
+        raise ConfigError(f"{flag(name)} {value!r}: choose {shown}{did_you_mean(value, named)}")

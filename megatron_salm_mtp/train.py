@@ -7,10 +7,7 @@ One node, 8 GPUs:
 Many nodes (SLURM, NGC container): launch/train_salm_mtp.sbatch
 """
 
-import os
-import sys
-
-from .cli import RunConfig, parse_args
+from .cli import RunConfig, exit_on_config_error, parse_args
 from .config import ConfigError
 
 
@@ -21,14 +18,6 @@ def parse_and_validate(argv=None) -> RunConfig:
     return run
 
 
-def _exit_on_config_error(err: ConfigError) -> None:
-    """One line on stderr, from one rank (every rank finds the same error), exit status 2."""
-    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
-    if rank == '0':
-        print(f'error: {err}', file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 def main(argv=None) -> None:
     try:
         run = parse_and_validate(argv)
@@ -37,7 +26,7 @@ def main(argv=None) -> None:
         from .training.loop import train
         train(run)
     except ConfigError as err:
-        _exit_on_config_error(err)
+        exit_on_config_error(err)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,8 @@ The plan is a JSON list of operations run in order on every rank: ``build`` (mod
 scheduler; a later ``build`` replaces them with freshly initialised ones), ``train`` (one
 optimizer step per batch seed), ``forward`` (forward-only loss), ``save``, ``load``, ``crash_save``
 (a save that dies after the shards are written but before the checkpoint is finalised),
-``perturb_rng`` and ``dump`` (this rank's parameter shards under TP=1/PP=1 names, RNG states, lr,
+``async_save`` (``--async-save``'s path: the save is scheduled, its folder state recorded before any
+finalize), ``finalize`` (waits for the async saves and finalizes them), ``perturb_rng`` and ``dump`` (this rank's parameter shards under TP=1/PP=1 names, RNG states, lr,
 Adam steps). Every rank writes what it recorded to DIR/rank{R}.pt.
 """
 
@@ -32,6 +33,7 @@ if __name__ != '__mp_main__':
     from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
     from megatron_salm_mtp.training import checkpoint
     from megatron_salm_mtp.training.optim import build_optimizer
+    from megatron_salm_mtp.training.save_strategies import PendingSaves
     from megatron_salm_mtp.training.step import forward_backward
     from parallel_utils import speech_batch
 
@@ -84,12 +86,27 @@ class Run:
         for chunk in self.model:
             chunk.train()
 
-    def save(self, op):
+    def save(self, op, pending=None):
         common = {'consumed_samples': op['iteration'] * GLOBAL_BATCH, 'skipped_iterations': 1,
                   'data': {'consumed_samples': op['iteration'] * GLOBAL_BATCH, 'epoch': 0, 'seed': 7}}
         self.records.setdefault('saved_paths', []).append(checkpoint.save_checkpoint(
             op['dir'], op['iteration'], self.model, self.optimizer, self.scheduler, common,
-            {'tensor_model_parallel_size': self.cfg.tensor_model_parallel_size, 'lr': 3e-3}))
+            {'tensor_model_parallel_size': self.cfg.tensor_model_parallel_size, 'lr': 3e-3}, pending))
+
+    def _folder_state(self, op):
+        final = checkpoint.checkpoint_dir(op['dir'], op['iteration'])
+        return {'complete': checkpoint.is_complete(final),
+                'latest': checkpoint.latest_checkpoint_iteration(op['dir']),
+                'in_flight': self.pending.in_flight}
+
+    def async_save(self, op):
+        self.pending = getattr(self, 'pending', None) or PendingSaves()
+        self.save(op, self.pending)
+        self.records[op['name']] = self._folder_state(op)
+
+    def finalize(self, op):
+        self.pending.finalize(blocking=True)
+        self.records[op['name']] = self._folder_state(op)
 
     def crash_save(self, op):
         """The shards are all written, then the process dies before the checkpoint is final

@@ -57,6 +57,17 @@ BAD_FLAGS = [
      '--tokenizer-model no/such/tokenizer.json: no such file or folder'),
     (['--train-manifest', 'no/such.jsonl'], '--train-manifest no/such.jsonl: no such file'),
     (['--valid-manifest', 'no/such.jsonl'], '--valid-manifest no/such.jsonl: no such file'),
+    # misspelt choices name the nearest one; unknown flags the nearest flag
+    (['--lr-decay-style', 'cosin'], "--lr-decay-style 'cosin': choose constant, linear, cosine, "
+                                    "inverse-square-root (did you mean cosine?)"),
+    (['--training-mode', 'head-only'], "choose joint, head_only, freeze_llm (did you mean head_only?)"),
+    (['--moe-token-dispatcher-type', 'all2all'], "--moe-token-dispatcher-type 'all2all': choose allgather, alltoall"),
+    (['--prompt-template', 'qwn'], "--prompt-template 'qwn': choose plain, llama3, qwen (did you mean qwen?)"),
+    (['--lr-decy-style', 'cosine'], 'unrecognized arguments: --lr-decy-style cosine (did you mean --lr-decay-style?)'),
+    (['--hiden-size', '3', '--mtp-num-layrs=2'], 'unrecognized arguments: --hiden-size 3 --mtp-num-layrs=2 '
+     '(--hiden-size: did you mean --hidden-size?; --mtp-num-layrs: did you mean --mtp-num-layers?)'),
+    (['--zzzz'], 'unrecognized arguments: --zzzz'),
+    (['--micro-batch-size', 'x'], "argument --micro-batch-size: invalid int value: 'x'"),
 ]
 
 BAD_YAML = [
@@ -65,6 +76,10 @@ BAD_YAML = [
     ('lr: true\n', 'lr must be a number, got True'),
     ('bf16: 1\n', 'bf16 must be true or false, got 1'),
     ('max_duration: null\n', '--max-duration None: the audio encoder takes at most 30 s'),
+    ('lr_decy_style: cosine\n', "unknown key 'lr_decy_style' (did you mean lr_decay_style?)"),
+    ('lr_decay_style: cosin\n', "--lr-decay-style 'cosin': choose constant, linear, cosine"),
+    ('tokenizer_type: sentencepeice\n', "--tokenizer-type 'sentencepeice': choose byte, huggingface, "
+                                         "sentencepiece, hf, spm (did you mean sentencepiece?)"),
 ]
 
 
@@ -116,10 +131,13 @@ def test_shipped_configs_validate(manifest, tmp_path, name):
                         '--tokenizer-model', str(tmp_path), '--save-interval', '0'])  # no checkpoints
 
 
-def test_the_entry_point_prints_one_line_and_exits_2(manifest):
-    done = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--train-manifest', manifest,
-                           '--micro-batch-size', '0'], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+@pytest.mark.parametrize('flags,error', [
+    (['--micro-batch-size', '0'], 'error: --micro-batch-size must be >= 1, got 0'),
+    (['--lr-decy-style', 'cosine'], 'error: unrecognized arguments: --lr-decy-style cosine '
+                                    '(did you mean --lr-decay-style?)')])
+def test_the_entry_point_prints_one_line_and_exits_2(manifest, flags, error):
+    """One line on stderr: no traceback, and no usage listing every flag of argparse's."""
+    done = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--train-manifest', manifest] + flags,
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
-    assert errors == ['error: --micro-batch-size must be >= 1, got 0'] and 'Traceback' not in done.stderr
+    assert done.stderr.splitlines() == [error] and done.stdout == ''

@@ -10,6 +10,7 @@ script and code path as a GPU cluster's, with GPUS_PER_NODE=2 and `--gpus-per-no
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -197,6 +198,22 @@ def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # 
     assert (save / f'iter_{saved:07d}').is_dir()
 
 
+def _container_env(slurm, tmp_path) -> dict:
+    """A 4-node pyxis job's environment, every path it is given a real one under tmp_path."""
+    for folder in ('data', 'valid', 'models/Qwen3-8B', 'init', 'audio'):
+        (tmp_path / folder).mkdir(parents=True)
+    for manifest in ('data/a.jsonl', 'data/b.jsonl', 'valid/v.jsonl'):
+        (tmp_path / manifest).write_text('')
+    return {**slurm.env, 'DRY_RUN': '1', 'SLURM_JOB_ID': '4242', 'SLURM_NNODES': '4',
+            'SLURM_JOB_NODELIST': 'gpu[07-10]', 'SLURM_SUBMIT_DIR': str(ROOT), 'SLURM_CPUS_ON_NODE': '96',
+            'SLURM_GPUS_PER_NODE': 'h100:8', 'CONTAINER_IMAGE': str(tmp_path / 'salm-mtp.sqsh'),
+            'CONFIG': 'configs/salm_8b_tp2pp2.yaml',
+            'TRAIN_MANIFEST': f'{tmp_path}/data/a.jsonl,{tmp_path}/data/b.jsonl',
+            'VALID_MANIFEST': f'{tmp_path}/valid/v.jsonl', 'DATA_MOUNTS': str(tmp_path / 'audio'),
+            'TOKENIZER_MODEL': str(tmp_path / 'models/Qwen3-8B'), 'LOG_DIR': str(tmp_path / 'logs'),
+            'SAVE_DIR': str(tmp_path / 'ckpt'), 'INIT_DIR': str(tmp_path / 'init')}
+
+
 def test_sbatch_container_command(slurm, tmp_path):
     """The pyxis path, which needs a GPU cluster to run for real: the srun line it would launch
     (DRY_RUN=1), then that step's shell run here with a stand-in `python` printing its argv."""
@@ -205,35 +222,53 @@ def test_sbatch_container_command(slurm, tmp_path):
     (fake / 'python').write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$ARGV_LOG"\n'  # argv, then ignored signals
                                  'awk \'/^SigIgn/ {print "SigIgn " $2}\' /proc/$$/status >> "$ARGV_LOG"\n')
     (fake / 'python').chmod(0o755)
-    env = {**slurm.env, 'DRY_RUN': '1', 'SLURM_JOB_ID': '4242', 'SLURM_NNODES': '4',
-           'SLURM_JOB_NODELIST': 'gpu[07-10]', 'SLURM_SUBMIT_DIR': str(ROOT), 'SLURM_CPUS_ON_NODE': '96',
-           'SLURM_GPUS_PER_NODE': 'h100:8', 'CONTAINER_IMAGE': 'registry#nvidia/pytorch:25.04-py3',
-           'CONFIG': 'configs/salm_8b_tp2pp2.yaml', 'TRAIN_MANIFEST': '/data/a.jsonl,/data/b.jsonl',
-           'DATA_MOUNTS': '/data,/models', 'TOKENIZER_MODEL': '/models/Qwen3-8B',
-           'SAVE_DIR': str(tmp_path / 'ckpt'), 'INIT_DIR': str(tmp_path / 'init')}
-    out = subprocess.run(['bash', SCRIPT, '--system-prompt', "Say 'hi' twice", '--lr', '1e-4'], cwd=ROOT,
+    env = _container_env(slurm, tmp_path)
+    out = subprocess.run(['bash', SCRIPT, '--system-prompt', "Say 'hi' twice", '--lr', '1e-4',
+                          '--tensorboard-dir', str(tmp_path / 'tb')], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     srun = out.stdout.splitlines()[-1]
+    argv = shlex.split(srun.split(' bash -c ')[0])
     assert srun.startswith('srun --nodes 4 --ntasks-per-node 1 ') and '--cpus-per-task 96' in srun
-    assert '--container-image registry#nvidia/pytorch:25.04-py3' in srun
-    for folder in (ROOT, tmp_path / 'ckpt', tmp_path / 'init', '/data', '/models'):
-        assert f'{folder}:{folder}' in srun.replace('\\,', ',')
+    # The image the Dockerfile makes, home not mounted, and every path the job is given mounted
+    # at its own path (files by their folder; written folders made first); nothing else.
+    assert argv[argv.index('--container-image') + 1] == str(tmp_path / 'salm-mtp.sqsh')
+    assert '--no-container-mount-home' in argv
+    mounts = argv[argv.index('--container-mounts') + 1].split(',')
+    folders = [ROOT] + [tmp_path / f for f in ('ckpt', 'init', 'logs', 'models/Qwen3-8B', 'data', 'valid',
+                                               'audio', 'tb')]
+    assert sorted(mounts) == sorted(f'{f}:{f}' for f in folders)
+    assert (tmp_path / 'logs').is_dir() and (tmp_path / 'tb').is_dir()
     step = subprocess.run(['bash', '-c', f'srun() {{ shift $(($# - 3)); "$@"; }}; {srun}'], cwd=ROOT,
                           env={**env, 'PATH': f'{fake}:{os.environ["PATH"]}', 'SLURM_NODEID': '3',
                                'ARGV_LOG': str(tmp_path / 'argv')}, capture_output=True, text=True, timeout=30)
     assert step.returncode == 0, step.stderr
-    lines = (tmp_path / 'argv').read_text().splitlines()
-    pip, pip_mask, torchrun, torchrun_mask = lines
-    assert pip.startswith('-m pip install --quiet --no-deps megatron-core==0.16.1')
+    # Nothing is installed at job start: the step runs torchrun straight away.
+    torchrun, torchrun_mask = (tmp_path / 'argv').read_text().splitlines()
     assert torchrun.startswith('-m torch.distributed.run --nnodes 4 --nproc-per-node 8 --master-addr gpu07 '
                                '--master-port 24242 --node-rank 3 -m megatron_salm_mtp.train ')
     for flags in ('--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2',
-                  '--train-manifest /data/a.jsonl,/data/b.jsonl', '--tokenizer-model /models/Qwen3-8B',
+                  f'--train-manifest {tmp_path}/data/a.jsonl,{tmp_path}/data/b.jsonl',
+                  f'--tokenizer-model {tmp_path}/models/Qwen3-8B',
                   f'--save {tmp_path / "ckpt"} --load {tmp_path / "init"}', "--system-prompt Say 'hi' twice --lr 1e-4"):
         assert flags in torchrun
     usr1 = 1 << (10 - 1)  # torchrun ignores SIGUSR1: Slurm's signal is for the ranks
     assert int(torchrun_mask.split()[1], 16) & usr1
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'TOKENIZER_MODEL': '/no/such/Qwen3-8B'}, 'TOKENIZER_MODEL /no/such/Qwen3-8B: no such file or folder'),
+    ({'TRAIN_MANIFEST': '/no/such/train.jsonl'}, 'MANIFEST /no/such/train.jsonl: no such file or folder'),
+    ({'DATA_MOUNTS': '/no/such/audio'}, 'DATA_MOUNTS /no/such/audio: no such file or folder'),
+    ({'CONTAINER_IMAGE': None}, 'no container image: build the Dockerfile'),
+])
+def test_sbatch_refuses_paths_the_container_cannot_see(slurm, tmp_path, change, message):
+    """A path that is not there would fail inside the container after the job queued: the script
+    stops before srun, naming the setting."""
+    env = {k: v for k, v in {**_container_env(slurm, tmp_path), **change}.items() if v is not None}
+    out = subprocess.run(['bash', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f'train_salm_mtp.sbatch: {message}' in out.stderr, out.stderr
+    assert 'srun' not in out.stdout
 
 
 def test_run_local_two_ranks(espeak_corpus, tmp_path):  # noqa: F811

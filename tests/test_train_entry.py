@@ -152,7 +152,7 @@ def test_nemo_mtp_block_drives_a_run(corpus, tmp_path):
 
 
 @pytest.mark.parametrize('flags,message', [
-    (['--fp8-format', 'e5m2', '--bf16'], "--fp8-format 'e5m2': choose e4m3 or hybrid"),
+    (['--fp8-format', 'e5m2', '--bf16'], "--fp8-format 'e5m2': choose none, e4m3, hybrid"),
     (['--fp8-format', 'hybrid'], '--fp8-format needs --bf16'),
     (['--head-chunk-rows', '-1'], '--head-chunk-rows -1'),
     (['--mtp-recompute'], '--mtp-recompute needs --mtp-num-layers'),

@@ -22,6 +22,10 @@ and what the plugin does about it:
   (``moe_aux_loss_entries`` reads either).
 * 0.19 runs an MTP layer on given next-token ids without the roll (``forward_single_position``);
   ``run_mtp_layer_on_ids`` does the same on 0.16 from the steps that method calls.
+* ``dist_checkpointing.save`` takes ``async_strategy`` from 0.19 and defaults it to ``nvrx``
+  (nvidia-resiliency-ext, whose requests need its own queue); ``async_save_options`` asks for
+  Megatron-Core's own implementation there, the only one 0.16 has, so ``--async-save`` runs the
+  same code on every release.
 * ``get_mtp_layer_spec_for_backend`` renamed its first argument (``transformer_layer_spec`` ->
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
@@ -35,10 +39,12 @@ which the plugin's ``SpeechGPTModel._postprocess`` replaces on every version: se
 
 import collections
 import dataclasses
+import inspect
 import multiprocessing
 import os
 from multiprocessing.managers import SyncManager
 
+from megatron.core import dist_checkpointing
 from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
 from packaging.version import Version
 
@@ -157,3 +163,10 @@ def start_checkpoint_writer() -> bool:
         manager.start(die_with_parent, (os.getpid(),))
         filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
     return True
+
+
+def async_save_options() -> dict:
+    """``dist_checkpointing.save`` keywords for an async save on Megatron-Core's own writer."""
+    if 'async_strategy' in inspect.signature(dist_checkpointing.save).parameters:
+        return {'async_sharded_save': True, 'async_strategy': 'mcore'}
+    return {'async_sharded_save': True}

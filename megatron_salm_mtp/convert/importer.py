@@ -16,8 +16,8 @@ import torch
 import yaml
 from megatron.core import parallel_state
 
-from ..cli import DERIVED
 from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
+from ..flags import DERIVED
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from ..training.checkpoint import save_checkpoint
 from ..training.run_folders import claim_checkpoint_folders

@@ -1,9 +1,10 @@
-"""Audio loading: WAV without dependencies, FLAC/OGG through ``soundfile``, resampled to 16 kHz.
+"""Audio loading through ``soundfile`` (libsndfile: WAV, FLAC, OGG, MP3 and the other encodings
+real corpora hold), with a WAV reader of our own as the fallback without it; resampled to 16 kHz.
 
-Why our own RIFF parser: the stdlib ``wave`` module reads integer PCM only, and users' corpora
-hold float32 and 24-bit WAVs too. Parsing the header alone also gives a cheap
-:func:`audio_info` (sample rate, channels, frames) that the dataset uses to vet a manifest at start
-without decoding audio, and to tell a truncated file from a good one.
+Why our own RIFF parser, where ``soundfile`` is missing: the stdlib ``wave`` module reads integer
+PCM only, and users' corpora hold float32 and 24-bit WAVs too. Either way :func:`audio_info` reads
+the header alone (sample rate, channels, frames), which the dataset uses to vet a manifest at start
+without decoding audio, and a file shorter than its header says is an error, never a short clip.
 
 Corpora come at 8/22.05/44.1/48 kHz: :func:`load_audio` resamples to the encoder's 16 kHz
 (:mod:`.resample`). Samples that are NaN or infinite (float WAVs can hold them) are an error
@@ -34,6 +35,11 @@ class AudioError(Exception):
 
 class AudioFileNotFound(AudioError):
     """The path does not name a file."""
+
+
+class TruncatedWav(AudioError):
+    """A WAV holding fewer bytes than its header announces (a copy cut short). libsndfile reads
+    what is there without a word, so the header is checked beside it."""
 
 
 class _UnsupportedWav(AudioError):
@@ -82,7 +88,7 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
     while True:
         chunk = f.read(8)
         if len(chunk) < 8:
-            raise AudioError(f"{name}: truncated WAV (no data chunk)")
+            raise TruncatedWav(f"{name}: truncated WAV (no data chunk)")
         cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if cid == b"fmt ":
             body = f.read(size)
@@ -112,7 +118,7 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
             if size in _STREAMING_SIZES:
                 size = available - available % block_align
             elif size > available:
-                raise AudioError(f"{name}: truncated WAV (header says {size} data bytes, file has {available})")
+                raise TruncatedWav(f"{name}: truncated WAV (header says {size} data bytes, file has {available})")
             return _WavLayout(AudioInfo(rate, channels, size // block_align), tag, bits, block_align, offset)
         else:
             f.seek(size + (size % 2), os.SEEK_CUR)
@@ -142,6 +148,27 @@ def _is_wav(path: str) -> bool:
     return head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE"
 
 
+def _check_not_truncated(path: str) -> None:
+    """A WAV that libsndfile will read: refuse it when it is shorter than its header says (the
+    header's other oddities, and encodings the parser does not know, are libsndfile's to judge)."""
+    if not _is_wav(path):
+        return
+    try:
+        with open(path, "rb") as f:
+            _parse_wav_header(f, os.path.getsize(path), path)
+    except TruncatedWav:
+        raise
+    except AudioError:
+        pass
+
+
+def _wav_layout(f, path: str) -> _WavLayout:
+    """The header of a WAV read without soundfile; anything else needs soundfile."""
+    if not _is_wav(path):
+        raise AudioError(f"{path}: not a WAV file, and reading other formats needs the 'soundfile' package")
+    return _parse_wav_header(f, os.path.getsize(path), path)
+
+
 def _soundfile():
     try:
         import soundfile
@@ -165,16 +192,11 @@ def audio_info(path: str) -> AudioInfo:
     """Sample rate, channels and length from the header only (cheap: used to vet manifests)."""
     if not os.path.isfile(path):
         raise AudioFileNotFound(f"{path}: file not found")
-    if _is_wav(path):
-        try:
-            with open(path, "rb") as f:
-                return _parse_wav_header(f, os.path.getsize(path), path).info
-        except _UnsupportedWav:
-            if _soundfile() is None:
-                raise
     sf = _soundfile()
     if sf is None:
-        raise AudioError(f"{path}: not a WAV file, and reading other formats needs the 'soundfile' package")
+        with open(path, "rb") as f:
+            return _wav_layout(f, path).info
+    _check_not_truncated(path)
     try:
         i = sf.info(path)
     except Exception as e:  # soundfile raises its own error types; keep the message
@@ -194,25 +216,18 @@ def read_audio(path: str, offset: float | None = None, duration: float | None = 
     """Decode ``[offset, offset + duration)`` seconds as float32 [frames, channels] at the file's rate."""
     if not os.path.isfile(path):
         raise AudioFileNotFound(f"{path}: file not found")
-    if _is_wav(path):
-        try:
-            with open(path, "rb") as f:
-                lay = _parse_wav_header(f, os.path.getsize(path), path)
-                start, stop = slice_frames(lay.info.num_frames, lay.info.sample_rate, offset, duration)
-                f.seek(lay.data_offset + start * lay.block_align)
-                raw = f.read((stop - start) * lay.block_align)
-        except _UnsupportedWav:
-            sf = _soundfile()  # e.g. ADPCM or A-law: let libsndfile try before giving up
-            if sf is None:
-                raise
-            return _read_soundfile(sf, path, offset, duration)
-        if len(raw) != (stop - start) * lay.block_align:
-            raise AudioError(f"{path}: truncated WAV (short read)")
-        return _decode_pcm(raw, lay.format_tag, lay.bits, lay.info.channels), lay.info.sample_rate
     sf = _soundfile()
-    if sf is None:
-        raise AudioError(f"{path}: not a WAV file, and reading other formats needs the 'soundfile' package")
-    return _read_soundfile(sf, path, offset, duration)
+    if sf is not None:
+        _check_not_truncated(path)
+        return _read_soundfile(sf, path, offset, duration)
+    with open(path, "rb") as f:
+        lay = _wav_layout(f, path)
+        start, stop = slice_frames(lay.info.num_frames, lay.info.sample_rate, offset, duration)
+        f.seek(lay.data_offset + start * lay.block_align)
+        raw = f.read((stop - start) * lay.block_align)
+    if len(raw) != (stop - start) * lay.block_align:
+        raise AudioError(f"{path}: truncated WAV (short read)")
+    return _decode_pcm(raw, lay.format_tag, lay.bits, lay.info.channels), lay.info.sample_rate
 
 
 def _read_soundfile(sf, path: str, offset: float | None, duration: float | None) -> tuple[np.ndarray, int]:
@@ -223,6 +238,8 @@ def _read_soundfile(sf, path: str, offset: float | None, duration: float | None)
     except Exception as e:
         raise _soundfile_error(path, e) from e
     _check_rate(int(rate), path)
+    if len(data) != stop - start:  # libsndfile returns what is there of a cut file
+        raise AudioError(f"{path}: truncated ({len(data)} of the {stop - start} frames its header announces)")
     return data, int(rate)
 
 

@@ -56,6 +56,7 @@ class DataConfig:
     prescan: bool = True  # vet every example's header at start (cheap checks)
     pad_to_seq_length: bool = True  # fixed shapes (needed with pipeline parallelism)
     bucket_window: int = 0  # length bucketing over this many global batches (0: off)
+    # --- SpecAugment (training data only) ---
     spec_augment_freq_masks: int = 0
     """SpecAugment frequency masks per training utterance (0: none); never in validation."""
     spec_augment_freq_width: int = 27

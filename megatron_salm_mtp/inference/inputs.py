@@ -88,10 +88,22 @@ def read_utterances(manifest: str, data: DataConfig, tokenizer: Tokenizer,
                     limit: Optional[int] = None) -> Tuple[List[Utterance], List[Skip]]:
     """The first ``limit`` lines of ``manifest`` (all by default) as utterances, and the lines
     skipped (each logged with its reason); an error when none is usable."""
-    builder = PromptBuilder(tokenizer, data.prompt_template, data.system_prompt)
     examples = read_manifest(manifest, data.default_prompt)[:limit]
+    utterances, skips = example_utterances(examples, data, tokenizer, split_name(manifest), f'reading {manifest}')
+    if not utterances:
+        reasons = sorted({s.reason for s in skips})
+        raise ValueError(f'--manifest {manifest}: no usable utterance among {len(examples)} lines'
+                         + (f' ({len(skips)} skipped: {", ".join(reasons)})' if skips else ''))
+    return utterances, skips
+
+
+def example_utterances(examples: Sequence[Example], data: DataConfig, tokenizer: Tokenizer, split: str,
+                       task: str) -> Tuple[List[Utterance], List[Skip]]:
+    """Examples (from a manifest or made on the spot) as utterances of ``split``, and the ones
+    skipped (each logged with its reason); ``task`` names the progress line."""
+    builder = PromptBuilder(tokenizer, data.prompt_template, data.system_prompt)
     utterances, skips = [], []
-    progress = Progress(f'reading {manifest}', len(examples))
+    progress = Progress(task, len(examples))
     for example in examples:
         waves = _waves(example, data.max_duration)
         progress.advance()
@@ -101,14 +113,10 @@ def read_utterances(manifest: str, data: DataConfig, tokenizer: Tokenizer,
             continue
         counts = [audio_tokens(mel_frames(len(w)), data.stack) for w in waves]
         prompt = builder.encode(example, counts, with_answer=False).ids
-        utterances.append(Utterance(example.source, example.line, split_name(manifest),
+        utterances.append(Utterance(example.source, example.line, split,
                                     str(example.meta.get('subset', 'all')), example.answer_text, prompt,
                                     [log_mel(w, data.n_mels) for w in waves],
                                     sum(len(w) for w in waves) / SAMPLE_RATE))
-    if not utterances:
-        reasons = sorted({s.reason for s in skips})
-        raise ValueError(f'--manifest {manifest}: no usable utterance among {len(examples)} lines'
-                         + (f' ({len(skips)} skipped: {", ".join(reasons)})' if skips else ''))
     return utterances, skips
 
 

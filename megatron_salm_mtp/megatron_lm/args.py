@@ -25,9 +25,9 @@ import dataclasses
 import sys
 from typing import List, Optional
 
-from ..cli import _base_type, _fields
 from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
+from ..flags import base_type, fields as flag_fields
 from ..data.tokenizer import Tokenizer
 
 MEGATRON_TOKENIZERS = {'HuggingFaceTokenizer': 'huggingface', 'SentencePieceTokenizer': 'sentencepiece',
@@ -50,24 +50,24 @@ LLM_ARCHITECTURE = (('normalization', 'RMSNorm', '--normalization RMSNorm'),
 
 def _plugin_field_names() -> List[str]:
     names = {f.name for cls in (SALMConfig, DataConfig) for f in dataclasses.fields(cls)}
-    return [name for name in _fields() if name in names or name in TRAIN_FLAGS]
+    return [name for name in flag_fields() if name in names or name in TRAIN_FLAGS]
 
 
 def add_salm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron-LM's ``extra_args_provider``: the plugin's flags that Megatron-LM lacks."""
     existing = parser._option_string_actions  # argparse has no public lookup of added flags
     group = parser.add_argument_group(title='SALM (megatron_salm_mtp)')
-    fields = _fields()
+    fields = flag_fields()
     for name in _plugin_field_names():
         flag = '--' + name.replace('_', '-')
         if flag in existing or '--no-' + flag[2:] in existing:  # e.g. --no-gradient-accumulation-fusion
             continue
-        annotation, default, help_text = fields[name]
-        if _base_type(annotation) is bool:
+        annotation, default, help_text = fields[name].annotation, fields[name].default, fields[name].help
+        if base_type(annotation) is bool:
             group.add_argument(flag, dest=name, action='store_true', default=default, help=help_text)
             group.add_argument('--no-' + flag[2:], dest=name, action='store_false', help=argparse.SUPPRESS)
         else:
-            group.add_argument(flag, dest=name, type=_base_type(annotation), default=default,
+            group.add_argument(flag, dest=name, type=base_type(annotation), default=default,
                                help=help_text)
     return parser
 

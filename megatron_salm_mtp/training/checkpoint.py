@@ -31,11 +31,13 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
+from ..compat.mcore import async_save_options
 from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
                                load_common_state, stored_settings)
 from .ctc_load import check_ctc_head
 from .freeze import check_optimizer_state_covers
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
+from .save_strategies import PendingSaves, load_strategy, save_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +244,11 @@ def _fsync_dir(path: str) -> None:
 
 
 def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler,
-                    common_state: dict, resolved_config: dict) -> str:
+                    common_state: dict, resolved_config: dict, pending: Optional[PendingSaves] = None) -> str:
     """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
-    identical on all ranks (rank 0's copy is stored). Returns the final checkpoint folder."""
+    identical on all ranks (rank 0's copy is stored). Returns the final checkpoint folder, which
+    exists on return, or with ``pending`` (async) once ``pending`` finalized the save; the caller
+    finalizes earlier saves first (this one removes unfinished ``.tmp-`` folders)."""
     rank = torch.distributed.get_rank()
     final = checkpoint_dir(save_dir, iteration)
     name = [f'{final}.tmp-{uuid.uuid4().hex[:8]}']  # rank 0's name goes to all
@@ -262,10 +266,19 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
                  common=common_state, vocabulary=_vocabulary(model_chunks),
                  scheduler=scheduler.state_dict() if scheduler is not None else None)
-    dist_checkpointing.save(state, tmp)  # ends with a barrier: every rank's shards are written
-    if rank == 0:
-        _finalize(save_dir, tmp, final, iteration, resolved_config)
-    torch.distributed.barrier()
+    request = dist_checkpointing.save(state, tmp, save_strategy(), **(async_save_options() if pending else {}))
+
+    def finalize():  # every rank's shards are written (dist_checkpointing's barrier)
+        if rank == 0:
+            _finalize(save_dir, tmp, final, iteration, resolved_config)
+        torch.distributed.barrier()
+        logger.info('saved checkpoint %s', final)
+
+    if pending is None:
+        finalize()
+    else:
+        request.add_finalize_fn(finalize)
+        pending.schedule(request)
     return final
 
 
@@ -326,7 +339,7 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     if attach_mtp:
         state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
     try:
-        loaded = dist_checkpointing.load(state, path)
+        loaded = dist_checkpointing.load(state, path, load_strategy(path))
     except (EOFError, OSError) as err:  # damaged in a way the size check cannot see
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
     for key, module in _models(model_chunks).items():

@@ -28,6 +28,7 @@ from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
 from .run_folders import claim_checkpoint_folders
+from .save_strategies import PendingSaves
 from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
@@ -103,11 +104,13 @@ class Trainer:
             chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
-        self.metrics = MetricsWriter(log_dir, _reporting_rank())
+        self.metrics = MetricsWriter(log_dir, _reporting_rank(), self.train_cfg.tensorboard_dir,
+                                     self.train_cfg.wandb_project, self.train_cfg.wandb_exp_name, run.resolved())
         # --training-mode encoder_ctc runs the encoder alone: its loss is the CTC, not the LLM's.
         self.runs_llm = self.train_cfg.training_mode != ENCODER_CTC
         self.iteration, self.skipped, self.skip_streak = 0, 0, 0
         self.saved_iteration, self.save_pending = None, False
+        self.pending_saves = PendingSaves() if self.train_cfg.async_save else None  # --async-save
 
     def resume(self):
         if not self.train_cfg.load:
@@ -153,11 +156,20 @@ class Trainer:
         from .checkpoint import save_checkpoint
         common = {'data': self.train_loader.state_dict(), 'skipped_iterations': self.skipped,
                   'consumed_samples': self.train_loader.consumed_samples}
+        started = time.perf_counter()
+        self.finish_saves()  # the next save clears unfinished folders
         with self._parameters_gathered():
-            path = save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer,
-                                   self.scheduler, common, self.run.resolved())
+            save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                            common, self.run.resolved(), self.pending_saves)
         self.saved_iteration, self.save_pending = self.iteration, False
-        logger.info('saved checkpoint %s', path)
+        if torch.distributed.get_rank() == 0:
+            logger.info('checkpoint of iteration %d: training held %.2f s%s', self.iteration, time.perf_counter()
+                        - started, ' (written in the background)' if self.pending_saves else '')
+
+    def finish_saves(self, blocking: bool = True) -> None:
+        """Finalize async saves whose writes are done (``blocking``: all of them); collective."""
+        if self.pending_saves is not None:
+            self.pending_saves.finalize(blocking)
 
     def write_resolved_config(self):
         target = self.train_cfg.save or self.metrics.path and os.path.dirname(self.metrics.path)
@@ -239,15 +251,18 @@ class Trainer:
                 window = []
             if self.valid_loader is not None and self.iteration % self.train_cfg.eval_interval == 0:
                 self.evaluate()
+            self.finish_saves(blocking=False)
             self._save_if_due(skipped)
             reason = self._stop_reason(stop, started)
             if reason:
                 if self.train_cfg.save and self.saved_iteration != self.iteration:
                     self.save()
+                self.finish_saves()  # a signal's save is complete before the rank exits
                 logger.warning('stopping at iteration %d (%s)', self.iteration, reason)
                 return
         if self.train_cfg.save and self.saved_iteration != self.iteration:
             self.save()
+        self.finish_saves()
 
     def _count_skip(self, skipped: Optional[str]) -> None:
         """Count a skipped update; too many in a row stop the run."""
@@ -325,7 +340,18 @@ class Trainer:
         self.metrics.log(record)
 
 
+# Megatron-Core's DDP logs every parameter's name per gradient bucket (~90 lines for the tiny model,
+# thousands for 8B) at INFO: shown only at --logging-level 10 (debug).
+CHATTY_LOGGERS = ('megatron.core.distributed.param_and_grad_buffer',)
+
+
 def train(run: RunConfig) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    Trainer(run).fit()
+    level = run.train.logging_level if run.train.logging_level is not None else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stdout, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if level > logging.DEBUG else level)
+    trainer = Trainer(run)
+    try:
+        trainer.fit()
+    finally:
+        trainer.metrics.close()

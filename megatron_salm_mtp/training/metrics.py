@@ -27,31 +27,50 @@ def _format_eta(seconds: float) -> str:
 
 
 class MetricsWriter:
-    """Writes only on the rank that calls it with ``enabled=True`` (the last PP stage's first rank)."""
+    """metrics.jsonl in ``log_dir``, TensorBoard events in ``tensorboard_dir`` (Megatron-LM's
+    --tensorboard-dir) and a Weights & Biases run (--wandb-project) when asked for. Writes only on
+    the rank that calls it with ``enabled=True`` (the last PP stage's first rank)."""
 
-    def __init__(self, log_dir: str, enabled: bool):
+    def __init__(self, log_dir: str, enabled: bool, tensorboard_dir: Optional[str] = None,
+                 wandb_project: Optional[str] = None, wandb_exp_name: Optional[str] = None,
+                 config: Optional[dict] = None):
         self.enabled = enabled
         self.path = os.path.join(log_dir, 'metrics.jsonl')
-        self.tensorboard = None
+        self.tensorboard = self.wandb = None
         if not enabled:
             return
         os.makedirs(log_dir, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(log_dir)
-        except ImportError:
-            logger.info('TensorBoard not importable: metrics.jsonl only')
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # optional: the plots extra
+            except ImportError:
+                raise RuntimeError(f"--tensorboard-dir {tensorboard_dir}: the tensorboard package is not "
+                                   "installed (pip install 'megatron_salm_mtp[plots]')") from None
+            self.tensorboard = SummaryWriter(tensorboard_dir)
+        if wandb_project:
+            import wandb  # optional; the flag's check made sure it imports
+            self.wandb = wandb.init(project=wandb_project, name=wandb_exp_name, dir=log_dir, config=config)
 
     def log(self, record: Dict[str, float], prefix: str = ''):
         if not self.enabled:
             return
+        split = prefix or 'train'
         with open(self.path, 'a') as f:
-            f.write(json.dumps({'split': prefix or 'train', **record}) + '\n')
+            f.write(json.dumps({'split': split, **record}) + '\n')
+        scalars = {f'{split}/{key}': value for key, value in record.items()
+                   if isinstance(value, (int, float)) and key != 'iteration'}
         if self.tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != 'iteration':
-                    self.tensorboard.add_scalar(f'{prefix or "train"}/{key}', value, record['iteration'])
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, record['iteration'])
             self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record['iteration'])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional[float]) -> str:
