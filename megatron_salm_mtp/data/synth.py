@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ import torch
 
 from .audio import write_wav
 from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_response
-from .espeak import Prosody, find_backend
+from .espeak import Prosody, SynthesisError, find_backend
 from .frames import SAMPLE_RATE
 from .polyphase import resample
 from .synth_summary import summarize
@@ -51,6 +52,8 @@ from .synth_text import DEFAULT_MIX, SPLITS, SplitTexts, choose_subset, split_te
 from .text_clean import transcript
 from .text_source import TextSourceError, default_text_source, load_text_source
 from .voices import corpus_voices
+
+log = logging.getLogger(__name__)
 
 CORPUS_VERSION = 2
 RATE_RANGE = (115, 210)  # words per minute
@@ -141,7 +144,11 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
         text = utterance_text(rng, subset, split, plan.texts[split], _target_seconds(rng, s), prosody.rate,
                               prosody.word_gap)
         pads = rng.uniform(0.0, PAD_SECONDS, size=2)
-        wav, sr = engine.synth(text, voice, prosody)
+        try:
+            wav, sr = engine.synth(text, voice, prosody)
+        except SynthesisError as e:  # one crash must not end a corpus of hours: draw another text
+            log.warning("utterance %d: %s on %r; drawing another text", i, e, text)
+            continue
         seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
         if s.min_seconds <= seconds <= s.max_seconds:
             break
