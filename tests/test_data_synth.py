@@ -11,12 +11,12 @@ from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
 from megatron_salm_mtp.data import synth_text
 from megatron_salm_mtp.data.audio import audio_info
-from megatron_salm_mtp.data.espeak import espeak_available, find_backend
+from megatron_salm_mtp.data.espeak import SynthesisError, espeak_available, find_backend
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.manifest import read_manifest
-from megatron_salm_mtp.data.synth import build_corpus, main
+from megatron_salm_mtp.data.synth import CorpusPlan, SynthSettings, build_corpus, main, make_utterance
 from megatron_salm_mtp.data.text_source import default_text_source, load_text_source, save_pools
-from megatron_salm_mtp.data.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS
+from megatron_salm_mtp.data.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS, corpus_voices
 
 needs_espeak = pytest.mark.skipif(not espeak_available() or default_text_source() is None,
                                   reason="espeak-ng or WordNet unavailable")
@@ -103,6 +103,30 @@ def test_a_missing_variant_is_skipped_with_a_warning(tmp_path, monkeypatch, capl
     assert f"espeak-ng voice +m3 is missing in {copy}" in caplog.text
     assert summary["voice_pool"]["missing"] == ["+m3"]
     assert not any(v.endswith("+m3") for v in summary["voice_pool"]["seen"] + summary["voice_pool"]["unseen"])
+
+
+class _CrashesOnce:
+    """The binary backend, except that its first synthesis fails as espeak-ng's segfault did."""
+
+    def __init__(self, engine):
+        self.engine, self.calls, self.data_dir = engine, [], engine.data_dir
+
+    def synth(self, text, voice, prosody):
+        self.calls.append(text)
+        if len(self.calls) == 1:
+            raise SynthesisError(f"espeak-ng failed (-11) for voice {voice!r}: ")
+        return self.engine.synth(text, voice, prosody)
+
+
+@needs_espeak
+def test_an_espeak_crash_draws_another_text_with_a_warning(caplog):
+    engine = _CrashesOnce(find_backend("cli"))
+    texts = synth_text.split_texts(load_text_source(None))
+    plan = CorpusPlan(SynthSettings(max_seconds=4.0), texts, corpus_voices(engine.data_dir)[0])
+    with caplog.at_level(logging.WARNING):
+        audio, fields = make_utterance(engine, plan, 3)
+    assert "utterance 3: espeak-ng failed (-11)" in caplog.text and "drawing another text" in caplog.text
+    assert len(engine.calls) >= 2 and audio.size > 0 and fields["text"]
 
 
 @pytest.mark.parametrize("flags, message", [
