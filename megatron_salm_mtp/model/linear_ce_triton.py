@@ -83,6 +83,14 @@ def _dlogits_kernel(hidden_ptr, weight_ptr, target_ptr, lse_ptr, grad_ptr, out_p
              dlogits.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+def _add_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 ``total + a @ b`` whatever the inputs' dtype: one GEMM summing in fp32, no bf16
+    rounding of each vocabulary chunk's share."""
+    if a.dtype == torch.float32:
+        return total.addmm_(a, b)
+    return torch.addmm(total, a, b, out_dtype=torch.float32)
+
+
 class TritonKernels:
     """``linear_ce`` backend; block sizes tuned for Hopper in bf16 (smaller ones serve tests)."""
 
@@ -135,7 +143,7 @@ class TritonKernels:
                                   start, hidden.stride(0), weight.stride(0), out.stride(0),
                                   **self._blocks(hidden), **self.launch)
             if need_hidden:
-                grad_hidden += (out @ weight[start:start + cols]).float()
+                grad_hidden = _add_product(grad_hidden, out, weight[start:start + cols])
             if need_weight:
                 torch.mm(out.t(), hidden, out=grad_weight[start:start + cols])
         return grad_hidden, grad_weight
