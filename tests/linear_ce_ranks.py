@@ -12,13 +12,13 @@ ROWS, WIDTH, VOCAB = 37, 24, 200
 SMALL_CHUNKS = TorchChunks(row_chunk=7, vocab_chunk=48)  # several chunks, ragged at both ends
 
 
-def problem(seed: int = 0):
+def problem(seed: int = 0, rows: int = ROWS):
     gen = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(ROWS, WIDTH, generator=gen)
+    hidden = torch.randn(rows, WIDTH, generator=gen)
     weight = torch.randn(VOCAB, WIDTH, generator=gen) * 0.5
-    targets = torch.randint(0, VOCAB, (ROWS,), generator=gen)
+    targets = torch.randint(0, VOCAB, (rows,), generator=gen)
     targets[::3] = (hidden[::3] @ weight.t()).argmax(-1)  # a third of the rows are hits
-    row_weights = torch.rand(ROWS, generator=gen)
+    row_weights = torch.rand(rows, generator=gen)
     row_weights[::4] = 0  # ignored rows
     return hidden, weight, targets, row_weights
 
@@ -46,6 +46,14 @@ RTOL = 1e-5  # fp32: relative to the largest entry
 def assert_close(name: str, want, have, rtol=RTOL):
     err = (have - want).abs().max().item() / want.abs().max().item()
     assert err < rtol, f"{name}: relative error {err:.2e}"
+
+
+def assert_no_rows_give_zero_gradients(backend):
+    """A head without supervised rows (an MTP depth in a short answer): empty loss, zero weight
+    gradient."""
+    loss, hits, grad_hidden, grad_weight = fused(*problem(rows=0), backend=backend)
+    assert loss.shape == hits.shape == (0,) and grad_hidden.shape == (0, WIDTH)
+    assert torch.count_nonzero(grad_weight) == 0
 
 
 def assert_same(expected, got, names=NAMES):

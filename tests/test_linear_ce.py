@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from linear_ce_ranks import (ROWS, SMALL_CHUNKS, assert_close, assert_same, fused, problem, reference,
-                             tensor_parallel_rank)
+from linear_ce_ranks import (ROWS, SMALL_CHUNKS, assert_close, assert_no_rows_give_zero_gradients, assert_same,
+                             fused, problem, reference, tensor_parallel_rank)
 from megatron_salm_mtp.model.linear_ce import TorchChunks, linear_cross_entropy
 from train_utils import free_port
 
@@ -24,6 +24,10 @@ def test_one_rank_matches_the_full_logits():
     assert expected[1].sum() >= ROWS // 3  # the hits are exercised
     assert_same(expected, fused(*problem()))
     assert_same(expected, fused(*problem(), backend=TorchChunks()))  # one chunk
+
+
+def test_no_rows():
+    assert_no_rows_give_zero_gradients(SMALL_CHUNKS)
 
 
 def test_frozen_head_weight_still_gives_the_hidden_gradient():
