@@ -25,6 +25,8 @@ setup(
         # the quickstart's loss curve, evaluate's acceptance plot, --tensorboard-dir
         'plots': ['matplotlib', 'tensorboard'],
         'wandb': ['wandb'],  # --wandb-project
+        # --cross-entropy-fusion-impl linear's kernels on CUDA (CUDA builds of torch bring it)
+        'triton': ['triton'],
     },
     entry_points={'console_scripts': ['salm-mtp-train=megatron_salm_mtp.train:main']},
 )

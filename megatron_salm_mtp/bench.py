@@ -4,7 +4,9 @@ Runs forward, backward and the optimizer step of the configured layout (any trai
 ``--tensor-model-parallel-size``, ``--use-distributed-optimizer``, ``--bf16``, ...) on synthetic
 batches after warm-up, for the configuration without MTP and with it, in the same process, and
 prints step time, tokens/s, TFLOP/s per GPU and MFU (model FLOPs of ``training/flops.py`` against
-the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the two runs.
+the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the two runs. With
+``--compare-cross-entropy-fusion`` every configuration runs again with the fused linear +
+cross-entropy head (``--cross-entropy-fusion-impl linear``), from the same initial weights.
 
     torchrun --nproc-per-node 2 -m megatron_salm_mtp.bench --config configs/salm_1b_8gpu.yaml \\
         --tensor-model-parallel-size 2 --mtp-num-layers 2
@@ -24,10 +26,10 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
 from .cli import exit_on_config_error, parse_args
-from .config import ConfigError
+from .config import ConfigError, SALMConfig
 from .data.frames import encoder_frames
 from .data.synthetic_batches import synthetic_batch
-from .parallel.setup import build_model, init_distributed, init_model_parallel
+from .parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
 from .training.flops import batch_flops, head_evaluations
 from .training.host_syncs import recorded_host_syncs
 from .training.optim import build_optimizer
@@ -95,10 +97,26 @@ def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
         f.write(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
 
 
-def measure(run, bench, depths: int) -> dict:
-    """Build the model with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
-    cfg = run.model.replace(mtp_num_layers=depths or None)
+def head_label(cfg: SALMConfig) -> str:
+    """How the configuration computes the heads' loss, for the report."""
+    if cfg.fused_linear_cross_entropy:
+        return 'fused linear CE'
+    return f'row chunks {cfg.head_chunk_rows}' if cfg.head_chunk_rows else 'logits kept'
+
+
+def fused_head(cfg: SALMConfig) -> SALMConfig:
+    """``cfg`` with the fused linear + cross-entropy head (which needs no row chunks)."""
+    if cfg.fused_linear_cross_entropy:
+        raise ConfigError("--compare-cross-entropy-fusion compares the configured head with the fused one: "
+                          "drop --cross-entropy-fusion-impl linear")
+    return cfg.replace(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl='linear', head_chunk_rows=0)
+
+
+def measure(run, bench, depths: int, model: SALMConfig) -> dict:
+    """Build ``model`` with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
+    cfg = model.replace(mtp_num_layers=depths or None)
     train = run.train
+    set_seed(train.seed)  # every configuration starts from the same trunk weights
     dp = parallel_state.get_data_parallel_world_size()
     ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=train.overlap_grad_reduce,
                                         use_distributed_optimizer=train.use_distributed_optimizer,
@@ -139,7 +157,8 @@ def measure(run, bench, depths: int) -> dict:
             times.append(time.perf_counter() - start)
     step_s = sum(times) / len(times)
     if bench.profile_dir:
-        profile_steps(train_step, bench.profile_dir, f'mtp{depths}')
+        profile_steps(train_step, bench.profile_dir,
+                      f"mtp{depths}{'_fused_ce' if cfg.fused_linear_cross_entropy else ''}")
     if bench.list_host_syncs:
         train_step(audit=True)
     frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
@@ -147,7 +166,7 @@ def measure(run, bench, depths: int) -> dict:
     heads = dp * head_evaluations(microbatches, cfg)
     flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt, heads)
     world = torch.distributed.get_world_size()
-    result = {'mtp_depths': depths, 'step_ms': 1000 * step_s,
+    result = {'mtp_depths': depths, 'head': head_label(cfg), 'step_ms': 1000 * step_s,
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
               'tflops_per_gpu': flops / step_s / world / 1e12,
               'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan'),
@@ -171,6 +190,28 @@ def host_sync_report(result) -> str:
     return '\n'.join(lines)
 
 
+def print_table(results, depths: int, peak: float) -> None:
+    """The figures of each run, the MTP overhead per head, and the fused head against the other."""
+    print(f"{'head':>16} | {'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | "
+          f"{'MFU':>6} | {'peak GB':>7} | last lm loss")
+    for r in results:
+        r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
+        print(f"{r['head']:>16} | {r['mtp_depths']:>10} | {r['step_ms']:8.1f} | {r['tokens_per_s']:9.0f} | "
+              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f} | "
+              f"{r['lm_loss_per_step'][-1]:.6f}")
+    runs = 2 if depths else 1  # per head: D=0 (and D) in order
+    by_head = [results[i:i + runs] for i in range(0, len(results), runs)]
+    for base, *mtp in by_head:
+        if mtp:
+            print(f"MTP overhead per depth: {(mtp[0]['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step "
+                  f"time, {(mtp[0]['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB ({base['head']})")
+    if len(by_head) == 2:
+        for plain, fused in zip(*by_head):
+            print(f"{fused['head']} vs {plain['head']}, D={plain['mtp_depths']}: step time "
+                  f"{fused['step_ms'] / plain['step_ms'] - 1:+.1%}, peak memory "
+                  f"{fused['peak_mem_gb'] - plain['peak_mem_gb']:+.2f} GB")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m megatron_salm_mtp.bench', usage='%(prog)s [bench flags] [training flags]',
@@ -190,20 +231,24 @@ def main(argv=None):
                         help='profile 2 more steps per configuration; op tables written here')
     parser.add_argument('--list-host-syncs', action='store_true',
                         help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
+    parser.add_argument('--compare-cross-entropy-fusion', action='store_true',
+                        help='also run each configuration with --cross-entropy-fusion-impl linear (the fused '
+                             'linear + cross-entropy heads, no --head-chunk-rows)')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         run = parse_args(rest)
+        if bench.vocab_size:
+            run.model.vocab_size = bench.vocab_size
+        heads = [run.model] + ([fused_head(run.model)] if bench.compare_cross_entropy_fusion else [])
     except ConfigError as err:
         exit_on_config_error(err)
-    if bench.vocab_size:
-        run.model.vocab_size = bench.vocab_size
     init_distributed()
     init_model_parallel(run.model, run.train.seed)
     foreign = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(foreign, foreign_memory_gb())
     peak = _peak_flops(bench.peak_tflops)
     depths = run.model.mtp_depths
-    results = [measure(run, bench, 0)] + ([measure(run, bench, depths)] if depths else [])
+    results = [measure(run, bench, d, model) for model in heads for d in ([0, depths] if depths else [0])]
     if torch.distributed.get_rank() != torch.distributed.get_world_size() - 1:
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
@@ -214,17 +259,7 @@ def main(argv=None):
     warning = foreign_memory_warning(foreign)
     if warning:
         print(warning)
-    print(f"{'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | "
-          f"{'peak GB':>7} | last lm loss")
-    for r in results:
-        r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
-        print(f"{r['mtp_depths']:>10} | {r['step_ms']:8.1f} | {r['tokens_per_s']:9.0f} | "
-              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f} | "
-              f"{r['lm_loss_per_step'][-1]:.6f}")
-    if depths:
-        base, mtp = results
-        print(f"MTP overhead per depth: {(mtp['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step time, "
-              f"{(mtp['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB")
+    print_table(results, depths, peak)
     for r in results:
         if 'host_syncs' in r:
             print(host_sync_report(r))

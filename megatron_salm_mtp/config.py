@@ -29,6 +29,7 @@ CHOICES = {
     'ctc_target_units': CTC_TARGET_UNITS,
     'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
     'training_mode': TRAINING_MODES,
+    'cross_entropy_fusion_impl': ('native', 'te', 'linear'),
 }
 
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
@@ -91,6 +92,15 @@ class SALMConfig:
     head_chunk_rows: int = 0
     """Rows per chunk of LM head + cross-entropy (main head and each MTP depth); each chunk's
     logits are recomputed in backward, so head memory is one chunk's. 0: one pass, logits kept."""
+    cross_entropy_loss_fusion: bool = True
+    """Fused cross-entropy in the LM heads (Megatron-LM's flag; on by default here), of the kind
+    --cross-entropy-fusion-impl names; off: core's unfused vocab-parallel cross-entropy."""
+    cross_entropy_fusion_impl: str = 'te'
+    """te (Transformer Engine's vocab-parallel cross-entropy) or native (Megatron-Core's fused
+    one) over the head's logits, both with the TE spec on a GPU (core's unfused one elsewhere);
+    linear: the output layer and the cross-entropy fused (model/linear_ce.py) for the main head
+    and every MTP head, on every device: no logits tensor is held (Triton on CUDA, torch chunks
+    elsewhere), which replaces --head-chunk-rows. Megatron-LM's names and choices."""
     mtp_recompute: bool = False
     """Recompute each MTP depth's layer in backward instead of keeping its activations."""
     mtp_mask_placeholder_paths: bool = True
@@ -247,6 +257,7 @@ class SALMConfig:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.head_chunk_rows < 0:
             raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
+        self._validate_cross_entropy_fusion()
         if self.mtp_self_distillation and not self.mtp_depths:
             raise ConfigError("--mtp-self-distillation needs MTP heads (--mtp-num-layers)")
         if self.mtp_recompute and not self.mtp_depths:
@@ -263,6 +274,20 @@ class SALMConfig:
             raise ConfigError(f"--audio-token-id {self.audio_token_id} is outside the vocabulary "
                               f"(--vocab-size {self.vocab_size})")
         self._validate_ctc()
+
+    @property
+    def fused_linear_cross_entropy(self) -> bool:
+        """Whether the heads' loss runs through model/linear_ce.py."""
+        return self.cross_entropy_loss_fusion and self.cross_entropy_fusion_impl == 'linear'
+
+    def _validate_cross_entropy_fusion(self) -> None:
+        one_of(self, 'cross_entropy_fusion_impl', CHOICES['cross_entropy_fusion_impl'])
+        if self.cross_entropy_fusion_impl == 'linear' and not self.cross_entropy_loss_fusion:
+            raise ConfigError("--cross-entropy-fusion-impl linear needs --cross-entropy-loss-fusion "
+                              "(drop --no-cross-entropy-loss-fusion)")
+        if self.fused_linear_cross_entropy and self.head_chunk_rows:
+            raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows} chunks the unfused head; "
+                              "--cross-entropy-fusion-impl linear holds no logits already: drop one")
 
     def _validate_ctc(self) -> None:
         one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
@@ -369,7 +394,7 @@ def _dtype(cfg: SALMConfig) -> torch.dtype:
 
 def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> TransformerConfig:
     """Megatron-Core TransformerConfig of the LLM (and its MTP layers); ``fused_kernels`` (the TE
-    spec on GPU) turns on the SwiGLU, RoPE and vocab-parallel cross-entropy fusions."""
+    spec on GPU) turns on the SwiGLU and RoPE fusions and core's cross-entropy fusion if asked."""
     if cfg.fp8_format and not fused_kernels:
         raise ConfigError(f"--fp8-format {cfg.fp8_format}: FP8 needs the Transformer Engine spec on a "
                           "GPU (--transformer-impl transformer_engine with TE importable and CUDA)")
@@ -413,8 +438,10 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         bias_activation_fusion=fused_kernels,
         bias_dropout_fusion=False,
         apply_rope_fusion=fused_kernels,
-        cross_entropy_loss_fusion=fused_kernels,
-        cross_entropy_fusion_impl='te',
+        # 'linear' bypasses core's loss (model/linear_ce.py); core knows native and te only.
+        cross_entropy_loss_fusion=fused_kernels and cfg.cross_entropy_loss_fusion
+        and not cfg.fused_linear_cross_entropy,
+        cross_entropy_fusion_impl='native' if cfg.cross_entropy_fusion_impl == 'native' else 'te',
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),

@@ -45,3 +45,24 @@ def test_foreign_memory_warning_names_the_busy_ranks():
     assert foreign_memory_warning([0.0, 0.3]) == ''
     line = foreign_memory_warning([0.5, FOREIGN_MEMORY_WARN_GB + 15.0])
     assert line.startswith('WARNING: other processes hold GPU memory (rank 1: 19.0 GB)')
+
+
+def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
+    """--compare-cross-entropy-fusion: each configuration again with the fused linear + CE head,
+    from the same weights on the same batches, so every step's main loss agrees."""
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
+           '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           *TINY_FLAGS, '--mtp-num-layers', '1', '--head-chunk-rows', '16', '--compare-cross-entropy-fusion',
+           '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = json.loads(out.read_text())['results']
+    assert [(r['head'], r['mtp_depths']) for r in runs] == [
+        ('row chunks 16', 0), ('row chunks 16', 1), ('fused linear CE', 0), ('fused linear CE', 1)]
+    for plain, fused in zip(runs[:2], runs[2:]):
+        assert fused['lm_loss_per_step'] == pytest.approx(plain['lm_loss_per_step'], rel=1e-5)
+        assert fused['lm_loss_per_step'][-1] < fused['lm_loss_per_step'][0]
+    assert 'fused linear CE vs row chunks 16, D=1: step time' in result.stdout
+    assert result.stdout.count('MTP overhead per depth:') == 2

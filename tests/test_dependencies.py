@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTRIBUTIONS = {'espeakng_loader': 'espeakng-loader', 'matplotlib': 'matplotlib', 'megatron': 'megatron-core',
                  'numpy': 'numpy', 'packaging': 'packaging', 'rapidfuzz': 'rapidfuzz', 'safetensors': 'safetensors',
                  'sentencepiece': 'sentencepiece', 'soundfile': 'soundfile', 'tokenizers': 'tokenizers',
-                 'torch': 'torch', 'transformer_engine': 'transformer-engine', 'wandb': 'wandb',
+                 'torch': 'torch', 'transformer_engine': 'transformer-engine', 'triton': 'triton', 'wandb': 'wandb',
                  'whisper_normalizer': 'whisper-normalizer', 'yaml': 'pyyaml'}
 
 

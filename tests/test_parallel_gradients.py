@@ -68,13 +68,7 @@ def test_gradients_match_reference(setup, tp, pp, nproc, microbatches, sp):
     assert_grads_match(setup['grads'], grads)
     for name, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
         torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)
-    # The MTP losses themselves: per-depth sums and counts of the DeepSeek-V3 formula.
-    stats = [r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0]
-    total = sum(stats)
-    for k in range(cfg.mtp_depths):
-        ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
-        assert total[1, k].item() == n_k.item()
-        assert total[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
+    assert_mtp_losses(setup['totals'], cfg, ranks)
     assert_ctc_metrics(setup['totals'], ranks)
     # The CTC head is replicated over TP (and DP): every rank that holds it has the same gradient.
     holders = [r['grads'] for r in ranks if 'ctc_head.weight' in r['grads']]
@@ -82,6 +76,16 @@ def test_gradients_match_reference(setup, tp, pp, nproc, microbatches, sp):
     for name in ('ctc_head.weight', 'ctc_head.bias'):
         for grads in holders[1:]:
             torch.testing.assert_close(grads[name][0], holders[0][name][0], rtol=0, atol=0)
+
+
+def assert_mtp_losses(totals: dict, cfg, ranks):
+    """The MTP losses themselves: per-depth sums and counts of the DeepSeek-V3 formula."""
+    stats = [r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0]
+    total = sum(stats)
+    for k in range(cfg.mtp_depths):
+        ce_k, n_k = totals[f'mtp_{k + 1}']
+        assert total[1, k].item() == n_k.item()
+        assert total[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
 
 
 def assert_ctc_metrics(totals: dict, ranks):
@@ -126,3 +130,19 @@ def test_chunked_heads_and_mtp_recompute_give_the_same_gradients(setup):
     ce_sum, count = setup['totals']['main']
     assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
     assert_grads_match(setup['grads'], grads)
+
+
+@pytest.mark.parametrize('tp,sp', [(1, False), (2, True)], ids=['tp1', 'tp2-sp'])
+def test_fused_linear_cross_entropy_gives_the_same_gradients(setup, tp, sp):
+    """--cross-entropy-fusion-impl linear: the main and MTP heads hold no logits (model/linear_ce.py,
+    torch chunks on CPU); the same objective under the loss hook's masks and depth weights, so
+    the same loss, per-depth MTP losses and gradients (hidden states through the whole model,
+    head weight, MTP layers)."""
+    cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, sequence_parallel=sp,
+                               cross_entropy_fusion_impl='linear')
+    loss, grads, _, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'), setup['batch_path'],
+                                       os.path.join(setup['workdir'], f'fused_ce_tp{tp}'), tp, 2)
+    ce_sum, count = setup['totals']['main']
+    assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
+    assert_grads_match(setup['grads'], grads)
+    assert_mtp_losses(setup['totals'], cfg, ranks)

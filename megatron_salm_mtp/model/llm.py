@@ -6,7 +6,8 @@ depth is supervised by the expanded answer-only mask (never "all ones": #6010) a
 global per-token weights of ``mtp.py`` (never divided by a local count that can be zero: #3396),
 and per-depth loss and top-1 agreement are recorded for logging; with ``mtp_self_distillation``
 a depth's loss is the KL from the trunk's own distribution instead (``distill.py``). The main and
-MTP heads compute logits only at supervised positions (``supervised_token_loss``).
+MTP heads compute logits only at supervised positions (``supervised_token_loss``), and with
+``fused_linear_cross_entropy`` hold none at all (``linear_ce.py``).
 """
 
 from functools import partial
@@ -20,6 +21,7 @@ from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
 
 from ..compat import mcore
 from .distill import vocab_parallel_kl
+from .linear_ce import linear_cross_entropy
 from .mtp import MTPStats, mtp_target_masks
 
 
@@ -48,8 +50,9 @@ class SpeechGPTModel(GPTModel):
                  full_sequence_logits: bool = False, mtp_use_repeated_layer: bool = False,
                  head_chunk_rows: int = 0, mtp_recompute: bool = False,
                  mtp_detach_trunk: bool = False, mtp_self_distillation: bool = False,
-                 **kwargs):
+                 fused_linear_cross_entropy: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fused_linear_cross_entropy = fused_linear_cross_entropy
         self.mtp_detach_trunk = mtp_detach_trunk
         self.mtp_self_distillation = mtp_self_distillation
         self.head_chunk_rows = head_chunk_rows
@@ -155,7 +158,12 @@ class SpeechGPTModel(GPTModel):
     def _chunked_head_loss(self, picked, targets, output_weight, with_hits, teachers=None):
         """[n] CE (and [n] top-1 hits) of the head over rows ``picked`` [n, 1, h]; with
         ``head_chunk_rows`` the rows go through in chunks whose logits are recomputed in backward,
-        so a 150k-word head holds one chunk's logits instead of every row's."""
+        so a 150k-word head holds one chunk's logits instead of every row's. With
+        ``fused_linear_cross_entropy`` the CE heads hold no logits at all (``linear_ce.py``)."""
+        if self.fused_linear_cross_entropy and teachers is None:
+            weight = output_weight if output_weight is not None else self.output_layer.weight
+            loss, hits = linear_cross_entropy(picked[:, 0], weight, targets[0], self.pg_collection.tp)
+            return loss, (hits if with_hits else None)
         rows = picked.shape[0]
         chunk = self.head_chunk_rows
         if not chunk or rows <= chunk or not torch.is_grad_enabled():

@@ -101,6 +101,7 @@ class SALM(MegatronModule):
             vp_stage=vp_stage, audio_token_id=cfg.audio_token_id,
             mask_placeholder_paths=cfg.mtp_mask_placeholder_paths,
             full_sequence_logits=cfg.full_sequence_logits, head_chunk_rows=cfg.head_chunk_rows,
+            fused_linear_cross_entropy=cfg.fused_linear_cross_entropy,
             mtp_recompute=cfg.mtp_recompute, mtp_detach_trunk=cfg.mtp_detach_trunk,
             mtp_self_distillation=cfg.mtp_self_distillation,
             mtp_use_repeated_layer=cfg.mtp_use_repeated_layer)

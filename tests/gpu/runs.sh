@@ -6,7 +6,8 @@
 # vs 16), benchN (1 GPU, DP=2, TP=2, TP2xPP2, TP2xDP2: MFU and scaling), syncs_ab (host round trips
 # removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), p2p_ab
 # (TP2xPP2 with/without the device sync after pipeline sends), dp2_ab (overlap on/off), train / train4
-# (training, save and resume). Each writes logs under OUT_DIR.
+# (training, save and resume), fused_ce (fused linear + CE head beside head chunks, 1 GPU). Each writes
+# logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
 mkdir -p "$out"
@@ -23,11 +24,16 @@ bench() { # name nproc args...
   local name="$1" n="$2"; shift 2
   echo "== $name" | tee -a "$out/bench.log"
   python3 -m torch.distributed.run --nproc-per-node "$n" --master-port $((29000 + BASHPID % 1000)) -m megatron_salm_mtp.bench \
-    "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -6 | tee -a "$out/bench.log"
+    "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -"${BENCH_TAIL:-6}" | tee -a "$out/bench.log"
 }
 case "$step" in
   one)  # one benchmark: runs.sh one OUT NAME NPROC FLAGS...
     shift 2; bench "$@" ;;
+  fused_ce)  # --cross-entropy-fusion-impl linear beside head chunks of 1,024 rows, same weights and batches
+    for mb in 8 16; do
+      BENCH_TAIL=12 bench fused_ce_mb$mb 1 --warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 \
+        --head-chunk-rows 1024 --micro-batch-size $mb --global-batch-size $mb --compare-cross-entropy-fusion
+    done ;;
   check)
     python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
   bench1)
