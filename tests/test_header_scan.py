@@ -1,7 +1,6 @@
 """The prescan's audio headers (data/header_scan.py): split between the ranks, read once, cached
 beside the manifest keyed by its content; the dataset is the same as when every rank read all."""
 
-import builtins
 import errno
 import json
 import logging
@@ -46,6 +45,7 @@ def test_a_cache_hit_opens_no_audio(tmp_path, monkeypatch):
     reads = _counting(monkeypatch)
     first = build_dataset(CFG, [manifest])
     assert len(reads) == 6 and _cached_paths(manifest) == sorted(reads)
+    assert os.stat(header_scan.cache_path(manifest)).st_mode & 0o777 == 0o644  # readable by the corpus's users
     reads.clear()
     second = build_dataset(CFG, [manifest])
     assert reads == []
@@ -81,12 +81,10 @@ def test_cache_follows_the_manifest_content(corpus, monkeypatch):
 def test_a_read_only_folder_builds_without_a_cache(tmp_path, monkeypatch, caplog):
     manifest = make_corpus(tmp_path, n=4)
     os.chmod(tmp_path, 0o555)
-    if os.geteuid() == 0:  # the mode does not stop root: refuse writes as the filesystem would
-        def read_only(path, mode='r', *args, **kwargs):
-            if 'w' in mode:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-            return builtins.open(path, mode, *args, **kwargs)
-        monkeypatch.setattr(header_scan, 'open', read_only, raising=False)
+    if os.geteuid() == 0:  # the mode does not stop root: refuse the new file as the filesystem would
+        def refuse(prefix, dir):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, prefix))
+        monkeypatch.setattr(header_scan.tempfile, 'mkstemp', refuse)
     try:
         with caplog.at_level(logging.INFO, 'megatron_salm_mtp.data'):
             dataset = build_dataset(CFG, [manifest])

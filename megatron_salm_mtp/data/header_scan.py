@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 
 import torch
 
@@ -59,16 +60,18 @@ def _read_cache(manifest: str, digest: str) -> dict[str, AudioInfo]:
 def _write_cache(manifest: str, digest: str, headers: dict[str, AudioInfo]) -> None:
     """Atomic (a temporary file renamed), and best effort: a read-only folder just means no cache."""
     path = cache_path(manifest)
-    tmp = f"{path}.tmp-{os.getpid()}"
     body = {"version": CACHE_VERSION, "manifest_sha1": digest,
             "headers": {p: [i.sample_rate, i.channels, i.num_frames] for p, i in headers.items()}}
-    try:
-        with open(tmp, "w") as f:
+    tmp = None
+    try:  # a name of its own: two jobs may start on one manifest at once
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path), dir=os.path.dirname(path))
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the cache from the corpus's other users
+        with os.fdopen(fd, "w") as f:
             json.dump(body, f)
         os.replace(tmp, path)
     except OSError as e:
         log.info("audio headers of %s not cached: %s", manifest, e)
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
