@@ -111,10 +111,10 @@ def _gather(share, world: int) -> dict[str, AudioInfo | AudioError]:
     if world > 1:
         shares = [None] * world
         torch.distributed.all_gather_object(shares, share)
-    for share in shares:
-        if isinstance(share, Exception):
-            raise share
-    return {path: result for share in shares for path, result in share.items()}
+    for part in shares:
+        if isinstance(part, Exception):
+            raise part
+    return {path: result for part in shares for path, result in part.items()}
 
 
 def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
