@@ -32,7 +32,7 @@ from megatron.core.package_info import __version__ as mcore_version
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import load_for_inference
-from .inference.progress import Progress
+from .data.progress import Progress
 from .inference.workspace import WorkspacePool
 from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available

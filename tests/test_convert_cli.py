@@ -8,6 +8,7 @@ One import (PP=2, two new MTP depths from the last layer) is read back at TP=2 b
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,34 +24,43 @@ PROMPT = [5, 17, 99, 42, 7]
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 
-def _run(args, nproc=None):
+def _run(args, nproc=None, stderr=False):
+    """stdout (with ``stderr``: stdout and stderr) of a command that succeeds."""
     launcher = [sys.executable]
     if nproc:
         launcher += ['-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
                      f'--master-port={_free_port()}']
     result = subprocess.run(launcher + args, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout
+    return (result.stdout, result.stderr) if stderr else result.stdout
 
 
 @pytest.fixture(scope='module')
 def imported(hf_models, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('ckpt') / 'salm')
-    stdout = _run(['-m', 'megatron_salm_mtp.convert', 'import-hf', '--llm', hf_models['qwen3'],
-                   '--whisper', hf_models['whisper'], '--out', out,
-                   '--pipeline-model-parallel-size', '2', '--mtp-num-layers', '2'])
-    return out, stdout
+    stdout, stderr = _run(['-m', 'megatron_salm_mtp.convert', 'import-hf', '--llm', hf_models['qwen3'],
+                           '--whisper', hf_models['whisper'], '--out', out,
+                           '--pipeline-model-parallel-size', '2', '--mtp-num-layers', '2'], stderr=True)
+    return out, stdout, stderr
 
 
 def test_import_reports_mtp_initialisation(imported):
-    _, stdout = imported
+    _, stdout, _ = imported
     assert stdout.count('transformer layer copied from the last decoder layer') == 2
     assert 'eh_proj = [0 | I]' in stdout
 
 
+def test_import_prints_progress(imported):
+    """Rank 0 of the two (PP=2) prints its tensors done (at the end at least: the import is quick)."""
+    _, _, stderr = imported
+    lines = [line for line in stderr.splitlines() if line.startswith('import-hf')]
+    assert len(lines) == 1 and re.fullmatch(r"import-hf \(rank 0's share\): (\d+)/\1 tensors \(100%\), "
+                                            r"[\d.]+ tensors/s, done in 0:00:\d\d", lines[0]), lines
+
+
 def test_generate_matches_transformers_greedy(imported, hf_models):
     import transformers as T
-    out, _ = imported
+    out, _, _ = imported
     stdout = _run(['-m', 'megatron_salm_mtp.generate', '--load', out, '--prompt-ids',
                    ','.join(map(str, PROMPT)), '--max-new-tokens', '10', '--json'], nproc=2)
     ours = json.loads([line for line in stdout.splitlines() if line.startswith('{')][-1])
@@ -62,7 +72,7 @@ def test_generate_matches_transformers_greedy(imported, hf_models):
 
 @pytest.fixture(scope='module')
 def exported(imported, tmp_path_factory):
-    ckpt, _ = imported
+    ckpt, _, _ = imported
     out = str(tmp_path_factory.mktemp('export') / 'hf')
     _run(['-m', 'megatron_salm_mtp.convert', 'export-hf', '--load', ckpt, '--out', out])
     return out

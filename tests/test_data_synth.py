@@ -9,7 +9,7 @@ import os
 import pytest
 from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
-from megatron_salm_mtp.data import synth_text
+from megatron_salm_mtp.data import synth, synth_text
 from megatron_salm_mtp.data.audio import audio_info
 from megatron_salm_mtp.data.espeak import SynthesisError, espeak_available, find_backend
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
@@ -79,6 +79,16 @@ def test_same_seed_same_bytes_prefix_property(tmp_path, espeak_corpus):
         assert open(tmp_path / "b" / "audio" / name, "rb").read() == open(os.path.join(espeak_corpus, "audio", name), "rb").read()
     build_corpus(str(tmp_path / "c"), 10, seed=4, max_seconds=3.0)
     assert open(tmp_path / "c" / "train.jsonl").read() != open(tmp_path / "b" / "train.jsonl").read()
+
+
+@needs_espeak
+@pytest.mark.parametrize("jobs", [1, 2])  # in this process, and in threads
+def test_progress_lines_on_stderr(tmp_path, monkeypatch, capsys, jobs):
+    monkeypatch.setattr(synth, "PROGRESS_SECONDS", 0.0)
+    build_corpus(str(tmp_path), 4, seed=3, max_seconds=3.0, jobs=jobs)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"synth: {n}/4 utterances ({25 * n}%)" for n in range(1, 5)]
+    assert "utterances/s, ETA 0:" in lines[0] and "done in 0:" in lines[-1]
 
 
 @needs_espeak

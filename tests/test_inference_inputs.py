@@ -1,5 +1,5 @@
 """Manifest lines -> decoding inputs (inference/inputs.py): splits, skipped audio, silenced audio;
-progress lines (inference/progress.py)."""
+progress lines (data/progress.py)."""
 
 import io
 
@@ -12,7 +12,7 @@ from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.loader import DataConfig
 from megatron_salm_mtp.inference.inputs import make_batch, read_utterances, split_name
-from megatron_salm_mtp.inference.progress import Progress
+from megatron_salm_mtp.data.progress import Progress
 
 
 @pytest.fixture

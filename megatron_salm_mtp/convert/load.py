@@ -17,6 +17,7 @@ import torch
 from megatron.core import parallel_state
 
 from ..config import SALMConfig
+from ..data.progress import Progress
 from . import hf_llm, hf_whisper
 from .mtp_init import mtp_recipes, shipped_mtp
 from .recipes import Recipe
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 # TE's fused norm+linear keeps the norm inside the next linear; the local spec maps the same way.
 _TE_NORM_KEYS = (('self_attention.linear_qkv.layer_norm_', 'input_layernorm.'),
                  ('mlp.linear_fc1.layer_norm_', 'pre_mlp_layernorm.'))
+PROGRESS_SECONDS = 10.0  # rank 0 prints a progress line at most this often (stderr)
 
 
 def full_name(local_name: str, cfg: SALMConfig, pp_rank: int) -> str:
@@ -124,16 +126,22 @@ def load_into(module, plan: ImportPlan) -> int:
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     params = dict(module.named_parameters())
-    loaded, missing = 0, []
+    planned, missing = [], []
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if name.endswith('_extra_state') or tensor is None:
+            continue
+        full = full_name(name, plan.cfg, pp_rank)
+        if full in plan.recipes:
+            planned.append((name, full, tensor))
+        elif not full.startswith(plan.keep_initialised):
+            missing.append(full)
+    if missing:
+        raise ValueError(f'no source for {len(missing)} tensor(s), e.g. {missing[:5]}')
+    progress = None
+    if torch.distributed.get_rank() == 0:  # one line for all: the other ranks' shares are of similar size
+        progress = Progress("import-hf (rank 0's share)", len(planned), 'tensors', PROGRESS_SECONDS)
     with torch.no_grad():
-        for name, tensor in module.state_dict(keep_vars=True).items():
-            if name.endswith('_extra_state') or tensor is None:
-                continue
-            full = full_name(name, plan.cfg, pp_rank)
-            if full not in plan.recipes:
-                if not full.startswith(plan.keep_initialised):
-                    missing.append(full)
-                continue
+        for name, full, tensor in planned:
             source, recipe = plan.recipes[full]
             param = params.get(name, tensor)
             dim = param.partition_dim if getattr(param, 'tensor_model_parallel', False) else None
@@ -142,7 +150,6 @@ def load_into(module, plan: ImportPlan) -> int:
                 raise ValueError(f'{full}: the checkpoint gives shape {tuple(value.shape)} for this '
                                  f'rank, the model has {tuple(tensor.shape)}')
             tensor.data.copy_(value)
-            loaded += 1
-    if missing:
-        raise ValueError(f'no source for {len(missing)} tensor(s), e.g. {missing[:5]}')
-    return loaded
+            if progress is not None:
+                progress.advance()
+    return len(planned)

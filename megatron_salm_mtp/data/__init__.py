@@ -2,6 +2,7 @@
 
 Modules (each imports only the ones above it):
 
+- ``progress``   "done/total, rate, ETA" lines of long work (printed, or to a logger)
 - ``frames``     frame-count contract between data and model (mel frames -> placeholder tokens)
 - ``resample``   band-limited polyphase resampler (odd rates approximated, never a huge kernel)
 - ``audio``      WAV reader (PCM 8/16/24/32, float), FLAC/OGG via soundfile, NaN/inf check
@@ -10,6 +11,7 @@ Modules (each imports only the ones above it):
 - ``manifest``   NeMo ASR/AST JSONL and multi-turn conversation JSONL -> ``Example``
 - ``tokenizer``  byte-level (default), Hugging Face tokenizer.json, SentencePiece
 - ``prompts``    templates plain / llama3 / qwen: ids, supervised marks, placeholder runs
+- ``header_scan`` the prescan's audio headers: split between the ranks, cached beside the manifest
 - ``dataset``    map-style dataset with prescan and skip/substitute of bad samples
 - ``batching``   collate into the batch contract (see its docstring for the exact keys)
 - ``sampler``    DP-sharded, global-batch-consistent, resumable microbatch sampler

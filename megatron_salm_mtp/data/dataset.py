@@ -6,7 +6,8 @@ Bad samples, and why they are handled in two places:
    and is not truncated, audio non-empty and within ``max_duration``, transcript non-empty, prompt +
    audio placeholders + answer within ``seq_length + 1`` ids (exact, since the header gives the
    sample count and thus the placeholder count). Failing examples never enter the index space, so
-   the sampler's epoch length and batch sizes are unaffected.
+   the sampler's epoch length and batch sizes are unaffected. The headers are read once for all
+   ranks and cached beside the manifest (:mod:`.header_scan`).
 2. What only decoding reveals (a file corrupted after its header or removed since the prescan, NaN
    or infinite samples; or everything, with ``prescan=False``) is caught in ``__getitem__``: the
    sample is replaced by the next good index (``i + 1``, ``i + 2``, ... deterministically, so a
@@ -25,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, audio_info, load_audio, load_num_samples
+from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, load_audio, load_num_samples
 from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
+from .header_scan import scan_headers
 from .manifest import Example
 from .prompts import PromptBuilder
 from .spec_augment import SpecAugment
@@ -117,9 +119,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._runtime_skips: dict[str, str] = {}  # where -> reason: distinct samples, however often met
         if prescan:
             self.valid, self.lengths = [], []
+            headers = scan_headers(self.examples)  # once for all ranks, cached beside the manifest
             for j, ex in enumerate(self.examples):
                 try:
-                    self.lengths.append(self._check(ex))
+                    self.lengths.append(self._check(ex, headers))
                     self.valid.append(j)
                 except BadSampleError as e:
                     self._report(Skip(e.where, e.reason, e.detail), self._prescan_skips)
@@ -158,15 +161,15 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise BadSampleError(_where(ex), SEQUENCE_TOO_LONG,
                                  f"{n_ids - 1} tokens (prompt + audio + answer) > seq_length {self.seq_length}")
 
-    def _check(self, ex: Example) -> int:
-        """Header-only validation; returns the sequence length (ids) for bucketing."""
+    def _check(self, ex: Example, headers: dict) -> int:
+        """Header-only validation (``headers``: :func:`.header_scan.scan_headers`); returns the
+        sequence length (ids) for bucketing."""
         self._check_text(ex)
         counts = []
         for seg in ex.audios:
-            try:
-                info = audio_info(seg.value)
-            except AudioError as e:
-                raise _audio_skip(ex, seg.value, e) from None
+            info = headers[seg.value]
+            if isinstance(info, AudioError):
+                raise _audio_skip(ex, seg.value, info)
             counts.append(self._check_num_samples(ex, seg.value, load_num_samples(info, seg.offset, seg.duration)))
         n_ids = len(self.prompts.encode(ex, counts).ids)
         self._check_length(ex, n_ids)

@@ -47,6 +47,7 @@ from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_respons
 from .espeak import Prosody, SynthesisError, find_backend
 from .frames import SAMPLE_RATE
 from .polyphase import resample
+from .progress import Progress
 from .synth_summary import summarize
 from .synth_text import DEFAULT_MIX, SPLITS, SplitTexts, choose_subset, split_texts, utterance_text
 from .text_clean import transcript
@@ -64,6 +65,7 @@ WORD_GAP_PROB, WORD_GAP_MAX = 0.3, 6  # extra pause between words, units of 10 m
 MEDIAN_SECONDS, SIGMA_LOG_SECONDS = 4.5, 0.55
 PAD_SECONDS = 0.25  # silence up to this long before and after the speech
 PROCESS_POOL_MIN = 2000
+PROGRESS_SECONDS = 10.0  # a progress line at most this often (stderr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,11 +194,22 @@ def _synthesize_all(engine, backend: str, plan: CorpusPlan, out: str, num_uttera
     processes = workers > 1 and not threads and (engine.thread_safe or bool(jobs))
     if threads:
         with ThreadPoolExecutor(max_workers=workers + 2) as pool:
-            return list(pool.map(lambda i: _write_utterance(engine, plan, out, i), range(num_utterances)))
+            return _with_progress(pool.map(lambda i: _write_utterance(engine, plan, out, i), range(num_utterances)),
+                                  num_utterances)
     if not processes:
-        return [_write_utterance(engine, plan, out, i) for i in range(num_utterances)]
+        return _with_progress((_write_utterance(engine, plan, out, i) for i in range(num_utterances)), num_utterances)
     with ProcessPoolExecutor(max_workers=workers, initializer=_start_process, initargs=(backend, plan)) as pool:
-        return list(pool.map(partial(_write_in_process, out), range(num_utterances), chunksize=16))
+        return _with_progress(pool.map(partial(_write_in_process, out), range(num_utterances), chunksize=16),
+                              num_utterances)
+
+
+def _with_progress(rows, total: int) -> list[dict]:
+    """The rows as they come, with a progress line every ``PROGRESS_SECONDS`` and one at the end."""
+    progress, out = Progress("synth", total, "utterances", PROGRESS_SECONDS), []
+    for row in rows:
+        out.append(row)
+        progress.advance()
+    return out
 
 
 def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.3,

@@ -24,7 +24,7 @@ from ..data.manifest import Example, read_manifest
 from ..data.prompts import PromptBuilder
 from ..data.tokenizer import Tokenizer
 from .decode import PromptBatch
-from .progress import Progress
+from ..data.progress import Progress
 
 log = logging.getLogger('megatron_salm_mtp.inference')
 

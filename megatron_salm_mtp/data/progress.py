@@ -1,7 +1,9 @@
-"""Progress of long work on stderr: items done, rate, time left."""
+"""Progress of long work on stderr (or a logger): items done, rate, time left."""
 
+import logging
 import sys
 import time
+from typing import Optional
 
 
 def _clock(seconds: float) -> str:
@@ -11,11 +13,13 @@ def _clock(seconds: float) -> str:
 
 class Progress:
     """``label: done/total unit (pct), rate unit/s, ETA h:mm:ss``, at most once per ``interval``
-    seconds, and once at the end with the elapsed time."""
+    seconds, and once at the end with the elapsed time; to ``logger`` at INFO where given (a
+    training log keeps its timestamps and ``--logging-level``), else printed to ``stream``."""
 
-    def __init__(self, label: str, total: int, unit: str = 'utterances', interval: float = 10.0, stream=None):
+    def __init__(self, label: str, total: int, unit: str = 'utterances', interval: float = 10.0, stream=None,
+                 logger: Optional[logging.Logger] = None):
         self.label, self.total, self.unit, self.interval = label, total, unit, interval
-        self.stream = stream or sys.stderr
+        self.stream, self.logger = stream or sys.stderr, logger
         self.done = 0
         self.start = self.last = time.monotonic()
 
@@ -34,4 +38,7 @@ class Progress:
             tail = f'done in {_clock(elapsed)}'
         else:
             tail = f'ETA {_clock((self.total - self.done) / rate)}'
-        print(f'{head}, {tail}', file=self.stream, flush=True)
+        if self.logger is not None:
+            self.logger.info('%s, %s', head, tail)
+        else:
+            print(f'{head}, {tail}', file=self.stream, flush=True)
