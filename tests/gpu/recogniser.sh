@@ -18,6 +18,12 @@
 #        log line every minute until all have ended or SECONDS have passed
 #   bash tests/gpu/recogniser.sh evaluate OUT CORPUS NAME TAG [evaluate flags]
 #        evaluate OUT/ckpt_NAME on CORPUS's test and test_unseen splits -> OUT/eval_NAME_TAG.json
+#   bash tests/gpu/recogniser.sh pipeline OUT CORPUS [MTP_MINUTES]
+#        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
+#        minutes): encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation,
+#        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
+#        WER unchanged by construction) for MTP_MINUTES (default 3), and their greedy and
+#        speculative evaluation with CUDA graphs; OUT/pipeline.log says where it is ("PIPELINE DONE")
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
@@ -44,7 +50,7 @@ PYTHON="${PYTHON:-python3}"
 CONFIG="${CONFIG:-configs/asr_gpu.yaml}"
 ENCODER_CONFIG="${ENCODER_CONFIG:-configs/asr_gpu_encoder.yaml}"
 VOCAB_SIZE="${VOCAB_SIZE:-1024}"
-stage="${1:?usage: recogniser.sh corpus|start|encoder|finetune|wait|evaluate ...}"
+stage="${1:?usage: recogniser.sh corpus|start|encoder|finetune|wait|evaluate|pipeline ...}"
 shift
 
 corpus() {  # CORPUS N [synth flags]
@@ -110,6 +116,17 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
   return $rc
 }
 
+pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
+  local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances 200)
+  encoder "$out" "$dir" enc && sleep 20 && wait_all "$out" 1200 || return 1
+  finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 20 && wait_all "$out" 1800 || return 1
+  evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation
+  finetune "$out" "$dir" two_mtp two --ctc-target-units characters --mtp-num-layers 3 --training-mode head_only \
+    --mtp-self-distillation --exit-duration-in-mins "$mtp_minutes" && sleep 20 && wait_all "$out" 1200 || return 1
+  evaluate "$out" "$dir" two_mtp spec "${eval[@]}" --speculative --cuda-graphs
+  echo "PIPELINE DONE"
+}
+
 case "$stage" in
   corpus) corpus "$@" ;;
   start) start "$@" ;;
@@ -117,5 +134,6 @@ case "$stage" in
   finetune) finetune "$@" ;;
   wait) wait_all "$@" ;;
   evaluate) evaluate "$@" ;;
-  *) echo "unknown stage $stage: corpus, start, encoder, finetune, wait or evaluate" >&2; exit 2 ;;
+  pipeline) pipeline "$@" ;;
+  *) echo "unknown stage $stage: corpus, start, encoder, finetune, wait, evaluate or pipeline" >&2; exit 2 ;;
 esac
