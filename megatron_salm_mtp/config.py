@@ -17,7 +17,7 @@ from .config_checks import ConfigError, at_least, check_types, flag, one_of, pos
 from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
 
 TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
-"""``--training-mode`` choices (training/freeze.py says what each trains)."""
+"""``--training-mode`` choices (model/freeze.py says what each trains)."""
 
 # The values a field takes (None: unset), for validate() and --help.
 CHOICES = {

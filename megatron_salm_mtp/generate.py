@@ -89,20 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import yaml
     from megatron.core import parallel_state
 
+    from .checkpoint.layout import verify_checkpoint_files
+    from .checkpoint.metadata import latest_checkpoint, latest_run_settings, model_config
+    from .checkpoint.save_load import load_checkpoint
     from .config import NO_VIRTUAL_PIPELINE, ConfigError
-    from .convert.importer import read_checkpoint_config
     from .parallel.setup import build_model, init_distributed, init_model_parallel
-    from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
-    from .training.checkpoint_files import verify_checkpoint_files
 
     if args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
     try:  # a missing or damaged checkpoint: one line before any process group
-        stored_cfg = read_checkpoint_config(args.load)
-        verify_checkpoint_files(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)))
+        _, stored = latest_run_settings(args.load)
+        stored_cfg = model_config(stored)
+        verify_checkpoint_files(latest_checkpoint(args.load)[1])
     except (FileNotFoundError, ConfigError) as err:
         parser.error(str(err))
     if args.prompt_ids is not None:
@@ -118,8 +118,6 @@ def main(argv=None) -> None:
     for chunk in model:
         chunk.eval()
     load_checkpoint(args.load, model, None, None, load_optimizer=False)
-    with open(os.path.join(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)), CONFIG_FILE)) as f:
-        stored = yaml.safe_load(f) or {}
     tokenizer = None
     if args.prompt is not None:
         tokenizer = make_tokenizer(args.load, args.tokenizer, stored)

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
+from megatron_salm_mtp.checkpoint.save_load import _check_expert_parallel_change
 from megatron_salm_mtp.config import ConfigError
-from megatron_salm_mtp.training.checkpoint import _check_expert_parallel_change
 from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
 from test_parallel_gradients import assert_grads_match
 from train_utils import read_metrics, run_train

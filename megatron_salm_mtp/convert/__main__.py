@@ -61,7 +61,7 @@ def _relaunch(world: int) -> None:
 
 
 def cmd_import(args) -> None:
-    from ..training.run_folders import check_save_folder
+    from ..checkpoint.run_folders import check_save_folder
     from .load import salm_config_from_hf
     if not args.overwrite:  # before any process starts: a training checkpoint's tracker would go to 0
         check_save_folder(args.out, None, False, '--out', '--overwrite')

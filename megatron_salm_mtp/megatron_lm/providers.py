@@ -26,13 +26,13 @@ from megatron.core.utils import get_attr_wrapped_model
 from ..config import SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
+from ..model.freeze import apply_training_mode
 from ..model.host_inputs import HEAD_ROW_COUNTS
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights
 from ..model.salm import SALM
 from ..model.specs import resolve_transformer_impl
 from ..parallel.setup import fuse_wgrad_accumulation_if_asked
-from ..training.freeze import apply_training_mode
 from .args import data_config_from_args, salm_config_from_args
 from .data import GLOBAL_BATCH_COUNTS, speech_iterator, validation_data_config
 

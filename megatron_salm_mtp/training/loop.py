@@ -18,17 +18,19 @@ import yaml
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
+from ..checkpoint.metadata import is_model_only, training_vocab_size
+from ..checkpoint.run_folders import claim_checkpoint_folders
+from ..checkpoint.save_load import load_checkpoint, save_checkpoint
+from ..checkpoint.save_strategies import PendingSaves
 from ..cli import RunConfig
 from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
+from ..model.freeze import apply_training_mode
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from .flops import batch_flops, head_evaluations
-from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
-from .run_folders import claim_checkpoint_folders
-from .save_strategies import PendingSaves
 from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
@@ -79,7 +81,7 @@ class Trainer:
         self.save_lock = claim_checkpoint_folders(  # held for the life of the run
             self.train_cfg.load, self.train_cfg.save, self.train_cfg.overwrite_save)
         tokenizer = run.data.make_tokenizer()
-        from ..convert.importer import training_vocab_size  # an imported table may be larger
+        # an imported table may be larger than the tokenizer's vocabulary
         self.cfg.vocab_size = training_vocab_size(tokenizer.vocab_size, self.train_cfg.load)
         self.cfg.audio_token_id = tokenizer.audio_token_id
         init_model_parallel(self.cfg, self.train_cfg.seed)
@@ -115,8 +117,6 @@ class Trainer:
     def resume(self):
         if not self.train_cfg.load:
             return
-        from ..convert.importer import is_model_only
-        from .checkpoint import load_checkpoint
         # A new run from the weights alone (an import-hf checkpoint, or --finetune): no optimizer,
         # LR schedule, RNG or data position, and iteration 0.
         imported = is_model_only(self.train_cfg.load)
@@ -153,7 +153,6 @@ class Trainer:
                 chunk.enable_forward_pre_hook()
 
     def save(self):
-        from .checkpoint import save_checkpoint
         common = {'data': self.train_loader.state_dict(), 'skipped_iterations': self.skipped,
                   'consumed_samples': self.train_loader.consumed_samples}
         started = time.perf_counter()
