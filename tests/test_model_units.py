@@ -173,6 +173,6 @@ def test_pipeline_device_sync_is_off_unless_asked():
     """Core synchronises the device after each batched pipeline exchange by default; the plugin
     leaves it off (a stall per exchange) and --batch-p2p-sync restores it."""
     from megatron_salm_mtp.cli import parse_args
-    from megatron_salm_mtp.config import llm_transformer_config
+    from megatron_salm_mtp.model.transformer_config import llm_transformer_config
     assert llm_transformer_config(parse_args([]).model).batch_p2p_sync is False
     assert llm_transformer_config(parse_args(['--batch-p2p-sync']).model).batch_p2p_sync is True

@@ -16,7 +16,7 @@ from ..checkpoint.save_load import load_checkpoint
 from ..config import SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
-from ..model.salm import SALM
+from ..model.provider import provide_salm
 from ..model.specs import LOCAL
 from ..parallel.setup import init_distributed, set_seed
 
@@ -52,7 +52,7 @@ def build_for_inference(cfg: SALMConfig):
     model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
     cfg = cfg.replace(**{k: v for k, v in ONE_DEVICE_LAYOUT.items() if k in model_fields})
     _init_one_process()
-    model = SALM(cfg, LOCAL)
+    model = provide_salm(cfg, LOCAL)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model.eval(), cfg

@@ -30,6 +30,7 @@ from ..model.freeze import apply_training_mode
 from ..model.host_inputs import HEAD_ROW_COUNTS
 from ..model.loss import masked_token_loss
 from ..model.mtp import mtp_loss_weights
+from ..model.provider import provide_salm
 from ..model.salm import SALM
 from ..model.specs import resolve_transformer_impl
 from ..parallel.setup import fuse_wgrad_accumulation_if_asked
@@ -102,7 +103,8 @@ class SALMProviders:
         ``pg_collection`` are parallel_state's, which the SALM uses."""
         del config, pg_collection
         impl = resolve_transformer_impl(self.cfg.transformer_impl)
-        model = SALM(self.cfg, impl, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
+        model = provide_salm(self.cfg, impl, pre_process=pre_process, post_process=post_process,
+                             vp_stage=vp_stage)
         # Megatron-LM's train loop and train step read the chunk's process groups from its
         # outermost module that has them; the SALM's are its LLM's.
         model.pg_collection = model.language_model.pg_collection

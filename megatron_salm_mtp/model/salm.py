@@ -13,13 +13,14 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
-from ..config import SALMConfig, encoder_transformer_config, llm_transformer_config
+from ..config import SALMConfig
 from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
+from .transformer_config import encoder_transformer_config, llm_transformer_config
 
 
 def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: Optional[torch.Tensor],

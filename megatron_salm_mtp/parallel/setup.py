@@ -18,6 +18,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from ..compat.cpu import enable_if_no_cuda
 from ..config import SALMConfig
+from ..model.provider import provide_salm
 from ..model.salm import SALM
 from ..model.specs import TRANSFORMER_ENGINE, fuse_te_wgrad_accumulation, resolve_transformer_impl
 
@@ -80,9 +81,10 @@ def set_seed(seed: int) -> None:
 def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
     """One model chunk; with interleaving, only the first chunk of the first PP rank embeds (and
     encodes audio) and only the last chunk of the last PP rank has the heads and MTP."""
-    return SALM(cfg, impl, vp_stage=vp_stage,
-                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
+    return provide_salm(
+        cfg, impl, vp_stage=vp_stage,
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
 
 
 def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn.Module) -> None:
