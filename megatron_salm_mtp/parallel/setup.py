@@ -35,6 +35,11 @@ def _launched_world_size() -> int:
     return int(env.get('WORLD_SIZE', '1'))
 
 
+def current_device() -> torch.device:
+    """This rank's device: its GPU, or the CPU without CUDA."""
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+
+
 def init_distributed(timeout_minutes: int = 10, lone: bool = False) -> None:
     """Default process group: NCCL on GPU, gloo on CPU. Launched ranks (torchrun's or srun's
     variables, world size > 1) meet at MASTER_ADDR:MASTER_PORT; a world of one (``lone``, or no

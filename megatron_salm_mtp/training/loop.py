@@ -27,7 +27,7 @@ from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..model.freeze import apply_training_mode
-from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
 from .flops import batch_flops, head_evaluations
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
@@ -45,13 +45,9 @@ def grad_norm_value(grad_norm) -> float:
 
 def _any_rank(*flags: bool) -> List[bool]:
     """Each flag OR-ed over all ranks, in one all-reduce."""
-    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=_device())
+    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=current_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return [bool(v) for v in value.tolist()]
-
-
-def _device():
-    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
 
 
 def _endless(loader):
@@ -68,7 +64,7 @@ def _global_work(microbatches, cfg) -> tuple:
     """(encoder frames, head evaluations) of the global batch, for the FLOP count."""
     frames = sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
     heads = head_evaluations(microbatches, cfg)
-    value = torch.tensor([float(frames), heads], device=_device())
+    value = torch.tensor([float(frames), heads], device=current_device())
     torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
     return value[0].item(), value[1].item()
 
