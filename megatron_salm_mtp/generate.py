@@ -17,6 +17,8 @@ from typing import List, Optional
 
 import torch
 
+from .commands import add_load_argument
+
 
 def default_eos_ids(load_dir: str) -> List[int]:
     path = os.path.join(load_dir, 'generation_config.json')
@@ -74,7 +76,7 @@ def check_prompt(ids: List[int], vocab_size: int, flag: str, parser: argparse.Ar
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.generate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument('--prompt', help='prompt text (tokenised with the checkpoint\'s tokenizer)')
     prompt.add_argument('--prompt-ids', help='prompt token ids, comma-separated')

@@ -1,6 +1,6 @@
 """The package's import graph, read from the source with ``ast`` (nothing is imported).
 
-Imports flow downward: entry points -> megatron_lm -> training / inference / convert ->
+Imports flow downward: entry points -> tools -> megatron_lm -> training / inference / convert ->
 checkpoint / parallel -> model -> config -> data / compat. No function imports a package module,
 which is how a loop between two packages hides; entry points are the exception (dist_checkpointing's
 helper process re-imports the entry module, so they import the heavy parts inside ``main``), but
@@ -17,15 +17,16 @@ PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 # Lowest first; a module belongs to the longest prefix that names it (the package itself: layer 0).
 LAYERS = [
     ('compat', 'config_checks', 'data'),
-    ('config', 'flags', 'cli'),
+    ('config', 'flags', 'cli', 'commands'),
     ('model',),
     ('checkpoint', 'parallel'),
     ('training', 'inference', 'convert'),
     ('megatron_lm',),
+    ('tools',),
 ]
 # Commands (``python -m``): the top layer, and allowed to import inside ``main``.
-ENTRY_POINTS = ('train', 'generate', 'evaluate', 'transcribe', 'bench', 'summarize', 'convert.__main__',
-                'megatron_lm.pretrain', 'data.bench')
+ENTRY_POINTS = ('train', 'generate', 'evaluate', 'transcribe', 'summarize', 'convert.__main__',
+                'megatron_lm.pretrain')
 
 
 def module_name(path: pathlib.Path) -> str:

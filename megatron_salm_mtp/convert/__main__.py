@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 
+from ..commands import add_load_argument
+
 
 def import_parser(sub):
     p = sub.add_parser('import-hf', help='Hugging Face LLM (+ Whisper encoder) -> plugin checkpoint')
@@ -45,7 +47,7 @@ def import_parser(sub):
 
 def export_parser(sub):
     p = sub.add_parser('export-hf', help='plugin checkpoint -> Hugging Face folders')
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     p.add_argument('--out', required=True)
     p.add_argument('--llm-config', help='the original Hugging Face LLM folder or config.json, '
                    'whose config.json is kept (architecture, token ids); default: built from scratch')
