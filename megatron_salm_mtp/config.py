@@ -353,11 +353,16 @@ class SALMConfig:
     def replace(self, **changes) -> 'SALMConfig':
         return dataclasses.replace(self, **changes)
 
+    def with_single_device_layout(self, tensor_model_parallel_size: int = 1) -> 'SALMConfig':
+        """This model laid out for the tools that load a checkpoint whatever layout trained it
+        (export, decoding, generate): one device, or ``tensor_model_parallel_size`` devices of
+        one pipeline stage; one chunk per rank, no sequence parallelism."""
+        return self.replace(**dict(SINGLE_DEVICE_LAYOUT, tensor_model_parallel_size=tensor_model_parallel_size))
 
-NO_VIRTUAL_PIPELINE = {'virtual_pipeline_model_parallel_size': None,
-                       'num_layers_per_virtual_pipeline_stage': None}
-"""``SALMConfig.replace(**NO_VIRTUAL_PIPELINE)``: one chunk per rank, for tools that load a
-checkpoint at PP=1 whatever layout trained it."""
+
+SINGLE_DEVICE_LAYOUT = {'tensor_model_parallel_size': 1, 'pipeline_model_parallel_size': 1, 'sequence_parallel': False,
+                        'virtual_pipeline_model_parallel_size': None, 'num_layers_per_virtual_pipeline_stage': None}
+"""The layout fields (a launch's choice, not the model's) at their one-device values."""
 
 
 @dataclass

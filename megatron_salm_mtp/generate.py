@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     from .checkpoint.layout import verify_checkpoint_files
     from .checkpoint.metadata import latest_checkpoint, latest_run_settings, model_config
     from .checkpoint.save_load import load_checkpoint
-    from .config import NO_VIRTUAL_PIPELINE, ConfigError
+    from .config import ConfigError
     from .parallel.setup import build_model, init_distributed, init_model_parallel
 
     if args.max_new_tokens < 1:
@@ -113,8 +113,7 @@ def main(argv=None) -> None:
     init_distributed()
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world
-    cfg = stored_cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=1,
-                             sequence_parallel=False, **NO_VIRTUAL_PIPELINE)
+    cfg = stored_cfg.with_single_device_layout(tensor_model_parallel_size=tp)
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     for chunk in model:

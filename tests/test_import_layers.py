@@ -17,7 +17,7 @@ PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 # Lowest first; a module belongs to the longest prefix that names it (the package itself: layer 0).
 LAYERS = [
     ('compat', 'config_checks', 'data'),
-    ('config', 'flags', 'cli', 'commands'),
+    ('config', 'run_config', 'flags', 'cli', 'commands'),
     ('model',),
     ('checkpoint', 'parallel'),
     ('training', 'inference', 'convert'),

@@ -16,7 +16,7 @@ import torch
 import yaml
 from megatron.core import parallel_state
 
-from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
+from ..config import SINGLE_DEVICE_LAYOUT, SALMConfig
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import save_checkpoint
 from ..flags import DERIVED
@@ -26,15 +26,13 @@ from .load import import_plan, load_into
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG = 'salm_model.yaml'
-_LAYOUT_FIELDS = ('tensor_model_parallel_size', 'pipeline_model_parallel_size', 'sequence_parallel',
-                  *NO_VIRTUAL_PIPELINE)
 
 
 def model_yaml(cfg: SALMConfig) -> str:
     """The model flags of an imported checkpoint, as a ``--config`` file for ``train`` (derived
     and layout fields left out: the tokenizer and the launch decide those)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in DERIVED and k not in _LAYOUT_FIELDS}
+              if k not in DERIVED and k not in SINGLE_DEVICE_LAYOUT}
     return yaml.safe_dump(fields, sort_keys=True)
 
 

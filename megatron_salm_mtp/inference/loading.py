@@ -20,10 +20,6 @@ from ..model.provider import provide_salm
 from ..model.specs import LOCAL
 from ..parallel.setup import init_distributed, set_seed
 
-ONE_DEVICE_LAYOUT = dict(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-                         sequence_parallel=False, virtual_pipeline_model_parallel_size=None,
-                         num_layers_per_virtual_pipeline_stage=None, transformer_impl=LOCAL)
-
 
 @dataclass
 class LoadedModel:
@@ -49,8 +45,7 @@ def _init_one_process() -> None:
 def build_for_inference(cfg: SALMConfig):
     """(SALM of ``cfg`` laid out for one device, randomly initialised, in eval mode on this
     device; the config it was built with)."""
-    model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
-    cfg = cfg.replace(**{k: v for k, v in ONE_DEVICE_LAYOUT.items() if k in model_fields})
+    cfg = cfg.with_single_device_layout().replace(transformer_impl=LOCAL)
     _init_one_process()
     model = provide_salm(cfg, LOCAL)
     if torch.cuda.is_available():

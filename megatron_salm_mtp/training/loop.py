@@ -22,12 +22,12 @@ from ..checkpoint.metadata import is_model_only, training_vocab_size
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import load_checkpoint, save_checkpoint
 from ..checkpoint.save_strategies import PendingSaves
-from ..cli import RunConfig
 from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..model.freeze import apply_training_mode
 from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
+from ..run_config import RunConfig
 from .flops import batch_flops, head_evaluations
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
