@@ -26,8 +26,8 @@ def inject_faults(trainer, iterations, rank) -> None:
     sees it unless the guard tells them."""
     forward_backward = loop.forward_backward
 
-    def with_fault(model, microbatches, cfg, forward_only=False):
-        totals = forward_backward(model, microbatches, cfg, forward_only=forward_only)
+    def with_fault(model, microbatches, cfg, forward_only=False, **options):
+        totals = forward_backward(model, microbatches, cfg, forward_only=forward_only, **options)
         if not forward_only and trainer.iteration + 1 in iterations and torch.distributed.get_rank() == rank:
             param = next(p for p in model[0].parameters() if p.requires_grad)
             param.main_grad.view(-1)[0] = float('inf')
