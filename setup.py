@@ -28,5 +28,19 @@ setup(
         # --cross-entropy-fusion-impl linear's kernels on CUDA (CUDA builds of torch bring it)
         'triton': ['triton'],
     },
-    entry_points={'console_scripts': ['salm-mtp-train=megatron_salm_mtp.train:main']},
+    # One console script per command; each is also `python -m <module>` (tests/test_console_scripts.py).
+    entry_points={'console_scripts': [
+        'salm-mtp-train=megatron_salm_mtp.train:main',
+        'salm-mtp-evaluate=megatron_salm_mtp.evaluate:main',
+        'salm-mtp-transcribe=megatron_salm_mtp.transcribe:main',
+        'salm-mtp-generate=megatron_salm_mtp.generate:main',
+        'salm-mtp-convert=megatron_salm_mtp.convert.__main__:main',
+        'salm-mtp-summarize=megatron_salm_mtp.summarize:main',
+        'salm-mtp-megatron-lm=megatron_salm_mtp.megatron_lm.pretrain:main',
+        'salm-mtp-train-tokenizer=megatron_salm_mtp.data.train_tokenizer:main',
+        'salm-mtp-synth=megatron_salm_mtp.tools.corpus.synth:main',
+        'salm-mtp-text-source=megatron_salm_mtp.tools.corpus.text_source:main',
+        'salm-mtp-bench=megatron_salm_mtp.tools.bench_train:main',
+        'salm-mtp-bench-data=megatron_salm_mtp.tools.bench_data:main',
+    ]},
 )

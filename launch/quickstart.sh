@@ -13,7 +13,7 @@ work="${QUICKSTART_DIR:-$root/runs/quickstart}"
 mkdir -p "$work"
 if [ ! -f "$work/corpus/train.jsonl" ]; then
   # up to 3 s: the tiny model's 128-token sequences hold that much audio plus its transcript
-  python -m megatron_salm_mtp.data.synth --out "$work/corpus" --num-utterances "${NUM_UTTERANCES:-400}" --max-seconds 3
+  python -m megatron_salm_mtp.tools.corpus.synth --out "$work/corpus" --num-utterances "${NUM_UTTERANCES:-400}" --max-seconds 3
 fi
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 python -m megatron_salm_mtp.train --config "$root/configs/tiny_cpu.yaml" \

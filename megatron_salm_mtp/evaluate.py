@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 from megatron.core.package_info import __version__ as mcore_version
 
+from .commands import add_load_argument
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import load_for_inference
@@ -45,7 +46,7 @@ SKIPS_LISTED = 100
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.evaluate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     p.add_argument('--manifest', required=True,
                    help='JSONL manifest(s), comma-separated (audio_filepath, text, subset); each is a split '
                         'named by its file stem (test.jsonl -> test)')

@@ -17,6 +17,8 @@ from typing import List, Optional
 
 import torch
 
+from .commands import add_load_argument
+
 
 def default_eos_ids(load_dir: str) -> List[int]:
     path = os.path.join(load_dir, 'generation_config.json')
@@ -74,7 +76,7 @@ def check_prompt(ids: List[int], vocab_size: int, flag: str, parser: argparse.Ar
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.generate', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument('--prompt', help='prompt text (tokenised with the checkpoint\'s tokenizer)')
     prompt.add_argument('--prompt-ids', help='prompt token ids, comma-separated')
@@ -89,20 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import yaml
     from megatron.core import parallel_state
 
-    from .config import NO_VIRTUAL_PIPELINE, ConfigError
-    from .convert.importer import read_checkpoint_config
+    from .checkpoint.layout import verify_checkpoint_files
+    from .checkpoint.metadata import latest_checkpoint, latest_run_settings, model_config
+    from .checkpoint.save_load import load_checkpoint
+    from .config import ConfigError
     from .parallel.setup import build_model, init_distributed, init_model_parallel
-    from .training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration, load_checkpoint
-    from .training.checkpoint_files import verify_checkpoint_files
 
     if args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
     try:  # a missing or damaged checkpoint: one line before any process group
-        stored_cfg = read_checkpoint_config(args.load)
-        verify_checkpoint_files(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)))
+        _, stored = latest_run_settings(args.load)
+        stored_cfg = model_config(stored)
+        verify_checkpoint_files(latest_checkpoint(args.load)[1])
     except (FileNotFoundError, ConfigError) as err:
         parser.error(str(err))
     if args.prompt_ids is not None:
@@ -111,15 +113,12 @@ def main(argv=None) -> None:
     init_distributed()
     world = torch.distributed.get_world_size()
     tp = args.tensor_model_parallel_size or world
-    cfg = stored_cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=1,
-                             sequence_parallel=False, **NO_VIRTUAL_PIPELINE)
+    cfg = stored_cfg.with_single_device_layout(tensor_model_parallel_size=tp)
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     for chunk in model:
         chunk.eval()
     load_checkpoint(args.load, model, None, None, load_optimizer=False)
-    with open(os.path.join(checkpoint_dir(args.load, latest_checkpoint_iteration(args.load)), CONFIG_FILE)) as f:
-        stored = yaml.safe_load(f) or {}
     tokenizer = None
     if args.prompt is not None:
         tokenizer = make_tokenizer(args.load, args.tokenizer, stored)

@@ -7,8 +7,9 @@ One node, 8 GPUs:
 Many nodes (SLURM, NGC container): launch/train_salm_mtp.sbatch
 """
 
-from .cli import RunConfig, exit_on_config_error, parse_args
+from .cli import exit_on_config_error, parse_args
 from .config import ConfigError
+from .run_config import RunConfig
 
 
 def parse_and_validate(argv=None) -> RunConfig:

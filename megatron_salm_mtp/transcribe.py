@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 
+from .commands import add_load_argument
 from .data.manifest import Example, Segment
 from .evaluate import decoding_modes, draft_depth, run_mode
 from .inference.inputs import example_utterances, stop_ids
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.transcribe', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('files', nargs='+', metavar='AUDIO', help='audio files to transcribe')
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     p.add_argument('--prompt', help="the user's instruction before the audio (default: the run's default prompt)")
     p.add_argument('--speculative', action='store_true', help='decode with MTP drafts (same output, fewer forwards)')
     p.add_argument('--mtp-draft-depth', type=int, help='drafted tokens per trunk forward (default: trained depths)')

@@ -30,10 +30,10 @@ if __name__ != '__mp_main__':
 
     from harness import global_name, shard_spec
     from megatron_salm_mtp.config import SALMConfig, TrainConfig
+    from megatron_salm_mtp.checkpoint import layout, save_load
+    from megatron_salm_mtp.checkpoint.save_strategies import PendingSaves
     from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
-    from megatron_salm_mtp.training import checkpoint
     from megatron_salm_mtp.training.optim import build_optimizer
-    from megatron_salm_mtp.training.save_strategies import PendingSaves
     from megatron_salm_mtp.training.step import forward_backward
     from parallel_utils import speech_batch
 
@@ -89,14 +89,14 @@ class Run:
     def save(self, op, pending=None):
         common = {'consumed_samples': op['iteration'] * GLOBAL_BATCH, 'skipped_iterations': 1,
                   'data': {'consumed_samples': op['iteration'] * GLOBAL_BATCH, 'epoch': 0, 'seed': 7}}
-        self.records.setdefault('saved_paths', []).append(checkpoint.save_checkpoint(
+        self.records.setdefault('saved_paths', []).append(save_load.save_checkpoint(
             op['dir'], op['iteration'], self.model, self.optimizer, self.scheduler, common,
             {'tensor_model_parallel_size': self.cfg.tensor_model_parallel_size, 'lr': 3e-3}, pending))
 
     def _folder_state(self, op):
-        final = checkpoint.checkpoint_dir(op['dir'], op['iteration'])
-        return {'complete': checkpoint.is_complete(final),
-                'latest': checkpoint.latest_checkpoint_iteration(op['dir']),
+        final = layout.checkpoint_dir(op['dir'], op['iteration'])
+        return {'complete': layout.is_complete(final),
+                'latest': layout.latest_checkpoint_iteration(op['dir']),
                 'in_flight': self.pending.in_flight}
 
     def async_save(self, op):
@@ -116,12 +116,12 @@ class Run:
             for child in multiprocessing.active_children():  # dist_checkpointing's helper:
                 child.kill()  # a crash takes the rank's whole process tree down
             os._exit(17)
-        checkpoint._finalize = die
+        save_load._finalize = die
         self.save(op)
 
     def load(self, op):
-        result = checkpoint.load_checkpoint(op['dir'], self.model, self.optimizer, self.scheduler,
-                                            load_optimizer=op.get('load_optimizer', True))
+        result = save_load.load_checkpoint(op['dir'], self.model, self.optimizer, self.scheduler,
+                                           load_optimizer=op.get('load_optimizer', True))
         self.records[op.get('name', 'load_result')] = result
 
     def perturb_rng(self, op):

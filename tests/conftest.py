@@ -21,8 +21,8 @@ def single_rank_parallel():
 @pytest.fixture(scope='session')
 def train_corpus(tmp_path_factory):
     """96 synthetic utterances of 1-3 s (train/valid/test/test_unseen), shared by the training tests."""
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
+    from megatron_salm_mtp.tools.corpus.espeak import espeak_available
+    from megatron_salm_mtp.tools.corpus.synth import build_corpus
     if not espeak_available():
         pytest.skip('espeak-ng unavailable')
     out = tmp_path_factory.mktemp('train_corpus')

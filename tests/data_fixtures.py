@@ -62,9 +62,9 @@ def tiny_corpus(tmp_path):
 @pytest.fixture(scope="session")
 def espeak_corpus(tmp_path_factory):
     """A 40-utterance synthetic corpus of 1-3 s utterances (skips without espeak-ng or WordNet)."""
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
-    from megatron_salm_mtp.data.text_source import default_text_source
+    from megatron_salm_mtp.tools.corpus.espeak import espeak_available
+    from megatron_salm_mtp.tools.corpus.synth import build_corpus
+    from megatron_salm_mtp.tools.corpus.text_source import default_text_source
 
     if not espeak_available():
         pytest.skip("espeak-ng unavailable (apt-get install espeak-ng, or pip install espeakng-loader)")

@@ -17,8 +17,8 @@ from megatron.core import parallel_state  # noqa: E402
 from megatron.core.distributed import DistributedDataParallelConfig  # noqa: E402
 
 from megatron_salm_mtp.config import TrainConfig  # noqa: E402
+from megatron_salm_mtp.model.freeze import apply_training_mode  # noqa: E402
 from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel, set_seed  # noqa: E402
-from megatron_salm_mtp.training.freeze import apply_training_mode  # noqa: E402
 from megatron_salm_mtp.training.optim import build_optimizer  # noqa: E402
 from megatron_salm_mtp.training.step import forward_backward  # noqa: E402
 from parallel_utils import speech_batch, tiny_config  # noqa: E402

@@ -1,4 +1,4 @@
-"""``--async-save`` and the fully parallel save/load strategies (training/save_strategies.py), CPU, gloo.
+"""``--async-save`` and the fully parallel save/load strategies (checkpoint/save_strategies.py), CPU, gloo.
 
 - In one process group (tests/ckpt_harness.py, DP=2 with the distributed optimizer): an async
   save is not a checkpoint until it is finalized (no marker, the tracker still names the previous

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from megatron_salm_mtp.bench import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
+from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
 from train_utils import TINY_FLAGS, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2', f'--master-port={free_port()}',
-           '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            *TINY_FLAGS, '--mtp-num-layers', '2', '--tensor-model-parallel-size', '2',
            '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--list-host-syncs',
            '--json', str(out)]
@@ -52,7 +52,7 @@ def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
     from the same weights on the same batches, so every step's main loss agrees."""
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
-           '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            *TINY_FLAGS, '--mtp-num-layers', '1', '--head-chunk-rows', '16', '--compare-cross-entropy-fusion',
            '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,

@@ -1,4 +1,4 @@
-"""Distributed checkpoints (training/checkpoint.py) on the real Megatron-Core SALM under gloo.
+"""Distributed checkpoints (checkpoint/save_load.py) on the real Megatron-Core SALM under gloo.
 
 Each launch runs a plan of operations (tests/ckpt_harness.py) in one layout; checkpoints written
 by one layout are loaded by another:
@@ -179,7 +179,7 @@ def test_tp1_pp1_to_tp2_pp2(reshard):
 
 
 def test_crash_mid_save_is_never_taken_for_complete(reshard):
-    from megatron_salm_mtp.training.checkpoint import latest_checkpoint_iteration
+    from megatron_salm_mtp.checkpoint.layout import latest_checkpoint_iteration
     crashed = reshard['crashed']
     assert [n for n in crashed if n.startswith('iter_0000004.tmp-')], crashed
     assert 'iter_0000004' not in crashed
@@ -230,16 +230,16 @@ def test_distributed_optimizer_roundtrip(distributed_optimizer):
 # ----------------------------------------------------------------- the folder logic, no processes
 
 def _fake_checkpoint(root, iteration, complete=True):
-    from megatron_salm_mtp.training import checkpoint
-    path = checkpoint.checkpoint_dir(root, iteration)
+    from megatron_salm_mtp.checkpoint import layout
+    path = layout.checkpoint_dir(root, iteration)
     os.makedirs(path)
     if complete:
-        open(os.path.join(path, checkpoint.MARKER), 'w').close()
+        open(os.path.join(path, layout.MARKER), 'w').close()
     return path
 
 
 def test_latest_iteration_follows_tracker_and_skips_incomplete(tmp_path):
-    from megatron_salm_mtp.training.checkpoint import TRACKER, latest_checkpoint_iteration
+    from megatron_salm_mtp.checkpoint.layout import TRACKER, latest_checkpoint_iteration
     root = str(tmp_path)
     assert latest_checkpoint_iteration(os.path.join(root, 'missing')) is None
     assert latest_checkpoint_iteration(root) is None
@@ -256,14 +256,14 @@ def test_latest_iteration_follows_tracker_and_skips_incomplete(tmp_path):
 
 
 def test_another_tokenizer_is_refused():
-    from megatron_salm_mtp.training.checkpoint import _check_vocabulary
+    from megatron_salm_mtp.checkpoint.save_load import _check_vocabulary
     with pytest.raises(ValueError, match='vocabulary of 264 tokens, the model has 272'):
         _check_vocabulary({'vocab_size': 264, 'padded_vocab_size': 288},
                           {'vocab_size': 272, 'padded_vocab_size': 288}, 'ck/iter_0000002')
 
 
 def test_load_errors_and_empty_folder(tmp_path):
-    from megatron_salm_mtp.training.checkpoint import load_checkpoint
+    from megatron_salm_mtp.checkpoint.save_load import load_checkpoint
     missing = str(tmp_path / 'nowhere')
     with pytest.raises(FileNotFoundError, match='nowhere'):
         load_checkpoint(missing, [], None, None)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from megatron_salm_mtp import generate
-from megatron_salm_mtp.training.checkpoint import load_checkpoint
-from megatron_salm_mtp.training.checkpoint_files import CheckpointError, verify_checkpoint_files
+from megatron_salm_mtp.checkpoint.layout import CheckpointError, verify_checkpoint_files
+from megatron_salm_mtp.checkpoint.save_load import load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -67,9 +67,9 @@ def test_off_switches_parse():
 
 
 def test_bench_help_shows_its_own_flags():
-    done = _help('megatron_salm_mtp.bench')
+    done = _help('megatron_salm_mtp.tools.bench_train')
     assert done.returncode == 0 and done.stderr == ''
-    assert done.stdout.startswith('usage: python -m megatron_salm_mtp.bench [bench flags] [training flags]')
+    assert done.stdout.startswith('usage: python -m megatron_salm_mtp.tools.bench_train [bench flags] [training flags]')
     assert '--warmup-iters' in done.stdout and '--list-host-syncs' in done.stdout
     assert '--num-layers' not in done.stdout and 'python -m megatron_salm_mtp.train --help' in done.stdout
 

@@ -1,8 +1,10 @@
 """The version switches of ``compat/mcore.py`` on the installed megatron-core (CI runs 0.16.1 and 0.19.2)."""
 
+import inspect
 import os
 import re
 
+import pytest
 import torch
 from packaging.version import Version
 
@@ -28,6 +30,30 @@ def test_run_mtp_layer_returns_three_values_whatever_the_layer_returns():
     for layer in (layer_0_16, layer_0_17):
         out = mcore.run_mtp_layer(layer, hidden_states=hidden, input_ids=ids, position_ids=pos)
         assert len(out) == 3 and out[0] is hidden and out[1] is ids and out[2] is pos
+
+
+def test_the_postprocess_override_matches_core():
+    """SpeechGPTModel overrides core's private GPTModel._postprocess: the contract holds on this
+    release, every argument the override names or reads is recorded, and a change fails loudly."""
+    from megatron_salm_mtp.model import llm
+    mcore.check_postprocess_contract()
+    named = list(inspect.signature(llm.SpeechGPTModel._postprocess).parameters)[1:-1]  # not self, **kwargs
+    read = re.findall(r"kwargs\.get\('(\w+)'", inspect.getsource(llm))
+    assert read and set(named + read) <= set(mcore.POSTPROCESS_ARGUMENTS), (named, read)
+
+
+def test_a_changed_postprocess_contract_is_refused(monkeypatch):
+    def renamed(self, hidden_states, input_ids, position_ids, labels, rotary_pos_emb, rotary_pos_cos,
+                rotary_pos_sin, mtp_in_postprocess=None, token_mask=None, **kwargs):
+        pass
+
+    monkeypatch.setattr(mcore.GPTModel, '_postprocess', renamed)
+    with pytest.raises(RuntimeError, match=r"GPTModel._postprocess has no \['loss_mask', 'attention_mask'"):
+        mcore.check_postprocess_contract()
+    monkeypatch.undo()
+    monkeypatch.setattr(mcore.GPTModel, 'forward', lambda self, *args, **kwargs: self.output_layer(*args))
+    with pytest.raises(RuntimeError, match='no longer calls self._postprocess'):
+        mcore.check_postprocess_contract()
 
 
 def test_mtp_parameters_keep_one_name_on_every_release(single_rank_parallel):

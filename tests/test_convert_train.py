@@ -25,8 +25,8 @@ def _run(args):
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
+    from megatron_salm_mtp.tools.corpus.espeak import espeak_available
+    from megatron_salm_mtp.tools.corpus.synth import build_corpus
     if not espeak_available():
         pytest.skip('espeak-ng unavailable')
     out = tmp_path_factory.mktemp('corpus')

@@ -6,7 +6,7 @@ import sys
 
 from data_fixtures import make_corpus
 
-from megatron_salm_mtp.data import bench
+from megatron_salm_mtp.tools import bench_data as bench
 
 
 def test_bench_run(tmp_path):
@@ -19,7 +19,7 @@ def test_bench_run(tmp_path):
 
 def test_bench_cli_with_workers(tmp_path):
     manifest = make_corpus(tmp_path, n=16, seconds=(1.0, 1.2))
-    out = subprocess.run([sys.executable, "-m", "megatron_salm_mtp.data.bench", "--manifest", manifest,
+    out = subprocess.run([sys.executable, "-m", "megatron_salm_mtp.tools.bench_data", "--manifest", manifest,
                           "--num-workers", "2", "--micro-batch-size", "4"], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
     assert "utt/s" in out and "audio-s/s" in out and "with 2 workers" in out

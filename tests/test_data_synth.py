@@ -9,14 +9,14 @@ import os
 import pytest
 from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
-from megatron_salm_mtp.data import synth, synth_text
 from megatron_salm_mtp.data.audio import audio_info
-from megatron_salm_mtp.data.espeak import SynthesisError, espeak_available, find_backend
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.manifest import read_manifest
-from megatron_salm_mtp.data.synth import CorpusPlan, SynthSettings, build_corpus, main, make_utterance
-from megatron_salm_mtp.data.text_source import default_text_source, load_text_source, save_pools
-from megatron_salm_mtp.data.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS, corpus_voices
+from megatron_salm_mtp.tools.corpus import synth, synth_text
+from megatron_salm_mtp.tools.corpus.espeak import SynthesisError, espeak_available, find_backend
+from megatron_salm_mtp.tools.corpus.synth import CorpusPlan, SynthSettings, build_corpus, main, make_utterance
+from megatron_salm_mtp.tools.corpus.text_source import default_text_source, load_text_source, save_pools
+from megatron_salm_mtp.tools.corpus.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS, corpus_voices
 
 needs_espeak = pytest.mark.skipif(not espeak_available() or default_text_source() is None,
                                   reason="espeak-ng or WordNet unavailable")
@@ -149,7 +149,7 @@ def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, m
     flags = [f.format(tmp=tmp_path) for f in flags]
     assert main(["--out", str(tmp_path / "c"), "--num-utterances", "4"] + flags) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"python -m megatron_salm_mtp.data.synth: error: {message.format(tmp=tmp_path)}")
+    assert err.count("\n") == 1 and err.startswith(f"python -m megatron_salm_mtp.tools.corpus.synth: error: {message.format(tmp=tmp_path)}")
     assert not os.path.exists(tmp_path / "c")
 
 

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from megatron_salm_mtp.data import synth_text, text_source, voices
 from megatron_salm_mtp.data.audio import resample as torch_resample
-from megatron_salm_mtp.data.augment import add_noise, coloured_noise, room_impulse_response, speech_power
-from megatron_salm_mtp.data.polyphase import resample
-from megatron_salm_mtp.data.text_clean import clean_text, transcript
+from megatron_salm_mtp.tools.corpus import synth_text, text_source, voices
+from megatron_salm_mtp.tools.corpus.augment import add_noise, coloured_noise, room_impulse_response, speech_power
+from megatron_salm_mtp.tools.corpus.polyphase import resample
+from megatron_salm_mtp.tools.corpus.text_clean import clean_text, transcript
 
 needs_wordnet = pytest.mark.skipif(text_source.default_text_source() is None,
                                    reason="WordNet absent (apt-get install wordnet-base)")

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from megatron_salm_mtp.checkpoint.ctc_load import check_ctc_head
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.inference.loading import load_for_inference
 from megatron_salm_mtp.train import parse_and_validate
-from megatron_salm_mtp.training.ctc_load import check_ctc_head
 from parallel_utils import init_weights, run_layout, speech_batch, tiny_config
 from reference import encoder_ctc_objective
 from train_utils import read_metrics, run_train

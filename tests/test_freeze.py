@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_salm_mtp.config import TRAINING_MODES, ConfigError
-from megatron_salm_mtp.training.freeze import check_optimizer_state_covers, is_trainable
+from megatron_salm_mtp.model.freeze import check_optimizer_state_covers, is_trainable
 from parallel_utils import _free_port
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'freeze_harness.py')

@@ -7,6 +7,7 @@ import torch
 
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.model.host_inputs import HEAD_ROW_COUNTS, prepare_microbatch
+from megatron_salm_mtp.model.llm import StepInputs
 from megatron_salm_mtp.model.mtp import mtp_target_masks
 from megatron_salm_mtp.model.salm import check_audio_placeholders, splice_audio
 from megatron_salm_mtp.model.specs import resolve_transformer_impl
@@ -157,6 +158,7 @@ def test_host_counted_rows_give_the_device_counted_loss(single_rank_model):
                      loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
                      audio_feature_lengths=batch['audio_feature_lengths'], head_row_counts=counts)
         outputs.append((loss.detach(), model.language_model.mtp_stats.values.clone()))
+        assert model.language_model._step == StepInputs()  # held for the one call only
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
     assert outputs[0][1][1].min() > 0  # every depth had supervised rows
 
@@ -173,6 +175,6 @@ def test_pipeline_device_sync_is_off_unless_asked():
     """Core synchronises the device after each batched pipeline exchange by default; the plugin
     leaves it off (a stall per exchange) and --batch-p2p-sync restores it."""
     from megatron_salm_mtp.cli import parse_args
-    from megatron_salm_mtp.config import llm_transformer_config
+    from megatron_salm_mtp.model.transformer_config import llm_transformer_config
     assert llm_transformer_config(parse_args([]).model).batch_p2p_sync is False
     assert llm_transformer_config(parse_args(['--batch-p2p-sync']).model).batch_p2p_sync is True

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
+from megatron_salm_mtp.checkpoint.save_load import _check_expert_parallel_change
 from megatron_salm_mtp.config import ConfigError
-from megatron_salm_mtp.training.checkpoint import _check_expert_parallel_change
 from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
 from test_parallel_gradients import assert_grads_match
 from train_utils import read_metrics, run_train
@@ -67,8 +67,8 @@ def test_moe_settings_that_cannot_work_name_the_flag(changes, message):
 def test_training_at_ep2_then_resuming_weights_at_ep1(tmp_path):
     """The entry point trains MoE MTP heads at EP=2 (all-to-all, distributed optimizer, aux loss
     on) and saves; one process (EP=1) resumes the weights: experts are saved by global index."""
-    from megatron_salm_mtp.data.espeak import espeak_available
-    from megatron_salm_mtp.data.synth import build_corpus
+    from megatron_salm_mtp.tools.corpus.espeak import espeak_available
+    from megatron_salm_mtp.tools.corpus.synth import build_corpus
     if not espeak_available():
         pytest.skip('espeak-ng unavailable')
     corpus = str(tmp_path / 'corpus')

@@ -16,7 +16,7 @@ from inference_fixtures import counting_batch, tiny_salm
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.model.distill import vocab_parallel_kl
-from megatron_salm_mtp.training.freeze import apply_training_mode
+from megatron_salm_mtp.model.freeze import apply_training_mode
 from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
 from test_parallel_gradients import assert_grads_match
 

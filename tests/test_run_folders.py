@@ -7,16 +7,16 @@ import sys
 
 import pytest
 
+from megatron_salm_mtp.checkpoint.layout import MARKER, TRACKER, CheckpointError
+from megatron_salm_mtp.checkpoint.run_folders import (FolderLock, check_load_folder, check_save_folder,
+                                                      claim_checkpoint_folders)
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.convert.__main__ import main as convert_main
-from megatron_salm_mtp.training.checkpoint_files import MARKER, TRACKER, CheckpointError
-from megatron_salm_mtp.training.run_folders import (FolderLock, check_load_folder, check_save_folder,
-                                                    claim_checkpoint_folders)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = """
 import sys
-from megatron_salm_mtp.training.run_folders import FolderLock
+from megatron_salm_mtp.checkpoint.run_folders import FolderLock
 FolderLock(sys.argv[1], '--save')
 print('held', flush=True)
 sys.stdin.read()  # until the test closes our stdin

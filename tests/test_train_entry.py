@@ -167,10 +167,10 @@ def test_precision_and_memory_flags_are_validated(flags, message):
 
 
 def test_fp8_without_transformer_engine_is_an_error():
-    from megatron_salm_mtp.config import llm_transformer_config
+    from megatron_salm_mtp.model.provider import provide_salm
     model = parse_args(['--fp8-format', 'hybrid', '--bf16']).model
     with pytest.raises(ConfigError, match='FP8 needs the Transformer Engine spec'):
-        llm_transformer_config(model, fused_kernels=False)
+        provide_salm(model, 'local')
 
 
 def test_grad_norm_is_logged_as_a_float_whatever_the_optimizer_returns():

@@ -30,6 +30,12 @@ and what the plugin does about it:
   ``mtp_model_layer_spec``); ``get_gpt_mtp_block_spec_for_backend`` kept its signature, and is
   the only one called (positionally).
 
+* ``SpeechGPTModel`` (``model/llm.py``) overrides core's private ``GPTModel._postprocess``: it relies
+  on ``GPTModel.forward`` ending in ``self._postprocess(...)`` and on the argument names in
+  ``POSTPROCESS_ARGUMENTS`` (the ones it names, or reads from its ``**kwargs``), the same from 0.16
+  to 0.19. ``check_postprocess_contract`` fails naming the release when either changes (a test
+  runs it on each CI stack).
+
 Megatron-Core fixes of 0.16.1 sharp edges that 0.17+ brings (per-token MTP normalisation #3159,
 zero-token clamp #3396, sequence-parallel scatter of multimodal embeddings in MTP #6256, MTP
 input mask for modality placeholders #6770) live in ``GPTModel._postprocess``/``process_mtp_loss``,
@@ -45,6 +51,7 @@ import os
 from multiprocessing.managers import SyncManager
 
 from megatron.core import dist_checkpointing
+from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
 from packaging.version import Version
 
@@ -57,6 +64,25 @@ MCORE_0_17 = MCORE_VERSION >= Version('0.17.0')
 MTP_INNER_LAYER = 'transformer_layer'
 """Name of the MTP layer's transformer-layer submodule in parameter and checkpoint keys."""
 _UPSTREAM_INNER_LAYER = 'mtp_model_layer' if MCORE_0_17 else 'transformer_layer'
+
+
+POSTPROCESS_ARGUMENTS = ('hidden_states', 'input_ids', 'position_ids', 'labels', 'rotary_pos_emb',
+                         'rotary_pos_cos', 'rotary_pos_sin', 'mtp_in_postprocess', 'loss_mask',
+                         'attention_mask', 'packed_seq_params', 'runtime_gather_output')
+"""``GPTModel._postprocess``'s arguments that ``SpeechGPTModel._postprocess`` relies on."""
+
+
+def check_postprocess_contract() -> None:
+    """RuntimeError naming the installed release unless ``GPTModel.forward`` still calls
+    ``self._postprocess`` with the arguments ``SpeechGPTModel`` overrides it for."""
+    if 'self._postprocess(' not in inspect.getsource(GPTModel.forward):
+        raise RuntimeError(f'megatron-core {MCORE_VERSION}: GPTModel.forward no longer calls '
+                           'self._postprocess, which SpeechGPTModel overrides (model/llm.py)')
+    params = inspect.signature(GPTModel._postprocess).parameters
+    missing = [name for name in POSTPROCESS_ARGUMENTS if name not in params]
+    if missing:
+        raise RuntimeError(f'megatron-core {MCORE_VERSION}: GPTModel._postprocess has no {missing}, which '
+                           'SpeechGPTModel._postprocess (model/llm.py) relies on')
 
 
 def run_mtp_layer(layer, **kwargs):

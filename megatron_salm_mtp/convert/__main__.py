@@ -18,6 +18,8 @@ import os
 import subprocess
 import sys
 
+from ..commands import add_load_argument
+
 
 def import_parser(sub):
     p = sub.add_parser('import-hf', help='Hugging Face LLM (+ Whisper encoder) -> plugin checkpoint')
@@ -45,7 +47,7 @@ def import_parser(sub):
 
 def export_parser(sub):
     p = sub.add_parser('export-hf', help='plugin checkpoint -> Hugging Face folders')
-    p.add_argument('--load', required=True, help='checkpoint folder (its latest complete checkpoint)')
+    add_load_argument(p)
     p.add_argument('--out', required=True)
     p.add_argument('--llm-config', help='the original Hugging Face LLM folder or config.json, '
                    'whose config.json is kept (architecture, token ids); default: built from scratch')
@@ -61,7 +63,7 @@ def _relaunch(world: int) -> None:
 
 
 def cmd_import(args) -> None:
-    from ..training.run_folders import check_save_folder
+    from ..checkpoint.run_folders import check_save_folder
     from .load import salm_config_from_hf
     if not args.overwrite:  # before any process starts: a training checkpoint's tracker would go to 0
         check_save_folder(args.out, None, False, '--out', '--overwrite')

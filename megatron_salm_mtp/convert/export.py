@@ -23,9 +23,13 @@ import os
 from typing import Optional
 
 import torch
+from megatron.core import parallel_state
 from safetensors.torch import save_file
 
-from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
+from ..checkpoint.metadata import read_checkpoint_config
+from ..checkpoint.save_load import load_checkpoint
+from ..config import SALMConfig
+from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from . import hf_llm, hf_whisper
 from .load import full_name
 
@@ -140,15 +144,8 @@ def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: Optional[dic
 
 def run_export(load_dir: str, out: str, base_config_path: Optional[str] = None) -> None:
     """Load the latest checkpoint at TP=1/PP=1 in this one process and write the folders."""
-    from megatron.core import parallel_state
-
-    from ..parallel.setup import build_model, init_distributed, init_model_parallel
-    from ..training.checkpoint import load_checkpoint
-    from .importer import read_checkpoint_config
     init_distributed(lone=True)
-    cfg = read_checkpoint_config(load_dir).replace(
-        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
-        **NO_VIRTUAL_PIPELINE)
+    cfg = read_checkpoint_config(load_dir).with_single_device_layout()
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     load_checkpoint(load_dir, model, None, None, load_optimizer=False)

@@ -2,7 +2,7 @@
 ``generate --load`` read, at any TP/PP layout (dist_checkpointing reshards on load).
 
 Each rank builds its own SALM chunk for the requested layout and reads only its shards from the
-safetensors files, then all ranks write one distributed checkpoint (``training/checkpoint.py``)
+safetensors files, then all ranks write one distributed checkpoint (``checkpoint/save_load.py``)
 holding the model only, marked ``model_only`` in its common state: training starts from it at
 iteration 0 with a fresh optimizer.
 """
@@ -16,25 +16,23 @@ import torch
 import yaml
 from megatron.core import parallel_state
 
-from ..config import NO_VIRTUAL_PIPELINE, SALMConfig
+from ..config import SINGLE_DEVICE_LAYOUT, SALMConfig
+from ..checkpoint.run_folders import claim_checkpoint_folders
+from ..checkpoint.save_load import save_checkpoint
 from ..flags import DERIVED
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
-from ..training.checkpoint import save_checkpoint
-from ..training.run_folders import claim_checkpoint_folders
 from .load import import_plan, load_into
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG = 'salm_model.yaml'
-_LAYOUT_FIELDS = ('tensor_model_parallel_size', 'pipeline_model_parallel_size', 'sequence_parallel',
-                  *NO_VIRTUAL_PIPELINE)
 
 
 def model_yaml(cfg: SALMConfig) -> str:
     """The model flags of an imported checkpoint, as a ``--config`` file for ``train`` (derived
     and layout fields left out: the tokenizer and the launch decide those)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in DERIVED and k not in _LAYOUT_FIELDS}
+              if k not in DERIVED and k not in SINGLE_DEVICE_LAYOUT}
     return yaml.safe_dump(fields, sort_keys=True)
 
 
@@ -65,39 +63,3 @@ def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: s
     torch.distributed.barrier()
     parallel_state.destroy_model_parallel()
     torch.distributed.destroy_process_group()
-
-
-def read_checkpoint_config(load_dir: str) -> SALMConfig:
-    """The SALMConfig stored beside the latest checkpoint in ``load_dir`` (config.yaml)."""
-    from ..training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration
-    iteration = latest_checkpoint_iteration(load_dir)
-    if iteration is None:
-        raise FileNotFoundError(f'--load {load_dir}: no complete checkpoint')
-    with open(os.path.join(checkpoint_dir(load_dir, iteration), CONFIG_FILE)) as f:
-        stored = yaml.safe_load(f) or {}
-    names = {f.name for f in dataclasses.fields(SALMConfig)}
-    return SALMConfig(**{k: v for k, v in stored.items() if k in names})
-
-
-def is_model_only(load_dir: str) -> bool:
-    """Whether the latest checkpoint under ``load_dir`` holds a model only (an import): training
-    then loads the weights, keeps its fresh optimizer and starts at iteration 0."""
-    from ..training.checkpoint import checkpoint_dir, latest_checkpoint_iteration
-    from ..training.checkpoint_files import load_common_state
-    iteration = latest_checkpoint_iteration(load_dir)
-    if iteration is None:
-        return False
-    common = load_common_state(checkpoint_dir(load_dir, iteration))
-    return bool((common.get('common') or {}).get('model_only'))
-
-
-def training_vocab_size(tokenizer_vocab: int, load_dir) -> int:
-    """The LLM vocabulary a training run uses: the tokenizer's, or the embedding table stored with
-    the ``--load`` checkpoint when that is larger (an imported table with unused rows, e.g.
-    Qwen's 151,936 rows for 151,669 + specials tokens), so the checkpoint's shapes load."""
-    if not load_dir:
-        return tokenizer_vocab
-    from ..training.checkpoint import latest_checkpoint_iteration
-    if not os.path.isdir(load_dir) or latest_checkpoint_iteration(load_dir) is None:
-        return tokenizer_vocab
-    return max(tokenizer_vocab, read_checkpoint_config(load_dir).vocab_size)

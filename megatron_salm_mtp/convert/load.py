@@ -18,6 +18,7 @@ from megatron.core import parallel_state
 
 from ..config import SALMConfig
 from ..data.progress import Progress
+from ..data.tokenizer import build_tokenizer
 from . import hf_llm, hf_whisper
 from .mtp_init import mtp_recipes, shipped_mtp
 from .recipes import Recipe
@@ -62,7 +63,6 @@ def tokenizer_vocabulary(llm_dir: str, table_rows: int) -> dict:
     with ``make_vocab_size_divisible_by: null``. Without a tokenizer the table is kept as is."""
     if not os.path.isfile(os.path.join(llm_dir, 'tokenizer.json')):
         return {'vocab_size': table_rows, 'audio_token_id': table_rows - 1}
-    from ..data.tokenizer import build_tokenizer
     tokenizer = build_tokenizer('huggingface', llm_dir)
     rows = table_rows
     if tokenizer.vocab_size > table_rows:

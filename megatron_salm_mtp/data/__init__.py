@@ -16,11 +16,9 @@ Modules (each imports only the ones above it):
 - ``batching``   collate into the batch contract (see its docstring for the exact keys)
 - ``sampler``    DP-sharded, global-batch-consistent, resumable microbatch sampler
 - ``loader``     ``DataConfig`` and ``build_dataloader`` (what the training loop calls)
-- ``synth``      ``python -m megatron_salm_mtp.data.synth``: espeak-ng corpus (``espeak``, ``voices``,
-                 ``synth_text``, ``text_source`` + ``text_clean`` (WordNet text), ``augment``,
-                 ``polyphase``, ``synth_summary``)
-- ``bench``      ``python -m megatron_salm_mtp.data.bench``: loading throughput per worker
 - ``train_tokenizer`` ``python -m megatron_salm_mtp.data.train_tokenizer``: SentencePiece on a corpus
+
+The synthetic corpus generator and the loading benchmark are tools, not the pipeline: ``tools/``.
 
 Typical use in a training loop::
 

@@ -38,24 +38,42 @@ log = logging.getLogger("megatron_salm_mtp.data")
 class DataConfig:
     """Data settings, Megatron-style names (``--seq-length`` -> ``seq_length``)."""
 
-    seq_length: int = 256  # tokens per sample after the shift; every microbatch is padded to it
+    seq_length: int = 256
+    """tokens per sample after the shift; every microbatch is padded to it"""
     micro_batch_size: int = 4
-    global_batch_size: int = 16  # across DP ranks and microbatches
-    num_workers: int = 0  # DataLoader worker processes per rank
-    seed: int = 1234  # shuffling; the same on every rank
-    tokenizer_type: str = "byte"  # byte | huggingface | sentencepiece
-    tokenizer_model: str | None = None  # tokenizer.json (or its folder) / SentencePiece .model
-    audio_token: str = AUDIO_TOKEN  # placeholder token string (added as a virtual id if absent)
-    prompt_template: str = "plain"  # plain | llama3 | qwen
+    """samples per microbatch on one DP rank"""
+    global_batch_size: int = 16
+    """across DP ranks and microbatches"""
+    num_workers: int = 0
+    """DataLoader worker processes per rank"""
+    seed: int = 1234
+    """shuffling; the same on every rank"""
+    tokenizer_type: str = "byte"
+    """byte | huggingface | sentencepiece"""
+    tokenizer_model: str | None = None
+    """tokenizer.json (or its folder) / SentencePiece .model"""
+    audio_token: str = AUDIO_TOKEN
+    """placeholder token string (added as a virtual id if absent)"""
+    prompt_template: str = "plain"
+    """plain | llama3 | qwen"""
     system_prompt: str | None = None
-    default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]  # for ASR lines without a prompt field
-    n_mels: int = 80  # 80 (Whisper <= v2) or 128 (Whisper large-v3)
-    stack: int = 4  # projector frame stacking; sets placeholders per audio
-    max_duration: float | None = 30.0  # seconds per audio; longer ones are skipped
-    strict_data: bool = False  # stop at the first bad sample instead of skipping it
-    prescan: bool = True  # vet every example's header at start (cheap checks)
-    pad_to_seq_length: bool = True  # fixed shapes (needed with pipeline parallelism)
-    bucket_window: int = 0  # length bucketing over this many global batches (0: off)
+    """a system turn put before every example that does not open with one"""
+    default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]
+    """for ASR lines without a prompt field"""
+    n_mels: int = 80
+    """80 (Whisper <= v2) or 128 (Whisper large-v3)"""
+    stack: int = 4
+    """projector frame stacking; sets placeholders per audio"""
+    max_duration: float | None = 30.0
+    """seconds per audio; longer ones are skipped"""
+    strict_data: bool = False
+    """stop at the first bad sample instead of skipping it"""
+    prescan: bool = True
+    """vet every example's header at start (cheap checks)"""
+    pad_to_seq_length: bool = True
+    """fixed shapes (needed with pipeline parallelism)"""
+    bucket_window: int = 0
+    """length bucketing over this many global batches (0: off)"""
     # --- SpecAugment (training data only) ---
     spec_augment_freq_masks: int = 0
     """SpecAugment frequency masks per training utterance (0: none); never in validation."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .manifest import Example
+from .manifest import Example, Segment
 from .tokenizer import Tokenizer
 
 TEMPLATES = ("plain", "llama3", "qwen")
@@ -59,8 +59,6 @@ def _turns(example: Example, system_prompt: str | None) -> list[tuple[str, list]
         else:
             turns.append((seg.role, [seg]))
     if system_prompt and (not turns or turns[0][0] != "system"):
-        from .manifest import Segment
-
         turns.insert(0, ("system", [Segment("system", "text", system_prompt)]))
     return turns
 

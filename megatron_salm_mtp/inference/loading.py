@@ -6,20 +6,19 @@ per-position key mask of the KV cache (``kv_cache.py``).
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
-import yaml
+from megatron.core import parallel_state
 
+from ..checkpoint.metadata import latest_run_settings, model_config
+from ..checkpoint.save_load import load_checkpoint
 from ..config import SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
+from ..model.provider import provide_salm
 from ..model.specs import LOCAL
-
-ONE_DEVICE_LAYOUT = dict(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-                         sequence_parallel=False, virtual_pipeline_model_parallel_size=None,
-                         num_layers_per_virtual_pipeline_stage=None, transformer_impl=LOCAL)
+from ..parallel.setup import init_distributed, set_seed
 
 
 @dataclass
@@ -31,22 +30,8 @@ class LoadedModel:
     iteration: int
 
 
-def _stored_config(load_dir: str):
-    from ..training.checkpoint import CONFIG_FILE, checkpoint_dir, latest_checkpoint_iteration
-    if not os.path.isdir(load_dir):
-        raise FileNotFoundError(f"--load {load_dir}: no such directory")
-    iteration = latest_checkpoint_iteration(load_dir)
-    if iteration is None:
-        raise FileNotFoundError(f"--load {load_dir}: no complete checkpoint in it")
-    with open(os.path.join(checkpoint_dir(load_dir, iteration), CONFIG_FILE)) as f:
-        return iteration, yaml.safe_load(f) or {}
-
-
 def _init_one_process() -> None:
     """A one-rank process group and TP=1/PP=1 parallel state, unless the caller made them."""
-    from megatron.core import parallel_state
-
-    from ..parallel.setup import init_distributed, set_seed
     init_distributed()  # no-op when the caller made the group
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
@@ -60,11 +45,9 @@ def _init_one_process() -> None:
 def build_for_inference(cfg: SALMConfig):
     """(SALM of ``cfg`` laid out for one device, randomly initialised, in eval mode on this
     device; the config it was built with)."""
-    from ..model.salm import SALM
-    model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
-    cfg = cfg.replace(**{k: v for k, v in ONE_DEVICE_LAYOUT.items() if k in model_fields})
+    cfg = cfg.with_single_device_layout().replace(transformer_impl=LOCAL)
     _init_one_process()
-    model = SALM(cfg, LOCAL)
+    model = provide_salm(cfg, LOCAL)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model.eval(), cfg
@@ -72,10 +55,8 @@ def build_for_inference(cfg: SALMConfig):
 
 def load_for_inference(load_dir: str) -> LoadedModel:
     """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
-    from ..training.checkpoint import load_checkpoint
-    iteration, stored = _stored_config(load_dir)
-    model_fields = {f.name for f in dataclasses.fields(SALMConfig)}
-    model, cfg = build_for_inference(SALMConfig(**{k: v for k, v in stored.items() if k in model_fields}))
+    iteration, stored = latest_run_settings(load_dir)
+    model, cfg = build_for_inference(model_config(stored))
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
     data = DataConfig(**{k: v for k, v in stored.items() if k in data_fields})
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)

@@ -19,38 +19,24 @@ from functools import partial
 from typing import Optional
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 from megatron.core.utils import get_attr_wrapped_model
 
 from ..config import SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
-from ..model.host_inputs import HEAD_ROW_COUNTS
+from ..model.freeze import apply_training_mode
 from ..model.loss import masked_token_loss
-from ..model.mtp import mtp_loss_weights
+from ..model.provider import provide_salm
 from ..model.salm import SALM
 from ..model.specs import resolve_transformer_impl
 from ..parallel.setup import fuse_wgrad_accumulation_if_asked
-from ..training.freeze import apply_training_mode
+from ..training.forward_step import reduce_over_data_parallel, salm_forward, set_global_mtp_weights
 from .args import data_config_from_args, salm_config_from_args
 from .data import GLOBAL_BATCH_COUNTS, speech_iterator, validation_data_config
 
 MODEL_INPUTS = ('tokens', 'position_ids', 'labels', 'loss_mask', 'audio_features',
                 'audio_feature_lengths')
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device('cuda', torch.cuda.current_device())
-    return torch.device('cpu')
-
-
-def set_global_mtp_weights(language_model, local_counts: torch.Tensor, cfg: SALMConfig) -> None:
-    """All-reduce one global batch's supervised counts over DP and hand MTP its weights."""
-    counts = local_counts.to(_device())
-    torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
-    language_model.set_mtp_loss_weights(mtp_loss_weights(counts, cfg.mtp_loss_scaling_factor))
 
 
 def mtp_reports(language_model, device: torch.device) -> dict:
@@ -102,7 +88,8 @@ class SALMProviders:
         ``pg_collection`` are parallel_state's, which the SALM uses."""
         del config, pg_collection
         impl = resolve_transformer_impl(self.cfg.transformer_impl)
-        model = SALM(self.cfg, impl, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)
+        model = provide_salm(self.cfg, impl, pre_process=pre_process, post_process=post_process,
+                             vp_stage=vp_stage)
         # Megatron-LM's train loop and train step read the chunk's process groups from its
         # outermost module that has them; the SALM's are its LLM's.
         model.pg_collection = model.language_model.pg_collection
@@ -116,12 +103,8 @@ class SALMProviders:
         language_model = get_attr_wrapped_model(model, 'language_model')
         counts = batch.get(GLOBAL_BATCH_COUNTS)
         if counts is not None and self.cfg.mtp_depths and language_model.mtp_process:
-            set_global_mtp_weights(language_model, counts, self.cfg)
-        inputs = {key: batch[key].to(_device(), non_blocking=True) for key in MODEL_INPUTS}
-        output = model(inputs['tokens'], inputs['position_ids'], labels=inputs['labels'],
-                       loss_mask=inputs['loss_mask'], audio_features=inputs['audio_features'],
-                       audio_feature_lengths=inputs['audio_feature_lengths'],
-                       head_row_counts=batch[HEAD_ROW_COUNTS])
+            set_global_mtp_weights([language_model], reduce_over_data_parallel(counts), self.cfg)
+        output, inputs = salm_forward(model, batch, MODEL_INPUTS)
         return output, partial(salm_loss, inputs['loss_mask'], language_model)
 
     def datasets_provider(self, train_val_test_num_samples):

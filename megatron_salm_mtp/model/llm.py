@@ -10,6 +10,8 @@ MTP heads compute logits only at supervised positions (``supervised_token_loss``
 ``fused_linear_cross_entropy`` hold none at all (``linear_ce.py``).
 """
 
+import contextlib
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional, Sequence
 
@@ -43,6 +45,15 @@ def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_grou
     return (target >= best).float().t()
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """What one forward of the LLM takes beyond core's arguments. ``GPTModel.forward`` hands
+    ``_postprocess`` no extra argument, so :meth:`SpeechGPTModel.step_inputs` holds them for one call."""
+    head_row_counts: Optional[Sequence[int]] = None
+    """Supervised rows of the main head and of each MTP depth, counted on the host (None: the
+    heads count on the device)."""
+
+
 class SpeechGPTModel(GPTModel):
     """GPTModel whose MTP loss uses the answer-only mask and global per-token weights."""
 
@@ -65,12 +76,20 @@ class SpeechGPTModel(GPTModel):
         # Training and evaluation keep separate windows, chosen by the module's mode.
         self._mtp_stats = {True: MTPStats(depths), False: MTPStats(depths)} if self.mtp_process else None
         self.mtp_loss_weights: Optional[torch.Tensor] = None
-        # Set by SALM.forward for one call: [main, depth 1..D] supervised row counts, or None.
-        self.head_row_counts: Optional[Sequence[int]] = None
+        self._step = StepInputs()
 
     @property
     def mtp_stats(self) -> Optional[MTPStats]:
         return self._mtp_stats[self.training] if self._mtp_stats else None
+
+    @contextlib.contextmanager
+    def step_inputs(self, inputs: StepInputs):
+        """Hold ``inputs`` for the forward calls inside the block (one, in ``SALM.forward``)."""
+        self._step = inputs
+        try:
+            yield
+        finally:
+            self._step = StepInputs()
 
     def set_mtp_loss_weights(self, weights: torch.Tensor) -> None:
         """Per-depth weights for the coming global batch (``mtp.mtp_loss_weights``)."""
@@ -112,7 +131,8 @@ class SpeechGPTModel(GPTModel):
 
     def _head_rows(self, head: int) -> Optional[int]:
         """Host-counted supervised rows of head ``head`` (0 main, k depth k), None if not given."""
-        return None if self.head_row_counts is None else int(self.head_row_counts[head])
+        counts = self._step.head_row_counts
+        return None if counts is None else int(counts[head])
 
     def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False,
                               num_rows: Optional[int] = None, teacher_states=None, teacher_shift=0):

@@ -13,13 +13,14 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
-from ..config import SALMConfig, encoder_transformer_config, llm_transformer_config
+from ..config import SALMConfig
 from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
-from .llm import SpeechGPTModel
+from .llm import SpeechGPTModel, StepInputs
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
+from .transformer_config import encoder_transformer_config, llm_transformer_config
 
 
 def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: Optional[torch.Tensor],
@@ -201,11 +202,7 @@ class SALM(MegatronModule):
                                               audio_feature_lengths,
                                               placeholders_checked=head_row_counts is not None,
                                               ctc_targets=ctc_targets, ctc_lengths=ctc_lengths)
-        # GPTModel.forward hands _postprocess no extra argument, so the counts ride on the module.
-        self.language_model.head_row_counts = head_row_counts
-        try:
+        with self.language_model.step_inputs(StepInputs(head_row_counts=head_row_counts)):
             return self.language_model(tokens, position_ids, attention_mask=None,
                                        decoder_input=decoder_input, labels=labels,
                                        loss_mask=loss_mask)
-        finally:
-            self.language_model.head_row_counts = None

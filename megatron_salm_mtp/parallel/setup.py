@@ -18,6 +18,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from ..compat.cpu import enable_if_no_cuda
 from ..config import SALMConfig
+from ..model.provider import provide_salm
 from ..model.salm import SALM
 from ..model.specs import TRANSFORMER_ENGINE, fuse_te_wgrad_accumulation, resolve_transformer_impl
 
@@ -32,6 +33,11 @@ def _launched_world_size() -> int:
         env['RANK'], env['WORLD_SIZE'] = env['SLURM_PROCID'], env.get('SLURM_NTASKS', '1')
         env['LOCAL_RANK'] = env.get('SLURM_LOCALID', '0')
     return int(env.get('WORLD_SIZE', '1'))
+
+
+def current_device() -> torch.device:
+    """This rank's device: its GPU, or the CPU without CUDA."""
+    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
 
 
 def init_distributed(timeout_minutes: int = 10, lone: bool = False) -> None:
@@ -80,9 +86,10 @@ def set_seed(seed: int) -> None:
 def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
     """One model chunk; with interleaving, only the first chunk of the first PP rank embeds (and
     encodes audio) and only the last chunk of the last PP rank has the heads and MTP."""
-    return SALM(cfg, impl, vp_stage=vp_stage,
-                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
+    return provide_salm(
+        cfg, impl, vp_stage=vp_stage,
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage))
 
 
 def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn.Module) -> None:

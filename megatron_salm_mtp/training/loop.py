@@ -18,17 +18,19 @@ import yaml
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from ..cli import RunConfig
+from ..checkpoint.metadata import is_model_only, training_vocab_size
+from ..checkpoint.run_folders import claim_checkpoint_folders
+from ..checkpoint.save_load import load_checkpoint, save_checkpoint
+from ..checkpoint.save_strategies import PendingSaves
 from ..compat.process import forked_children_die_with_this_process
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
-from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from ..model.freeze import apply_training_mode
+from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
+from ..run_config import RunConfig
 from .flops import batch_flops, head_evaluations
-from .freeze import apply_training_mode
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
-from .run_folders import claim_checkpoint_folders
-from .save_strategies import PendingSaves
 from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
@@ -43,13 +45,9 @@ def grad_norm_value(grad_norm) -> float:
 
 def _any_rank(*flags: bool) -> List[bool]:
     """Each flag OR-ed over all ranks, in one all-reduce."""
-    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=_device())
+    value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=current_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return [bool(v) for v in value.tolist()]
-
-
-def _device():
-    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
 
 
 def _endless(loader):
@@ -66,7 +64,7 @@ def _global_work(microbatches, cfg) -> tuple:
     """(encoder frames, head evaluations) of the global batch, for the FLOP count."""
     frames = sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
     heads = head_evaluations(microbatches, cfg)
-    value = torch.tensor([float(frames), heads], device=_device())
+    value = torch.tensor([float(frames), heads], device=current_device())
     torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
     return value[0].item(), value[1].item()
 
@@ -79,7 +77,7 @@ class Trainer:
         self.save_lock = claim_checkpoint_folders(  # held for the life of the run
             self.train_cfg.load, self.train_cfg.save, self.train_cfg.overwrite_save)
         tokenizer = run.data.make_tokenizer()
-        from ..convert.importer import training_vocab_size  # an imported table may be larger
+        # an imported table may be larger than the tokenizer's vocabulary
         self.cfg.vocab_size = training_vocab_size(tokenizer.vocab_size, self.train_cfg.load)
         self.cfg.audio_token_id = tokenizer.audio_token_id
         init_model_parallel(self.cfg, self.train_cfg.seed)
@@ -115,8 +113,6 @@ class Trainer:
     def resume(self):
         if not self.train_cfg.load:
             return
-        from ..convert.importer import is_model_only
-        from .checkpoint import load_checkpoint
         # A new run from the weights alone (an import-hf checkpoint, or --finetune): no optimizer,
         # LR schedule, RNG or data position, and iteration 0.
         imported = is_model_only(self.train_cfg.load)
@@ -153,7 +149,6 @@ class Trainer:
                 chunk.enable_forward_pre_hook()
 
     def save(self):
-        from .checkpoint import save_checkpoint
         common = {'data': self.train_loader.state_dict(), 'skipped_iterations': self.skipped,
                   'consumed_samples': self.train_loader.consumed_samples}
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 Before the schedule runs, the supervised-token counts of the whole global batch (all microbatches,
 all DP ranks) fix the MTP and CTC weights, so the gradient does not depend on how the batch is split.
+The forward step itself is ``forward_step.py``'s, shared with Megatron-LM's ``pretrain()``.
 
 ``--training-mode encoder_ctc`` runs the audio encoder and its CTC head only: each microbatch hands
 core its summed CTC loss with its CTC target ids as the token count, so ``finalize_model_grads``
@@ -9,8 +10,7 @@ divides by the global batch's target ids (``calculate_per_token_loss``) and the 
 per-target CTC over the global batch, whatever its split; the CTC weight plays no part.
 """
 
-from functools import partial
-from typing import Dict, List, NamedTuple
+from typing import List, NamedTuple
 
 import torch
 from megatron.core import parallel_state
@@ -20,25 +20,14 @@ from megatron.core.utils import get_attr_wrapped_model, unwrap_model
 
 from ..compat import mcore
 from ..config import SALMConfig
-from ..model.ctc import CTC_LENGTHS, ctc_loss_weight, reduce_ctc_stats
-from ..model.host_inputs import HEAD_ROW_COUNTS, ctc_target_count, prepare_microbatch
-from ..model.loss import masked_token_loss, summed_ctc_loss
-from ..model.mtp import mtp_loss_weights, supervised_counts
+from ..model.ctc import ctc_loss_weight, reduce_ctc_stats
+from ..model.host_inputs import ctc_target_count, prepare_microbatch
+from ..model.mtp import supervised_counts
+from .forward_step import (encoder_ctc_forward_step, forward_step, reduce_over_data_parallel,
+                           set_global_mtp_weights)
 
 ENCODER_CTC = 'encoder_ctc'
 """The training mode whose step runs the encoder and its CTC head only."""
-AUDIO_KEYS = ('audio_features', 'audio_feature_lengths', 'ctc_targets')
-BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
-              'audio_feature_lengths', 'ctc_targets')
-
-
-def _device() -> torch.device:
-    return torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-
-
-def _to_device(batch: Dict[str, torch.Tensor], keys=BATCH_KEYS) -> Dict[str, torch.Tensor]:
-    return {key: batch[key].to(_device(), non_blocking=True) if batch.get(key) is not None else None
-            for key in keys}
 
 
 def _language_models(model_chunks):
@@ -56,44 +45,15 @@ def set_global_loss_weights(model_chunks, microbatches: List[dict], cfg: SALMCon
     counts = supervised_counts(microbatches, depths, cfg.audio_token_id, cfg.mtp_mask_placeholder_paths)
     if cfg.ctc_enabled:
         counts = torch.cat([counts, ctc_target_count(microbatches)])
-    counts = counts.to(_device())
-    torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+    counts = reduce_over_data_parallel(counts)
     if depths:
-        weights = mtp_loss_weights(counts[:1 + depths], cfg.mtp_loss_scaling_factor)
-        for language_model in _language_models(model_chunks):
-            if language_model.mtp_process:
-                language_model.set_mtp_loss_weights(weights)
+        set_global_mtp_weights(_language_models(model_chunks), counts, cfg)
     if cfg.ctc_enabled:
         weight = ctc_loss_weight(counts[0], counts[-1], cfg.ctc_loss_weight)
         for salm in _salms(model_chunks):
             if salm.ctc_head is not None:
                 salm.set_ctc_loss_weight(weight)
     return counts
-
-
-def _forward_step(data_iterator, model):
-    host_batch = next(data_iterator)
-    batch = _to_device(host_batch)
-    output = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
-                   loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
-                   audio_feature_lengths=batch['audio_feature_lengths'],
-                   head_row_counts=host_batch[HEAD_ROW_COUNTS], ctc_targets=batch['ctc_targets'],
-                   ctc_lengths=host_batch.get(CTC_LENGTHS))
-    return output, partial(masked_token_loss, batch['loss_mask'])
-
-
-def _encoder_ctc_forward_step(data_iterator, model):
-    """--training-mode encoder_ctc: the summed CTC loss of the encoder and its CTC head, counted
-    in target ids (no LLM, no projector)."""
-    host_batch = next(data_iterator)
-    lengths = host_batch.get(CTC_LENGTHS)
-    if lengths is None:
-        raise ValueError("--training-mode encoder_ctc: a microbatch without audio; the CTC loss needs "
-                         "audio and its transcript in every sample")
-    batch = _to_device(host_batch, AUDIO_KEYS)
-    loss_sum = unwrap_model(model).encoder_ctc_loss(batch['audio_features'], batch['audio_feature_lengths'],
-                                                    batch['ctc_targets'], lengths)
-    return loss_sum, partial(summed_ctc_loss, sum(lengths.targets))
 
 
 def _set_grad_sync_funcs(config, ddp_chunks) -> None:
@@ -133,7 +93,8 @@ def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
         _set_grad_sync_funcs(config, model_chunks)
     # One iterator per chunk: the interleaved schedule has every chunk read each microbatch.
     reports = get_forward_backward_func()(
-        forward_step_func=_encoder_ctc_forward_step if encoder_only else _forward_step, data_iterator=[iter(microbatches) for _ in model_chunks],
+        forward_step_func=encoder_ctc_forward_step if encoder_only else forward_step,
+        data_iterator=[iter(microbatches) for _ in model_chunks],
         model=model_chunks, num_microbatches=len(microbatches), seq_length=cfg.seq_length,
         micro_batch_size=microbatches[0]['tokens'].shape[0], forward_only=forward_only)
     if not parallel_state.is_pipeline_last_stage():

@@ -3,7 +3,7 @@
 # `bash tests/gpu/no_te_ab.sh OUT CORPUS [ITERS]` (ITERS default 600: past the NaNs once seen at
 # iterations 300-454 without TE; about 2 x (ITERS x 0.2 s + 1 min) on one H200).
 #
-# CORPUS holds train.jsonl (python -m megatron_salm_mtp.data.synth --out CORPUS --num-utterances 4000;
+# CORPUS holds train.jsonl (python -m megatron_salm_mtp.tools.corpus.synth --out CORPUS --num-utterances 4000;
 # made here when missing and espeak-ng is installed). Both runs train configs/asr_spec_gpu.yaml (bf16,
 # lr 1e-3, its 2000-iteration schedule) with the local spec, the same seed and data order, and stop
 # (saved) at iteration ITERS (--exit-interval):
@@ -31,7 +31,7 @@ read -r -a extra <<< "${TRAIN_FLAGS:-}"
 "$PYTHON" -c "import transformer_engine.pytorch" 2>/dev/null \
   || { echo "FAIL: Transformer Engine does not import here; the A/B needs it installed" >&2; exit 2; }
 if [ ! -f "$corpus/train.jsonl" ]; then
-  "$PYTHON" -m megatron_salm_mtp.data.synth --out "$corpus" --num-utterances 4000 > "$out/synth.log" 2>&1 \
+  "$PYTHON" -m megatron_salm_mtp.tools.corpus.synth --out "$corpus" --num-utterances 4000 > "$out/synth.log" 2>&1 \
     || { echo "FAIL: no corpus in $corpus and none could be made (see $out/synth.log)" >&2; exit 2; }
 fi
 hidden="$out/hide_te"

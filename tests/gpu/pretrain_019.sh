@@ -2,7 +2,7 @@
 # The SALM under Megatron-LM's own pretrain() (megatron-core 0.19.x wheel + Transformer Engine,
 # 2 GPUs): `bash tests/gpu/pretrain_019.sh OUT [CORPUS]`, about 2-3 minutes.
 #
-# CORPUS: a folder with train.jsonl and valid.jsonl (python -m megatron_salm_mtp.data.synth);
+# CORPUS: a folder with train.jsonl and valid.jsonl (python -m megatron_salm_mtp.tools.corpus.synth);
 # without it, one is synthesised into OUT/corpus (espeak-ng), or made of tones where espeak-ng is
 # missing. Needs python3 (PYTHON=... to change) with torch, the megatron-core 0.19.x wheel (its
 # megatron.training imports tqdm, psutil and pyyaml), Transformer Engine and 2 GPUs; all checked
@@ -52,7 +52,7 @@ say "$(tail -n 1 "$out/environment.log")"
 # --- corpus -------------------------------------------------------------------------------------
 if [ -z "$corpus" ]; then
   corpus="$out/corpus"
-  if ! "$PYTHON" -m megatron_salm_mtp.data.synth --out "$corpus" --num-utterances 240 > "$out/corpus.log" 2>&1; then
+  if ! "$PYTHON" -m megatron_salm_mtp.tools.corpus.synth --out "$corpus" --num-utterances 240 > "$out/corpus.log" 2>&1; then
     say "espeak-ng corpus unavailable (see $out/corpus.log): using tones"
     rm -rf "$corpus"
     "$PYTHON" - "$corpus" >> "$out/corpus.log" 2>&1 <<'EOF' || fail "tone corpus (log: $out/corpus.log)"

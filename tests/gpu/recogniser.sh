@@ -3,7 +3,7 @@
 # machine whose calls are limited to minutes:
 #
 #   bash tests/gpu/recogniser.sh corpus CORPUS N [synth flags]       synthesise N utterances
-#        (data.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model)
+#        (tools.corpus.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model)
 #   bash tests/gpu/recogniser.sh start OUT CORPUS NAME [train flags]  start one training of
 #        CONFIG (default configs/asr_gpu.yaml) in its own session and return at once; it writes
 #        OUT/NAME.log, OUT/ckpt_NAME and OUT/train_NAME/metrics.jsonl; when OUT/ckpt_NAME already
@@ -55,7 +55,7 @@ shift
 
 corpus() {  # CORPUS N [synth flags]
   local dir="$1" n="$2"; shift 2
-  $PYTHON -m megatron_salm_mtp.data.synth --out "$dir" --num-utterances "$n" "$@" || return 1
+  $PYTHON -m megatron_salm_mtp.tools.corpus.synth --out "$dir" --num-utterances "$n" "$@" || return 1
   $PYTHON -m megatron_salm_mtp.data.train_tokenizer --manifest "$dir/train.jsonl" \
     --vocab-size "$VOCAB_SIZE" --out "$dir/tok.model"
 }

@@ -23,7 +23,7 @@ ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention
 bench() { # name nproc args...
   local name="$1" n="$2"; shift 2
   echo "== $name" | tee -a "$out/bench.log"
-  python3 -m torch.distributed.run --nproc-per-node "$n" --master-port $((29000 + BASHPID % 1000)) -m megatron_salm_mtp.bench \
+  python3 -m torch.distributed.run --nproc-per-node "$n" --master-port $((29000 + BASHPID % 1000)) -m megatron_salm_mtp.tools.bench_train \
     "${ONE_B[@]}" --json "$out/$name.json" "$@" 2>"$out/$name.err" | grep -v '^\s*\(language_model\|audio_\)\|Params for' | tail -"${BENCH_TAIL:-6}" | tee -a "$out/bench.log"
 }
 case "$step" in

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How long a checkpoint save holds training, synchronous vs --async-save, on the 1B-class shape:
 #   bash tests/gpu/save_time.sh OUT CORPUS [NPROC]
-# CORPUS holds train.jsonl (e.g. `python -m megatron_salm_mtp.data.synth --out CORPUS
+# CORPUS holds train.jsonl (e.g. `python -m megatron_salm_mtp.tools.corpus.synth --out CORPUS
 # --num-utterances 2000`); NPROC GPUs [8] at TP=2 with the distributed optimizer (fully parallel
 # save over DP). Each run saves at iterations 5, 10 and 15; the log lines
 # "checkpoint of iteration N: training held S s" are the figures (the first save of a process

@@ -2,7 +2,7 @@
 # Speculative-decoding figures on GPUs: `bash tests/gpu/speculative.sh OUT CORPUS [MTP_GPUS [BASE_GPUS]]`.
 #
 # CORPUS: a synthetic corpus folder (train/valid/test.jsonl + audio/), made beforehand with
-#   python -m megatron_salm_mtp.data.synth --out CORPUS --num-utterances 4000
+#   python -m megatron_salm_mtp.tools.corpus.synth --out CORPUS --num-utterances 4000
 # (or made here, NUM_UTTERANCES of them, when CORPUS has no test.jsonl and espeak-ng is installed).
 # MTP_GPUS, BASE_GPUS: comma-separated device ids of each training (default 0 and 1); with more
 #   than one id a training is data-parallel over them. The same ids for both: one after the other.
@@ -36,8 +36,8 @@ EVAL_UTTERANCES_BATCH8="${EVAL_UTTERANCES_BATCH8:-240}"  # ... and at batch 8
 failed=0
 
 if [ ! -f "$corpus/test.jsonl" ]; then  # made here when espeak-ng is available
-  $PYTHON -m megatron_salm_mtp.data.synth --out "$corpus" --num-utterances "${NUM_UTTERANCES:-4000}" > "$out/synth.log" 2>&1 \
-    || { echo "no corpus in $corpus and it could not be made (see $out/synth.log): run python -m megatron_salm_mtp.data.synth --out $corpus --num-utterances 4000 where espeak-ng is installed" >&2; exit 2; }
+  $PYTHON -m megatron_salm_mtp.tools.corpus.synth --out "$corpus" --num-utterances "${NUM_UTTERANCES:-4000}" > "$out/synth.log" 2>&1 \
+    || { echo "no corpus in $corpus and it could not be made (see $out/synth.log): run python -m megatron_salm_mtp.tools.corpus.synth --out $corpus --num-utterances 4000 where espeak-ng is installed" >&2; exit 2; }
 fi
 gpus_mtp="${3:-0}"
 gpus_base="${4:-1}"

@@ -34,7 +34,7 @@ def test_recorder_names_the_line_that_waits():
 def test_training_step_waits_nowhere_in_the_model(tmp_path):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', '--master-port=29531',
-           '-m', 'megatron_salm_mtp.bench', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            *SMALL_SALM, '--mtp-num-layers', '2', '--warmup-iters', '1', '--timed-iters', '1',
            '--list-host-syncs', '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,

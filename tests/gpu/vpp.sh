@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Virtual pipeline stages (interleaved 1F1B) on 4 GPUs: `bash tests/gpu/vpp.sh OUT CORPUS`, about
-# 1-2 minutes. CORPUS holds train.jsonl and valid.jsonl (python -m megatron_salm_mtp.data.synth
+# 1-2 minutes. CORPUS holds train.jsonl and valid.jsonl (python -m megatron_salm_mtp.tools.corpus.synth
 # --out CORPUS --num-utterances 240).
 #
 # The tiny SALM with 8 LLM layers and MTP D=2, Transformer Engine, bf16, TP=2 x PP=2 x VP=2 (two

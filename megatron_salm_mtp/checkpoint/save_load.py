@@ -7,7 +7,7 @@ every rank's RNG states and the run's common state (iteration, data-sampler posi
 Atomicity: ranks write into ``iter_0000010.tmp-<id>``; when all are done, rank 0 writes the marker,
 renames the folder into place, then replaces ``latest_checkpointed_iteration.txt`` (tmp file +
 ``os.replace``). A crash leaves a ``.tmp-`` folder: loading ignores it. A folder without marker is
-skipped when a complete one exists, and an error when none does (``checkpoint_files.py`` also
+skipped when a complete one exists, and an error when none does (``layout.py`` also
 names a missing or truncated file of the checkpoint it loads).
 
 dist_checkpointing spawns a helper process (once per process) that re-imports the entry module:
@@ -32,10 +32,11 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
 from ..compat.mcore import async_save_options
-from .checkpoint_files import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_iterations, describe,
-                               load_common_state, stored_settings)
+from ..model.freeze import check_optimizer_state_covers
 from .ctc_load import check_ctc_head
-from .freeze import check_optimizer_state_covers
+from .layout import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_dir, checkpoint_iterations, describe,
+                     latest_checkpoint_iteration)
+from .metadata import load_common_state, stored_settings
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 from .save_strategies import PendingSaves, load_strategy, save_strategy
 
@@ -43,35 +44,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _SHARDING = {'distrib_optim_sharding_type': 'fully_reshardable'}
-
-
-def checkpoint_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f'iter_{iteration:07d}')
-
-
-def is_complete(path: str) -> bool:
-    """A checkpoint counts only once its marker exists; rank 0 writes it after every rank finished."""
-    return os.path.isfile(os.path.join(path, MARKER))
-
-
-def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
-    """Iteration of the newest complete checkpoint under ``load_dir``, or None.
-
-    The tracker file decides (users roll back by editing it, as with Megatron-LM); when it is
-    missing, unreadable or names an incomplete folder, the newest complete folder is taken.
-    """
-    if not os.path.isdir(load_dir):
-        return None
-    tracker = os.path.join(load_dir, TRACKER)
-    if os.path.isfile(tracker):
-        with open(tracker) as f:
-            text = f.read().strip()
-        if text.isdigit() and is_complete(checkpoint_dir(load_dir, int(text))):
-            return int(text)
-        logger.warning('%s names %r, which is no complete checkpoint: scanning %s instead',
-                       tracker, text, load_dir)
-    found = [i for i in checkpoint_iterations(load_dir) if is_complete(checkpoint_dir(load_dir, i))]
-    return max(found) if found else None
 
 
 def _no_complete_checkpoint(load_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Data-loading benchmark: ``python -m megatron_salm_mtp.data.bench --manifest M [--num-workers N]``.
+"""Data-loading benchmark: ``python -m megatron_salm_mtp.tools.bench_data --manifest M [--num-workers N]``.
 
 Runs the real path (manifest -> decode -> resample -> log-mel -> prompt -> collate) through the
 DataLoader for one pass over the manifest and prints utterances/s and audio-seconds/s, in total and
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .loader import DataConfig, build_dataloader
+from ..data.loader import DataConfig, build_dataloader
 
 
 def run(manifest: str, num_workers: int = 0, micro_batch_size: int = 8, n_mels: int = 80, seq_length: int = 4096,

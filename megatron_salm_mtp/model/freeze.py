@@ -8,8 +8,8 @@
 * ``freeze_llm``: the audio encoder, the projector (and the encoder's CTC head) and the MTP
   heads train; the LLM is frozen.
 * ``encoder_ctc``: the audio encoder and its CTC head train, on the CTC loss alone; the projector
-  and the LLM neither run nor train (``step.py``). Stage 1 of a two-stage recipe: a joint run then
-  starts from its weights with ``--finetune``. The untrained parts are saved at their
+  and the LLM neither run nor train (``training/step.py``). Stage 1 of a two-stage recipe: a joint
+  run then starts from its weights with ``--finetune``. The untrained parts are saved at their
   initialisation, so the checkpoint loads into a SALM of the same shape. It needs PP=1 and no MTP
   heads (refused: they would not train; the joint run attaches new ones).
 

@@ -1,4 +1,7 @@
-"""What is on disk in a checkpoint folder, checked before dist_checkpointing reads it.
+"""Where a checkpoint lives and what is on disk in it, checked before dist_checkpointing reads it.
+
+A run's folder holds ``iter_NNNNNNN`` checkpoint folders and the tracker naming the latest; a
+checkpoint counts once its marker exists (``save_load.py`` writes it last).
 
 A deleted ``common.pt`` surfaces from dist_checkpointing as ``AttributeError: 'str' object has no
 attribute 'iterdir'`` and a truncated shard as a bare ``EOFError``, neither naming a path. Each
@@ -7,13 +10,11 @@ file a checkpoint needs is checked first, and every shard against the byte range
 """
 
 import json
+import logging
 import os
-import pickle
 import re
 from typing import List, Optional
 
-import yaml
-from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint import FileSystemReader
 
 from ..config import ConfigError
@@ -26,6 +27,8 @@ COMMON_STATE = 'common.pt'  # dist_checkpointing's common (non-sharded) state, u
 TORCH_DIST_INDEX = '.metadata'  # torch.distributed.checkpoint's index of the shard files
 _ITER_DIR = re.compile(r'^iter_(\d{7,})$')
 
+logger = logging.getLogger(__name__)
+
 
 class CheckpointError(ConfigError):
     """A checkpoint folder that cannot be used; the message names the folder and the file."""
@@ -37,6 +40,35 @@ def checkpoint_iterations(root: str) -> List[int]:
     if not os.path.isdir(root):
         return []
     return sorted(int(m.group(1)) for m in map(_ITER_DIR.match, os.listdir(root)) if m)
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f'iter_{iteration:07d}')
+
+
+def is_complete(path: str) -> bool:
+    """A checkpoint counts only once its marker exists; rank 0 writes it after every rank finished."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
+    """Iteration of the newest complete checkpoint under ``load_dir``, or None.
+
+    The tracker file decides (users roll back by editing it, as with Megatron-LM); when it is
+    missing, unreadable or names an incomplete folder, the newest complete folder is taken.
+    """
+    if not os.path.isdir(load_dir):
+        return None
+    tracker = os.path.join(load_dir, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker) as f:
+            text = f.read().strip()
+        if text.isdigit() and is_complete(checkpoint_dir(load_dir, int(text))):
+            return int(text)
+        logger.warning('%s names %r, which is no complete checkpoint: scanning %s instead',
+                       tracker, text, load_dir)
+    found = [i for i in checkpoint_iterations(load_dir) if is_complete(checkpoint_dir(load_dir, i))]
+    return max(found) if found else None
 
 
 def tracker_text(root: str) -> Optional[str]:
@@ -96,21 +128,3 @@ def verify_checkpoint_files(path: str) -> None:
         if os.path.getsize(shard) < size:
             raise CheckpointError(f"{path}: shard {name} is truncated ({os.path.getsize(shard)} bytes, "
                                   f"the index needs {size})")
-
-
-def stored_settings(path: str) -> dict:
-    """The run settings saved beside checkpoint ``path`` (its config.yaml); {} where there are none."""
-    stored_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(stored_path):
-        return {}
-    with open(stored_path) as f:
-        return yaml.safe_load(f) or {}
-
-
-def load_common_state(path: str) -> dict:
-    """The checkpoint's common (non-sharded) state, after checking its files."""
-    verify_checkpoint_files(path)
-    try:
-        return dist_checkpointing.load_common_state_dict(path)
-    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as err:  # torch.load of a damaged file
-        raise CheckpointError(f"{path}: unreadable {COMMON_STATE} ({type(err).__name__}: {err})") from err

@@ -1,4 +1,4 @@
-"""Synthetic speech corpus: ``python -m megatron_salm_mtp.data.synth --out DIR --num-utterances N``.
+"""Synthetic speech corpus: ``python -m megatron_salm_mtp.tools.corpus.synth --out DIR --num-utterances N``.
 
 Version 2. Writes ``DIR/audio/NNNNNN.wav`` (16 kHz, 16-bit mono), the NeMo manifests
 ``DIR/{train,valid,test,test_unseen}.jsonl`` (relative paths, so the folder can move) and
@@ -42,12 +42,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from .audio import write_wav
+from ...data.audio import write_wav
+from ...data.frames import SAMPLE_RATE
+from ...data.progress import Progress
 from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_response
 from .espeak import Prosody, SynthesisError, find_backend
-from .frames import SAMPLE_RATE
 from .polyphase import resample
-from .progress import Progress
 from .synth_summary import summarize
 from .synth_text import DEFAULT_MIX, SPLITS, SplitTexts, choose_subset, split_texts, utterance_text
 from .text_clean import transcript
@@ -245,13 +245,13 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.data.synth", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.synth", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num-utterances", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-source", default=None,
-                   help="WordNet folder or pools file (python -m megatron_salm_mtp.data.text_source); "
+                   help="WordNet folder or pools file (python -m megatron_salm_mtp.tools.corpus.text_source); "
                         "default: the Debian wordnet-base folder")
     p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with added noise")
     p.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"))

@@ -1,4 +1,4 @@
-"""Benchmark the real training step: ``python -m megatron_salm_mtp.bench --config C.yaml [flags]``.
+"""Benchmark the real training step: ``python -m megatron_salm_mtp.tools.bench_train --config C.yaml [flags]``.
 
 Runs forward, backward and the optimizer step of the configured layout (any training flag works:
 ``--tensor-model-parallel-size``, ``--use-distributed-optimizer``, ``--bf16``, ...) on synthetic
@@ -8,7 +8,7 @@ the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the 
 ``--compare-cross-entropy-fusion`` every configuration runs again with the fused linear +
 cross-entropy head (``--cross-entropy-fusion-impl linear``), from the same initial weights.
 
-    torchrun --nproc-per-node 2 -m megatron_salm_mtp.bench --config configs/salm_1b_8gpu.yaml \\
+    torchrun --nproc-per-node 2 -m megatron_salm_mtp.tools.bench_train --config configs/salm_1b_8gpu.yaml \\
         --tensor-model-parallel-size 2 --mtp-num-layers 2
 """
 
@@ -25,15 +25,15 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from .cli import exit_on_config_error, parse_args
-from .config import ConfigError, SALMConfig
-from .data.frames import encoder_frames
-from .data.synthetic_batches import synthetic_batch
-from .parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
-from .training.flops import batch_flops, head_evaluations
-from .training.host_syncs import recorded_host_syncs
-from .training.optim import build_optimizer
-from .training.step import forward_backward
+from ..cli import exit_on_config_error, parse_args
+from ..config import ConfigError, SALMConfig
+from ..data.frames import encoder_frames
+from ..data.synthetic_batches import synthetic_batch
+from ..parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
+from ..training.flops import batch_flops, head_evaluations
+from ..training.host_syncs import recorded_host_syncs
+from ..training.optim import build_optimizer
+from ..training.step import forward_backward
 
 BF16_DENSE_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # vendor figures, FLOP/s
 
@@ -214,7 +214,7 @@ def print_table(results, depths: int, peak: float) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m megatron_salm_mtp.bench', usage='%(prog)s [bench flags] [training flags]',
+        prog='python -m megatron_salm_mtp.tools.bench_train', usage='%(prog)s [bench flags] [training flags]',
         description="Time the real training step (forward, backward, optimizer) on synthetic batches, "
                     "without MTP and with the configured --mtp-num-layers.",
         epilog='Every flag of `python -m megatron_salm_mtp.train --help` also works here (the model, '

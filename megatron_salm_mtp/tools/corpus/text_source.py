@@ -4,7 +4,7 @@ Sources (``load_text_source``):
 
 - a WordNet folder holding ``data.{noun,verb,adj,adv}`` (Debian's ``wordnet-base`` installs one at
   ``/usr/share/wordnet``, the default when present);
-- a compact file written by ``python -m megatron_salm_mtp.data.text_source --out pools.json.gz``
+- a compact file written by ``python -m megatron_salm_mtp.tools.corpus.text_source --out pools.json.gz``
   (2.7 MB, gzip JSON): the form to carry to a machine without WordNet.
 
 Pools, cleaned by :mod:`.text_clean`: ``sentences`` (WordNet's usage examples, 42,105 real
@@ -142,7 +142,7 @@ def load_text_source(path: str | None = None) -> TextPools:
     path = path or default_text_source()
     if path is None:
         raise TextSourceError(f"no text source: {WORDNET_DIR} is absent (apt-get install wordnet-base), "
-                              "pass --text-source FILE (python -m megatron_salm_mtp.data.text_source --out FILE)")
+                              "pass --text-source FILE (python -m megatron_salm_mtp.tools.corpus.text_source --out FILE)")
     if not os.path.exists(path):
         raise TextSourceError(f"text source {path}: no such file or folder")
     return _load_cached(os.path.abspath(path), os.stat(path).st_mtime_ns)
@@ -154,7 +154,7 @@ def _load_cached(path: str, _mtime_ns: int) -> TextPools:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.data.text_source",
+    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.text_source",
                                 description="Write the compact text-pools file of the synthetic corpus.")
     p.add_argument("--out", required=True, help="output file (gzip JSON, e.g. pools.json.gz)")
     p.add_argument("--wordnet", default=WORDNET_DIR, help="WordNet folder with data.{noun,verb,adj,adv}")

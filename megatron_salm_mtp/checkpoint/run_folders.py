@@ -23,9 +23,8 @@ from typing import Optional
 import torch
 
 from ..config import ConfigError
-from .checkpoint import checkpoint_dir, latest_checkpoint_iteration
-from .checkpoint_files import (TRACKER, CheckpointError, checkpoint_iterations, describe, tracker_text,
-                               verify_checkpoint_files)
+from .layout import (TRACKER, CheckpointError, checkpoint_dir, checkpoint_iterations, describe,
+                     latest_checkpoint_iteration, tracker_text, verify_checkpoint_files)
 
 logger = logging.getLogger(__name__)
 

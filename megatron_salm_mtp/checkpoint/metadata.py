@@ -1,0 +1,82 @@
+"""What a checkpoint says about itself, read without building a model: the run settings saved
+beside it (``config.yaml``) and its common state (``model_only`` for an import)."""
+
+import dataclasses
+import os
+import pickle
+from typing import Tuple
+
+import yaml
+from megatron.core import dist_checkpointing
+
+from ..config import SALMConfig
+from .layout import (COMMON_STATE, CONFIG_FILE, CheckpointError, checkpoint_dir, latest_checkpoint_iteration,
+                     verify_checkpoint_files)
+
+
+def stored_settings(path: str) -> dict:
+    """The run settings saved beside checkpoint ``path`` (its config.yaml); {} where there are none."""
+    stored_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(stored_path):
+        return {}
+    with open(stored_path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_common_state(path: str) -> dict:
+    """The checkpoint's common (non-sharded) state, after checking its files."""
+    verify_checkpoint_files(path)
+    try:
+        return dist_checkpointing.load_common_state_dict(path)
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as err:  # torch.load of a damaged file
+        raise CheckpointError(f"{path}: unreadable {COMMON_STATE} ({type(err).__name__}: {err})") from err
+
+
+def latest_checkpoint(load_dir: str) -> Tuple[int, str]:
+    """(iteration, folder) of the latest complete checkpoint under ``load_dir``; FileNotFoundError
+    naming ``--load`` when there is none."""
+    if not os.path.isdir(load_dir):
+        raise FileNotFoundError(f"--load {load_dir}: no such directory")
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        raise FileNotFoundError(f"--load {load_dir}: no complete checkpoint in it")
+    return iteration, checkpoint_dir(load_dir, iteration)
+
+
+def latest_run_settings(load_dir: str) -> Tuple[int, dict]:
+    """(iteration, the run settings saved with it) of the latest complete checkpoint under ``load_dir``."""
+    iteration, path = latest_checkpoint(load_dir)
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        return iteration, yaml.safe_load(f) or {}
+
+
+def model_config(stored: dict) -> SALMConfig:
+    """The SALMConfig among a checkpoint's saved run settings (the other sections' fields ignored)."""
+    names = {f.name for f in dataclasses.fields(SALMConfig)}
+    return SALMConfig(**{k: v for k, v in stored.items() if k in names})
+
+
+def read_checkpoint_config(load_dir: str) -> SALMConfig:
+    """The SALMConfig stored beside the latest checkpoint in ``load_dir`` (config.yaml)."""
+    return model_config(latest_run_settings(load_dir)[1])
+
+
+def is_model_only(load_dir: str) -> bool:
+    """Whether the latest checkpoint under ``load_dir`` holds a model only (an import): training
+    then loads the weights, keeps its fresh optimizer and starts at iteration 0."""
+    iteration = latest_checkpoint_iteration(load_dir)
+    if iteration is None:
+        return False
+    common = load_common_state(checkpoint_dir(load_dir, iteration))
+    return bool((common.get('common') or {}).get('model_only'))
+
+
+def training_vocab_size(tokenizer_vocab: int, load_dir) -> int:
+    """The LLM vocabulary a training run uses: the tokenizer's, or the embedding table stored with
+    the ``--load`` checkpoint when that is larger (an imported table with unused rows, e.g.
+    Qwen's 151,936 rows for 151,669 + specials tokens), so the checkpoint's shapes load."""
+    if not load_dir:
+        return tokenizer_vocab
+    if not os.path.isdir(load_dir) or latest_checkpoint_iteration(load_dir) is None:
+        return tokenizer_vocab
+    return max(tokenizer_vocab, read_checkpoint_config(load_dir).vocab_size)

@@ -1,0 +1,74 @@
+"""One run's settings: the model, training and data sections that ``cli.py`` fills from flags and
+YAML, and the checks between them that need no process group, tokenizer or model."""
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Dict
+
+from .config import ConfigError, SALMConfig, TrainConfig
+from .config_checks import check_types
+from .data.frames import HOP_LENGTH, SAMPLE_RATE
+from .data.loader import DataConfig
+
+
+@dataclass
+class RunConfig:
+    model: SALMConfig
+    train: TrainConfig
+    data: DataConfig
+
+    def validate(self) -> None:
+        """Types and ranges of every section, what the sections imply for each other, and the
+        manifests named; the trainer re-checks what needs the world size and the tokenizer."""
+        check_types(self.data)
+        self.model.validate(vocabulary=False)
+        self.train.validate()
+        if self.model.num_mel_bins not in (80, 128):
+            raise ConfigError(f"--num-mel-bins {self.model.num_mel_bins}: the log-mel features are "
+                              "Whisper's, 80 or 128 bins")
+        if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
+            raise ConfigError("--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0")
+        if self.train.training_mode == 'encoder_ctc':
+            self._validate_encoder_ctc()
+        # The encoder's sinusoidal positions cover 2 mel frames each (stride-2 stem), 10 ms per frame.
+        seconds = self.model.encoder_max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
+        if self.data.max_duration is None or self.data.max_duration > seconds:
+            raise ConfigError(f"--max-duration {self.data.max_duration}: the audio encoder takes at most "
+                              f"{seconds:g} s (--encoder-max-source-positions "
+                              f"{self.model.encoder_max_source_positions}); a longer clip would crash training")
+        self._validate_inputs()
+
+    def _validate_encoder_ctc(self) -> None:
+        """Stage 1 trains the encoder on CTC alone: it needs the CTC head, runs no LLM (so no MTP
+        heads to train), and the encoder lives on the first pipeline stage."""
+        model = self.model
+        if not model.ctc_enabled:
+            raise ConfigError("--training-mode encoder_ctc trains the audio encoder on its CTC loss: it needs "
+                              "--ctc-loss-weight > 0 (any value: the CTC loss is then the whole objective)")
+        if model.pipeline_model_parallel_size != 1:
+            raise ConfigError(f"--training-mode encoder_ctc needs --pipeline-model-parallel-size 1 (got "
+                              f"{model.pipeline_model_parallel_size}): the encoder lives on the first stage "
+                              "and the LLM's stages would idle")
+        if model.mtp_depths:
+            raise ConfigError("--training-mode encoder_ctc runs no LLM, so its MTP heads would not train: "
+                              "drop --mtp-num-layers (the --finetune run that follows attaches new ones)")
+
+    def _validate_inputs(self) -> None:
+        """The files a run reads first: manifests and the tokenizer."""
+        for name in ('train_manifest', 'valid_manifest'):
+            for path in (getattr(self.train, name) or '').split(','):
+                if path and not os.path.isfile(path):
+                    raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+        data = self.data
+        if data.tokenizer_type != 'byte' and not data.tokenizer_model:
+            raise ConfigError(f"--tokenizer-type {data.tokenizer_type} needs --tokenizer-model (a file or folder)")
+        if data.tokenizer_model and not os.path.exists(data.tokenizer_model):
+            raise ConfigError(f"--tokenizer-model {data.tokenizer_model}: no such file or folder")
+
+    def resolved(self) -> Dict[str, Any]:
+        """Every setting by name, as written beside checkpoints and logs."""
+        merged = {}
+        for section in dataclasses.fields(self):
+            merged.update(dataclasses.asdict(getattr(self, section.name)))
+        return dict(sorted(merged.items()))
