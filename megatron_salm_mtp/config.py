@@ -522,6 +522,10 @@ class TrainConfig:
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
                               f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")
+        # Core's scheduler asserts warm-up < decay; a constant schedule decays over --train-iters.
+        if self.lr_decay_style == 'constant' and self.lr_warmup_iters >= self.train_iters:
+            raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below --train-iters "
+                              f"{self.train_iters}")
         decay = self.lr_decay_iters or self.train_iters
         if self.lr_decay_style != 'constant' and self.lr_warmup_iters >= decay:
             raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below --lr-decay-iters "

@@ -56,6 +56,10 @@ BAD_FLAGS = [
     (['--tokenizer-type', 'huggingface', '--tokenizer-model', 'no/such/tokenizer.json'],
      '--tokenizer-model no/such/tokenizer.json: no such file or folder'),
     (['--train-manifest', 'no/such.jsonl'], '--train-manifest no/such.jsonl: no such file'),
+    (['--lr-decay-style', 'constant', '--train-iters', '6', '--lr-warmup-iters', '50'],
+     '--lr-warmup-iters 50 must be below --train-iters 6'),
+    (['--lr-decay-style', 'cosine', '--train-iters', '60', '--lr-decay-iters', '40', '--lr-warmup-iters', '50'],
+     '--lr-warmup-iters 50 must be below --lr-decay-iters (or --train-iters) 40'),
     (['--valid-manifest', 'no/such.jsonl'], '--valid-manifest no/such.jsonl: no such file'),
     # misspelt choices name the nearest one; unknown flags the nearest flag
     (['--lr-decay-style', 'cosin'], "--lr-decay-style 'cosin': choose constant, linear, cosine, "
