@@ -144,6 +144,8 @@ def test_an_espeak_crash_draws_another_text_with_a_warning(caplog):
     (["--min-seconds", "3", "--max-seconds", "4"], "--min-seconds 3.0 must be positive and --max-seconds 4.0 at least"),
     (["--noise-prob", "1.5"], "--noise-prob must be in [0, 1], got 1.5"),
     (["--rt60", "0.9", "0.2"], "--rt60 MIN MAX must be positive and ordered"),
+    (["--subsets", "digits,poems"], "--subsets must name some of natural,wordlist,digits,names, got digits,poems"),
+    (["--subsets", ","], "--subsets must name some of natural,wordlist,digits,names, got none"),
 ])
 def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, message):
     flags = [f.format(tmp=tmp_path) for f in flags]
@@ -151,6 +153,21 @@ def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"python -m megatron_salm_mtp.tools.corpus.synth: error: {message.format(tmp=tmp_path)}")
     assert not os.path.exists(tmp_path / "c")
+
+
+@needs_espeak
+def test_subsets_restrict_the_texts_and_keep_the_splits(tmp_path):
+    """A digits-only corpus (the CPU twin's): every utterance a digit string, the same splits and voices."""
+    assert main(["--out", str(tmp_path), "--num-utterances", "20", "--seed", "3", "--max-seconds", "3",
+                 "--subsets", "digits"]) == 0
+    summary = json.load(open(tmp_path / "corpus.json"))
+    assert summary["subsets"] == {"natural": 0, "wordlist": 0, "digits": 20, "names": 0}
+    assert summary["text_subsets"] == ["digits"]
+    rows = {s: rows_of(str(tmp_path), s) for s in SPLITS}
+    assert {len(r) for r in rows.values()} == {14, 2} and all(r["text"][-1].isdigit() for r in rows["train"])
+    assert all(r["voice"].split("+")[0] in HELD_OUT_BASES or r["voice"].partition("+")[2] in HELD_OUT_VARIANTS
+               for r in rows["test_unseen"])
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test_unseen"]}
 
 
 @needs_espeak

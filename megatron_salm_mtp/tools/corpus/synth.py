@@ -7,6 +7,7 @@ Version 2. Writes ``DIR/audio/NNNNNN.wav`` (16 kHz, 16-bit mono), the NeMo manif
 augmentation applied.
 
 - Text: real English from WordNet (``--text-source``, see :mod:`.text_source`), ~45,000 lexicon words.
+  ``--subsets`` keeps some of the four subsets (``digits``: a small-vocabulary corpus, the CPU twin's).
 - Voices: 8 English espeak-ng voices x 83 variants (see :mod:`.voices`); rate, pitch, amplitude,
   word gap and pitch range drawn per utterance.
 - Augmentation: room reverberation and white / pink / brown noise on a fraction (:mod:`.augment`).
@@ -49,7 +50,7 @@ from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_respons
 from .espeak import Prosody, SynthesisError, find_backend
 from .polyphase import resample
 from .synth_summary import summarize
-from .synth_text import DEFAULT_MIX, SPLITS, SplitTexts, choose_subset, split_texts, utterance_text
+from .synth_text import DEFAULT_MIX, SPLITS, SUBSETS, SplitTexts, choose_subset, split_texts, utterance_text
 from .text_clean import transcript
 from .text_source import TextSourceError, default_text_source, load_text_source
 from .voices import corpus_voices
@@ -77,6 +78,7 @@ class SynthSettings:
     snr_db: tuple[float, float] = (5.0, 30.0)
     reverb_prob: float = 0.2
     rt60: tuple[float, float] = (0.2, 0.9)
+    text_subsets: tuple[str, ...] = SUBSETS  # --subsets: drawn with their DEFAULT_MIX shares, renormalised
 
     def validate(self) -> None:
         checks = [(0 < self.min_seconds and 1.5 * self.min_seconds <= self.max_seconds,
@@ -85,7 +87,9 @@ class SynthSettings:
                   (0 <= self.noise_prob <= 1, f"--noise-prob must be in [0, 1], got {self.noise_prob}"),
                   (0 <= self.reverb_prob <= 1, f"--reverb-prob must be in [0, 1], got {self.reverb_prob}"),
                   (self.snr_db[0] <= self.snr_db[1], f"--snr-db MIN MAX: {self.snr_db[0]} > {self.snr_db[1]}"),
-                  (0 < self.rt60[0] <= self.rt60[1], f"--rt60 MIN MAX must be positive and ordered, got {self.rt60}")]
+                  (0 < self.rt60[0] <= self.rt60[1], f"--rt60 MIN MAX must be positive and ordered, got {self.rt60}"),
+                  (bool(self.text_subsets) and set(self.text_subsets) <= set(SUBSETS),
+                   f"--subsets must name some of {','.join(SUBSETS)}, got {','.join(self.text_subsets) or 'none'}")]
         for ok, message in checks:
             if not ok:
                 raise SynthSettingsError(message)
@@ -140,7 +144,7 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
     rng = np.random.default_rng([s.seed, i])
     voices = plan.voices["unseen" if split == "test_unseen" else "seen"]
     for _ in range(max_tries):
-        subset = choose_subset(rng, DEFAULT_MIX)
+        subset = choose_subset(rng, {k: DEFAULT_MIX[k] for k in s.text_subsets})
         voice = voices[int(rng.integers(len(voices)))]
         prosody = _draw_prosody(rng)
         text = utterance_text(rng, subset, split, plan.texts[split], _target_seconds(rng, s), prosody.rate,
@@ -215,9 +219,11 @@ def _with_progress(rows, total: int) -> list[dict]:
 def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.3,
                  snr_db: tuple[float, float] = (5.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 20.0,
                  backend: str = "auto", jobs: int | None = None, text_source: str | None = None,
-                 reverb_prob: float = 0.2, rt60: tuple[float, float] = (0.2, 0.9)) -> dict:
+                 reverb_prob: float = 0.2, rt60: tuple[float, float] = (0.2, 0.9),
+                 subsets: tuple[str, ...] = SUBSETS) -> dict:
     """Write the corpus; returns the summary also saved as ``corpus.json`` (plus ``wall_seconds``)."""
-    settings = SynthSettings(seed, min_seconds, max_seconds, noise_prob, tuple(snr_db), reverb_prob, tuple(rt60))
+    settings = SynthSettings(seed, min_seconds, max_seconds, noise_prob, tuple(snr_db), reverb_prob, tuple(rt60),
+                             tuple(subsets))
     settings.validate()
     if num_utterances < 1 or (jobs is not None and jobs < 1):
         raise SynthSettingsError(f"--num-utterances ({num_utterances}) and --jobs ({jobs}) must be at least 1")
@@ -260,6 +266,9 @@ def main(argv=None) -> int:
                    help="reverberation time range in seconds")
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--subsets", default=",".join(SUBSETS),
+                   help="comma-separated subsets to draw (their default shares renormalised), e.g. digits for a "
+                        "small-vocabulary corpus")
     p.add_argument("--backend", choices=("auto", "cli", "lib"), default="auto",
                    help="espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)")
     p.add_argument("--jobs", type=int, default=None,
@@ -267,7 +276,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
-                         a.max_seconds, a.backend, a.jobs, a.text_source, a.reverb_prob, tuple(a.rt60))
+                         a.max_seconds, a.backend, a.jobs, a.text_source, a.reverb_prob, tuple(a.rt60),
+                         tuple(k for k in a.subsets.split(",") if k))
     except (TextSourceError, SynthSettingsError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
