@@ -22,7 +22,7 @@
 #        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
 #        minutes): encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation,
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
-#        WER unchanged by construction) for MTP_MINUTES (default 3), and their greedy and
+#        WER unchanged by construction) for MTP_MINUTES (default 1.5), and their greedy and
 #        speculative evaluation with CUDA graphs; OUT/pipeline.log says where it is ("PIPELINE DONE")
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
@@ -117,7 +117,7 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 }
 
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
-  local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances 200)
+  local out="$1" dir="$2" mtp_minutes="${3:-1.5}" eval=(--batch-size 64 --max-utterances 200)
   encoder "$out" "$dir" enc && sleep 20 && wait_all "$out" 1200 || return 1
   finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 20 && wait_all "$out" 1800 || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation
