@@ -132,7 +132,7 @@ def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
     todo = [p for p in paths if p not in cached]
     if rank == 0:
         logger.info("audio headers: %d cached beside the manifest, %d to read over %d rank(s)",
-                 len(paths) - len(todo), len(todo), world)
+                    len(paths) - len(todo), len(todo), world)
     if not todo:
         return {p: cached[p] for p in paths}
     share = todo[rank::world]
@@ -149,7 +149,7 @@ def _report_and_cache(examples, manifests, digests, headers, found) -> None:
     unreadable = sum(isinstance(r, AudioError) for r in found.values())
     if unreadable:
         logger.info("audio headers: %d of %d could not be read (not cached; the prescan reports each)",
-                 unreadable, len(found))
+                    unreadable, len(found))
     for manifest in manifests:
         mine = [seg.value for ex in examples if ex.source == manifest for seg in ex.audios]
         if any(isinstance(found.get(p), AudioInfo) for p in mine):  # else the cache has them all
