@@ -59,7 +59,8 @@ class SALMConfig:
     untie_embeddings_and_output_weights: bool = False
     """Separate output head instead of the tied word embedding."""
     vocab_size: int = 272
-    """Tokenizer vocabulary (set from the tokenizer by the training entry point); padded to make_vocab_size_divisible_by x TP for the model."""
+    """Tokenizer vocabulary (set from the tokenizer by the training entry point); padded to
+    make_vocab_size_divisible_by x TP for the model."""
     make_vocab_size_divisible_by: Optional[int] = 128
     """Pad the vocabulary to a multiple of this times the TP size (Megatron's convention); None
     keeps it exact (e.g. to match a checkpoint), and it must then be divisible by TP."""

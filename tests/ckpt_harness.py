@@ -3,12 +3,13 @@
     torchrun --nproc-per-node N tests/ckpt_harness.py --config C.json --plan P.json --out DIR
 
 The plan is a JSON list of operations run in order on every rank: ``build`` (model, optimizer,
-scheduler; a later ``build`` replaces them with freshly initialised ones), ``train`` (one
-optimizer step per batch seed), ``forward`` (forward-only loss), ``save``, ``load``, ``crash_save``
-(a save that dies after the shards are written but before the checkpoint is finalised),
-``async_save`` (``--async-save``'s path: the save is scheduled, its folder state recorded before any
-finalize), ``finalize`` (waits for the async saves and finalizes them), ``perturb_rng`` and ``dump`` (this rank's parameter shards under TP=1/PP=1 names, RNG states, lr,
-Adam steps). Every rank writes what it recorded to DIR/rank{R}.pt.
+scheduler; a later ``build`` replaces them with freshly initialised ones), ``train`` (one optimizer
+step per batch seed), ``forward`` (forward-only loss), ``save``, ``load``, ``crash_save`` (a save
+that dies after the shards are written but before the checkpoint is finalised), ``async_save``
+(``--async-save``'s path: the save is scheduled, its folder state recorded before any finalize),
+``finalize`` (waits for the async saves and finalizes them), ``perturb_rng`` and ``dump`` (this
+rank's parameter shards under TP=1/PP=1 names, RNG states, lr, Adam steps). Every rank writes what
+it recorded to DIR/rank{R}.pt.
 """
 
 import argparse

@@ -4,6 +4,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Shared fixtures (hf_models, tiny_corpus, espeak_corpus) reach every test module from here; a module
+# that imported a fixture by name would shadow it with a parameter of the same name.
+pytest_plugins = ['data_fixtures', 'hf_fixtures']
 
 
 def pytest_configure(config):

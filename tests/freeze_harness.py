@@ -50,7 +50,7 @@ def main():
     for mode in args.modes.split(','):
         set_seed(1234)
         model = build_model(cfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True),
-                            before_wrap=lambda chunk: apply_training_mode(chunk, mode))
+                            before_wrap=lambda chunk, mode=mode: apply_training_mode(chunk, mode))
         optimizer, scheduler = build_optimizer(model, train, cfg)
         module = model[0].module
         before = {n: p.detach().clone() for n, p in module.named_parameters()}

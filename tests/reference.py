@@ -1,7 +1,7 @@
 """An independent single-process SALM in plain torch: the ground truth of the parallel tests.
 
 It reads full (TP=1, PP=1) weights by their Megatron-Core names, recomputes every layer from the
-math (no Megatron module, no MTP autoscaler hook), and returns the objective of DESIGN.md with the
+math (no Megatron module, no MTP autoscaler hook), and returns the objective of docs/design.md with the
 DeepSeek-V3 MTP terms written by direct indexing into the token sequence rather than by rolling:
 
     L = sum_i CE_main(i) / N_main + lambda / D * sum_k sum_i CE_k(i) / N_k + w * sum_u CTC(u) / N_ctc

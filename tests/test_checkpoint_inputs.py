@@ -44,7 +44,8 @@ def _truncate(file, size):
 DAMAGES = {
     'common.pt deleted': (lambda p, s: os.remove(os.path.join(p, 'common.pt')), 'common.pt is missing'),
     'common.pt truncated': (lambda p, s: _truncate(os.path.join(p, 'common.pt'), 300), 'unreadable common.pt'),
-    'shard truncated': (lambda p, s: _truncate(os.path.join(p, s[-1]), 1000), 'is truncated (1000 bytes, the index needs'),
+    'shard truncated': (lambda p, s: _truncate(os.path.join(p, s[-1]), 1000),
+                        'is truncated (1000 bytes, the index needs'),
     'shard deleted': (lambda p, s: os.remove(os.path.join(p, s[0])), 'is missing'),
     'metadata.json deleted': (lambda p, s: os.remove(os.path.join(p, 'metadata.json')), 'metadata.json is missing'),
     'index deleted': (lambda p, s: os.remove(os.path.join(p, '.metadata')), '.metadata (the shard index) is missing'),
@@ -81,7 +82,8 @@ def test_generate_refuses_bad_input_before_any_process_group(checkpoint, tmp_pat
         capsys, '--load', checkpoint, '--prompt-ids', '5,100000,-1')
     assert "--prompt-ids '1,x': expected comma-separated integers" in _generate_error(
         capsys, '--load', checkpoint, '--prompt-ids', '1,x')
-    assert '--prompt-ids: the prompt holds no token' in _generate_error(capsys, '--load', checkpoint, '--prompt-ids', ',')
+    assert '--prompt-ids: the prompt holds no token' in _generate_error(capsys, '--load', checkpoint,
+                                                                        '--prompt-ids', ',')
     root, path = _damaged(checkpoint, tmp_path, DAMAGES['shard deleted'][0])
     assert f'{path}: shard __0_0.distcp is missing' in _generate_error(capsys, '--load', root, '--prompt-ids', '1')
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_fixtures import hf_logits, hf_models  # noqa: F401
+from hf_fixtures import hf_logits
 from megatron_salm_mtp.config import ConfigError
 from parallel_utils import _free_port
 

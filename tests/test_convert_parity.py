@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits, hf_models  # noqa: F401
+from hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits
 from parallel_utils import _free_port
 
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'convert_harness.py')

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_fixtures import hf_logits, hf_models  # noqa: F401
+from hf_fixtures import hf_logits
 from train_utils import free_port, read_metrics
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')

@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from hf_fixtures import hf_models  # noqa: F401
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.convert.load import salm_config_from_hf, tokenizer_vocabulary
 from megatron_salm_mtp.convert.recipes import Copy, FusedQKV, GatedFC1
@@ -106,10 +105,12 @@ def test_other_shipped_mtp_styles(hf_models, tmp_path, style):
     gen = torch.Generator().manual_seed(0)
     w = lambda *s: torch.randn(s, generator=gen)  # noqa: E731
     if style == 'mimo':
-        extra = {'model.mtp_layers.0.token_layernorm.weight': w(32), 'model.mtp_layers.0.hidden_layernorm.weight': w(32),
+        extra = {'model.mtp_layers.0.token_layernorm.weight': w(32),
+                 'model.mtp_layers.0.hidden_layernorm.weight': w(32),
                  'model.mtp_layers.0.input_proj.weight': w(32, 64), 'model.mtp_layers.0.final_layernorm.weight': w(32),
                  **_hf_layer('model.mtp_layers.0.', gen)}
-        eh_key, enorm_key, layer = 'model.mtp_layers.0.input_proj.weight', 'model.mtp_layers.0.token_layernorm.weight', 'model.mtp_layers.0.'
+        layer = 'model.mtp_layers.0.'
+        eh_key, enorm_key = layer + 'input_proj.weight', layer + 'token_layernorm.weight'
     elif style == 'qwen3_next':
         extra = {'mtp.fc.weight': w(32, 64), 'mtp.pre_fc_norm_embedding.weight': w(32),
                  'mtp.pre_fc_norm_hidden.weight': w(32), 'mtp.norm.weight': w(32), **_hf_layer('mtp.layers.0.', gen)}

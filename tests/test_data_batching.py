@@ -4,7 +4,7 @@ import wave
 
 import pytest
 import torch
-from data_fixtures import make_corpus, tiny_corpus, tone, write_manifest  # noqa: F401 (fixture)
+from data_fixtures import make_corpus, tone, write_manifest
 
 from megatron_salm_mtp.data.audio import load_audio, write_wav
 from megatron_salm_mtp.data.batching import BATCH_KEYS, Collator

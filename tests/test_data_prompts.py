@@ -34,7 +34,9 @@ def test_plain_layout():
 def test_llama3_layout():
     sp = TOK.special_id
     enc = PromptBuilder(TOK, "llama3", system_prompt="S").encode(asr(prompt=None), [2])
-    head = lambda role: [sp("<|start_header_id|>")] + b(role) + [sp("<|end_header_id|>")] + b("\n\n")
+
+    def head(role):
+        return [sp("<|start_header_id|>")] + b(role) + [sp("<|end_header_id|>")] + b("\n\n")
     expected = ([TOK.bos_id] + head("system") + b("S") + [sp("<|eot_id|>")] + head("user") + [A, A]
                 + [sp("<|eot_id|>")] + head("assistant") + b("ok") + [sp("<|eot_id|>")])
     assert enc.ids == expected
@@ -45,7 +47,9 @@ def test_qwen_layout_and_prefix():
     sp = TOK.special_id
     builder = PromptBuilder(TOK, "qwen")
     enc = builder.encode(asr(), [2])
-    turn = lambda role, body: [sp("<|im_start|>")] + b(role + "\n") + body + [sp("<|im_end|>")] + b("\n")
+
+    def turn(role, body):
+        return [sp("<|im_start|>")] + b(role + "\n") + body + [sp("<|im_end|>")] + b("\n")
     assert enc.ids == turn("user", b("Hi ") + [A, A]) + turn("assistant", b("ok"))  # ChatML: no BOS
     assert supervised_ids(enc) == b("ok") + [sp("<|im_end|>")]
     prefix = builder.encode(asr(), [2], with_answer=False)

@@ -73,7 +73,9 @@ def test_bucketing_groups_lengths_and_keeps_the_epoch():
     bucketed = Sampler(96, 8, 2, shuffle=True, seed=1, lengths=lengths, bucket_window=4)
     mb_plain, mb_bucket = list(plain), list(bucketed)
     assert sorted(itertools.chain(*mb_bucket)) == sorted(itertools.chain(*mb_plain)) == list(range(96))
-    spread = lambda mbs: np.mean([lengths[mb].max() - lengths[mb].min() for mb in mbs])
+
+    def spread(mbs):
+        return np.mean([lengths[mb].max() - lengths[mb].min() for mb in mbs])
     assert spread(mb_bucket) < 0.25 * spread(mb_plain)
     with pytest.raises(ValueError, match="lengths"):
         Sampler(96, 8, 2, bucket_window=2)

@@ -7,7 +7,6 @@ import logging
 import os
 
 import pytest
-from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
 from megatron_salm_mtp.data.audio import audio_info
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
@@ -76,7 +75,8 @@ def test_same_seed_same_bytes_prefix_property(tmp_path, espeak_corpus):
     save_pools(load_text_source(), str(tmp_path / "pools.json.gz"))
     build_corpus(str(tmp_path / "b"), 10, seed=3, max_seconds=3.0, text_source=str(tmp_path / "pools.json.gz"))
     for name in os.listdir(tmp_path / "b" / "audio"):
-        assert open(tmp_path / "b" / "audio" / name, "rb").read() == open(os.path.join(espeak_corpus, "audio", name), "rb").read()
+        smaller = open(tmp_path / "b" / "audio" / name, "rb").read()
+        assert smaller == open(os.path.join(espeak_corpus, "audio", name), "rb").read()
     build_corpus(str(tmp_path / "c"), 10, seed=4, max_seconds=3.0)
     assert open(tmp_path / "c" / "train.jsonl").read() != open(tmp_path / "b" / "train.jsonl").read()
 
@@ -151,7 +151,8 @@ def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, m
     flags = [f.format(tmp=tmp_path) for f in flags]
     assert main(["--out", str(tmp_path / "c"), "--num-utterances", "4"] + flags) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"python -m megatron_salm_mtp.tools.corpus.synth: error: {message.format(tmp=tmp_path)}")
+    prefix = "python -m megatron_salm_mtp.tools.corpus.synth: error: "
+    assert err.count("\n") == 1 and err.startswith(prefix + message.format(tmp=tmp_path))
     assert not os.path.exists(tmp_path / "c")
 
 

@@ -145,7 +145,8 @@ def test_natural_texts_track_the_target_duration(texts):
 
 def test_voice_lists_and_missing_voices(tmp_path, caplog):
     assert not set(voices.VARIANTS) & set(voices.EXCLUDED_VARIANTS)
-    assert set(voices.HELD_OUT_VARIANTS) <= set(voices.VARIANTS) and set(voices.HELD_OUT_BASES) <= set(voices.BASE_VOICES)
+    assert set(voices.HELD_OUT_VARIANTS) <= set(voices.VARIANTS)
+    assert set(voices.HELD_OUT_BASES) <= set(voices.BASE_VOICES)
     pool = voices.split_voices(list(voices.BASE_VOICES), list(voices.VARIANTS))
     assert not set(pool["seen"]) & set(pool["unseen"])
     assert len(pool["seen"]) + len(pool["unseen"]) == 8 * 84 and "en-us+m3" in pool["seen"]
@@ -191,7 +192,8 @@ def test_noise_colour_and_snr(colour, exponent):
     assert abs(10 * np.log10(speech_power(speech) / np.mean((noisy - speech) ** 2.0)) - 10.0) < 0.3
 
 
-@pytest.mark.parametrize("orig, new, n", [(22050, 16000, 48001), (44100, 16000, 3), (8000, 16000, 1000), (16000, 16000, 5)])
+@pytest.mark.parametrize("orig, new, n",
+                         [(22050, 16000, 48001), (44100, 16000, 3), (8000, 16000, 1000), (16000, 16000, 5)])
 def test_numpy_resampler_matches_the_torch_one(orig, new, n):
     x = np.random.default_rng(2).standard_normal(n).astype(np.float32)
     ours, ref = resample(x, orig, new), torch_resample(x, orig, new)

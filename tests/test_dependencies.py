@@ -16,8 +16,8 @@ DISTRIBUTIONS = {'espeakng_loader': 'espeakng-loader', 'matplotlib': 'matplotlib
 def _setup_arguments() -> dict:
     call = next(node for node in ast.walk(ast.parse(open(os.path.join(ROOT, 'setup.py')).read()))
                 if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'setup')
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg in ('install_requires', 'extras_require',
-                                                                                     'python_requires')}
+    wanted = ('install_requires', 'extras_require', 'python_requires')
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg in wanted}
 
 
 def _name(requirement: str) -> str:

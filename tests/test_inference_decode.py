@@ -170,8 +170,8 @@ def test_workspaces_reused_across_batches_decode_as_fresh_ones(random_model, mon
     pool, vocab = WorkspacePool(), random_model.cfg.vocab_size
     for seed, frames in ((31, [30, 41, 35]), (32, [36, 29, 33]), (33, [40, 31, 38])):
         batch = random_prompts(random_model.cfg, frames, seed=seed)
-        for decode_with in (lambda **kw: greedy_decode(random_model, batch, 12, [], vocab, width=4, **kw),
-                            lambda **kw: speculative_decode(random_model, batch, 12, [], vocab, 3, **kw)):
+        for decode_with in (lambda batch=batch, **kw: greedy_decode(random_model, batch, 12, [], vocab, width=4, **kw),
+                            lambda batch=batch, **kw: speculative_decode(random_model, batch, 12, [], vocab, 3, **kw)):
             drafts.clear()
             fresh, _ = decode_with()
             fresh_drafts = list(drafts)

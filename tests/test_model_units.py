@@ -16,7 +16,8 @@ from parallel_utils import speech_batch, tiny_config
 
 @pytest.mark.parametrize('changes,world,flag', [
     (dict(tensor_model_parallel_size=2, pipeline_model_parallel_size=2), 6, '--tensor-model-parallel-size'),
-    (dict(num_attention_heads=6, num_query_groups=6, hidden_size=48, tensor_model_parallel_size=4), 4, '--num-attention-heads'),
+    (dict(num_attention_heads=6, num_query_groups=6, hidden_size=48, tensor_model_parallel_size=4), 4,
+     '--num-attention-heads'),
     (dict(num_query_groups=1, tensor_model_parallel_size=2), 2, '--num-query-groups'),
     (dict(vocab_size=263, make_vocab_size_divisible_by=None, tensor_model_parallel_size=2), 2,
      '--vocab-size'),

@@ -2,7 +2,6 @@
 fresh and train (head_only); asking for its optimizer state, or for other MTP layers than a
 checkpoint that has some, is refused with the flags named."""
 
-from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 from train_utils import read_metrics, run_train
 
 
@@ -21,7 +20,8 @@ def test_attach_mtp_heads_to_a_checkpoint_without_mtp(espeak_corpus, tmp_path):
     result = run_train(corpus, one_step_logs + ['2', '--train-iters', '5', '--load', str(base), '--no-load-optim',
                                                 '--training-mode', 'head_only', '--save', str(heads),
                                                 '--log-dir', str(attached)])
-    assert 'has no MTP layers: the 2 MTP depths of this run start from their initialisation' in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert 'has no MTP layers: the 2 MTP depths of this run start from their initialisation' in output
     first = read_metrics(str(attached))[0]
     # step 3 runs on the step-2 trunk in both runs, on the same batch (data position restored)
     assert first['iteration'] == 3 and first['lm loss'] == read_metrics(str(base))[2]['lm loss']

@@ -1,4 +1,4 @@
-"""Megatron-Core 0.16.1's MTP sharp edges (DESIGN.md), each guarded and tested."""
+"""Megatron-Core 0.16.1's MTP sharp edges (docs/design.md), each guarded and tested."""
 
 import os
 

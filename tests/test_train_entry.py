@@ -159,7 +159,8 @@ def test_nemo_mtp_block_drives_a_run(corpus, tmp_path):
     (['--cross-entropy-fusion-impl', 'fused'], "--cross-entropy-fusion-impl 'fused': choose native, te, linear"),
     (['--cross-entropy-fusion-impl', 'linear', '--no-cross-entropy-loss-fusion'],
      '--cross-entropy-fusion-impl linear needs --cross-entropy-loss-fusion'),
-    (['--cross-entropy-fusion-impl', 'linear', '--head-chunk-rows', '64'], '--head-chunk-rows 64 chunks the unfused head'),
+    (['--cross-entropy-fusion-impl', 'linear', '--head-chunk-rows', '64'],
+     '--head-chunk-rows 64 chunks the unfused head'),
 ])
 def test_precision_and_memory_flags_are_validated(flags, message):
     with pytest.raises(ConfigError, match=message):

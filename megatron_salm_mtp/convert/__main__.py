@@ -28,7 +28,8 @@ def import_parser(sub):
     p.add_argument('--out', required=True, help='checkpoint folder to write (train/generate --load)')
     p.add_argument('--tensor-model-parallel-size', type=int, default=1)
     p.add_argument('--pipeline-model-parallel-size', type=int, default=1)
-    p.add_argument('--mtp-num-layers', type=int, help='MTP depths (default: as many as the checkpoint ships, else none)')
+    p.add_argument('--mtp-num-layers', type=int,
+                   help='MTP depths (default: as many as the checkpoint ships, else none)')
     p.add_argument('--mtp-init', choices=('last_layer', 'random'), default='last_layer',
                    help='new MTP depths: copy of the last decoder layer with eh_proj=[0|I] (default) or random')
     p.add_argument('--mtp-replace-existing-head', action='store_true',

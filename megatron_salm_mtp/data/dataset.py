@@ -36,7 +36,7 @@ from .spec_augment import SpecAugment
 from .ctc_text import character_ids
 from .tokenizer import Tokenizer
 
-log = logging.getLogger("megatron_salm_mtp.data")
+logger = logging.getLogger(__name__)
 
 MISSING_FILE = "missing_file"
 UNREADABLE_AUDIO = "unreadable_audio"
@@ -130,7 +130,8 @@ class SpeechDataset(torch.utils.data.Dataset):
             self.valid = list(range(len(self.examples)))
             self.lengths = [self._estimate_length(ex) for ex in self.examples]
         if not self.valid:
-            raise ValueError(f"no usable sample among {len(self.examples)} examples (skips: {dict(self._prescan_skips)})")
+            raise ValueError(f"no usable sample among {len(self.examples)} examples "
+                             f"(skips: {dict(self._prescan_skips)})")
 
     # --- checks -------------------------------------------------------------------------------
     def _report(self, skip: Skip, counter: Counter | None = None) -> None:
@@ -142,7 +143,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             return  # already warned about in this process
         else:
             self._runtime_skips[skip.where] = skip.reason
-        log.warning("skipping %s: %s (%s)", skip.where, skip.reason, skip.detail)
+        logger.warning("skipping %s: %s (%s)", skip.where, skip.reason, skip.detail)
 
     def _check_text(self, ex: Example) -> None:
         if not ex.answer_text.strip():
@@ -153,7 +154,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         if mel_frames(n) == 0:
             raise BadSampleError(_where(ex, path), EMPTY_AUDIO, f"{n} samples after slicing")
         if self.max_duration is not None and seconds > self.max_duration:
-            raise BadSampleError(_where(ex, path), AUDIO_TOO_LONG, f"{seconds:.2f} s > max_duration {self.max_duration} s")
+            raise BadSampleError(_where(ex, path), AUDIO_TOO_LONG,
+                                 f"{seconds:.2f} s > max_duration {self.max_duration} s")
         return audio_tokens(mel_frames(n), self.stack)
 
     def _check_length(self, ex: Example, n_ids: int) -> None:

@@ -26,7 +26,7 @@ from .audio import AudioError, AudioInfo, audio_info
 from .manifest import Example
 from .progress import Progress
 
-log = logging.getLogger("megatron_salm_mtp.data")
+logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 PROGRESS_SECONDS = 10.0
@@ -70,7 +70,7 @@ def _write_cache(manifest: str, digest: str, headers: dict[str, AudioInfo]) -> N
             json.dump(body, f)
         os.replace(tmp, path)
     except OSError as e:
-        log.info("audio headers of %s not cached: %s", manifest, e)
+        logger.info("audio headers of %s not cached: %s", manifest, e)
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
@@ -131,13 +131,13 @@ def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
     cached = _from_rank0(cached, world)
     todo = [p for p in paths if p not in cached]
     if rank == 0:
-        log.info("audio headers: %d cached beside the manifest, %d to read over %d rank(s)",
-                 len(paths) - len(todo), len(todo), world)
+        logger.info("audio headers: %d cached beside the manifest, %d to read over %d rank(s)",
+                    len(paths) - len(todo), len(todo), world)
     if not todo:
         return {p: cached[p] for p in paths}
     share = todo[rank::world]
     progress = Progress("audio headers (rank 0's share)", len(share), "files", PROGRESS_SECONDS,
-                        logger=log) if rank == 0 else None
+                        logger=logger) if rank == 0 else None
     found = _gather(_read_share(share, progress), world)
     headers = {**cached, **found}
     if rank == 0:
@@ -148,8 +148,8 @@ def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
 def _report_and_cache(examples, manifests, digests, headers, found) -> None:
     unreadable = sum(isinstance(r, AudioError) for r in found.values())
     if unreadable:
-        log.info("audio headers: %d of %d could not be read (not cached; the prescan reports each)",
-                 unreadable, len(found))
+        logger.info("audio headers: %d of %d could not be read (not cached; the prescan reports each)",
+                    unreadable, len(found))
     for manifest in manifests:
         mine = [seg.value for ex in examples if ex.source == manifest for seg in ex.audios]
         if any(isinstance(found.get(p), AudioInfo) for p in mine):  # else the cache has them all

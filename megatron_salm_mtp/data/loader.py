@@ -31,7 +31,7 @@ from .sampler import DistributedMicroBatchSampler
 from .spec_augment import SpecAugment
 from .tokenizer import AUDIO_TOKEN, TOKENIZER_TYPES, Tokenizer, build_tokenizer
 
-log = logging.getLogger("megatron_salm_mtp.data")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -225,9 +225,9 @@ class SpeechDataLoader:
             yield batch
         self.epoch_skip_counts[epoch] = counts = self.skip_counts()
         if counts:
-            log.warning("epoch %d: skipped samples by reason: %s", epoch, counts)
+            logger.warning("epoch %d: skipped samples by reason: %s", epoch, counts)
         else:
-            log.info("epoch %d: no sample skipped", epoch)
+            logger.info("epoch %d: no sample skipped", epoch)
         self._epoch_runtime = {}
 
     def skip_counts(self) -> dict[str, int]:

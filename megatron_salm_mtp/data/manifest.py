@@ -118,7 +118,8 @@ def _parse_asr(obj: dict, where: str, manifest_dir: str, default_prompt: str | N
             raise ManifestError(f"{where}: task field must be a string, got {task!r}")
         template = DEFAULT_TASK_PROMPTS.get(task.lower()) if task else None
         if task and template is None:
-            raise ManifestError(f"{where}: unknown task {task!r} and no 'prompt' (known: {sorted(DEFAULT_TASK_PROMPTS)})")
+            raise ManifestError(f"{where}: unknown task {task!r} and no 'prompt' "
+                                f"(known: {sorted(DEFAULT_TASK_PROMPTS)})")
         prompt = template if template is not None else default_prompt
         if prompt and "{target_lang}" in prompt:
             prompt = prompt.format(target_lang=obj.get("target_lang") or obj.get("lang") or "English")

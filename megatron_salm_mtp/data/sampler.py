@@ -36,7 +36,8 @@ class DistributedMicroBatchSampler:
             raise ValueError(f"{num_samples} samples cannot fill one global batch of {global_batch_size}")
         if bucket_window and lengths is None:
             raise ValueError("bucket_window needs per-sample lengths")
-        self.num_samples, self.global_batch_size, self.micro_batch_size = num_samples, global_batch_size, micro_batch_size
+        self.num_samples = num_samples
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_window = bucket_window

@@ -135,7 +135,8 @@ class HFTokenizer(Tokenizer):
         bos, eos, pad = pick("bos_token", self._BOS), pick("eos_token", self._EOS), pick("pad_token", self._PAD)
         if bos is None and "bos_token" not in cfg and "<|im_start|>" not in vocab:
             bos = "<bos>"  # non-chat families get a (virtual) BOS; ChatML families have none
-        wanted = [t for t in (bos, eos or "<eos>", pad or eos or "<eos>", audio_token) if t] + list(extra_special_tokens)
+        wanted = [t for t in (bos, eos or "<eos>", pad or eos or "<eos>", audio_token) if t]
+        wanted += list(extra_special_tokens)
         self._sp = _VirtualSpecials(base, vocab.get, wanted)
         self.vocab_size = self._sp.size
         self.bos_id = self._sp.ids[bos] if bos else None

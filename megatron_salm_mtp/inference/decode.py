@@ -9,17 +9,18 @@ the trunk's own next token. Rejected drafts need no rollback: the cache is kept 
 (``kv_cache.py``) and the next step overwrites them.
 
 Exact, in bf16 too. Every emitted token is a trunk argmax given the emitted prefix, so the output
-equals greedy decoding in exact arithmetic; in floating point it must also be computed the same
-way, or a near-tie flips (in bf16 it did, in a few utterances per hundred, when greedy ran a
-one-token forward over a differently laid-out cache and the verify step a (D+1)-token one). ``greedy_decode(width=D+1)`` therefore
-runs every step at the verify step's shapes: the last token plus D fillers, logits at all D+1
-positions. A token at position p then comes out of the very same computation in both loops: the
-same kernels at the same shapes (GEMMs of (D+1) x b rows, attention of D+1 queries over the same
-number of cached keys), a query at p sees slots 0..p holding the same values (by induction; later
-slots, fillers or rejected drafts, get an attention weight of exactly 0), and a row of a GEMM or a
-query of the attention does not round differently for sitting at another index. Cost: on a GPU a
-step of a small batch reads the weights once whatever its width, so D+1 positions cost about what
-one does (the benchmark reports both); on a CPU greedy at width 1 stays the cheaper reference.
+equals greedy decoding in exact arithmetic; in floating point it must also be computed the same way,
+or a near-tie flips (in bf16 it did, in a few utterances per hundred, when greedy ran a one-token
+forward over a differently laid-out cache and the verify step a (D+1)-token one).
+``greedy_decode(width=D+1)`` therefore runs every step at the verify step's shapes: the last token
+plus D fillers, logits at all D+1 positions. A token at position p then comes out of the very same
+computation in both loops: the same kernels at the same shapes (GEMMs of (D+1) x b rows, attention
+of D+1 queries over the same number of cached keys), a query at p sees slots 0..p holding the same
+values (by induction; later slots, fillers or rejected drafts, get an attention weight of exactly
+0), and a row of a GEMM or a query of the attention does not round differently for sitting at
+another index. Cost: on a GPU a step of a small batch reads the weights once whatever its width, so
+D+1 positions cost about what one does (the benchmark reports both); on a CPU greedy at width 1
+stays the cheaper reference.
 Re-deciding near-ties with a one-token forward instead would not be exact: greedy's own state
 (its cached keys) comes from one-token forwards that speculative decoding never runs.
 

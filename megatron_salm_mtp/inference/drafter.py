@@ -79,8 +79,8 @@ class MTPDrafter:
         at_last = last - starts  # where position n-1 lies in the window
         sequence = tokens.clone()  # drafts are written past each row's tokens as they come
         drafts: List[torch.Tensor] = []
-        hidden = trunk_hidden[by_position, self.rows]  # contiguous (a transposed index would not be)
-        for depth, hidden in self._depth_states(sequence, by_position.t(), hidden):
+        window_hidden = trunk_hidden[by_position, self.rows]  # contiguous (a transposed index would not be)
+        for depth, hidden in self._depth_states(sequence, by_position.t(), window_hidden):
             drafts.append(head_argmax(self.lm, hidden[at_last, self.rows][None], vocab_size)[0])
             sequence[self.rows, lengths + depth] = drafts[-1]
         return torch.stack(drafts, dim=1)

@@ -26,7 +26,7 @@ from ..data.tokenizer import Tokenizer
 from .decode import PromptBatch
 from ..data.progress import Progress
 
-log = logging.getLogger('megatron_salm_mtp.inference')
+logger = logging.getLogger(__name__)
 
 END_OF_TURN = {'plain': None, 'llama3': '<|eot_id|>', 'qwen': '<|im_end|>'}
 
@@ -108,7 +108,7 @@ def example_utterances(examples: Sequence[Example], data: DataConfig, tokenizer:
         waves = _waves(example, data.max_duration)
         progress.advance()
         if isinstance(waves, Skip):
-            log.warning('skipping %s: %s (%s)', waves.where, waves.reason, waves.detail)
+            logger.warning('skipping %s: %s (%s)', waves.where, waves.reason, waves.detail)
             skips.append(waves)
             continue
         counts = [audio_tokens(mel_frames(len(w)), data.stack) for w in waves]

@@ -41,7 +41,8 @@ class AudioEncoder(MegatronModule):
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
-        mel_valid = torch.arange(features.shape[-1], device=features.device)[None, :] < feature_lengths[:, None].to(features.device)
+        frame = torch.arange(features.shape[-1], device=features.device)
+        mel_valid = frame[None, :] < feature_lengths[:, None].to(features.device)
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
         # Zero the stem past each utterance, as the stride-2 conv's own padding would be: the last
         # frame must not depend on how much padding the batch's longest utterance brought.

@@ -1,6 +1,6 @@
 """MTP on speech prompts: which targets each depth supervises, and how its loss is weighted.
 
-Conditioning of audio positions (the choice DESIGN.md asks for). At depth k, position i combines
+Conditioning of audio positions (docs/design.md). At depth k, position i combines
 the depth-(k-1) hidden state with the embedding of input token i+k. Inside the audio span that token
 is the audio placeholder, and we embed it as such (Megatron-Core's convention: rolled token ids,
 re-embedded on the MTP stage) rather than rolling the spliced audio frames. Why:

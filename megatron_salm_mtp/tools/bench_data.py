@@ -48,7 +48,8 @@ def _measure(loader, micro_batch_size: int, num_workers: int, limit: int | None)
     workers = max(1, num_workers)
     return {"utterances": utts, "audio_seconds": audio_seconds, "elapsed_s": elapsed,
             "utt_per_s": utts / elapsed, "audio_s_per_s": audio_seconds / elapsed,
-            "utt_per_s_per_worker": utts / elapsed / workers, "audio_s_per_s_per_worker": audio_seconds / elapsed / workers,
+            "utt_per_s_per_worker": utts / elapsed / workers,
+            "audio_s_per_s_per_worker": audio_seconds / elapsed / workers,
             "num_workers": num_workers, "skips": loader.skip_counts()}
 
 

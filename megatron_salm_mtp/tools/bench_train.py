@@ -176,9 +176,16 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     if train.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
         for chunk in model:
             chunk.disable_forward_pre_hook(param_sync=False)
-    del model, optimizer
+    model = optimizer = None  # drop them (and train_step's view of them) before collecting
     gc.collect()
     return result
+
+
+def batch_label(bench) -> str:
+    """What the synthetic batches hold, for the report's header."""
+    if bench.text_only:
+        return 'text only'
+    return f'audio {bench.audio_fraction:.0%}, supervised {bench.answer_fraction:.0%}'
 
 
 def host_sync_report(result) -> str:
@@ -254,8 +261,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f"device: {torch.distributed.get_world_size()} x {device} | TP={run.model.tensor_model_parallel_size} "
           f"PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch "
-          f"{run.train.global_batch_size} | bf16={run.model.bf16} | "
-          f"{'text only' if bench.text_only else f'audio {bench.audio_fraction:.0%}, supervised {bench.answer_fraction:.0%}'}")
+          f"{run.train.global_batch_size} | bf16={run.model.bf16} | {batch_label(bench)}")
     warning = foreign_memory_warning(foreign)
     if warning:
         print(warning)

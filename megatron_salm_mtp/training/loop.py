@@ -34,7 +34,7 @@ from .optim import build_optimizer, finish_step, prepare_step
 from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
-logger = logging.getLogger('megatron_salm_mtp')
+logger = logging.getLogger(__name__)
 
 
 def grad_norm_value(grad_norm) -> float:

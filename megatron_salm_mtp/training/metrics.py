@@ -8,7 +8,7 @@ from typing import Dict, Optional
 
 import torch
 
-logger = logging.getLogger('megatron_salm_mtp')
+logger = logging.getLogger(__name__)
 
 
 def peak_memory_gb() -> float:

@@ -7,7 +7,7 @@ import signal
 from ..compat import mcore
 from ..data.loader import STOP_SIGNALS
 
-logger = logging.getLogger('megatron_salm_mtp')
+logger = logging.getLogger(__name__)
 
 
 def _start_checkpoint_writer_deaf_to_signals() -> None:

@@ -147,14 +147,14 @@ def time_modes(model, batches, depth: int, args, stops, vocab: int) -> dict:
     for cuda_graphs in ([True] if args.skip_eager else [False, True]) if torch.cuda.is_available() else [False]:
         pool = WorkspacePool(cuda_graphs)
         suffix = '_graphs' if cuda_graphs else '_eager'
-        modes['greedy' + suffix] = time_mode(lambda b: greedy_decode(
+        modes['greedy' + suffix] = time_mode(lambda b, pool=pool: greedy_decode(
             model, b, args.max_new_tokens, stops, vocab, workspaces=pool), batches)
         if not depth:
             continue
         if cuda_graphs:
-            modes[f'greedy_width{depth + 1}' + suffix] = time_mode(lambda b: greedy_decode(
+            modes[f'greedy_width{depth + 1}' + suffix] = time_mode(lambda b, pool=pool: greedy_decode(
                 model, b, args.max_new_tokens, stops, vocab, width=depth + 1, workspaces=pool), batches)
-        modes['speculative' + suffix] = time_mode(lambda b: speculative_decode(
+        modes['speculative' + suffix] = time_mode(lambda b, pool=pool: speculative_decode(
             model, b, args.max_new_tokens, stops, vocab, depth, workspaces=pool), batches)
         if cuda_graphs:
             greedy, speculative = replay_ms(pool, 'greedy', depth + 1), replay_ms(pool, 'speculative', depth + 1)

@@ -28,8 +28,8 @@ def main():
     for mb in SIZES_MB:
         x = torch.ones(mb * 2**20 // 2, dtype=torch.bfloat16, device='cuda')
         gathered = torch.empty(x.numel() * dist.get_world_size(), dtype=x.dtype, device='cuda')
-        for name, call in (('all_reduce', lambda: dist.all_reduce(x)),
-                           ('all_gather', lambda: dist.all_gather_into_tensor(gathered, x))):
+        for name, call in (('all_reduce', lambda x=x: dist.all_reduce(x)),
+                           ('all_gather', lambda x=x, out=gathered: dist.all_gather_into_tensor(out, x))):
             seconds = timed(call)
             if rank == 0:
                 print(f'{name} {mb} MB per rank: {seconds * 1e3:.2f} ms, '

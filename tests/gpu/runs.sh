@@ -14,7 +14,7 @@ mkdir -p "$out"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 export PYTHONWARNINGS=ignore
-# The 1B-class LLM (Qwen3-1.7B shape) + Whisper-small encoder, as in DESIGN.md.
+# The 1B-class LLM (Qwen3-1.7B shape) + Whisper-small encoder, as in docs/design.md.
 ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention-heads 16
        --num-query-groups 8 --kv-channels 128 --qk-layernorm --rotary-base 1000000
        --encoder-num-layers 12 --encoder-hidden-size 768 --encoder-num-attention-heads 12

@@ -55,7 +55,7 @@ from .text_clean import transcript
 from .text_source import TextSourceError, default_text_source, load_text_source
 from .voices import corpus_voices
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CORPUS_VERSION = 2
 RATE_RANGE = (115, 210)  # words per minute
@@ -153,7 +153,7 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
         try:
             wav, sr = engine.synth(text, voice, prosody)
         except SynthesisError as e:  # one crash must not end a corpus of hours: draw another text
-            log.warning("utterance %d: %s on %r; drawing another text", i, e, text)
+            logger.warning("utterance %d: %s on %r; drawing another text", i, e, text)
             continue
         seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
         if s.min_seconds <= seconds <= s.max_seconds:
@@ -251,7 +251,8 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.synth", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.synth",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--num-utterances", type=int, required=True)

@@ -142,7 +142,8 @@ def load_text_source(path: str | None = None) -> TextPools:
     path = path or default_text_source()
     if path is None:
         raise TextSourceError(f"no text source: {WORDNET_DIR} is absent (apt-get install wordnet-base), "
-                              "pass --text-source FILE (python -m megatron_salm_mtp.tools.corpus.text_source --out FILE)")
+                              "pass --text-source FILE "
+                              "(python -m megatron_salm_mtp.tools.corpus.text_source --out FILE)")
     if not os.path.exists(path):
         raise TextSourceError(f"text source {path}: no such file or folder")
     return _load_cached(os.path.abspath(path), os.stat(path).st_mtime_ns)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BASE_VOICES = {  # voice name -> file under espeak-ng-data/lang
     "en-gb": "gmw/en", "en-us": "gmw/en-US", "en-gb-scotland": "gmw/en-GB-scotland",
@@ -49,7 +49,8 @@ def voice_name(base: str, variant: str) -> str:
     return f"{base}+{variant}" if variant else base
 
 
-def available(data_dir: str | None, bases=tuple(BASE_VOICES), variants=VARIANTS) -> tuple[list[str], list[str], list[str]]:
+def available(data_dir: str | None, bases=tuple(BASE_VOICES),
+              variants=VARIANTS) -> tuple[list[str], list[str], list[str]]:
     """(bases, variants present in ``data_dir``, names of the missing ones). espeak-ng itself would
     not say: an unknown variant falls back to the plain base voice without an error."""
     if data_dir is None:  # the backend cannot tell where its data is: trust the lists
@@ -74,7 +75,7 @@ def corpus_voices(data_dir: str | None) -> tuple[dict[str, list[str]], list[str]
     """Voices per split on this machine, and the missing ones (each named in a warning)."""
     bases, variants, missing = available(data_dir)
     for name in missing:
-        log.warning("espeak-ng voice %s is missing in %s: skipped (the corpus uses the others)", name, data_dir)
+        logger.warning("espeak-ng voice %s is missing in %s: skipped (the corpus uses the others)", name, data_dir)
     voices = split_voices(bases, variants)
     empty = [k for k, v in voices.items() if not v]
     if empty:
