@@ -1,6 +1,6 @@
-"""The SALM's architecture: what a checkpoint's weights are (Megatron-LM names, one docstring per
-field). How it is laid out over devices, its precision and its kernels are the other sections of
-:class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
+"""The SALM itself: its architecture and the losses it learns from (Megatron-LM names, one docstring
+per field). How it is laid out over devices, its precision and its kernels are the other sections
+of :class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
 
 from dataclasses import dataclass
 from typing import Optional
@@ -17,7 +17,7 @@ _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_
 
 @dataclass
 class ModelConfig:
-    """The architecture: LLM, MTP heads, experts, audio encoder, projector and CTC head."""
+    """LLM, MTP heads, experts, audio encoder, projector and CTC head, and their losses."""
     # --- LLM (GPTModel) ---
     num_layers: int = 2
     """Decoder layers of the LLM."""
