@@ -1,15 +1,14 @@
-"""Megatron-style flags and YAML for the three config dataclasses (model, training, data).
+"""Megatron-style flags and YAML for the config sections (model, parallel, precision, kernels,
+training, data).
 
-Every dataclass field is a flag (``--field-name``) and a YAML key (``field_name`` or ``field-name``);
-the help text is the field's docstring. Precedence: defaults < ``--config`` YAML < flags given on
-the command line. Unknown flags and unknown YAML keys are errors naming them. A field that two
-dataclasses share (``seq_length``, ``micro_batch_size``, ...) is one flag setting both.
-:meth:`RunConfig.validate` (``run_config.py``) runs every check that needs no process group,
-tokenizer or model.
+Every section field is a flag (``--field-name``) and a flat YAML key (``field_name`` or
+``field-name``) that goes to the one section declaring it; the help text is the field's docstring.
+Precedence: defaults < ``--config`` YAML < flags given on the command line. Unknown flags and
+unknown YAML keys are errors naming them. :meth:`RunConfig.validate` (``run_config.py``) runs
+every check that needs no process group, tokenizer or model.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -18,7 +17,7 @@ import yaml
 
 from .config import ConfigError
 from .config_checks import did_you_mean, one_of
-from .flags import ALL_CHOICES, SECTIONS, base_type, build_parser, fields
+from .flags import ALL_CHOICES, base_type, build_parser, fields
 from .run_config import RunConfig
 
 
@@ -100,23 +99,14 @@ def _nemo_mtp_block(block, flat: Dict[str, Any], path: str) -> Dict[str, Any]:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
-    """Flags (and ``--config`` YAML) -> the three validated-later config dataclasses."""
+    """Flags (and ``--config`` YAML) -> the run's sections, validated later."""
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     settings = _read_yaml(args.pop('config')) if 'config' in args else {}
     settings.update(args)
     for name, choices in ALL_CHOICES.items():  # before DataConfig checks its own, to name the nearest
         if name in settings:
             one_of(argparse.Namespace(**settings), name, choices)
-    sections = {}
-    for section, cls in SECTIONS:
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            sections[section] = cls(**{k: v for k, v in settings.items() if k in names})
-        except ValueError as err:  # DataConfig checks its values as it is made
-            raise ConfigError(str(err)) from None
-    run = RunConfig(**sections)
-    run.data.n_mels, run.data.stack = run.model.num_mel_bins, run.model.audio_frame_stack
-    return run
+    return RunConfig.from_settings(settings)
 
 
 def exit_on_config_error(err: ConfigError) -> None:

@@ -1,9 +1,11 @@
-"""The training flags: one per field of the three config dataclasses (model, training, data).
+"""The training flags: one per field of the config sections (model, parallel, precision, kernels,
+training, data).
 
-A field's help text is its attribute docstring (or, where it has none, the comment on its line);
-``--help`` groups the flags by the ``# --- Title ---`` comments of the dataclasses (a title met
-twice is one group), shows each field's choices, and shows the ``--no-X`` form of every switch
-that is on by default. A field that two dataclasses share (``seq_length``, ...) is one flag.
+A field's help text is its attribute docstring; ``--help`` groups the flags by the
+``# --- Title ---`` comments of the sections (a title met twice is one group), shows each field's
+choices, and shows the ``--no-X`` form of every switch that is on by default. Each flag is declared
+by one section; the data section's fields that another section owns (``seq_length``, ...) are set
+from it (``run_config.SHARED_WITH_DATA``).
 """
 
 import argparse
@@ -15,20 +17,20 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict
 
-from .config import CHOICES, ConfigError, SALMConfig, TrainConfig
+from .config import CHOICES, SECTIONS as MODEL_SECTIONS, ConfigError, TrainConfig
 from .config_checks import did_you_mean
 from .data.loader import DataConfig
 from .data.prompts import TEMPLATES
 from .data.tokenizer import TOKENIZER_TYPES
+from .run_config import SHARED_WITH_DATA
 
-# Derived rather than set: the tokenizer fixes the vocabulary and placeholder id, the model's
-# mel bins and frame stacking fix the data side's.
-DERIVED = {'vocab_size', 'audio_token_id', 'n_mels', 'stack'}
-SECTIONS = (('model', SALMConfig), ('train', TrainConfig), ('data', DataConfig))
+DERIVED = {'vocab_size', 'audio_token_id'}
+"""Model fields the tokenizer sets (the vocabulary and the placeholder's id): not flags."""
+FLAG_SECTIONS = MODEL_SECTIONS + (TrainConfig, DataConfig)
+"""The dataclasses whose fields are the flags, in --help order."""
 ALL_CHOICES = {**CHOICES, 'prompt_template': TEMPLATES, 'tokenizer_type': TOKENIZER_TYPES + ('hf', 'spm')}
-FIRST_GROUP = {SALMConfig: 'Model', TrainConfig: 'Training', DataConfig: 'Data'}  # before any title
 _TITLE = re.compile(r'^\s*# --- (.+?) ---')
-_FIELD = re.compile(r'^\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$')
+_FIELD = re.compile(r'^\s+(\w+): [^=]+=')
 
 
 @dataclass
@@ -39,8 +41,9 @@ class Flag:
     group: str
 
 
-def _docstrings(cls) -> Dict[str, str]:
-    """Attribute docstrings (the string literal after each field), read from the source."""
+def docstrings(cls) -> Dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of the fields ``cls`` declares,
+    read from its source."""
     docs = {}
     body = ast.parse(inspect.getsource(cls)).body[0].body
     for node, following in zip(body, body[1:]):
@@ -50,31 +53,34 @@ def _docstrings(cls) -> Dict[str, str]:
     return docs
 
 
-def _groups_and_comments(cls) -> tuple:
-    """(field -> its section title, field -> the comment on its line)."""
-    groups, comments, title = {}, {}, FIRST_GROUP[cls]
+def _groups(cls) -> Dict[str, str]:
+    """field -> its section title (before any title: the section's name)."""
+    groups, title = {}, cls.__name__.replace('Config', '')
     for line in inspect.getsource(cls).splitlines():
         heading, field = _TITLE.match(line), _FIELD.match(line)
         if heading:
             title = heading.group(1)
         elif field:
             groups[field.group(1)] = title
-            if field.group(2):
-                comments[field.group(1)] = field.group(2)
-    return groups, comments
+    return groups
+
+
+def declared_fields(cls) -> list:
+    """The fields ``cls`` declares itself (not those of the sections it extends)."""
+    return [f for f in dataclasses.fields(cls) if f.name in cls.__dict__.get('__annotations__', {})]
 
 
 def fields() -> Dict[str, Flag]:
-    """name -> Flag; the first dataclass that defines a name gives its default, help and group."""
+    """name -> Flag, from the one section that declares it."""
     out = {}
-    for _, cls in SECTIONS:
-        hints, docs = typing.get_type_hints(cls), _docstrings(cls)
-        groups, comments = _groups_and_comments(cls)
-        for field in dataclasses.fields(cls):
-            if field.name not in DERIVED and field.name not in out:
-                out[field.name] = Flag(hints[field.name], field.default,
-                                       docs.get(field.name, comments.get(field.name, '')),
-                                       groups.get(field.name, FIRST_GROUP[cls]))
+    for cls in FLAG_SECTIONS:
+        hints, docs, groups = typing.get_type_hints(cls), docstrings(cls), _groups(cls)
+        for field in declared_fields(cls):
+            if field.name in DERIVED or cls is DataConfig and field.name in SHARED_WITH_DATA:
+                continue
+            if field.name in out:
+                raise ConfigError(f"{field.name} is declared by two config sections")
+            out[field.name] = Flag(hints[field.name], field.default, docs.get(field.name, ''), groups[field.name])
     return out
 
 

@@ -7,9 +7,32 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 from .config import ConfigError, SALMConfig, TrainConfig
-from .config_checks import check_types
+from .config_checks import at_least, check_types
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
+
+
+SHARED_WITH_DATA = {'seq_length': ('model', 'seq_length'), 'n_mels': ('model', 'num_mel_bins'),
+                    'stack': ('model', 'audio_frame_stack'), 'ctc_target_units': ('model', 'ctc_target_units'),
+                    'micro_batch_size': ('train', 'micro_batch_size'),
+                    'global_batch_size': ('train', 'global_batch_size'), 'seed': ('train', 'seed')}
+"""DataConfig's fields that another section owns, as (section, field): the data loader reads them
+from DataConfig, but they are set from their owner, never flags or YAML keys of the data section."""
+
+
+def _check_audio_features(model: SALMConfig) -> None:
+    """The features a run's data section makes for the audio encoder: Whisper's log-mels, stacked
+    (a model alone may take others: the tests' tiny ones do)."""
+    if model.num_mel_bins not in (80, 128):
+        raise ConfigError(f"--num-mel-bins {model.num_mel_bins}: the log-mel features are "
+                          "Whisper's, 80 or 128 bins")
+    at_least(model, 1, ('audio_frame_stack',))
+
+
+def section_settings(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings (flat, by field name) that dataclass ``cls`` declares."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in settings.items() if k in names}
 
 
 @dataclass
@@ -18,15 +41,32 @@ class RunConfig:
     train: TrainConfig
     data: DataConfig
 
+    @classmethod
+    def from_settings(cls, settings: Dict[str, Any]) -> 'RunConfig':
+        """Flat settings (flags and YAML keys by field name) -> the sections, each name to the
+        section that declares it; the data section's shared fields from their owners, whose
+        types and audio features are checked first (the data section checks its values as it
+        is made)."""
+        owners = {'model': SALMConfig(**section_settings(SALMConfig, settings)),
+                  'train': TrainConfig(**section_settings(TrainConfig, settings))}
+        for section in owners.values():
+            check_types(section)
+        _check_audio_features(owners['model'])
+        data = section_settings(DataConfig, settings)
+        data.update({name: getattr(owners[section], owner) for name, (section, owner) in SHARED_WITH_DATA.items()})
+        try:
+            data = DataConfig(**data)
+        except ValueError as err:  # DataConfig checks its values as it is made
+            raise ConfigError(str(err)) from None
+        return cls(owners['model'], owners['train'], data)
+
     def validate(self) -> None:
         """Types and ranges of every section, what the sections imply for each other, and the
         manifests named; the trainer re-checks what needs the world size and the tokenizer."""
         check_types(self.data)
         self.model.validate(vocabulary=False)
         self.train.validate()
-        if self.model.num_mel_bins not in (80, 128):
-            raise ConfigError(f"--num-mel-bins {self.model.num_mel_bins}: the log-mel features are "
-                              "Whisper's, 80 or 128 bins")
+        _check_audio_features(self.model)
         if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
             raise ConfigError("--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0")
         if self.train.training_mode == 'encoder_ctc':

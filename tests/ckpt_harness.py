@@ -43,10 +43,9 @@ GLOBAL_BATCH = 4
 
 class Run:
     def __init__(self, cfg, dist_opt: bool, out: str):
-        self.cfg, self.dist_opt, self.out = cfg, dist_opt, out
+        self.cfg, self.dist_opt, self.out = cfg.replace(use_distributed_optimizer=dist_opt), dist_opt, out
         self.train_cfg = TrainConfig(train_iters=10, micro_batch_size=2, global_batch_size=GLOBAL_BATCH,
-                                     lr=3e-3, min_lr=3e-4, lr_warmup_iters=2, weight_decay=0.01,
-                                     clip_grad=1.0, use_distributed_optimizer=dist_opt)
+                                     lr=3e-3, min_lr=3e-4, lr_warmup_iters=2, weight_decay=0.01, clip_grad=1.0)
         self.records = {'losses': []}
 
     def build(self, op):

@@ -101,8 +101,7 @@ def write_config(cfg: SALMConfig, path: str) -> str:
 
 
 def init_weights(cfg: SALMConfig, workdir: str) -> dict:
-    base = dataclasses.replace(cfg, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-                               sequence_parallel=False)
+    base = cfg.with_single_device_layout()
     out = os.path.join(workdir, 'weights.pt')
     _run(['init', '--config', write_config(base, os.path.join(workdir, 'base.json')), '--out', out], 1)
     return torch.load(out)

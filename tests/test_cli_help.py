@@ -16,7 +16,7 @@ from train_utils import run_train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = ['LLM (GPTModel):', 'Multi-token prediction:', 'Mixture of experts (the MTP layers of --mtp-layer-pattern E):',
           'Audio encoder (Whisper-shaped) and projector:', 'CTC on the audio encoder (model/ctc.py):',
-          'Parallelism and precision:', 'Training: schedule and optimizer:', 'Logging and validation:',
+          'Parallelism:', 'Precision:', 'Kernels and memory:', 'Training: schedule and optimizer:', 'Logging and validation:',
           'Checkpoints and stopping:', 'Data:', 'SpecAugment (training data only):']
 
 
@@ -45,7 +45,8 @@ def test_train_help_is_grouped_with_choices_and_off_switches():
     assert titles == GROUPS
     assert _group_of(text, '--save ') == 'Checkpoints and stopping:'
     assert _group_of(text, '--async-save') == 'Checkpoints and stopping:'
-    assert _group_of(text, '--use-distributed-optimizer') == 'Parallelism and precision:'
+    assert _group_of(text, '--use-distributed-optimizer') == 'Parallelism:'
+    assert _group_of(text, '--cross-entropy-fusion-impl') == 'Kernels and memory:'
     assert _group_of(text, '--tokenizer-model') == 'Data:'
     assert _group_of(text, '--tensorboard-dir') == 'Logging and validation:'
     for shown in ('--lr-decay-style {constant,linear,cosine,inverse-square-root}',
@@ -55,8 +56,7 @@ def test_train_help_is_grouped_with_choices_and_off_switches():
                   '--check-for-nan-in-loss-and-grad, --no-check-for-nan-in-loss-and-grad'):
         assert shown in text, shown
     assert '--no-bf16' not in text  # off by default: its --no- form only clutters
-    # a data field without a docstring shows the comment on its line
-    assert 'DataLoader worker processes per rank' in text
+    assert 'DataLoader worker processes per rank' in text  # the data section's docstrings too
 
 
 def test_off_switches_parse():

@@ -1,7 +1,6 @@
 """What a checkpoint says about itself, read without building a model: the run settings saved
 beside it (``config.yaml``) and its common state (``model_only`` for an import)."""
 
-import dataclasses
 import os
 import pickle
 from typing import Tuple
@@ -10,6 +9,7 @@ import yaml
 from megatron.core import dist_checkpointing
 
 from ..config import SALMConfig
+from ..run_config import section_settings
 from .layout import (COMMON_STATE, CONFIG_FILE, CheckpointError, checkpoint_dir, latest_checkpoint_iteration,
                      verify_checkpoint_files)
 
@@ -52,8 +52,7 @@ def latest_run_settings(load_dir: str) -> Tuple[int, dict]:
 
 def model_config(stored: dict) -> SALMConfig:
     """The SALMConfig among a checkpoint's saved run settings (the other sections' fields ignored)."""
-    names = {f.name for f in dataclasses.fields(SALMConfig)}
-    return SALMConfig(**{k: v for k, v in stored.items() if k in names})
+    return SALMConfig(**section_settings(SALMConfig, stored))
 
 
 def read_checkpoint_config(load_dir: str) -> SALMConfig:

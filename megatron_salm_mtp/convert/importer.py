@@ -16,7 +16,7 @@ import torch
 import yaml
 from megatron.core import parallel_state
 
-from ..config import SINGLE_DEVICE_LAYOUT, SALMConfig
+from ..config import ParallelConfig, SALMConfig
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import save_checkpoint
 from ..flags import DERIVED
@@ -30,9 +30,9 @@ MODEL_CONFIG = 'salm_model.yaml'
 
 def model_yaml(cfg: SALMConfig) -> str:
     """The model flags of an imported checkpoint, as a ``--config`` file for ``train`` (derived
-    and layout fields left out: the tokenizer and the launch decide those)."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in DERIVED and k not in SINGLE_DEVICE_LAYOUT}
+    and parallel fields left out: the tokenizer and the launch decide those)."""
+    parallel = {f.name for f in dataclasses.fields(ParallelConfig)}
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in DERIVED and k not in parallel}
     return yaml.safe_dump(fields, sort_keys=True)
 
 

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    """Data settings, Megatron-style names (``--seq-length`` -> ``seq_length``)."""
+    """Data settings, Megatron-style names (``--seq-length`` -> ``seq_length``). A training run
+    sets the fields the model and training sections own (sequence length, batch sizes, seed, mel
+    bins, frame stacking, CTC units) from them: ``run_config.SHARED_WITH_DATA``."""
 
     seq_length: int = 256
     """tokens per sample after the shift; every microbatch is padded to it"""

@@ -29,6 +29,7 @@ from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
 from ..flags import base_type, fields as flag_fields
 from ..data.tokenizer import Tokenizer
+from ..run_config import SHARED_WITH_DATA
 
 MEGATRON_TOKENIZERS = {'HuggingFaceTokenizer': 'huggingface', 'SentencePieceTokenizer': 'sentencepiece',
                        'GPTSentencePieceTokenizer': 'sentencepiece', 'Llama2Tokenizer': 'sentencepiece'}
@@ -141,12 +142,12 @@ def tokenizer_type(args: argparse.Namespace) -> str:
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    """The plugin's data settings from Megatron-LM's and the added flags; mel bins and frame
-    stacking are the model's (``--num-mel-bins``, ``--audio-frame-stack``)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)
-              if getattr(args, f.name, None) is not None}
-    values.update(tokenizer_type=tokenizer_type(args), n_mels=args.num_mel_bins,
-                  stack=args.audio_frame_stack)
+    """The plugin's data settings from Megatron-LM's and the added flags; the fields another
+    section owns (sequence length, batch sizes, seed, mel bins, frame stacking) from its flag."""
+    owners = {name: owner for name, (_, owner) in SHARED_WITH_DATA.items()}
+    values = {f.name: getattr(args, owners.get(f.name, f.name)) for f in dataclasses.fields(DataConfig)
+              if getattr(args, owners.get(f.name, f.name), None) is not None}
+    values.update(tokenizer_type=tokenizer_type(args))
     return DataConfig(**values)
 
 

@@ -118,9 +118,9 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     train = run.train
     set_seed(train.seed)  # every configuration starts from the same trunk weights
     dp = parallel_state.get_data_parallel_world_size()
-    ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=train.overlap_grad_reduce,
-                                        use_distributed_optimizer=train.use_distributed_optimizer,
-                                        overlap_param_gather=train.overlap_param_gather)
+    ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
+                                        use_distributed_optimizer=cfg.use_distributed_optimizer,
+                                        overlap_param_gather=cfg.overlap_param_gather)
     model = build_model(cfg, ddp)
     optimizer, scheduler = build_optimizer(model, train, cfg)
     num_micro = train.global_batch_size // (train.micro_batch_size * dp)
@@ -173,7 +173,7 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
               'lm_loss_per_step': lm_loss}
     if bench.list_host_syncs:
         result['host_syncs'] = {phase: dict(sites) for phase, sites in syncs.items()}
-    if train.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
+    if cfg.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
         for chunk in model:
             chunk.disable_forward_pre_hook(param_sync=False)
     model = optimizer = None  # drop them (and train_step's view of them) before collecting

@@ -95,9 +95,9 @@ class Trainer:
                                                  dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
             self.valid_start = self.valid_loader.state_dict()
         ddp = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
-            use_distributed_optimizer=self.train_cfg.use_distributed_optimizer,
-            overlap_param_gather=self.train_cfg.overlap_param_gather)
+            grad_reduce_in_fp32=True, overlap_grad_reduce=self.cfg.overlap_grad_reduce,
+            use_distributed_optimizer=self.cfg.use_distributed_optimizer,
+            overlap_param_gather=self.cfg.overlap_param_gather)
         self.model = build_model(self.cfg, ddp, before_wrap=lambda chunk: apply_training_mode(
             chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
@@ -137,7 +137,7 @@ class Trainer:
         """With --overlap-param-gather a rank's parameters outside its optimizer shard arrive only
         in the next forward (core's pre-hooks); checkpoints and evaluation need them now. As in
         Megatron-LM: drop the hooks (which all-gathers), then put them back."""
-        if not self.train_cfg.overlap_param_gather:
+        if not self.cfg.overlap_param_gather:
             yield
             return
         for chunk in self.model:

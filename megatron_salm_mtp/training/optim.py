@@ -26,8 +26,8 @@ def build_optimizer(model_chunks, train: TrainConfig, model: SALMConfig):
         optimizer='adam', lr=train.lr, min_lr=train.min_lr, weight_decay=train.weight_decay,
         adam_beta1=train.adam_beta1, adam_beta2=train.adam_beta2, clip_grad=train.clip_grad,
         bf16=model.bf16, params_dtype=torch.bfloat16 if model.bf16 else torch.float32,
-        use_distributed_optimizer=train.use_distributed_optimizer,
-        overlap_param_gather=train.overlap_param_gather)
+        use_distributed_optimizer=model.use_distributed_optimizer,
+        overlap_param_gather=model.overlap_param_gather)
     optimizer = get_megatron_optimizer(config, model_chunks)
     logger.info('optimizer: %s', implementation(optimizer))
     steps = train.train_iters * train.global_batch_size  # the scheduler counts samples

@@ -1,0 +1,19 @@
+"""The values each choice field of the config sections takes, for ``validate()`` and ``--help``."""
+
+from ..data.ctc_text import CTC_TARGET_UNITS
+
+TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
+"""``--training-mode`` choices (model/freeze.py says what each trains)."""
+
+# The values a field takes (None: unset), for validate() and --help.
+CHOICES = {
+    'position_embedding_type': ('rope', 'learned_absolute'),
+    'transformer_impl': (None, 'transformer_engine', 'local'),
+    'fp8_format': (None, 'e4m3', 'hybrid'),
+    'moe_token_dispatcher_type': ('allgather', 'alltoall'),
+    'moe_router_load_balancing_type': ('aux_loss', 'seq_aux_loss', 'none'),
+    'ctc_target_units': CTC_TARGET_UNITS,
+    'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
+    'training_mode': TRAINING_MODES,
+    'cross_entropy_fusion_impl': ('native', 'te', 'linear'),
+}
