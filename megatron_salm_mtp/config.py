@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .config_checks import ConfigError, at_least, check_types, flag, one_of, positive
+import torch
+
+from .config_checks import ConfigError, at_least, check_types, did_you_mean, flag, one_of, positive
 from .data.ctc_text import CTC_CHARACTERS, CTC_TARGET_UNITS
 
 TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
@@ -27,7 +29,11 @@ CHOICES = {
     'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
     'training_mode': TRAINING_MODES,
     'cross_entropy_fusion_impl': ('native', 'te', 'linear'),
+    'cuda_graph_impl': ('none', 'local', 'transformer_engine'),
 }
+CUDA_GRAPH_SCOPES = ('attn', 'mlp', 'moe_router', 'moe_preprocess')
+"""``--cuda-graph-scope`` parts Megatron-Core can graph in these layers (its ``moe`` part needs
+drop-and-pad experts, its ``full_iteration`` a static whole step: neither fits the SALM)."""
 
 _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_heads', 'num_query_groups',
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
@@ -188,6 +194,20 @@ class SALMConfig:
     """Accumulate weight gradients into the fp32 main gradients inside the weight-gradient GEMM
     (Transformer Engine's layers; Megatron-LM's default). No effect with the local spec."""
 
+    # --- CUDA graphs (training) ---
+    cuda_graph_impl: str = 'none'
+    """CUDA graphs of the LLM's and MTP's transformer layers in training (Megatron-LM's flag):
+    local (Megatron-Core's graph manager: the first step runs eagerly and records, graphs are
+    built at its end) or transformer_engine (TE's make_graphed_callables through core's helper,
+    captured after --cuda-graph-warmup-steps eager steps); none: eager. Needs fixed shapes
+    (--pad-to-seq-length) and a GPU. The audio encoder stays eager (its shapes follow the audio)."""
+    cuda_graph_scope: Optional[str] = None
+    """What each layer's graph covers, comma-separated: attn, mlp, moe_router, moe_preprocess
+    (Megatron-LM's names); unset: the whole layer."""
+    cuda_graph_warmup_steps: int = 3
+    """Eager training steps before transformer_engine captures its graphs; with local, the eager
+    runs of each graph before its capture (Megatron-LM's flag)."""
+
     @property
     def padded_vocab_size(self) -> int:
         if self.make_vocab_size_divisible_by is None:
@@ -271,6 +291,52 @@ class SALMConfig:
             raise ConfigError(f"--audio-token-id {self.audio_token_id} is outside the vocabulary "
                               f"(--vocab-size {self.vocab_size})")
         self._validate_ctc()
+        self._validate_cuda_graphs()
+
+    @property
+    def cuda_graph_scopes(self) -> list:
+        """--cuda-graph-scope as a list (empty: whole layers)."""
+        return [part.strip() for part in (self.cuda_graph_scope or '').split(',') if part.strip()]
+
+    def _validate_cuda_graphs(self) -> None:
+        """What Megatron-Core's layer graphs need of the model: a GPU, scopes its layers have,
+        and every graphed layer called once per microbatch with the autograd core records."""
+        one_of(self, 'cuda_graph_impl', CHOICES['cuda_graph_impl'])
+        impl, scopes = self.cuda_graph_impl, self.cuda_graph_scopes
+        for part in scopes:
+            if part not in CUDA_GRAPH_SCOPES:
+                raise ConfigError(f"--cuda-graph-scope {part!r}: choose among {', '.join(CUDA_GRAPH_SCOPES)} "
+                                  f"(comma-separated){did_you_mean(part, CUDA_GRAPH_SCOPES)}")
+        if self.cuda_graph_warmup_steps < 0:
+            raise ConfigError(f"--cuda-graph-warmup-steps must be >= 0, got {self.cuda_graph_warmup_steps}")
+        if impl == 'none':
+            if scopes:
+                raise ConfigError("--cuda-graph-scope needs --cuda-graph-impl local or transformer_engine")
+            return
+        flag_impl = f"--cuda-graph-impl {impl}"
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{flag_impl} needs a CUDA device (this run has none)")
+        if impl == 'transformer_engine' and (self.transformer_impl == 'local' or not self.bf16
+                                             or importlib.util.find_spec('transformer_engine') is None):
+            raise ConfigError(f"{flag_impl} needs Transformer Engine, --bf16 (core's helper captures "
+                              "bf16 inputs) and no --transformer-impl local")
+        if impl == 'transformer_engine' and self.pipeline_model_parallel_size > 1:
+            raise ConfigError(f"{flag_impl} needs --pipeline-model-parallel-size 1: core's schedules pick "
+                              "a microbatch's graph through GPTModel, which the SALM wraps (use local)")
+        if impl == 'transformer_engine' and self.mtp_use_repeated_layer and self.mtp_depths > 1:
+            raise ConfigError(f"{flag_impl} holds one graph per layer and microbatch; "
+                              "--mtp-use-repeated-layer runs one layer per depth: use --cuda-graph-impl local")
+        if self.mtp_recompute:
+            raise ConfigError(f"{flag_impl} cannot graph layers that --mtp-recompute runs again in "
+                              "backward (core graphs recomputation only in whole-step graphs): drop one")
+        moe_parts = [part for part in scopes if part.startswith('moe')]
+        if moe_parts and not self.num_experts:
+            raise ConfigError(f"--cuda-graph-scope {','.join(moe_parts)} needs MoE layers (--num-experts)")
+        if 'moe_preprocess' in scopes and 'moe_router' not in scopes:
+            raise ConfigError("--cuda-graph-scope moe_preprocess needs moe_router beside it (core's rule)")
+        if 'mlp' in scopes and self.num_experts:
+            raise ConfigError("--cuda-graph-scope mlp: with --num-experts core counts every layer as MoE "
+                              "and graphs dense MLPs only: use moe_router")
 
     @property
     def fused_linear_cross_entropy(self) -> bool:
@@ -386,8 +452,10 @@ class SALMConfig:
 
 
 SINGLE_DEVICE_LAYOUT = {'tensor_model_parallel_size': 1, 'pipeline_model_parallel_size': 1, 'sequence_parallel': False,
-                        'virtual_pipeline_model_parallel_size': None, 'num_layers_per_virtual_pipeline_stage': None}
-"""The layout fields (a launch's choice, not the model's) at their one-device values."""
+                        'virtual_pipeline_model_parallel_size': None, 'num_layers_per_virtual_pipeline_stage': None,
+                        'cuda_graph_impl': 'none', 'cuda_graph_scope': None}
+"""The layout fields (a launch's choice, not the model's) at their one-device values; training's
+CUDA graphs are a launch's choice too, and the tools that load a checkpoint run eagerly."""
 
 
 @dataclass

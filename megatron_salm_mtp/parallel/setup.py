@@ -70,17 +70,20 @@ def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
         expert_model_parallel_size=cfg.expert_model_parallel_size)
-    set_seed(seed)
+    set_seed(seed, graph_safe_rng=cfg.cuda_graph_impl != 'none')
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, graph_safe_rng: bool = False) -> None:
     """Same host RNG on every TP/DP rank of a stage (replicated weights match), a different one
-    per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream."""
+    per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream.
+    ``graph_safe_rng``: the tracker keeps its streams as generators a CUDA graph can register
+    (core's graph manager refuses any other); seeded alike, they draw the same numbers."""
     seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed)
+    # A new tracker each time: a process may build an eager model after a graphed one (the bench).
+    model_parallel_cuda_manual_seed(seed, use_cudagraphable_rng=graph_safe_rng, force_reset_rng=True)
 
 
 def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
