@@ -103,6 +103,10 @@ def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn
         logger.info("gradient accumulation fusion: off (%s)", reason)
         return
     layers = fuse_te_wgrad_accumulation(chunk)
+    if cfg.cuda_graph_impl != 'none':
+        # Core's graph replay restores TE's "added to main_grad" marks only where the layer's
+        # config says its weight gradients fuse (else DDP adds TE's dummy gradients on top).
+        chunk.config.gradient_accumulation_fusion = True
     logger.info("gradient accumulation fusion: on in %d Transformer Engine layers (core's output "
                 "layer adds its gradient unfused)", layers)
 
