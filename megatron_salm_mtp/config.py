@@ -334,6 +334,9 @@ class SALMConfig:
             raise ConfigError(f"--cuda-graph-scope {','.join(moe_parts)} needs MoE layers (--num-experts)")
         if 'moe_preprocess' in scopes and 'moe_router' not in scopes:
             raise ConfigError("--cuda-graph-scope moe_preprocess needs moe_router beside it (core's rule)")
+        if self.num_experts and not scopes:
+            raise ConfigError(f"{flag_impl} with --num-experts: core graphs a whole MoE layer only with "
+                              "drop-and-pad experts; give --cuda-graph-scope attn (and moe_router)")
         if 'mlp' in scopes and self.num_experts:
             raise ConfigError("--cuda-graph-scope mlp: with --num-experts core counts every layer as MoE "
                               "and graphs dense MLPs only: use moe_router")

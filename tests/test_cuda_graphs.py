@@ -80,6 +80,8 @@ REFUSED = [
      '--cuda-graph-scope moe_router needs MoE layers (--num-experts)'),
     (['--cuda-graph-impl', 'local', '--mtp-num-layers', '1', '--mtp-layer-pattern', '*E', '--num-experts', '2',
       '--cuda-graph-scope', 'moe_preprocess'], '--cuda-graph-scope moe_preprocess needs moe_router beside it'),
+    (['--cuda-graph-impl', 'local', '--mtp-num-layers', '1', '--mtp-layer-pattern', '*E', '--num-experts', '2'],
+     '--cuda-graph-impl local with --num-experts: core graphs a whole MoE layer only with drop-and-pad experts'),
     (['--cuda-graph-impl', 'local', '--mtp-num-layers', '1', '--mtp-layer-pattern', '*E', '--num-experts', '2',
       '--cuda-graph-scope', 'mlp'], '--cuda-graph-scope mlp: with --num-experts core counts every layer as MoE'),
 ]
