@@ -316,6 +316,10 @@ class SALMConfig:
         flag_impl = f"--cuda-graph-impl {impl}"
         if not torch.cuda.is_available():
             raise ConfigError(f"{flag_impl} needs a CUDA device (this run has none)")
+        if ('expandable_segments:True' in os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '')
+                and os.environ.get('NCCL_GRAPH_REGISTER') != '0'):
+            raise ConfigError(f"{flag_impl} with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True needs "
+                              "NCCL_GRAPH_REGISTER=0 in the environment (core's rule: illegal memory access)")
         if impl == 'transformer_engine' and (self.transformer_impl == 'local' or not self.bf16
                                              or importlib.util.find_spec('transformer_engine') is None):
             raise ConfigError(f"{flag_impl} needs Transformer Engine, --bf16 (core's helper captures "

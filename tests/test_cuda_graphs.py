@@ -92,6 +92,15 @@ def test_combinations_core_cannot_graph_are_refused(manifest, with_gpu, flags, m
     assert message in _error(['--train-manifest', manifest] + flags)
 
 
+def test_expandable_segments_need_nccl_graph_register_off(manifest, with_gpu, monkeypatch):
+    monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
+    monkeypatch.delenv('NCCL_GRAPH_REGISTER', raising=False)
+    argv = ['--train-manifest', manifest, '--cuda-graph-impl', 'local']
+    assert 'needs NCCL_GRAPH_REGISTER=0 in the environment' in _error(argv)
+    monkeypatch.setenv('NCCL_GRAPH_REGISTER', '0')
+    parse_and_validate(argv)
+
+
 def test_transformer_engine_graphs_refuse_what_core_helper_cannot_index(with_gpu, monkeypatch):
     """The helper holds one graph per layer and microbatch, picked through GPTModel."""
     monkeypatch.setattr('importlib.util.find_spec', lambda name: object())  # as if TE were installed
