@@ -78,6 +78,19 @@ class RunConfig:
                               f"{seconds:g} s (--encoder-max-source-positions "
                               f"{self.model.encoder_max_source_positions}); a longer clip would crash training")
         self._validate_inputs()
+        self._validate_cuda_graphs()
+
+    def _validate_cuda_graphs(self) -> None:
+        """Graphed layers replay fixed shapes, and core records a layer's graph from its autograd:
+        every row padded to --seq-length, and a trunk that runs with gradients."""
+        impl = self.model.cuda_graph_impl
+        if impl == 'none':
+            return
+        if not self.data.pad_to_seq_length:
+            raise ConfigError(f"--cuda-graph-impl {impl} needs fixed shapes: drop --no-pad-to-seq-length")
+        if self.train.training_mode in ('head_only', 'encoder_ctc'):
+            raise ConfigError(f"--cuda-graph-impl {impl} graphs the LLM's layers in training, which "
+                              f"--training-mode {self.train.training_mode} runs without gradients or not at all")
 
     def _validate_encoder_ctc(self) -> None:
         """Stage 1 trains the encoder on CTC alone: it needs the CTC head, runs no LLM (so no MTP

@@ -123,6 +123,14 @@ def test_ctc_is_refused_under_pretrain(megatron_args):
 
 
 @needs_megatron_training
+def test_cuda_graphs_are_refused_under_pretrain(megatron_args):
+    """Megatron-LM's graph helper cannot find the SALM's layers (the plugin loop graphs them)."""
+    from megatron_salm_mtp.config import ConfigError
+    with pytest.raises(ConfigError, match='--cuda-graph-impl local is not supported under'):
+        megatron_args(list(TINY_FLAGS) + ['--cuda-graph-impl', 'local'])
+
+
+@needs_megatron_training
 def test_megatron_tokenizer_names_map_onto_the_plugins():
     from megatron_salm_mtp.config import ConfigError
     from megatron_salm_mtp.megatron_lm.args import tokenizer_type

@@ -29,6 +29,7 @@ import torch
 import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.tensor_parallel.random import convert_cuda_rng_state, is_graph_safe_cuda_rng_tracker
 from megatron.core.utils import unwrap_model
 
 from ..compat.mcore import async_save_options
@@ -167,7 +168,9 @@ def _rng_state() -> ShardedObject:
                        int(np_state[2]), int(np_state[3]), float(np_state[4])),
              'torch': torch.get_rng_state(),
              'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-             'tracker': tensor_parallel.get_cuda_rng_tracker().get_states()}
+             # as tensors: a graph-safe tracker (--cuda-graph-impl) holds generators
+             'tracker': {name: convert_cuda_rng_state(value, to_graphable=False)
+                         for name, value in tensor_parallel.get_cuda_rng_tracker().get_states().items()}}
     sizes = _layout()
     ranks = (parallel_state.get_pipeline_model_parallel_rank(),
              parallel_state.get_tensor_model_parallel_rank(),
@@ -182,7 +185,10 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
     if state['cuda'] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state['tracker'])
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    graph_safe = is_graph_safe_cuda_rng_tracker(tracker)
+    tracker.set_states({name: convert_cuda_rng_state(value, to_graphable=graph_safe)
+                        for name, value in state['tracker'].items()})
 
 
 def _sharded_state_dict(model_chunks, optimizer, with_optimizer: bool, with_rng: bool,

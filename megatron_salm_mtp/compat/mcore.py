@@ -36,6 +36,11 @@ and what the plugin does about it:
   to 0.19. ``check_postprocess_contract`` fails naming the release when either changes (a test
   runs it on each CI stack).
 
+* The TransformerConfig field of the CUDA graphs' coverage is ``cuda_graph_scope`` up to 0.18 and
+  ``cuda_graph_modules`` from 0.19 (where ``cuda_graph_scope`` is a deprecated alias that warns);
+  ``cuda_graph_fields`` names whichever the release has. Both take a list of part names, empty for
+  whole layers.
+
 Megatron-Core fixes of 0.16.1 sharp edges that 0.17+ brings (per-token MTP normalisation #3159,
 zero-token clamp #3396, sequence-parallel scatter of multimodal embeddings in MTP #6256, MTP
 input mask for modality placeholders #6770) live in ``GPTModel._postprocess``/``process_mtp_loss``,
@@ -53,6 +58,7 @@ from multiprocessing.managers import SyncManager
 from megatron.core import dist_checkpointing
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
+from megatron.core.transformer.transformer_config import TransformerConfig
 from packaging.version import Version
 
 from .process import die_with_parent
@@ -144,6 +150,13 @@ def mtp_block_spec(config, layer_spec, backend, vp_stage=None):
     if block is None or not MCORE_0_17:
         return block
     return dataclasses.replace(block, layer_specs=[_adapt_mtp_layer_spec(s) for s in block.layer_specs])
+
+
+def cuda_graph_fields(impl: str, scopes: list, warmup_steps: int) -> dict:
+    """TransformerConfig keywords of the training CUDA graphs on this release."""
+    names = {field.name for field in dataclasses.fields(TransformerConfig)}
+    coverage = 'cuda_graph_modules' if 'cuda_graph_modules' in names else 'cuda_graph_scope'
+    return {'cuda_graph_impl': impl, coverage: list(scopes), 'cuda_graph_warmup_steps': warmup_steps}
 
 
 def enable_router_without_te() -> None:

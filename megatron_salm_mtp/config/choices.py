@@ -16,4 +16,8 @@ CHOICES = {
     'lr_decay_style': ('constant', 'linear', 'cosine', 'inverse-square-root'),
     'training_mode': TRAINING_MODES,
     'cross_entropy_fusion_impl': ('native', 'te', 'linear'),
+    'cuda_graph_impl': ('none', 'local', 'transformer_engine'),
 }
+CUDA_GRAPH_SCOPES = ('attn', 'mlp', 'moe_router', 'moe_preprocess')
+"""``--cuda-graph-scope`` parts Megatron-Core can graph in these layers (its ``moe`` part needs
+drop-and-pad experts, its ``full_iteration`` a static whole step: neither fits the SALM)."""

@@ -54,5 +54,7 @@ class ParallelConfig:
 
 
 SINGLE_DEVICE_LAYOUT = {'tensor_model_parallel_size': 1, 'pipeline_model_parallel_size': 1, 'sequence_parallel': False,
-                        'virtual_pipeline_model_parallel_size': None, 'num_layers_per_virtual_pipeline_stage': None}
-"""The layout fields that a tool loading a checkpoint resets, at their one-device values."""
+                        'virtual_pipeline_model_parallel_size': None, 'num_layers_per_virtual_pipeline_stage': None,
+                        'cuda_graph_impl': 'none', 'cuda_graph_scope': None}
+"""The layout fields that a tool loading a checkpoint resets, at their one-device values; training's
+CUDA graphs are a launch's choice too, and the tools that load a checkpoint run eagerly."""

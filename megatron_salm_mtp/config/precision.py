@@ -53,6 +53,25 @@ class KernelConfig:
     moe_grouped_gemm: bool = False
     """All local experts in one grouped GEMM (Transformer Engine only); else one GEMM per expert."""
 
+    # --- CUDA graphs (training) ---
+    cuda_graph_impl: str = 'none'
+    """CUDA graphs of the LLM's and MTP's transformer layers in training (Megatron-LM's flag):
+    local (Megatron-Core's graph manager: the first step runs eagerly and records, graphs are
+    built at its end) or transformer_engine (TE's make_graphed_callables through core's helper,
+    captured after --cuda-graph-warmup-steps eager steps); none: eager. Needs fixed shapes
+    (--pad-to-seq-length) and a GPU. The audio encoder stays eager (its shapes follow the audio)."""
+    cuda_graph_scope: Optional[str] = None
+    """What each layer's graph covers, comma-separated: attn, mlp, moe_router, moe_preprocess
+    (Megatron-LM's names); unset: the whole layer."""
+    cuda_graph_warmup_steps: int = 3
+    """Eager training steps before transformer_engine captures its graphs; with local, the eager
+    runs of each graph before its capture (Megatron-LM's flag)."""
+
+    @property
+    def cuda_graph_scopes(self) -> list:
+        """--cuda-graph-scope as a list (empty: whole layers)."""
+        return [part.strip() for part in (self.cuda_graph_scope or '').split(',') if part.strip()]
+
     @property
     def fused_linear_cross_entropy(self) -> bool:
         """Whether the heads' loss runs through model/linear_ce.py."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config_checks import ConfigError, check_types, flag
+from .cuda_graph_checks import validate_cuda_graphs
 from .model import ModelConfig
 from .parallel import SINGLE_DEVICE_LAYOUT, ParallelConfig
 from .precision import KernelConfig, PrecisionConfig
@@ -71,6 +72,7 @@ class SALMConfig(ModelConfig, ParallelConfig, PrecisionConfig, KernelConfig):
         if self.sequence_parallel and self.seq_length % tp:
             raise ConfigError(f"--seq-length {self.seq_length} is not divisible by "
                               f"--tensor-model-parallel-size {tp} (needed by --sequence-parallel)")
+        validate_cuda_graphs(self)
 
     def _validate_expert_layout(self, world_size: Optional[int]) -> None:
         ep = self.expert_model_parallel_size

@@ -37,6 +37,8 @@ TRAIN_FLAGS = ('train_manifest', 'valid_manifest', 'training_mode')
 """The plugin's training settings that apply under pretrain(); Megatron-LM owns the others."""
 AUDIO_ENCODER_LAYERS = 'salm_audio_encoder_num_layers'
 """Where ``--encoder-num-layers`` is kept from Megatron-LM's validation."""
+CUDA_GRAPH_FIELDS = ('cuda_graph_impl', 'cuda_graph_scope', 'cuda_graph_warmup_steps')
+"""Megatron-LM's own CUDA-graph flags, which pretrain() acts on itself: the SALM's stay off there."""
 SALM_DEFAULTS = {'dataloader_type': 'external'}
 """Megatron-LM defaults the adapter changes: the dataset provider returns iterators that collate
 speech batches themselves (Megatron-LM's own loaders cannot)."""
@@ -124,6 +126,10 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError("--ctc-loss-weight is not supported under Megatron-LM's pretrain() yet (its "
                           "loss lives on the first pipeline stage); train with "
                           "python -m megatron_salm_mtp.train")
+    if getattr(args, 'cuda_graph_impl', 'none') != 'none':
+        raise ConfigError(f"--cuda-graph-impl {args.cuda_graph_impl} is not supported under Megatron-LM's "
+                          "pretrain() (its graph helper cannot find the SALM's layers); train with "
+                          "python -m megatron_salm_mtp.train")
     if args.training_mode == 'encoder_ctc':
         raise ConfigError("--training-mode encoder_ctc is not supported under Megatron-LM's pretrain() (it "
                           "trains on the CTC loss alone); train with python -m megatron_salm_mtp.train")
@@ -158,6 +164,8 @@ def salm_config_from_args(args: argparse.Namespace, tokenizer: Tokenizer) -> SAL
               if getattr(args, f.name, None) is not None}
     values.update(vocab_size=tokenizer.vocab_size, audio_token_id=tokenizer.audio_token_id,
                   num_query_groups=args.num_query_groups if args.group_query_attention else None)
+    for name in CUDA_GRAPH_FIELDS:  # Megatron-LM's (a list of scopes, say): refused above unless off
+        values.pop(name, None)
     if getattr(args, AUDIO_ENCODER_LAYERS) is not None:
         values['encoder_num_layers'] = getattr(args, AUDIO_ENCODER_LAYERS)
     else:

@@ -4,6 +4,7 @@ encoder's. The SALM builds its modules from these; ``provider.py`` builds the SA
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from ..compat import mcore
 from ..config import SALMConfig
 
 
@@ -62,6 +63,8 @@ def llm_transformer_config(cfg: SALMConfig, fused_kernels: bool = False) -> Tran
         gradient_accumulation_fusion=False,
         use_cpu_initialization=not torch.cuda.is_available(),
         fp8=cfg.fp8_format,
+        # The LLM's and MTP's layers only: the encoder's shapes follow each batch's audio.
+        **mcore.cuda_graph_fields(cfg.cuda_graph_impl, cfg.cuda_graph_scopes, cfg.cuda_graph_warmup_steps),
     )
 
 

@@ -70,17 +70,20 @@ def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
         expert_model_parallel_size=cfg.expert_model_parallel_size)
-    set_seed(seed)
+    set_seed(seed, graph_safe_rng=cfg.cuda_graph_impl != 'none')
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, graph_safe_rng: bool = False) -> None:
     """Same host RNG on every TP/DP rank of a stage (replicated weights match), a different one
-    per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream."""
+    per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream.
+    ``graph_safe_rng``: the tracker keeps its streams as generators a CUDA graph can register
+    (core's graph manager refuses any other); seeded alike, they draw the same numbers."""
     seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed)
+    # A new tracker each time: a process may build an eager model after a graphed one (the bench).
+    model_parallel_cuda_manual_seed(seed, use_cudagraphable_rng=graph_safe_rng, force_reset_rng=True)
 
 
 def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:
@@ -100,6 +103,10 @@ def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn
         logger.info("gradient accumulation fusion: off (%s)", reason)
         return
     layers = fuse_te_wgrad_accumulation(chunk)
+    if cfg.cuda_graph_impl != 'none':
+        # Core's graph replay restores TE's "added to main_grad" marks only where the layer's
+        # config says its weight gradients fuse (else DDP adds TE's dummy gradients on top).
+        chunk.config.gradient_accumulation_fusion = True
     logger.info("gradient accumulation fusion: on in %d Transformer Engine layers (core's output "
                 "layer adds its gradient unfused)", layers)
 

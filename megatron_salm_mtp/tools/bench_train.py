@@ -6,7 +6,8 @@ batches after warm-up, for the configuration without MTP and with it, in the sam
 prints step time, tokens/s, TFLOP/s per GPU and MFU (model FLOPs of ``training/flops.py`` against
 the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the two runs. With
 ``--compare-cross-entropy-fusion`` every configuration runs again with the fused linear +
-cross-entropy head (``--cross-entropy-fusion-impl linear``), from the same initial weights.
+cross-entropy head (``--cross-entropy-fusion-impl linear``), from the same initial weights; with
+``--compare-cuda-graphs`` every configuration runs eagerly and with the given ``--cuda-graph-impl``.
 
     torchrun --nproc-per-node 2 -m megatron_salm_mtp.tools.bench_train --config configs/salm_1b_8gpu.yaml \\
         --tensor-model-parallel-size 2 --mtp-num-layers 2
@@ -30,6 +31,7 @@ from ..config import ConfigError, SALMConfig
 from ..data.frames import encoder_frames
 from ..data.synthetic_batches import synthetic_batch
 from ..parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
+from ..training.cuda_graphs import LayerGraphs
 from ..training.flops import batch_flops, head_evaluations
 from ..training.host_syncs import recorded_host_syncs
 from ..training.optim import build_optimizer
@@ -98,10 +100,25 @@ def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
 
 
 def head_label(cfg: SALMConfig) -> str:
-    """How the configuration computes the heads' loss, for the report."""
+    """How the configuration computes the heads' loss (and graphs its layers), for the report."""
     if cfg.fused_linear_cross_entropy:
-        return 'fused linear CE'
-    return f'row chunks {cfg.head_chunk_rows}' if cfg.head_chunk_rows else 'logits kept'
+        label = 'fused linear CE'
+    else:
+        label = f'row chunks {cfg.head_chunk_rows}' if cfg.head_chunk_rows else 'logits kept'
+    return label if cfg.cuda_graph_impl == 'none' else f'{label}, graphs {cfg.cuda_graph_impl}'
+
+
+def graph_variants(cfg: SALMConfig, compare: bool, warmup_iters: int) -> list:
+    """``cfg`` alone, or eager then as given with ``--compare-cuda-graphs``; the timed steps must
+    replay graphs, so the untimed ones cover their recording or capture."""
+    impl = cfg.cuda_graph_impl
+    if compare and impl == 'none':
+        raise ConfigError("--compare-cuda-graphs compares eager steps with graphed ones: give --cuda-graph-impl")
+    needed = cfg.cuda_graph_warmup_steps + 1 if impl == 'transformer_engine' else 1
+    if impl != 'none' and warmup_iters < needed:
+        raise ConfigError(f"--warmup-iters {warmup_iters}: with --cuda-graph-impl {impl} the first {needed} "
+                          f"step(s) run eagerly to record or capture the graphs; give --warmup-iters >= {needed}")
+    return [cfg.replace(cuda_graph_impl='none', cuda_graph_scope=None), cfg] if compare else [cfg]
 
 
 def fused_head(cfg: SALMConfig) -> SALMConfig:
@@ -116,13 +133,15 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     """Build ``model`` with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
     cfg = model.replace(mtp_num_layers=depths or None)
     train = run.train
-    set_seed(train.seed)  # every configuration starts from the same trunk weights
+    # every configuration starts from the same trunk weights (a graph-safe tracker draws the same)
+    set_seed(train.seed, graph_safe_rng=cfg.cuda_graph_impl != 'none')
     dp = parallel_state.get_data_parallel_world_size()
     ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
                                         use_distributed_optimizer=cfg.use_distributed_optimizer,
                                         overlap_param_gather=cfg.overlap_param_gather)
     model = build_model(cfg, ddp)
     optimizer, scheduler = build_optimizer(model, train, cfg)
+    graphs = LayerGraphs(model, cfg, train.micro_batch_size, train.global_batch_size, optimizer)
     num_micro = train.global_batch_size // (train.micro_batch_size * dp)
     microbatches = [synthetic_batch(train.micro_batch_size, cfg.seq_length, cfg.vocab_size,
                                     cfg.audio_token_id, cfg.num_mel_bins, cfg.audio_frame_stack,
@@ -149,6 +168,7 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
 
     times = []
     for step in range(bench.warmup_iters + bench.timed_iters):
+        graphs.before_step(step)
         _sync()
         start = time.perf_counter()
         lm_loss.append(train_step())
@@ -170,13 +190,14 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
               'tflops_per_gpu': flops / step_s / world / 1e12,
               'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan'),
-              'lm_loss_per_step': lm_loss}
+              'lm_loss_per_step': lm_loss, 'cuda_graphs': graphs.count()}
     if bench.list_host_syncs:
         result['host_syncs'] = {phase: dict(sites) for phase, sites in syncs.items()}
     if cfg.overlap_param_gather:  # its forward pre-hooks keep the model alive (seen: +8 GB per depth)
         for chunk in model:
             chunk.disable_forward_pre_hook(param_sync=False)
-    model = optimizer = None  # drop them (and train_step's view of them) before collecting
+    graphs.close()
+    model = optimizer = graphs = None  # drop them (and train_step's view of them) before collecting
     gc.collect()
     return result
 
@@ -212,11 +233,12 @@ def print_table(results, depths: int, peak: float) -> None:
         if mtp:
             print(f"MTP overhead per depth: {(mtp[0]['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step "
                   f"time, {(mtp[0]['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB ({base['head']})")
-    if len(by_head) == 2:
-        for plain, fused in zip(*by_head):
-            print(f"{fused['head']} vs {plain['head']}, D={plain['mtp_depths']}: step time "
-                  f"{fused['step_ms'] / plain['step_ms'] - 1:+.1%}, peak memory "
-                  f"{fused['peak_mem_gb'] - plain['peak_mem_gb']:+.2f} GB")
+    for other in by_head[1:]:  # each variant against the first (eager, configured head)
+        for plain, changed in zip(by_head[0], other):
+            print(f"{changed['head']} vs {plain['head']}, D={plain['mtp_depths']}: step time "
+                  f"{changed['step_ms'] / plain['step_ms'] - 1:+.1%}, peak memory "
+                  f"{changed['peak_mem_gb'] - plain['peak_mem_gb']:+.2f} GB, layer graphs "
+                  f"{changed['cuda_graphs']}")
 
 
 def main(argv=None):
@@ -238,6 +260,8 @@ def main(argv=None):
                         help='profile 2 more steps per configuration; op tables written here')
     parser.add_argument('--list-host-syncs', action='store_true',
                         help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
+    parser.add_argument('--compare-cuda-graphs', action='store_true',
+                        help='run each configuration eagerly and then with the given --cuda-graph-impl')
     parser.add_argument('--compare-cross-entropy-fusion', action='store_true',
                         help='also run each configuration with --cross-entropy-fusion-impl linear (the fused '
                              'linear + cross-entropy heads, no --head-chunk-rows)')
@@ -247,6 +271,7 @@ def main(argv=None):
         if bench.vocab_size:
             run.model.vocab_size = bench.vocab_size
         heads = [run.model] + ([fused_head(run.model)] if bench.compare_cross_entropy_fusion else [])
+        heads = [v for head in heads for v in graph_variants(head, bench.compare_cuda_graphs, bench.warmup_iters)]
     except ConfigError as err:
         exit_on_config_error(err)
     init_distributed()

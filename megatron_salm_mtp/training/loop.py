@@ -28,6 +28,7 @@ from ..data.loader import build_dataloader
 from ..model.freeze import apply_training_mode
 from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
 from ..run_config import RunConfig
+from .cuda_graphs import LayerGraphs
 from .flops import batch_flops, head_evaluations
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
@@ -101,6 +102,8 @@ class Trainer:
         self.model = build_model(self.cfg, ddp, before_wrap=lambda chunk: apply_training_mode(
             chunk, self.train_cfg.training_mode))
         self.optimizer, self.scheduler = build_optimizer(self.model, self.train_cfg, self.cfg)
+        self.graphs = LayerGraphs(self.model, self.cfg, self.train_cfg.micro_batch_size,
+                                  self.train_cfg.global_batch_size, self.optimizer)
         log_dir = self.train_cfg.log_dir or self.train_cfg.save or os.path.join('runs', 'latest')
         self.metrics = MetricsWriter(log_dir, _reporting_rank(), self.train_cfg.tensorboard_dir,
                                      self.train_cfg.wandb_project, self.train_cfg.wandb_exp_name, run.resolved())
@@ -237,7 +240,9 @@ class Trainer:
         while self.iteration < self.train_cfg.train_iters:
             microbatches = [next(batches) for _ in range(self.num_microbatches)]
             work = _global_work(microbatches, self.cfg)
+            self.graphs.before_step(self.iteration - start_iteration)
             loss, grad_norm, skipped = self.train_step(microbatches)
+            self.graphs.after_step()
             self.iteration += 1
             self._count_skip(skipped)
             window.append((loss, grad_norm, work))
@@ -349,4 +354,5 @@ def train(run: RunConfig) -> None:
     try:
         trainer.fit()
     finally:
+        trainer.graphs.close()
         trainer.metrics.close()

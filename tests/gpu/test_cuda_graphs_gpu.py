@@ -1,0 +1,79 @@
+"""CUDA graphs of the LLM's and MTP's layers on a GPU (``--cuda-graph-impl``): a tiny SALM trains
+the same with and without them (bf16 tolerance), core really built one graph per decoder layer and
+per MTP depth, and the training entry point (warm-up, capture, evaluation, release) runs with them.
+Skips without CUDA; the transformer_engine cases skip without Transformer Engine.
+
+    python -m pytest -q tests/gpu/test_cuda_graphs_gpu.py -s
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from data_fixtures import make_train_valid_corpus
+from train_utils import free_port, read_metrics, run_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+HAVE_TE = importlib.util.find_spec('transformer_engine') is not None
+IMPLS = ['local', pytest.param('transformer_engine', marks=pytest.mark.skipif(not HAVE_TE, reason='needs TE'))]
+
+LAYERS, DEPTHS = 4, 2
+SMALL_SALM = ['--num-layers', str(LAYERS), '--hidden-size', '256', '--ffn-hidden-size', '704',
+              '--num-attention-heads', '8', '--num-query-groups', '4', '--seq-length', '512',
+              '--encoder-num-layers', '2', '--encoder-hidden-size', '256', '--encoder-num-attention-heads', '8',
+              '--bf16', '--micro-batch-size', '2', '--global-batch-size', '4', '--mtp-num-layers', str(DEPTHS)]
+
+
+def close(a, b) -> bool:
+    """bf16 agreement of two losses."""
+    return math.isclose(a, b, rel_tol=2e-2, abs_tol=2e-2)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_graphed_steps_train_as_eager_ones(tmp_path, impl):
+    """The bench trains the same batches from the same weights eagerly, then graphed, in one
+    process: per-step main loss alike at D=0 and D=2, falling, and one graph per graphed layer."""
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
+           '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+           *SMALL_SALM, '--cuda-graph-impl', impl, '--cuda-graph-warmup-steps', '2', '--compare-cuda-graphs',
+           '--warmup-iters', '3', '--timed-iters', '4', '--json', str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                            env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    print(result.stdout[-2500:])
+    results = json.loads(out.read_text())['results']
+    eager = {r['mtp_depths']: r for r in results if 'graphs' not in r['head']}
+    graphed = {r['mtp_depths']: r for r in results if f'graphs {impl}' in r['head']}
+    assert sorted(eager) == sorted(graphed) == [0, DEPTHS]
+    for depth in (0, DEPTHS):
+        plain, fast = eager[depth]['lm_loss_per_step'], graphed[depth]['lm_loss_per_step']
+        assert len(plain) == len(fast) == 7
+        assert all(close(a, b) for a, b in zip(plain, fast)), (depth, plain, fast)
+        assert fast[-1] < fast[0], fast  # it trains: the same batches every step
+        assert eager[depth]['cuda_graphs'] == 0
+        assert graphed[depth]['cuda_graphs'] == LAYERS + depth, graphed[depth]  # MTP layers graphed too
+
+
+def test_training_run_with_graphs_matches_eager(tmp_path):
+    """The training loop: graphs recorded in the first step, replayed after, evaluation on the
+    graphed layers, released at the end; losses as in an eager run of the same data."""
+    corpus = make_train_valid_corpus(tmp_path / 'corpus', n=16)
+    common = ['--bf16', '--train-iters', '6', '--eval-interval', '3', '--eval-iters', '1']
+    runs = {}
+    for name, extra in (('eager', []), ('graphs', ['--cuda-graph-impl', 'local'])):
+        log_dir = str(tmp_path / name)
+        result = run_train(corpus, common + extra + ['--log-dir', log_dir])
+        runs[name] = (read_metrics(log_dir), read_metrics(log_dir, 'valid'), result.stdout)
+    (train_e, valid_e, _), (train_g, valid_g, stdout) = runs['eager'], runs['graphs']
+    assert '--cuda-graph-impl local: ' in stdout and 'layer graphs replay from now on' in stdout, stdout[-3000:]
+    assert len(train_g) == len(train_e) == 3 and len(valid_g) == len(valid_e) == 2
+    for eager, graphed in zip(train_e + valid_e, train_g + valid_g):
+        assert close(eager['lm loss'], graphed['lm loss']), (eager, graphed)
