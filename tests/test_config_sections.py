@@ -100,7 +100,10 @@ def test_flat_keys_go_to_their_section():
 def test_old_flat_config_yaml_loads():
     stored = yaml.safe_load(OLD_RUN_YAML)
     run = RunConfig.from_settings(stored)
-    assert run.resolved() == stored  # every key read into its section, and written back the same
+    resolved = run.resolved()
+    assert {k: resolved[k] for k in stored} == stored  # every key read into its section, written back the same
+    added = {k: v for k, v in resolved.items() if k not in stored}  # fields newer than the file: their defaults
+    assert added == {k: v for k, v in RunConfig.from_settings({}).resolved().items() if k in added}
     cfg = model_config(stored)  # what --load, export and generate read
     assert cfg == run.model
     assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.sequence_parallel) == (2, 2, True)
