@@ -12,6 +12,7 @@ Modules (each imports only the ones above it):
 - ``prompts``    templates plain / llama3 / qwen: ids, supervised marks, placeholder runs
 - ``dataset``    map-style dataset with prescan and skip/substitute of bad samples
 - ``batching``   collate into the batch contract (see its docstring for the exact keys)
+- ``packing``    ``--pack-sequences``: utterances packed first-fit into rows, per-row ``cu_seqlens``
 - ``sampler``    DP-sharded, global-batch-consistent, resumable microbatch sampler
 - ``loader``     ``DataConfig`` and ``build_dataloader`` (what the training loop calls)
 - ``synth``      ``python -m megatron_salm_mtp.data.synth``: espeak-ng corpus (``espeak``, ``voices``,
