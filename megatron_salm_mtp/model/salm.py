@@ -18,6 +18,7 @@ from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel
+from .packed import block_causal_mask, packed_layout
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 
@@ -67,7 +68,7 @@ class SALM(MegatronModule):
                  post_process: bool = True, vp_stage: Optional[int] = None):
         config = llm_transformer_config(cfg, fused_kernels=impl == TRANSFORMER_ENGINE)
         super().__init__(config=config)
-        self.cfg = cfg
+        self.cfg, self.impl = cfg, impl
         self.model_type = ModelType.encoder_or_decoder  # schedules read it
         self.pre_process, self.post_process = pre_process, post_process
         if pre_process:
@@ -190,11 +191,20 @@ class SALM(MegatronModule):
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
                 audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None,
-                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None):
+                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None, cu_seqlens=None):
         """``head_row_counts``: supervised rows of the main head and of each MTP depth, counted on
         the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
         placeholders); with them the step needs no host round trip. Without them the model
-        counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``."""
+        counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``.
+        ``cu_seqlens`` [b, u + 1]: the rows are packed (``packed.py``), ``position_ids`` restart
+        per utterance."""
+        attention_mask, layout = None, None
+        if cu_seqlens is not None:
+            if self.impl == TRANSFORMER_ENGINE:
+                raise ValueError("--pack-sequences runs on --transformer-impl local for now: the "
+                                 "Transformer Engine (THD) path is not written yet")
+            layout = packed_layout(cu_seqlens, position_ids)
+            attention_mask = block_causal_mask(layout.segments)
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
@@ -203,9 +213,11 @@ class SALM(MegatronModule):
                                               ctc_targets=ctc_targets, ctc_lengths=ctc_lengths)
         # GPTModel.forward hands _postprocess no extra argument, so the counts ride on the module.
         self.language_model.head_row_counts = head_row_counts
+        self.language_model.packed_layout = layout
         try:
-            return self.language_model(tokens, position_ids, attention_mask=None,
+            return self.language_model(tokens, position_ids, attention_mask=attention_mask,
                                        decoder_input=decoder_input, labels=labels,
                                        loss_mask=loss_mask)
         finally:
             self.language_model.head_row_counts = None
+            self.language_model.packed_layout = None

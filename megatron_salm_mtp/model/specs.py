@@ -66,7 +66,9 @@ class SDPAttention(MegatronModule):
 
     Takes Megatron's layout (``[s, b, heads, dim]`` in, ``[s, b, heads * dim]`` out) and its mask
     convention (``True`` = masked out, shape ``[b, 1, 1|sq, sk]``); a floating-point mask is added
-    to the scores as it is (the decoding KV cache's, 0 or -inf, built once for all layers).
+    to the scores as it is (the decoding KV cache's, 0 or -inf, built once for all layers). A mask
+    given to a causal layer replaces the causal one and carries causality itself (packed rows'
+    block-diagonal causal mask, ``packed.py``).
     """
 
     def __init__(
@@ -93,8 +95,8 @@ class SDPAttention(MegatronModule):
             raise ValueError("packed sequences and attention bias need the TE spec")
         mask_type = attn_mask_type or self.attn_mask_type
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, dim]
-        causal = mask_type == AttnMaskType.causal
-        allowed = None if causal or attention_mask is None else (
+        causal = mask_type == AttnMaskType.causal and attention_mask is None
+        allowed = None if attention_mask is None else (
             attention_mask if attention_mask.is_floating_point() else ~attention_mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,

@@ -1,0 +1,94 @@
+"""Packed sequences in the model (portable spec, gloo, fp32, one process per rank): the same
+utterances packed several to a row and padded one to a row give the same losses and gradients,
+against the plain-torch reference, which unpacks rows itself (``reference.unpack``)."""
+
+import os
+
+import pytest
+import torch
+
+from parallel_utils import init_weights, pack_rows, reference_grads, run_layout, speech_batch, tiny_config
+from reference import salm_objective
+from test_parallel_gradients import assert_grads_match
+
+from megatron_salm_mtp.model.mtp import supervised_counts
+from megatron_salm_mtp.model.packed import block_causal_mask, per_position_rotary
+from megatron_salm_mtp.data.packing import segment_ids
+
+# Two utterances per row; 5 and 2 are supervised from their first position on, so a depth-k
+# target or input taken across the boundary from 1 and 6 would enter the loss.
+ROWS = [[1, 5], [0, 3], [6, 2], [4, 7]]
+ANSWER_FIRST = (5, 2)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('packed'))
+    cfg = tiny_config(ctc_loss_weight=0.7)
+    weights = init_weights(cfg, workdir)
+    padded = speech_batch(cfg, 8, seed=5, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5])
+    for u in ANSWER_FIRST:
+        padded['loss_mask'][u, 0] = 1.0
+    packed = pack_rows(padded, ROWS, cfg.seq_length)
+    path = os.path.join(workdir, 'packed.pt')
+    torch.save(packed, path)
+    loss, totals, grads = reference_grads(cfg, weights, padded)
+    return dict(cfg=cfg, workdir=workdir, padded=padded, packed=packed, path=path, weights=weights,
+                loss=loss, totals=totals, grads=grads)
+
+
+def test_the_batch_tests_the_boundaries(setup):
+    """Packed rows hold several utterances, and ignoring their boundaries would change the MTP
+    counts: the end-to-end tests below would see a leaking roll."""
+    cfg, packed = setup['cfg'], setup['packed']
+    assert (segment_ids(packed['cu_seqlens'], cfg.seq_length).max(1).values >= 1).all()
+    exact = supervised_counts([packed], 2, cfg.audio_token_id, True)
+    leaking = supervised_counts([{**packed, 'cu_seqlens': None}], 2, cfg.audio_token_id, True)
+    padded = supervised_counts([setup['padded']], 2, cfg.audio_token_id, True)
+    assert torch.equal(exact, padded) and (leaking[1:] > exact[1:]).all()
+
+
+def test_reference_unpacks_rows(setup):
+    packed = salm_objective(setup['weights'], setup['cfg'], setup['packed'])
+    for key, expected in setup['totals'].items():
+        if key == 'ctc infeasible':
+            assert packed[key] == expected
+            continue
+        torch.testing.assert_close(packed[key][0], expected[0], rtol=1e-6, atol=1e-6)
+        assert packed[key][1] == expected[1]
+
+
+def test_block_causal_mask_and_rotary_positions():
+    segments = torch.tensor([[0, 0, 1, 1, 1, 2]])
+    visible = ~block_causal_mask(segments)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(visible, expected)
+    angles = torch.arange(8.0)[:, None, None, None] * torch.tensor([1.0, 0.5])
+    positions = torch.tensor([[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]])
+    rotary = per_position_rotary(angles, positions)
+    assert rotary.shape == (6, 2, 1, 2)
+    assert torch.equal(rotary[:, 0, 0, 0], positions[0].float())
+    assert torch.equal(rotary[:, 1, 0, 1], positions[1].float() * 0.5)
+
+
+LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel)
+    (1, 1, 1, 2, False),
+    (2, 1, 2, 1, True),
+    (1, 2, 2, 2, False),
+    (1, 1, 2, 2, False),
+]
+
+
+@pytest.mark.parametrize('tp,pp,nproc,microbatches,sp', LAYOUTS,
+                         ids=[f'tp{t}-pp{p}-dp{n // (t * p)}-mb{m}{"-sp" if s else ""}'
+                              for t, p, n, m, s in LAYOUTS])
+def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp):
+    cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                               sequence_parallel=sp)
+    workdir = os.path.join(setup['workdir'], f'tp{tp}pp{pp}n{nproc}m{microbatches}sp{int(sp)}')
+    loss, grads, _, _ = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'), setup['path'],
+                                   workdir, nproc, microbatches)
+    ce_sum, count = setup['totals']['main']
+    assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
+    assert_grads_match(setup['grads'], grads)
