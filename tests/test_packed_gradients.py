@@ -23,8 +23,11 @@ ANSWER_FIRST = (5, 2)
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('packed'))
-    cfg = tiny_config(ctc_loss_weight=0.7)
+    return packed_setup(str(tmp_path_factory.mktemp('packed')), tiny_config(ctc_loss_weight=0.7))
+
+
+def packed_setup(workdir, cfg):
+    """Weights, the padded batch and its packed rows (saved), and the reference on the padded one."""
     weights = init_weights(cfg, workdir)
     padded = speech_batch(cfg, 8, seed=5, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5])
     for u in ANSWER_FIRST:
@@ -86,9 +89,27 @@ LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel)
 def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp):
     cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                sequence_parallel=sp)
-    workdir = os.path.join(setup['workdir'], f'tp{tp}pp{pp}n{nproc}m{microbatches}sp{int(sp)}')
-    loss, grads, _, _ = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'), setup['path'],
-                                   workdir, nproc, microbatches)
+    assert_packed_run_matches(setup, cfg, nproc, microbatches)
+
+
+def test_packed_gradients_match_with_interleaved_pipeline(tmp_path):
+    setup = packed_setup(str(tmp_path), tiny_config(num_layers=4))
+    cfg = setup['cfg'].replace(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
+    assert_packed_run_matches(setup, cfg, nproc=2, microbatches=4)
+
+
+def assert_packed_run_matches(setup, cfg, nproc, microbatches):
+    workdir = os.path.join(setup['workdir'], f'tp{cfg.tensor_model_parallel_size}'
+                           f'pp{cfg.pipeline_model_parallel_size}n{nproc}m{microbatches}')
+    loss, grads, copies, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
+                                            setup['path'], workdir, nproc, microbatches)
     ce_sum, count = setup['totals']['main']
     assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
     assert_grads_match(setup['grads'], grads)
+    for name, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
+        torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)
+    stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None)
+    for k in range(cfg.mtp_depths):  # the logged MTP losses and counts are the reference's
+        ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
+        assert stats[1, k].item() == n_k.item()
+        assert stats[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
