@@ -11,9 +11,11 @@ from parallel_utils import init_weights, pack_rows, reference_grads, run_layout,
 from reference import salm_objective
 from test_parallel_gradients import assert_grads_match
 
-from megatron_salm_mtp.model.mtp import supervised_counts
-from megatron_salm_mtp.model.packed import block_causal_mask, per_position_rotary
 from megatron_salm_mtp.data.packing import segment_ids
+from megatron_salm_mtp.model.mtp import supervised_counts
+from megatron_salm_mtp.model.packed import MASK, THD, block_causal_mask, per_position_rotary
+from megatron_salm_mtp.model.salm import SALM
+from megatron_salm_mtp.model.specs import LOCAL
 
 # Two utterances per row; 5 and 2 are supervised from their first position on, so a depth-k
 # target or input taken across the boundary from 1 and 6 would enter the loss.
@@ -113,3 +115,36 @@ def assert_packed_run_matches(setup, cfg, nproc, microbatches):
         ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
         assert stats[1, k].item() == n_k.item()
         assert stats[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
+
+
+def test_thd_layout_gives_the_row_layout_losses_and_gradients(single_rank_parallel):
+    """Core's THD path (PackedSeqParams, per-segment RoPE and MTP roll; the TE spec's layout),
+    run through the portable attention on CPU, against the [b, s] rows with the explicit mask."""
+    cfg = tiny_config()
+    packed = pack_rows(speech_batch(cfg, 8, seed=7, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5]),
+                       ROWS, cfg.seq_length)
+    torch.manual_seed(0)
+    model = SALM(cfg, LOCAL)
+    model.language_model.set_mtp_loss_weights(torch.tensor([0.5, 0.25]))
+    results = {}
+    for layout in (MASK, THD):
+        model.packed_format = layout
+        model.zero_grad()
+        model.language_model.mtp_stats.reset()
+        loss = model(packed['tokens'], packed['position_ids'], labels=packed['labels'],
+                     loss_mask=packed['loss_mask'], audio_features=packed['audio_features'],
+                     audio_feature_lengths=packed['audio_feature_lengths'],
+                     cu_seqlens=packed['cu_seqlens'])
+        (loss * packed['loss_mask']).sum().backward()
+        results[layout] = (loss.detach(), model.language_model.mtp_stats.values.clone(),
+                           {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (loss_mask, stats_mask, grads_mask), (loss_thd, stats_thd, grads_thd) = results[MASK], results[THD]
+    assert loss_thd.shape == packed['tokens'].shape
+    torch.testing.assert_close(loss_thd, loss_mask, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats_thd, stats_mask, rtol=1e-5, atol=1e-6)
+    assert stats_mask[1].min() > 0  # every depth supervised something
+    assert set(grads_thd) == set(grads_mask)
+    for name, grad in grads_mask.items():
+        scale = grad.abs().max().item()
+        err = (grads_thd[name] - grad).abs().max().item() / max(scale, 1e-30)
+        assert err < 2e-5, f"{name}: relative error {err:.2e}"

@@ -94,7 +94,7 @@ class SpeechGPTModel(GPTModel):
         """Core's, with RoPE angles of each token's own position in a packed row (restarting per
         utterance) instead of its column."""
         outputs = super()._preprocess(*args, **kwargs)
-        if self.packed_layout is None or outputs[1] is None:
+        if self.packed_layout is None or self.packed_layout.position_ids is None or outputs[1] is None:
             return outputs
         rotary = per_position_rotary(outputs[1], self.packed_layout.position_ids)
         return (outputs[0], rotary) + tuple(outputs[2:])

@@ -18,7 +18,8 @@ from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel
-from .packed import block_causal_mask, packed_layout
+from .packed import (MASK, THD, block_causal_mask, packed_layout, thd_layout, thd_packed_seq_params,
+                     thd_stage_input, thd_stage_output)
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 
@@ -68,7 +69,9 @@ class SALM(MegatronModule):
                  post_process: bool = True, vp_stage: Optional[int] = None):
         config = llm_transformer_config(cfg, fused_kernels=impl == TRANSFORMER_ENGINE)
         super().__init__(config=config)
-        self.cfg, self.impl = cfg, impl
+        self.cfg = cfg
+        # How packed rows reach attention (packed.py): TE attends to THD sequences only.
+        self.packed_format = THD if impl == TRANSFORMER_ENGINE else MASK
         self.model_type = ModelType.encoder_or_decoder  # schedules read it
         self.pre_process, self.post_process = pre_process, post_process
         if pre_process:
@@ -198,13 +201,36 @@ class SALM(MegatronModule):
         counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``.
         ``cu_seqlens`` [b, u + 1]: the rows are packed (``packed.py``), ``position_ids`` restart
         per utterance."""
+        if cu_seqlens is not None and self.packed_format == THD:
+            return self._forward_thd(tokens, position_ids, labels, loss_mask, audio_features,
+                                     audio_feature_lengths, head_row_counts, ctc_targets, ctc_lengths,
+                                     cu_seqlens)
         attention_mask, layout = None, None
         if cu_seqlens is not None:
-            if self.impl == TRANSFORMER_ENGINE:
-                raise ValueError("--pack-sequences runs on --transformer-impl local for now: the "
-                                 "Transformer Engine (THD) path is not written yet")
             layout = packed_layout(cu_seqlens, position_ids)
             attention_mask = block_causal_mask(layout.segments)
+        return self._forward(tokens, position_ids, labels, loss_mask, audio_features,
+                             audio_feature_lengths, head_row_counts, ctc_targets, ctc_lengths,
+                             attention_mask=attention_mask, layout=layout)
+
+    def _forward_thd(self, tokens, position_ids, labels, loss_mask, audio_features,
+                     audio_feature_lengths, head_row_counts, ctc_targets, ctc_lengths, cu_seqlens):
+        """Packed rows as one THD sequence of b x s tokens (``packed.py``); returns the row layout."""
+        rows, seq = tokens.shape
+        flat = [None if t is None else t.reshape(1, -1) for t in (tokens, position_ids, labels, loss_mask)]
+        if not self.pre_process:
+            decoder = self.language_model.decoder
+            decoder.input_tensor = thd_stage_input(decoder.input_tensor)
+        output = self._forward(*flat, audio_features, audio_feature_lengths, head_row_counts,
+                               ctc_targets, ctc_lengths, layout=thd_layout(cu_seqlens, seq),
+                               packed_seq_params=thd_packed_seq_params(cu_seqlens, seq))
+        if self.post_process:  # token losses [1, b*s] (or logits [1, b*s, v]) back in rows
+            return output.reshape(rows, seq, *output.shape[2:])
+        return thd_stage_output(output, rows)
+
+    def _forward(self, tokens, position_ids, labels, loss_mask, audio_features, audio_feature_lengths,
+                 head_row_counts, ctc_targets, ctc_lengths, attention_mask=None, layout=None,
+                 packed_seq_params=None):
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
@@ -217,7 +243,7 @@ class SALM(MegatronModule):
         try:
             return self.language_model(tokens, position_ids, attention_mask=attention_mask,
                                        decoder_input=decoder_input, labels=labels,
-                                       loss_mask=loss_mask)
+                                       loss_mask=loss_mask, packed_seq_params=packed_seq_params)
         finally:
             self.language_model.head_row_counts = None
             self.language_model.packed_layout = None
