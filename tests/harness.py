@@ -131,6 +131,9 @@ def cmd_grads(args):
     expert_tp_rank = parallel_state.get_expert_tensor_parallel_rank()
     expert_tp_size = parallel_state.get_expert_tensor_parallel_world_size()
     chunks = [chunk.module for chunk in model]  # one per virtual pipeline stage
+    for module in chunks:
+        if args.packed_format:  # the TE spec's THD layout, through the portable attention
+            module.packed_format = args.packed_format
     specs = {}  # by global name
     for vp_stage, module in enumerate(chunks):
         params = dict(module.named_parameters())
@@ -197,6 +200,7 @@ def main():
     parser.add_argument('--microbatches', type=int, default=1)
     parser.add_argument('--seed', type=int, default=1234)
     parser.add_argument('--training-mode', default='joint')
+    parser.add_argument('--packed-format', choices=['mask', 'thd'])
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
     {'init': cmd_init, 'grads': cmd_grads}[args.mode](args)

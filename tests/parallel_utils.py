@@ -135,13 +135,14 @@ def init_weights(cfg: SALMConfig, workdir: str) -> dict:
 
 
 def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str,
-               nproc: int, microbatches: int, training_mode: str = 'joint'):
+               nproc: int, microbatches: int, training_mode: str = 'joint', packed_format=None):
     """Run one global batch on ``nproc`` ranks; returns (main loss, full gradients by name, the
     MTP stage's embedding gradient copies, each rank's record)."""
     os.makedirs(workdir, exist_ok=True)
     config_path = write_config(cfg, os.path.join(workdir, 'config.json'))
     _run(['grads', '--config', config_path, '--weights', weights_path, '--batch', batch_path,
-          '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode], nproc)
+          '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode]
+         + (['--packed-format', packed_format] if packed_format else []), nproc)
     from harness import merge_shards
     ranks = [torch.load(os.path.join(workdir, f'rank{r}.pt')) for r in range(nproc)]
     losses = [r['loss'] for r in ranks if r['loss'] == r['loss']]

@@ -77,21 +77,23 @@ def test_block_causal_mask_and_rotary_positions():
     assert torch.equal(rotary[:, 1, 0, 1], positions[1].float() * 0.5)
 
 
-LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel)
-    (1, 1, 1, 2, False),
-    (2, 1, 2, 1, True),
-    (1, 2, 2, 2, False),
-    (1, 1, 2, 2, False),
+LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel, packed format)
+    (1, 1, 1, 2, False, MASK),
+    (2, 1, 2, 1, True, MASK),
+    (1, 2, 2, 2, False, MASK),
+    (1, 1, 2, 2, False, MASK),
+    (2, 1, 2, 1, True, THD),
+    (1, 2, 2, 2, False, THD),
 ]
 
 
-@pytest.mark.parametrize('tp,pp,nproc,microbatches,sp', LAYOUTS,
-                         ids=[f'tp{t}-pp{p}-dp{n // (t * p)}-mb{m}{"-sp" if s else ""}'
-                              for t, p, n, m, s in LAYOUTS])
-def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp):
+@pytest.mark.parametrize('tp,pp,nproc,microbatches,sp,packed_format', LAYOUTS,
+                         ids=[f'tp{t}-pp{p}-dp{n // (t * p)}-mb{m}{"-sp" if s else ""}-{f}'
+                              for t, p, n, m, s, f in LAYOUTS])
+def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp, packed_format):
     cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                sequence_parallel=sp)
-    assert_packed_run_matches(setup, cfg, nproc, microbatches)
+    assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format)
 
 
 def test_packed_gradients_match_with_interleaved_pipeline(tmp_path):
@@ -100,17 +102,19 @@ def test_packed_gradients_match_with_interleaved_pipeline(tmp_path):
     assert_packed_run_matches(setup, cfg, nproc=2, microbatches=4)
 
 
-def assert_packed_run_matches(setup, cfg, nproc, microbatches):
+def assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format=MASK):
     workdir = os.path.join(setup['workdir'], f'tp{cfg.tensor_model_parallel_size}'
-                           f'pp{cfg.pipeline_model_parallel_size}n{nproc}m{microbatches}')
+                           f'pp{cfg.pipeline_model_parallel_size}n{nproc}m{microbatches}{packed_format}')
     loss, grads, copies, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
-                                            setup['path'], workdir, nproc, microbatches)
+                                            setup['path'], workdir, nproc, microbatches,
+                                            packed_format=packed_format)
     ce_sum, count = setup['totals']['main']
     assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
     assert_grads_match(setup['grads'], grads)
     for name, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
         torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)
-    stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None)
+    # summed over DP ranks (TP ranks hold the same statistics)
+    stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0)
     for k in range(cfg.mtp_depths):  # the logged MTP losses and counts are the reference's
         ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
         assert stats[1, k].item() == n_k.item()
