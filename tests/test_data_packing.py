@@ -133,3 +133,19 @@ def test_flag_checks():
         cfg(bucket_window=2)
     with pytest.raises(ValueError, match="--pack-window"):
         cfg(pack_window=0)
+
+
+def test_an_utterance_longer_than_measured_is_left_out_of_its_row(tmp_path, caplog):
+    manifest = make_corpus(tmp_path, n=6, seconds=(1.0, 1.2))
+    ds = build_dataset(cfg(), [manifest])
+    real = list(ds.lengths)
+    ds.lengths = [n // 3 for n in real]  # as if every file had grown since the prescan
+    packed = PackedRows(ds, window=6, seed=0)
+    row = max(range(len(packed)), key=lambda r: len(packed.rows[r]))
+    loaded = packed[row]
+    used = sum(len(x["ids"]) - 1 for x in loaded["samples"])
+    assert loaded["skipped"] and used <= 96
+    assert len(loaded["samples"]) + len(loaded["skipped"]) == len(packed.rows[row])
+    assert {s.reason for s in loaded["skipped"]} == {"sequence_too_long"}
+    assert "no longer fits its packed row" in caplog.text
+    PackedCollator(ds.tokenizer.pad_id, 96)([loaded])  # the row still collates

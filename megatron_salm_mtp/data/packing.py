@@ -87,8 +87,9 @@ class PackedRows(torch.utils.data.Dataset):
         for index in self.rows[r]:
             sample, skip = self.dataset.load_or_skip(index, epoch)
             if sample is not None and used + len(sample["ids"]) - 1 > self.seq_length:
-                # the file changed since the prescan measured it: it no longer fits its row
-                skip = Skip(f"index {index}", SEQUENCE_TOO_LONG, "longer than when the row was packed")
+                where = self.dataset.examples[self.dataset.valid[index]].where
+                skip = Skip(where, SEQUENCE_TOO_LONG, "longer than when the prescan measured it; "
+                            "it no longer fits its packed row")
                 self.dataset.report(skip)
                 sample = None
             if sample is None:
