@@ -122,7 +122,7 @@ class SALMProviders:
                        loss_mask=inputs['loss_mask'], audio_features=inputs['audio_features'],
                        audio_feature_lengths=inputs['audio_feature_lengths'],
                        head_row_counts=batch[HEAD_ROW_COUNTS],
-                       cu_seqlens=batch['cu_seqlens'].to(_device()) if 'cu_seqlens' in batch else None)
+                       cu_seqlens=batch.get('cu_seqlens'))
         return output, partial(salm_loss, inputs['loss_mask'], language_model)
 
     def datasets_provider(self, train_val_test_num_samples):

@@ -52,16 +52,16 @@ def thd_layout(cu_seqlens: torch.Tensor, seq_length: int) -> PackedLayout:
     return PackedLayout((segments + offsets).reshape(1, -1), None)
 
 
-def thd_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int) -> PackedSeqParams:
+def thd_packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int, device) -> PackedSeqParams:
     """Core's THD parameters for the rows laid end to end: int32 ``cu_seqlens`` over ``b*s``
-    tokens without empty segments, and the longest segment. Read on the host (one transfer of a
-    few ids per microbatch)."""
+    tokens without empty segments, and the longest segment. Read on the host: pass the batch's
+    host copy of ``cu_seqlens`` (a device copy would make the host wait for the GPU)."""
     bounds = []
     for r, row in enumerate(cu_seqlens.tolist()):
         bounds.extend(r * seq_length + start for start in sorted(set(row))[:-1])
     bounds.append(cu_seqlens.shape[0] * seq_length)
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    flat = torch.tensor(bounds, dtype=torch.int32, device=cu_seqlens.device)
+    flat = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
     return PackedSeqParams(qkv_format=THD, cu_seqlens_q=flat, cu_seqlens_kv=flat,
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 

@@ -199,8 +199,8 @@ class SALM(MegatronModule):
         the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
         placeholders); with them the step needs no host round trip. Without them the model
         counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``.
-        ``cu_seqlens`` [b, u + 1]: the rows are packed (``packed.py``), ``position_ids`` restart
-        per utterance."""
+        ``cu_seqlens`` [b, u + 1] (the batch's host copy): the rows are packed (``packed.py``),
+        ``position_ids`` restart per utterance."""
         if cu_seqlens is not None and self.packed_format == THD:
             return self._forward_thd(tokens, position_ids, labels, loss_mask, audio_features,
                                      audio_feature_lengths, head_row_counts, ctc_targets, ctc_lengths,
@@ -222,8 +222,9 @@ class SALM(MegatronModule):
             decoder = self.language_model.decoder
             decoder.input_tensor = thd_stage_input(decoder.input_tensor)
         output = self._forward(*flat, audio_features, audio_feature_lengths, head_row_counts,
-                               ctc_targets, ctc_lengths, layout=thd_layout(cu_seqlens, seq),
-                               packed_seq_params=thd_packed_seq_params(cu_seqlens, seq))
+                               ctc_targets, ctc_lengths,
+                               layout=thd_layout(cu_seqlens.to(tokens.device), seq),
+                               packed_seq_params=thd_packed_seq_params(cu_seqlens, seq, tokens.device))
         if self.post_process:  # token losses [1, b*s] (or logits [1, b*s, v]) back in rows
             return output.reshape(rows, seq, *output.shape[2:])
         return thd_stage_output(output, rows)

@@ -29,7 +29,7 @@ ENCODER_CTC = 'encoder_ctc'
 """The training mode whose step runs the encoder and its CTC head only."""
 AUDIO_KEYS = ('audio_features', 'audio_feature_lengths', 'ctc_targets')
 BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
-              'audio_feature_lengths', 'ctc_targets', 'cu_seqlens')
+              'audio_feature_lengths', 'ctc_targets')
 
 
 def _device() -> torch.device:
@@ -78,7 +78,8 @@ def _forward_step(data_iterator, model):
                    loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
                    audio_feature_lengths=batch['audio_feature_lengths'],
                    head_row_counts=host_batch[HEAD_ROW_COUNTS], ctc_targets=batch['ctc_targets'],
-                   ctc_lengths=host_batch.get(CTC_LENGTHS), cu_seqlens=batch['cu_seqlens'])
+                   ctc_lengths=host_batch.get(CTC_LENGTHS),
+                   cu_seqlens=host_batch.get('cu_seqlens'))
     return output, partial(masked_token_loss, batch['loss_mask'])
 
 

@@ -29,7 +29,7 @@ def run(model, batch, cu_seqlens=None):
     loss = model(cuda['tokens'], cuda['position_ids'], labels=cuda['labels'], loss_mask=cuda['loss_mask'],
                  audio_features=cuda['audio_features'].bfloat16(),
                  audio_feature_lengths=cuda['audio_feature_lengths'],
-                 cu_seqlens=None if cu_seqlens is None else cu_seqlens.cuda())
+                 cu_seqlens=cu_seqlens)  # the host copy, as the training step passes it
     total = (loss.float() * cuda['loss_mask']).sum()
     total.backward()
     grads = {n: p.main_grad if hasattr(p, 'main_grad') else p.grad for n, p in model.named_parameters()}
