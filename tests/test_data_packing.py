@@ -149,3 +149,17 @@ def test_an_utterance_longer_than_measured_is_left_out_of_its_row(tmp_path, capl
     assert {s.reason for s in loaded["skipped"]} == {"sequence_too_long"}
     assert "no longer fits its packed row" in caplog.text
     PackedCollator(ds.tokenizer.pad_id, 96)([loaded])  # the row still collates
+
+
+def test_resume_refuses_a_position_in_other_rows(tmp_path):
+    manifest = make_corpus(tmp_path, n=30, seconds=(0.5, 1.5))
+    state = build_dataloader(cfg(), manifest).state_dict()
+    assert set(state) == {"consumed_samples", "epoch", "seed", "packed_rows"}
+    build_dataloader(cfg(), manifest).load_state_dict(state)  # same rows: fine
+    with pytest.raises(ValueError, match="counts packed rows, this run other packed rows"):
+        build_dataloader(cfg(pack_window=4), manifest).load_state_dict(state)
+    with pytest.raises(ValueError, match="counts packed rows, this run utterances"):
+        build_dataloader(cfg(pack_sequences=False), manifest).load_state_dict(state)
+    unpacked = build_dataloader(cfg(pack_sequences=False), manifest).state_dict()
+    with pytest.raises(ValueError, match="counts utterances, this run packed rows"):
+        build_dataloader(cfg(), manifest).load_state_dict(unpacked)

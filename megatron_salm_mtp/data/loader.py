@@ -233,10 +233,24 @@ class SpeechDataLoader:
         total = Counter(self.dataset.prescan_skip_counts()) + Counter(self._epoch_runtime.values())
         return {r: total[r] for r in SKIP_REASONS if total[r]}
 
+    @property
+    def _rows_digest(self) -> str | None:
+        return self.dataset.digest if isinstance(self.dataset, PackedRows) else None
+
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+        state = {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+        if self._rows_digest:
+            state["packed_rows"] = self._rows_digest
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("packed_rows") != self._rows_digest:
+            saved = "packed rows" if state.get("packed_rows") else "utterances"
+            now = "other packed rows" if self._rows_digest and state.get("packed_rows") else (
+                "packed rows" if self._rows_digest else "utterances")
+            raise ValueError(f"the checkpoint's data position counts {saved}, this run {now}: resume with "
+                             "the same --pack-sequences, --pack-window, --seq-length, --seed and manifests "
+                             "(or --finetune to start the data anew)")
         self.sampler.load_state_dict(state)
         self.consumed_samples = self.sampler.consumed_samples
 

@@ -20,6 +20,8 @@ one more segment. The model keeps attention, RoPE positions and the MTP chain in
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -73,6 +75,12 @@ class PackedRows(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def digest(self) -> str:
+        """Fingerprint of the rows: a checkpoint's position in rows means nothing in other rows."""
+        flat = np.concatenate([np.asarray(row + [-1], dtype=np.int64) for row in self.rows])
+        return hashlib.sha1(flat.tobytes()).hexdigest()[:16]
 
     @property
     def augments(self) -> bool:
