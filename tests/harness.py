@@ -103,11 +103,19 @@ def cmd_init(args):
     torch.save(state, args.out)
 
 
-def _split(batch: dict, start: int, stop: int) -> dict:
-    """Samples [start, stop) of a batch, with their audio (one utterance per sample here)."""
-    part = {key: value[start:stop] for key, value in batch.items()}
-    lengths = part['audio_feature_lengths']
-    part['audio_features'] = part['audio_features'][..., : int(lengths.max())]
+AUDIO_ROWS = ('audio_features', 'audio_feature_lengths', 'ctc_targets', 'ctc_target_lengths')
+
+
+def _split(batch: dict, start: int, stop: int, audio_id: int) -> dict:
+    """Rows [start, stop) of a batch, with their audios: one per placeholder run, in row-major
+    order (a packed row holds several; utterances here never start with a placeholder)."""
+    part = {key: value[start:stop] for key, value in batch.items() if key not in AUDIO_ROWS}
+    audio = batch['tokens'] == audio_id
+    run_starts = audio & ~torch.nn.functional.pad(audio[:, :-1], (1, 0))
+    offsets = [0] + run_starts.sum(1).cumsum(0).tolist()
+    first, last = offsets[start], offsets[stop]
+    part.update({key: batch[key][first:last] for key in AUDIO_ROWS if key in batch})
+    part['audio_features'] = part['audio_features'][..., : int(part['audio_feature_lengths'].max())]
     return part
 
 
@@ -123,6 +131,9 @@ def cmd_grads(args):
     expert_tp_rank = parallel_state.get_expert_tensor_parallel_rank()
     expert_tp_size = parallel_state.get_expert_tensor_parallel_world_size()
     chunks = [chunk.module for chunk in model]  # one per virtual pipeline stage
+    for module in chunks:
+        if args.packed_format:  # the TE spec's THD layout, through the portable attention
+            module.packed_format = args.packed_format
     specs = {}  # by global name
     for vp_stage, module in enumerate(chunks):
         params = dict(module.named_parameters())
@@ -140,9 +151,10 @@ def cmd_grads(args):
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     per_rank = batch['tokens'].shape[0] // dp_size
-    mine = _split(batch, dp_rank * per_rank, (dp_rank + 1) * per_rank)
+    mine = _split(batch, dp_rank * per_rank, (dp_rank + 1) * per_rank, cfg.audio_token_id)
     size = per_rank // args.microbatches
-    microbatches = [_split(mine, i * size, (i + 1) * size) for i in range(args.microbatches)]
+    microbatches = [_split(mine, i * size, (i + 1) * size, cfg.audio_token_id)
+                    for i in range(args.microbatches)]
     for chunk in model:
         chunk.zero_grad_buffer()
     loss = forward_backward(model, microbatches, cfg, training_mode=mode).mean
@@ -188,6 +200,7 @@ def main():
     parser.add_argument('--microbatches', type=int, default=1)
     parser.add_argument('--seed', type=int, default=1234)
     parser.add_argument('--training-mode', default='joint')
+    parser.add_argument('--packed-format', choices=['mask', 'thd'])
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
     {'init': cmd_init, 'grads': cmd_grads}[args.mode](args)

@@ -1,0 +1,154 @@
+"""Packed sequences in the model (portable spec, gloo, fp32, one process per rank): the same
+utterances packed several to a row and padded one to a row give the same losses and gradients,
+against the plain-torch reference, which unpacks rows itself (``reference.unpack``)."""
+
+import os
+
+import pytest
+import torch
+
+from parallel_utils import init_weights, pack_rows, reference_grads, run_layout, speech_batch, tiny_config
+from reference import salm_objective
+from test_parallel_gradients import assert_grads_match
+
+from megatron_salm_mtp.data.packing import segment_ids
+from megatron_salm_mtp.model.mtp import supervised_counts
+from megatron_salm_mtp.model.packed import MASK, THD, block_causal_mask, per_position_rotary
+from megatron_salm_mtp.model.salm import SALM
+from megatron_salm_mtp.model.specs import LOCAL
+
+# Two utterances per row; 5 and 2 are supervised from their first position on, so a depth-k
+# target or input taken across the boundary from 1 and 6 would enter the loss.
+ROWS = [[1, 5], [0, 3], [6, 2], [4, 7]]
+ANSWER_FIRST = (5, 2)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    return packed_setup(str(tmp_path_factory.mktemp('packed')), tiny_config(ctc_loss_weight=0.7))
+
+
+def packed_setup(workdir, cfg):
+    """Weights, the padded batch and its packed rows (saved), and the reference on the padded one."""
+    weights = init_weights(cfg, workdir)
+    padded = speech_batch(cfg, 8, seed=5, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5])
+    for u in ANSWER_FIRST:
+        padded['loss_mask'][u, 0] = 1.0
+    packed = pack_rows(padded, ROWS, cfg.seq_length)
+    path = os.path.join(workdir, 'packed.pt')
+    torch.save(packed, path)
+    loss, totals, grads = reference_grads(cfg, weights, padded)
+    return dict(cfg=cfg, workdir=workdir, padded=padded, packed=packed, path=path, weights=weights,
+                loss=loss, totals=totals, grads=grads)
+
+
+def test_the_batch_tests_the_boundaries(setup):
+    """Packed rows hold several utterances, and ignoring their boundaries would change the MTP
+    counts: the end-to-end tests below would see a leaking roll."""
+    cfg, packed = setup['cfg'], setup['packed']
+    assert (segment_ids(packed['cu_seqlens'], cfg.seq_length).max(1).values >= 1).all()
+    exact = supervised_counts([packed], 2, cfg.audio_token_id, True)
+    leaking = supervised_counts([{**packed, 'cu_seqlens': None}], 2, cfg.audio_token_id, True)
+    padded = supervised_counts([setup['padded']], 2, cfg.audio_token_id, True)
+    assert torch.equal(exact, padded) and (leaking[1:] > exact[1:]).all()
+
+
+def test_reference_unpacks_rows(setup):
+    packed = salm_objective(setup['weights'], setup['cfg'], setup['packed'])
+    for key, expected in setup['totals'].items():
+        if key == 'ctc infeasible':
+            assert packed[key] == expected
+            continue
+        torch.testing.assert_close(packed[key][0], expected[0], rtol=1e-6, atol=1e-6)
+        assert packed[key][1] == expected[1]
+
+
+def test_block_causal_mask_and_rotary_positions():
+    segments = torch.tensor([[0, 0, 1, 1, 1, 2]])
+    visible = ~block_causal_mask(segments)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(visible, expected)
+    angles = torch.arange(8.0)[:, None, None, None] * torch.tensor([1.0, 0.5])
+    positions = torch.tensor([[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5]])
+    rotary = per_position_rotary(angles, positions)
+    assert rotary.shape == (6, 2, 1, 2)
+    assert torch.equal(rotary[:, 0, 0, 0], positions[0].float())
+    assert torch.equal(rotary[:, 1, 0, 1], positions[1].float() * 0.5)
+
+
+LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel, packed format)
+    (1, 1, 1, 2, False, MASK),
+    (2, 1, 2, 1, True, MASK),
+    (1, 2, 2, 2, False, MASK),
+    (1, 1, 2, 2, False, MASK),
+    (2, 1, 2, 1, True, THD),
+    (1, 2, 2, 2, False, THD),
+]
+
+
+@pytest.mark.parametrize('tp,pp,nproc,microbatches,sp,packed_format', LAYOUTS,
+                         ids=[f'tp{t}-pp{p}-dp{n // (t * p)}-mb{m}{"-sp" if s else ""}-{f}'
+                              for t, p, n, m, s, f in LAYOUTS])
+def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp, packed_format):
+    cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                               sequence_parallel=sp)
+    assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format)
+
+
+def test_packed_gradients_match_with_interleaved_pipeline(tmp_path):
+    setup = packed_setup(str(tmp_path), tiny_config(num_layers=4))
+    cfg = setup['cfg'].replace(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
+    assert_packed_run_matches(setup, cfg, nproc=2, microbatches=4)
+
+
+def assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format=MASK):
+    workdir = os.path.join(setup['workdir'], f'tp{cfg.tensor_model_parallel_size}'
+                           f'pp{cfg.pipeline_model_parallel_size}n{nproc}m{microbatches}{packed_format}')
+    loss, grads, copies, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
+                                            setup['path'], workdir, nproc, microbatches,
+                                            packed_format=packed_format)
+    ce_sum, count = setup['totals']['main']
+    assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
+    assert_grads_match(setup['grads'], grads)
+    for name, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
+        torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)
+    # summed over DP ranks (TP ranks hold the same statistics)
+    stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0)
+    for k in range(cfg.mtp_depths):  # the logged MTP losses and counts are the reference's
+        ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
+        assert stats[1, k].item() == n_k.item()
+        assert stats[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
+
+
+def test_thd_layout_gives_the_row_layout_losses_and_gradients(single_rank_parallel):
+    """Core's THD path (PackedSeqParams, per-segment RoPE and MTP roll; the TE spec's layout),
+    run through the portable attention on CPU, against the [b, s] rows with the explicit mask."""
+    cfg = tiny_config()
+    packed = pack_rows(speech_batch(cfg, 8, seed=7, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5]),
+                       ROWS, cfg.seq_length)
+    torch.manual_seed(0)
+    model = SALM(cfg, LOCAL)
+    model.language_model.set_mtp_loss_weights(torch.tensor([0.5, 0.25]))
+    results = {}
+    for layout in (MASK, THD):
+        model.packed_format = layout
+        model.zero_grad()
+        model.language_model.mtp_stats.reset()
+        loss = model(packed['tokens'], packed['position_ids'], labels=packed['labels'],
+                     loss_mask=packed['loss_mask'], audio_features=packed['audio_features'],
+                     audio_feature_lengths=packed['audio_feature_lengths'],
+                     cu_seqlens=packed['cu_seqlens'])
+        (loss * packed['loss_mask']).sum().backward()
+        results[layout] = (loss.detach(), model.language_model.mtp_stats.values.clone(),
+                           {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (loss_mask, stats_mask, grads_mask), (loss_thd, stats_thd, grads_thd) = results[MASK], results[THD]
+    assert loss_thd.shape == packed['tokens'].shape
+    torch.testing.assert_close(loss_thd, loss_mask, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats_thd, stats_mask, rtol=1e-5, atol=1e-6)
+    assert stats_mask[1].min() > 0  # every depth supervised something
+    assert set(grads_thd) == set(grads_mask)
+    for name, grad in grads_mask.items():
+        scale = grad.abs().max().item()
+        err = (grads_thd[name] - grad).abs().max().item() / max(scale, 1e-30)
+        assert err < 2e-5, f"{name}: relative error {err:.2e}"
