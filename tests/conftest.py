@@ -6,6 +6,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'quality: trains a model and scores it (minutes); .ci/run runs these on '
+                                       'its first stack only')
+
+
 @pytest.fixture(scope='session')
 def single_rank_parallel():
     """A one-rank gloo group and Megatron-Core's parallel state inside the pytest process."""

@@ -28,10 +28,10 @@ UTTERANCES = 1200  # 840 train, 120 test_unseen
 WER_BOUND = 0.80
 SILENCE_GAP = 0.12  # the silenced WER (and CER) is at least this much higher
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.quality, pytest.mark.skipif(
     not espeak_available() or default_text_source() is None,
     reason="the twin's corpus needs espeak-ng (apt-get install espeak-ng, or pip install espeakng-loader) "
-           "and WordNet (apt-get install wordnet-base)")
+           "and WordNet (apt-get install wordnet-base)")]
 
 
 def _run(module: str, args) -> subprocess.CompletedProcess:
