@@ -143,6 +143,26 @@ def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str
     _run(['grads', '--config', config_path, '--weights', weights_path, '--batch', batch_path,
           '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode]
          + (['--packed-format', packed_format] if packed_format else []), nproc)
+    return _layout_results(workdir, nproc)
+
+
+def run_plan(base: SALMConfig, layouts, batch_path: str, workdir: str, nproc: int):
+    """One launch of ``nproc`` ranks: the weights of ``base`` (at TP=1/PP=1), then one global batch
+    through each of ``layouts`` ({name: (config, microbatches, packed format)}). Returns (the
+    weights, {name: what ``run_layout`` returns})."""
+    plan = {'init': write_config(base.with_single_device_layout(), os.path.join(workdir, 'base.json')),
+            'batch': batch_path, 'layouts': []}
+    for name, (cfg, microbatches, packed_format) in layouts.items():
+        plan['layouts'].append({'config': write_config(cfg, os.path.join(workdir, f'{name}.json')), 'out': name,
+                                'microbatches': microbatches, 'packed_format': packed_format})
+    with open(os.path.join(workdir, 'plan.json'), 'w') as f:
+        json.dump(plan, f)
+    _run(['plan', '--plan', os.path.join(workdir, 'plan.json'), '--out', workdir], nproc)
+    return (torch.load(os.path.join(workdir, 'weights.pt')),
+            {name: _layout_results(os.path.join(workdir, name), nproc) for name in layouts})
+
+
+def _layout_results(workdir: str, nproc: int):
     from harness import merge_shards
     ranks = [torch.load(os.path.join(workdir, f'rank{r}.pt')) for r in range(nproc)]
     losses = [r['loss'] for r in ranks if r['loss'] == r['loss']]

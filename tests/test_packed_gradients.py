@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from parallel_utils import init_weights, pack_rows, reference_grads, run_layout, speech_batch, tiny_config
+from parallel_utils import pack_rows, reference_grads, run_plan, speech_batch, tiny_config
 from reference import salm_objective
 from test_parallel_gradients import assert_grads_match
 
@@ -23,22 +23,37 @@ ROWS = [[1, 5], [0, 3], [6, 2], [4, 7]]
 ANSWER_FIRST = (5, 2)
 
 
+# (tp, pp, vp, DP ranks, microbatches per rank, packed format), all in one launch of two ranks; the
+# THD layout is the TE spec's, run through the portable attention.
+LAYOUTS = {
+    'tp2-sp-mask': (2, 1, None, 1, 1, MASK),
+    'tp2-sp-thd': (2, 1, None, 1, 1, THD),
+    'pp2-mask': (1, 2, None, 1, 2, MASK),
+    'pp2-thd': (1, 2, None, 1, 2, THD),
+    'dp2-mask': (1, 1, None, 2, 2, MASK),
+    'pp2-vp2-mask': (1, 2, 2, 1, 4, MASK),
+}
+
+
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    return packed_setup(str(tmp_path_factory.mktemp('packed')), tiny_config(ctc_loss_weight=0.7))
-
-
-def packed_setup(workdir, cfg):
-    """Weights, the padded batch and its packed rows (saved), and the reference on the padded one."""
-    weights = init_weights(cfg, workdir)
+    """The padded batch, its packed rows, every layout's run on the packed rows, and the reference
+    on the padded batch (4 layers: the interleaved pipeline has a layer per chunk)."""
+    workdir = str(tmp_path_factory.mktemp('packed'))
+    cfg = tiny_config(num_layers=4, ctc_loss_weight=0.7)
     padded = speech_batch(cfg, 8, seed=5, answer_lengths=[9, 4, 10, 6, 3, 8, 10, 5])
     for u in ANSWER_FIRST:
         padded['loss_mask'][u, 0] = 1.0
     packed = pack_rows(padded, ROWS, cfg.seq_length)
     path = os.path.join(workdir, 'packed.pt')
     torch.save(packed, path)
+    layouts = {name: (cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                  virtual_pipeline_model_parallel_size=vp, sequence_parallel=tp > 1),
+                      microbatches, packed_format)
+               for name, (tp, pp, vp, _, microbatches, packed_format) in LAYOUTS.items()}
+    weights, runs = run_plan(cfg, layouts, path, workdir, nproc=2)
     loss, totals, grads = reference_grads(cfg, weights, padded)
-    return dict(cfg=cfg, workdir=workdir, padded=padded, packed=packed, path=path, weights=weights,
+    return dict(cfg=cfg, padded=padded, packed=packed, weights=weights, runs=runs, layouts=layouts,
                 loss=loss, totals=totals, grads=grads)
 
 
@@ -77,42 +92,16 @@ def test_block_causal_mask_and_rotary_positions():
     assert torch.equal(rotary[:, 1, 0, 1], positions[1].float() * 0.5)
 
 
-LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel, packed format)
-    (1, 1, 1, 2, False, MASK),
-    (2, 1, 2, 1, True, MASK),
-    (1, 2, 2, 2, False, MASK),
-    (1, 1, 2, 2, False, MASK),
-    (2, 1, 2, 1, True, THD),
-    (1, 2, 2, 2, False, THD),
-]
-
-
-@pytest.mark.parametrize('tp,pp,nproc,microbatches,sp,packed_format', LAYOUTS,
-                         ids=[f'tp{t}-pp{p}-dp{n // (t * p)}-mb{m}{"-sp" if s else ""}-{f}'
-                              for t, p, n, m, s, f in LAYOUTS])
-def test_packed_gradients_match_padded_reference(setup, tp, pp, nproc, microbatches, sp, packed_format):
-    cfg = setup['cfg'].replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                               sequence_parallel=sp)
-    assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format)
-
-
-def test_packed_gradients_match_with_interleaved_pipeline(tmp_path):
-    setup = packed_setup(str(tmp_path), tiny_config(num_layers=4))
-    cfg = setup['cfg'].replace(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
-    assert_packed_run_matches(setup, cfg, nproc=2, microbatches=4)
-
-
-def assert_packed_run_matches(setup, cfg, nproc, microbatches, packed_format=MASK):
-    workdir = os.path.join(setup['workdir'], f'tp{cfg.tensor_model_parallel_size}'
-                           f'pp{cfg.pipeline_model_parallel_size}n{nproc}m{microbatches}{packed_format}')
-    loss, grads, copies, ranks = run_layout(cfg, os.path.join(setup['workdir'], 'weights.pt'),
-                                            setup['path'], workdir, nproc, microbatches,
-                                            packed_format=packed_format)
+@pytest.mark.parametrize('name', list(LAYOUTS))
+def test_packed_gradients_match_padded_reference(setup, name):
+    cfg, microbatches, _ = setup['layouts'][name]
+    loss, grads, copies, ranks = setup['runs'][name]
+    assert 1 + max(r['dp_rank'] for r in ranks) == LAYOUTS[name][3]  # the layout ran as asked
     ce_sum, count = setup['totals']['main']
     assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
     assert_grads_match(setup['grads'], grads)
-    for name, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
-        torch.testing.assert_close(copy, grads[name], rtol=0, atol=0)
+    for param, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
+        torch.testing.assert_close(copy, grads[param], rtol=0, atol=0)
     # summed over DP ranks (TP ranks hold the same statistics)
     stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0)
     for k in range(cfg.mtp_depths):  # the logged MTP losses and counts are the reference's
