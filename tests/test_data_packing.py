@@ -8,6 +8,7 @@ import pytest
 import torch
 from data_fixtures import make_corpus
 
+from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.data.batching import Collator
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader, build_dataset
 from megatron_salm_mtp.data.packing import PACKED_BATCH_KEYS, PackedCollator, PackedRows, first_fit_rows, segment_ids
@@ -87,16 +88,17 @@ def test_epochs_cover_every_utterance_once_and_ranks_split_the_rows(tmp_path):
 
 
 def test_resume_mid_epoch_sees_the_same_rows(tmp_path):
+    """Also with prefetching workers (the loader counts rows delivered, not rows loaded)."""
     manifest = make_corpus(tmp_path, n=30, seconds=(0.5, 1.5))
     ref = build_dataloader(cfg(), manifest)
     uninterrupted = [b for _ in range(2) for b in ref]
-    first = build_dataloader(cfg(), manifest)
+    first = build_dataloader(cfg(num_workers=2), manifest)
     it = iter(first)
     got = [next(it) for _ in range(3)]
     state = first.state_dict()
     assert state["consumed_samples"] == 6  # rows
     del it, first
-    resumed = build_dataloader(cfg(), manifest)
+    resumed = build_dataloader(cfg(num_workers=2), manifest)
     resumed.load_state_dict(state)
     got += list(resumed) + list(resumed)
     assert len(got) == len(uninterrupted)
@@ -127,12 +129,20 @@ def test_an_utterance_lost_after_the_prescan_leaves_its_row_whole(tmp_path, capl
 
 
 def test_flag_checks():
-    with pytest.raises(ValueError, match="--pack-sequences needs --prescan"):
+    with pytest.raises(ValueError, match="--pack-sequences .the default. needs --prescan"):
         cfg(prescan=False)
-    with pytest.raises(ValueError, match="--bucket-window does not apply"):
+    with pytest.raises(ValueError, match="--bucket-window 2 sorts unpacked rows"):
         cfg(bucket_window=2)
+    with pytest.raises(ValueError, match="--no-pad-to-seq-length pads unpacked rows"):
+        cfg(pad_to_seq_length=False)
     with pytest.raises(ValueError, match="--pack-window"):
         cfg(pack_window=0)
+    assert not cfg(pack_sequences=False, prescan=False, bucket_window=2, pad_to_seq_length=False).pack_sequences
+
+
+def test_packing_is_the_training_default_and_turns_off():
+    assert parse_args(['--train-manifest', 'x.jsonl']).data.pack_sequences
+    assert not parse_args(['--train-manifest', 'x.jsonl', '--no-pack-sequences']).data.pack_sequences
 
 
 def test_an_utterance_longer_than_measured_is_left_out_of_its_row(tmp_path, caplog):

@@ -40,9 +40,9 @@ class DataConfig:
     """Data settings, Megatron-style names (``--seq-length`` -> ``seq_length``)."""
 
     seq_length: int = 256
-    """tokens per sample after the shift; every microbatch is padded to it"""
+    """tokens per row after the shift (a packed row's utterances share them)"""
     micro_batch_size: int = 4
-    """samples per microbatch on one DP rank"""
+    """rows per microbatch on one DP rank (packed rows, or one utterance each with --no-pack-sequences)"""
     global_batch_size: int = 16
     """across DP ranks and microbatches"""
     num_workers: int = 0
@@ -72,13 +72,17 @@ class DataConfig:
     prescan: bool = True
     """vet every example's header at start (cheap checks)"""
     pad_to_seq_length: bool = True
-    """fixed shapes (needed with pipeline parallelism)"""
+    """with --no-pack-sequences: pad every microbatch to --seq-length (fixed shapes, needed with
+    pipeline parallelism); off: to its longest sample (packed rows always fill --seq-length)"""
     bucket_window: int = 0
-    """length bucketing over this many global batches (0: off)"""
-    pack_sequences: bool = False
+    """with --no-pack-sequences: length bucketing over this many global batches (0: off)"""
+    pack_sequences: bool = True
     """Pack several utterances into each row of --seq-length tokens (first-fit over length-sorted
-    windows, attention and positions kept per utterance); micro/global batch sizes and consumed
-    samples then count packed rows. Needs --prescan (exact lengths)."""
+    windows; attention, positions and the MTP chain kept per utterance): no compute spent on
+    padding. Micro/global batch sizes and consumed samples count packed rows (Megatron's
+    convention). --no-pack-sequences: one utterance per row, padded. Needs --prescan (exact
+    lengths). Training data and in-training validation only: evaluation and decoding keep one
+    utterance per row."""
     pack_window: int = 1000
     """With --pack-sequences: utterances sorted and packed together (more: fuller rows, fewer
     random row mates)."""
@@ -105,10 +109,16 @@ class DataConfig:
                   (self.bucket_window >= 0, f"--bucket-window must be >= 0, got {self.bucket_window}"),
                   (self.pack_window >= 1, f"--pack-window must be >= 1, got {self.pack_window}"),
                   (not self.pack_sequences or self.prescan,
-                   "--pack-sequences needs --prescan: rows are packed from the exact lengths it measures"),
+                   "--pack-sequences (the default) needs --prescan: rows are packed from the exact "
+                   "lengths it measures; keep --prescan or add --no-pack-sequences"),
                   (not self.pack_sequences or not self.bucket_window,
-                   "--bucket-window does not apply with --pack-sequences (every row is filled to "
-                   "--seq-length); drop one"),
+                   f"--bucket-window {self.bucket_window} sorts unpacked rows by length: with "
+                   "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
+                   "add --no-pack-sequences"),
+                  (not self.pack_sequences or self.pad_to_seq_length,
+                   "--no-pad-to-seq-length pads unpacked rows to their microbatch's longest: with "
+                   "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
+                   "add --no-pack-sequences"),
                   (self.max_duration is None or self.max_duration > 0,
                    f"--max-duration must be positive, got {self.max_duration}"),
                   (self.spec_augment_freq_masks >= 0,
