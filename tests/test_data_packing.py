@@ -10,6 +10,7 @@ from data_fixtures import make_corpus
 
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.data.batching import Collator
+from megatron_salm_mtp.data.length_mix import draw_durations, packed_microbatches, padded_microbatches, utterances
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader, build_dataset
 from megatron_salm_mtp.data.packing import PACKED_BATCH_KEYS, PackedCollator, PackedRows, first_fit_rows, segment_ids
 
@@ -173,3 +174,29 @@ def test_resume_refuses_a_position_in_other_rows(tmp_path):
     unpacked = build_dataloader(cfg(pack_sequences=False), manifest).state_dict()
     with pytest.raises(ValueError, match="counts utterances, this run packed rows"):
         build_dataloader(cfg(), manifest).load_state_dict(unpacked)
+
+
+def test_length_mix_is_read_speech_like_and_packs_the_same_utterances():
+    """The benchmark's length mix (data/length_mix.py): long-tailed durations of 1-30 s, answers
+    of matching length, and both layouts built from the same utterances by the real collators."""
+    seconds = draw_durations(4000, 30.0, seed=0)
+    assert seconds.min() >= 1.0 and seconds.max() <= 30.0
+    assert 7.0 < np.median(seconds) < 9.0 and 0.01 < (seconds > 25).mean() < 0.06  # a long tail
+    samples, dropped = utterances(8, 1024, 30.0, vocab_size=500, audio_token_id=499, n_mels=4, stack=4, seed=1)
+    assert dropped == 0 and len(samples) > 8
+    for u in samples:
+        duration = u["features"][0].shape[1] / 100  # 10 ms mel frames
+        answer = int(u["supervised"].sum()) - 1  # less the EOS
+        assert 0.8 * 3.5 * duration - 1 <= answer <= 1.2 * 3.5 * duration + 1
+    padded, useful_padded = padded_microbatches(samples, 8, 4, 1024, 0, 4)
+    packed, useful_packed = packed_microbatches(samples, 8, 4, 1024, 0, 4, window=1000, seed=1)
+    assert [tuple(b["tokens"].shape) for b in padded + packed] == [(4, 1024)] * 4
+    assert useful_padded == sum(len(u["ids"]) - 1 for u in samples[:8])
+    tails = 0  # a row's last segment is its padding tail if it holds no audio (every utterance does)
+    for b in packed:
+        for tokens, segments in zip(b["tokens"], segment_ids(b["cu_seqlens"], 1024)):
+            last = segments == segments[-1]
+            tails += 0 if (tokens[last] == 499).any() else int(last.sum())
+    assert useful_packed == 8 * 1024 - tails > 0.9 * 8 * 1024  # every position but the padding tails
+    assert useful_packed > 3 * useful_padded  # the mix is mostly padding one to a row
+    assert sum(b["audio_features"].shape[0] for b in packed) > 3 * 8
