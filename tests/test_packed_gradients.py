@@ -23,15 +23,16 @@ ROWS = [[1, 5], [0, 3], [6, 2], [4, 7]]
 ANSWER_FIRST = (5, 2)
 
 
-# (tp, pp, vp, DP ranks, microbatches per rank, packed format), all in one launch of two ranks; the
-# THD layout is the TE spec's, run through the portable attention.
+# (tp, pp, vp, DP ranks, microbatches per rank, packed format, MTP self-distillation), all in one
+# launch of two ranks; the THD layout is the TE spec's, run through the portable attention.
 LAYOUTS = {
-    'tp2-sp-mask': (2, 1, None, 1, 1, MASK),
-    'tp2-sp-thd': (2, 1, None, 1, 1, THD),
-    'pp2-mask': (1, 2, None, 1, 2, MASK),
-    'pp2-thd': (1, 2, None, 1, 2, THD),
-    'dp2-mask': (1, 1, None, 2, 2, MASK),
-    'pp2-vp2-mask': (1, 2, 2, 1, 4, MASK),
+    'tp2-sp-mask': (2, 1, None, 1, 1, MASK, False),
+    'tp2-sp-thd': (2, 1, None, 1, 1, THD, False),
+    'pp2-mask': (1, 2, None, 1, 2, MASK, False),
+    'pp2-thd': (1, 2, None, 1, 2, THD, False),
+    'dp2-mask': (1, 1, None, 2, 2, MASK, False),
+    'pp2-vp2-mask': (1, 2, 2, 1, 4, MASK, False),
+    'dp2-thd-distill': (1, 1, None, 2, 2, THD, True),  # depth k's teacher is position i + k's
 }
 
 
@@ -48,13 +49,16 @@ def setup(tmp_path_factory):
     path = os.path.join(workdir, 'packed.pt')
     torch.save(packed, path)
     layouts = {name: (cfg.replace(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                  virtual_pipeline_model_parallel_size=vp, sequence_parallel=tp > 1),
+                                  virtual_pipeline_model_parallel_size=vp, sequence_parallel=tp > 1,
+                                  mtp_self_distillation=distill),
                       microbatches, packed_format)
-               for name, (tp, pp, vp, _, microbatches, packed_format) in LAYOUTS.items()}
+               for name, (tp, pp, vp, _, microbatches, packed_format, distill) in LAYOUTS.items()}
     weights, runs = run_plan(cfg, layouts, path, workdir, nproc=2)
-    loss, totals, grads = reference_grads(cfg, weights, padded)
+    references = {distill: reference_grads(cfg.replace(mtp_self_distillation=distill), weights, padded)
+                  for distill in (False, True)}
+    _, totals, grads = references[False]
     return dict(cfg=cfg, padded=padded, packed=packed, weights=weights, runs=runs, layouts=layouts,
-                loss=loss, totals=totals, grads=grads)
+                references=references, totals=totals, grads=grads)
 
 
 def test_the_batch_tests_the_boundaries(setup):
@@ -97,15 +101,16 @@ def test_packed_gradients_match_padded_reference(setup, name):
     cfg, microbatches, _ = setup['layouts'][name]
     loss, grads, copies, ranks = setup['runs'][name]
     assert 1 + max(r['dp_rank'] for r in ranks) == LAYOUTS[name][3]  # the layout ran as asked
-    ce_sum, count = setup['totals']['main']
+    _, totals, expected_grads = setup['references'][cfg.mtp_self_distillation]
+    ce_sum, count = totals['main']
     assert loss == pytest.approx((ce_sum / count).item(), rel=1e-5)
-    assert_grads_match(setup['grads'], grads)
+    assert_grads_match(expected_grads, grads)
     for param, copy in copies.items():  # the MTP stage's embedding copy gets the same gradient
         torch.testing.assert_close(copy, grads[param], rtol=0, atol=0)
     # summed over DP ranks (TP ranks hold the same statistics)
     stats = sum(r['mtp_stats'] for r in ranks if r['mtp_stats'] is not None and r['tp_rank'] == 0)
     for k in range(cfg.mtp_depths):  # the logged MTP losses and counts are the reference's
-        ce_k, n_k = setup['totals'][f'mtp_{k + 1}']
+        ce_k, n_k = totals[f'mtp_{k + 1}']
         assert stats[1, k].item() == n_k.item()
         assert stats[0, k].item() == pytest.approx(ce_k.item(), rel=1e-5)
 
