@@ -141,6 +141,13 @@ def test_flag_checks():
     assert not cfg(pack_sequences=False, prescan=False, bucket_window=2, pad_to_seq_length=False).pack_sequences
 
 
+def test_too_few_rows_for_a_global_batch_name_the_flags(tmp_path):
+    manifest = make_corpus(tmp_path, n=6, seconds=(0.5, 0.8))
+    with pytest.raises(ValueError, match=r"packed rows \(of 6 utterances\) cannot fill one global batch of 8: "
+                                         r".*lower it or add --no-pack-sequences"):
+        build_dataloader(cfg(global_batch_size=8, micro_batch_size=4), manifest)
+
+
 def test_packing_is_the_training_default_and_turns_off():
     assert parse_args(['--train-manifest', 'x.jsonl']).data.pack_sequences
     assert not parse_args(['--train-manifest', 'x.jsonl', '--no-pack-sequences']).data.pack_sequences

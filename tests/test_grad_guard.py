@@ -86,7 +86,9 @@ def test_injected_inf_gradient_is_skipped_and_never_saved(corpus, tmp_path):
 
 def test_learning_rate_blow_up_never_reaches_a_checkpoint(corpus, tmp_path):
     save = str(tmp_path / 'ckpt')
-    result = run_train(corpus, TINY_CPU_MODEL + ['--lr', '1e3', '--lr-warmup-iters', '1', '--train-iters', '4',
+    # one utterance per row: the corpus's 24 pack into fewer rows than a global batch of 16
+    result = run_train(corpus, TINY_CPU_MODEL + ['--no-pack-sequences', '--lr', '1e3', '--lr-warmup-iters', '1',
+                                                 '--train-iters', '4',
                                                  '--log-interval', '1', '--save', save, '--save-interval', '1'])
     saved = saved_iterations_and_non_finite(save, tmp_path)
     assert saved == {1: [], 2: [], 4: []}, saved  # 4: the end-of-run save, holding step 2's weights

@@ -293,6 +293,10 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
     ds = build_dataset(cfg, manifests, tokenizer, augment)
     if cfg.pack_sequences:
         ds = PackedRows(ds, cfg.pack_window, cfg.seed)
+        if len(ds) < cfg.global_batch_size:
+            raise ValueError(f"{len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one global "
+                             f"batch of {cfg.global_batch_size}: with --pack-sequences (the default) "
+                             "--global-batch-size counts rows; lower it or add --no-pack-sequences")
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.
