@@ -148,6 +148,16 @@ def test_too_few_rows_for_a_global_batch_name_the_flags(tmp_path):
         build_dataloader(cfg(global_batch_size=8, micro_batch_size=4), manifest)
 
 
+def test_validation_keeps_one_utterance_per_row(tmp_path):
+    """What the trainer builds its validation loader from: a set too small to fill a global batch of
+    packed rows still fills one of utterances, and its batches are the unpacked ones."""
+    manifest = make_corpus(tmp_path, n=8, seconds=(0.5, 0.8))
+    with pytest.raises(ValueError, match="cannot fill one global batch of 8"):
+        build_dataloader(cfg(global_batch_size=8, micro_batch_size=4), manifest)
+    batches = list(build_dataloader(cfg(global_batch_size=8, micro_batch_size=4).for_evaluation(), manifest))
+    assert len(batches) == 2 and all("cu_seqlens" not in b and b["tokens"].shape == (4, 96) for b in batches)
+
+
 def test_packing_is_the_training_default_and_turns_off():
     assert parse_args(['--train-manifest', 'x.jsonl']).data.pack_sequences
     assert not parse_args(['--train-manifest', 'x.jsonl', '--no-pack-sequences']).data.pack_sequences

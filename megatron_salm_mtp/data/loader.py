@@ -14,6 +14,7 @@ epoch's skips, also kept in ``epoch_skip_counts``.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -81,8 +82,7 @@ class DataConfig:
     windows; attention, positions and the MTP chain kept per utterance): no compute spent on
     padding. Micro/global batch sizes and consumed samples count packed rows (Megatron's
     convention). --no-pack-sequences: one utterance per row, padded. Needs --prescan (exact
-    lengths). Training data and in-training validation only: evaluation and decoding keep one
-    utterance per row."""
+    lengths). Training data only: validation, evaluation and decoding keep one utterance per row."""
     pack_window: int = 1000
     """With --pack-sequences: utterances sorted and packed together (more: fuller rows, fewer
     random row mates)."""
@@ -138,6 +138,12 @@ class DataConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def for_evaluation(self) -> DataConfig:
+        """These settings for validation data: one utterance per row, so evaluation is what it was
+        without packing (batch sizes count utterances) and a small validation set still fills its
+        global batches."""
+        return dataclasses.replace(self, pack_sequences=False)
 
     @property
     def spec_augment(self) -> SpecAugment:

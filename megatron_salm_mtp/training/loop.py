@@ -91,8 +91,9 @@ class Trainer:
                                              dp_rank, dp_size, tokenizer=tokenizer, augment=True)
         self.valid_loader = None
         if self.train_cfg.valid_manifest and self.train_cfg.eval_interval:
-            self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
-                                                 dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
+            self.valid_loader = build_dataloader(run.data.for_evaluation(),  # one utterance per row
+                                                 self.train_cfg.valid_manifest.split(','), dp_rank, dp_size,
+                                                 tokenizer=tokenizer, shuffle=False)
             self.valid_start = self.valid_loader.state_dict()
         ddp = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=self.train_cfg.overlap_grad_reduce,
