@@ -35,21 +35,6 @@ def workloads(run, bench, cfg: SALMConfig) -> List[Workload]:
             Workload('packed', *packed_microbatches(samples, *layout, data.pack_window, train.seed))]
 
 
-def attended_pairs(microbatches) -> float:
-    """Sum of n^2 over the attention spans: each row, or each utterance (and padding tail) of a
-    packed row."""
-    total = 0
-    for batch in microbatches:
-        rows, seq = batch['tokens'].shape
-        if batch.get('cu_seqlens') is None:
-            total += rows * seq * seq
-            continue
-        for bounds in batch['cu_seqlens'].tolist():
-            edges = sorted(set(bounds))
-            total += sum((b - a) ** 2 for a, b in zip(edges, edges[1:]))
-    return float(total)
-
-
 def describe_rows(bench, batches: List[Workload], pack_window: int) -> str:
     if bench.compare_packing:
         per_row = {w.rows: sum(len(b['audio_feature_lengths']) for b in w.microbatches) /

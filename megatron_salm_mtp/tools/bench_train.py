@@ -34,11 +34,11 @@ from ..cli import exit_on_config_error, parse_args
 from ..config import ConfigError, SALMConfig
 from ..data.frames import encoder_frames
 from ..parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
-from ..training.flops import batch_flops, head_evaluations
+from ..training.flops import attended_pairs, batch_flops, head_evaluations
 from ..training.host_syncs import recorded_host_syncs
 from ..training.optim import build_optimizer
 from ..training.step import forward_backward
-from .bench_rows import Workload, attended_pairs, describe_rows, workloads
+from .bench_rows import Workload, describe_rows, workloads
 
 BF16_DENSE_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # vendor figures, FLOP/s
 

@@ -94,3 +94,18 @@ def head_evaluations(microbatches, cfg: SALMConfig) -> float:
     counts = supervised_counts(microbatches, cfg.mtp_depths, cfg.audio_token_id,
                                cfg.mtp_mask_placeholder_paths)
     return float(counts.sum())
+
+
+def attended_pairs(microbatches) -> float:
+    """Sum of n^2 over the attention spans: each row, or each utterance (and padding tail) of a
+    packed row."""
+    total = 0
+    for batch in microbatches:
+        rows, seq = batch['tokens'].shape
+        if batch.get('cu_seqlens') is None:
+            total += rows * seq * seq
+            continue
+        for bounds in batch['cu_seqlens'].tolist():
+            edges = sorted(set(bounds))
+            total += sum((b - a) ** 2 for a, b in zip(edges, edges[1:]))
+    return float(total)
