@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from megatron_salm_mtp.config import SALMConfig
 from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
+from megatron_salm_mtp.training.flops import attended_pairs, batch_flops
 from train_utils import TINY_FLAGS, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,3 +91,17 @@ def test_bench_compares_padded_and_packed_rows_of_a_length_mix(tmp_path):
     for r in runs:
         assert r['lm_loss_per_step'][-1] < r['lm_loss_per_step'][0]
     assert 'packed vs padded, logits kept, D=0: useful tokens/s x' in result.stdout
+
+
+def test_packed_attention_is_counted_within_each_utterance():
+    """MFU's attention term (training/flops.py): a packed row attends within its utterances and
+    its padding tail, an unpacked row over all of it."""
+    cfg = SALMConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, mtp_num_layers=1,
+                     vocab_size=300)
+    packed = {'tokens': torch.zeros(2, 10), 'cu_seqlens': torch.tensor([[0, 4, 9, 10], [0, 6, 10, 10]])}
+    assert attended_pairs([packed]) == 16 + 25 + 1 + 36 + 16
+    assert attended_pairs([{'tokens': torch.zeros(3, 10)}]) == 300
+    one_span = batch_flops(cfg, 2, 10, 0, 1, 5)
+    assert batch_flops(cfg, 2, 10, 0, 1, 5, attended_pairs=200) == one_span
+    per_pair = 3 * (2 + 1) * 2 * 64  # (layers + MTP depths) x QK^T and AV, forward and backward
+    assert one_span - batch_flops(cfg, 2, 10, 0, 1, 5, attended_pairs=94) == per_pair * (200 - 94)
