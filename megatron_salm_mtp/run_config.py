@@ -88,6 +88,9 @@ class RunConfig:
             return
         if not self.data.pad_to_seq_length:
             raise ConfigError(f"--cuda-graph-impl {impl} needs fixed shapes: drop --no-pad-to-seq-length")
+        if self.data.pack_sequences:
+            raise ConfigError(f"--cuda-graph-impl {impl} replays fixed attention layouts; packed rows change "
+                              "their utterance boundaries every step: add --no-pack-sequences")
         if self.train.training_mode in ('head_only', 'encoder_ctc'):
             raise ConfigError(f"--cuda-graph-impl {impl} graphs the LLM's layers in training, which "
                               f"--training-mode {self.train.training_mode} runs without gradients or not at all")

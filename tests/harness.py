@@ -3,13 +3,18 @@
     python tests/harness.py init  --config C.json --out W.pt             (world size 1)
     torchrun --nproc-per-node N tests/harness.py grads --config C.json --weights W.pt
              --batch B.pt --microbatches M --out DIR [--training-mode MODE]
+    torchrun --nproc-per-node N tests/harness.py plan --plan P.json --out DIR
 
 ``init`` writes full weights under TP=1/PP=1 names, perturbed so norms and biases are not trivial.
 ``grads`` loads each rank's shard of those weights, runs one global batch (DP ranks take
 contiguous slices, each split into M microbatches) through the schedules and finalize_model_grads,
 and writes each rank's gradient shards with what is needed to reassemble them. With a
 ``--training-mode`` other than joint, the model is frozen as the trainer freezes it, and each rank
-also records which parameters have a DDP gradient buffer and optimizer state.
+also records which parameters have a DDP gradient buffer and optimizer state. ``plan`` does in one
+launch what ``init`` then several ``grads`` runs would (each launch costs seconds of imports): it
+writes the weights of ``P.json``'s ``init`` config to ``DIR/weights.pt``, then runs each of its
+``layouts`` (``{"config": C.json, "microbatches": M, "packed_format": F, "out": SUBDIR}``) in turn,
+tearing Megatron-Core's parallel state down between them.
 """
 
 import argparse
@@ -85,11 +90,15 @@ def load_config(path: str) -> SALMConfig:
 
 
 def cmd_init(args):
-    cfg = load_config(args.config)
     init_distributed()
-    init_model_parallel(cfg, seed=args.seed)
+    write_weights(load_config(args.config), args.seed, args.out)
+
+
+def write_weights(cfg: SALMConfig, seed: int, out: str) -> None:
+    """Full TP=1/PP=1 weights of ``cfg`` (world of any size: rank 0 writes them)."""
+    init_model_parallel(cfg, seed=seed)
     model = build_model(cfg, wrap_ddp=False)[0]
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, tensor in model.state_dict().items():
         if name.endswith('_extra_state'):
@@ -100,29 +109,62 @@ def cmd_init(args):
             continue
         scale = 0.1 if ('norm' in name or name.endswith('bias')) else 0.02
         state[name] = value + scale * torch.randn(value.shape, generator=gen)
-    torch.save(state, args.out)
+    if torch.distributed.get_rank() == 0:
+        torch.save(state, out)
+    torch.distributed.barrier()
+    parallel_state.destroy_model_parallel()
 
 
-def _split(batch: dict, start: int, stop: int) -> dict:
-    """Samples [start, stop) of a batch, with their audio (one utterance per sample here)."""
-    part = {key: value[start:stop] for key, value in batch.items()}
-    lengths = part['audio_feature_lengths']
-    part['audio_features'] = part['audio_features'][..., : int(lengths.max())]
+AUDIO_ROWS = ('audio_features', 'audio_feature_lengths', 'ctc_targets', 'ctc_target_lengths')
+
+
+def _split(batch: dict, start: int, stop: int, audio_id: int) -> dict:
+    """Rows [start, stop) of a batch, with their audios: one per placeholder run, in row-major
+    order (a packed row holds several; utterances here never start with a placeholder)."""
+    part = {key: value[start:stop] for key, value in batch.items() if key not in AUDIO_ROWS}
+    audio = batch['tokens'] == audio_id
+    run_starts = audio & ~torch.nn.functional.pad(audio[:, :-1], (1, 0))
+    offsets = [0] + run_starts.sum(1).cumsum(0).tolist()
+    first, last = offsets[start], offsets[stop]
+    part.update({key: batch[key][first:last] for key in AUDIO_ROWS if key in batch})
+    part['audio_features'] = part['audio_features'][..., : int(part['audio_feature_lengths'].max())]
     return part
 
 
 def cmd_grads(args):
-    cfg = load_config(args.config)
     init_distributed()
-    init_model_parallel(cfg, seed=args.seed)
-    mode = args.training_mode
+    run_grads(load_config(args.config), args.weights, args.batch, args.microbatches, args.out, args.seed,
+              args.training_mode, args.packed_format)
+    torch.distributed.destroy_process_group()
+
+
+def cmd_plan(args):
+    with open(args.plan) as f:
+        plan = json.load(f)
+    init_distributed()
+    weights = os.path.join(args.out, 'weights.pt')
+    write_weights(load_config(plan['init']), args.seed, weights)
+    for layout in plan['layouts']:
+        out = os.path.join(args.out, layout['out'])
+        os.makedirs(out, exist_ok=True)
+        run_grads(load_config(layout['config']), weights, plan['batch'], layout['microbatches'], out, args.seed,
+                  layout.get('training_mode', 'joint'), layout.get('packed_format'))
+    torch.distributed.destroy_process_group()
+
+
+def run_grads(cfg: SALMConfig, weights: str, batch_path: str, num_microbatches: int, out: str, seed: int,
+              mode: str = 'joint', packed_format=None) -> None:
+    init_model_parallel(cfg, seed=seed)
     model = build_model(cfg, before_wrap=lambda chunk: apply_training_mode(chunk, mode))
-    full = torch.load(args.weights)
+    full = torch.load(weights)
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     expert_tp_rank = parallel_state.get_expert_tensor_parallel_rank()
     expert_tp_size = parallel_state.get_expert_tensor_parallel_world_size()
     chunks = [chunk.module for chunk in model]  # one per virtual pipeline stage
+    for module in chunks:
+        if packed_format:  # the TE spec's THD layout, through the portable attention
+            module.packed_format = packed_format
     specs = {}  # by global name
     for vp_stage, module in enumerate(chunks):
         params = dict(module.named_parameters())
@@ -136,13 +178,14 @@ def cmd_grads(args):
             local_state[name] = take_shard(full[global_name(name, cfg, vp_stage)], spec, rank, size)
         missing, unexpected = module.load_state_dict(local_state, strict=False)
         assert not [k for k in missing if not k.endswith('_extra_state')], missing
-    batch = torch.load(args.batch)
+    batch = torch.load(batch_path)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     per_rank = batch['tokens'].shape[0] // dp_size
-    mine = _split(batch, dp_rank * per_rank, (dp_rank + 1) * per_rank)
-    size = per_rank // args.microbatches
-    microbatches = [_split(mine, i * size, (i + 1) * size) for i in range(args.microbatches)]
+    mine = _split(batch, dp_rank * per_rank, (dp_rank + 1) * per_rank, cfg.audio_token_id)
+    size = per_rank // num_microbatches
+    microbatches = [_split(mine, i * size, (i + 1) * size, cfg.audio_token_id)
+                    for i in range(num_microbatches)]
     for chunk in model:
         chunk.zero_grad_buffer()
     loss = forward_backward(model, microbatches, cfg, training_mode=mode).mean
@@ -164,9 +207,9 @@ def cmd_grads(args):
                 'expert_tp_rank': expert_tp_rank,
                 'expert_dp_rank': parallel_state.get_expert_data_parallel_rank(),
                 'grads': grads, 'mtp_stats': stats, 'metrics': metrics, 'frozen_state': frozen_state},
-               os.path.join(args.out, f'rank{rank}.pt'))
+               os.path.join(out, f'rank{rank}.pt'))
     torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    parallel_state.destroy_model_parallel()
 
 
 def _frozen_state(model, chunks, cfg) -> dict:
@@ -181,16 +224,18 @@ def _frozen_state(model, chunks, cfg) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument('mode', choices=['init', 'grads'])
-    parser.add_argument('--config', required=True)
+    parser.add_argument('mode', choices=['init', 'grads', 'plan'])
+    parser.add_argument('--config')
     parser.add_argument('--weights')
     parser.add_argument('--batch')
     parser.add_argument('--microbatches', type=int, default=1)
     parser.add_argument('--seed', type=int, default=1234)
     parser.add_argument('--training-mode', default='joint')
+    parser.add_argument('--packed-format', choices=['mask', 'thd'])
+    parser.add_argument('--plan', help='plan mode: its JSON (see above)')
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
-    {'init': cmd_init, 'grads': cmd_grads}[args.mode](args)
+    {'init': cmd_init, 'grads': cmd_grads, 'plan': cmd_plan}[args.mode](args)
 
 
 if __name__ == '__main__':

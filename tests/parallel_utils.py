@@ -57,6 +57,32 @@ def speech_batch(cfg: SALMConfig, num_samples: int, seed: int, answer_lengths=No
             **ctc_targets(lengths, seed)}
 
 
+def pack_rows(batch: dict, rows, seq_length: int) -> dict:
+    """The utterances of a padded ``speech_batch`` packed into ``rows`` (lists of its row indices),
+    each utterance up to its last supervised position, as ``data.packing`` lays out a row."""
+    tokens = torch.full((len(rows), seq_length), 256)
+    labels, loss_mask = tokens.clone(), torch.zeros(len(rows), seq_length)
+    positions, cu_seqlens, order = torch.zeros_like(tokens), [], []
+    for r, members in enumerate(rows):
+        at, starts = 0, []
+        for u in members:
+            n = int(batch['loss_mask'][u].nonzero().max()) + 1
+            for key, out in (('tokens', tokens), ('labels', labels), ('loss_mask', loss_mask)):
+                out[r, at:at + n] = batch[key][u, :n]
+            positions[r, at:at + n] = torch.arange(n)
+            starts.append(at)
+            at += n
+        assert at <= seq_length, f"row {r} needs {at} positions"
+        positions[r, at:] = torch.arange(seq_length - at)
+        cu_seqlens.append(starts + [seq_length] if at == seq_length else starts + [at, seq_length])
+        order.extend(members)
+    width = max(map(len, cu_seqlens))
+    audio = {key: batch[key][order] for key in ('audio_features', 'audio_feature_lengths', 'ctc_targets',
+                                                'ctc_target_lengths')}
+    return {'tokens': tokens, 'labels': labels, 'loss_mask': loss_mask, 'position_ids': positions, **audio,
+            'cu_seqlens': torch.tensor([c + [seq_length] * (width - len(c)) for c in cu_seqlens])}
+
+
 def ctc_targets(mel_lengths, seed: int) -> dict:
     """CTC targets per utterance, drawn from few ids so that repeats are common. Sample 1 has
     none; sample 2 one longer than its frames; sample 3 fits in ids but not with the blanks its
@@ -108,13 +134,34 @@ def init_weights(cfg: SALMConfig, workdir: str) -> dict:
 
 
 def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str,
-               nproc: int, microbatches: int, training_mode: str = 'joint'):
+               nproc: int, microbatches: int, training_mode: str = 'joint', packed_format=None):
     """Run one global batch on ``nproc`` ranks; returns (main loss, full gradients by name, the
     MTP stage's embedding gradient copies, each rank's record)."""
     os.makedirs(workdir, exist_ok=True)
     config_path = write_config(cfg, os.path.join(workdir, 'config.json'))
     _run(['grads', '--config', config_path, '--weights', weights_path, '--batch', batch_path,
-          '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode], nproc)
+          '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode]
+         + (['--packed-format', packed_format] if packed_format else []), nproc)
+    return _layout_results(workdir, nproc)
+
+
+def run_plan(base: SALMConfig, layouts, batch_path: str, workdir: str, nproc: int):
+    """One launch of ``nproc`` ranks: the weights of ``base`` (at TP=1/PP=1), then one global batch
+    through each of ``layouts`` ({name: (config, microbatches, packed format)}). Returns (the
+    weights, {name: what ``run_layout`` returns})."""
+    plan = {'init': write_config(base.with_single_device_layout(), os.path.join(workdir, 'base.json')),
+            'batch': batch_path, 'layouts': []}
+    for name, (cfg, microbatches, packed_format) in layouts.items():
+        plan['layouts'].append({'config': write_config(cfg, os.path.join(workdir, f'{name}.json')), 'out': name,
+                                'microbatches': microbatches, 'packed_format': packed_format})
+    with open(os.path.join(workdir, 'plan.json'), 'w') as f:
+        json.dump(plan, f)
+    _run(['plan', '--plan', os.path.join(workdir, 'plan.json'), '--out', workdir], nproc)
+    return (torch.load(os.path.join(workdir, 'weights.pt')),
+            {name: _layout_results(os.path.join(workdir, name), nproc) for name in layouts})
+
+
+def _layout_results(workdir: str, nproc: int):
     from harness import merge_shards
     ranks = [torch.load(os.path.join(workdir, f'rank{r}.pt')) for r in range(nproc)]
     losses = [r['loss'] for r in ranks if r['loss'] == r['loss']]

@@ -182,9 +182,36 @@ def encoder_ctc_objective(w, cfg, batch):
     return ctc_sum / n_ctc, (ctc_sum, n_ctc, infeasible)
 
 
+PAD_ID = 256
+
+
+def unpack(batch):
+    """A packed batch (``cu_seqlens``: each row's segment starts, then s) as one segment per row,
+    each at positions 0.. of its own row of s, followed by padding: segments share nothing there.
+    The segment's last label is also written as the next token, as a padded row holds it. Audio
+    and CTC rows keep their order, row-major order of the placeholder runs in both layouts."""
+    tokens, labels, loss_mask = batch['tokens'], batch['labels'], batch['loss_mask']
+    s = tokens.shape[1]
+    rows = []
+    for r in range(tokens.shape[0]):
+        bounds = sorted(set(batch['cu_seqlens'][r].tolist()))
+        rows.extend((r, a, b) for a, b in zip(bounds, bounds[1:]))
+    out = {'tokens': torch.full((len(rows), s), PAD_ID), 'labels': torch.full((len(rows), s), PAD_ID),
+           'loss_mask': torch.zeros(len(rows), s)}
+    for i, (r, a, b) in enumerate(rows):
+        out['tokens'][i, : b - a] = tokens[r, a:b]
+        out['labels'][i, : b - a] = labels[r, a:b]
+        out['loss_mask'][i, : b - a] = loss_mask[r, a:b]
+        if b - a < s:
+            out['tokens'][i, b - a] = labels[r, b - 1]
+    return {**batch, **out, 'cu_seqlens': None}
+
+
 def salm_objective(w, cfg, batch):
     """(objective, {'main': (ce_sum, n), 'mtp_k': (ce_sum, n)[, 'ctc': (ctc_sum, n)]}) for one
-    batch of full samples (with CTC also 'ctc infeasible')."""
+    batch of full samples (with CTC also 'ctc infeasible'); a packed batch is unpacked first."""
+    if batch.get('cu_seqlens') is not None:
+        batch = unpack(batch)
     tokens, labels, loss_mask = batch['tokens'], batch['labels'], batch['loss_mask'].float()
     b, s = tokens.shape
     x = _embed(w, tokens)

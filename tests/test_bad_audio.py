@@ -14,8 +14,9 @@ from megatron_salm_mtp.data.resample import MAX_RATIO_TERM, resample_ratio, resa
 
 
 def cfg(**kw):
+    # one utterance per row: a bad one is substituted (packed rows: tests/test_data_packing.py)
     return DataConfig(**dict(dict(seq_length=80, micro_batch_size=2, global_batch_size=8, max_duration=5.0,
-                                  default_prompt=None), **kw))
+                                  default_prompt=None, pack_sequences=False), **kw))
 
 
 def peak_hz(x: np.ndarray, rate: int = 16000) -> float:

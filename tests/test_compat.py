@@ -56,6 +56,27 @@ def test_a_changed_postprocess_contract_is_refused(monkeypatch):
         mcore.check_postprocess_contract()
 
 
+def test_the_preprocess_override_matches_core():
+    """SpeechGPTModel overrides core's private GPTModel._preprocess for packed rows and replaces its
+    second output (RoPE): core's forward must still read that output as rotary_pos_emb."""
+    mcore.check_preprocess_contract()
+
+
+def _forward_reading_rope_third(self, input_ids, position_ids, attention_mask, decoder_input=None):
+    preproc_output = self._preprocess(input_ids=input_ids, position_ids=position_ids)
+    (decoder_input, sequence_len_offset, rotary_pos_emb) = preproc_output[:3]
+    return self.decoder(decoder_input, rotary_pos_emb=rotary_pos_emb)
+
+
+def test_a_changed_preprocess_contract_is_refused(monkeypatch):
+    monkeypatch.setattr(mcore.GPTModel, 'forward', _forward_reading_rope_third)
+    with pytest.raises(RuntimeError, match=r"outputs \('decoder_input', 'sequence_len_offset'"):
+        mcore.check_preprocess_contract()
+    monkeypatch.setattr(mcore.GPTModel, 'forward', lambda self, *args, **kwargs: self.decoder(*args))
+    with pytest.raises(RuntimeError, match=r'no longer unpacks self._preprocess'):
+        mcore.check_preprocess_contract()
+
+
 def test_mtp_parameters_keep_one_name_on_every_release(single_rank_parallel):
     from megatron_salm_mtp.model.salm import SALM
     from parallel_utils import tiny_config

@@ -35,7 +35,8 @@ def _error(argv) -> str:
 
 
 def test_flags_reach_the_llm_and_mtp_config_not_the_encoders(manifest, with_gpu):
-    run = parse_and_validate(['--train-manifest', manifest, '--cuda-graph-impl', 'local', '--mtp-num-layers', '2',
+    run = parse_and_validate(['--train-manifest', manifest, '--no-pack-sequences', '--cuda-graph-impl', 'local',
+                              '--mtp-num-layers', '2',
                               '--cuda-graph-scope', 'attn,mlp', '--cuda-graph-warmup-steps', '2'])
     model = run.model
     assert (model.cuda_graph_impl, model.cuda_graph_scope, model.cuda_graph_warmup_steps) == ('local', 'attn,mlp', 2)
@@ -89,13 +90,19 @@ REFUSED = [
 
 @pytest.mark.parametrize('flags, message', REFUSED)
 def test_combinations_core_cannot_graph_are_refused(manifest, with_gpu, flags, message):
-    assert message in _error(['--train-manifest', manifest] + flags)
+    assert message in _error(['--train-manifest', manifest, '--no-pack-sequences'] + flags)
+
+
+def test_packed_rows_are_refused(manifest, with_gpu):
+    assert _error(['--train-manifest', manifest, '--cuda-graph-impl', 'local']) == (
+        '--cuda-graph-impl local replays fixed attention layouts; packed rows change their utterance '
+        'boundaries every step: add --no-pack-sequences')
 
 
 def test_expandable_segments_need_nccl_graph_register_off(manifest, with_gpu, monkeypatch):
     monkeypatch.setenv('PYTORCH_CUDA_ALLOC_CONF', 'expandable_segments:True')
     monkeypatch.delenv('NCCL_GRAPH_REGISTER', raising=False)
-    argv = ['--train-manifest', manifest, '--cuda-graph-impl', 'local']
+    argv = ['--train-manifest', manifest, '--no-pack-sequences', '--cuda-graph-impl', 'local']
     assert 'needs NCCL_GRAPH_REGISTER=0 in the environment' in _error(argv)
     monkeypatch.setenv('NCCL_GRAPH_REGISTER', '0')
     parse_and_validate(argv)

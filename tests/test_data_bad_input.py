@@ -51,7 +51,9 @@ def bad_manifest(tmp_path):
 
 
 def cfg(**kw):
-    base = dict(seq_length=80, micro_batch_size=2, global_batch_size=8, max_duration=5.0, default_prompt=None)
+    # one utterance per row: a bad one is substituted (packed rows: tests/test_data_packing.py)
+    base = dict(seq_length=80, micro_batch_size=2, global_batch_size=8, max_duration=5.0, default_prompt=None,
+                pack_sequences=False)
     base.update(kw)
     return DataConfig(**base)
 

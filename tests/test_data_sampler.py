@@ -93,7 +93,8 @@ def test_bad_configurations():
 def test_loader_resume_with_workers(tmp_path):
     """A prefetching 2-worker loader, checkpointed mid-epoch, resumes on the exact next batch."""
     manifest = make_corpus(tmp_path, n=20, seconds=(1.0, 1.6))
-    cfg = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=2, seed=3, default_prompt=None)
+    cfg = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=2, seed=3, default_prompt=None,
+                     pack_sequences=False)  # one utterance per row (packed rows: tests/test_data_packing.py)
     ref = build_dataloader(cfg, manifest, dp_rank=1, dp_size=2)
     uninterrupted = [b for _ in range(2) for b in ref]  # 2 epochs x 5 microbatches
     assert len(uninterrupted) == 10
@@ -114,7 +115,8 @@ def test_loader_resume_with_workers(tmp_path):
 def test_abandoned_iterator_does_not_lose_prefetched_batches(tmp_path):
     """Workers prefetch ahead; starting a new iteration resumes at the first batch not delivered."""
     manifest = make_corpus(tmp_path, n=12, seconds=(1.0, 1.2))
-    cfg = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=2, default_prompt=None)
+    cfg = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=2, default_prompt=None,
+                     pack_sequences=False)
     ref = list(build_dataloader(cfg, manifest))
     loader = build_dataloader(cfg, manifest)
     it = iter(loader)

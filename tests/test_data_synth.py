@@ -175,9 +175,10 @@ def test_subsets_restrict_the_texts_and_keep_the_splits(tmp_path):
 def test_pipeline_consumes_the_corpus(espeak_corpus):
     cfg = DataConfig(seq_length=256, micro_batch_size=4, global_batch_size=8, max_duration=4.0)
     loader = build_dataloader(cfg, os.path.join(espeak_corpus, "train.jsonl"))
-    batches = list(loader)
-    assert len(batches) == 6 and loader.skip_counts() == {}
-    assert all(b["loss_mask"].sum() > 0 and b["audio_features"].shape[0] == 4 for b in batches)
+    batches = list(loader)  # packed rows (the default): whole global batches of 8 rows
+    assert len(batches) == len(loader.dataset) // 8 * 2 >= 2 and loader.skip_counts() == {}
+    assert all(b["loss_mask"].sum() > 0 and b["tokens"].shape == (4, 256) for b in batches)
+    assert sum(b["audio_features"].shape[0] for b in batches) > 4 * len(batches)  # utterances share rows
 
 
 def test_library_backend_when_installed(tmp_path):

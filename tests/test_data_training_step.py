@@ -30,10 +30,12 @@ from megatron_salm_mtp.training.step import forward_backward
 forms = json.loads(sys.argv[1])
 init_distributed()
 out = {}
-for i, form in enumerate(forms):
-    dcfg = DataConfig(seq_length=128, micro_batch_size=2, global_batch_size=4, default_prompt=None,
-                      tokenizer_type=form["tokenizer_type"], tokenizer_model=form.get("tokenizer_model"),
-                      prompt_template=form["template"], max_duration=5.0)
+for i, (form, packed) in enumerate((f, p) for f in forms for p in (False, True)):
+    # packed (the training default): rows of several utterances, one per microbatch
+    dcfg = DataConfig(seq_length=128, micro_batch_size=1 if packed else 2, global_batch_size=2 if packed else 4,
+                      default_prompt=None, tokenizer_type=form["tokenizer_type"],
+                      tokenizer_model=form.get("tokenizer_model"), prompt_template=form["template"],
+                      max_duration=5.0, pack_sequences=packed)
     tok = dcfg.make_tokenizer()
     cfg = SALMConfig(vocab_size=tok.vocab_size, audio_token_id=tok.audio_token_id, seq_length=128,
                      mtp_num_layers=1, num_mel_bins=dcfg.n_mels, audio_frame_stack=dcfg.stack)
@@ -46,7 +48,7 @@ for i, form in enumerate(forms):
     loss = forward_backward(model, microbatches, cfg).mean
     enc = [p.main_grad if getattr(p, "main_grad", None) is not None else p.grad
            for n, p in model[0].module.named_parameters() if "audio_encoder" in n]
-    out[form["name"]] = {"loss": loss, "audio_grad": float(sum(g.abs().sum() for g in enc if g is not None)),
+    out[form["name"] + ("_packed" if packed else "")] = {"loss": loss, "audio_grad": float(sum(g.abs().sum() for g in enc if g is not None)),
                          "n_audio": sum(int(m["audio_features"].shape[0]) for m in microbatches),
                          "skips": loader.skip_counts()}
 print("RESULT " + json.dumps(out))
@@ -124,9 +126,11 @@ def test_a_training_step_consumes_every_input_form(tmp_path):
                           env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert set(result) == {f["name"] for f in forms} and len(result) >= 2
+    assert set(result) == {f["name"] + p for f in forms for p in ("", "_packed")} and len(result) >= 4
     for name, r in result.items():
         assert r["loss"] == r["loss"] and 0 < r["loss"] < 20, (name, r)
         assert r["audio_grad"] > 0, name  # the audio reached the loss through the splice
         assert r["skips"] == {}, name
     assert result["conversation_llama3_byte"]["n_audio"] >= 5  # two audios per conversation
+    for name in {f["name"] for f in forms}:
+        assert result[name + "_packed"]["n_audio"] > 2, name  # two rows, more than two audios

@@ -86,7 +86,9 @@ def test_injected_inf_gradient_is_skipped_and_never_saved(corpus, tmp_path):
 
 def test_learning_rate_blow_up_never_reaches_a_checkpoint(corpus, tmp_path):
     save = str(tmp_path / 'ckpt')
-    result = run_train(corpus, TINY_CPU_MODEL + ['--lr', '1e3', '--lr-warmup-iters', '1', '--train-iters', '4',
+    # one utterance per row: the corpus's 24 pack into fewer rows than a global batch of 16
+    result = run_train(corpus, TINY_CPU_MODEL + ['--no-pack-sequences', '--lr', '1e3', '--lr-warmup-iters', '1',
+                                                 '--train-iters', '4',
                                                  '--log-interval', '1', '--save', save, '--save-interval', '1'])
     saved = saved_iterations_and_non_finite(save, tmp_path)
     assert saved == {1: [], 2: [], 4: []}, saved  # 4: the end-of-run save, holding step 2's weights
@@ -117,8 +119,9 @@ def test_guarded_step_matches_core_step(corpus, tmp_path):
     losses = {}
     for name, flag in (('guarded', []), ('core', ['--no-check-for-nan-in-loss-and-grad'])):
         log_dir = str(tmp_path / name)
+        # one utterance per row (--no-pack-sequences): the opt-out of packing trains end to end too
         run_train(corpus, flag + ['--train-iters', '2', '--lr-warmup-iters', '1', '--log-interval', '1',
-                                  '--clip-grad', '0.5', '--log-dir', log_dir])
+                                  '--clip-grad', '0.5', '--log-dir', log_dir, '--no-pack-sequences'])
         losses[name] = [(r['lm loss'], r['grad_norm']) for r in read_metrics(log_dir)]
     # Step 1's norm (about 3.6) is clipped to 0.5; step 2's loss and norm show its update.
     assert len(losses['guarded']) == 2 and losses['guarded'] == losses['core']

@@ -80,11 +80,13 @@ def test_sigterm_to_the_process_group_saves_and_the_resume_is_exact(corpus, tmp_
             assert record[key] == full[it][key], (it, key)
 
 
-# Two workers, SIGTERM to each after the first batch, the next batch, then an uncaught error.
+# Two workers, SIGTERM to each after the first batch, the next batch, then an uncaught error (one
+# utterance per row: the small corpus gives several batches).
 DEAF_WORKERS = """
 import multiprocessing, os, signal, sys, time
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
-loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2), [sys.argv[1]])
+loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2, pack_sequences=False),
+                          [sys.argv[1]])
 batches = iter(loader)
 next(batches)
 workers = multiprocessing.active_children()
@@ -100,7 +102,8 @@ raise RuntimeError('boom')
 ORPHANED_ITERATOR = """
 import gc, sys
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
-loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2), [sys.argv[1]])
+loader = build_dataloader(DataConfig(micro_batch_size=2, global_batch_size=2, num_workers=2, pack_sequences=False),
+                          [sys.argv[1]])
 workers = iter(loader._loader)  # torch's iterator outlives its DataLoader, as a test's frames can
 next(workers)
 del loader

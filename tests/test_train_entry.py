@@ -79,7 +79,8 @@ def test_loss_falls_and_metrics_are_written(corpus, tmp_path):
     assert last['consumed_samples'] == 30 * 8
     assert len(read_metrics(log_dir, 'valid')) == 2
     with open(os.path.join(log_dir, 'config.yaml')) as f:
-        assert yaml.safe_load(f)['train_iters'] == 30
+        written = yaml.safe_load(f)
+    assert written['train_iters'] == 30 and written['pack_sequences']  # the default: packed rows
 
 
 def test_two_ranks_pipeline_parallel_stop_at_time_limit(corpus, tmp_path):

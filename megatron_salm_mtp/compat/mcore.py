@@ -35,6 +35,10 @@ and what the plugin does about it:
   ``POSTPROCESS_ARGUMENTS`` (the ones it names, or reads from its ``**kwargs``), the same from 0.16
   to 0.19. ``check_postprocess_contract`` fails naming the release when either changes (a test
   runs it on each CI stack).
+* For packed rows it also overrides ``GPTModel._preprocess`` (RoPE angles per token position): it
+  relies on ``GPTModel.forward`` calling ``self._preprocess(...)`` and reading its outputs in the
+  order ``PREPROCESS_OUTPUTS`` begins with (the same from 0.16 to 0.19); ``check_preprocess_contract``
+  fails naming the release when that changes.
 
 * The TransformerConfig field of the CUDA graphs' coverage is ``cuda_graph_scope`` up to 0.18 and
   ``cuda_graph_modules`` from 0.19 (where ``cuda_graph_scope`` is a deprecated alias that warns);
@@ -53,6 +57,7 @@ import dataclasses
 import inspect
 import multiprocessing
 import os
+import re
 from multiprocessing.managers import SyncManager
 
 from megatron.core import dist_checkpointing
@@ -89,6 +94,25 @@ def check_postprocess_contract() -> None:
     if missing:
         raise RuntimeError(f'megatron-core {MCORE_VERSION}: GPTModel._postprocess has no {missing}, which '
                            'SpeechGPTModel._postprocess (model/llm.py) relies on')
+
+
+PREPROCESS_OUTPUTS = ('decoder_input', 'rotary_pos_emb')
+"""The leading outputs of ``GPTModel._preprocess``, in ``GPTModel.forward``'s order;
+``SpeechGPTModel._preprocess`` replaces the second."""
+
+
+def check_preprocess_contract() -> None:
+    """RuntimeError naming the installed release unless ``GPTModel.forward`` still unpacks
+    ``self._preprocess(...)``'s outputs starting with ``PREPROCESS_OUTPUTS``."""
+    call = re.search(r'(\w+) = self\._preprocess\((?s:.*?)\n\s*\(([^)]*)\)\s*=\s*\1\b',
+                     inspect.getsource(GPTModel.forward))
+    if call is None:
+        raise RuntimeError(f'megatron-core {MCORE_VERSION}: GPTModel.forward no longer unpacks '
+                           'self._preprocess(...), which SpeechGPTModel overrides (model/llm.py)')
+    names = tuple(name.strip() for name in call.group(2).split(',') if name.strip())
+    if names[:len(PREPROCESS_OUTPUTS)] != PREPROCESS_OUTPUTS:
+        raise RuntimeError(f'megatron-core {MCORE_VERSION}: GPTModel._preprocess outputs {names}, '
+                           f'SpeechGPTModel._preprocess (model/llm.py) replaces the second of {PREPROCESS_OUTPUTS}')
 
 
 def run_mtp_layer(layer, **kwargs):

@@ -14,6 +14,9 @@ Modules (each imports only the ones above it):
 - ``header_scan`` the prescan's audio headers: split between the ranks, cached beside the manifest
 - ``dataset``    map-style dataset with prescan and skip/substitute of bad samples
 - ``batching``   collate into the batch contract (see its docstring for the exact keys)
+- ``packing``    ``--pack-sequences`` (the training default): utterances packed first-fit into rows,
+                 per-row ``cu_seqlens``
+- ``length_mix`` benchmark utterances of read speech's lengths, laid out padded and packed
 - ``sampler``    DP-sharded, global-batch-consistent, resumable microbatch sampler
 - ``loader``     ``DataConfig`` and ``build_dataloader`` (what the training loop calls)
 - ``train_tokenizer`` ``python -m megatron_salm_mtp.data.train_tokenizer``: SentencePiece on a corpus

@@ -17,6 +17,10 @@ For ``b`` samples and sequence length ``s``, exactly these keys::
     ctc_target_lengths     LongTensor  [n_audio] valid ids of each row; 0: no CTC target
                                                 (see ``dataset.ctc_targets``)
 
+With ``--pack-sequences`` rows hold several utterances (:mod:`.packing`): ``position_ids``
+restart per utterance and one more key, ``cu_seqlens`` [b, u_max + 1], gives each row's
+utterance starts followed by ``s``.
+
 Why ``s + 1`` ids are built then shifted: labels at position ``j`` is the token at ``j + 1``, so
 the last input position still has a target; a sample of exactly ``seq_length + 1`` ids fits.
 

@@ -221,16 +221,26 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     MAX_SUBSTITUTIONS = 64  # more consecutive failures means storage trouble, not bad samples
 
+    def load_or_skip(self, index: int, epoch: int | None = None) -> tuple[dict | None, Skip | None]:
+        """(sample, None), or (None, the reported skip) when ``index`` fails to load; no substitute
+        (packed rows leave a failed utterance out instead, ``packing.PackedRows``)."""
+        try:
+            return self._augment(self._load(self.examples[self.valid[index]]), index, epoch), None
+        except BadSampleError as e:
+            skip = Skip(e.where, e.reason, e.detail)
+            self._report(skip)
+            return None, skip
+
+    def report(self, skip: Skip) -> None:
+        """Warn about (or, under ``strict_data``, raise for) a sample found bad while loading."""
+        self._report(skip)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, epoch = key if isinstance(key, tuple) else (key, None)
         skipped = []
         for k in range(min(len(self.valid), self.MAX_SUBSTITUTIONS + 1)):
-            ex = self.examples[self.valid[(i + k) % len(self.valid)]]
-            try:
-                sample = self._augment(self._load(ex), (i + k) % len(self.valid), epoch)
-            except BadSampleError as e:
-                skip = Skip(e.where, e.reason, e.detail)
-                self._report(skip)
+            sample, skip = self.load_or_skip((i + k) % len(self.valid), epoch)
+            if sample is None:
                 skipped.append(skip)
                 continue
             sample["skipped"] = skipped

@@ -14,6 +14,7 @@ epoch's skips, also kept in ``epoch_skip_counts``.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -25,6 +26,7 @@ import torch
 
 from .batching import CollatorWithSkips
 from .dataset import SKIP_REASONS, SpeechDataset
+from .packing import PackedCollatorWithSkips, PackedRows
 from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
 from .prompts import TEMPLATES, required_special_tokens
 from .sampler import DistributedMicroBatchSampler
@@ -41,9 +43,9 @@ class DataConfig:
     bins, frame stacking, CTC units) from them: ``run_config.SHARED_WITH_DATA``."""
 
     seq_length: int = 256
-    """tokens per sample after the shift; every microbatch is padded to it"""
+    """tokens per row after the shift (a packed row's utterances share them)"""
     micro_batch_size: int = 4
-    """samples per microbatch on one DP rank"""
+    """rows per microbatch on one DP rank (packed rows, or one utterance each with --no-pack-sequences)"""
     global_batch_size: int = 16
     """across DP ranks and microbatches"""
     num_workers: int = 0
@@ -73,9 +75,19 @@ class DataConfig:
     prescan: bool = True
     """vet every example's header at start (cheap checks)"""
     pad_to_seq_length: bool = True
-    """fixed shapes (needed with pipeline parallelism)"""
+    """with --no-pack-sequences: pad every microbatch to --seq-length (fixed shapes, needed with
+    pipeline parallelism); off: to its longest sample (packed rows always fill --seq-length)"""
     bucket_window: int = 0
-    """length bucketing over this many global batches (0: off)"""
+    """with --no-pack-sequences: length bucketing over this many global batches (0: off)"""
+    pack_sequences: bool = True
+    """Pack several utterances into each row of --seq-length tokens (first-fit over length-sorted
+    windows; attention, positions and the MTP chain kept per utterance): no compute spent on
+    padding. Micro/global batch sizes and consumed samples count packed rows (Megatron's
+    convention). --no-pack-sequences: one utterance per row, padded. Needs --prescan (exact
+    lengths). Training data only: validation, evaluation and decoding keep one utterance per row."""
+    pack_window: int = 1000
+    """With --pack-sequences: utterances sorted and packed together (more: fuller rows, fewer
+    random row mates)."""
     # --- SpecAugment (training data only) ---
     spec_augment_freq_masks: int = 0
     """SpecAugment frequency masks per training utterance (0: none); never in validation."""
@@ -97,6 +109,18 @@ class DataConfig:
                   (self.global_batch_size >= 1, f"--global-batch-size must be >= 1, got {self.global_batch_size}"),
                   (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
                   (self.bucket_window >= 0, f"--bucket-window must be >= 0, got {self.bucket_window}"),
+                  (self.pack_window >= 1, f"--pack-window must be >= 1, got {self.pack_window}"),
+                  (not self.pack_sequences or self.prescan,
+                   "--pack-sequences (the default) needs --prescan: rows are packed from the exact "
+                   "lengths it measures; keep --prescan or add --no-pack-sequences"),
+                  (not self.pack_sequences or not self.bucket_window,
+                   f"--bucket-window {self.bucket_window} sorts unpacked rows by length: with "
+                   "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
+                   "add --no-pack-sequences"),
+                  (not self.pack_sequences or self.pad_to_seq_length,
+                   "--no-pad-to-seq-length pads unpacked rows to their microbatch's longest: with "
+                   "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
+                   "add --no-pack-sequences"),
                   (self.max_duration is None or self.max_duration > 0,
                    f"--max-duration must be positive, got {self.max_duration}"),
                   (self.spec_augment_freq_masks >= 0,
@@ -116,6 +140,12 @@ class DataConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def for_evaluation(self) -> DataConfig:
+        """These settings for validation data: one utterance per row, so evaluation is what it was
+        without packing (batch sizes count utterances) and a small validation set still fills its
+        global batches."""
+        return dataclasses.replace(self, pack_sequences=False)
 
     @property
     def spec_augment(self) -> SpecAugment:
@@ -196,10 +226,12 @@ atexit.register(_kill_stop_deaf_workers)
 class SpeechDataLoader:
     """Iterates this rank's microbatches (contract dicts, see :mod:`.batching`) one epoch per ``iter()``."""
 
-    def __init__(self, dataset: SpeechDataset, sampler: DistributedMicroBatchSampler, pad_id: int, n_mels: int,
-                 num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False):
+    def __init__(self, dataset: SpeechDataset | PackedRows, sampler: DistributedMicroBatchSampler, pad_id: int,
+                 n_mels: int, num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False):
+        """``dataset``: utterances, or packed rows of them (``packing.PackedRows``)."""
         self.dataset, self.sampler = dataset, sampler
-        collate = CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length)
+        collate = (PackedCollatorWithSkips(pad_id, dataset.seq_length, n_mels) if isinstance(dataset, PackedRows)
+                   else CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length))
         batches = EpochTaggedBatches(sampler) if dataset.augments else sampler
         self._loader = _StopDeafDataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
@@ -237,10 +269,24 @@ class SpeechDataLoader:
         total = Counter(self.dataset.prescan_skip_counts()) + Counter(self._epoch_runtime.values())
         return {r: total[r] for r in SKIP_REASONS if total[r]}
 
+    @property
+    def _rows_digest(self) -> str | None:
+        return self.dataset.digest if isinstance(self.dataset, PackedRows) else None
+
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+        state = {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+        if self._rows_digest:
+            state["packed_rows"] = self._rows_digest
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("packed_rows") != self._rows_digest:
+            saved = "packed rows" if state.get("packed_rows") else "utterances"
+            now = "other packed rows" if self._rows_digest and state.get("packed_rows") else (
+                "packed rows" if self._rows_digest else "utterances")
+            raise ValueError(f"the checkpoint's data position counts {saved}, this run {now}: resume with "
+                             "the same --pack-sequences, --pack-window, --seq-length, --seed and manifests "
+                             "(or --finetune to start the data anew)")
         self.sampler.load_state_dict(state)
         self.consumed_samples = self.sampler.consumed_samples
 
@@ -249,9 +295,16 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
                      tokenizer: Tokenizer | None = None, shuffle: bool = True,
                      augment: bool = False) -> SpeechDataLoader:
     """Dataset + sampler + loader for one DP rank, resuming at ``consumed_samples``; ``augment``
-    (training data only) applies the configured SpecAugment."""
+    (training data only) applies the configured SpecAugment. With ``pack_sequences`` the
+    sampler's samples are packed rows (``packing.py``)."""
     tokenizer = tokenizer or cfg.make_tokenizer()
     ds = build_dataset(cfg, manifests, tokenizer, augment)
+    if cfg.pack_sequences:
+        ds = PackedRows(ds, cfg.pack_window, cfg.seed)
+        if len(ds) < cfg.global_batch_size:
+            raise ValueError(f"{len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one global "
+                             f"batch of {cfg.global_batch_size}: with --pack-sequences (the default) "
+                             "--global-batch-size counts rows; lower it or add --no-pack-sequences")
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.

@@ -83,7 +83,8 @@ def speech_iterator(data: DataConfig, manifests: str, tokenizer: Tokenizer, cfg:
 
 def validation_data_config(data: DataConfig, args) -> DataConfig:
     """Megatron-LM evaluates with ``--eval-micro-batch-size`` / ``--eval-global-batch-size``
-    (defaulting to the training sizes)."""
+    (defaulting to the training sizes), one utterance per row (``DataConfig.for_evaluation``)."""
     return dataclasses.replace(
-        data, micro_batch_size=getattr(args, 'eval_micro_batch_size', None) or data.micro_batch_size,
+        data.for_evaluation(),
+        micro_batch_size=getattr(args, 'eval_micro_batch_size', None) or data.micro_batch_size,
         global_batch_size=getattr(args, 'eval_global_batch_size', None) or data.global_batch_size)

@@ -14,7 +14,7 @@ import torch
 from ..config import SALMConfig
 from ..data.frames import audio_tokens
 from .ctc import CTC_LENGTHS, ctc_lengths
-from .mtp import head_row_counts
+from .mtp import batch_segments, head_row_counts
 from .salm import check_audio_placeholders
 
 HEAD_ROW_COUNTS = 'head_row_counts'
@@ -30,7 +30,7 @@ def prepare_microbatch(batch: dict, cfg: SALMConfig) -> dict:
                              audio_tokens(lengths, cfg.audio_frame_stack) if has_audio else None,
                              cfg.audio_token_id)
     counts = head_row_counts(batch['loss_mask'], batch['tokens'], cfg.mtp_depths, cfg.audio_token_id,
-                             cfg.mtp_mask_placeholder_paths)
+                             cfg.mtp_mask_placeholder_paths, batch_segments(batch))
     prepared = dict(batch, **{HEAD_ROW_COUNTS: counts})
     if cfg.ctc_enabled and has_audio:
         if batch.get('ctc_targets') is None or batch.get('ctc_target_lengths') is None:

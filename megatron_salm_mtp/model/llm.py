@@ -25,6 +25,7 @@ from ..compat import mcore
 from .distill import vocab_parallel_kl
 from .linear_ce import linear_cross_entropy
 from .mtp import MTPStats, mtp_target_masks
+from .packed import PackedLayout, per_position_rotary
 
 
 def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_group) -> torch.Tensor:
@@ -52,6 +53,8 @@ class StepInputs:
     head_row_counts: Optional[Sequence[int]] = None
     """Supervised rows of the main head and of each MTP depth, counted on the host (None: the
     heads count on the device)."""
+    packed_layout: Optional[PackedLayout] = None
+    """The microbatch's packed rows (``packed.py``), None for rows of one utterance."""
 
 
 class SpeechGPTModel(GPTModel):
@@ -105,6 +108,16 @@ class SpeechGPTModel(GPTModel):
         if self.config.sequence_parallel and not self.embedding.scatter_to_sequence_parallel:
             embedded = tensor_parallel.scatter_to_sequence_parallel_region(embedded)
         return embedded
+
+    def _preprocess(self, *args, **kwargs):
+        """Core's, with RoPE angles of each token's own position in a packed row (restarting per
+        utterance) instead of its column (core's side: ``mcore.check_preprocess_contract``)."""
+        outputs = super()._preprocess(*args, **kwargs)
+        layout = self._step.packed_layout
+        if layout is None or layout.position_ids is None or outputs[1] is None:
+            return outputs
+        rotary = per_position_rotary(outputs[1], layout.position_ids)
+        return (outputs[0], rotary) + tuple(outputs[2:])
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, rotary_pos_emb,
                      rotary_pos_cos, rotary_pos_sin, mtp_in_postprocess=None, loss_mask=None,
@@ -258,8 +271,10 @@ class SpeechGPTModel(GPTModel):
             attention_mask=kwargs.get('attention_mask'),
             rotary_pos_emb=rotary_pos_emb, rotary_pos_cos=rotary_pos_cos,
             rotary_pos_sin=rotary_pos_sin, packed_seq_params=kwargs.get('packed_seq_params'))
+        layout = self._step.packed_layout
+        segments = None if layout is None else layout.segments
         masks = mtp_target_masks(loss_mask, input_ids, depths, self.audio_token_id,
-                                 self.mask_placeholder_paths)
+                                 self.mask_placeholder_paths, segments)
         mtp_labels = labels
         teacher = chunks[0].detach() if self.mtp_self_distillation else None
         for depth in range(depths):

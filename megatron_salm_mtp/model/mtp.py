@@ -21,9 +21,11 @@ of supervised main-head tokens. Depth k's summed CE therefore enters the autogra
 whatever the DP size, microbatch count, TP or PP (see ``loss.py``).
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
+
+from ..data.packing import segment_ids
 
 
 def roll_left(tensor: torch.Tensor) -> torch.Tensor:
@@ -34,19 +36,31 @@ def roll_left(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def mtp_target_masks(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int,
-                     audio_token_id: int, mask_placeholder_paths: bool) -> List[torch.Tensor]:
-    """Float masks [b, s], one per depth, of the positions whose depth-k target is supervised."""
+                     audio_token_id: int, mask_placeholder_paths: bool,
+                     segments: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """Float masks [b, s], one per depth, of the positions whose depth-k target is supervised.
+    ``segments`` ([b, s] utterance index, packed rows): depth k at position i also needs i + k in
+    the same utterance, so no target (nor consumed token) comes from the next utterance."""
     masks = []
     mask = loss_mask.float()
     path_ok = torch.ones_like(mask)
-    consumed = tokens
+    consumed, ahead = tokens, segments
     for _ in range(depths):
         mask = roll_left(mask)
         consumed = roll_left(consumed)
         if mask_placeholder_paths:
             path_ok = path_ok * (consumed != audio_token_id).float()
+        if segments is not None:
+            ahead = roll_left(ahead)
+            path_ok = path_ok * (ahead == segments).float()
         masks.append(mask * path_ok)
     return masks
+
+
+def batch_segments(batch: dict) -> Optional[torch.Tensor]:
+    """[b, s] utterance index per position of a packed microbatch (``cu_seqlens``), else None."""
+    cu_seqlens = batch.get('cu_seqlens')
+    return None if cu_seqlens is None else segment_ids(cu_seqlens, batch['tokens'].shape[1])
 
 
 def supervised_counts(microbatches, depths: int, audio_token_id: int,
@@ -55,17 +69,18 @@ def supervised_counts(microbatches, depths: int, audio_token_id: int,
     counts = torch.zeros(1 + depths, dtype=torch.float64)
     for batch in microbatches:
         masks = [batch['loss_mask']] + mtp_target_masks(batch['loss_mask'], batch['tokens'], depths,
-                                                        audio_token_id, mask_placeholder_paths)
+                                                        audio_token_id, mask_placeholder_paths,
+                                                        batch_segments(batch))
         counts += torch.stack([mask.double().sum() for mask in masks])
     return counts
 
 
 def head_row_counts(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int, audio_token_id: int,
-                    mask_placeholder_paths: bool) -> List[int]:
+                    mask_placeholder_paths: bool, segments: Optional[torch.Tensor] = None) -> List[int]:
     """Positions each head computes logits at (main head, then each depth): the nonzero entries of
     its target mask."""
     masks = [loss_mask] + mtp_target_masks(loss_mask, tokens, depths, audio_token_id,
-                                           mask_placeholder_paths)
+                                           mask_placeholder_paths, segments)
     return [int(torch.count_nonzero(mask)) for mask in masks]
 
 

@@ -18,6 +18,8 @@ from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel, StepInputs
+from .packed import (MASK, THD, block_causal_mask, packed_layout, thd_layout, thd_packed_seq_params,
+                     thd_stage_input, thd_stage_output)
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 from .transformer_config import encoder_transformer_config, llm_transformer_config
@@ -69,6 +71,8 @@ class SALM(MegatronModule):
         config = llm_transformer_config(cfg, fused_kernels=impl == TRANSFORMER_ENGINE)
         super().__init__(config=config)
         self.cfg = cfg
+        # How packed rows reach attention (packed.py): TE attends to THD sequences only.
+        self.packed_format = THD if impl == TRANSFORMER_ENGINE else MASK
         self.model_type = ModelType.encoder_or_decoder  # schedules read it
         self.pre_process, self.post_process = pre_process, post_process
         if pre_process:
@@ -191,18 +195,49 @@ class SALM(MegatronModule):
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
                 audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None,
-                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None):
+                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None, cu_seqlens=None):
         """``head_row_counts``: supervised rows of the main head and of each MTP depth, counted on
         the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
         placeholders); with them the step needs no host round trip. Without them the model
-        counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``."""
+        counts and checks on the device. ``ctc_targets`` / ``ctc_lengths``: see ``embed_inputs``.
+        ``cu_seqlens`` [b, u + 1] (the batch's host copy): the rows are packed (``packed.py``),
+        ``position_ids`` restart per utterance."""
+        if cu_seqlens is not None and self.packed_format == THD:
+            return self._forward_thd(tokens, position_ids, labels, loss_mask, audio_features,
+                                     audio_feature_lengths, ctc_targets, ctc_lengths, head_row_counts,
+                                     cu_seqlens)
+        step, attention_mask = StepInputs(head_row_counts), None
+        if cu_seqlens is not None:
+            step = StepInputs(head_row_counts, packed_layout(cu_seqlens, position_ids))
+            attention_mask = block_causal_mask(step.packed_layout.segments)
+        return self._forward(tokens, position_ids, labels, loss_mask, audio_features,
+                             audio_feature_lengths, ctc_targets, ctc_lengths, step,
+                             attention_mask=attention_mask)
+
+    def _forward_thd(self, tokens, position_ids, labels, loss_mask, audio_features,
+                     audio_feature_lengths, ctc_targets, ctc_lengths, head_row_counts, cu_seqlens):
+        """Packed rows as one THD sequence of b x s tokens (``packed.py``); returns the row layout."""
+        rows, seq = tokens.shape
+        flat = [None if t is None else t.reshape(1, -1) for t in (tokens, position_ids, labels, loss_mask)]
+        if not self.pre_process:
+            decoder = self.language_model.decoder
+            decoder.input_tensor = thd_stage_input(decoder.input_tensor)
+        step = StepInputs(head_row_counts, thd_layout(cu_seqlens.to(tokens.device), seq))
+        output = self._forward(*flat, audio_features, audio_feature_lengths, ctc_targets, ctc_lengths, step,
+                               packed_seq_params=thd_packed_seq_params(cu_seqlens, seq, tokens.device))
+        if self.post_process:  # token losses [1, b*s] (or logits [1, b*s, v]) back in rows
+            return output.reshape(rows, seq, *output.shape[2:])
+        return thd_stage_output(output, rows)
+
+    def _forward(self, tokens, position_ids, labels, loss_mask, audio_features, audio_feature_lengths,
+                 ctc_targets, ctc_lengths, step: StepInputs, attention_mask=None, packed_seq_params=None):
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed_inputs(tokens, position_ids, audio_features,
                                               audio_feature_lengths,
-                                              placeholders_checked=head_row_counts is not None,
+                                              placeholders_checked=step.head_row_counts is not None,
                                               ctc_targets=ctc_targets, ctc_lengths=ctc_lengths)
-        with self.language_model.step_inputs(StepInputs(head_row_counts=head_row_counts)):
-            return self.language_model(tokens, position_ids, attention_mask=None,
+        with self.language_model.step_inputs(step):
+            return self.language_model(tokens, position_ids, attention_mask=attention_mask,
                                        decoder_input=decoder_input, labels=labels,
-                                       loss_mask=loss_mask)
+                                       loss_mask=loss_mask, packed_seq_params=packed_seq_params)

@@ -26,6 +26,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from ..compat import mcore
+from .packed import thd_block_causal_mask
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class SDPAttention(MegatronModule):
 
     Takes Megatron's layout (``[s, b, heads, dim]`` in, ``[s, b, heads * dim]`` out) and its mask
     convention (``True`` = masked out, shape ``[b, 1, 1|sq, sk]``); a floating-point mask is added
-    to the scores as it is (the decoding KV cache's, 0 or -inf, built once for all layers).
+    to the scores as it is (the decoding KV cache's, 0 or -inf, built once for all layers). A mask
+    given to a causal layer replaces the causal one and carries causality itself (packed rows'
+    block-diagonal causal mask, ``packed.py``). Packed THD input (``[t, heads, dim]``, one
+    sequence cut by ``packed_seq_params``) runs as one row under that mask: correct, not fast
+    (Transformer Engine's varlen kernels are the fast path).
     """
 
     def __init__(
@@ -89,12 +94,15 @@ class SDPAttention(MegatronModule):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("packed sequences and attention bias need the TE spec")
+        if attention_bias is not None:
+            raise ValueError("attention bias needs the TE spec")
+        if packed_seq_params is not None:
+            attention_mask = thd_block_causal_mask(packed_seq_params, query.shape[0])
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
         mask_type = attn_mask_type or self.attn_mask_type
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, dim]
-        causal = mask_type == AttnMaskType.causal
-        allowed = None if causal or attention_mask is None else (
+        causal = mask_type == AttnMaskType.causal and attention_mask is None
+        allowed = None if attention_mask is None else (
             attention_mask if attention_mask.is_floating_point() else ~attention_mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,

@@ -8,6 +8,11 @@ the GPU's bf16 dense peak), peak memory, and the MTP overhead as a ratio of the 
 ``--compare-cross-entropy-fusion`` every configuration runs again with the fused linear +
 cross-entropy head (``--cross-entropy-fusion-impl linear``), from the same initial weights; with
 ``--compare-cuda-graphs`` every configuration runs eagerly and with the given ``--cuda-graph-impl``.
+With ``--compare-packing`` the batches are utterances of a realistic length mix
+(``data/length_mix.py``: read speech's long-tailed durations, 1 s to ``--max-duration``, answers of
+matching length), laid out one per row padded to ``--seq-length`` and then packed as training packs
+them, the same rows per step; each layout reports useful tokens per second (positions that are not
+padding) beside MFU (model FLOPs: packed attention counted within each utterance).
 
     torchrun --nproc-per-node 2 -m megatron_salm_mtp.tools.bench_train --config configs/salm_1b_8gpu.yaml \\
         --tensor-model-parallel-size 2 --mtp-num-layers 2
@@ -29,13 +34,13 @@ from megatron.core.distributed import DistributedDataParallelConfig
 from ..cli import exit_on_config_error, parse_args
 from ..config import ConfigError, SALMConfig
 from ..data.frames import encoder_frames
-from ..data.synthetic_batches import synthetic_batch
 from ..parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
 from ..training.cuda_graphs import LayerGraphs
-from ..training.flops import batch_flops, head_evaluations
+from ..training.flops import attended_pairs, batch_flops, head_evaluations
 from ..training.host_syncs import recorded_host_syncs
 from ..training.optim import build_optimizer
 from ..training.step import forward_backward
+from .bench_rows import Workload, describe_rows, workloads
 
 BF16_DENSE_PEAK = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # vendor figures, FLOP/s
 
@@ -129,7 +134,7 @@ def fused_head(cfg: SALMConfig) -> SALMConfig:
     return cfg.replace(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl='linear', head_chunk_rows=0)
 
 
-def measure(run, bench, depths: int, model: SALMConfig) -> dict:
+def measure(run, bench, depths: int, model: SALMConfig, workload: Workload) -> dict:
     """Build ``model`` with ``depths`` MTP layers, time ``bench.timed_iters`` training steps."""
     cfg = model.replace(mtp_num_layers=depths or None)
     train = run.train
@@ -142,11 +147,7 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     model = build_model(cfg, ddp)
     optimizer, scheduler = build_optimizer(model, train, cfg)
     graphs = LayerGraphs(model, cfg, train.micro_batch_size, train.global_batch_size, optimizer)
-    num_micro = train.global_batch_size // (train.micro_batch_size * dp)
-    microbatches = [synthetic_batch(train.micro_batch_size, cfg.seq_length, cfg.vocab_size,
-                                    cfg.audio_token_id, cfg.num_mel_bins, cfg.audio_frame_stack,
-                                    bench.audio_fraction, bench.answer_fraction, bench.text_only, seed=i)
-                    for i in range(num_micro)]
+    microbatches = workload.microbatches
     if torch.cuda.is_available():
         # pinned, as the training loaders pin theirs
         microbatches = [{key: value.pin_memory() for key, value in batch.items()} for batch in microbatches]
@@ -178,16 +179,21 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     step_s = sum(times) / len(times)
     if bench.profile_dir:
         profile_steps(train_step, bench.profile_dir,
-                      f"mtp{depths}{'_fused_ce' if cfg.fused_linear_cross_entropy else ''}")
+                      f"{'' if workload.rows == 'synthetic' else workload.rows + '_'}mtp{depths}"
+                      f"{'_fused_ce' if cfg.fused_linear_cross_entropy else ''}")
     if bench.list_host_syncs:
         train_step(audit=True)
-    frames = dp * sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
-    per_utt = int(frames / max(train.global_batch_size, 1)) or 1
+    lengths = [encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths']]
+    frames = dp * sum(lengths)
+    per_utt = int(sum(t * t for t in lengths) / max(sum(lengths), 1)) or 1  # what each frame attends
     heads = dp * head_evaluations(microbatches, cfg)
-    flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt, heads)
+    flops = batch_flops(cfg, train.global_batch_size, cfg.seq_length, frames, per_utt, heads,
+                        attended_pairs=dp * attended_pairs(microbatches))
     world = torch.distributed.get_world_size()
-    result = {'mtp_depths': depths, 'head': head_label(cfg), 'step_ms': 1000 * step_s,
+    result = {'mtp_depths': depths, 'head': head_label(cfg), 'rows': workload.rows, 'step_ms': 1000 * step_s,
               'tokens_per_s': train.global_batch_size * cfg.seq_length / step_s,
+              'useful_tokens_per_s': dp * workload.useful_tokens / step_s,
+              'audios': dp * len(lengths),
               'tflops_per_gpu': flops / step_s / world / 1e12,
               'peak_mem_gb': torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan'),
               'lm_loss_per_step': lm_loss, 'cuda_graphs': graphs.count()}
@@ -202,13 +208,6 @@ def measure(run, bench, depths: int, model: SALMConfig) -> dict:
     return result
 
 
-def batch_label(bench) -> str:
-    """What the synthetic batches hold, for the report's header."""
-    if bench.text_only:
-        return 'text only'
-    return f'audio {bench.audio_fraction:.0%}, supervised {bench.answer_fraction:.0%}'
-
-
 def host_sync_report(result) -> str:
     """Lines naming where one step of ``result``'s configuration made the host wait (last rank)."""
     lines = []
@@ -218,24 +217,40 @@ def host_sync_report(result) -> str:
     return '\n'.join(lines)
 
 
+def rows_label(result) -> str:
+    return '' if result['rows'] == 'synthetic' else f", {result['rows']} rows"
+
+
 def print_table(results, depths: int, peak: float) -> None:
-    """The figures of each run, the MTP overhead per head, and the fused head against the other."""
-    print(f"{'head':>16} | {'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | {'TFLOP/s/GPU':>11} | "
-          f"{'MFU':>6} | {'peak GB':>7} | last lm loss")
+    """The figures of each run, the MTP overhead per head, the fused head against the other, and
+    packed rows against padded ones."""
+    print(f"{'head':>16} | {'rows':>9} | {'MTP depths':>10} | {'step ms':>8} | {'tokens/s':>9} | "
+          f"{'useful tok/s':>12} | {'TFLOP/s/GPU':>11} | {'MFU':>6} | {'peak GB':>7} | last lm loss")
     for r in results:
         r['mfu'] = r['tflops_per_gpu'] * 1e12 / peak
-        print(f"{r['head']:>16} | {r['mtp_depths']:>10} | {r['step_ms']:8.1f} | {r['tokens_per_s']:9.0f} | "
-              f"{r['tflops_per_gpu']:11.1f} | {r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f} | "
-              f"{r['lm_loss_per_step'][-1]:.6f}")
-    runs = 2 if depths else 1  # per head: D=0 (and D) in order
-    by_head = [results[i:i + runs] for i in range(0, len(results), runs)]
-    for base, *mtp in by_head:
+        print(f"{r['head']:>16} | {r['rows']:>9} | {r['mtp_depths']:>10} | {r['step_ms']:8.1f} | "
+              f"{r['tokens_per_s']:9.0f} | {r['useful_tokens_per_s']:12.0f} | {r['tflops_per_gpu']:11.1f} | "
+              f"{r['mfu']:6.1%} | {r['peak_mem_gb']:7.2f} | {r['lm_loss_per_step'][-1]:.6f}")
+    runs = 2 if depths else 1  # per head and rows: D=0 (and D) in order
+    groups = [results[i:i + runs] for i in range(0, len(results), runs)]
+    for base, *mtp in groups:
         if mtp:
             print(f"MTP overhead per depth: {(mtp[0]['step_ms'] / base['step_ms'] - 1) / depths:.1%} of step "
-                  f"time, {(mtp[0]['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB ({base['head']})")
+                  f"time, {(mtp[0]['peak_mem_gb'] - base['peak_mem_gb']) / depths:.2f} GB ({base['head']}"
+                  f"{rows_label(base)})")
+    for padded, packed in zip(results, results[runs:]):
+        if (padded['rows'], packed['rows'], padded['head']) == ('padded', 'packed', packed['head']):
+            print(f"packed vs padded, {packed['head']}, D={packed['mtp_depths']}: useful tokens/s "
+                  f"x{packed['useful_tokens_per_s'] / padded['useful_tokens_per_s']:.2f}, MFU "
+                  f"{packed['mfu']:.1%} vs {padded['mfu']:.1%} "
+                  f"({100 * (packed['mfu'] - padded['mfu']):+.1f} points), step time "
+                  f"{packed['step_ms'] / padded['step_ms'] - 1:+.1%}, peak memory "
+                  f"{packed['peak_mem_gb'] - padded['peak_mem_gb']:+.2f} GB")
+    labels = list(dict.fromkeys(r['head'] for r in results))
+    by_head = [[r for r in results if r['head'] == label] for label in labels]
     for other in by_head[1:]:  # each variant against the first (eager, configured head)
         for plain, changed in zip(by_head[0], other):
-            print(f"{changed['head']} vs {plain['head']}, D={plain['mtp_depths']}: step time "
+            print(f"{changed['head']} vs {plain['head']}, D={plain['mtp_depths']}{rows_label(plain)}: step time "
                   f"{changed['step_ms'] / plain['step_ms'] - 1:+.1%}, peak memory "
                   f"{changed['peak_mem_gb'] - plain['peak_mem_gb']:+.2f} GB, layer graphs "
                   f"{changed['cuda_graphs']}")
@@ -265,6 +280,10 @@ def main(argv=None):
     parser.add_argument('--compare-cross-entropy-fusion', action='store_true',
                         help='also run each configuration with --cross-entropy-fusion-impl linear (the fused '
                              'linear + cross-entropy heads, no --head-chunk-rows)')
+    parser.add_argument('--compare-packing', action='store_true',
+                        help='utterances of a realistic length mix (read speech, 1 s to --max-duration, answers '
+                             'of matching length) instead of synthetic rows, one per row padded to --seq-length, '
+                             'then packed (--pack-window); reports useful tokens/s (not padding) beside MFU')
     bench, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         run = parse_args(rest)
@@ -280,13 +299,16 @@ def main(argv=None):
     torch.distributed.all_gather_object(foreign, foreign_memory_gb())
     peak = _peak_flops(bench.peak_tflops)
     depths = run.model.mtp_depths
-    results = [measure(run, bench, d, model) for model in heads for d in ([0, depths] if depths else [0])]
+    batches = workloads(run, bench, run.model)
+    results = [measure(run, bench, d, model, workload) for model in heads for workload in batches
+               for d in ([0, depths] if depths else [0])]
     if torch.distributed.get_rank() != torch.distributed.get_world_size() - 1:
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
     print(f"device: {torch.distributed.get_world_size()} x {device} | TP={run.model.tensor_model_parallel_size} "
           f"PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch "
-          f"{run.train.global_batch_size} | bf16={run.model.bf16} | {batch_label(bench)}")
+          f"{run.train.global_batch_size} | bf16={run.model.bf16} | "
+          f"{describe_rows(bench, batches, run.data.pack_window)}")
     warning = foreign_memory_warning(foreign)
     if warning:
         print(warning)

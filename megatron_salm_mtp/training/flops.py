@@ -12,21 +12,34 @@ key/value width K = groups x head_dim, FFN F (SwiGLU: three matrices), sequence 
 The heads are counted at supervised positions only, where the model computes them (a speech prompt
 is mostly audio; counting a vocabulary-wide head at every position would credit work never done).
 
+Packed rows attend within each utterance: the attention term is then ``2 n A`` per token of an
+utterance of n tokens (``attended_pairs``: the sum of n^2 over the rows' attention spans).
+
 Per audio encoder frame (T frames, width d, FFN f, bidirectional attention over T):
     3 (L_enc (2 (4 d d + 2 d f) + 4 T d)) plus the stem and the projector (counted the same way).
 Activation recomputation is not counted (model FLOPs, as MFU wants).
 """
 
+from typing import Optional
+
 from ..config import SALMConfig
 from ..model.mtp import supervised_counts
 
 
-def _llm_layer(cfg: SALMConfig, seq: int) -> float:
+def _attention_width(cfg: SALMConfig) -> int:
+    return cfg.num_attention_heads * (cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def _llm_layer_projections(cfg: SALMConfig) -> float:
     heads = cfg.num_attention_heads
-    head_dim = cfg.kv_channels or cfg.hidden_size // heads
-    attn, kv = heads * head_dim, (cfg.num_query_groups or heads) * head_dim
+    attn = _attention_width(cfg)
+    kv = (cfg.num_query_groups or heads) * (attn // heads)
     h, f = cfg.hidden_size, cfg.ffn_hidden_size
-    return 2 * (h * (attn + 2 * kv) + attn * h + 3 * h * f) + 2 * seq * attn
+    return 2 * (h * (attn + 2 * kv) + attn * h + 3 * h * f)
+
+
+def _llm_layer(cfg: SALMConfig, seq: int) -> float:
+    return _llm_layer_projections(cfg) + 2 * seq * _attention_width(cfg)
 
 
 def llm_flops_per_token(cfg: SALMConfig, seq: int) -> float:
@@ -53,15 +66,23 @@ def encoder_flops_per_frame(cfg: SALMConfig, frames: int, projector: bool = True
 
 
 def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: float,
-                frames_per_utterance: int, supervised_tokens: float, llm: bool = True) -> float:
+                frames_per_utterance: int, supervised_tokens: float, llm: bool = True,
+                attended_pairs: Optional[float] = None) -> float:
     """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens,
     ``encoder_frames`` audio frames in total (after the stride-2 stem) and ``supervised_tokens``
     head evaluations (main head plus every depth's; with ``full_sequence_logits``, every position).
-    Without ``llm`` (``--training-mode encoder_ctc``) the encoder's alone."""
+    ``attended_pairs``: the sum of n^2 over the attention spans (packed rows: their utterances);
+    default ``num_samples x seq^2``, one span per row. Without ``llm`` (``--training-mode
+    encoder_ctc``) the encoder's alone."""
     if not llm:
         return encoder_frames * encoder_flops_per_frame(cfg, frames_per_utterance, projector=False)
     tokens = num_samples * seq
-    return (tokens * (llm_flops_per_token(cfg, seq) + mtp_flops_per_token(cfg, seq))
+    if attended_pairs is None:
+        attended_pairs = num_samples * seq * seq
+    layers = cfg.num_layers + cfg.mtp_depths
+    h = cfg.hidden_size
+    return (tokens * 3 * (layers * _llm_layer_projections(cfg) + cfg.mtp_depths * 2 * 2 * h * h)
+            + 3 * layers * 2 * _attention_width(cfg) * attended_pairs
             + supervised_tokens * head_flops_per_supervised_token(cfg)
             + encoder_frames * encoder_flops_per_frame(cfg, frames_per_utterance))
 
@@ -73,3 +94,18 @@ def head_evaluations(microbatches, cfg: SALMConfig) -> float:
     counts = supervised_counts(microbatches, cfg.mtp_depths, cfg.audio_token_id,
                                cfg.mtp_mask_placeholder_paths)
     return float(counts.sum())
+
+
+def attended_pairs(microbatches) -> float:
+    """Sum of n^2 over the attention spans: each row, or each utterance (and padding tail) of a
+    packed row."""
+    total = 0
+    for batch in microbatches:
+        rows, seq = batch['tokens'].shape
+        if batch.get('cu_seqlens') is None:
+            total += rows * seq * seq
+            continue
+        for bounds in batch['cu_seqlens'].tolist():
+            edges = sorted(set(bounds))
+            total += sum((b - a) ** 2 for a, b in zip(edges, edges[1:]))
+    return float(total)

@@ -48,13 +48,15 @@ def set_global_mtp_weights(language_models: Sequence, counts: torch.Tensor, cfg:
 
 
 def salm_forward(model, host_batch: dict, keys=BATCH_KEYS):
-    """(the SALM's output for one prepared host microbatch, the microbatch's ``keys`` on the device)."""
+    """(the SALM's output for one prepared host microbatch, the microbatch's ``keys`` on the device).
+    Packed rows' ``cu_seqlens`` stay on the host: the model builds its layout from them without
+    waiting for the device."""
     batch = to_device(host_batch, keys)
     output = model(batch['tokens'], batch['position_ids'], labels=batch['labels'],
                    loss_mask=batch['loss_mask'], audio_features=batch['audio_features'],
                    audio_feature_lengths=batch['audio_feature_lengths'],
                    head_row_counts=host_batch[HEAD_ROW_COUNTS], ctc_targets=batch.get('ctc_targets'),
-                   ctc_lengths=host_batch.get(CTC_LENGTHS))
+                   ctc_lengths=host_batch.get(CTC_LENGTHS), cu_seqlens=host_batch.get('cu_seqlens'))
     return output, batch
 
 

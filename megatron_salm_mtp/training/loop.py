@@ -29,7 +29,7 @@ from ..model.freeze import apply_training_mode
 from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
 from ..run_config import RunConfig
 from .cuda_graphs import LayerGraphs
-from .flops import batch_flops, head_evaluations
+from .flops import attended_pairs, batch_flops, head_evaluations
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
 from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
@@ -62,12 +62,15 @@ def _reporting_rank() -> bool:
 
 
 def _global_work(microbatches, cfg) -> tuple:
-    """(encoder frames, head evaluations) of the global batch, for the FLOP count."""
-    frames = sum(encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths'])
-    heads = head_evaluations(microbatches, cfg)
-    value = torch.tensor([float(frames), heads], device=current_device())
+    """(encoder frames, head evaluations, sum of each audio's frames squared, LLM attended pairs)
+    of the global batch, for the FLOP count (attention within each audio, and within each
+    utterance of a packed row)."""
+    frames = [encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths']]
+    value = torch.tensor([float(sum(frames)), head_evaluations(microbatches, cfg),
+                          float(sum(t * t for t in frames)), attended_pairs(microbatches)],
+                         dtype=torch.float64, device=current_device())
     torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
-    return value[0].item(), value[1].item()
+    return tuple(value.tolist())
 
 
 class Trainer:
@@ -92,8 +95,9 @@ class Trainer:
                                              dp_rank, dp_size, tokenizer=tokenizer, augment=True)
         self.valid_loader = None
         if self.train_cfg.valid_manifest and self.train_cfg.eval_interval:
-            self.valid_loader = build_dataloader(run.data, self.train_cfg.valid_manifest.split(','),
-                                                 dp_rank, dp_size, tokenizer=tokenizer, shuffle=False)
+            self.valid_loader = build_dataloader(run.data.for_evaluation(),  # one utterance per row
+                                                 self.train_cfg.valid_manifest.split(','), dp_rank, dp_size,
+                                                 tokenizer=tokenizer, shuffle=False)
             self.valid_start = self.valid_loader.state_dict()
         ddp = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=self.cfg.overlap_grad_reduce,
@@ -312,10 +316,10 @@ class Trainer:
     def log(self, window, seconds, started, start_iteration):
         steps = len(window)
         tokens = self.train_cfg.global_batch_size * self.cfg.seq_length
-        frames = sum(w[2][0] for w in window) / steps
-        heads = sum(w[2][1] for w in window) / steps
+        frames, heads, frames_squared, pairs = (sum(w[2][i] for w in window) / steps for i in range(4))
         flops = batch_flops(self.cfg, self.train_cfg.global_batch_size, self.cfg.seq_length, frames,
-                            int(frames / self.train_cfg.global_batch_size) or 1, heads, llm=self.runs_llm)
+                            int(frames_squared / max(frames, 1)) or 1, heads, llm=self.runs_llm,
+                            attended_pairs=pairs)
         world = torch.distributed.get_world_size()
         finite = [w[0] for w in window if math.isfinite(w[0])]
         norms = [w[1] for w in window if math.isfinite(w[1])]  # skipped steps' norms may not be

@@ -7,7 +7,8 @@
 # removed: before/after), levers16 (micro-batch 16: FP8, MTP recompute, DP=2, TP2xPP2), p2p_ab
 # (TP2xPP2 with/without the device sync after pipeline sends), dp2_ab (overlap on/off), train / train4
 # (training, save and resume), fused_ce (fused linear + CE head beside head chunks, 1 GPU), cuda_graphs
-# (eager vs graphed layers, 1 GPU; the third argument names the implementation). Each writes logs under OUT_DIR.
+# (eager vs graphed layers, 1 GPU; the third argument names the implementation), packing (padded vs
+# packed rows of a realistic length mix, 1 GPU). Each writes logs under OUT_DIR.
 set -uo pipefail
 step="$1"; out="$2"; corpus="${3:-}"
 mkdir -p "$out"
@@ -38,8 +39,11 @@ case "$step" in
     for mb in 8 16; do
       BENCH_TAIL=12 bench graphs_${corpus:-local}_mb$mb 1 --warmup-iters 4 --timed-iters 8 --vocab-size 151936 \
         --mtp-num-layers 2 --head-chunk-rows 1024 --micro-batch-size $mb --global-batch-size $mb \
-        --cuda-graph-impl "${corpus:-local}" --compare-cuda-graphs --profile-dir "$out/profile_graphs_${corpus:-local}_mb$mb"
+        --no-pack-sequences --cuda-graph-impl "${corpus:-local}" --compare-cuda-graphs --profile-dir "$out/profile_graphs_${corpus:-local}_mb$mb"
     done ;;
+  packing)  # padded vs packed rows of one read-speech length mix (1-30 s), 1 GPU, TE (THD): docs/performance.md
+    BENCH_TAIL=12 bench packing 1 --warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 \
+      --head-chunk-rows 1024 --micro-batch-size 8 --global-batch-size 8 --max-duration 30 --compare-packing ;;
   check)
     python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
   bench1)

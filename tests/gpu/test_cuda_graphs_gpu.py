@@ -43,7 +43,7 @@ def test_graphed_steps_train_as_eager_ones(tmp_path, impl):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
            '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
-           *SMALL_SALM, '--cuda-graph-impl', impl, '--cuda-graph-warmup-steps', '2', '--compare-cuda-graphs',
+           *SMALL_SALM, '--no-pack-sequences', '--cuda-graph-impl', impl, '--cuda-graph-warmup-steps', '2', '--compare-cuda-graphs',
            '--warmup-iters', '3', '--timed-iters', '4', '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
                             env=dict(os.environ, PYTHONWARNINGS='ignore'))
@@ -66,7 +66,7 @@ def test_training_run_with_graphs_matches_eager(tmp_path):
     """The training loop: graphs recorded in the first step, replayed after, evaluation on the
     graphed layers, released at the end; losses as in an eager run of the same data."""
     corpus = make_train_valid_corpus(tmp_path / 'corpus', n=16)
-    common = ['--bf16', '--train-iters', '6', '--eval-interval', '3', '--eval-iters', '1']
+    common = ['--bf16', '--no-pack-sequences', '--train-iters', '6', '--eval-interval', '3', '--eval-iters', '1']
     runs = {}
     for name, extra in (('eager', []), ('graphs', ['--cuda-graph-impl', 'local'])):
         log_dir = str(tmp_path / name)
