@@ -51,10 +51,18 @@ def test_te_thd_packed_equals_padded(single_rank_parallel):
     torch.testing.assert_close(loss_thd, loss_pad, rtol=2e-2, atol=0)
     assert torch.equal(stats_thd[1], stats_pad[1])  # the same supervised counts per depth
     torch.testing.assert_close(stats_thd[0], stats_pad[0], rtol=2e-2, atol=0)
-    for name, grad in grads_pad.items():
-        err = (grads_thd[name] - grad).abs().max().item() / max(grad.abs().max().item(), 1e-30)
-        assert err < 5e-2, f"{name}: relative error {err:.2e}"
-    # The same packed rows read as plain sequences (attention and RoPE across utterances) differ.
+    packed_err = worst_relative_error(grads_thd, grads_pad)
+    assert packed_err < 5e-2, packed_err
+    # The same packed rows read as plain sequences (attention and RoPE across utterances) differ well
+    # beyond bf16's rounding. At initialisation the residual stream carries the loss (seen on one
+    # H200: 0.07 % apart), so the gradients of the attention weights are what shows the leak.
     flat = dict(packed, position_ids=torch.arange(cfg.seq_length).expand_as(packed['tokens']).contiguous())
-    loss_leak, _, _ = run(model, flat)
-    assert (loss_leak - loss_pad).abs() > 0.05 * loss_pad.abs()
+    _, _, grads_leak = run(model, flat)
+    leak_err = worst_relative_error(grads_leak, grads_pad)
+    assert leak_err > max(0.1, 4 * packed_err), (leak_err, packed_err)
+
+
+def worst_relative_error(grads, reference) -> float:
+    """The largest max-abs difference of any parameter's gradient, relative to its reference's max."""
+    return max((grads[name] - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+               for name, ref in reference.items())
