@@ -1,9 +1,5 @@
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):
@@ -17,7 +13,7 @@ def single_rank_parallel():
     from megatron.core import parallel_state
 
     from megatron_salm_mtp.parallel.setup import init_distributed, init_model_parallel
-    from parallel_utils import tiny_config
+    from tests.support.parallel_utils import tiny_config
     if not parallel_state.model_parallel_is_initialized():
         init_distributed(lone=True)  # an in-memory store: no port, nothing left in the environment
         init_model_parallel(tiny_config(), seed=0)

@@ -13,10 +13,10 @@ import os
 
 import pytest
 
-from data_fixtures import make_train_valid_corpus
-from parallel_utils import tiny_config
-from test_checkpoint import assert_changed, assert_params, full_params, launch
-from train_utils import read_metrics, run_train
+from tests.support.checkpoints import assert_changed, assert_params, full_params, launch
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.parallel_utils import tiny_config
+from tests.support.train_utils import read_metrics, run_train
 
 
 @pytest.fixture(scope='module')

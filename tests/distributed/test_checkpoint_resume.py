@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from data_fixtures import make_train_valid_corpus
-from train_utils import read_metrics, run_train
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.train_utils import read_metrics, run_train
 
 # The padded vocabulary must not depend on TP for a checkpoint to move between TP sizes:
 # the byte tokenizer's 272 entries pad to 272 at TP=1 and TP=2 with a multiple of 8.

@@ -1,17 +1,16 @@
 """Hugging Face -> SALM import: LLM logits and Whisper encoder outputs equal transformers' (fp32,
 CPU) at TP=1 and TP=2, for Qwen3 (tied, QK-norm), Qwen2 (q/k/v bias) and Llama."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits, hf_models  # noqa: F401
-from parallel_utils import _free_port
+from tests.support.hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits, hf_models  # noqa: F401
+from tests.support.process import child_env, free_port, support_script
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'convert_harness.py')
+HARNESS = support_script('convert_harness.py')
 FAMILIES = ('qwen3', 'qwen2', 'llama')
 
 
@@ -26,10 +25,10 @@ def run_harness(hf_models, tmp_path, nproc):
     torch.save(inputs, tmp_path / 'inputs.pt')
     out = tmp_path / 'out.pt'
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={_free_port()}', HARNESS,
+           f'--master-port={free_port()}', HARNESS,
            '--llm', ','.join(hf_models[f] for f in FAMILIES), '--whisper', hf_models['whisper'],
            '--inputs', str(tmp_path / 'inputs.pt'), '--out', str(out)]
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return inputs, torch.load(out)

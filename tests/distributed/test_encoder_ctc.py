@@ -19,14 +19,14 @@ from megatron_salm_mtp.checkpoint.ctc_load import check_ctc_head
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.inference.loading import load_for_inference
 from megatron_salm_mtp.train import parse_and_validate
-from parallel_utils import init_weights, run_layout, speech_batch, tiny_config
-from reference import encoder_ctc_objective
-from train_utils import read_metrics, run_train
+from tests.support.parallel_utils import init_weights, run_layout, speech_batch, tiny_config
+from tests.support.process import CONFIGS
+from tests.support.reference import encoder_ctc_objective
+from tests.support.train_utils import read_metrics, run_train
 
 GLOBAL_BATCH = 8
 RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 TRAINED = ('audio_encoder.', 'ctc_head.')
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 trainable ones change. PP=2 puts the MTP heads on the last stage only, so in head_only the first
 stage trains nothing at all."""
 
-import os
 import subprocess
 import sys
 
@@ -11,9 +10,9 @@ import torch
 
 from megatron_salm_mtp.config import TRAINING_MODES, ConfigError
 from megatron_salm_mtp.model.freeze import check_optimizer_state_covers, is_trainable
-from parallel_utils import _free_port
+from tests.support.process import child_env, free_port, support_script
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'freeze_harness.py')
+HARNESS = support_script('freeze_harness.py')
 
 
 def test_mode_rules():
@@ -44,9 +43,9 @@ def test_optimizer_state_of_a_mode_that_trained_less_is_refused():
 
 def test_frozen_params_do_not_change(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2',
-           f'--master-port={_free_port()}', HARNESS, '--modes', 'head_only,freeze_llm', '--pp', '2',
+           f'--master-port={free_port()}', HARNESS, '--modes', 'head_only,freeze_llm', '--pp', '2',
            '--out', str(tmp_path)]
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]

@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from data_fixtures import make_train_valid_corpus
-from train_utils import TINY_FLAGS, free_port, read_metrics, run_train
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.process import ROOT, child_env, free_port, support_script
+from tests.support.train_utils import TINY_FLAGS, read_metrics, run_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBE = os.path.join(ROOT, 'tests', 'grad_fault_probe.py')
+PROBE = support_script('grad_fault_probe.py')
 # configs/tiny_cpu.yaml's own model and batch (run_train's TINY_FLAGS shrink them): at --lr 1e3
 # its third step has a finite loss and a NaN gradient norm.
 TINY_CPU_MODEL = ['--num-layers', '4', '--hidden-size', '128', '--ffn-hidden-size', '352',
@@ -60,7 +60,7 @@ def saved_iterations_and_non_finite(save_dir, scratch) -> dict:
 
 
 def run_probe(corpus, extra, nproc: int):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
            f'--master-port={free_port()}', PROBE, '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            '--train-manifest', os.path.join(corpus, 'train.jsonl')] + TINY_FLAGS + list(extra)

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from data_fixtures import make_corpus, write_manifest
 from megatron_salm_mtp.data import header_scan
 from megatron_salm_mtp.data.loader import DataConfig, build_dataset
-from train_utils import free_port
+from tests.support.data_fixtures import make_corpus, write_manifest
+from tests.support.process import child_env, free_port, support_script
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CFG = DataConfig(seq_length=128, micro_batch_size=2, global_batch_size=4, max_duration=5.0)
 
 
@@ -124,9 +123,9 @@ def test_ranks_split_the_headers_and_agree(corpus, tmp_path):
     on one rank is raised on both."""
     single = build_dataset(CFG, [corpus])
     os.remove(header_scan.cache_path(corpus))
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2',
-                           f'--master-port={free_port()}', os.path.join(HERE, 'header_scan_ranks.py'), corpus,
+                           f'--master-port={free_port()}', support_script('header_scan_ranks.py'), corpus,
                            str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.load(open(tmp_path / f'rank{r}.json')) for r in range(2)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from megatron_salm_mtp.parallel.setup import _launched_world_size
+from tests.support.process import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INIT = """
 import sys
 import torch

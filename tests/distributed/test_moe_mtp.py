@@ -1,16 +1,15 @@
 """MoE MTP layers (--mtp-layer-pattern E): the real model under expert, pipeline and tensor
 parallelism has the gradients of the plain-torch reference with a top-k MoE (no aux loss)."""
 
-import os
 
 import pytest
 import torch
 
 from megatron_salm_mtp.checkpoint.save_load import _check_expert_parallel_change
 from megatron_salm_mtp.config import ConfigError
-from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
-from test_parallel_gradients import assert_grads_match
-from train_utils import read_metrics, run_train
+from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
+                                          tiny_config)
+from tests.support.train_utils import read_metrics, run_train
 
 MOE = dict(mtp_layer_pattern='*E', num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=24)
 

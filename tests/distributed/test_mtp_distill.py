@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference_fixtures import counting_batch, tiny_salm
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.model.distill import vocab_parallel_kl
 from megatron_salm_mtp.model.freeze import apply_training_mode
-from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
-from test_parallel_gradients import assert_grads_match
+from tests.support.inference_fixtures import counting_batch, tiny_salm
+from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
+                                          tiny_config)
 
 
 def test_kl_and_its_gradient_match_torch():

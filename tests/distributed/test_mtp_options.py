@@ -1,13 +1,12 @@
 """MTP options of NeMo's speech models: shared-weight depths and the MTP layer composition, each
 under TP=2 and PP=2 against the plain-torch reference; ``mtp_enabled`` and 'no MTP at all'."""
 
-import os
 
 import pytest
 import torch
 
-from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
-from test_parallel_gradients import assert_grads_match
+from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
+                                          tiny_config)
 
 OPTIONS = {
     'shared-weights': dict(mtp_use_repeated_layer=True, mtp_num_layers=3),

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from data_fixtures import make_train_valid_corpus
-from train_utils import read_metrics, run_train
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.train_utils import read_metrics, run_train
 
 OVERLAP = ['--use-distributed-optimizer', '--overlap-grad-reduce', '--overlap-param-gather']
 

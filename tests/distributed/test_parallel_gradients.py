@@ -12,10 +12,10 @@ import os
 import pytest
 import torch
 
-from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
+from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
+                                          tiny_config)
 
 GLOBAL_BATCH = 8
-RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 
 
 @pytest.fixture(scope='module')
@@ -29,15 +29,6 @@ def setup(tmp_path_factory):
     loss, totals, grads = reference_grads(cfg, weights, batch)
     return dict(cfg=cfg, workdir=workdir, batch_path=batch_path, weights=weights, totals=totals,
                 grads=grads)
-
-
-def assert_grads_match(reference: dict, parallel: dict):
-    assert set(reference) == set(parallel), set(reference) ^ set(parallel)
-    for name, expected in reference.items():
-        scale = expected.abs().max().item()
-        assert scale > 0, f"{name}: reference gradient is zero, the test would not see an error"
-        err = (parallel[name].float() - expected).abs().max().item() / scale
-        assert err < RTOL, f"{name}: relative error {err:.2e}"
 
 
 LAYOUTS = [  # (tp, pp, nproc, microbatches, sequence_parallel)

@@ -1,13 +1,12 @@
 """Megatron-Core 0.16.1's MTP sharp edges (DESIGN.md), each guarded and tested."""
 
-import os
 
 import pytest
 import torch
 
 from megatron_salm_mtp.model.mtp import mtp_loss_weights, mtp_target_masks, supervised_counts
-from parallel_utils import init_weights, reference_grads, run_layout, speech_batch, tiny_config
-from test_parallel_gradients import assert_grads_match
+from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
+                                          tiny_config)
 
 
 def test_rank_without_supervised_tokens_matches_reference(tmp_path):

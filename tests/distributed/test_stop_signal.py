@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from data_fixtures import make_corpus, make_train_valid_corpus
-from train_utils import read_metrics, run_train, train_command
+from tests.support.data_fixtures import make_corpus, make_train_valid_corpus
+from tests.support.process import ROOT
+from tests.support.train_utils import read_metrics, run_train, train_command
 
 ITERS = 12
 FLAGS = ['--num-workers', '2', '--train-iters', str(ITERS), '--log-interval', '1', '--seed', '5']
@@ -114,7 +115,7 @@ def test_workers_ignore_sigterm_and_still_end_with_their_process(tmp_path, scrip
     """Deaf to SIGTERM, workers must not keep a process from exiting: multiprocessing's exit
     handler ends its children with SIGTERM and waits (the timeout only guards a hang)."""
     result = subprocess.run([sys.executable, '-c', script, make_corpus(tmp_path)], capture_output=True,
-                            text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            text=True, timeout=120, cwd=ROOT,
                             env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
     if script is ORPHANED_ITERATOR:
         assert result.returncode == 0 and 'loader gone, workers alive' in result.stdout, result.stderr[-3000:]

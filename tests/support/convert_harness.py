@@ -7,16 +7,12 @@ records its LLM logits and audio-encoder outputs for the parity tests.
 
 import argparse
 import os
-import sys
 
 import torch
+from megatron.core import parallel_state
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.core import parallel_state  # noqa: E402
-
-from megatron_salm_mtp.convert.load import import_plan, load_into, salm_config_from_hf  # noqa: E402
-from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel, set_seed  # noqa: E402
+from megatron_salm_mtp.convert.load import import_plan, load_into, salm_config_from_hf
+from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Shared helpers and fixtures for the data tests (``tests/test_data_*.py`` import from here).
+"""Shared helpers and fixtures for the data tests (tests/unit/data import from here).
 
 Audio made here is deterministic noise-and-tone WAV written with the package's own writer, so the
 tests need no espeak; the espeak-backed corpus fixture skips cleanly where espeak is unavailable.
@@ -7,14 +7,14 @@ tests need no espeak; the espeak-backed corpus fixture skips cleanly where espea
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megatron_salm_mtp.data.audio import write_wav
 
-from megatron_salm_mtp.data.audio import write_wav  # noqa: E402
+TOKENIZER_CORPUS = ["the quick brown fox jumps over the lazy dog", "transcribe the audio please",
+                    "four seven one nine", "hello world", "speech recognition with large language models"] * 20
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 440.0, seed: int = 0, channels: int = 1) -> np.ndarray:
@@ -73,3 +73,21 @@ def espeak_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     build_corpus(str(out), 40, seed=3, max_seconds=3.0)
     return str(out)
+
+
+def hf_tokenizer_json(tmp_path, specials, config=None):
+    """A byte-level BPE tokenizer.json trained on TOKENIZER_CORPUS (skips without ``tokenizers``)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(TOKENIZER_CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = tmp_path / "tokenizer.json"
+    tk.save(str(path))
+    if config:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+

@@ -6,22 +6,17 @@ parameters changed and which have optimizer state, for test_freeze.py.
 
 import argparse
 import os
-import sys
 
 import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallelConfig
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.core import parallel_state  # noqa: E402
-from megatron.core.distributed import DistributedDataParallelConfig  # noqa: E402
-
-from megatron_salm_mtp.config import TrainConfig  # noqa: E402
-from megatron_salm_mtp.model.freeze import apply_training_mode  # noqa: E402
-from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel, set_seed  # noqa: E402
-from megatron_salm_mtp.training.optim import build_optimizer  # noqa: E402
-from megatron_salm_mtp.training.step import forward_backward  # noqa: E402
-from parallel_utils import speech_batch, tiny_config  # noqa: E402
+from megatron_salm_mtp.config import TrainConfig
+from megatron_salm_mtp.model.freeze import apply_training_mode
+from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
+from megatron_salm_mtp.training.optim import build_optimizer
+from megatron_salm_mtp.training.step import forward_backward
+from tests.support.parallel_utils import speech_batch, tiny_config
 
 
 def optimizer_state_params(optimizer):

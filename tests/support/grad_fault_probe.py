@@ -9,15 +9,12 @@ Every rank prints one line ``PROBE {"rank", "skipped", "iteration", "finite", "s
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_salm_mtp.cli import parse_args  # noqa: E402
-from megatron_salm_mtp.training import loop  # noqa: E402
+from megatron_salm_mtp.cli import parse_args
+from megatron_salm_mtp.training import loop
 
 
 def inject_faults(trainer, iterations, rank) -> None:

@@ -16,20 +16,16 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import torch
+from megatron.core import parallel_state
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.core import parallel_state  # noqa: E402
-
-from megatron_salm_mtp.config import SALMConfig, TrainConfig  # noqa: E402
-from megatron_salm_mtp.model.freeze import apply_training_mode  # noqa: E402
-from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel  # noqa: E402
-from megatron_salm_mtp.training.optim import build_optimizer  # noqa: E402
-from megatron_salm_mtp.training.step import ctc_metrics, forward_backward, mtp_metrics  # noqa: E402
-from freeze_harness import optimizer_state_params  # noqa: E402
+from megatron_salm_mtp.config import SALMConfig, TrainConfig
+from megatron_salm_mtp.model.freeze import apply_training_mode
+from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
+from megatron_salm_mtp.training.optim import build_optimizer
+from megatron_salm_mtp.training.step import ctc_metrics, forward_backward, mtp_metrics
+from tests.support.freeze_harness import optimizer_state_params
 
 GATED_FC1 = re.compile(r'language_model\.(decoder\.layers|mtp\.layers\.\d+\.transformer_layer).*linear_fc1\.weight$')
 

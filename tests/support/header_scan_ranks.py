@@ -13,10 +13,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_salm_mtp.data import header_scan  # noqa: E402
-from megatron_salm_mtp.data.loader import DataConfig, build_dataset  # noqa: E402
+from megatron_salm_mtp.data import header_scan
+from megatron_salm_mtp.data.loader import DataConfig, build_dataset
 
 
 def _denied(path):

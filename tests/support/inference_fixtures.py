@@ -11,7 +11,7 @@ from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, specu
 from megatron_salm_mtp.inference.drafter import mtp_layer_for_depth
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import LOCAL
-from parallel_utils import tiny_config
+from tests.support.parallel_utils import tiny_config
 
 PAD_ID, EOS_ID = 256, 258
 

@@ -1,14 +1,11 @@
 """Runs the Trainer with one NaN weight; prints what the NaN test asserts (see test_train_entry)."""
 
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_salm_mtp.cli import parse_args  # noqa: E402
-from megatron_salm_mtp.training.loop import Trainer  # noqa: E402
+from megatron_salm_mtp.cli import parse_args
+from megatron_salm_mtp.training.loop import Trainer
 
 if __name__ == '__main__':
     trainer = Trainer(parse_args(sys.argv[1:]))

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,9 +11,11 @@ import torch
 from megatron_salm_mtp.config import SALMConfig
 from megatron_salm_mtp.data.batching import pad_targets
 from megatron_salm_mtp.data.frames import audio_tokens, encoder_frames
+from tests.support.process import child_env, free_port, support_script
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'harness.py')
+HARNESS = support_script('harness.py')
 AUDIO_ID = 259
+GRAD_RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 
 
 def tiny_config(**overrides) -> SALMConfig:
@@ -79,16 +80,10 @@ def ctc_targets(mel_lengths, seed: int) -> dict:
     return {'ctc_targets': padded, 'ctc_target_lengths': lengths}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _run(args, nproc: int, timeout: int = 600):
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={_free_port()}', HARNESS] + args
+           f'--master-port={free_port()}', HARNESS] + args
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -116,7 +111,7 @@ def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str
     config_path = write_config(cfg, os.path.join(workdir, 'config.json'))
     _run(['grads', '--config', config_path, '--weights', weights_path, '--batch', batch_path,
           '--microbatches', str(microbatches), '--out', workdir, '--training-mode', training_mode], nproc)
-    from harness import merge_shards
+    from tests.support.harness import merge_shards
     ranks = [torch.load(os.path.join(workdir, f'rank{r}.pt')) for r in range(nproc)]
     losses = [r['loss'] for r in ranks if r['loss'] == r['loss']]
     grads, copies = {}, {}
@@ -138,7 +133,7 @@ def run_layout(cfg: SALMConfig, weights_path: str, batch_path: str, workdir: str
 def _expert_grads(stage_ranks) -> dict:
     """Full expert gradients of one PP stage: each EP rank holds its own experts, split over the
     expert TP group; expert-DP replicas hold the same reduced gradient (the first one is read)."""
-    from harness import merge_shards
+    from tests.support.harness import merge_shards
     grads = {}
     for ep_rank in sorted({r['ep_rank'] for r in stage_ranks}):
         holders = sorted((r for r in stage_ranks if r['ep_rank'] == ep_rank and r['expert_dp_rank'] == 0),
@@ -151,9 +146,18 @@ def _expert_grads(stage_ranks) -> dict:
 
 def reference_grads(cfg: SALMConfig, weights: dict, batch: dict):
     """Objective and gradients of the plain-torch reference over the whole global batch."""
-    from reference import combine, salm_objective
+    from tests.support.reference import combine, salm_objective
     leaves = {k: v.clone().requires_grad_(not k.endswith('embed_positions')) for k, v in weights.items()}
     loss, totals = combine([salm_objective(leaves, cfg, batch)], cfg)
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
     return loss.item(), totals, grads
+
+
+def assert_grads_match(reference: dict, parallel: dict):
+    assert set(reference) == set(parallel), set(reference) ^ set(parallel)
+    for name, expected in reference.items():
+        scale = expected.abs().max().item()
+        assert scale > 0, f"{name}: reference gradient is zero, the test would not see an error"
+        err = (parallel[name].float() - expected).abs().max().item() / scale
+        assert err < GRAD_RTOL, f"{name}: relative error {err:.2e}"

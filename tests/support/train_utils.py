@@ -2,9 +2,9 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
+from tests.support.process import ROOT, free_port
 
 TINY_FLAGS = ['--num-layers', '2', '--hidden-size', '64', '--ffn-hidden-size', '176',
               '--encoder-num-layers', '1', '--encoder-hidden-size', '64', '--seq-length', '128',
@@ -12,15 +12,9 @@ TINY_FLAGS = ['--num-layers', '2', '--hidden-size', '64', '--ffn-hidden-size', '
               '--lr-warmup-iters', '2', '--log-interval', '2', '--eval-interval', '0', '--num-workers', '0']
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def train_command(corpus: str, extra, nproc: int = 1):
     """(command, environment, working folder) of a torchrun training on the tiny configuration."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
                 f'--master-port={free_port()}', '-m', 'megatron_salm_mtp.train']

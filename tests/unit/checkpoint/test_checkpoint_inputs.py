@@ -11,9 +11,8 @@ import pytest
 from megatron_salm_mtp import generate
 from megatron_salm_mtp.checkpoint.layout import CheckpointError, verify_checkpoint_files
 from megatron_salm_mtp.checkpoint.save_load import load_checkpoint
+from tests.support.process import ROOT, child_env, support_script
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 
@@ -21,8 +20,8 @@ ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 def checkpoint(tmp_path_factory):
     """A tiny SALM saved at iteration 1 by a lone process (no launcher)."""
     out = str(tmp_path_factory.mktemp('ckpt') / 'ck')
-    done = subprocess.run([sys.executable, os.path.join(HERE, 'inference_ckpt.py'), '--out', out],
-                          env=dict(ENV, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, support_script('inference_ckpt.py'), '--out', out],
+                          env=child_env(ENV), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 

@@ -2,8 +2,8 @@
 fresh and train (head_only); asking for its optimizer state, or for other MTP layers than a
 checkpoint that has some, is refused with the flags named."""
 
-from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
-from train_utils import read_metrics, run_train
+from tests.support.data_fixtures import espeak_corpus  # noqa: F401 (fixture)
+from tests.support.train_utils import read_metrics, run_train
 
 
 def test_attach_mtp_heads_to_a_checkpoint_without_mtp(espeak_corpus, tmp_path):

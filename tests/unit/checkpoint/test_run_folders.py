@@ -12,8 +12,8 @@ from megatron_salm_mtp.checkpoint.run_folders import (FolderLock, check_load_fol
                                                       claim_checkpoint_folders)
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.convert.__main__ import main as convert_main
+from tests.support.process import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = """
 import sys
 from megatron_salm_mtp.checkpoint.run_folders import FolderLock

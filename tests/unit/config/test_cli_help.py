@@ -11,9 +11,9 @@ import pytest
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.train import parse_and_validate
-from train_utils import run_train
+from tests.support.process import ROOT
+from tests.support.train_utils import run_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = ['LLM (GPTModel):', 'Multi-token prediction:', 'Mixture of experts (the MTP layers of --mtp-layer-pattern E):',
           'Audio encoder (Whisper-shaped) and projector:', 'CTC on the audio encoder (model/ctc.py):',
           'Parallelism and precision:', 'Training: schedule and optimizer:', 'Logging and validation:',

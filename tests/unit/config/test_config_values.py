@@ -9,8 +9,8 @@ import pytest
 
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.train import parse_and_validate
+from tests.support.process import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
 
 BAD_FLAGS = [

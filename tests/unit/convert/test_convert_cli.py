@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_fixtures import hf_logits, hf_models  # noqa: F401
 from megatron_salm_mtp.config import ConfigError
-from parallel_utils import _free_port
+from tests.support.hf_fixtures import hf_logits, hf_models  # noqa: F401
+from tests.support.process import free_port
 
 PROMPT = [5, 17, 99, 42, 7]
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
@@ -29,7 +29,7 @@ def _run(args, nproc=None, stderr=False):
     launcher = [sys.executable]
     if nproc:
         launcher += ['-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-                     f'--master-port={_free_port()}']
+                     f'--master-port={free_port()}']
     result = subprocess.run(launcher + args, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return (result.stdout, result.stderr) if stderr else result.stdout

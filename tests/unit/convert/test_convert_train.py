@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_fixtures import hf_logits, hf_models  # noqa: F401
-from train_utils import free_port, read_metrics
+from tests.support.hf_fixtures import hf_logits, hf_models  # noqa: F401
+from tests.support.process import free_port
+from tests.support.train_utils import read_metrics
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 

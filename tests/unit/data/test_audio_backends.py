@@ -4,9 +4,9 @@ reader of our own is the fallback without it and decodes the same samples."""
 import numpy as np
 import pytest
 
-from data_fixtures import tone
 from megatron_salm_mtp.data import audio
 from megatron_salm_mtp.data.audio import AudioError, audio_info, load_audio, read_audio, write_wav
+from tests.support.data_fixtures import tone
 
 soundfile = pytest.importorskip('soundfile')
 

@@ -5,12 +5,12 @@ import logging
 
 import numpy as np
 import pytest
-from data_fixtures import make_corpus, tone, write_manifest
 
 from megatron_salm_mtp.data.audio import AudioError, NonFiniteAudio, audio_info, load_audio, write_wav
 from megatron_salm_mtp.data.dataset import BadSampleError
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader, build_dataset
 from megatron_salm_mtp.data.resample import MAX_RATIO_TERM, resample_ratio, resampled_length
+from tests.support.data_fixtures import make_corpus, tone, write_manifest
 
 
 def cfg(**kw):

@@ -5,10 +5,10 @@ import struct
 
 import numpy as np
 import pytest
-from data_fixtures import tone
 
 from megatron_salm_mtp.data.audio import (AudioError, audio_info, load_audio, load_num_samples, read_audio,
                                           resample, resampled_length, write_wav)
+from tests.support.data_fixtures import tone
 
 
 @pytest.mark.parametrize("bits,float_format,tol", [(16, False, 1 / 32768), (24, False, 1 / 2**23),

@@ -6,12 +6,12 @@ import os
 
 import pytest
 import torch
-from data_fixtures import make_corpus, tone, write_manifest
 
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.dataset import BadSampleError
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader, build_dataset
 from megatron_salm_mtp.data.manifest import ManifestError
+from tests.support.data_fixtures import make_corpus, tone, write_manifest
 
 GOOD = 16  # good utterances in the corpus
 EXPECTED = {"missing_file": 1, "unreadable_audio": 2, "empty_audio": 2, "empty_transcript": 2,

@@ -4,7 +4,6 @@ import wave
 
 import pytest
 import torch
-from data_fixtures import make_corpus, tiny_corpus, tone, write_manifest  # noqa: F401 (fixture)
 
 from megatron_salm_mtp.data.audio import load_audio, write_wav
 from megatron_salm_mtp.data.batching import BATCH_KEYS, Collator
@@ -13,6 +12,7 @@ from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.frames import audio_tokens, mel_frames
 from megatron_salm_mtp.data.manifest import read_manifest
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
+from tests.support.data_fixtures import make_corpus, tiny_corpus, tone, write_manifest  # noqa: F401 (fixture)
 
 TOK = ByteTokenizer()
 

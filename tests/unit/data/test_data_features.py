@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from data_fixtures import tone
 
 from megatron_salm_mtp.data.features import log_mel, mel_filterbank, pad_features
 from megatron_salm_mtp.data.frames import mel_frames
+from tests.support.data_fixtures import tone
 
 
 @pytest.mark.parametrize("n", [0, 100, 159, 160, 199, 201, 16000, 16159, 23456])

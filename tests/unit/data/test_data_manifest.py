@@ -3,9 +3,9 @@
 import os
 
 import pytest
-from data_fixtures import write_manifest
 
 from megatron_salm_mtp.data.manifest import ManifestError, read_manifest, read_manifests
+from tests.support.data_fixtures import write_manifest
 
 
 def test_asr_line(tmp_path):

@@ -5,10 +5,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_corpus
 
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.sampler import DistributedMicroBatchSampler as Sampler
+from tests.support.data_fixtures import make_corpus
 
 
 def steps(n, gb, mbs, dp, epochs=1, **kw):

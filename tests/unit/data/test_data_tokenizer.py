@@ -1,15 +1,13 @@
 """Tokenizers: byte-level default, Hugging Face tokenizer.json, SentencePiece; the factory."""
 
-import json
 
 import pytest
 
 from megatron_salm_mtp.data.prompts import required_special_tokens
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer, build_tokenizer
+from tests.support.data_fixtures import TOKENIZER_CORPUS, hf_tokenizer_json
 
 TEXT = "Grüße, world! 4 7 1 9 <|im_end|>"
-CORPUS = ["the quick brown fox jumps over the lazy dog", "transcribe the audio please", "four seven one nine",
-          "hello world", "speech recognition with large language models"] * 20
 
 
 def test_byte_tokenizer():
@@ -25,26 +23,10 @@ def test_byte_tokenizer():
         ByteTokenizer(["<|made_up|>"])
 
 
-def _hf_tokenizer_json(tmp_path, specials, config=None):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    path = tmp_path / "tokenizer.json"
-    tk.save(str(path))
-    if config:
-        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
-
-
 def test_hf_qwen_like(tmp_path):
     """ChatML specials, no BOS, audio token absent: it gets the first id after the vocabulary."""
-    path = _hf_tokenizer_json(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                              {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    path = hf_tokenizer_json(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                             {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
     tok = build_tokenizer("huggingface", str(tmp_path), extra_special_tokens=required_special_tokens("qwen"))
     import tokenizers
 
@@ -60,7 +42,7 @@ def test_hf_qwen_like(tmp_path):
 def test_hf_llama_like_with_audio_token_present(tmp_path):
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                 "<|audio|>"]
-    path = _hf_tokenizer_json(tmp_path, specials)
+    path = hf_tokenizer_json(tmp_path, specials)
     tok = build_tokenizer("hf", str(path), extra_special_tokens=required_special_tokens("llama3"))
     import tokenizers
 
@@ -73,7 +55,7 @@ def test_hf_llama_like_with_audio_token_present(tmp_path):
 
 def test_sentencepiece(tmp_path):
     spm = pytest.importorskip("sentencepiece")
-    (tmp_path / "c.txt").write_text("\n".join(CORPUS))
+    (tmp_path / "c.txt").write_text("\n".join(TOKENIZER_CORPUS))
     spm.SentencePieceTrainer.train(input=str(tmp_path / "c.txt"), model_prefix=str(tmp_path / "sp"), vocab_size=60,
                                    model_type="bpe", minloglevel=2)
     tok = build_tokenizer("spm", str(tmp_path / "sp.model"), extra_special_tokens=required_special_tokens("qwen"))

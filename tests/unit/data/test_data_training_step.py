@@ -8,16 +8,15 @@ into the other tests.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from data_fixtures import make_corpus, tone, write_manifest
 
 from megatron_salm_mtp.data.audio import write_wav
+from tests.support.data_fixtures import hf_tokenizer_json, make_corpus, tone, write_manifest
+from tests.support.process import child_env, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEP = r"""
 import json, math, sys
@@ -53,12 +52,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _forms(tmp_path):
     d = str(tmp_path)
     make_corpus(d, n=4, seconds=(1.0, 1.6))
@@ -90,10 +83,8 @@ def _forms(tmp_path):
     except ImportError:
         pass
     try:
-        from test_data_tokenizer import _hf_tokenizer_json
-
-        path = _hf_tokenizer_json(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+        path = hf_tokenizer_json(tmp_path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                 {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
         forms.append({"name": "wav_qwen_hf", "manifest": wavs, "tokenizer_type": "huggingface",
                       "tokenizer_model": str(path), "template": "qwen"})
     except pytest.skip.Exception:
@@ -118,8 +109,8 @@ def test_a_training_step_consumes_every_input_form(tmp_path):
     except ImportError as e:
         pytest.skip(f"training step not importable: {e}")
     forms = _forms(tmp_path)
-    env = dict(os.environ, MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = child_env(MASTER_PORT=str(free_port()), MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1",
+                    OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", STEP, json.dumps(forms)], capture_output=True, text=True,
                           env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -5,10 +5,10 @@ each epoch."""
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_corpus
 
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.spec_augment import SpecAugment
+from tests.support.data_fixtures import make_corpus
 
 AUGMENT = dict(spec_augment_freq_masks=2, spec_augment_freq_width=12, spec_augment_time_masks=3,
                spec_augment_time_width=0.1)

@@ -4,12 +4,12 @@ transcripts, used through ``--tokenizer-type sentencepiece``; exact round trips.
 import pickle
 
 import pytest
-from data_fixtures import write_manifest
 
 from megatron_salm_mtp.data.manifest import read_manifest
 from megatron_salm_mtp.data.prompts import required_special_tokens
 from megatron_salm_mtp.data.tokenizer import build_tokenizer
 from megatron_salm_mtp.data.train_tokenizer import main, train_tokenizer
+from tests.support.data_fixtures import write_manifest
 
 pytest.importorskip("sentencepiece")
 

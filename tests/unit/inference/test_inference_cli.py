@@ -2,7 +2,6 @@
 processes, decoded at TP=1 greedily and speculatively into one report; two splits with the audio
 ablation, a skipped line and the predictions manifest; bad input named before decoding."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -11,14 +10,13 @@ import sys
 import pytest
 import torch
 
-from data_fixtures import tone, write_manifest
 from megatron_salm_mtp import evaluate
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.inference.wer import Scores
-from parallel_utils import tiny_config
-from train_utils import free_port
+from tests.support.data_fixtures import tone, write_manifest
+from tests.support.parallel_utils import tiny_config
+from tests.support.process import ROOT, child_env, free_port, support_script
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SUBSETS = ('natural', 'digits', 'natural', 'names')
 
 
@@ -47,9 +45,9 @@ def unseen_manifest(tmp_path_factory):
 @pytest.fixture(scope='module')
 def tp2_checkpoint(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('tp2') / 'ckpt')
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=2',
-           f'--master-port={free_port()}', os.path.join(HERE, 'inference_ckpt.py'), '--out', out,
+           f'--master-port={free_port()}', support_script('inference_ckpt.py'), '--out', out,
            '--tensor-model-parallel-size', '2']
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -85,7 +83,7 @@ def test_report_from_a_tp2_checkpoint(single_rank_parallel, tp2_checkpoint, mani
 
 def _run_cli(*args):
     return subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.evaluate', *args],
-                          capture_output=True, text=True, timeout=120, cwd=os.path.dirname(HERE))
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_missing_files_are_named(tmp_path, manifest):

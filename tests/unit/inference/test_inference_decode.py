@@ -13,14 +13,14 @@ import pytest
 import torch
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 
-from inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
-                                full_recompute_greedy, oracle_drafter, random_prompts, row_of,
-                                short_prompt_batches, tiny_salm)
 from megatron_salm_mtp.inference import workspace
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
 from megatron_salm_mtp.inference.kv_cache import rotated
 from megatron_salm_mtp.inference.workspace import WorkspacePool
+from tests.support.inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
+                                              full_recompute_greedy, oracle_drafter, random_prompts, row_of,
+                                              short_prompt_batches, tiny_salm)
 
 FRAMES = [30, 57, 41]  # rows of different prompt lengths
 
@@ -134,7 +134,6 @@ def test_stop_id_ends_each_row_where_greedy_does(random_model):
     greedy, _ = greedy_decode(random_model, batch, 12, [stop], vocab)
     speculative, _ = speculative_decode(random_model, batch, 12, [stop], vocab, 2)
     assert greedy == cut and speculative == greedy
-
 
 
 @pytest.mark.parametrize('bf16', [False, True])

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import tone, write_manifest
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.loader import DataConfig
 from megatron_salm_mtp.inference.inputs import make_batch, read_utterances, split_name
 from megatron_salm_mtp.data.progress import Progress
+from tests.support.data_fixtures import tone, write_manifest
 
 
 @pytest.fixture

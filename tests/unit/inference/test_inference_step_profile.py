@@ -5,9 +5,9 @@ verify forward is greedy's forward at the same width."""
 
 import pytest
 
-from inference_fixtures import EOS_ID, random_prompts, tiny_salm
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.step_profile import profile_steps
+from tests.support.inference_fixtures import EOS_ID, random_prompts, tiny_salm
 
 DEPTHS = 3
 

@@ -5,26 +5,23 @@ The transcripts must be what ``evaluate`` writes as ``pred_text`` for a manifest
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from data_fixtures import tone, write_manifest
 from megatron_salm_mtp import evaluate, transcribe
 from megatron_salm_mtp.data.audio import write_wav
-from train_utils import free_port
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from tests.support.data_fixtures import tone, write_manifest
+from tests.support.process import child_env, free_port, support_script
 
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('transcribe') / 'ckpt')
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
-           os.path.join(HERE, 'inference_ckpt.py'), '--out', out]
+           support_script('inference_ckpt.py'), '--out', out]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return out

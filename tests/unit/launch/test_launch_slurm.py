@@ -12,17 +12,18 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from data_fixtures import espeak_corpus  # noqa: F401 (fixture)
+from tests.support.data_fixtures import espeak_corpus  # noqa: F401 (fixture)
+from tests.support import process
+from tests.support.process import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-HELPER = ROOT / 'tests' / 'slurm_cluster.sh'
+ROOT = Path(process.ROOT)
+HELPER = Path(process.support_script('slurm_cluster.sh'))
 SCRIPT = 'launch/train_salm_mtp.sbatch'
 DONE = {'COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE'}
 LINE = re.compile(r'^iteration\s+(\d+)/\s*(\d+) \|.* lm loss: [0-9.E+-]+ \|.* mtp_1 loss: [0-9.E+-]+ ', re.M)
@@ -118,16 +119,10 @@ def slurm(tmp_path_factory):
         _bash('stop', str(folder))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _job_env(corpus: str, save: Path, **extra) -> dict:
     # A free port rather than the script's job-id-derived one: every fresh cluster starts at job 1.
     return {'CONTAINER_IMAGE': '', 'CONFIG': 'configs/tiny_cpu.yaml', 'GPUS_PER_NODE': '2',
-            'MASTER_PORT': str(_free_port()),
+            'MASTER_PORT': str(free_port()),
             'TRAIN_MANIFEST': os.path.join(corpus, 'train.jsonl'),
             'VALID_MANIFEST': os.path.join(corpus, 'valid.jsonl'),
             'SAVE_DIR': str(save), 'PYTHON': sys.executable,

@@ -18,13 +18,15 @@ import sys
 import pytest
 import torch
 
+from tests.gpu.megatron_log import check_run
+from tests.support.process import ROOT, child_env, free_port, support_script
+
 HAS_MEGATRON_TRAINING = importlib.util.find_spec('megatron.training') is not None
 needs_megatron_training = pytest.mark.skipif(
     not HAS_MEGATRON_TRAINING,
     reason='megatron.training is absent: megatron-core 0.16.1 ships megatron/core only, and the '
            'adapter needs 0.19.x (its refusal is tested instead)')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = (
     '--num-layers 2 --hidden-size 32 --ffn-hidden-size 48 --num-attention-heads 4 '
     '--group-query-attention --num-query-groups 2 --qk-layernorm --seq-length 96 '
@@ -142,7 +144,7 @@ def _providers(cfg, training_mode='joint'):
 
 @needs_megatron_training
 def test_model_provider_builds_each_stages_pieces(single_rank_parallel):
-    from parallel_utils import tiny_config
+    from tests.support.parallel_utils import tiny_config
     providers = _providers(tiny_config(), training_mode='head_only')
     first = providers.model_provider(pre_process=True, post_process=False)
     last = providers.model_provider(pre_process=False, post_process=True)
@@ -154,8 +156,8 @@ def test_model_provider_builds_each_stages_pieces(single_rank_parallel):
 
 @needs_megatron_training
 def test_speech_iterator_attaches_global_batch_counts_and_resumes(single_rank_parallel, tmp_path):
-    from data_fixtures import make_corpus
-    from parallel_utils import tiny_config
+    from tests.support.data_fixtures import make_corpus
+    from tests.support.parallel_utils import tiny_config
 
     from megatron_salm_mtp.data.loader import DataConfig
     from megatron_salm_mtp.megatron_lm.data import GLOBAL_BATCH_COUNTS, speech_iterator
@@ -180,7 +182,7 @@ def test_forward_step_gives_the_plugins_losses_and_gradients(single_rank_paralle
     in Megatron-Core's schedule (as pretrain() runs it) against the plugin's own step."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
-    from parallel_utils import speech_batch, tiny_config
+    from tests.support.parallel_utils import speech_batch, tiny_config
 
     from megatron_salm_mtp.megatron_lm.data import MicrobatchesWithCounts
     from megatron_salm_mtp.parallel.setup import build_model, set_seed
@@ -213,11 +215,10 @@ def test_forward_step_gives_the_plugins_losses_and_gradients(single_rank_paralle
 
 
 def _run_entry_on_cpu(flags, log_path):
-    from train_utils import free_port
-    env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0',
+    env = child_env(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0',
                WORLD_SIZE='1', LOCAL_RANK='0', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     with open(log_path, 'w') as log:
-        done = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'megatron_lm_cpu.py')] + flags,
+        done = subprocess.run([sys.executable, support_script('megatron_lm_cpu.py')] + flags,
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
     with open(log_path) as log:
         assert done.returncode == 0, log.read()[-3000:]
@@ -225,9 +226,7 @@ def _run_entry_on_cpu(flags, log_path):
 
 @needs_megatron_training
 def test_pretrain_trains_validates_saves_and_resumes(tmp_path):
-    from data_fixtures import make_corpus
-    sys.path.insert(0, os.path.join(ROOT, 'tests', 'gpu'))
-    from megatron_log import check_run
+    from tests.support.data_fixtures import make_corpus
     train = make_corpus(tmp_path / 'train', n=8)
     valid = make_corpus(tmp_path / 'valid', n=4)
     ckpt = str(tmp_path / 'ckpt')

@@ -14,7 +14,7 @@ from megatron_salm_mtp.data.tokenizer import ByteTokenizer
 from megatron_salm_mtp.model.ctc import (CTCLengths, ctc_head, ctc_lengths, ctc_loss_sum,
                                          ctc_loss_weight, required_frames)
 from megatron_salm_mtp.model.host_inputs import prepare_microbatch
-from parallel_utils import speech_batch, tiny_config
+from tests.support.parallel_utils import speech_batch, tiny_config
 
 TOK = ByteTokenizer()
 

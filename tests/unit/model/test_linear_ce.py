@@ -3,7 +3,6 @@ logits tensor: per-row loss, top-1 hits and the gradients of the hidden states a
 with rows weighted unequally and some ignored (weight 0), on one rank and with the vocabulary split
 over two (gloo). The model-level parity (main and MTP heads, TP=1/2) is in test_parallel_gradients.py."""
 
-import os
 import subprocess
 import sys
 
@@ -11,12 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from linear_ce_ranks import (ROWS, SMALL_CHUNKS, assert_close, assert_no_rows_give_zero_gradients, assert_same,
-                             fused, problem, reference, tensor_parallel_rank)
 from megatron_salm_mtp.model.linear_ce import TorchChunks, linear_cross_entropy
-from train_utils import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.linear_ce_ranks import (ROWS, SMALL_CHUNKS, assert_close, assert_no_rows_give_zero_gradients,
+                                           assert_same, fused, problem, reference, tensor_parallel_rank)
+from tests.support.process import child_env, free_port
 
 
 def test_one_rank_matches_the_full_logits():
@@ -58,7 +55,7 @@ def test_vocabulary_split_over_two_ranks_matches_the_full_logits(tmp_path):
 
 TRITON_CHECK = '''
 from megatron_salm_mtp.model.linear_ce_triton import TritonKernels
-from linear_ce_ranks import assert_same, fused, problem, reference
+from tests.support.linear_ce_ranks import assert_same, fused, problem, reference
 kernels = TritonKernels(block_m=16, block_n=32, block_k=16, dlogits_chunk_elements=37 * 64)
 assert_same(reference(*problem()), fused(*problem(), backend=kernels))
 print('triton kernels agree')
@@ -69,8 +66,7 @@ def test_triton_kernels_in_the_interpreter_match_the_full_logits():
     """The kernels' maths on CPU (``TRITON_INTERPRET=1``); tests/gpu/test_linear_ce_gpu.py runs
     them compiled. Skipped where triton is not installed (CPU builds of torch)."""
     pytest.importorskip('triton')
-    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONWARNINGS='ignore',
-               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'), os.environ.get('PYTHONPATH', '')]))
+    env = child_env(TRITON_INTERPRET='1', PYTHONWARNINGS='ignore')
     result = subprocess.run([sys.executable, '-c', TRITON_CHECK], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -11,7 +11,7 @@ from megatron_salm_mtp.model.llm import StepInputs
 from megatron_salm_mtp.model.mtp import mtp_target_masks
 from megatron_salm_mtp.model.salm import check_audio_placeholders, splice_audio
 from megatron_salm_mtp.model.specs import resolve_transformer_impl
-from parallel_utils import speech_batch, tiny_config
+from tests.support.parallel_utils import speech_batch, tiny_config
 
 
 @pytest.mark.parametrize('changes,world,flag', [

@@ -9,10 +9,11 @@ import torch
 from packaging.version import Version
 
 from megatron_salm_mtp.compat import mcore
+from tests.support.process import ROOT
 
 
 def test_installed_release_is_in_the_supported_range():
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'setup.py')) as f:
+    with open(os.path.join(ROOT, 'setup.py')) as f:
         low, high = re.search(r"'megatron-core>=([\d.]+),<([\d.]+)'", f.read()).groups()
     assert Version(low) <= mcore.MCORE_VERSION < Version(high)
     assert mcore.MCORE_0_17 == (mcore.MCORE_VERSION >= Version('0.17'))
@@ -58,7 +59,7 @@ def test_a_changed_postprocess_contract_is_refused(monkeypatch):
 
 def test_mtp_parameters_keep_one_name_on_every_release(single_rank_parallel):
     from megatron_salm_mtp.model.salm import SALM
-    from parallel_utils import tiny_config
+    from tests.support.parallel_utils import tiny_config
     names = [n for n, _ in SALM(tiny_config(), 'local').named_parameters() if '.mtp.' in n]
     assert names and all('.mtp_model_layer.' not in n for n in names)
     assert any('.mtp.layers.0.transformer_layer.self_attention.' in n for n in names)

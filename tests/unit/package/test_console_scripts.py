@@ -5,7 +5,9 @@ import importlib
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.support import process
+
+ROOT = pathlib.Path(process.ROOT)
 PACKAGE_DIR = ROOT / 'megatron_salm_mtp'
 
 

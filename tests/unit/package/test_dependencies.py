@@ -4,7 +4,8 @@ import ast
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.process import ROOT
+
 # import name -> distribution name
 DISTRIBUTIONS = {'espeakng_loader': 'espeakng-loader', 'matplotlib': 'matplotlib', 'megatron': 'megatron-core',
                  'numpy': 'numpy', 'packaging': 'packaging', 'rapidfuzz': 'rapidfuzz', 'safetensors': 'safetensors',

@@ -11,8 +11,10 @@ Transformer Engine, matplotlib, wandb) are not this test's business.
 import ast
 import pathlib
 
+from tests.support.process import ROOT
+
 PACKAGE = 'megatron_salm_mtp'
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
+PACKAGE_DIR = pathlib.Path(ROOT) / PACKAGE
 
 # Lowest first; a module belongs to the longest prefix that names it (the package itself: layer 0).
 LAYERS = [

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
-from train_utils import TINY_FLAGS, free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.process import ROOT, free_port
+from tests.support.train_utils import TINY_FLAGS
 
 
 def test_bench_prints_and_writes_figures_with_and_without_mtp(tmp_path):

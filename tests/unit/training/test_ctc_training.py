@@ -4,7 +4,7 @@ loss, and both logs - the training line, metrics.jsonl, validation - carry it.""
 import pytest
 
 from megatron_salm_mtp.inference.loading import load_for_inference
-from train_utils import read_metrics, run_train
+from tests.support.train_utils import read_metrics, run_train
 
 
 @pytest.fixture

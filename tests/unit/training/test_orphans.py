@@ -14,11 +14,10 @@ import sys
 import threading
 import time
 
-from data_fixtures import make_train_valid_corpus
 from megatron_salm_mtp.compat.mcore import MCORE_0_17
-from train_utils import TINY_FLAGS, free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.process import ROOT, free_port
+from tests.support.train_utils import TINY_FLAGS
 
 
 def _stat(pid):

@@ -20,8 +20,8 @@ from megatron_salm_mtp.tools.corpus.espeak import espeak_available
 from megatron_salm_mtp.tools.corpus.synth import build_corpus
 from megatron_salm_mtp.tools.corpus.text_source import default_text_source
 from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
+from tests.support.process import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UTTERANCES = 1200  # 840 train, 120 test_unseen
 # Measured (2 cores, megatron-core 0.16.1, espeak-ng 1.51): WER 0.694 with the audio, 0.943 silenced;
 # CER 0.417 / 0.793. The bounds leave 0.11 of WER and half the measured gap for other machines.

@@ -9,7 +9,8 @@ import yaml
 
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.config import ConfigError
-from train_utils import free_port, read_metrics, run_train
+from tests.support.process import CONFIGS, ROOT, child_env, free_port, support_script
+from tests.support.train_utils import read_metrics, run_train
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_unknown_flag_is_an_error():
 
 
 def test_shipped_configs_parse():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     for name in sorted(os.listdir(os.path.join(root, 'configs'))):
         run = parse_args(['--config', os.path.join(root, 'configs', name), '--train-manifest', 'x'])
         run.model.validate()
@@ -99,9 +100,8 @@ def test_two_ranks_pipeline_parallel_stop_at_time_limit(corpus, tmp_path):
 def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
     """A NaN weight makes every loss NaN: each update is skipped (weights untouched), and after
     --max-consecutive-nan-skips steps the run stops with a message naming the flag."""
-    probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'nan_probe.py')
     result = subprocess.run(
-        [sys.executable, probe, '--config', os.path.join(os.path.dirname(probe), '..', 'configs', 'tiny_cpu.yaml'),
+        [sys.executable, support_script('nan_probe.py'), '--config', os.path.join(CONFIGS, 'tiny_cpu.yaml'),
          '--train-manifest', os.path.join(corpus, 'train.jsonl'), '--num-layers', '2',
          '--hidden-size', '64', '--ffn-hidden-size', '176', '--encoder-num-layers', '1',
          '--encoder-hidden-size', '64', '--micro-batch-size', '4', '--global-batch-size', '8',
@@ -110,7 +110,7 @@ def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
          '--log-interval', '1', '--log-dir', str(tmp_path)],
         capture_output=True, text=True, timeout=300,
         # its own port: the in-process single_rank_parallel fixture already listens on MASTER_PORT
-        env=dict(os.environ, PYTHONWARNINGS='ignore', MASTER_PORT=str(free_port())))
+        env=child_env(PYTHONWARNINGS='ignore', MASTER_PORT=str(free_port())))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'STOPPED: 3 consecutive iterations with a non-finite loss' in result.stdout
     assert 'UNCHANGED' in result.stdout

@@ -1,0 +1,28 @@
+"""What a test needs to start a process: the repository's folders, a free port, and an environment
+in which a launched helper script (``tests/support/*.py`` under torchrun) imports ``tests.support``."""
+
+import os
+import socket
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUPPORT = os.path.join(ROOT, 'tests', 'support')
+CONFIGS = os.path.join(ROOT, 'configs')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def support_script(name: str) -> str:
+    """The path of a helper script in tests/support, e.g. ``support_script('harness.py')``."""
+    return os.path.join(SUPPORT, name)
+
+
+def child_env(base=None, **extra) -> dict:
+    """``base`` (default: this process's environment) with the repository first on PYTHONPATH, so a
+    child finds ``tests.support`` and this checkout's package, plus ``extra``."""
+    env = dict(os.environ if base is None else base, **extra)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH', '')) if p)
+    return env
