@@ -1,5 +1,9 @@
-
 import pytest
+
+# Fixtures of tests/support declared here once: a session fixture imported into several test
+# modules would be a separate fixture (and corpus) per module.
+from tests.support.data_fixtures import espeak_corpus, tiny_corpus  # noqa: F401
+from tests.support.hf_fixtures import hf_models  # noqa: F401
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
 """``--async-save`` and the fully parallel save/load strategies (checkpoint/save_strategies.py), CPU, gloo.
 
-- In one process group (tests/ckpt_harness.py, DP=2 with the distributed optimizer): an async
+- In one process group (tests/support/ckpt_harness.py, DP=2 with the distributed optimizer): an async
   save is not a checkpoint until it is finalized (no marker, the tracker still names the previous
   one), the step taken while it writes does not leak into it (the loaded weights are those at
   the save), and the run resumed from it repeats the next step's loss bitwise.
@@ -76,6 +76,6 @@ def test_async_training_saves_and_resumes_like_sync(trainer_runs):
     assert 'latest_checkpointed_iteration.txt' in saved and final_marker
     async_, resumed = metrics['async'], metrics['resumed']
     assert sorted(async_) == [1, 2, 3, 4] and sorted(resumed) == [3, 4]
-    for it in (3, 4):  # what a resume from a synchronous save gives (tests/test_checkpoint_resume.py)
+    for it in (3, 4):  # what a resume from a synchronous save gives (tests/distributed/test_checkpoint_resume.py)
         for key in ('lm loss', 'mtp_1 loss'):
             assert resumed[it][key] == async_[it][key], (it, key)

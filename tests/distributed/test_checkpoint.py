@@ -1,6 +1,6 @@
 """Distributed checkpoints (checkpoint/save_load.py) on the real Megatron-Core SALM under gloo.
 
-Each launch runs a plan of operations (tests/ckpt_harness.py) in one layout; checkpoints written
+Each launch runs a plan of operations (tests/support/ckpt_harness.py) in one layout; checkpoints written
 by one layout are loaded by another:
 
 - model, forward loss, optimizer state and scheduler round-trip bitwise in the same layout, and

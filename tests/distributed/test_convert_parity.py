@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from tests.support.hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits, hf_models  # noqa: F401
+from tests.support.hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits
 from tests.support.process import child_env, free_port, support_script
 
 HARNESS = support_script('convert_harness.py')

@@ -1,6 +1,6 @@
 """--check-for-nan-in-loss-and-grad: a non-finite gradient never reaches the weights or a checkpoint.
 
-An inf written into one rank's gradient buffer after the backward pass (tests/grad_fault_probe.py)
+An inf written into one rank's gradient buffer after the backward pass (tests/support/grad_fault_probe.py)
 stands for a fault the loss does not show; ``--lr 1e3`` gives a finite loss with a NaN gradient
 norm at its third step. Every checkpoint written is read back tensor by tensor (model, optimizer
 state) through torch.distributed.checkpoint, without the model.

@@ -1,6 +1,6 @@
 """Runs a plan of checkpoint operations in one parallel layout (one process per rank, gloo).
 
-    torchrun --nproc-per-node N tests/ckpt_harness.py --config C.json --plan P.json --out DIR
+    torchrun --nproc-per-node N tests/support/ckpt_harness.py --config C.json --plan P.json --out DIR
 
 The plan is a JSON list of operations run in order on every rank: ``build`` (model, optimizer,
 scheduler; a later ``build`` replaces them with freshly initialised ones), ``train`` (one

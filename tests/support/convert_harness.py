@@ -1,7 +1,7 @@
 """Builds the SALM from Hugging Face folders in one parallel layout (TP = world size, gloo) and
 records its LLM logits and audio-encoder outputs for the parity tests.
 
-    torchrun --nproc-per-node N tests/convert_harness.py --llm D1,D2 [--whisper W] \\
+    torchrun --nproc-per-node N tests/support/convert_harness.py --llm D1,D2 [--whisper W] \\
         --inputs I.pt --out O.pt
 """
 

@@ -1,7 +1,7 @@
 """Trains a few steps in each training mode (one parallel layout, gloo) and records which
 parameters changed and which have optimizer state, for test_freeze.py.
 
-    torchrun --nproc-per-node N tests/freeze_harness.py --modes head_only,freeze_llm --pp P --out DIR
+    torchrun --nproc-per-node N tests/support/freeze_harness.py --modes head_only,freeze_llm --pp P --out DIR
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Runs the Trainer (under torchrun or alone) with an inf written into one rank's gradient buffer
 after the backward pass of chosen iterations; prints what the gradient-guard tests assert.
 
-    python tests/grad_fault_probe.py --fault-iterations 2,3 --fault-rank 0 TRAINING FLAGS...
+    python tests/support/grad_fault_probe.py --fault-iterations 2,3 --fault-rank 0 TRAINING FLAGS...
 
 Every rank prints one line ``PROBE {"rank", "skipped", "iteration", "finite", "stopped",
 "checksum"}``: whether all of its parameters are finite after training, and their sum.

@@ -1,7 +1,7 @@
 """Runs the real Megatron-Core SALM in one parallel layout (one process per rank, gloo) for tests.
 
-    python tests/harness.py init  --config C.json --out W.pt             (world size 1)
-    torchrun --nproc-per-node N tests/harness.py grads --config C.json --weights W.pt
+    python tests/support/harness.py init  --config C.json --out W.pt             (world size 1)
+    torchrun --nproc-per-node N tests/support/harness.py grads --config C.json --weights W.pt
              --batch B.pt --microbatches M --out DIR [--training-mode MODE]
 
 ``init`` writes full weights under TP=1/PP=1 names, perturbed so norms and biases are not trivial.

@@ -1,6 +1,6 @@
 """Builds one dataset twice on every rank of a gloo group, counting the audio headers each rank opens:
 
-    torchrun --nproc-per-node N tests/header_scan_ranks.py MANIFEST OUT_DIR
+    torchrun --nproc-per-node N tests/support/header_scan_ranks.py MANIFEST OUT_DIR
 
 Each rank writes OUT_DIR/rank{R}.json: {"reads": [paths opened by the first build],
 "reads_again": [... by the second], "valid": [...], "lengths": [...], "skips": {reason: count},

@@ -1,6 +1,6 @@
 """Saves a tiny random SALM checkpoint (no optimizer) at the layout of its launch:
 
-    torchrun --nproc-per-node N tests/inference_ckpt.py --out DIR --tensor-model-parallel-size N \\
+    torchrun --nproc-per-node N tests/support/inference_ckpt.py --out DIR --tensor-model-parallel-size N \\
         [--mtp-num-layers D]
 
 The resolved run configuration (byte tokenizer, plain template, 80 mels) is stored beside it, as

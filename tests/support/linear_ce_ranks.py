@@ -1,4 +1,4 @@
-"""Problem, reference and fused runs of tests/test_linear_ce.py; light to import, since the
+"""Problem, reference and fused runs of tests/unit/model/test_linear_ce.py; light to import, since the
 tensor-parallel test's ranks are spawned processes that import it."""
 
 import os

@@ -1,4 +1,4 @@
-"""Run ``python -m megatron_salm_mtp.megatron_lm.pretrain`` on CPU: ``python tests/megatron_lm_cpu.py FLAGS``.
+"""Run ``python -m megatron_salm_mtp.megatron_lm.pretrain`` on CPU: ``python tests/support/megatron_lm_cpu.py FLAGS``.
 
 Megatron-LM's ``pretrain()`` asserts CUDA and uses a few CUDA-only calls beyond the ones the
 plugin's CPU adaptation (``compat/cpu.py``) covers for Megatron-Core. For tests only, this

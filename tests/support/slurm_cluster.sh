@@ -3,10 +3,10 @@
 # for testing launch/train_salm_mtp.sbatch for real. Needs root and Debian's slurm-wlm + munge
 # (`install` fetches them with apt-get).
 #
-#   bash tests/slurm_cluster.sh install          # apt-get install slurm-wlm munge, if missing
-#   bash tests/slurm_cluster.sh start DIR        # prints `export SLURM_CONF=DIR/slurm.conf`
+#   bash tests/support/slurm_cluster.sh install          # apt-get install slurm-wlm munge, if missing
+#   bash tests/support/slurm_cluster.sh start DIR        # prints `export SLURM_CONF=DIR/slurm.conf`
 #   SLURM_CONF=DIR/slurm.conf sbatch ...; squeue; scontrol show job ...
-#   bash tests/slurm_cluster.sh stop DIR         # stops the three daemons (also after a failed start)
+#   bash tests/support/slurm_cluster.sh stop DIR         # stops the three daemons (also after a failed start)
 #
 # What makes it work in a container without systemd (seen with Slurm 22.05):
 # - munged runs as root (--force) on its own socket, handed to Slurm by AuthInfo=socket=...;

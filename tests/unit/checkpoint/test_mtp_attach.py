@@ -2,7 +2,6 @@
 fresh and train (head_only); asking for its optimizer state, or for other MTP layers than a
 checkpoint that has some, is refused with the flags named."""
 
-from tests.support.data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 from tests.support.train_utils import read_metrics, run_train
 
 

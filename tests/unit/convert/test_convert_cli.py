@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_salm_mtp.config import ConfigError
-from tests.support.hf_fixtures import hf_logits, hf_models  # noqa: F401
+from tests.support.hf_fixtures import hf_logits
 from tests.support.process import free_port
 
 PROMPT = [5, 17, 99, 42, 7]

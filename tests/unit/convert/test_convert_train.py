@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support.hf_fixtures import hf_logits, hf_models  # noqa: F401
+from tests.support.hf_fixtures import hf_logits
 from tests.support.process import free_port
 from tests.support.train_utils import read_metrics
 

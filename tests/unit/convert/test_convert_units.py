@@ -12,7 +12,6 @@ from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.convert.load import salm_config_from_hf, tokenizer_vocabulary
 from megatron_salm_mtp.convert.recipes import Copy, FusedQKV, GatedFC1
 from megatron_salm_mtp.convert.source import TensorSource
-from tests.support.hf_fixtures import hf_models  # noqa: F401
 
 
 def _word_tokenizer(folder, words: int):

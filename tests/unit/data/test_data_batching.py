@@ -12,7 +12,7 @@ from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.frames import audio_tokens, mel_frames
 from megatron_salm_mtp.data.manifest import read_manifest
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
-from tests.support.data_fixtures import make_corpus, tiny_corpus, tone, write_manifest  # noqa: F401 (fixture)
+from tests.support.data_fixtures import make_corpus, tone, write_manifest
 
 TOK = ByteTokenizer()
 

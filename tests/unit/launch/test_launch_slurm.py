@@ -1,7 +1,7 @@
 """launch/train_salm_mtp.sbatch, run for real under a single-node Slurm on CPU.
 
 The module fixture starts slurmctld, slurmd and munged with every file under a temporary folder
-(tests/slurm_cluster.sh; Debian's slurm-wlm and munge are installed with apt-get when missing and
+(tests/support/slurm_cluster.sh; Debian's slurm-wlm and munge are installed with apt-get when missing and
 this runs as root) and stops them afterwards, also when a test fails. The jobs run the tiny
 configuration without a container: one srun task running torchrun with two gloo ranks, the same
 script and code path as a GPU cluster's, with GPUS_PER_NODE=2 and `--gpus-per-node=0`.
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 from tests.support import process
 from tests.support.process import free_port
 
@@ -134,7 +133,7 @@ def _metrics(save: Path):
         return [json.loads(line) for line in f]
 
 
-def test_sbatch_trains_tiny_config_with_two_ranks(slurm, espeak_corpus, tmp_path):  # noqa: F811
+def test_sbatch_trains_tiny_config_with_two_ranks(slurm, espeak_corpus, tmp_path):
     log, save = tmp_path / 'job.out', tmp_path / 'run'
     job = slurm.submit(log, _job_env(espeak_corpus, save),
                        train_flags=['--train-iters', '4', '--lr-warmup-iters', '1', '--log-interval', '2',
@@ -152,7 +151,7 @@ def test_sbatch_trains_tiny_config_with_two_ranks(slurm, espeak_corpus, tmp_path
     assert len(list((save / 'iter_0000004').glob('__*_0.distcp'))) == 2
 
 
-def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):  # noqa: F811
+def test_sigusr1_saves_requeues_and_resumes(slurm, espeak_corpus, tmp_path):
     """Preemption as Slurm does it 120 s before the time limit: SIGUSR1 to every process of the step.
 
     The ranks save at the next step boundary and exit 0, the script requeues the job, and the
@@ -266,7 +265,7 @@ def test_sbatch_refuses_paths_the_container_cannot_see(slurm, tmp_path, change, 
     assert 'srun' not in out.stdout
 
 
-def test_run_local_two_ranks(espeak_corpus, tmp_path):  # noqa: F811
+def test_run_local_two_ranks(espeak_corpus, tmp_path):
     env = {**os.environ, 'NPROC_PER_NODE': '2', 'PYTHON': sys.executable, 'PYTHONWARNINGS': 'ignore',
            'OMP_NUM_THREADS': '1'}
     out = subprocess.run(['bash', 'launch/run_local.sh', '--config', 'configs/tiny_cpu.yaml',

@@ -4,7 +4,7 @@ On CPU with megatron-core 0.19.2: Megatron-LM's parser and validation turn the f
 SALM's config, the model provider builds each stage's pieces, the dataset provider's iterators
 carry each global batch's counts, one global batch through Megatron-Core's schedule with the
 adapter's forward step gives the plugin's own step's losses and gradients, and the entry point
-runs Megatron-LM's pretrain() (gloo, with the stand-ins of tests/megatron_lm_cpu.py): train,
+runs Megatron-LM's pretrain() (gloo, with the stand-ins of tests/support/megatron_lm_cpu.py): train,
 validate, save, stop, resume. The GPU run is tests/gpu/pretrain_019.sh. On 0.16.1 (no
 megatron.training) the entry must say so.
 """

@@ -16,7 +16,6 @@ from megatron_salm_mtp.tools.corpus.espeak import SynthesisError, espeak_availab
 from megatron_salm_mtp.tools.corpus.synth import CorpusPlan, SynthSettings, build_corpus, main, make_utterance
 from megatron_salm_mtp.tools.corpus.text_source import default_text_source, load_text_source, save_pools
 from megatron_salm_mtp.tools.corpus.voices import HELD_OUT_BASES, HELD_OUT_VARIANTS, corpus_voices
-from tests.support.data_fixtures import espeak_corpus  # noqa: F401 (fixture)
 
 needs_espeak = pytest.mark.skipif(not espeak_available() or default_text_source() is None,
                                   reason="espeak-ng or WordNet unavailable")
