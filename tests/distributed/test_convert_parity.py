@@ -2,13 +2,12 @@
 CPU) at TP=1 and TP=2, for Qwen3 (tied, QK-norm), Qwen2 (q/k/v bias) and Llama."""
 
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from tests.support.hf_fixtures import NUM_MELS, WHISPER_POSITIONS, hf_encoder, hf_logits
-from tests.support.process import child_env, free_port, support_script
+from tests.support.process import child_env, rank_launcher, support_script
 
 HARNESS = support_script('convert_harness.py')
 FAMILIES = ('qwen3', 'qwen2', 'llama')
@@ -24,11 +23,11 @@ def run_harness(hf_models, tmp_path, nproc):
     inputs = _inputs()
     torch.save(inputs, tmp_path / 'inputs.pt')
     out = tmp_path / 'out.pt'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={free_port()}', HARNESS,
-           '--llm', ','.join(hf_models[f] for f in FAMILIES), '--whisper', hf_models['whisper'],
-           '--inputs', str(tmp_path / 'inputs.pt'), '--out', str(out)]
-    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    launcher, rank_env = rank_launcher(nproc)
+    cmd = launcher + [HARNESS,
+                      '--llm', ','.join(hf_models[f] for f in FAMILIES), '--whisper', hf_models['whisper'],
+                      '--inputs', str(tmp_path / 'inputs.pt'), '--out', str(out)]
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return inputs, torch.load(out)

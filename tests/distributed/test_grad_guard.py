@@ -11,14 +11,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from tests.support.data_fixtures import make_train_valid_corpus
-from tests.support.process import ROOT, child_env, free_port, support_script
+from tests.support.process import ROOT, child_env, rank_launcher, support_script
 from tests.support.train_utils import TINY_FLAGS, read_metrics, run_train
 
 PROBE = support_script('grad_fault_probe.py')
@@ -60,9 +59,9 @@ def saved_iterations_and_non_finite(save_dir, scratch) -> dict:
 
 
 def run_probe(corpus, extra, nproc: int):
-    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={free_port()}', PROBE, '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
+    launcher, rank_env = rank_launcher(nproc)
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
+    cmd = launcher + [PROBE, '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
            '--train-manifest', os.path.join(corpus, 'train.jsonl')] + TINY_FLAGS + list(extra)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

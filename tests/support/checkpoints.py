@@ -4,13 +4,12 @@ shared by the distributed checkpoint tests."""
 import json
 import os
 import subprocess
-import sys
 
 import torch
 
 from tests.support.harness import merge_shards
 from tests.support.parallel_utils import write_config
-from tests.support.process import child_env, free_port, support_script
+from tests.support.process import child_env, rank_launcher, support_script
 
 CKPT_HARNESS = support_script('ckpt_harness.py')
 RESHARD_TOL = dict(rtol=1e-5, atol=1e-6)  # a step computed in another layout: fp32 sum order
@@ -28,16 +27,18 @@ def launch(workdir, name, cfg, plan, nproc, dist_opt=False, expect_rc=0):
     config = write_config(cfg, os.path.join(out, 'config.json'))
     with open(os.path.join(out, 'plan.json'), 'w') as f:
         json.dump(plan, f)
-    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={free_port()}', CKPT_HARNESS, '--config', config,
-           '--plan', os.path.join(out, 'plan.json'), '--out', out] + (['--dist-opt'] if dist_opt else [])
+    launcher, rank_env = rank_launcher(nproc)
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
+    cmd = launcher + [CKPT_HARNESS, '--config', config, '--plan', os.path.join(out, 'plan.json'),
+                      '--out', out] + (['--dist-opt'] if dist_opt else [])
     with open(os.path.join(out, 'log.txt'), 'w+') as log:  # a file: no pipe for orphans to hold
         returncode = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     timeout=300).returncode
         log.seek(0)
         text = log.read()
-    expected = returncode == 0 if not expect_rc else f'exitcode  : {expect_rc}' in text
+    # torchrun exits 1 when a rank fails and reports the rank's status; a lone rank exits with it
+    failed_as_expected = returncode == expect_rc if nproc == 1 else f'exitcode  : {expect_rc}' in text
+    expected = returncode == 0 if not expect_rc else failed_as_expected
     if not expected:
         raise RuntimeError(f"{name}: exit {returncode}, expected {expect_rc}:\n{text[-8000:]}")
     return [torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=False) for r in range(nproc)], text

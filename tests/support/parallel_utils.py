@@ -4,14 +4,13 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 
 import torch
 
 from megatron_salm_mtp.config import SALMConfig
 from megatron_salm_mtp.data.batching import pad_targets
 from megatron_salm_mtp.data.frames import audio_tokens, encoder_frames
-from tests.support.process import child_env, free_port, support_script
+from tests.support.process import child_env, rank_launcher, support_script
 
 HARNESS = support_script('harness.py')
 AUDIO_ID = 259
@@ -81,9 +80,9 @@ def ctc_targets(mel_lengths, seed: int) -> dict:
 
 
 def _run(args, nproc: int, timeout: int = 600):
-    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-           f'--master-port={free_port()}', HARNESS] + args
+    launcher, rank_env = rank_launcher(nproc)
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
+    cmd = launcher + [HARNESS] + args
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

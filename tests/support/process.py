@@ -3,6 +3,7 @@ in which a launched helper script (``tests/support/*.py`` under torchrun) import
 
 import os
 import socket
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUPPORT = os.path.join(ROOT, 'tests', 'support')
@@ -26,3 +27,14 @@ def child_env(base=None, **extra) -> dict:
     env = dict(os.environ if base is None else base, **extra)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH', '')) if p)
     return env
+
+
+def rank_launcher(nproc: int):
+    """(command prefix, environment additions) that start ``nproc`` ranks of a script or module
+    (append ``path`` or ``'-m', module``). Several ranks: torchrun on a free port. One rank: the
+    interpreter itself, with the variables torchrun gives its only worker; the package starts a
+    world of one the same way either way (an in-memory store), and no launcher process is paid for."""
+    if nproc == 1:
+        return [sys.executable], {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
+            f'--master-port={free_port()}'], {}

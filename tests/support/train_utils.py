@@ -3,8 +3,8 @@
 import json
 import os
 import subprocess
-import sys
-from tests.support.process import ROOT, free_port
+
+from tests.support.process import ROOT, rank_launcher
 
 TINY_FLAGS = ['--num-layers', '2', '--hidden-size', '64', '--ffn-hidden-size', '176',
               '--encoder-num-layers', '1', '--encoder-hidden-size', '64', '--seq-length', '128',
@@ -13,12 +13,11 @@ TINY_FLAGS = ['--num-layers', '2', '--hidden-size', '64', '--ffn-hidden-size', '
 
 
 def train_command(corpus: str, extra, nproc: int = 1):
-    """(command, environment, working folder) of a torchrun training on the tiny configuration."""
+    """(command, environment, working folder) of a training of ``nproc`` ranks on the tiny configuration."""
     root = ROOT
-    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    launcher = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-                f'--master-port={free_port()}', '-m', 'megatron_salm_mtp.train']
-    cmd = launcher + ['--config', os.path.join(root, 'configs', 'tiny_cpu.yaml'),
+    launcher, rank_env = rank_launcher(nproc)
+    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
+    cmd = launcher + ['-m', 'megatron_salm_mtp.train', '--config', os.path.join(root, 'configs', 'tiny_cpu.yaml'),
                       '--train-manifest', os.path.join(corpus, 'train.jsonl'),
                       '--valid-manifest', os.path.join(corpus, 'valid.jsonl')] + TINY_FLAGS + list(extra)
     return cmd, env, root

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from tests.support.hf_fixtures import hf_logits
-from tests.support.process import free_port
+from tests.support.process import rank_launcher
 from tests.support.train_utils import read_metrics
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 
-def _run(args):
-    result = subprocess.run([sys.executable] + args, env=ENV, capture_output=True, text=True, timeout=600)
+def _run(args, env=ENV):
+    result = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 
@@ -39,12 +39,13 @@ def test_imported_checkpoint_trains_head_only(hf_models, corpus, tmp_path):
     ckpt, run, export = str(tmp_path / 'imported'), str(tmp_path / 'run'), str(tmp_path / 'hf')
     _run(['-m', 'megatron_salm_mtp.convert', 'import-hf', '--llm', hf_models['qwen3'], '--out', ckpt,
           '--mtp-num-layers', '1'])
-    _run(['-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
-          '-m', 'megatron_salm_mtp.train', '--config', os.path.join(ckpt, 'salm_model.yaml'),
+    _, rank_env = rank_launcher(1)
+    _run(['-m', 'megatron_salm_mtp.train', '--config', os.path.join(ckpt, 'salm_model.yaml'),
           '--load', ckpt, '--save', run, '--training-mode', 'head_only',
           '--train-manifest', os.path.join(corpus, 'train.jsonl'), '--seq-length', '128',
           '--train-iters', '2', '--micro-batch-size', '4', '--global-batch-size', '4', '--lr', '1e-2',
-          '--lr-warmup-iters', '0', '--log-interval', '1', '--eval-interval', '0', '--num-workers', '0'])
+          '--lr-warmup-iters', '0', '--log-interval', '1', '--eval-interval', '0', '--num-workers', '0'],
+         env=dict(ENV, **rank_env))
     records = read_metrics(run)
     assert [r['iteration'] for r in records] == [1, 2]
     assert all('mtp_1 loss' in r for r in records), records[0].keys()

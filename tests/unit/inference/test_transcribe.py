@@ -6,22 +6,21 @@ The transcripts must be what ``evaluate`` writes as ``pred_text`` for a manifest
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from megatron_salm_mtp import evaluate, transcribe
 from megatron_salm_mtp.data.audio import write_wav
 from tests.support.data_fixtures import tone, write_manifest
-from tests.support.process import child_env, free_port, support_script
+from tests.support.process import child_env, rank_launcher, support_script
 
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('transcribe') / 'ckpt')
-    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
-           support_script('inference_ckpt.py'), '--out', out]
+    launcher, rank_env = rank_launcher(1)
+    env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
+    cmd = launcher + [support_script('inference_ckpt.py'), '--out', out]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return out

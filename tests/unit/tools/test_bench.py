@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
-from tests.support.process import ROOT, free_port
+from tests.support.process import ROOT, free_port, rank_launcher
 from tests.support.train_utils import TINY_FLAGS
 
 
@@ -50,12 +50,13 @@ def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
     """--compare-cross-entropy-fusion: each configuration again with the fused linear + CE head,
     from the same weights on the same batches, so every step's main loss agrees."""
     out = tmp_path / 'bench.json'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
-           '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
-           *TINY_FLAGS, '--mtp-num-layers', '1', '--head-chunk-rows', '16', '--compare-cross-entropy-fusion',
-           '--warmup-iters', '1', '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
+    launcher, rank_env = rank_launcher(1)
+    cmd = launcher + ['-m', 'megatron_salm_mtp.tools.bench_train', '--config',
+                      os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'), *TINY_FLAGS, '--mtp-num-layers', '1',
+                      '--head-chunk-rows', '16', '--compare-cross-entropy-fusion', '--warmup-iters', '1',
+                      '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1'))
+                            env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = json.loads(out.read_text())['results']
     assert [(r['head'], r['mtp_depths']) for r in runs] == [
