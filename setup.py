@@ -29,7 +29,7 @@ setup(
         # --cross-entropy-fusion-impl linear's kernels on CUDA (CUDA builds of torch bring it)
         'triton': ['triton'],
     },
-    # One console script per command; each is also `python -m <module>` (tests/test_console_scripts.py).
+    # One console script per command; each is also `python -m <module>` (tests/unit/package/test_console_scripts.py).
     entry_points={'console_scripts': [
         'salm-mtp-train=megatron_salm_mtp.train:main',
         'salm-mtp-evaluate=megatron_salm_mtp.evaluate:main',

@@ -1,12 +1,9 @@
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Shared fixtures (hf_models, tiny_corpus, espeak_corpus) reach every test module from here; a module
-# that imported a fixture by name would shadow it with a parameter of the same name.
-pytest_plugins = ['data_fixtures', 'hf_fixtures']
+# Fixtures of tests/support declared here once: a session fixture imported into several test
+# modules would be a separate fixture (and corpus) per module.
+from tests.support.data_fixtures import espeak_corpus, tiny_corpus  # noqa: F401
+from tests.support.hf_fixtures import hf_models  # noqa: F401
 
 
 def pytest_configure(config):
@@ -20,7 +17,7 @@ def single_rank_parallel():
     from megatron.core import parallel_state
 
     from megatron_salm_mtp.parallel.setup import init_distributed, init_model_parallel
-    from parallel_utils import tiny_config
+    from tests.support.parallel_utils import tiny_config
     if not parallel_state.model_parallel_is_initialized():
         init_distributed(lone=True)  # an in-memory store: no port, nothing left in the environment
         init_model_parallel(tiny_config(), seed=0)

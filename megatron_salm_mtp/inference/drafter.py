@@ -20,7 +20,7 @@ overwritten (the rollback), and the window has the same shape at every step (one
 Fewer is impossible for this conditioning: depth k's own state at n-k+1 .. n-1 reads this step's
 drafts d_1 .. d_{k-1}, so k positions per depth are new at every step even when all drafts were
 accepted. After the prefill, ``prefill`` computes every depth over the prompt once.
-Drafts equal those of training's forward over the whole sequence (``tests/inference_fixtures.py``
+Drafts equal those of training's forward over the whole sequence (``tests/support/inference_fixtures.py``
 keeps that recompute as the reference).
 """
 

@@ -57,8 +57,7 @@ if [ -z "$corpus" ]; then
     rm -rf "$corpus"
     "$PYTHON" - "$corpus" >> "$out/corpus.log" 2>&1 <<'EOF' || fail "tone corpus (log: $out/corpus.log)"
 import os, shutil, sys
-sys.path.insert(0, 'tests')
-from data_fixtures import make_corpus
+from tests.support.data_fixtures import make_corpus  # stdin: the repository root is on sys.path
 root = sys.argv[1]
 make_corpus(root, n=160, seconds=(1.0, 4.0), text='tone number {i}')
 make_corpus(os.path.join(root, 'held_out'), n=32, seconds=(1.0, 4.0), text='tone number {i}')

@@ -45,7 +45,7 @@ case "$step" in
     BENCH_TAIL=12 bench packing 1 --warmup-iters 3 --timed-iters 8 --vocab-size 151936 --mtp-num-layers 2 \
       --head-chunk-rows 1024 --micro-batch-size 8 --global-batch-size 8 --max-duration 30 --compare-packing ;;
   check)
-    python3 tests/gpu/te_check.py --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
+    python3 -m tests.gpu.te_check --out /tmp/te_check 2>&1 | grep -v Warn | tail -4 | tee "$out/te_check.log" ;;
   bench1)
     bench llm152k_naive 1 --text-only --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits
     bench salm152k_naive 1 --vocab-size 151936 --micro-batch-size 8 --global-batch-size 8 --mtp-num-layers 2 --full-sequence-logits

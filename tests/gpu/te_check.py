@@ -5,7 +5,7 @@ tolerance. Both run with gradient accumulation fusion (the default); a third run
 it must give the same loss and gradients (fp32 accumulation inside the GEMM instead of a bf16
 weight gradient added afterwards). Prints the figures; exits non-zero on a mismatch.
 
-    python tests/gpu/te_check.py --out DIR   (needs 2 GPUs, Transformer Engine, megatron-core)
+    python -m tests.gpu.te_check --out DIR   (from the repository root; needs 2 GPUs, Transformer Engine, megatron-core)
 """
 
 import argparse
@@ -15,11 +15,7 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-
-from parallel_utils import init_weights, run_layout, speech_batch, tiny_config  # noqa: E402
+from tests.support.parallel_utils import init_weights, run_layout, speech_batch, tiny_config
 
 
 def gpu_config(**overrides):

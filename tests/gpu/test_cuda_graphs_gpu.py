@@ -16,10 +16,9 @@ import sys
 import pytest
 import torch
 
-from data_fixtures import make_train_valid_corpus
-from train_utils import free_port, read_metrics, run_train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.data_fixtures import make_train_valid_corpus
+from tests.support.process import ROOT, free_port
+from tests.support.train_utils import read_metrics, run_train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 HAVE_TE = importlib.util.find_spec('transformer_engine') is not None
 IMPLS = ['local', pytest.param('transformer_engine', marks=pytest.mark.skipif(not HAVE_TE, reason='needs TE'))]

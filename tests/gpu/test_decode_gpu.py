@@ -14,10 +14,10 @@ from collections import Counter
 import pytest
 import torch
 
-from inference_fixtures import EOS_ID, exactness_run, short_prompt_batches, tiny_salm
 from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.workspace import WorkspacePool
 from megatron_salm_mtp.training.host_syncs import recorded_host_syncs
+from tests.support.inference_fixtures import EOS_ID, exactness_run, short_prompt_batches, tiny_salm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 

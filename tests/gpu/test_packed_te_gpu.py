@@ -9,8 +9,8 @@ without CUDA or Transformer Engine.
 import pytest
 import torch
 
-from parallel_utils import pack_rows, speech_batch, tiny_config
-from test_packed_gradients import ROWS
+from tests.support.parallel_utils import pack_rows, speech_batch, tiny_config
+from tests.distributed.test_packed_gradients import ROWS
 from megatron_salm_mtp.model.packed import THD
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import TRANSFORMER_ENGINE, te_available

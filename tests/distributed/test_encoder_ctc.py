@@ -1,0 +1,165 @@
+"""``--training-mode encoder_ctc`` (stage 1: the audio encoder and its CTC head on the CTC loss
+alone) and ``--finetune`` (stage 2: a joint run from its weights).
+
+Gradients: the real SALM at TP=2 and at DP=2, with 1 and 2 microbatches, against the plain-torch
+reference's sum CTC / N_ctc over the global batch (empty and unalignable targets left out); the
+LLM, projector and MTP parameters get neither a gradient buffer nor optimizer state.
+End to end: stage 1 lowers the CTC loss and logs it as its loss; stage 2 starts at iteration 0
+from exactly stage 1's weights, attaches MTP heads, and trains.
+"""
+
+import dataclasses
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from megatron_salm_mtp.checkpoint.ctc_load import check_ctc_head
+from megatron_salm_mtp.config import ConfigError
+from megatron_salm_mtp.inference.loading import load_for_inference
+from megatron_salm_mtp.train import parse_and_validate
+from tests.support.parallel_utils import init_weights, run_layout, speech_batch, tiny_config
+from tests.support.process import CONFIGS
+from tests.support.reference import encoder_ctc_objective
+from tests.support.train_utils import read_metrics, run_train
+
+GLOBAL_BATCH = 8
+RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
+TRAINED = ('audio_encoder.', 'ctc_head.')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('encoder_ctc'))
+    # The CTC weight (0.3) must not matter: the reference objective has none.
+    cfg = tiny_config(mtp_num_layers=None, ctc_loss_weight=0.3)
+    weights = init_weights(cfg, workdir)
+    batch = speech_batch(cfg, GLOBAL_BATCH, seed=11)
+    torch.save(batch, os.path.join(workdir, 'batch.pt'))
+    leaves = {k: v.clone().requires_grad_(k.startswith(TRAINED) and not k.endswith('embed_positions'))
+              for k, v in weights.items()}
+    loss, (_, n_ctc, infeasible) = encoder_ctc_objective(leaves, cfg, batch)
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+    return dict(cfg=cfg, workdir=workdir, loss=loss.item(), grads=grads, n_ctc=n_ctc, infeasible=infeasible)
+
+
+LAYOUTS = [(2, 2, 2), (1, 2, 1)]  # (tp, nproc, microbatches): TP=2 x 2 microbatches, DP=2 x 1
+
+
+@pytest.mark.parametrize('tp,nproc,microbatches', LAYOUTS,
+                         ids=[f'tp{t}-dp{n // t}-mb{m}' for t, n, m in LAYOUTS])
+def test_gradients_match_the_reference_and_only_the_encoder_trains(setup, tp, nproc, microbatches):
+    cfg, workdir = setup['cfg'].replace(tensor_model_parallel_size=tp), setup['workdir']
+    loss, grads, _, ranks = run_layout(cfg, os.path.join(workdir, 'weights.pt'), os.path.join(workdir, 'batch.pt'),
+                                       os.path.join(workdir, f'tp{tp}n{nproc}m{microbatches}'), nproc,
+                                       microbatches, training_mode='encoder_ctc')
+    assert setup['infeasible'] == 2 and setup['n_ctc'] > 0  # the batch exercises the exclusions
+    assert loss == pytest.approx(setup['loss'], rel=1e-5)
+    assert set(grads) == set(setup['grads']) and all(name.startswith(TRAINED) for name in grads)
+    for name, expected in setup['grads'].items():
+        scale = expected.abs().max().item()
+        assert scale > 0, f'{name}: reference gradient is zero, the test would not see an error'
+        err = (grads[name] - expected).abs().max().item() / scale
+        assert err < RTOL, f'{name}: relative error {err:.2e}'
+    for rank in ranks:
+        state = rank['frozen_state']
+        trained = sorted(name for name in state['all'] if name.startswith(TRAINED))
+        assert state['grad_buffer'] == state['in_optimizer'] == trained
+        assert any(name.startswith('language_model.') for name in state['all'])
+        assert rank['metrics']['ctc loss'] == pytest.approx(setup['loss'], rel=1e-5)
+        assert rank['metrics']['ctc infeasible'] == setup['infeasible']
+
+
+def test_good_flags_pass(tmp_path):
+    manifest = tmp_path / 'train.jsonl'
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
+    run = parse_and_validate(['--train-manifest', str(manifest), '--training-mode', 'encoder_ctc',
+                              '--ctc-loss-weight', '1', '--tensor-model-parallel-size', '2'])
+    assert run.train.training_mode == 'encoder_ctc'
+    run = parse_and_validate(['--train-manifest', str(manifest), '--load', str(tmp_path / 'stage1'),
+                              '--finetune', '--save', str(tmp_path / 'stage2')])
+    assert run.train.finetune
+
+
+def test_a_ctc_head_of_other_units_or_none_is_refused_at_load():
+    run = [SimpleNamespace(cfg=tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters'))]
+    check_ctc_head('ck', {'ctc_loss_weight': 1.0, 'ctc_target_units': 'characters'}, run)  # loads
+    check_ctc_head('ck', {}, run)  # saved without its settings: nothing to compare
+    with pytest.raises(ConfigError, match='ck: its CTC head emits tokens, this run has --ctc-target-units characters'):
+        check_ctc_head('ck', {'ctc_loss_weight': 0.3, 'ctc_target_units': 'tokens'}, run)
+    with pytest.raises(ConfigError, match=r'ck: saved without a CTC head, this run has one \(--ctc-loss-weight 0.3\)'):
+        check_ctc_head('ck', {'ctc_loss_weight': 0.0, 'ctc_target_units': 'characters'}, run)
+
+
+STAGES = [('asr_gpu_encoder.yaml', 'asr_gpu.yaml'), ('asr_tiny_cpu_encoder.yaml', 'asr_tiny_cpu.yaml')]
+
+
+@pytest.mark.parametrize('stage1,stage2', STAGES, ids=[s for s, _ in STAGES])
+def test_stage_one_configs_build_the_model_of_stage_two(tmp_path, stage1, stage2):
+    """Stage 2 loads every tensor stage 1 saved: the two configs must build the same SALM."""
+    manifest = tmp_path / 'train.jsonl'
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
+    common = ['--train-manifest', str(manifest), '--tokenizer-model', str(tmp_path), '--save-interval', '0']
+    first = parse_and_validate(['--config', os.path.join(CONFIGS, stage1)] + common)
+    second = parse_and_validate(['--config', os.path.join(CONFIGS, stage2), '--ctc-target-units',
+                                 first.model.ctc_target_units] + common)
+    assert first.train.training_mode == 'encoder_ctc' and second.model.ctc_enabled
+    models = [{k: v for k, v in dataclasses.asdict(run.model).items() if k != 'ctc_loss_weight'}
+              for run in (first, second)]
+    assert models[0] == models[1]
+    for name in ('tokenizer_type', 'prompt_template', 'max_duration'):  # the same utterances
+        assert getattr(first.data, name) == getattr(second.data, name), name
+
+
+def _weights(folder: str) -> dict:
+    return {k: v.clone() for k, v in load_for_inference(folder).model.state_dict().items()
+            if not k.endswith('_extra_state')}
+
+
+def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
+    stage1, stage2 = str(tmp_path / 'stage1'), str(tmp_path / 'stage2')
+    ctc = ['--ctc-loss-weight', '0.3', '--log-interval', '1', '--eval-iters', '1']
+    first = run_train(train_corpus, ctc + ['--training-mode', 'encoder_ctc', '--mtp-num-layers', '0',
+                                           '--train-iters', '16', '--eval-interval', '16', '--save', stage1])
+    lines = [line for line in first.stdout.splitlines() if line.startswith('iteration')]
+    assert len(lines) == 16 and all('ctc loss: ' in line and 'lm loss' not in line for line in lines)
+    records, valid = read_metrics(stage1), read_metrics(stage1, 'valid')
+    assert all('lm loss' not in r for r in records + valid)
+    late = sum(r['ctc loss'] for r in records[-4:]) / 4  # ~9.5 against 23 at the first step
+    assert late < 0.5 * records[0]['ctc loss'], (records[0]['ctc loss'], late)
+    assert 0 < valid[-1]['ctc loss'] < records[0]['ctc loss']
+
+    resumed = run_train(train_corpus, ctc + ['--load', stage1, '--train-iters', '17'], check=False)
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith('error: ')]
+    assert resumed.returncode != 0 and len(errors) == 1, resumed.stderr[-3000:]
+    assert 'saved by a --training-mode encoder_ctc run, whose optimizer state holds less than ' \
+           '--training-mode joint trains: add --finetune' in errors[0]
+    second = run_train(train_corpus, ctc + ['--load', stage1, '--finetune', '--mtp-num-layers', '2',
+                                            '--train-iters', '3', '--lr-warmup-iters', '1', '--eval-interval', '0',
+                                            '--save', stage2, '--save-interval', '1'])
+    log = second.stdout + second.stderr
+    assert 'has no MTP layers: the 2 MTP depths of this run start from their initialisation' in log
+    assert '(--finetune); training starts at iteration 0' in log
+    records = read_metrics(stage2)
+    assert [r['iteration'] for r in records] == [1, 2, 3]
+    assert records[0]['consumed_samples'] == 8  # the data from its start
+    assert all(r['lm loss'] > 0 and r['mtp_2 loss'] > 0 and r['ctc loss'] > 0 for r in records)
+    # The warm-up's first step has lr 0 (core's schedule starts at init_lr 0): iteration 1 holds
+    # exactly the weights the run started from. Then everything trains.
+    before = _weights(stage1)
+    tracker = os.path.join(stage2, 'latest_checkpointed_iteration.txt')
+    with open(tracker, 'w') as f:
+        f.write('1\n')
+    started = _weights(stage2)
+    assert set(started) == set(before) | {k for k in started if k.startswith('language_model.mtp.')}
+    for name, value in before.items():
+        assert torch.equal(started[name], value), name
+    with open(tracker, 'w') as f:
+        f.write('3\n')
+    trained = _weights(stage2)
+    for prefix in ('audio_encoder.transformer', 'ctc_head.', 'audio_projector.', 'language_model.decoder',
+                   'language_model.mtp.'):
+        names = [k for k in trained if k.startswith(prefix) and 'norm' not in k]
+        assert names and any(not torch.equal(trained[k], started[k]) for k in names), prefix

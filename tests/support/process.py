@@ -1,0 +1,40 @@
+"""What a test needs to start a process: the repository's folders, a free port, and an environment
+in which a launched helper script (``tests/support/*.py`` under torchrun) imports ``tests.support``."""
+
+import os
+import socket
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SUPPORT = os.path.join(ROOT, 'tests', 'support')
+CONFIGS = os.path.join(ROOT, 'configs')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def support_script(name: str) -> str:
+    """The path of a helper script in tests/support, e.g. ``support_script('harness.py')``."""
+    return os.path.join(SUPPORT, name)
+
+
+def child_env(base=None, **extra) -> dict:
+    """``base`` (default: this process's environment) with the repository first on PYTHONPATH, so a
+    child finds ``tests.support`` and this checkout's package, plus ``extra``."""
+    env = dict(os.environ if base is None else base, **extra)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH', '')) if p)
+    return env
+
+
+def rank_launcher(nproc: int):
+    """(command prefix, environment additions) that start ``nproc`` ranks of a script or module
+    (append ``path`` or ``'-m', module``). Several ranks: torchrun on a free port. One rank: the
+    interpreter itself, with the variables torchrun gives its only worker; the package starts a
+    world of one the same way either way (an in-memory store), and no launcher process is paid for."""
+    if nproc == 1:
+        return [sys.executable], {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
+            f'--master-port={free_port()}'], {}

@@ -1,0 +1,29 @@
+"""Training with the CTC loss and SpecAugment on: the CTC loss (per target id) falls with the LM
+loss, and both logs - the training line, metrics.jsonl, validation - carry it."""
+
+import pytest
+
+from megatron_salm_mtp.inference.loading import load_for_inference
+from tests.support.train_utils import read_metrics, run_train
+
+
+@pytest.fixture
+def corpus(train_corpus):
+    return train_corpus
+
+
+def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):
+    log_dir, save = str(tmp_path / 'logs'), str(tmp_path / 'ckpt')
+    result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '30',
+                                '--eval-iters', '1', '--ctc-loss-weight', '0.3', '--save', save,
+                                '--spec-augment-freq-masks', '2', '--spec-augment-time-masks', '2'])
+    assert 'ctc loss: ' in result.stdout and 'ctc infeasible: 0' in result.stdout
+    records = read_metrics(log_dir)
+    first, last = records[0], records[-1]
+    assert last['ctc loss'] < 0.5 * first['ctc loss'], (first['ctc loss'], last['ctc loss'])
+    assert last['lm loss'] < 0.7 * first['lm loss'], (first['lm loss'], last['lm loss'])
+    valid = read_metrics(log_dir, 'valid')
+    assert valid and 0 < valid[-1]['ctc loss'] < first['ctc loss']
+    # Decoding loads the checkpoint, CTC head included (the saved config builds it).
+    loaded = load_for_inference(save)
+    assert loaded.model.ctc_head is not None and loaded.iteration == 30
