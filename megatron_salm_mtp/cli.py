@@ -11,7 +11,7 @@ every check that needs no process group, tokenizer or model.
 import argparse
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import yaml
 
@@ -30,25 +30,25 @@ def _coerce(name: str, value, annotation, where: str):
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+        raise ConfigError(f'{where}: {name} must be true or false, got {value!r}')
     if base in (int, float) and isinstance(value, bool) or base is int and isinstance(value, float):
         raise ConfigError(f"{where}: {name} must be {'an integer' if base is int else 'a number'}, got {value!r}")
     try:
         return base(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {name} must be {base.__name__}, got {value!r}") from None
+        raise ConfigError(f'{where}: {name} must be {base.__name__}, got {value!r}') from None
 
 
-def _read_yaml(path: str) -> Dict[str, Any]:
+def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        raise ConfigError(f'--config {path}: no such file') from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+        raise ConfigError(f'--config {path}: not valid YAML: {err}') from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+        raise ConfigError(f'--config {path}: expected a mapping of flag names to values')
     known = fields()
     values = {}
     if 'mtp' in raw:
@@ -57,8 +57,8 @@ def _read_yaml(path: str) -> Dict[str, Any]:
     for key, value in raw.items():
         name = str(key).replace('-', '_')
         if name not in known:
-            raise ConfigError(f"--config {path}: unknown key {key!r}{did_you_mean(name, known)}")
-        values[name] = _coerce(name, value, known[name].annotation, f"--config {path}")
+            raise ConfigError(f'--config {path}: unknown key {key!r}{did_you_mean(name, known)}')
+        values[name] = _coerce(name, value, known[name].annotation, f'--config {path}')
     return values
 
 
@@ -69,15 +69,15 @@ NEMO_MTP_KEYS = {'num_nextn_predict_layers': 'mtp_num_layers',
                  'hybrid_override_pattern': 'mtp_layer_pattern'}
 
 
-def _nemo_mtp_block(block, flat: Dict[str, Any], path: str) -> Dict[str, Any]:
+def _nemo_mtp_block(block, flat: dict[str, Any], path: str) -> dict[str, Any]:
     """Map ``mtp: {enabled, num_nextn_predict_layers, ...}``; a Megatron name given beside it
     with another value is a contradiction naming both. ``enabled: false`` means no MTP at all."""
-    where = f"--config {path}"
+    where = f'--config {path}'
     if not isinstance(block, dict):
-        raise ConfigError(f"{where}: mtp must be a mapping (enabled, num_nextn_predict_layers, ...)")
+        raise ConfigError(f'{where}: mtp must be a mapping (enabled, num_nextn_predict_layers, ...)')
     unknown = set(block) - set(NEMO_MTP_KEYS) - {'enabled'}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) in mtp: {sorted(unknown)}")
+        raise ConfigError(f'{where}: unknown key(s) in mtp: {sorted(unknown)}')
     mapped = {NEMO_MTP_KEYS[k]: v for k, v in block.items() if k != 'enabled'}
     enabled = block.get('enabled', True)
     if not enabled:
@@ -94,11 +94,11 @@ def _nemo_mtp_block(block, flat: Dict[str, Any], path: str) -> Dict[str, Any]:
             if spelling in flat and flat[spelling] != value and not (
                     name == 'mtp_num_layers' and not enabled and not flat[spelling]):
                 shown = 'false' if nemo == 'enabled' else repr(value)
-                raise ConfigError(f"{where}: mtp.{nemo}={shown} contradicts {spelling}={flat[spelling]!r}")
+                raise ConfigError(f'{where}: mtp.{nemo}={shown} contradicts {spelling}={flat[spelling]!r}')
     return mapped
 
 
-def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
+def parse_args(argv: list[str] | None = None) -> RunConfig:
     """Flags (and ``--config`` YAML) -> the run's sections, validated later."""
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     settings = _read_yaml(args.pop('config')) if 'config' in args else {}

@@ -8,7 +8,7 @@ silently or surface as a crash after the model is built.
 import dataclasses
 import difflib
 import typing
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
@@ -42,11 +42,11 @@ def check_types(config) -> None:
         base, optional = _base_type(hints[field.name])
         if value is None:
             if not optional:
-                raise ConfigError(f"{flag(field.name)} must be set")
+                raise ConfigError(f'{flag(field.name)} must be set')
             continue
         kind, accepts = _KINDS.get(base, ('', lambda v: True))
         if not accepts(value):
-            raise ConfigError(f"{flag(field.name)} must be {kind}, got {value!r}")
+            raise ConfigError(f'{flag(field.name)} must be {kind}, got {value!r}')
 
 
 def at_least(config, bound, names: Iterable[str]) -> None:
@@ -54,20 +54,20 @@ def at_least(config, bound, names: Iterable[str]) -> None:
     for name in names:
         value = getattr(config, name)
         if value is not None and value < bound:
-            raise ConfigError(f"{flag(name)} must be >= {bound}, got {value}")
+            raise ConfigError(f'{flag(name)} must be >= {bound}, got {value}')
 
 
 def positive(config, names: Iterable[str]) -> None:
     for name in names:
         value = getattr(config, name)
         if not value > 0:
-            raise ConfigError(f"{flag(name)} must be positive, got {value}")
+            raise ConfigError(f'{flag(name)} must be positive, got {value}')
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' naming the closest candidate to a misspelt word, or ''."""
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return f' (did you mean {close[0]}?)' if close else ''
 
 
 def one_of(config, name: str, choices: tuple) -> None:
@@ -75,4 +75,4 @@ def one_of(config, name: str, choices: tuple) -> None:
     if value not in choices:
         shown = ', '.join('none' if c is None else str(c) for c in choices)
         named = [c for c in choices if c is not None]
-        raise ConfigError(f"{flag(name)} {value!r}: choose {shown}{did_you_mean(value, named)}")
+        raise ConfigError(f'{flag(name)} {value!r}: choose {shown}{did_you_mean(value, named)}')

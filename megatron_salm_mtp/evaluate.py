@@ -30,13 +30,13 @@ import torch
 from megatron.core.package_info import __version__ as mcore_version
 
 from .commands import add_load_argument
+from .data.progress import Progress
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import load_for_inference
-from .data.progress import Progress
-from .inference.workspace import WorkspacePool
 from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available
+from .inference.workspace import WorkspacePool
 
 REPORT_FILE = 'report.json'  # what --out FOLDER holds
 SILENCE = 'greedy_silence'  # the ablation's mode: greedy decoding with the audio silenced

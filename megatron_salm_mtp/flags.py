@@ -15,7 +15,7 @@ import inspect
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any
 
 from .config import CHOICES, SECTIONS as MODEL_SECTIONS, ConfigError, TrainConfig
 from .config_checks import did_you_mean
@@ -41,7 +41,7 @@ class Flag:
     group: str
 
 
-def docstrings(cls) -> Dict[str, str]:
+def docstrings(cls) -> dict[str, str]:
     """Attribute docstrings (the string literal after each field) of the fields ``cls`` declares,
     read from its source."""
     docs = {}
@@ -53,7 +53,7 @@ def docstrings(cls) -> Dict[str, str]:
     return docs
 
 
-def _groups(cls) -> Dict[str, str]:
+def _groups(cls) -> dict[str, str]:
     """field -> its section title (before any title: the section's name)."""
     groups, title = {}, cls.__name__.replace('Config', '')
     for line in inspect.getsource(cls).splitlines():
@@ -70,7 +70,7 @@ def declared_fields(cls) -> list:
     return [f for f in dataclasses.fields(cls) if f.name in cls.__dict__.get('__annotations__', {})]
 
 
-def fields() -> Dict[str, Flag]:
+def fields() -> dict[str, Flag]:
     """name -> Flag, from the one section that declares it."""
     out = {}
     for cls in FLAG_SECTIONS:
@@ -79,7 +79,7 @@ def fields() -> Dict[str, Flag]:
             if field.name in DERIVED or cls is DataConfig and field.name in SHARED_WITH_DATA:
                 continue
             if field.name in out:
-                raise ConfigError(f"{field.name} is declared by two config sections")
+                raise ConfigError(f'{field.name} is declared by two config sections')
             out[field.name] = Flag(hints[field.name], field.default, docs.get(field.name, ''), groups[field.name])
     return out
 

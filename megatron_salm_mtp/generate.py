@@ -13,14 +13,13 @@ end-of-sequence id (``--eos-id``, default: ``generation_config.json`` beside the
 import argparse
 import json
 import os
-from typing import List, Optional
 
 import torch
 
 from .commands import add_load_argument
 
 
-def default_eos_ids(load_dir: str) -> List[int]:
+def default_eos_ids(load_dir: str) -> list[int]:
     path = os.path.join(load_dir, 'generation_config.json')
     if not os.path.isfile(path):
         return []
@@ -29,7 +28,7 @@ def default_eos_ids(load_dir: str) -> List[int]:
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
 
-def make_tokenizer(load_dir: str, tokenizer_path: Optional[str], stored: dict):
+def make_tokenizer(load_dir: str, tokenizer_path: str | None, stored: dict):
     from .data.tokenizer import build_tokenizer
     if tokenizer_path:
         return build_tokenizer('huggingface', tokenizer_path)
@@ -39,8 +38,8 @@ def make_tokenizer(load_dir: str, tokenizer_path: Optional[str], stored: dict):
 
 
 @torch.no_grad()
-def greedy(language_model, prompt: List[int], max_new_tokens: int, vocab_size: int,
-           eos_ids=()) -> List[int]:
+def greedy(language_model, prompt: list[int], max_new_tokens: int, vocab_size: int,
+           eos_ids=()) -> list[int]:
     """New token ids; ``language_model`` is the SALM's GPTModel (text only, full recompute)."""
     ids = list(prompt)
     new = []
@@ -56,7 +55,7 @@ def greedy(language_model, prompt: List[int], max_new_tokens: int, vocab_size: i
     return new
 
 
-def prompt_ids_or_error(text: str, parser: argparse.ArgumentParser) -> List[int]:
+def prompt_ids_or_error(text: str, parser: argparse.ArgumentParser) -> list[int]:
     """``--prompt-ids 1,2,3`` as ints; anything else is a usage error naming the flag."""
     try:
         return [int(t) for t in text.split(',') if t.strip()]
@@ -64,13 +63,13 @@ def prompt_ids_or_error(text: str, parser: argparse.ArgumentParser) -> List[int]
         parser.error(f'--prompt-ids {text!r}: expected comma-separated integers')
 
 
-def check_prompt(ids: List[int], vocab_size: int, flag: str, parser: argparse.ArgumentParser) -> None:
+def check_prompt(ids: list[int], vocab_size: int, flag: str, parser: argparse.ArgumentParser) -> None:
     """A usage error naming ``flag`` unless ``ids`` is a non-empty run of the model's token ids."""
     if not ids:
         parser.error(f'{flag}: the prompt holds no token')
     outside = [t for t in ids if not 0 <= t < vocab_size]
     if outside:
-        parser.error(f'{flag}: id(s) {outside[:5]} outside the checkpoint\'s vocabulary (0..{vocab_size - 1})')
+        parser.error(f"{flag}: id(s) {outside[:5]} outside the checkpoint's vocabulary (0..{vocab_size - 1})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_argument(p)
     prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument('--prompt', help='prompt text (tokenised with the checkpoint\'s tokenizer)')
+    prompt.add_argument('--prompt', help="prompt text (tokenised with the checkpoint's tokenizer)")
     prompt.add_argument('--prompt-ids', help='prompt token ids, comma-separated')
     p.add_argument('--max-new-tokens', type=int, default=32)
     p.add_argument('--eos-id', type=int, action='append', help='stop at this id (repeatable)')
-    p.add_argument('--tokenizer', help='tokenizer.json (or folder) overriding the checkpoint\'s')
+    p.add_argument('--tokenizer', help="tokenizer.json (or folder) overriding the checkpoint's")
     p.add_argument('--tensor-model-parallel-size', type=int, help='default: number of processes')
     p.add_argument('--json', action='store_true', help='print one JSON object with the token ids')
     return p

@@ -4,13 +4,12 @@ YAML, and the checks between them that need no process group, tokenizer or model
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any
 
 from .config import ConfigError, SALMConfig, TrainConfig
 from .config_checks import at_least, check_types
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
-
 
 SHARED_WITH_DATA = {'seq_length': ('model', 'seq_length'), 'n_mels': ('model', 'num_mel_bins'),
                     'stack': ('model', 'audio_frame_stack'), 'ctc_target_units': ('model', 'ctc_target_units'),
@@ -29,7 +28,7 @@ def _check_audio_features(model: SALMConfig) -> None:
     at_least(model, 1, ('audio_frame_stack',))
 
 
-def section_settings(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
+def section_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings (flat, by field name) that dataclass ``cls`` declares."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in settings.items() if k in names}
@@ -42,7 +41,7 @@ class RunConfig:
     data: DataConfig
 
     @classmethod
-    def from_settings(cls, settings: Dict[str, Any]) -> 'RunConfig':
+    def from_settings(cls, settings: dict[str, Any]) -> 'RunConfig':
         """Flat settings (flags and YAML keys by field name) -> the sections, each name to the
         section that declares it; the data section's shared fields from their owners, whose
         types and audio features are checked first (the data section checks its values as it
@@ -68,15 +67,15 @@ class RunConfig:
         self.train.validate()
         _check_audio_features(self.model)
         if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
-            raise ConfigError("--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0")
+            raise ConfigError('--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0')
         if self.train.training_mode == 'encoder_ctc':
             self._validate_encoder_ctc()
         # The encoder's sinusoidal positions cover 2 mel frames each (stride-2 stem), 10 ms per frame.
         seconds = self.model.encoder_max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
         if self.data.max_duration is None or self.data.max_duration > seconds:
-            raise ConfigError(f"--max-duration {self.data.max_duration}: the audio encoder takes at most "
-                              f"{seconds:g} s (--encoder-max-source-positions "
-                              f"{self.model.encoder_max_source_positions}); a longer clip would crash training")
+            raise ConfigError(f'--max-duration {self.data.max_duration}: the audio encoder takes at most '
+                              f'{seconds:g} s (--encoder-max-source-positions '
+                              f'{self.model.encoder_max_source_positions}); a longer clip would crash training')
         self._validate_inputs()
         self._validate_cuda_graphs()
 
@@ -87,10 +86,10 @@ class RunConfig:
         if impl == 'none':
             return
         if not self.data.pad_to_seq_length:
-            raise ConfigError(f"--cuda-graph-impl {impl} needs fixed shapes: drop --no-pad-to-seq-length")
+            raise ConfigError(f'--cuda-graph-impl {impl} needs fixed shapes: drop --no-pad-to-seq-length')
         if self.data.pack_sequences:
-            raise ConfigError(f"--cuda-graph-impl {impl} replays fixed attention layouts; packed rows change "
-                              "their utterance boundaries every step: add --no-pack-sequences")
+            raise ConfigError(f'--cuda-graph-impl {impl} replays fixed attention layouts; packed rows change '
+                              'their utterance boundaries every step: add --no-pack-sequences')
         if self.train.training_mode in ('head_only', 'encoder_ctc'):
             raise ConfigError(f"--cuda-graph-impl {impl} graphs the LLM's layers in training, which "
                               f"--training-mode {self.train.training_mode} runs without gradients or not at all")
@@ -100,15 +99,15 @@ class RunConfig:
         heads to train), and the encoder lives on the first pipeline stage."""
         model = self.model
         if not model.ctc_enabled:
-            raise ConfigError("--training-mode encoder_ctc trains the audio encoder on its CTC loss: it needs "
-                              "--ctc-loss-weight > 0 (any value: the CTC loss is then the whole objective)")
+            raise ConfigError('--training-mode encoder_ctc trains the audio encoder on its CTC loss: it needs '
+                              '--ctc-loss-weight > 0 (any value: the CTC loss is then the whole objective)')
         if model.pipeline_model_parallel_size != 1:
             raise ConfigError(f"--training-mode encoder_ctc needs --pipeline-model-parallel-size 1 (got "
                               f"{model.pipeline_model_parallel_size}): the encoder lives on the first stage "
                               "and the LLM's stages would idle")
         if model.mtp_depths:
-            raise ConfigError("--training-mode encoder_ctc runs no LLM, so its MTP heads would not train: "
-                              "drop --mtp-num-layers (the --finetune run that follows attaches new ones)")
+            raise ConfigError('--training-mode encoder_ctc runs no LLM, so its MTP heads would not train: '
+                              'drop --mtp-num-layers (the --finetune run that follows attaches new ones)')
 
     def _validate_inputs(self) -> None:
         """The files a run reads first: manifests and the tokenizer."""
@@ -118,11 +117,11 @@ class RunConfig:
                     raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
         data = self.data
         if data.tokenizer_type != 'byte' and not data.tokenizer_model:
-            raise ConfigError(f"--tokenizer-type {data.tokenizer_type} needs --tokenizer-model (a file or folder)")
+            raise ConfigError(f'--tokenizer-type {data.tokenizer_type} needs --tokenizer-model (a file or folder)')
         if data.tokenizer_model and not os.path.exists(data.tokenizer_model):
-            raise ConfigError(f"--tokenizer-model {data.tokenizer_model}: no such file or folder")
+            raise ConfigError(f'--tokenizer-model {data.tokenizer_model}: no such file or folder')
 
-    def resolved(self) -> Dict[str, Any]:
+    def resolved(self) -> dict[str, Any]:
         """Every setting by name, as written beside checkpoints and logs."""
         merged = {}
         for section in dataclasses.fields(self):

@@ -10,15 +10,14 @@ ends with. Tokens per trunk forward, not a speed-up: on a CPU the latter means n
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional
 
 
-def read_metrics(path: str) -> List[dict]:
+def read_metrics(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _percent(value: Optional[float]) -> str:
+def _percent(value: float | None) -> str:
     return '-' if value is None else f'{100 * value:.1f}%'
 
 
@@ -38,7 +37,7 @@ def summary_table(report: dict) -> str:
     return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def loss_series(records: List[dict]) -> Dict[str, tuple]:
+def loss_series(records: list[dict]) -> dict[str, tuple]:
     """'train lm loss', 'train mtp_1 loss', ..., 'valid lm loss' -> (iterations, values)."""
     series = {}
     for record in records:
@@ -50,7 +49,7 @@ def loss_series(records: List[dict]) -> Dict[str, tuple]:
     return series
 
 
-def plot_losses(records: List[dict], path: str) -> str:
+def plot_losses(records: list[dict], path: str) -> str:
     """The loss curves as a PNG (matplotlib, the ``plots`` extra)."""
     try:
         import matplotlib
@@ -69,7 +68,7 @@ def plot_losses(records: List[dict], path: str) -> str:
     return path
 
 
-def training_line(records: List[dict]) -> str:
+def training_line(records: list[dict]) -> str:
     train = [r for r in records if r['split'] == 'train']
     if not train:
         return 'training: no logged step'

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-from typing import List, Optional
 
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -34,7 +33,7 @@ class CheckpointError(ConfigError):
     """A checkpoint folder that cannot be used; the message names the folder and the file."""
 
 
-def checkpoint_iterations(root: str) -> List[int]:
+def checkpoint_iterations(root: str) -> list[int]:
     """Iterations of the ``iter_NNNNNNN`` folders under ``root``, complete or not (not the
     ``.tmp-`` folders of a save in progress or interrupted)."""
     if not os.path.isdir(root):
@@ -51,7 +50,7 @@ def is_complete(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
 
-def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
+def latest_checkpoint_iteration(load_dir: str) -> int | None:
     """Iteration of the newest complete checkpoint under ``load_dir``, or None.
 
     The tracker file decides (users roll back by editing it, as with Megatron-LM); when it is
@@ -71,7 +70,7 @@ def latest_checkpoint_iteration(load_dir: str) -> Optional[int]:
     return max(found) if found else None
 
 
-def tracker_text(root: str) -> Optional[str]:
+def tracker_text(root: str) -> str | None:
     path = os.path.join(root, TRACKER)
     if not os.path.isfile(path):
         return None
@@ -93,7 +92,7 @@ def _shard_sizes_needed(path: str) -> dict:
     try:
         metadata = FileSystemReader(path).read_metadata()
     except Exception as err:  # a truncated or foreign index: torch raises several kinds
-        raise CheckpointError(f"{path}: unreadable {TORCH_DIST_INDEX} ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f'{path}: unreadable {TORCH_DIST_INDEX} ({type(err).__name__}: {err})') from err
     needed = {}
     for info in metadata.storage_data.values():
         needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
@@ -102,8 +101,8 @@ def _shard_sizes_needed(path: str) -> dict:
 
 def _require(path: str, name: str) -> None:
     if not os.path.isfile(os.path.join(path, name)):
-        raise CheckpointError(f"{path}: {name} is missing (the checkpoint is damaged; "
-                              f"{TRACKER} in the folder above picks which one loads)")
+        raise CheckpointError(f'{path}: {name} is missing (the checkpoint is damaged; '
+                              f'{TRACKER} in the folder above picks which one loads)')
 
 
 def verify_checkpoint_files(path: str) -> None:
@@ -114,17 +113,17 @@ def verify_checkpoint_files(path: str) -> None:
         with open(os.path.join(path, DIST_CONFIG)) as f:
             backends = json.load(f)
     except ValueError as err:
-        raise CheckpointError(f"{path}: unreadable {DIST_CONFIG} ({err})") from err
+        raise CheckpointError(f'{path}: unreadable {DIST_CONFIG} ({err})') from err
     if 'common_backend' in backends:  # megatron-core 0.16; later releases keep it in the shards
         _require(path, COMMON_STATE)
     if backends.get('sharded_backend') != 'torch_dist':
         return  # another backend: its own reader reports what it misses
     if not os.path.isfile(os.path.join(path, TORCH_DIST_INDEX)):
-        raise CheckpointError(f"{path}: {TORCH_DIST_INDEX} (the shard index) is missing")
+        raise CheckpointError(f'{path}: {TORCH_DIST_INDEX} (the shard index) is missing')
     for name, size in sorted(_shard_sizes_needed(path).items()):
         shard = os.path.join(path, name)
         if not os.path.isfile(shard):
-            raise CheckpointError(f"{path}: shard {name} is missing")
+            raise CheckpointError(f'{path}: shard {name} is missing')
         if os.path.getsize(shard) < size:
-            raise CheckpointError(f"{path}: shard {name} is truncated ({os.path.getsize(shard)} bytes, "
-                                  f"the index needs {size})")
+            raise CheckpointError(f'{path}: shard {name} is truncated ({os.path.getsize(shard)} bytes, '
+                                  f'the index needs {size})')

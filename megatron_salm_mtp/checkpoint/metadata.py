@@ -3,15 +3,20 @@ beside it (``config.yaml``) and its common state (``model_only`` for an import).
 
 import os
 import pickle
-from typing import Tuple
 
 import yaml
 from megatron.core import dist_checkpointing
 
 from ..config import SALMConfig
 from ..run_config import section_settings
-from .layout import (COMMON_STATE, CONFIG_FILE, CheckpointError, checkpoint_dir, latest_checkpoint_iteration,
-                     verify_checkpoint_files)
+from .layout import (
+    COMMON_STATE,
+    CONFIG_FILE,
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint_iteration,
+    verify_checkpoint_files,
+)
 
 
 def stored_settings(path: str) -> dict:
@@ -29,21 +34,21 @@ def load_common_state(path: str) -> dict:
     try:
         return dist_checkpointing.load_common_state_dict(path)
     except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as err:  # torch.load of a damaged file
-        raise CheckpointError(f"{path}: unreadable {COMMON_STATE} ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f'{path}: unreadable {COMMON_STATE} ({type(err).__name__}: {err})') from err
 
 
-def latest_checkpoint(load_dir: str) -> Tuple[int, str]:
+def latest_checkpoint(load_dir: str) -> tuple[int, str]:
     """(iteration, folder) of the latest complete checkpoint under ``load_dir``; FileNotFoundError
     naming ``--load`` when there is none."""
     if not os.path.isdir(load_dir):
-        raise FileNotFoundError(f"--load {load_dir}: no such directory")
+        raise FileNotFoundError(f'--load {load_dir}: no such directory')
     iteration = latest_checkpoint_iteration(load_dir)
     if iteration is None:
-        raise FileNotFoundError(f"--load {load_dir}: no complete checkpoint in it")
+        raise FileNotFoundError(f'--load {load_dir}: no complete checkpoint in it')
     return iteration, checkpoint_dir(load_dir, iteration)
 
 
-def latest_run_settings(load_dir: str) -> Tuple[int, dict]:
+def latest_run_settings(load_dir: str) -> tuple[int, dict]:
     """(iteration, the run settings saved with it) of the latest complete checkpoint under ``load_dir``."""
     iteration, path = latest_checkpoint(load_dir)
     with open(os.path.join(path, CONFIG_FILE)) as f:

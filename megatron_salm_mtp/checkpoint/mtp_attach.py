@@ -8,7 +8,6 @@ would otherwise fail deep in dist_checkpointing with a missing-key list).
 """
 
 import logging
-from typing import Optional
 
 import torch
 from megatron.core.utils import unwrap_model
@@ -18,11 +17,11 @@ logger = logging.getLogger(__name__)
 MTP_PREFIX = 'language_model.mtp.'
 
 
-def _mtp_layers(mtp_num_layers: Optional[int], repeated: bool) -> int:
+def _mtp_layers(mtp_num_layers: int | None, repeated: bool) -> int:
     return 0 if not mtp_num_layers else (1 if repeated else mtp_num_layers)
 
 
-def _describe(depths: Optional[int], repeated: bool) -> str:
+def _describe(depths: int | None, repeated: bool) -> str:
     if not depths:
         return 'no MTP layers'
     return f"{depths} MTP depths{' (one shared layer)' if repeated else ''}"

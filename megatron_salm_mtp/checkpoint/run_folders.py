@@ -18,13 +18,20 @@ import logging
 import os
 import shutil
 import socket
-from typing import Optional
 
 import torch
 
 from ..config import ConfigError
-from .layout import (TRACKER, CheckpointError, checkpoint_dir, checkpoint_iterations, describe,
-                     latest_checkpoint_iteration, tracker_text, verify_checkpoint_files)
+from .layout import (
+    TRACKER,
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_iterations,
+    describe,
+    latest_checkpoint_iteration,
+    tracker_text,
+    verify_checkpoint_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ class FolderLock:
     def __init__(self, folder: str, flag: str):
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, LOCK_FILE)
-        self._fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
@@ -58,7 +65,7 @@ class FolderLock:
             self._fd = None
 
 
-def check_save_folder(save: str, load: Optional[str], overwrite: bool, flag: str = '--save',
+def check_save_folder(save: str, load: str | None, overwrite: bool, flag: str = '--save',
                       overwrite_flag: str = '--overwrite-save') -> None:
     """Refuse ``save`` when it holds checkpoints this run does not resume from; with
     ``overwrite``, delete them (folders and tracker) instead."""
@@ -68,10 +75,10 @@ def check_save_folder(save: str, load: Optional[str], overwrite: bool, flag: str
     if load and os.path.realpath(load) == os.path.realpath(save):
         return  # resuming: later saves continue the folder's history
     if not overwrite:
-        raise ConfigError(f"{flag} {save} already holds {describe(save)}, and this run does not resume "
-                          f"from it: its saves would replace them and rewind the tracker. Resume with "
-                          f"--load {save}, start over there with {overwrite_flag} (deletes them), or "
-                          "choose another folder")
+        raise ConfigError(f'{flag} {save} already holds {describe(save)}, and this run does not resume '
+                          f'from it: its saves would replace them and rewind the tracker. Resume with '
+                          f'--load {save}, start over there with {overwrite_flag} (deletes them), or '
+                          'choose another folder')
     logger.warning('%s %s: deleting %s (%s)', flag, save, describe(save), overwrite_flag)
     for iteration in iterations:
         shutil.rmtree(os.path.join(save, f'iter_{iteration:07d}'))
@@ -79,25 +86,25 @@ def check_save_folder(save: str, load: Optional[str], overwrite: bool, flag: str
         os.remove(os.path.join(save, TRACKER))
 
 
-def check_load_folder(load: str, save: Optional[str]) -> None:
+def check_load_folder(load: str, save: str | None) -> None:
     """Errors for a ``--load`` folder that cannot start the run (see the module docstring)."""
     fresh_save_folder = bool(save) and os.path.realpath(load) == os.path.realpath(save)
     if not os.path.isdir(load):
         if fresh_save_folder:
             return
-        raise ConfigError(f"--load {load}: no such folder")
+        raise ConfigError(f'--load {load}: no such folder')
     iteration = latest_checkpoint_iteration(load)
     if iteration is not None:
         verify_checkpoint_files(checkpoint_dir(load, iteration))
     elif checkpoint_iterations(load) or tracker_text(load) is not None:
-        raise CheckpointError(f"--load {load}: no complete checkpoint among {describe(load)}")
+        raise CheckpointError(f'--load {load}: no complete checkpoint among {describe(load)}')
     elif not fresh_save_folder:
-        raise ConfigError(f"--load {load}: the folder holds no checkpoint (a resumable run gives the "
-                          "same folder to --load and --save; its first job then starts from scratch)")
+        raise ConfigError(f'--load {load}: the folder holds no checkpoint (a resumable run gives the '
+                          'same folder to --load and --save; its first job then starts from scratch)')
 
 
-def claim_checkpoint_folders(load: Optional[str], save: Optional[str], overwrite: bool, flag: str = '--save',
-                             overwrite_flag: str = '--overwrite-save') -> Optional[FolderLock]:
+def claim_checkpoint_folders(load: str | None, save: str | None, overwrite: bool, flag: str = '--save',
+                             overwrite_flag: str = '--overwrite-save') -> FolderLock | None:
     """Collective: the first rank vets ``load``, locks and vets ``save``; every rank then raises
     the same ConfigError, or all go on (the lock is returned: keep it for the run)."""
     lock, problem = None, [None]

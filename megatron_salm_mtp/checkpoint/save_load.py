@@ -22,7 +22,6 @@ import random
 import shutil
 import time
 import uuid
-from typing import Optional
 
 import numpy as np
 import torch
@@ -35,8 +34,16 @@ from megatron.core.utils import unwrap_model
 from ..compat.mcore import async_save_options
 from ..model.freeze import check_optimizer_state_covers
 from .ctc_load import check_ctc_head
-from .layout import (CONFIG_FILE, MARKER, TRACKER, CheckpointError, checkpoint_dir, checkpoint_iterations, describe,
-                     latest_checkpoint_iteration)
+from .layout import (
+    CONFIG_FILE,
+    MARKER,
+    TRACKER,
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_iterations,
+    describe,
+    latest_checkpoint_iteration,
+)
 from .metadata import load_common_state, stored_settings
 from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 from .save_strategies import PendingSaves, load_strategy, save_strategy
@@ -52,8 +59,8 @@ def _no_complete_checkpoint(load_dir: str) -> None:
     folder of an interrupted first save), an error where checkpoints were (a tracker) or are
     (``iter_*`` folders without the completion marker: damaged, or written by another tool)."""
     if checkpoint_iterations(load_dir) or os.path.isfile(os.path.join(load_dir, TRACKER)):
-        raise CheckpointError(f"--load {load_dir}: no complete checkpoint among {describe(load_dir)} "
-                              f"(a checkpoint counts once its {MARKER} exists)")
+        raise CheckpointError(f'--load {load_dir}: no complete checkpoint among {describe(load_dir)} '
+                              f'(a checkpoint counts once its {MARKER} exists)')
 
 
 def _layout() -> dict:
@@ -90,12 +97,12 @@ def _model_sharded_state_dict(model_chunks) -> dict:
     return {k: m.sharded_state_dict(metadata=metadata) for k, m in _models(model_chunks).items()}
 
 
-def _vocabulary(model_chunks) -> Optional[dict]:
+def _vocabulary(model_chunks) -> dict | None:
     cfg = getattr(unwrap_model(list(model_chunks))[0], 'cfg', None)
     return cfg and {'vocab_size': cfg.vocab_size, 'padded_vocab_size': cfg.padded_vocab_size}
 
 
-def _check_vocabulary(saved: Optional[dict], current: Optional[dict], path: str) -> None:
+def _check_vocabulary(saved: dict | None, current: dict | None, path: str) -> None:
     """Megatron loads word embeddings with ``allow_shape_mismatch`` (the padding may change), so
     another tokenizer would load silently: refuse it; warn when only the padding differs (the
     padding rows keep their initial values and take part in the softmax, so losses move a bit)."""
@@ -222,7 +229,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler,
-                    common_state: dict, resolved_config: dict, pending: Optional[PendingSaves] = None) -> str:
+                    common_state: dict, resolved_config: dict, pending: PendingSaves | None = None) -> str:
     """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
     identical on all ranks (rank 0's copy is stored). Returns the final checkpoint folder, which
     exists on return, or with ``pending`` (async) once ``pending`` finalized the save; the caller
@@ -278,7 +285,7 @@ def _finalize(save_dir: str, tmp: str, final: str, iteration: int, resolved_conf
 
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
                     load_optimizer: bool = True, load_rng: bool = True,
-                    training_mode: Optional[str] = None) -> Optional[tuple]:
+                    training_mode: str | None = None) -> tuple | None:
     """Load the latest complete checkpoint under ``load_dir`` into the given objects.
 
     Returns ``(iteration, common_state)``, or None when the folder holds no checkpoint yet;
@@ -319,7 +326,7 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     try:
         loaded = dist_checkpointing.load(state, path, load_strategy(path))
     except (EOFError, OSError) as err:  # damaged in a way the size check cannot see
-        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f'{path}: unreadable ({type(err).__name__}: {err})') from err
     for key, module in _models(model_chunks).items():
         if attach_mtp:
             load_all_but_mtp(module, loaded[key])

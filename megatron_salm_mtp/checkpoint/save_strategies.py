@@ -12,11 +12,16 @@ marker, its rename into place and the tracker, so a checkpoint exists only once 
 """
 
 from megatron.core import parallel_state
-from megatron.core.dist_checkpointing.serialization import (get_default_load_sharded_strategy,
-                                                            get_default_save_sharded_strategy)
+from megatron.core.dist_checkpointing.serialization import (
+    get_default_load_sharded_strategy,
+    get_default_save_sharded_strategy,
+)
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
-from megatron.core.dist_checkpointing.strategies.fully_parallel import (FullyParallelLoadStrategyWrapper,
-                                                                        FullyParallelSaveStrategyWrapper)
+from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+    FullyParallelLoadStrategyWrapper,
+    FullyParallelSaveStrategyWrapper,
+)
+
 
 def _replicas():
     return parallel_state.get_data_parallel_group(with_context_parallel=True)

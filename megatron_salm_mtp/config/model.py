@@ -3,7 +3,6 @@ per field). How it is laid out over devices, its precision and its kernels are t
 of :class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..config_checks import ConfigError, at_least, one_of, positive
 from ..data.ctc_text import CTC_CHARACTERS
@@ -27,9 +26,9 @@ class ModelConfig:
     """SwiGLU inner width (per branch)."""
     num_attention_heads: int = 4
     """Query heads."""
-    num_query_groups: Optional[int] = 2
+    num_query_groups: int | None = 2
     """Key/value heads (grouped-query attention); None means as many as query heads."""
-    kv_channels: Optional[int] = None
+    kv_channels: int | None = None
     """Head dimension; None means hidden_size / num_attention_heads."""
     qk_layernorm: bool = False
     """RMSNorm on queries and keys per head (Qwen3)."""
@@ -40,7 +39,7 @@ class ModelConfig:
     vocab_size: int = 272
     """Tokenizer vocabulary (set from the tokenizer by the training entry point); padded to
     make_vocab_size_divisible_by x TP for the model."""
-    make_vocab_size_divisible_by: Optional[int] = 128
+    make_vocab_size_divisible_by: int | None = 128
     """Pad the vocabulary to a multiple of this times the TP size (Megatron's convention); None
     keeps it exact (e.g. to match a checkpoint), and it must then be divisible by TP."""
     seq_length: int = 256
@@ -54,7 +53,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     """Std of the normal weight initialisation."""
     # --- Multi-token prediction ---
-    mtp_num_layers: Optional[int] = None
+    mtp_num_layers: int | None = None
     """MTP depths D (None or 0: no MTP)."""
     mtp_loss_scaling_factor: float = 0.1
     """lambda: the MTP term is lambda / D times the sum of per-depth mean losses."""
@@ -75,11 +74,11 @@ class ModelConfig:
     do; meant for --training-mode head_only (frozen trunk, fixed teacher). The logged mtp_k loss
     is then that KL."""
     # --- Mixture of experts (the MTP layers of --mtp-layer-pattern E) ---
-    num_experts: Optional[int] = None
+    num_experts: int | None = None
     """Routed experts of each MoE layer; None: no MoE."""
     moe_router_topk: int = 2
     """Experts each token is routed to (softmax over the top-k router logits)."""
-    moe_ffn_hidden_size: Optional[int] = None
+    moe_ffn_hidden_size: int | None = None
     """SwiGLU inner width (per branch) of each expert; None means ffn_hidden_size."""
     moe_token_dispatcher_type: str = 'allgather'
     """How tokens reach their experts' ranks: allgather or alltoall."""
@@ -96,7 +95,7 @@ class ModelConfig:
     """Audio encoder width."""
     encoder_num_attention_heads: int = 4
     """Audio encoder heads."""
-    encoder_ffn_hidden_size: Optional[int] = None
+    encoder_ffn_hidden_size: int | None = None
     """Audio encoder GELU MLP width; None means 4 x encoder_hidden_size."""
     encoder_max_source_positions: int = 1500
     """Sinusoidal positions after the stride-2 stem (1500 = 30 s, as Whisper)."""
@@ -140,23 +139,23 @@ class ModelConfig:
         self._validate_model_values()
         groups = self.num_query_groups or self.num_attention_heads
         if self.num_attention_heads % groups:
-            raise ConfigError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "
-                              f"--num-query-groups {groups}")
+            raise ConfigError(f'--num-attention-heads {self.num_attention_heads} is not divisible by '
+                              f'--num-query-groups {groups}')
         if self.mtp_depths and self.position_embedding_type != 'rope':
-            raise ConfigError(f"--mtp-num-layers needs --position-embedding-type rope (got "
-                              f"{self.position_embedding_type!r}): learned absolute positions are "
-                              "claimed by both the first and the MTP stage under PP")
+            raise ConfigError(f'--mtp-num-layers needs --position-embedding-type rope (got '
+                              f'{self.position_embedding_type!r}): learned absolute positions are '
+                              'claimed by both the first and the MTP stage under PP')
         if self.mtp_layer_pattern not in ('*-', '*', '*E', 'E'):
             raise ConfigError(f"--mtp-layer-pattern {self.mtp_layer_pattern!r}: choose '*-' (attention + "
                               "MLP), '*E' or 'E' (attention + MoE) or '*' (attention only)")
         self._validate_experts()
         if self.mtp_self_distillation and not self.mtp_depths:
-            raise ConfigError("--mtp-self-distillation needs MTP heads (--mtp-num-layers)")
+            raise ConfigError('--mtp-self-distillation needs MTP heads (--mtp-num-layers)')
         if self.mtp_detach_trunk and not self.mtp_depths:
-            raise ConfigError("--mtp-detach-trunk needs --mtp-num-layers > 0")
+            raise ConfigError('--mtp-detach-trunk needs --mtp-num-layers > 0')
         if vocabulary and not 0 <= self.audio_token_id < self.vocab_size:
-            raise ConfigError(f"--audio-token-id {self.audio_token_id} is outside the vocabulary "
-                              f"(--vocab-size {self.vocab_size})")
+            raise ConfigError(f'--audio-token-id {self.audio_token_id} is outside the vocabulary '
+                              f'(--vocab-size {self.vocab_size})')
         self._validate_ctc()
 
     def _validate_model_values(self) -> None:
@@ -166,35 +165,35 @@ class ModelConfig:
         positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
         one_of(self, 'position_embedding_type', CHOICES['position_embedding_type'])
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
-                              f"{self.num_attention_heads} (or give the head size with --kv-channels)")
+            raise ConfigError(f'--hidden-size {self.hidden_size} is not divisible by --num-attention-heads '
+                              f'{self.num_attention_heads} (or give the head size with --kv-channels)')
         if self.encoder_hidden_size % self.encoder_num_attention_heads:
-            raise ConfigError(f"--encoder-hidden-size {self.encoder_hidden_size} is not divisible by "
-                              f"--encoder-num-attention-heads {self.encoder_num_attention_heads}")
+            raise ConfigError(f'--encoder-hidden-size {self.encoder_hidden_size} is not divisible by '
+                              f'--encoder-num-attention-heads {self.encoder_num_attention_heads}')
 
 
     def _validate_experts(self) -> None:
         """The MoE MTP layers' own settings (how experts split over ranks: SALMConfig)."""
         if 'E' in self.mtp_layer_pattern and not self.num_experts:
-            raise ConfigError(f"--mtp-layer-pattern {self.mtp_layer_pattern!r} (MoE) needs --num-experts")
+            raise ConfigError(f'--mtp-layer-pattern {self.mtp_layer_pattern!r} (MoE) needs --num-experts')
         if self.num_experts is None:
             return
         if not self.mtp_uses_experts:
-            raise ConfigError(f"--num-experts {self.num_experts}: no layer uses experts (MoE MTP "
-                              "layers need --mtp-num-layers and --mtp-layer-pattern E)")
+            raise ConfigError(f'--num-experts {self.num_experts}: no layer uses experts (MoE MTP '
+                              'layers need --mtp-num-layers and --mtp-layer-pattern E)')
         if not 1 <= self.moe_router_topk <= self.num_experts:
-            raise ConfigError(f"--moe-router-topk {self.moe_router_topk} must be in 1..--num-experts "
-                              f"{self.num_experts}")
+            raise ConfigError(f'--moe-router-topk {self.moe_router_topk} must be in 1..--num-experts '
+                              f'{self.num_experts}')
         one_of(self, 'moe_token_dispatcher_type', CHOICES['moe_token_dispatcher_type'])
         one_of(self, 'moe_router_load_balancing_type', CHOICES['moe_router_load_balancing_type'])
         if self.moe_aux_loss_coeff < 0:
-            raise ConfigError(f"--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0")
+            raise ConfigError(f'--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0')
 
     def _validate_ctc(self) -> None:
         one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
-            raise ConfigError(f"--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)")
+            raise ConfigError(f'--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)')
         if self.ctc_enabled and self.freeze_audio_encoder:
-            raise ConfigError("--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder "
-                              "keeps fixed: drop one of them")
+            raise ConfigError('--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder '
+                              'keeps fixed: drop one of them')
 

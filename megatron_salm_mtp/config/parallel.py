@@ -2,7 +2,6 @@
 the model's, so a checkpoint loads under another layout (:data:`SINGLE_DEVICE_LAYOUT`)."""
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..config_checks import ConfigError, at_least
 
@@ -15,10 +14,10 @@ class ParallelConfig:
     """TP size."""
     pipeline_model_parallel_size: int = 1
     """PP size: audio encoder and projector on the first stage, MTP on the last."""
-    virtual_pipeline_model_parallel_size: Optional[int] = None
+    virtual_pipeline_model_parallel_size: int | None = None
     """Model chunks per PP rank (interleaved 1F1B: a smaller pipeline bubble for more
     point-to-point traffic); None or 1: one chunk per rank."""
-    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    num_layers_per_virtual_pipeline_stage: int | None = None
     """LLM decoder layers per model chunk: sets the virtual pipeline size as
     num_layers / PP / this (Megatron-LM's alternative to the flag above)."""
     sequence_parallel: bool = False
@@ -44,13 +43,13 @@ class ParallelConfig:
                            'expert_model_parallel_size'))
         vp = self.virtual_pipeline_model_parallel_size
         if vp is not None and vp < 1:
-            raise ConfigError(f"--virtual-pipeline-model-parallel-size must be >= 1, got {vp}")
+            raise ConfigError(f'--virtual-pipeline-model-parallel-size must be >= 1, got {vp}')
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
-            raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+            raise ConfigError('--sequence-parallel needs --tensor-model-parallel-size > 1')
         if self.context_parallel_size != 1:
-            raise ConfigError("--context-parallel-size > 1 is not supported yet")
+            raise ConfigError('--context-parallel-size > 1 is not supported yet')
         if self.overlap_param_gather and not self.use_distributed_optimizer:
-            raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
+            raise ConfigError('--overlap-param-gather needs --use-distributed-optimizer')
 
 
 SINGLE_DEVICE_LAYOUT = {'tensor_model_parallel_size': 1, 'pipeline_model_parallel_size': 1, 'sequence_parallel': False,

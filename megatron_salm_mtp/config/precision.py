@@ -2,7 +2,6 @@
 memory/speed trade-offs that leave its mathematics as it is."""
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..config_checks import ConfigError, one_of
 from .choices import CHOICES
@@ -14,14 +13,14 @@ class PrecisionConfig:
     # --- Precision ---
     bf16: bool = False
     """bfloat16 parameters and compute (fp32 main params in the optimiser)."""
-    fp8_format: Optional[str] = None
+    fp8_format: str | None = None
     """e4m3 or hybrid: the LLM's and MTP layers' GEMMs in FP8 through Transformer Engine (delayed
     scaling); heads, audio encoder and projector stay in bf16."""
 
     def _validate_precision(self) -> None:
         one_of(self, 'fp8_format', CHOICES['fp8_format'])
         if self.fp8_format and not self.bf16:
-            raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs inside a bf16 model)")
+            raise ConfigError('--fp8-format needs --bf16 (FP8 GEMMs inside a bf16 model)')
 
 
 @dataclass
@@ -29,7 +28,7 @@ class KernelConfig:
     """Which kernels run the layers and heads, and memory/speed trade-offs: how the model computes,
     not what (up to rounding)."""
     # --- Kernels and memory ---
-    transformer_impl: Optional[str] = None
+    transformer_impl: str | None = None
     """transformer_engine or local; None picks TE when importable with CUDA."""
     gradient_accumulation_fusion: bool = True
     """Accumulate weight gradients into the fp32 main gradients inside the weight-gradient GEMM
@@ -60,7 +59,7 @@ class KernelConfig:
     built at its end) or transformer_engine (TE's make_graphed_callables through core's helper,
     captured after --cuda-graph-warmup-steps eager steps); none: eager. Needs fixed shapes
     (--pad-to-seq-length) and a GPU. The audio encoder stays eager (its shapes follow the audio)."""
-    cuda_graph_scope: Optional[str] = None
+    cuda_graph_scope: str | None = None
     """What each layer's graph covers, comma-separated: attn, mlp, moe_router, moe_preprocess
     (Megatron-LM's names); unset: the whole layer."""
     cuda_graph_warmup_steps: int = 3
@@ -80,11 +79,11 @@ class KernelConfig:
     def _validate_kernels(self) -> None:
         one_of(self, 'transformer_impl', CHOICES['transformer_impl'])
         if self.head_chunk_rows < 0:
-            raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count")
+            raise ConfigError(f'--head-chunk-rows {self.head_chunk_rows}: use 0 (off) or a positive row count')
         one_of(self, 'cross_entropy_fusion_impl', CHOICES['cross_entropy_fusion_impl'])
         if self.cross_entropy_fusion_impl == 'linear' and not self.cross_entropy_loss_fusion:
-            raise ConfigError("--cross-entropy-fusion-impl linear needs --cross-entropy-loss-fusion "
-                              "(drop --no-cross-entropy-loss-fusion)")
+            raise ConfigError('--cross-entropy-fusion-impl linear needs --cross-entropy-loss-fusion '
+                              '(drop --no-cross-entropy-loss-fusion)')
         if self.fused_linear_cross_entropy and self.head_chunk_rows:
-            raise ConfigError(f"--head-chunk-rows {self.head_chunk_rows} chunks the unfused head; "
-                              "--cross-entropy-fusion-impl linear holds no logits already: drop one")
+            raise ConfigError(f'--head-chunk-rows {self.head_chunk_rows} chunks the unfused head; '
+                              '--cross-entropy-fusion-impl linear holds no logits already: drop one')

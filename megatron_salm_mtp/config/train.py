@@ -3,7 +3,6 @@
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from ..config_checks import ConfigError, at_least, check_types, flag, one_of
 from .choices import CHOICES
@@ -27,7 +26,7 @@ class TrainConfig:
     """constant, linear, cosine or inverse-square-root."""
     lr_warmup_iters: int = 0
     """Linear warm-up steps."""
-    lr_decay_iters: Optional[int] = None
+    lr_decay_iters: int | None = None
     """Steps of decay (None: train_iters)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
@@ -55,20 +54,20 @@ class TrainConfig:
     """Global batches per evaluation."""
     log_interval: int = 10
     """Log every this many steps."""
-    log_dir: Optional[str] = None
+    log_dir: str | None = None
     """Where metrics.jsonl goes; default: --save, else ./runs/latest."""
-    tensorboard_dir: Optional[str] = None
+    tensorboard_dir: str | None = None
     """Write TensorBoard event files here (the ``plots`` extra's tensorboard); none without it."""
-    wandb_project: Optional[str] = None
+    wandb_project: str | None = None
     """Log the metrics to this Weights & Biases project too (needs the wandb package)."""
-    wandb_exp_name: Optional[str] = None
+    wandb_exp_name: str | None = None
     """The Weights & Biases run's name (with --wandb-project)."""
-    logging_level: Optional[int] = None
+    logging_level: int | None = None
     """Python logging level of the run's log lines (10 debug, 20 info, 30 warning; default 20)."""
     # --- Checkpoints and stopping ---
-    save: Optional[str] = None
+    save: str | None = None
     """Checkpoint folder to write."""
-    load: Optional[str] = None
+    load: str | None = None
     """Checkpoint folder to resume from (the latest complete checkpoint in it)."""
     overwrite_save: bool = False
     """Start over in a --save folder that holds checkpoints this run does not resume from (no
@@ -81,24 +80,24 @@ class TrainConfig:
     """With --load: load the model weights only and start a new run (Megatron-LM's flag): iteration
     0, a fresh optimizer and LR schedule, the data from the start, RNG from --seed; e.g. a joint run
     from an --training-mode encoder_ctc checkpoint. --save must name another folder."""
-    save_interval: Optional[int] = None
+    save_interval: int | None = None
     """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
     async_save: bool = False
     """Write checkpoints in the background (a forked writer per rank) while training goes on; a
     checkpoint counts (marker, tracker) once every rank's writes are done. Each save still waits
     for the previous one, as does the end of the run and a signal's stop."""
-    exit_interval: Optional[int] = None
+    exit_interval: int | None = None
     """Save (with --save) and exit once the iteration is a multiple of this (resume with --load)."""
-    exit_duration_in_mins: Optional[float] = None
+    exit_duration_in_mins: float | None = None
     """Save (with --save) and exit at the first step boundary after this many minutes of training
     (a job's time limit; resume with --load)."""
     # --- Data ---
-    train_manifest: Optional[str] = None
+    train_manifest: str | None = None
     """Training manifest(s), comma-separated (JSONL, NeMo style)."""
-    valid_manifest: Optional[str] = None
+    valid_manifest: str | None = None
     """Validation manifest(s), comma-separated."""
 
-    def validate(self, dp_size: Optional[int] = None) -> None:
+    def validate(self, dp_size: int | None = None) -> None:
         check_types(self)
         at_least(self, 1, ('train_iters', 'micro_batch_size', 'global_batch_size', 'log_interval', 'eval_iters',
                            'max_consecutive_nan_skips', 'lr_decay_iters', 'exit_interval'))
@@ -106,44 +105,44 @@ class TrainConfig:
                            'save_interval', 'seed'))
         for name in ('adam_beta1', 'adam_beta2'):
             if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f'{flag(name)} must be in [0, 1), got {getattr(self, name)}')
         if self.wandb_exp_name and not self.wandb_project:
-            raise ConfigError("--wandb-exp-name names a run of --wandb-project: give the project too")
+            raise ConfigError('--wandb-exp-name names a run of --wandb-project: give the project too')
         if self.wandb_project and importlib.util.find_spec('wandb') is None:
-            raise ConfigError(f"--wandb-project {self.wandb_project}: the wandb package is not installed "
-                              "(pip install wandb)")
+            raise ConfigError(f'--wandb-project {self.wandb_project}: the wandb package is not installed '
+                              '(pip install wandb)')
         if self.logging_level is not None and self.logging_level < 0:
-            raise ConfigError(f"--logging-level must be >= 0, got {self.logging_level}")
+            raise ConfigError(f'--logging-level must be >= 0, got {self.logging_level}')
         if self.async_save and not self.save:
-            raise ConfigError("--async-save needs --save (the folder to write)")
+            raise ConfigError('--async-save needs --save (the folder to write)')
         if self.save_interval and not self.save:
-            raise ConfigError(f"--save-interval {self.save_interval} needs --save (the folder to write), "
-                              "or --save-interval 0 for no periodic saves")
+            raise ConfigError(f'--save-interval {self.save_interval} needs --save (the folder to write), '
+                              'or --save-interval 0 for no periodic saves')
         if self.global_batch_size % self.micro_batch_size:
-            raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
-                              f"--micro-batch-size {self.micro_batch_size}")
+            raise ConfigError(f'--global-batch-size {self.global_batch_size} is not divisible by '
+                              f'--micro-batch-size {self.micro_batch_size}')
         one_of(self, 'training_mode', CHOICES['training_mode'])
         one_of(self, 'lr_decay_style', CHOICES['lr_decay_style'])
         if dp_size is not None and self.global_batch_size % (self.micro_batch_size * dp_size):
-            raise ConfigError(f"--global-batch-size {self.global_batch_size} is not divisible by "
-                              f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}")
+            raise ConfigError(f'--global-batch-size {self.global_batch_size} is not divisible by '
+                              f'--micro-batch-size {self.micro_batch_size} x data-parallel size {dp_size}')
         # Core's scheduler asserts warm-up < decay; a constant schedule decays over --train-iters.
         if self.lr_decay_style == 'constant' and self.lr_warmup_iters >= self.train_iters:
-            raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below --train-iters "
-                              f"{self.train_iters}")
+            raise ConfigError(f'--lr-warmup-iters {self.lr_warmup_iters} must be below --train-iters '
+                              f'{self.train_iters}')
         decay = self.lr_decay_iters or self.train_iters
         if self.lr_decay_style != 'constant' and self.lr_warmup_iters >= decay:
-            raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} must be below --lr-decay-iters "
-                              f"(or --train-iters) {decay}")
+            raise ConfigError(f'--lr-warmup-iters {self.lr_warmup_iters} must be below --lr-decay-iters '
+                              f'(or --train-iters) {decay}')
         if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
-            raise ConfigError(f"--exit-duration-in-mins {self.exit_duration_in_mins} must be positive")
+            raise ConfigError(f'--exit-duration-in-mins {self.exit_duration_in_mins} must be positive')
         if not self.train_manifest:
-            raise ConfigError("--train-manifest is required")
+            raise ConfigError('--train-manifest is required')
         self._validate_finetune()
 
     def _validate_finetune(self) -> None:
         if self.finetune and not self.load:
-            raise ConfigError("--finetune needs --load (the checkpoint whose weights start the run)")
+            raise ConfigError('--finetune needs --load (the checkpoint whose weights start the run)')
         if self.finetune and self.save and os.path.realpath(self.save) == os.path.realpath(self.load):
             raise ConfigError(f"--finetune starts a new run from --load {self.load}'s weights: --save needs "
                               "another folder (to resume a finetuning run, --load its own --save folder "

@@ -20,7 +20,6 @@ score of a query, which softmax cancels, so the export is exact.
 import dataclasses
 import json
 import os
-from typing import Optional
 
 import torch
 from megatron.core import parallel_state
@@ -42,7 +41,7 @@ def _family(cfg: SALMConfig):
     return 'llama', 'LlamaForCausalLM'
 
 
-def llm_config(cfg: SALMConfig, base: Optional[dict] = None) -> dict:
+def llm_config(cfg: SALMConfig, base: dict | None = None) -> dict:
     model_type, architecture = _family(cfg)
     heads = cfg.num_attention_heads
     out = dict(base or {})
@@ -124,7 +123,7 @@ def salm_assembly(cfg: SALMConfig) -> dict:
     }
 
 
-def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: Optional[dict] = None) -> None:
+def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: dict | None = None) -> None:
     os.makedirs(os.path.join(out, 'audio_encoder'), exist_ok=True)
     contiguous = lambda d: {k: v.detach().contiguous() for k, v in d.items()}  # noqa: E731
     save_file(contiguous(llm_tensors(weights, cfg)), os.path.join(out, 'model.safetensors'),
@@ -142,7 +141,7 @@ def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: Optional[dic
         json.dump(salm_assembly(cfg), f, indent=2)
 
 
-def run_export(load_dir: str, out: str, base_config_path: Optional[str] = None) -> None:
+def run_export(load_dir: str, out: str, base_config_path: str | None = None) -> None:
     """Load the latest checkpoint at TP=1/PP=1 in this one process and write the folders."""
     init_distributed(lone=True)
     cfg = read_checkpoint_config(load_dir).with_single_device_layout()

@@ -16,7 +16,6 @@ families use non-interleaved (``rotate_half``) RoPE, as Megatron does, so no per
 q/k rows is needed.
 """
 
-from typing import Dict
 
 from ..config import ConfigError
 from .recipes import Copy, FusedQKV, GatedFC1, Recipe
@@ -39,17 +38,17 @@ def check_supported(hf: dict, src) -> None:
     rope_type = scaling.get('rope_type') or scaling.get('type') or \
         (hf.get('rope_parameters') or {}).get('rope_type') or 'default'
     if rope_type != 'default':
-        raise ConfigError(f"--llm: rope_type {rope_type!r} (RoPE scaling) is not supported yet; only "
-                          "plain RoPE imports exactly")
+        raise ConfigError(f'--llm: rope_type {rope_type!r} (RoPE scaling) is not supported yet; only '
+                          'plain RoPE imports exactly')
     if hf.get('hidden_act', 'silu') != 'silu':
         raise ConfigError(f"--llm: hidden_act {hf['hidden_act']!r}: the SALM's LLM uses SwiGLU (silu)")
     if hf.get('mlp_bias'):
         raise ConfigError("--llm: mlp_bias=true is not supported (the LLM's MLP has no bias)")
     if hf.get('use_sliding_window'):
-        raise ConfigError("--llm: use_sliding_window=true is not supported (full attention only)")
+        raise ConfigError('--llm: use_sliding_window=true is not supported (full attention only)')
     if 'model.layers.0.self_attn.o_proj.bias' in src:
-        raise ConfigError("--llm: the checkpoint has an o_proj bias (attention_bias on every "
-                          "projection); only Qwen2-style q/k/v biases are supported")
+        raise ConfigError('--llm: the checkpoint has an o_proj bias (attention_bias on every '
+                          'projection); only Qwen2-style q/k/v biases are supported')
 
 
 def salm_fields(hf: dict, src) -> dict:
@@ -70,7 +69,7 @@ def salm_fields(hf: dict, src) -> dict:
         position_embedding_type='rope')
 
 
-def layer_recipes(hf_prefix: str, prefix: str, cfg) -> Dict[str, Recipe]:
+def layer_recipes(hf_prefix: str, prefix: str, cfg) -> dict[str, Recipe]:
     """One transformer layer stored with Hugging Face names under ``hf_prefix``."""
     heads, groups = cfg.num_attention_heads, cfg.num_query_groups or cfg.num_attention_heads
     head_dim = cfg.kv_channels or cfg.hidden_size // heads
@@ -93,7 +92,7 @@ def layer_recipes(hf_prefix: str, prefix: str, cfg) -> Dict[str, Recipe]:
     return out
 
 
-def llm_recipes(cfg) -> Dict[str, Recipe]:
+def llm_recipes(cfg) -> dict[str, Recipe]:
     """Every LLM tensor (MTP excluded) by its full TP=1 Megatron name."""
     vocab = cfg.padded_vocab_size
     out = {'language_model.embedding.word_embeddings.weight': Copy('model.embed_tokens.weight', rows=vocab),
@@ -107,7 +106,7 @@ def llm_recipes(cfg) -> Dict[str, Recipe]:
 
 # ----------------------------------------------------------------------------- export direction
 
-def hf_layer_names(prefix: str, hf_prefix: str, cfg) -> Dict[str, str]:
+def hf_layer_names(prefix: str, hf_prefix: str, cfg) -> dict[str, str]:
     """Megatron layer tensor -> Hugging Face name, for the parts exported by a plain copy."""
     a, m = hf_prefix + 'self_attn.', hf_prefix + 'mlp.'
     out = {prefix + 'input_layernorm.weight': hf_prefix + 'input_layernorm.weight',

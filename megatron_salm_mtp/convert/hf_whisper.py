@@ -13,7 +13,6 @@ The decoder is not used. Whisper scales queries by head_dim ** -0.5 before the d
 is the same as Megatron's softmax scale, and uses exact (erf) GELU, as the plugin does.
 """
 
-from typing import Dict
 
 from ..config import ConfigError
 from .recipes import Copy, FusedQKV, Recipe
@@ -38,7 +37,7 @@ def salm_fields(hf: dict) -> dict:
                 encoder_max_source_positions=hf['max_source_positions'])
 
 
-def encoder_recipes(src, cfg) -> Dict[str, Recipe]:
+def encoder_recipes(src, cfg) -> dict[str, Recipe]:
     e = encoder_prefix(src)
     heads = cfg.encoder_num_attention_heads
     head_dim = cfg.encoder_hidden_size // heads
@@ -62,7 +61,7 @@ def encoder_recipes(src, cfg) -> Dict[str, Recipe]:
     return out
 
 
-def export_names(cfg) -> Dict[str, str]:
+def export_names(cfg) -> dict[str, str]:
     """Megatron encoder tensor -> Whisper name (``encoder.`` prefix), for plain copies; the fused
     QKV is split by the caller."""
     out = {f'audio_encoder.{n}': f'encoder.{n}'

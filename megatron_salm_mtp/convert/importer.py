@@ -16,9 +16,9 @@ import torch
 import yaml
 from megatron.core import parallel_state
 
-from ..config import ParallelConfig, SALMConfig
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import save_checkpoint
+from ..config import ParallelConfig, SALMConfig
 from ..flags import DERIVED
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from .load import import_plan, load_into

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 import torch
 from megatron.core import parallel_state
@@ -46,9 +45,9 @@ def full_name(local_name: str, cfg: SALMConfig, pp_rank: int) -> str:
 @dataclasses.dataclass
 class ImportPlan:
     cfg: SALMConfig
-    recipes: Dict[str, Tuple[TensorSource, Recipe]]
-    keep_initialised: Tuple[str, ...]
-    report: List[str]
+    recipes: dict[str, tuple[TensorSource, Recipe]]
+    keep_initialised: tuple[str, ...]
+    report: list[str]
 
 
 VOCAB_MULTIPLE = 128
@@ -70,7 +69,7 @@ def tokenizer_vocabulary(llm_dir: str, table_rows: int) -> dict:
     return {'vocab_size': rows, 'audio_token_id': tokenizer.audio_token_id}
 
 
-def salm_config_from_hf(llm_dir: str, whisper_dir: Optional[str] = None, **overrides) -> SALMConfig:
+def salm_config_from_hf(llm_dir: str, whisper_dir: str | None = None, **overrides) -> SALMConfig:
     """A SALMConfig whose LLM (and encoder) match the Hugging Face checkpoints; ``overrides``
     (parallel sizes, MTP depth, projector...) are applied on top. With MTP shipped in the checkpoint
     and no ``mtp_num_layers`` override, the shipped depth is used."""
@@ -93,7 +92,7 @@ def _name(folder: str) -> str:
     return os.path.basename(os.path.normpath(folder))
 
 
-def import_plan(cfg: SALMConfig, llm_dir: str, whisper_dir: Optional[str] = None,
+def import_plan(cfg: SALMConfig, llm_dir: str, whisper_dir: str | None = None,
                 mtp_init: str = 'last_layer', replace_existing_mtp: bool = False,
                 extend_mtp_depth: bool = False) -> ImportPlan:
     llm = TensorSource(llm_dir)

@@ -26,7 +26,6 @@ New heads (``--mtp-init``):
 """
 
 import re
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -45,12 +44,12 @@ def _mtp(k: int) -> str:
     return f'language_model.mtp.layers.{k}.'
 
 
-def _indices(src, pattern: str) -> List[int]:
+def _indices(src, pattern: str) -> list[int]:
     regex = re.compile(pattern)
     return sorted({int(m.group(1)) for m in map(regex.match, src.keys()) if m})
 
 
-def shipped_mtp(src, cfg) -> Tuple[Optional[str], List[Dict[str, Recipe]]]:
+def shipped_mtp(src, cfg) -> tuple[str | None, list[dict[str, Recipe]]]:
     """(style, one recipe map per shipped depth), or (None, []) when the checkpoint has no MTP."""
     layers = cfg.num_layers
     deepseek = [i for i in _indices(src, r'model\.layers\.(\d+)\.eh_proj\.weight$') if i >= layers]
@@ -101,14 +100,14 @@ def shipped_mtp(src, cfg) -> Tuple[Optional[str], List[Dict[str, Recipe]]]:
     return None, []
 
 
-def _layer(src, hf_prefix: str, prefix: str, cfg) -> Dict[str, Recipe]:
+def _layer(src, hf_prefix: str, prefix: str, cfg) -> dict[str, Recipe]:
     """An MTP depth's transformer layer with Hugging Face names; parts absent from the checkpoint
     (an MTP layer without attention or MLP, see --mtp-layer-pattern) are left out."""
     recipes = layer_recipes(hf_prefix, prefix + 'transformer_layer.', cfg)
     return {n: r for n, r in recipes.items() if all(s in src for s in r.sources())}
 
 
-def new_depth(k: int, cfg, mtp_init: str, decoder: Dict[str, Recipe]) -> Dict[str, Recipe]:
+def new_depth(k: int, cfg, mtp_init: str, decoder: dict[str, Recipe]) -> dict[str, Recipe]:
     """Recipes of a new MTP depth ``k``; empty for ``random`` (the model's own initialisation)."""
     if mtp_init == 'random':
         return {}
@@ -129,8 +128,8 @@ def new_depth(k: int, cfg, mtp_init: str, decoder: Dict[str, Recipe]) -> Dict[st
     return out
 
 
-def mtp_recipes(src, cfg, decoder: Dict[str, Recipe], depth: int, mtp_init: str,
-                replace_existing: bool, extend_depth: bool) -> Tuple[Dict[str, Recipe], List[str]]:
+def mtp_recipes(src, cfg, decoder: dict[str, Recipe], depth: int, mtp_init: str,
+                replace_existing: bool, extend_depth: bool) -> tuple[dict[str, Recipe], list[str]]:
     """Recipes of ``depth`` MTP depths and a report line per decision (printed by import-hf)."""
     if mtp_init not in MTP_INIT_CHOICES:
         raise ConfigError(f"--mtp-init {mtp_init!r}: choose {' or '.join(MTP_INIT_CHOICES)}")
@@ -139,10 +138,10 @@ def mtp_recipes(src, cfg, decoder: Dict[str, Recipe], depth: int, mtp_init: str,
     if shipped and not replace_existing:
         if depth < len(shipped) or (depth > len(shipped) and not extend_depth):
             raise ConfigError(
-                f"--mtp-num-layers {depth}, but the checkpoint ships {len(shipped)} MTP depth(s) "
-                f"({style}): pass --mtp-num-layers {len(shipped)} to keep them"
-                + (", --mtp-extend-depth to add depths after them" if depth > len(shipped) else "")
-                + ", or --mtp-replace-existing-head to build new heads instead")
+                f'--mtp-num-layers {depth}, but the checkpoint ships {len(shipped)} MTP depth(s) '
+                f'({style}): pass --mtp-num-layers {len(shipped)} to keep them'
+                + (', --mtp-extend-depth to add depths after them' if depth > len(shipped) else '')
+                + ', or --mtp-replace-existing-head to build new heads instead')
         for k, depth_recipes in enumerate(shipped):
             recipes.update(depth_recipes)
             report.append(f'mtp depth {k + 1}: loaded from the checkpoint ({style})')

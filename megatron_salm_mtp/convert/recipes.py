@@ -10,7 +10,7 @@ whole tensor). Megatron's layouts that matter here:
 * vocabulary-padded embeddings / output layers: rows past the source vocabulary are zero.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ class Recipe:
     def full(self, src) -> torch.Tensor:
         raise NotImplementedError
 
-    def shard(self, src, dim: Optional[int], rank: int, size: int) -> torch.Tensor:
+    def shard(self, src, dim: int | None, rank: int, size: int) -> torch.Tensor:
         full = self.full(src)
         if dim is None or size == 1:
             return full
@@ -42,7 +42,7 @@ class Recipe:
 class Copy(Recipe):
     """One source tensor as is, optionally zero-padded (or cut) along dim 0 to ``rows`` (vocabulary)."""
 
-    def __init__(self, key: str, rows: Optional[int] = None):
+    def __init__(self, key: str, rows: int | None = None):
         self.key, self.rows = key, rows
 
     def sources(self):

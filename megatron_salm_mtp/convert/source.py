@@ -7,7 +7,7 @@ at a time, never the whole checkpoint.
 
 import json
 import os
-from typing import Dict, Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 from safetensors import safe_open
@@ -31,7 +31,7 @@ class TensorSource:
             for name in files:
                 with safe_open(os.path.join(folder, name), framework='pt') as handle:
                     weight_map.update({key: name for key in handle.keys()})
-        self._file_of: Dict[str, str] = weight_map
+        self._file_of: dict[str, str] = weight_map
         self._handles = {}
 
     def keys(self) -> Iterable[str]:
@@ -51,8 +51,8 @@ class TensorSource:
     def shape(self, key: str):
         return tuple(self._handle(key).get_slice(key).get_shape())
 
-    def get(self, key: str, dim: Optional[int] = None, start: int = 0,
-            stop: Optional[int] = None) -> torch.Tensor:
+    def get(self, key: str, dim: int | None = None, start: int = 0,
+            stop: int | None = None) -> torch.Tensor:
         """The tensor, or only ``[start, stop)`` along ``dim`` (0 or 1), in float32."""
         handle = self._handle(key)
         if dim is None:

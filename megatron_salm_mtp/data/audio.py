@@ -53,8 +53,8 @@ class NonFiniteAudio(AudioError):
 
 def _check_rate(rate: int, name: str) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{name}: implausible sample rate {rate} Hz (expected "
-                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})")
+        raise AudioError(f'{name}: implausible sample rate {rate} Hz (expected '
+                         f'{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})')
 
 
 @dataclass(frozen=True)
@@ -80,45 +80,45 @@ class _WavLayout:
 def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
     """Walk the RIFF chunks up to ``data``; raise :class:`AudioError` on anything inconsistent."""
     head = f.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-        raise AudioError(f"{name}: not a RIFF/WAVE file")
-    if head[:4] == b"RIFX":
-        raise _UnsupportedWav(f"{name}: big-endian RIFX WAV is not supported")
+    if len(head) < 12 or head[:4] not in (b'RIFF', b'RIFX') or head[8:12] != b'WAVE':
+        raise AudioError(f'{name}: not a RIFF/WAVE file')
+    if head[:4] == b'RIFX':
+        raise _UnsupportedWav(f'{name}: big-endian RIFX WAV is not supported')
     fmt = None
     while True:
         chunk = f.read(8)
         if len(chunk) < 8:
-            raise TruncatedWav(f"{name}: truncated WAV (no data chunk)")
-        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-        if cid == b"fmt ":
+            raise TruncatedWav(f'{name}: truncated WAV (no data chunk)')
+        cid, size = chunk[:4], struct.unpack('<I', chunk[4:])[0]
+        if cid == b'fmt ':
             body = f.read(size)
             if len(body) < 16:
-                raise AudioError(f"{name}: truncated fmt chunk")
-            tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+                raise AudioError(f'{name}: truncated fmt chunk')
+            tag, channels, rate, _, block_align, bits = struct.unpack('<HHIIHH', body[:16])
             if tag == _WAVE_FORMAT_EXTENSIBLE:
                 if len(body) < 26:
-                    raise AudioError(f"{name}: truncated WAVE_FORMAT_EXTENSIBLE header")
-                tag = struct.unpack("<H", body[24:26])[0]  # first two bytes of the sub-format GUID
+                    raise AudioError(f'{name}: truncated WAVE_FORMAT_EXTENSIBLE header')
+                tag = struct.unpack('<H', body[24:26])[0]  # first two bytes of the sub-format GUID
             fmt = (tag, channels, rate, block_align, bits)
             if size % 2:
                 f.read(1)
-        elif cid == b"data":
+        elif cid == b'data':
             if fmt is None:
-                raise AudioError(f"{name}: data chunk before fmt chunk")
+                raise AudioError(f'{name}: data chunk before fmt chunk')
             tag, channels, rate, block_align, bits = fmt
             if channels < 1 or block_align != channels * ((bits + 7) // 8):
-                raise AudioError(f"{name}: inconsistent fmt chunk (channels={channels}, rate={rate}, bits={bits})")
+                raise AudioError(f'{name}: inconsistent fmt chunk (channels={channels}, rate={rate}, bits={bits})')
             _check_rate(rate, name)
             if (tag, bits) not in ((_WAVE_FORMAT_PCM, 8), (_WAVE_FORMAT_PCM, 16), (_WAVE_FORMAT_PCM, 24),
                                    (_WAVE_FORMAT_PCM, 32), (_WAVE_FORMAT_IEEE_FLOAT, 32),
                                    (_WAVE_FORMAT_IEEE_FLOAT, 64)):
-                raise _UnsupportedWav(f"{name}: unsupported WAV encoding (format tag {tag:#x}, {bits} bits)")
+                raise _UnsupportedWav(f'{name}: unsupported WAV encoding (format tag {tag:#x}, {bits} bits)')
             offset = f.tell()
             available = file_size - offset
             if size in _STREAMING_SIZES:
                 size = available - available % block_align
             elif size > available:
-                raise TruncatedWav(f"{name}: truncated WAV (header says {size} data bytes, file has {available})")
+                raise TruncatedWav(f'{name}: truncated WAV (header says {size} data bytes, file has {available})')
             return _WavLayout(AudioInfo(rate, channels, size // block_align), tag, bits, block_align, offset)
         else:
             f.seek(size + (size % 2), os.SEEK_CUR)
@@ -127,25 +127,25 @@ def _parse_wav_header(f, file_size: int, name: str) -> _WavLayout:
 def _decode_pcm(raw: bytes, tag: int, bits: int, channels: int) -> np.ndarray:
     """Bytes of interleaved samples -> float32 [frames, channels] in [-1, 1]."""
     if tag == _WAVE_FORMAT_IEEE_FLOAT:
-        x = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
+        x = np.frombuffer(raw, dtype='<f4' if bits == 32 else '<f8').astype(np.float32)
     elif bits == 8:
         x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif bits == 16:
-        x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        x = np.frombuffer(raw, dtype='<i2').astype(np.float32) / 32768.0
     elif bits == 24:
         b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         v = np.where(v >= 1 << 23, v - (1 << 24), v)
         x = v.astype(np.float32) / float(1 << 23)
     else:
-        x = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(np.float32)
+        x = (np.frombuffer(raw, dtype='<i4').astype(np.float64) / float(1 << 31)).astype(np.float32)
     return x.reshape(-1, channels)
 
 
 def _is_wav(path: str) -> bool:
-    with open(path, "rb") as f:
+    with open(path, 'rb') as f:
         head = f.read(12)
-    return head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE"
+    return head[:4] in (b'RIFF', b'RIFX') and head[8:12] == b'WAVE'
 
 
 def _check_not_truncated(path: str) -> None:
@@ -154,7 +154,7 @@ def _check_not_truncated(path: str) -> None:
     if not _is_wav(path):
         return
     try:
-        with open(path, "rb") as f:
+        with open(path, 'rb') as f:
             _parse_wav_header(f, os.path.getsize(path), path)
     except TruncatedWav:
         raise
@@ -181,20 +181,20 @@ def _soundfile_error(path: str, err: Exception) -> AudioError:
     """libsndfile says "File does not exist" of any existing file it cannot make sense of (a text
     file named .mp3): say what is wrong instead."""
     text = str(err)
-    if "does not exist" in text:
-        with open(path, "rb") as f:
+    if 'does not exist' in text:
+        with open(path, 'rb') as f:
             head = f.read(16)
-        text = f"no decoder recognises its {os.path.getsize(path)} bytes, which start {head!r}"
-    return AudioError(f"{path}: unreadable audio ({text})")
+        text = f'no decoder recognises its {os.path.getsize(path)} bytes, which start {head!r}'
+    return AudioError(f'{path}: unreadable audio ({text})')
 
 
 def audio_info(path: str) -> AudioInfo:
     """Sample rate, channels and length from the header only (cheap: used to vet manifests)."""
     if not os.path.isfile(path):
-        raise AudioFileNotFound(f"{path}: file not found")
+        raise AudioFileNotFound(f'{path}: file not found')
     sf = _soundfile()
     if sf is None:
-        with open(path, "rb") as f:
+        with open(path, 'rb') as f:
             return _wav_layout(f, path).info
     _check_not_truncated(path)
     try:
@@ -215,18 +215,18 @@ def slice_frames(num_frames: int, sample_rate: int, offset: float | None, durati
 def read_audio(path: str, offset: float | None = None, duration: float | None = None) -> tuple[np.ndarray, int]:
     """Decode ``[offset, offset + duration)`` seconds as float32 [frames, channels] at the file's rate."""
     if not os.path.isfile(path):
-        raise AudioFileNotFound(f"{path}: file not found")
+        raise AudioFileNotFound(f'{path}: file not found')
     sf = _soundfile()
     if sf is not None:
         _check_not_truncated(path)
         return _read_soundfile(sf, path, offset, duration)
-    with open(path, "rb") as f:
+    with open(path, 'rb') as f:
         lay = _wav_layout(f, path)
         start, stop = slice_frames(lay.info.num_frames, lay.info.sample_rate, offset, duration)
         f.seek(lay.data_offset + start * lay.block_align)
         raw = f.read((stop - start) * lay.block_align)
     if len(raw) != (stop - start) * lay.block_align:
-        raise AudioError(f"{path}: truncated WAV (short read)")
+        raise AudioError(f'{path}: truncated WAV (short read)')
     return _decode_pcm(raw, lay.format_tag, lay.bits, lay.info.channels), lay.info.sample_rate
 
 
@@ -234,12 +234,12 @@ def _read_soundfile(sf, path: str, offset: float | None, duration: float | None)
     try:
         info = sf.info(path)
         start, stop = slice_frames(int(info.frames), int(info.samplerate), offset, duration)
-        data, rate = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+        data, rate = sf.read(path, start=start, stop=stop, dtype='float32', always_2d=True)
     except Exception as e:
         raise _soundfile_error(path, e) from e
     _check_rate(int(rate), path)
     if len(data) != stop - start:  # libsndfile returns what is there of a cut file
-        raise AudioError(f"{path}: truncated ({len(data)} of the {stop - start} frames its header announces)")
+        raise AudioError(f'{path}: truncated ({len(data)} of the {stop - start} frames its header announces)')
     return data, int(rate)
 
 
@@ -254,7 +254,7 @@ def load_audio(path: str, offset: float | None = None, duration: float | None = 
         mono /= data.shape[1]
     bad = len(mono) - int(np.isfinite(mono).sum())
     if bad:
-        raise NonFiniteAudio(f"{path}: {bad} of {len(mono)} samples are NaN or infinite")
+        raise NonFiniteAudio(f'{path}: {bad} of {len(mono)} samples are NaN or infinite')
     return resample(mono, rate, target_rate)
 
 
@@ -274,24 +274,24 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, bits
     channels = a.shape[1]
     if float_format:
         if bits != 32:
-            raise ValueError("float WAV is written as 32-bit")
-        payload, tag = a.astype("<f4").tobytes(), _WAVE_FORMAT_IEEE_FLOAT
+            raise ValueError('float WAV is written as 32-bit')
+        payload, tag = a.astype('<f4').tobytes(), _WAVE_FORMAT_IEEE_FLOAT
     else:
         tag = _WAVE_FORMAT_PCM
         scale = float(1 << (bits - 1))
         q = np.clip(np.round(a * scale), -scale, scale - 1).astype(np.int64)
         if bits == 16:
-            payload = q.astype("<i2").tobytes()
+            payload = q.astype('<i2').tobytes()
         elif bits == 32:
-            payload = q.astype("<i4").tobytes()
+            payload = q.astype('<i4').tobytes()
         elif bits == 24:
-            u = (q & 0xFFFFFF).astype("<u4").reshape(-1, 1).view(np.uint8)[:, :3]
+            u = (q & 0xFFFFFF).astype('<u4').reshape(-1, 1).view(np.uint8)[:, :3]
             payload = np.ascontiguousarray(u).tobytes()
         else:
-            raise ValueError(f"unsupported bits {bits}")
+            raise ValueError(f'unsupported bits {bits}')
     block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * block, block, bits)
-    with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(payload)) + b"WAVE")
-        f.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
-        f.write(b"data" + struct.pack("<I", len(payload)) + payload)
+    fmt = struct.pack('<HHIIHH', tag, channels, sample_rate, sample_rate * block, block, bits)
+    with open(path, 'wb') as f:
+        f.write(b'RIFF' + struct.pack('<I', 4 + 8 + len(fmt) + 8 + len(payload)) + b'WAVE')
+        f.write(b'fmt ' + struct.pack('<I', len(fmt)) + fmt)
+        f.write(b'data' + struct.pack('<I', len(payload)) + payload)

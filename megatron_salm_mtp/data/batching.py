@@ -35,8 +35,8 @@ import torch
 
 from .features import pad_features
 
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "audio_features", "audio_feature_lengths",
-              "ctc_targets", "ctc_target_lengths")
+BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features', 'audio_feature_lengths',
+              'ctc_targets', 'ctc_target_lengths')
 
 
 class Collator:
@@ -50,7 +50,7 @@ class Collator:
     def _length(self, samples) -> int:
         if self.pad_to_seq_length:
             return self.seq_length
-        longest = max(len(x["ids"]) - 1 for x in samples)
+        longest = max(len(x['ids']) - 1 for x in samples)
         m = self.pad_to_multiple
         return min(self.seq_length, -(-longest // m) * m)
 
@@ -60,24 +60,24 @@ class Collator:
         sup = torch.zeros(b, s + 1, dtype=torch.bool)
         features, targets = [], []
         for i, x in enumerate(samples):
-            n = len(x["ids"])
+            n = len(x['ids'])
             if n > s + 1:
-                raise ValueError(f"sample of {n} ids does not fit seq_length {s} (+1 for the shift)")
-            seq[i, :n] = x["ids"]
-            sup[i, :n] = x["supervised"]
-            features.extend(x["features"])
-            targets.extend(x["ctc_targets"])
+                raise ValueError(f'sample of {n} ids does not fit seq_length {s} (+1 for the shift)')
+            seq[i, :n] = x['ids']
+            sup[i, :n] = x['supervised']
+            features.extend(x['features'])
+            targets.extend(x['ctc_targets'])
         audio_features, lengths = pad_features(features, self.n_mels)
         ctc_targets, ctc_lengths = pad_targets(targets)
         return {
-            "tokens": seq[:, :-1].contiguous(),
-            "labels": seq[:, 1:].contiguous(),
-            "loss_mask": sup[:, 1:].to(torch.float32),
-            "position_ids": torch.arange(s, dtype=torch.long).unsqueeze(0).expand(b, s).contiguous(),
-            "audio_features": audio_features,
-            "audio_feature_lengths": lengths,
-            "ctc_targets": ctc_targets,
-            "ctc_target_lengths": ctc_lengths,
+            'tokens': seq[:, :-1].contiguous(),
+            'labels': seq[:, 1:].contiguous(),
+            'loss_mask': sup[:, 1:].to(torch.float32),
+            'position_ids': torch.arange(s, dtype=torch.long).unsqueeze(0).expand(b, s).contiguous(),
+            'audio_features': audio_features,
+            'audio_feature_lengths': lengths,
+            'ctc_targets': ctc_targets,
+            'ctc_target_lengths': ctc_lengths,
         }
 
 
@@ -94,5 +94,5 @@ class CollatorWithSkips(Collator):
     """Collate that also returns the skips met while producing the samples (for the loader)."""
 
     def __call__(self, samples: list[dict]):
-        skipped = [s for x in samples for s in x.get("skipped", ())]
+        skipped = [s for x in samples for s in x.get('skipped', ())]
         return super().__call__(samples), skipped

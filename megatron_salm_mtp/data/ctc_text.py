@@ -14,7 +14,7 @@ import re
 
 CTC_CHARACTERS = " abcdefghijklmnopqrstuvwxyz0123456789'"
 """The alphabet; a character's id is its index (the CTC blank comes after the last)."""
-CTC_TARGET_UNITS = ("tokens", "characters")
+CTC_TARGET_UNITS = ('tokens', 'characters')
 
 _INDEX = {c: i for i, c in enumerate(CTC_CHARACTERS)}
 _OTHER = re.compile(r"[^a-z0-9']+")
@@ -22,4 +22,4 @@ _OTHER = re.compile(r"[^a-z0-9']+")
 
 def character_ids(text: str) -> list[int]:
     """``text`` as ids of :data:`CTC_CHARACTERS` (see the module docstring)."""
-    return [_INDEX[c] for c in _OTHER.sub(" ", text.lower()).strip()]
+    return [_INDEX[c] for c in _OTHER.sub(' ', text.lower()).strip()]

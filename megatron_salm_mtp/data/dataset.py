@@ -27,24 +27,24 @@ from dataclasses import dataclass
 import torch
 
 from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, load_audio, load_num_samples
+from .ctc_text import character_ids
 from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .header_scan import scan_headers
 from .manifest import Example
 from .prompts import PromptBuilder
 from .spec_augment import SpecAugment
-from .ctc_text import character_ids
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-MISSING_FILE = "missing_file"
-UNREADABLE_AUDIO = "unreadable_audio"
-EMPTY_AUDIO = "empty_audio"
-EMPTY_TRANSCRIPT = "empty_transcript"
-AUDIO_TOO_LONG = "audio_too_long"
-SEQUENCE_TOO_LONG = "sequence_too_long"
-NON_FINITE_AUDIO = "non_finite_audio"  # NaN/inf samples, or features that overflow
+MISSING_FILE = 'missing_file'
+UNREADABLE_AUDIO = 'unreadable_audio'
+EMPTY_AUDIO = 'empty_audio'
+EMPTY_TRANSCRIPT = 'empty_transcript'
+AUDIO_TOO_LONG = 'audio_too_long'
+SEQUENCE_TOO_LONG = 'sequence_too_long'
+NON_FINITE_AUDIO = 'non_finite_audio'  # NaN/inf samples, or features that overflow
 SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG,
                 NON_FINITE_AUDIO)
 
@@ -55,8 +55,8 @@ class BadSampleError(ValueError):
     Constructible from the message alone, as DataLoader workers re-raise it in the main process.
     """
 
-    def __init__(self, where: str, reason: str = "", detail: str = ""):
-        super().__init__(f"bad sample {where}: {reason}: {detail}" if reason else where)
+    def __init__(self, where: str, reason: str = '', detail: str = ''):
+        super().__init__(f'bad sample {where}: {reason}: {detail}' if reason else where)
         self.where, self.reason, self.detail = where, reason, detail
 
 
@@ -68,22 +68,22 @@ class Skip:
 
 
 def _where(example: Example, audio_path: str | None = None) -> str:
-    path = audio_path or (example.audios[0].value if example.audios else "")
-    return f"{path} ({example.where})"
+    path = audio_path or (example.audios[0].value if example.audios else '')
+    return f'{path} ({example.where})'
 
 
-TRANSCRIPTION_TASKS = ("asr", "transcribe")
+TRANSCRIPTION_TASKS = ('asr', 'transcribe')
 
 
-def ctc_targets(example: Example, tokenizer: Tokenizer, units: str = "tokens") -> list[list[int]]:
+def ctc_targets(example: Example, tokenizer: Tokenizer, units: str = 'tokens') -> list[list[int]]:
     """Per audio of ``example``, the ids its CTC head should emit: the answer text (no prompt, no
     end-of-turn token) as token ids or as characters (``units``, :mod:`.ctc_text`) when the example
     is one audio to transcribe; else none (``[]``: a translation's answer or one answer for several
     audios is no transcript of one audio)."""
-    task = example.meta.get("taskname") or example.meta.get("task") or "asr"
+    task = example.meta.get('taskname') or example.meta.get('task') or 'asr'
     if len(example.audios) != 1 or str(task).lower() not in TRANSCRIPTION_TASKS:
         return [[] for _ in example.audios]
-    if units == "characters":
+    if units == 'characters':
         return [character_ids(example.answer_text)]
     return [tokenizer.encode(example.answer_text)]
 
@@ -105,10 +105,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     the features are then masked from the stream of ``(seed, epoch, index)``.
     """
 
-    def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = "plain",
+    def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = 'plain',
                  stack: int = 4, n_mels: int = 80, max_duration: float | None = None, strict_data: bool = False,
                  system_prompt: str | None = None, prescan: bool = True,
-                 spec_augment: SpecAugment | None = None, seed: int = 0, ctc_target_units: str = "tokens"):
+                 spec_augment: SpecAugment | None = None, seed: int = 0, ctc_target_units: str = 'tokens'):
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.spec_augment, self.seed, self.ctc_target_units = spec_augment, seed, ctc_target_units
@@ -130,8 +130,8 @@ class SpeechDataset(torch.utils.data.Dataset):
             self.valid = list(range(len(self.examples)))
             self.lengths = [self._estimate_length(ex) for ex in self.examples]
         if not self.valid:
-            raise ValueError(f"no usable sample among {len(self.examples)} examples "
-                             f"(skips: {dict(self._prescan_skips)})")
+            raise ValueError(f'no usable sample among {len(self.examples)} examples '
+                             f'(skips: {dict(self._prescan_skips)})')
 
     # --- checks -------------------------------------------------------------------------------
     def _report(self, skip: Skip, counter: Counter | None = None) -> None:
@@ -143,25 +143,25 @@ class SpeechDataset(torch.utils.data.Dataset):
             return  # already warned about in this process
         else:
             self._runtime_skips[skip.where] = skip.reason
-        logger.warning("skipping %s: %s (%s)", skip.where, skip.reason, skip.detail)
+        logger.warning('skipping %s: %s (%s)', skip.where, skip.reason, skip.detail)
 
     def _check_text(self, ex: Example) -> None:
         if not ex.answer_text.strip():
-            raise BadSampleError(_where(ex), EMPTY_TRANSCRIPT, "no answer text")
+            raise BadSampleError(_where(ex), EMPTY_TRANSCRIPT, 'no answer text')
 
     def _check_num_samples(self, ex: Example, path: str, n: int) -> int:
         seconds = n / SAMPLE_RATE
         if mel_frames(n) == 0:
-            raise BadSampleError(_where(ex, path), EMPTY_AUDIO, f"{n} samples after slicing")
+            raise BadSampleError(_where(ex, path), EMPTY_AUDIO, f'{n} samples after slicing')
         if self.max_duration is not None and seconds > self.max_duration:
             raise BadSampleError(_where(ex, path), AUDIO_TOO_LONG,
-                                 f"{seconds:.2f} s > max_duration {self.max_duration} s")
+                                 f'{seconds:.2f} s > max_duration {self.max_duration} s')
         return audio_tokens(mel_frames(n), self.stack)
 
     def _check_length(self, ex: Example, n_ids: int) -> None:
         if n_ids > self.seq_length + 1:
             raise BadSampleError(_where(ex), SEQUENCE_TOO_LONG,
-                                 f"{n_ids - 1} tokens (prompt + audio + answer) > seq_length {self.seq_length}")
+                                 f'{n_ids - 1} tokens (prompt + audio + answer) > seq_length {self.seq_length}')
 
     def _check(self, ex: Example, headers: dict) -> int:
         """Header-only validation (``headers``: :func:`.header_scan.scan_headers`); returns the
@@ -194,12 +194,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             counts.append(self._check_num_samples(ex, seg.value, len(wav)))
             feats.append(log_mel(wav, self.n_mels))
             if not torch.isfinite(feats[-1]).all():  # finite samples whose power overflows float32
-                raise BadSampleError(_where(ex, seg.value), NON_FINITE_AUDIO, "log-mel features are not finite")
+                raise BadSampleError(_where(ex, seg.value), NON_FINITE_AUDIO, 'log-mel features are not finite')
         enc = self.prompts.encode(ex, counts)
         self._check_length(ex, len(enc.ids))
-        return {"ids": torch.tensor(enc.ids, dtype=torch.long),
-                "supervised": torch.tensor(enc.supervised, dtype=torch.bool),
-                "features": feats, "ctc_targets": ctc_targets(ex, self.tokenizer, self.ctc_target_units)}
+        return {'ids': torch.tensor(enc.ids, dtype=torch.long),
+                'supervised': torch.tensor(enc.supervised, dtype=torch.bool),
+                'features': feats, 'ctc_targets': ctc_targets(ex, self.tokenizer, self.ctc_target_units)}
 
     def __len__(self) -> int:
         return len(self.valid)
@@ -213,10 +213,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         if not self.augments:
             return sample
         if epoch is None:
-            raise ValueError("SpecAugment needs (index, epoch) keys: build the loader with "
-                             "build_dataloader(..., augment=True)")
+            raise ValueError('SpecAugment needs (index, epoch) keys: build the loader with '
+                             'build_dataloader(..., augment=True)')
         rng = self.spec_augment.generator(self.seed, epoch, index)
-        sample["features"] = [self.spec_augment(f, rng) for f in sample["features"]]
+        sample['features'] = [self.spec_augment(f, rng) for f in sample['features']]
         return sample
 
     MAX_SUBSTITUTIONS = 64  # more consecutive failures means storage trouble, not bad samples
@@ -243,10 +243,10 @@ class SpeechDataset(torch.utils.data.Dataset):
             if sample is None:
                 skipped.append(skip)
                 continue
-            sample["skipped"] = skipped
+            sample['skipped'] = skipped
             return sample
-        raise RuntimeError(f"{len(skipped)} consecutive samples from index {i} failed to load "
-                           f"(last: {skipped[-1].where}: {skipped[-1].reason}); is the storage reachable?")
+        raise RuntimeError(f'{len(skipped)} consecutive samples from index {i} failed to load '
+                           f'(last: {skipped[-1].where}: {skipped[-1].reason}); is the storage reachable?')
 
     def skip_counts(self) -> dict[str, int]:
         """Skipped samples per reason seen by this process: the prescan's plus the distinct samples

@@ -80,7 +80,7 @@ def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> torch.Tensor:
         x = torch.nn.functional.pad(x, (N_FFT // 2, N_FFT // 2))
         spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
     else:
-        spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
+        spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode='reflect',
                           return_complex=True)
     power = (spec[:, :t].abs() ** 2).contiguous()
     mel = filters @ power

@@ -34,13 +34,13 @@ PROGRESS_SECONDS = 10.0
 
 def cache_path(manifest: str) -> str:
     folder, name = os.path.split(os.path.abspath(manifest))
-    return os.path.join(folder, f".{name}.audio-headers.json")
+    return os.path.join(folder, f'.{name}.audio-headers.json')
 
 
 def _digest(manifest: str) -> str:
     sha = hashlib.sha1()
-    with open(manifest, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    with open(manifest, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
             sha.update(block)
     return sha.hexdigest()
 
@@ -50,9 +50,9 @@ def _read_cache(manifest: str, digest: str) -> dict[str, AudioInfo]:
     try:
         with open(cache_path(manifest)) as f:
             cached = json.load(f)
-        if cached["version"] != CACHE_VERSION or cached["manifest_sha1"] != digest:
+        if cached['version'] != CACHE_VERSION or cached['manifest_sha1'] != digest:
             return {}
-        return {path: AudioInfo(*fields) for path, fields in cached["headers"].items()}
+        return {path: AudioInfo(*fields) for path, fields in cached['headers'].items()}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: read the headers
         return {}
 
@@ -60,17 +60,17 @@ def _read_cache(manifest: str, digest: str) -> dict[str, AudioInfo]:
 def _write_cache(manifest: str, digest: str, headers: dict[str, AudioInfo]) -> None:
     """Atomic (a temporary file renamed), and best effort: a read-only folder just means no cache."""
     path = cache_path(manifest)
-    body = {"version": CACHE_VERSION, "manifest_sha1": digest,
-            "headers": {p: [i.sample_rate, i.channels, i.num_frames] for p, i in headers.items()}}
+    body = {'version': CACHE_VERSION, 'manifest_sha1': digest,
+            'headers': {p: [i.sample_rate, i.channels, i.num_frames] for p, i in headers.items()}}
     tmp = None
     try:  # a name of its own: two jobs may start on one manifest at once
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path), dir=os.path.dirname(path))
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the cache from the corpus's other users
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, 'w') as f:
             json.dump(body, f)
         os.replace(tmp, path)
     except OSError as e:
-        logger.info("audio headers of %s not cached: %s", manifest, e)
+        logger.info('audio headers of %s not cached: %s', manifest, e)
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
@@ -131,12 +131,12 @@ def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
     cached = _from_rank0(cached, world)
     todo = [p for p in paths if p not in cached]
     if rank == 0:
-        logger.info("audio headers: %d cached beside the manifest, %d to read over %d rank(s)",
+        logger.info('audio headers: %d cached beside the manifest, %d to read over %d rank(s)',
                     len(paths) - len(todo), len(todo), world)
     if not todo:
         return {p: cached[p] for p in paths}
     share = todo[rank::world]
-    progress = Progress("audio headers (rank 0's share)", len(share), "files", PROGRESS_SECONDS,
+    progress = Progress("audio headers (rank 0's share)", len(share), 'files', PROGRESS_SECONDS,
                         logger=logger) if rank == 0 else None
     found = _gather(_read_share(share, progress), world)
     headers = {**cached, **found}
@@ -148,7 +148,7 @@ def scan_headers(examples: list[Example]) -> dict[str, AudioInfo | AudioError]:
 def _report_and_cache(examples, manifests, digests, headers, found) -> None:
     unreadable = sum(isinstance(r, AudioError) for r in found.values())
     if unreadable:
-        logger.info("audio headers: %d of %d could not be read (not cached; the prescan reports each)",
+        logger.info('audio headers: %d of %d could not be read (not cached; the prescan reports each)',
                     unreadable, len(found))
     for manifest in manifests:
         mine = [seg.value for ex in examples if ex.source == manifest for seg in ex.audios]

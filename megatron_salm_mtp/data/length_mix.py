@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .batching import Collator
-from .frames import SAMPLE_RATE, HOP_LENGTH, audio_tokens, encoder_frames
+from .frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens, encoder_frames
 from .packing import PackedCollator, first_fit_rows
 
 MEDIAN_SECONDS = 8.0
@@ -49,8 +49,8 @@ def utterance(seconds: float, vocab_size: int, audio_token_id: int, n_mels: int,
     supervised = torch.zeros(n, dtype=torch.bool)
     supervised[n - answer - 1:] = True  # the answer and its EOS
     ctc = torch.randint(0, vocab_size, (encoder_frames(frames) // 4 + 1,), generator=gen)
-    return {"ids": ids, "supervised": supervised, "features": [torch.randn(n_mels, frames, generator=gen)],
-            "ctc_targets": [ctc.tolist()]}
+    return {'ids': ids, 'supervised': supervised, 'features': [torch.randn(n_mels, frames, generator=gen)],
+            'ctc_targets': [ctc.tolist()]}
 
 
 def utterances(rows: int, seq_length: int, max_seconds: float, vocab_size: int, audio_token_id: int,
@@ -62,26 +62,26 @@ def utterances(rows: int, seq_length: int, max_seconds: float, vocab_size: int, 
     while len(kept) < rows or useful_tokens(kept) < 1.5 * rows * seq_length:
         for seconds in draw_durations(256, max_seconds, seed + draw):
             sample = utterance(float(seconds), vocab_size, audio_token_id, n_mels, stack, gen)
-            if len(sample["ids"]) - 1 <= seq_length:
+            if len(sample['ids']) - 1 <= seq_length:
                 kept.append(sample)
             else:
                 dropped += 1
         draw += 1
         if not kept and draw >= 8:
-            raise ValueError(f"no utterance of {MIN_SECONDS:g}-{max_seconds:g} s fits --seq-length {seq_length}")
+            raise ValueError(f'no utterance of {MIN_SECONDS:g}-{max_seconds:g} s fits --seq-length {seq_length}')
     return kept, dropped
 
 
 def useful_tokens(samples: list[dict]) -> int:
     """Positions the samples fill (not padding): each sample's ids less the shift."""
-    return sum(len(u["ids"]) - 1 for u in samples)
+    return sum(len(u['ids']) - 1 for u in samples)
 
 
 def padded_microbatches(samples: list[dict], rows: int, micro_batch_size: int, seq_length: int,
                         pad_id: int, n_mels: int) -> tuple[list[dict], int]:
     """(microbatches of ``rows`` rows in all, one sample each padded to ``seq_length``; useful tokens)."""
     if len(samples) < rows:
-        raise ValueError(f"{len(samples)} utterances cannot fill {rows} padded rows")
+        raise ValueError(f'{len(samples)} utterances cannot fill {rows} padded rows')
     collate = Collator(pad_id, seq_length, n_mels, pad_to_seq_length=True)
     chosen = samples[:rows]
     return ([collate(chosen[i:i + micro_batch_size]) for i in range(0, rows, micro_batch_size)],
@@ -92,11 +92,11 @@ def packed_microbatches(samples: list[dict], rows: int, micro_batch_size: int, s
                         pad_id: int, n_mels: int, window: int, seed: int) -> tuple[list[dict], int]:
     """(microbatches of ``rows`` packed rows, drawn at random from all the rows the samples
     pack into, as an epoch draws them; useful tokens)."""
-    packed = first_fit_rows([len(u["ids"]) - 1 for u in samples], seq_length, window, seed)
+    packed = first_fit_rows([len(u['ids']) - 1 for u in samples], seq_length, window, seed)
     if len(packed) < rows:
-        raise ValueError(f"{len(samples)} utterances pack into {len(packed)} rows, fewer than {rows}")
+        raise ValueError(f'{len(samples)} utterances pack into {len(packed)} rows, fewer than {rows}')
     order = np.random.default_rng([seed, 0x9ac5]).permutation(len(packed))[:rows]
-    chosen = [{"samples": [samples[i] for i in packed[r]]} for r in order.tolist()]
+    chosen = [{'samples': [samples[i] for i in packed[r]]} for r in order.tolist()]
     collate = PackedCollator(pad_id, seq_length, n_mels)
     return ([collate(chosen[i:i + micro_batch_size]) for i in range(0, rows, micro_batch_size)],
-            sum(useful_tokens(row["samples"]) for row in chosen))
+            sum(useful_tokens(row['samples']) for row in chosen))

@@ -26,8 +26,8 @@ import torch
 
 from .batching import CollatorWithSkips
 from .dataset import SKIP_REASONS, SpeechDataset
-from .packing import PackedCollatorWithSkips, PackedRows
 from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
+from .packing import PackedCollatorWithSkips, PackedRows
 from .prompts import TEMPLATES, required_special_tokens
 from .sampler import DistributedMicroBatchSampler
 from .spec_augment import SpecAugment
@@ -52,17 +52,17 @@ class DataConfig:
     """DataLoader worker processes per rank"""
     seed: int = 1234
     """shuffling; the same on every rank"""
-    tokenizer_type: str = "byte"
+    tokenizer_type: str = 'byte'
     """byte | huggingface | sentencepiece"""
     tokenizer_model: str | None = None
     """tokenizer.json (or its folder) / SentencePiece .model"""
     audio_token: str = AUDIO_TOKEN
     """placeholder token string (added as a virtual id if absent)"""
-    prompt_template: str = "plain"
+    prompt_template: str = 'plain'
     """plain | llama3 | qwen"""
     system_prompt: str | None = None
     """a system turn put before every example that does not open with one"""
-    default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]
+    default_prompt: str | None = DEFAULT_TASK_PROMPTS['asr']
     """for ASR lines without a prompt field"""
     n_mels: int = 80
     """80 (Whisper <= v2) or 128 (Whisper large-v3)"""
@@ -97,42 +97,42 @@ class DataConfig:
     """SpecAugment time masks per training utterance (0: none); never in validation."""
     spec_augment_time_width: float = 0.05
     """Widest time mask as a fraction of the utterance's frames (uniform in [0, this x frames])."""
-    ctc_target_units: str = "tokens"
+    ctc_target_units: str = 'tokens'
     """What the CTC head emits (the model's flag of the same name sets it): tokens or characters."""
 
     def __post_init__(self):
-        tokenizers = TOKENIZER_TYPES + ("hf", "spm")
-        checks = [(self.n_mels in (80, 128), f"--n-mels must be 80 or 128, got {self.n_mels}"),
-                  (self.stack >= 1, f"--stack must be >= 1, got {self.stack}"),
-                  (self.seq_length >= 1, f"--seq-length must be >= 1, got {self.seq_length}"),
-                  (self.micro_batch_size >= 1, f"--micro-batch-size must be >= 1, got {self.micro_batch_size}"),
-                  (self.global_batch_size >= 1, f"--global-batch-size must be >= 1, got {self.global_batch_size}"),
-                  (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
-                  (self.bucket_window >= 0, f"--bucket-window must be >= 0, got {self.bucket_window}"),
-                  (self.pack_window >= 1, f"--pack-window must be >= 1, got {self.pack_window}"),
+        tokenizers = TOKENIZER_TYPES + ('hf', 'spm')
+        checks = [(self.n_mels in (80, 128), f'--n-mels must be 80 or 128, got {self.n_mels}'),
+                  (self.stack >= 1, f'--stack must be >= 1, got {self.stack}'),
+                  (self.seq_length >= 1, f'--seq-length must be >= 1, got {self.seq_length}'),
+                  (self.micro_batch_size >= 1, f'--micro-batch-size must be >= 1, got {self.micro_batch_size}'),
+                  (self.global_batch_size >= 1, f'--global-batch-size must be >= 1, got {self.global_batch_size}'),
+                  (self.num_workers >= 0, f'--num-workers must be >= 0, got {self.num_workers}'),
+                  (self.bucket_window >= 0, f'--bucket-window must be >= 0, got {self.bucket_window}'),
+                  (self.pack_window >= 1, f'--pack-window must be >= 1, got {self.pack_window}'),
                   (not self.pack_sequences or self.prescan,
-                   "--pack-sequences (the default) needs --prescan: rows are packed from the exact "
-                   "lengths it measures; keep --prescan or add --no-pack-sequences"),
+                   '--pack-sequences (the default) needs --prescan: rows are packed from the exact '
+                   'lengths it measures; keep --prescan or add --no-pack-sequences'),
                   (not self.pack_sequences or not self.bucket_window,
-                   f"--bucket-window {self.bucket_window} sorts unpacked rows by length: with "
-                   "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
-                   "add --no-pack-sequences"),
+                   f'--bucket-window {self.bucket_window} sorts unpacked rows by length: with '
+                   '--pack-sequences (the default) every row is filled to --seq-length; drop it or '
+                   'add --no-pack-sequences'),
                   (not self.pack_sequences or self.pad_to_seq_length,
                    "--no-pad-to-seq-length pads unpacked rows to their microbatch's longest: with "
                    "--pack-sequences (the default) every row is filled to --seq-length; drop it or "
                    "add --no-pack-sequences"),
                   (self.max_duration is None or self.max_duration > 0,
-                   f"--max-duration must be positive, got {self.max_duration}"),
+                   f'--max-duration must be positive, got {self.max_duration}'),
                   (self.spec_augment_freq_masks >= 0,
-                   f"--spec-augment-freq-masks must be >= 0, got {self.spec_augment_freq_masks}"),
+                   f'--spec-augment-freq-masks must be >= 0, got {self.spec_augment_freq_masks}'),
                   (0 <= self.spec_augment_freq_width <= self.n_mels,
-                   f"--spec-augment-freq-width must be in [0, {self.n_mels}] (the mel bins), "
-                   f"got {self.spec_augment_freq_width}"),
+                   f'--spec-augment-freq-width must be in [0, {self.n_mels}] (the mel bins), '
+                   f'got {self.spec_augment_freq_width}'),
                   (self.spec_augment_time_masks >= 0,
-                   f"--spec-augment-time-masks must be >= 0, got {self.spec_augment_time_masks}"),
+                   f'--spec-augment-time-masks must be >= 0, got {self.spec_augment_time_masks}'),
                   (0 <= self.spec_augment_time_width <= 1,
-                   f"--spec-augment-time-width is a fraction of the utterance, in [0, 1]; "
-                   f"got {self.spec_augment_time_width}"),
+                   f'--spec-augment-time-width is a fraction of the utterance, in [0, 1]; '
+                   f'got {self.spec_augment_time_width}'),
                   (self.prompt_template in TEMPLATES,
                    f"--prompt-template {self.prompt_template!r}: choose {', '.join(TEMPLATES)}"),
                   (self.tokenizer_type in tokenizers,
@@ -196,7 +196,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-_stop_deaf_workers: "weakref.WeakSet[multiprocessing.Process]" = weakref.WeakSet()
+_stop_deaf_workers: weakref.WeakSet[multiprocessing.Process] = weakref.WeakSet()
 
 
 class _StopDeafDataLoader(torch.utils.data.DataLoader):
@@ -205,7 +205,7 @@ class _StopDeafDataLoader(torch.utils.data.DataLoader):
 
     def _get_iterator(self):
         iterator = super()._get_iterator()
-        _stop_deaf_workers.update(getattr(iterator, "_workers", ()))
+        _stop_deaf_workers.update(getattr(iterator, '_workers', ()))
         return iterator
 
 
@@ -259,9 +259,9 @@ class SpeechDataLoader:
             yield batch
         self.epoch_skip_counts[epoch] = counts = self.skip_counts()
         if counts:
-            logger.warning("epoch %d: skipped samples by reason: %s", epoch, counts)
+            logger.warning('epoch %d: skipped samples by reason: %s', epoch, counts)
         else:
-            logger.info("epoch %d: no sample skipped", epoch)
+            logger.info('epoch %d: no sample skipped', epoch)
         self._epoch_runtime = {}
 
     def skip_counts(self) -> dict[str, int]:
@@ -274,16 +274,16 @@ class SpeechDataLoader:
         return self.dataset.digest if isinstance(self.dataset, PackedRows) else None
 
     def state_dict(self) -> dict:
-        state = {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.sampler.seed}
+        state = {'consumed_samples': self.consumed_samples, 'epoch': self.epoch, 'seed': self.sampler.seed}
         if self._rows_digest:
-            state["packed_rows"] = self._rows_digest
+            state['packed_rows'] = self._rows_digest
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("packed_rows") != self._rows_digest:
-            saved = "packed rows" if state.get("packed_rows") else "utterances"
-            now = "other packed rows" if self._rows_digest and state.get("packed_rows") else (
-                "packed rows" if self._rows_digest else "utterances")
+        if state.get('packed_rows') != self._rows_digest:
+            saved = 'packed rows' if state.get('packed_rows') else 'utterances'
+            now = 'other packed rows' if self._rows_digest and state.get('packed_rows') else (
+                'packed rows' if self._rows_digest else 'utterances')
             raise ValueError(f"the checkpoint's data position counts {saved}, this run {now}: resume with "
                              "the same --pack-sequences, --pack-window, --seq-length, --seed and manifests "
                              "(or --finetune to start the data anew)")
@@ -302,9 +302,9 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
     if cfg.pack_sequences:
         ds = PackedRows(ds, cfg.pack_window, cfg.seed)
         if len(ds) < cfg.global_batch_size:
-            raise ValueError(f"{len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one global "
-                             f"batch of {cfg.global_batch_size}: with --pack-sequences (the default) "
-                             "--global-batch-size counts rows; lower it or add --no-pack-sequences")
+            raise ValueError(f'{len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one global '
+                             f'batch of {cfg.global_batch_size}: with --pack-sequences (the default) '
+                             '--global-batch-size counts rows; lower it or add --no-pack-sequences')
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.

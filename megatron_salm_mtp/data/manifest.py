@@ -29,18 +29,18 @@ import json
 import os
 from dataclasses import dataclass, field
 
-ROLES = ("system", "user", "assistant")
+ROLES = ('system', 'user', 'assistant')
 
 DEFAULT_TASK_PROMPTS = {
-    "asr": "Transcribe the audio.",
-    "transcribe": "Transcribe the audio.",
-    "ast": "Translate the audio into {target_lang}.",
-    "s2t_translation": "Translate the audio into {target_lang}.",
-    "translate": "Translate the audio into {target_lang}.",
+    'asr': 'Transcribe the audio.',
+    'transcribe': 'Transcribe the audio.',
+    'ast': 'Translate the audio into {target_lang}.',
+    's2t_translation': 'Translate the audio into {target_lang}.',
+    'translate': 'Translate the audio into {target_lang}.',
 }
-_PROMPT_KEYS = ("prompt", "question", "context")
-_ANSWER_KEYS = ("text", "answer")
-_TASK_KEYS = ("taskname", "task")
+_PROMPT_KEYS = ('prompt', 'question', 'context')
+_ANSWER_KEYS = ('text', 'answer')
+_TASK_KEYS = ('taskname', 'task')
 
 
 class ManifestError(ValueError):
@@ -67,15 +67,15 @@ class Example:
 
     @property
     def audios(self) -> list[Segment]:
-        return [s for s in self.segments if s.kind == "audio"]
+        return [s for s in self.segments if s.kind == 'audio']
 
     @property
     def answer_text(self) -> str:
-        return " ".join(s.value for s in self.segments if s.role == "assistant" and s.kind == "text")
+        return ' '.join(s.value for s in self.segments if s.role == 'assistant' and s.kind == 'text')
 
     @property
     def where(self) -> str:
-        return f"{self.source}:{self.line}"
+        return f'{self.source}:{self.line}'
 
 
 def _number(obj: dict, key: str, where: str, required: bool = False) -> float | None:
@@ -102,9 +102,9 @@ def _resolve(path: str, manifest_dir: str) -> str:
 
 
 def _parse_asr(obj: dict, where: str, manifest_dir: str, default_prompt: str | None) -> tuple[list[Segment], dict]:
-    audio = _resolve(_string(obj, "audio_filepath", where), manifest_dir)
-    offset = _number(obj, "offset", where)
-    duration = _number(obj, "duration", where)
+    audio = _resolve(_string(obj, 'audio_filepath', where), manifest_dir)
+    offset = _number(obj, 'offset', where)
+    duration = _number(obj, 'duration', where)
     answer_key = next((k for k in _ANSWER_KEYS if k in obj), None)
     if answer_key is None:
         raise ManifestError(f"{where}: missing field 'text' (or 'answer')")
@@ -115,82 +115,82 @@ def _parse_asr(obj: dict, where: str, manifest_dir: str, default_prompt: str | N
     else:
         task = next((obj[k] for k in _TASK_KEYS if k in obj), None)
         if task is not None and not isinstance(task, str):
-            raise ManifestError(f"{where}: task field must be a string, got {task!r}")
+            raise ManifestError(f'{where}: task field must be a string, got {task!r}')
         template = DEFAULT_TASK_PROMPTS.get(task.lower()) if task else None
         if task and template is None:
             raise ManifestError(f"{where}: unknown task {task!r} and no 'prompt' "
                                 f"(known: {sorted(DEFAULT_TASK_PROMPTS)})")
         prompt = template if template is not None else default_prompt
-        if prompt and "{target_lang}" in prompt:
-            prompt = prompt.format(target_lang=obj.get("target_lang") or obj.get("lang") or "English")
+        if prompt and '{target_lang}' in prompt:
+            prompt = prompt.format(target_lang=obj.get('target_lang') or obj.get('lang') or 'English')
     segments = []
     if prompt:
-        segments.append(Segment("user", "text", prompt))
-    segments.append(Segment("user", "audio", audio, offset, duration))
-    segments.append(Segment("assistant", "text", answer))
-    meta = {k: v for k, v in obj.items() if k not in ("audio_filepath", "offset", "duration", answer_key, prompt_key)}
+        segments.append(Segment('user', 'text', prompt))
+    segments.append(Segment('user', 'audio', audio, offset, duration))
+    segments.append(Segment('assistant', 'text', answer))
+    meta = {k: v for k, v in obj.items() if k not in ('audio_filepath', 'offset', 'duration', answer_key, prompt_key)}
     return segments, meta
 
 
 def _parse_conversation(obj: dict, where: str, manifest_dir: str) -> tuple[list[Segment], dict]:
-    turns = obj["conversations"]
+    turns = obj['conversations']
     if not isinstance(turns, list) or not turns:
         raise ManifestError(f"{where}: 'conversations' must be a non-empty list")
     segments = []
     for i, t in enumerate(turns):
-        w = f"{where}: conversations[{i}]"
+        w = f'{where}: conversations[{i}]'
         if not isinstance(t, dict):
-            raise ManifestError(f"{w}: expected an object, got {type(t).__name__}")
-        role = str(t.get("from", "")).lower()
+            raise ManifestError(f'{w}: expected an object, got {type(t).__name__}')
+        role = str(t.get('from', '')).lower()
         if role not in ROLES:
             raise ManifestError(f"{w}: 'from' must be one of User/Assistant/System, got {t.get('from')!r}")
-        kind = t.get("type")
-        value = _string(t, "value", w)
-        if kind == "text":
-            segments.append(Segment(role, "text", value))
-        elif kind == "audio":
-            if role == "assistant":
-                raise ManifestError(f"{w}: audio in an assistant turn is not supported (speech output)")
-            segments.append(Segment(role, "audio", _resolve(value, manifest_dir),
-                                    _number(t, "offset", w), _number(t, "duration", w)))
+        kind = t.get('type')
+        value = _string(t, 'value', w)
+        if kind == 'text':
+            segments.append(Segment(role, 'text', value))
+        elif kind == 'audio':
+            if role == 'assistant':
+                raise ManifestError(f'{w}: audio in an assistant turn is not supported (speech output)')
+            segments.append(Segment(role, 'audio', _resolve(value, manifest_dir),
+                                    _number(t, 'offset', w), _number(t, 'duration', w)))
         else:
             raise ManifestError(f"{w}: 'type' must be 'text' or 'audio', got {kind!r}")
-    return segments, {k: v for k, v in obj.items() if k != "conversations"}
+    return segments, {k: v for k, v in obj.items() if k != 'conversations'}
 
 
-def parse_line(text: str, source: str, line: int, default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]) -> Example:
+def parse_line(text: str, source: str, line: int, default_prompt: str | None = DEFAULT_TASK_PROMPTS['asr']) -> Example:
     """One JSONL line -> :class:`Example`; :class:`ManifestError` names ``source:line`` on failure."""
-    where = f"{source}:{line}"
+    where = f'{source}:{line}'
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        raise ManifestError(f'{where}: invalid JSON ({e.msg} at column {e.colno})') from None
     if not isinstance(obj, dict):
-        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise ManifestError(f'{where}: expected a JSON object, got {type(obj).__name__}')
     manifest_dir = os.path.dirname(os.path.abspath(source))
-    if "conversations" in obj:
+    if 'conversations' in obj:
         segments, meta = _parse_conversation(obj, where, manifest_dir)
-    elif "audio_filepath" in obj:
+    elif 'audio_filepath' in obj:
         segments, meta = _parse_asr(obj, where, manifest_dir, default_prompt)
     else:
         raise ManifestError(f"{where}: neither 'audio_filepath' nor 'conversations' present")
     return Example(tuple(segments), source, line, meta)
 
 
-def read_manifest(path: str, default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]) -> list[Example]:
+def read_manifest(path: str, default_prompt: str | None = DEFAULT_TASK_PROMPTS['asr']) -> list[Example]:
     """All examples of one JSONL file (blank lines skipped)."""
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding='utf-8') as f:
         for n, text in enumerate(f, start=1):
             if text.strip():
                 examples.append(parse_line(text, path, n, default_prompt))
     return examples
 
 
-def read_manifests(paths: str | list[str], default_prompt: str | None = DEFAULT_TASK_PROMPTS["asr"]) -> list[Example]:
+def read_manifests(paths: str | list[str], default_prompt: str | None = DEFAULT_TASK_PROMPTS['asr']) -> list[Example]:
     """Concatenate manifests; ``paths`` may be a list or a comma-separated string."""
     if isinstance(paths, str):
-        paths = [p for p in paths.split(",") if p]
+        paths = [p for p in paths.split(',') if p]
     out = []
     for p in paths:
         out.extend(read_manifest(p, default_prompt))
@@ -199,6 +199,6 @@ def read_manifests(paths: str | list[str], default_prompt: str | None = DEFAULT_
 
 def write_manifest(path: str, rows: list[dict]) -> None:
     """Write dicts as JSONL (UTF-8, one object per line)."""
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, 'w', encoding='utf-8') as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json.dumps(r, ensure_ascii=False) + '\n')

@@ -29,7 +29,7 @@ from .batching import BATCH_KEYS, pad_targets
 from .dataset import SEQUENCE_TOO_LONG, Skip, SpeechDataset
 from .features import pad_features
 
-PACKED_BATCH_KEYS = BATCH_KEYS + ("cu_seqlens",)
+PACKED_BATCH_KEYS = BATCH_KEYS + ('cu_seqlens',)
 
 
 def first_fit_rows(lengths, capacity: int, window: int, seed: int) -> list[list[int]]:
@@ -41,12 +41,12 @@ def first_fit_rows(lengths, capacity: int, window: int, seed: int) -> list[list[
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) and lengths.max() > capacity:
-        raise ValueError(f"an utterance of {lengths.max()} positions exceeds the row of {capacity}")
+        raise ValueError(f'an utterance of {lengths.max()} positions exceeds the row of {capacity}')
     order = np.random.default_rng([seed, 0x9ac4]).permutation(len(lengths))
     rows: list[list[int]] = []
     for start in range(0, len(order), window):
         chunk = order[start:start + window]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        chunk = chunk[np.argsort(-lengths[chunk], kind='stable')]
         room = np.empty(0, dtype=np.int64)
         members: list[list[int]] = []
         for index in chunk.tolist():
@@ -94,18 +94,18 @@ class PackedRows(torch.utils.data.Dataset):
         samples, skipped, used = [], [], 0
         for index in self.rows[r]:
             sample, skip = self.dataset.load_or_skip(index, epoch)
-            if sample is not None and used + len(sample["ids"]) - 1 > self.seq_length:
+            if sample is not None and used + len(sample['ids']) - 1 > self.seq_length:
                 where = self.dataset.examples[self.dataset.valid[index]].where
-                skip = Skip(where, SEQUENCE_TOO_LONG, "longer than when the prescan measured it; "
-                            "it no longer fits its packed row")
+                skip = Skip(where, SEQUENCE_TOO_LONG, 'longer than when the prescan measured it; '
+                            'it no longer fits its packed row')
                 self.dataset.report(skip)
                 sample = None
             if sample is None:
                 skipped.append(skip)
                 continue
-            used += len(sample["ids"]) - 1
+            used += len(sample['ids']) - 1
             samples.append(sample)
-        return {"samples": samples, "skipped": skipped}
+        return {'samples': samples, 'skipped': skipped}
 
 
 class PackedCollator:
@@ -124,17 +124,17 @@ class PackedCollator:
         starts, features, targets = [], [], []
         for i, row in enumerate(rows):
             at, row_starts = 0, []
-            for x in row["samples"]:
-                n = len(x["ids"]) - 1
+            for x in row['samples']:
+                n = len(x['ids']) - 1
                 if at + n > s:
-                    raise ValueError(f"packed row of {at + n} positions exceeds seq_length {s}")
-                tokens[i, at:at + n], labels[i, at:at + n] = x["ids"][:-1], x["ids"][1:]
-                loss_mask[i, at:at + n] = x["supervised"][1:].float()
+                    raise ValueError(f'packed row of {at + n} positions exceeds seq_length {s}')
+                tokens[i, at:at + n], labels[i, at:at + n] = x['ids'][:-1], x['ids'][1:]
+                loss_mask[i, at:at + n] = x['supervised'][1:].float()
                 position_ids[i, at:at + n] = torch.arange(n)
                 row_starts.append(at)
                 at += n
-                features.extend(x["features"])
-                targets.extend(x["ctc_targets"])
+                features.extend(x['features'])
+                targets.extend(x['ctc_targets'])
             if at < s:  # the padding tail: a segment of its own
                 row_starts.append(at)
                 position_ids[i, at:] = torch.arange(s - at)
@@ -145,16 +145,16 @@ class PackedCollator:
             cu_seqlens[i, :len(row_starts)] = torch.tensor(row_starts, dtype=torch.long)
         audio_features, lengths = pad_features(features, self.n_mels)
         ctc_targets, ctc_lengths = pad_targets(targets)
-        return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
-                "audio_features": audio_features, "audio_feature_lengths": lengths,
-                "ctc_targets": ctc_targets, "ctc_target_lengths": ctc_lengths, "cu_seqlens": cu_seqlens}
+        return {'tokens': tokens, 'labels': labels, 'loss_mask': loss_mask, 'position_ids': position_ids,
+                'audio_features': audio_features, 'audio_feature_lengths': lengths,
+                'ctc_targets': ctc_targets, 'ctc_target_lengths': ctc_lengths, 'cu_seqlens': cu_seqlens}
 
 
 class PackedCollatorWithSkips(PackedCollator):
     """Packed collate that also returns the skips met while loading the rows (for the loader)."""
 
     def __call__(self, rows: list[dict]):
-        return super().__call__(rows), [s for row in rows for s in row["skipped"]]
+        return super().__call__(rows), [s for row in rows for s in row['skipped']]
 
 
 def segment_ids(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:

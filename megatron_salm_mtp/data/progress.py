@@ -3,7 +3,6 @@
 import logging
 import sys
 import time
-from typing import Optional
 
 
 def _clock(seconds: float) -> str:
@@ -17,7 +16,7 @@ class Progress:
     training log keeps its timestamps and ``--logging-level``), else printed to ``stream``."""
 
     def __init__(self, label: str, total: int, unit: str = 'utterances', interval: float = 10.0, stream=None,
-                 logger: Optional[logging.Logger] = None):
+                 logger: logging.Logger | None = None):
         self.label, self.total, self.unit, self.interval = label, total, unit, interval
         self.stream, self.logger = stream or sys.stderr, logger
         self.done = 0

@@ -28,14 +28,14 @@ class DistributedMicroBatchSampler:
                  dp_size: int = 1, seed: int = 1234, shuffle: bool = True, lengths=None, bucket_window: int = 0,
                  consumed_samples: int = 0):
         if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of "
-                             f"micro_batch_size {micro_batch_size} x dp_size {dp_size}")
+            raise ValueError(f'global_batch_size {global_batch_size} must be a multiple of '
+                             f'micro_batch_size {micro_batch_size} x dp_size {dp_size}')
         if not 0 <= dp_rank < dp_size:
-            raise ValueError(f"dp_rank {dp_rank} outside [0, {dp_size})")
+            raise ValueError(f'dp_rank {dp_rank} outside [0, {dp_size})')
         if num_samples < global_batch_size:
-            raise ValueError(f"{num_samples} samples cannot fill one global batch of {global_batch_size}")
+            raise ValueError(f'{num_samples} samples cannot fill one global batch of {global_batch_size}')
         if bucket_window and lengths is None:
-            raise ValueError("bucket_window needs per-sample lengths")
+            raise ValueError('bucket_window needs per-sample lengths')
         self.num_samples = num_samples
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size, self.seed, self.shuffle = dp_rank, dp_size, seed, shuffle
@@ -70,7 +70,7 @@ class DistributedMicroBatchSampler:
             batches = []
             for s in range(0, len(order), w):
                 window = order[s:s + w]
-                window = window[np.argsort(self.lengths[window], kind="stable")]
+                window = window[np.argsort(self.lengths[window], kind='stable')]
                 batches.extend(window[i:i + g] for i in range(0, len(window), g))
             order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
         self._cached_epoch, self._cached_order = epoch, order
@@ -83,8 +83,8 @@ class DistributedMicroBatchSampler:
         m, dp, g = self.micro_batch_size, self.dp_size, self.global_batch_size
         pos = self.consumed_samples - epoch * self.samples_per_epoch
         if pos % (m * dp):
-            raise ValueError(f"consumed_samples {self.consumed_samples} is not on a microbatch boundary "
-                             f"(multiple of micro_batch_size x dp_size = {m * dp})")
+            raise ValueError(f'consumed_samples {self.consumed_samples} is not on a microbatch boundary '
+                             f'(multiple of micro_batch_size x dp_size = {m * dp})')
         while pos < self.samples_per_epoch:
             step_start, k = (pos // g) * g, (pos % g) // (m * dp)
             start = step_start + (k * dp + self.dp_rank) * m
@@ -94,9 +94,9 @@ class DistributedMicroBatchSampler:
 
     def state_dict(self) -> dict:
         """What a checkpoint saves. With a prefetching DataLoader save the loader's state instead."""
-        return {"consumed_samples": self.consumed_samples, "epoch": self.epoch, "seed": self.seed}
+        return {'consumed_samples': self.consumed_samples, 'epoch': self.epoch, 'seed': self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.seed) != self.seed:
+        if state.get('seed', self.seed) != self.seed:
             raise ValueError(f"checkpoint data seed {state['seed']} differs from configured seed {self.seed}")
-        self.consumed_samples = int(state["consumed_samples"])
+        self.consumed_samples = int(state['consumed_samples'])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-AUDIO_TOKEN = "<|audio|>"
+AUDIO_TOKEN = '<|audio|>'
 
 
 class Tokenizer:
@@ -67,28 +67,28 @@ class ByteTokenizer(Tokenizer):
     does not change ``vocab_size`` (and thus checkpoints) of existing runs.
     """
 
-    SPECIALS = ("<pad>", "<bos>", "<eos>", AUDIO_TOKEN, "<|start_header_id|>", "<|end_header_id|>",
-                "<|eot_id|>", "<|im_start|>", "<|im_end|>")
+    SPECIALS = ('<pad>', '<bos>', '<eos>', AUDIO_TOKEN, '<|start_header_id|>', '<|end_header_id|>',
+                '<|eot_id|>', '<|im_start|>', '<|im_end|>')
     VOCAB_SIZE = 272
 
     def __init__(self, extra_special_tokens=()):
-        names = list(self.SPECIALS) + [f"<|reserved_{i}|>" for i in range(self.VOCAB_SIZE - 256 - len(self.SPECIALS))]
+        names = list(self.SPECIALS) + [f'<|reserved_{i}|>' for i in range(self.VOCAB_SIZE - 256 - len(self.SPECIALS))]
         self._ids = {n: 256 + i for i, n in enumerate(names)}
-        aliases = {"<|begin_of_text|>": "<bos>", "<|end_of_text|>": "<eos>", "<|endoftext|>": "<eos>"}
+        aliases = {'<|begin_of_text|>': '<bos>', '<|end_of_text|>': '<eos>', '<|endoftext|>': '<eos>'}
         for a, target in aliases.items():
             self._ids[a] = self._ids[target]
         missing = [t for t in extra_special_tokens if t not in self._ids]
         if missing:
-            raise KeyError(f"byte tokenizer has no special token(s) {missing}; it knows {list(self.SPECIALS)}")
+            raise KeyError(f'byte tokenizer has no special token(s) {missing}; it knows {list(self.SPECIALS)}')
         self.vocab_size = self.VOCAB_SIZE
-        self.pad_id, self.bos_id, self.eos_id = self._ids["<pad>"], self._ids["<bos>"], self._ids["<eos>"]
+        self.pad_id, self.bos_id, self.eos_id = self._ids['<pad>'], self._ids['<bos>'], self._ids['<eos>']
         self.audio_token_id = self._ids[AUDIO_TOKEN]
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(text.encode('utf-8'))
 
     def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode('utf-8', errors='replace')
 
     def special_id(self, token: str) -> int:
         return self._ids[token]
@@ -96,7 +96,7 @@ class ByteTokenizer(Tokenizer):
 
 def _token_content(v):
     """tokenizer_config.json stores specials as a string or as {"content": ...}."""
-    return v.get("content") if isinstance(v, dict) else v
+    return v.get('content') if isinstance(v, dict) else v
 
 
 class HFTokenizer(Tokenizer):
@@ -106,24 +106,24 @@ class HFTokenizer(Tokenizer):
     usual names. ``encode`` adds no BOS/EOS (templates place them).
     """
 
-    _BOS = ("<|begin_of_text|>", "<s>", "<bos>")
-    _EOS = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
-    _PAD = ("<pad>", "<|finetune_right_pad_id|>", "<|endoftext|>")
+    _BOS = ('<|begin_of_text|>', '<s>', '<bos>')
+    _EOS = ('<|end_of_text|>', '<|endoftext|>', '</s>', '<eos>')
+    _PAD = ('<pad>', '<|finetune_right_pad_id|>', '<|endoftext|>')
 
     def __init__(self, path: str, audio_token: str = AUDIO_TOKEN, extra_special_tokens=()):
         from tokenizers import Tokenizer as _HF
 
-        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        file = os.path.join(path, 'tokenizer.json') if os.path.isdir(path) else path
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"tokenizer file not found: {file}")
+            raise FileNotFoundError(f'tokenizer file not found: {file}')
         self._tok = _HF.from_file(file)
         self._tok.encode_special_tokens = True  # text such as "<|im_end|>" in a transcript stays text
         vocab = self._tok.get_vocab(with_added_tokens=True)
         base = max(vocab.values()) + 1
         cfg = {}
-        cfg_file = os.path.join(os.path.dirname(os.path.abspath(file)), "tokenizer_config.json")
+        cfg_file = os.path.join(os.path.dirname(os.path.abspath(file)), 'tokenizer_config.json')
         if os.path.isfile(cfg_file):
-            with open(cfg_file, encoding="utf-8") as f:
+            with open(cfg_file, encoding='utf-8') as f:
                 cfg = json.load(f)
 
         def pick(key, candidates):
@@ -132,16 +132,16 @@ class HFTokenizer(Tokenizer):
                 return tok
             return next((c for c in candidates if c in vocab), None)
 
-        bos, eos, pad = pick("bos_token", self._BOS), pick("eos_token", self._EOS), pick("pad_token", self._PAD)
-        if bos is None and "bos_token" not in cfg and "<|im_start|>" not in vocab:
-            bos = "<bos>"  # non-chat families get a (virtual) BOS; ChatML families have none
-        wanted = [t for t in (bos, eos or "<eos>", pad or eos or "<eos>", audio_token) if t]
+        bos, eos, pad = pick('bos_token', self._BOS), pick('eos_token', self._EOS), pick('pad_token', self._PAD)
+        if bos is None and 'bos_token' not in cfg and '<|im_start|>' not in vocab:
+            bos = '<bos>'  # non-chat families get a (virtual) BOS; ChatML families have none
+        wanted = [t for t in (bos, eos or '<eos>', pad or eos or '<eos>', audio_token) if t]
         wanted += list(extra_special_tokens)
         self._sp = _VirtualSpecials(base, vocab.get, wanted)
         self.vocab_size = self._sp.size
         self.bos_id = self._sp.ids[bos] if bos else None
-        self.eos_id = self._sp.ids[eos or "<eos>"]
-        self.pad_id = self._sp.ids[pad or eos or "<eos>"]
+        self.eos_id = self._sp.ids[eos or '<eos>']
+        self.pad_id = self._sp.ids[pad or eos or '<eos>']
         self.audio_token_id = self._sp.ids[audio_token]
         self._vocab = vocab
 
@@ -156,7 +156,7 @@ class HFTokenizer(Tokenizer):
             return self._sp.ids[token]
         if token in self._vocab:
             return self._vocab[token]
-        raise KeyError(f"tokenizer has no token {token!r}")
+        raise KeyError(f'tokenizer has no token {token!r}')
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -166,7 +166,7 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece as spm
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+            raise FileNotFoundError(f'SentencePiece model not found: {path}')
         self._sp_model = spm.SentencePieceProcessor(model_file=path)
         sp = self._sp_model
         base = sp.get_piece_size()
@@ -175,15 +175,15 @@ class SentencePieceTokenizer(Tokenizer):
             i = sp.piece_to_id(tok)
             return None if i == sp.unk_id() and tok != sp.id_to_piece(sp.unk_id()) else i
 
-        named = {"bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id()}
-        names = {k: (sp.id_to_piece(v) if v >= 0 else f"<{k}>") for k, v in named.items()}
-        if named["pad"] < 0:
-            names["pad"] = names["eos"]
-        self._sv = _VirtualSpecials(base, lookup, [names["bos"], names["eos"], names["pad"], audio_token,
+        named = {'bos': sp.bos_id(), 'eos': sp.eos_id(), 'pad': sp.pad_id()}
+        names = {k: (sp.id_to_piece(v) if v >= 0 else f'<{k}>') for k, v in named.items()}
+        if named['pad'] < 0:
+            names['pad'] = names['eos']
+        self._sv = _VirtualSpecials(base, lookup, [names['bos'], names['eos'], names['pad'], audio_token,
                                                    *extra_special_tokens])
         self.vocab_size = self._sv.size
-        self.bos_id, self.eos_id = self._sv.ids[names["bos"]], self._sv.ids[names["eos"]]
-        self.pad_id = self._sv.ids[names["pad"]]
+        self.bos_id, self.eos_id = self._sv.ids[names['bos']], self._sv.ids[names['eos']]
+        self.pad_id = self._sv.ids[names['pad']]
         self.audio_token_id = self._sv.ids[audio_token]
 
     def encode(self, text: str) -> list[int]:
@@ -195,27 +195,27 @@ class SentencePieceTokenizer(Tokenizer):
     def special_id(self, token: str) -> int:
         if token in self._sv.ids:
             return self._sv.ids[token]
-        raise KeyError(f"tokenizer has no special token {token!r}")
+        raise KeyError(f'tokenizer has no special token {token!r}')
 
 
-TOKENIZER_TYPES = ("byte", "huggingface", "sentencepiece")
+TOKENIZER_TYPES = ('byte', 'huggingface', 'sentencepiece')
 
 
-def build_tokenizer(tokenizer_type: str = "byte", tokenizer_model: str | None = None,
+def build_tokenizer(tokenizer_type: str = 'byte', tokenizer_model: str | None = None,
                     audio_token: str = AUDIO_TOKEN, extra_special_tokens=()) -> Tokenizer:
     """Factory from config: ``tokenizer_type`` in {byte, huggingface (hf), sentencepiece (spm)}.
 
     ``extra_special_tokens`` are the prompt template's markers (``prompts.required_special_tokens``).
     """
-    kind = {"hf": "huggingface", "spm": "sentencepiece"}.get(tokenizer_type, tokenizer_type)
-    if kind == "byte":
+    kind = {'hf': 'huggingface', 'spm': 'sentencepiece'}.get(tokenizer_type, tokenizer_type)
+    if kind == 'byte':
         if audio_token != AUDIO_TOKEN:
             raise ValueError(f"the byte tokenizer's audio token is fixed to {AUDIO_TOKEN}")
         return ByteTokenizer(extra_special_tokens)
     if kind not in TOKENIZER_TYPES:
-        raise ValueError(f"tokenizer_type must be one of {TOKENIZER_TYPES} (or hf, spm), got {tokenizer_type!r}")
+        raise ValueError(f'tokenizer_type must be one of {TOKENIZER_TYPES} (or hf, spm), got {tokenizer_type!r}')
     if not tokenizer_model:
-        raise ValueError(f"tokenizer_type={kind} needs tokenizer_model (a file or folder path)")
-    if kind == "huggingface":
+        raise ValueError(f'tokenizer_type={kind} needs tokenizer_model (a file or folder path)')
+    if kind == 'huggingface':
         return HFTokenizer(tokenizer_model, audio_token, extra_special_tokens)
     return SentencePieceTokenizer(tokenizer_model, audio_token, extra_special_tokens)

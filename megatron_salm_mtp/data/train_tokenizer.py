@@ -30,7 +30,7 @@ from .manifest import read_manifests
 
 BYTE_PIECES = 256
 SPECIAL_PIECES = 4  # <unk>, <s>, </s>, <pad>
-MODEL_TYPES = ("unigram", "bpe")
+MODEL_TYPES = ('unigram', 'bpe')
 
 
 def corpus_texts(manifests: list[str]) -> list[str]:
@@ -38,54 +38,54 @@ def corpus_texts(manifests: list[str]) -> list[str]:
     examples = read_manifests(manifests)
     answers = [ex.answer_text for ex in examples if ex.answer_text.strip()]
     prompts = {seg.value: None for ex in examples for seg in ex.segments
-               if seg.role != "assistant" and seg.kind == "text" and seg.value.strip()}
+               if seg.role != 'assistant' and seg.kind == 'text' and seg.value.strip()}
     if not answers:
         raise ValueError(f"--manifest {','.join(manifests)}: no transcript to train on")
     return answers + list(prompts)
 
 
-def train_tokenizer(manifests: list[str], vocab_size: int, out: str, model_type: str = "unigram") -> int:
+def train_tokenizer(manifests: list[str], vocab_size: int, out: str, model_type: str = 'unigram') -> int:
     """Train on ``manifests``' text and write the model to ``out``; returns its vocabulary size."""
     try:
         import sentencepiece as spm
     except ImportError:
-        raise ImportError("training a tokenizer needs the sentencepiece package "
-                          "(pip install sentencepiece)") from None
+        raise ImportError('training a tokenizer needs the sentencepiece package '
+                          '(pip install sentencepiece)') from None
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"--model-type must be one of {MODEL_TYPES}, got {model_type!r}")
+        raise ValueError(f'--model-type must be one of {MODEL_TYPES}, got {model_type!r}')
     if vocab_size <= BYTE_PIECES + SPECIAL_PIECES:
-        raise ValueError(f"--vocab-size {vocab_size} leaves no room for pieces beyond the "
-                         f"{BYTE_PIECES} byte pieces and {SPECIAL_PIECES} specials")
+        raise ValueError(f'--vocab-size {vocab_size} leaves no room for pieces beyond the '
+                         f'{BYTE_PIECES} byte pieces and {SPECIAL_PIECES} specials')
     texts = corpus_texts(manifests)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, byte_fallback=True, normalization_rule_name="identity",
+        model_type=model_type, byte_fallback=True, normalization_rule_name='identity',
         remove_extra_whitespaces=False, character_coverage=1.0,
         hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
         input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2)
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
-    with open(out, "wb") as f:
+    with open(out, 'wb') as f:
         f.write(model.getvalue())
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", action="append", required=True,
-                   help="JSONL manifest whose text to train on (repeat the flag, or comma-separate)")
-    p.add_argument("--vocab-size", type=int, default=1024, help="pieces, byte pieces and specials included")
-    p.add_argument("--model-type", choices=MODEL_TYPES, default="unigram")
-    p.add_argument("--out", required=True, help="where to write the SentencePiece .model")
+    p.add_argument('--manifest', action='append', required=True,
+                   help='JSONL manifest whose text to train on (repeat the flag, or comma-separate)')
+    p.add_argument('--vocab-size', type=int, default=1024, help='pieces, byte pieces and specials included')
+    p.add_argument('--model-type', choices=MODEL_TYPES, default='unigram')
+    p.add_argument('--out', required=True, help='where to write the SentencePiece .model')
     a = p.parse_args(argv)
-    manifests = [m for arg in a.manifest for m in arg.split(",") if m]
+    manifests = [m for arg in a.manifest for m in arg.split(',') if m]
     size = train_tokenizer(manifests, a.vocab_size, a.out, a.model_type)
     print(f"wrote {a.out}: {a.model_type} SentencePiece model of {size} pieces "
           f"(asked for {a.vocab_size}) from {', '.join(manifests)}")
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

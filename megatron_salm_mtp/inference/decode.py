@@ -33,8 +33,8 @@ with drafts, the MTP layers over the prompt) runs eagerly before the first step 
 the prefill.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
 
 import torch
 
@@ -65,8 +65,8 @@ class DecodeStats:
     depths: int = 0
     verify_steps: int = 0  # trunk forwards after the prefill while the row was active
     verify_emitted: int = 0  # tokens those forwards emitted (after EOS / budget cuts)
-    draft_attempts: List[int] = field(default_factory=list)  # per depth: drafts whose prefix was accepted
-    draft_accepts: List[int] = field(default_factory=list)  # per depth: drafts accepted
+    draft_attempts: list[int] = field(default_factory=list)  # per depth: drafts whose prefix was accepted
+    draft_accepts: list[int] = field(default_factory=list)  # per depth: drafts accepted
     encode_seconds: float = 0.0  # audio encoding and projection, spliced into the prompt
     prefill_seconds: float = 0.0  # the trunk (and the MTP layers) over the prompt, to the first token
 
@@ -94,7 +94,7 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
 
 
 def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
-           depths: int, workspaces: Optional[WorkspacePool]):
+           depths: int, workspaces: WorkspacePool | None):
     """(workspace, phase clock) after the audio encoding, the prefill, the first token and, with
     drafts, the MTP layers over the prompt (``MTPDrafter.prefill``: every step after it then has
     the same shapes)."""
@@ -131,7 +131,7 @@ def _finish(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: Pha
 
 @torch.no_grad()
 def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                  vocab_size: int, width: int = 1, workspaces: Optional[WorkspacePool] = None):
+                  vocab_size: int, width: int = 1, workspaces: WorkspacePool | None = None):
     """(outputs per row, DecodeStats per row) of KV-cached greedy decoding.
 
     With ``width`` w > 1 every step feeds the row's last token followed by w-1 fillers (the same
@@ -140,7 +140,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
     ``workspaces`` keeps buffers (and, with ``cuda_graphs``, graphs of the step) across calls.
     """
     if width < 1:
-        raise ValueError(f"greedy width {width}: must be >= 1")
+        raise ValueError(f'greedy width {width}: must be >= 1')
     ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
 
     def step():
@@ -156,7 +156,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
 
 @torch.no_grad()
 def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
-                       vocab_size: int, depths: int, workspaces: Optional[WorkspacePool] = None):
+                       vocab_size: int, depths: int, workspaces: WorkspacePool | None = None):
     """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
     drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
     ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,

@@ -24,7 +24,6 @@ Drafts equal those of training's forward over the whole sequence (``tests/suppor
 keeps that recompute as the reference).
 """
 
-from typing import List
 
 import torch
 
@@ -46,8 +45,8 @@ class MTPDrafter:
     def __init__(self, language_model, batch_size: int, capacity: int, depths: int, device):
         self.lm, self.depths, self.capacity = language_model, depths, capacity
         if capacity < 3 * depths + 1:
-            raise ValueError(f"drafting {depths} tokens needs a capacity of at least {3 * depths + 1} "
-                             f"positions, got {capacity}")
+            raise ValueError(f'drafting {depths} tokens needs a capacity of at least {3 * depths + 1} '
+                             f'positions, got {capacity}')
         rope = rope_table(language_model, capacity)
         self.caches = [PositionKVCache([getattr(mtp_layer_for_depth(language_model, depth),
                                                 mcore.MTP_INNER_LAYER).self_attention],
@@ -78,7 +77,7 @@ class MTPDrafter:
         by_position = self.window[:, None] + starts[None, :]  # [D+1, b], as the states are laid out
         at_last = last - starts  # where position n-1 lies in the window
         sequence = tokens.clone()  # drafts are written past each row's tokens as they come
-        drafts: List[torch.Tensor] = []
+        drafts: list[torch.Tensor] = []
         window_hidden = trunk_hidden[by_position, self.rows]  # contiguous (a transposed index would not be)
         for depth, hidden in self._depth_states(sequence, by_position.t(), window_hidden):
             drafts.append(head_argmax(self.lm, hidden[at_last, self.rows][None], vocab_size)[0])

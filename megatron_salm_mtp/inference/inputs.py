@@ -10,8 +10,8 @@ with the reasons training uses (``data/dataset.py``).
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,10 +21,10 @@ from ..data.features import log_mel, pad_features
 from ..data.frames import HOP_LENGTH, SAMPLE_RATE, audio_tokens, mel_frames
 from ..data.loader import DataConfig
 from ..data.manifest import Example, read_manifest
+from ..data.progress import Progress
 from ..data.prompts import PromptBuilder
 from ..data.tokenizer import Tokenizer
 from .decode import PromptBatch
-from ..data.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class Utterance:
     split: str  # the manifest's file stem
     subset: str  # the manifest's ``subset`` field ('all' when absent)
     reference: str
-    prompt_ids: List[int]
-    features: List[torch.Tensor]  # one [n_mels, T] log-mel per audio
+    prompt_ids: list[int]
+    features: list[torch.Tensor]  # one [n_mels, T] log-mel per audio
     seconds: float  # audio duration
 
     @property
@@ -58,7 +58,7 @@ def split_name(manifest: str) -> str:
     return os.path.splitext(os.path.basename(manifest))[0]
 
 
-def stop_ids(tokenizer: Tokenizer, template: str) -> List[int]:
+def stop_ids(tokenizer: Tokenizer, template: str) -> list[int]:
     """Ids that end an answer: EOS, and the template's end-of-turn marker."""
     ids = [tokenizer.eos_id]
     if END_OF_TURN[template] is not None:
@@ -66,7 +66,7 @@ def stop_ids(tokenizer: Tokenizer, template: str) -> List[int]:
     return ids
 
 
-def _waves(example: Example, max_duration: Optional[float]):
+def _waves(example: Example, max_duration: float | None):
     """The example's audios as 16 kHz waveforms, or the :class:`Skip` that names the bad one
     (skipped as training skips it: missing, unreadable, empty, longer than the run's cap)."""
     waves = []
@@ -85,7 +85,7 @@ def _waves(example: Example, max_duration: Optional[float]):
 
 
 def read_utterances(manifest: str, data: DataConfig, tokenizer: Tokenizer,
-                    limit: Optional[int] = None) -> Tuple[List[Utterance], List[Skip]]:
+                    limit: int | None = None) -> tuple[list[Utterance], list[Skip]]:
     """The first ``limit`` lines of ``manifest`` (all by default) as utterances, and the lines
     skipped (each logged with its reason); an error when none is usable."""
     examples = read_manifest(manifest, data.default_prompt)[:limit]
@@ -98,7 +98,7 @@ def read_utterances(manifest: str, data: DataConfig, tokenizer: Tokenizer,
 
 
 def example_utterances(examples: Sequence[Example], data: DataConfig, tokenizer: Tokenizer, split: str,
-                       task: str) -> Tuple[List[Utterance], List[Skip]]:
+                       task: str) -> tuple[list[Utterance], list[Skip]]:
     """Examples (from a manifest or made on the spot) as utterances of ``split``, and the ones
     skipped (each logged with its reason); ``task`` names the progress line."""
     builder = PromptBuilder(tokenizer, data.prompt_template, data.system_prompt)

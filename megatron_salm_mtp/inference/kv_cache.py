@@ -30,9 +30,9 @@ and again for the keys of every layer, 12 of its ~40 kernels; ``rotated`` is the
 arithmetic, op for op, so the values are the same.
 """
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
@@ -45,7 +45,7 @@ class PositionKVCache:
     ``SelfAttention`` modules), one batch of ``batch_size`` rows."""
 
     def __init__(self, attentions: Sequence[torch.nn.Module], batch_size: int, capacity: int, device,
-                 rope: Optional[torch.Tensor] = None):
+                 rope: torch.Tensor | None = None):
         for attention in attentions:
             if not isinstance(attention.core_attention, SDPAttention):
                 raise TypeError(f"decoding needs the local spec's SDPA core attention (it honours "
@@ -58,7 +58,7 @@ class PositionKVCache:
         self.dtype, self.rope = dtype, rope  # rope: [capacity, dim] angles by position (``rope_table``)
         self.shown, self.hidden = (torch.tensor(value, dtype=dtype, device=device)
                                    for value in (0.0, float('-inf')))
-        self.buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.write_index = self.mask = self.cos = self.sin = None
 
     def attend_at(self, positions: torch.Tensor) -> None:
@@ -104,7 +104,7 @@ class PositionKVCache:
         return self.buffers[index]
 
 
-def rope_table(language_model, capacity: int) -> Optional[torch.Tensor]:
+def rope_table(language_model, capacity: int) -> torch.Tensor | None:
     """[capacity, dim] rotary angles by position, or None for a model without RoPE; only the RoPE
     that ``rotated`` reproduces (core's unfused, non-interleaved, unscaled)."""
     if language_model.position_embedding_type != 'rope':
@@ -112,9 +112,9 @@ def rope_table(language_model, capacity: int) -> Optional[torch.Tensor]:
     config = language_model.config
     for name in ('rotary_interleaved', 'multi_latent_attention', 'apply_rope_fusion'):
         if getattr(config, name, False):
-            raise ValueError(f"decoding applies RoPE itself and does not support {name}=True")
+            raise ValueError(f'decoding applies RoPE itself and does not support {name}=True')
     if getattr(config, 'yarn_rotary_scaling_factor', None) is not None:
-        raise ValueError("decoding applies RoPE itself and does not support YaRN scaling")
+        raise ValueError('decoding applies RoPE itself and does not support YaRN scaling')
     return language_model.rotary_pos_emb(capacity)[:, 0, 0, :]
 
 

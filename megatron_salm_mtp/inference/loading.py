@@ -39,7 +39,7 @@ def _init_one_process() -> None:
     sizes = (parallel_state.get_tensor_model_parallel_world_size(),
              parallel_state.get_pipeline_model_parallel_world_size())
     if sizes != (1, 1):
-        raise RuntimeError(f"decoding runs at TP=1, PP=1; this process has TP, PP = {sizes}")
+        raise RuntimeError(f'decoding runs at TP=1, PP=1; this process has TP, PP = {sizes}')
 
 
 def build_for_inference(cfg: SALMConfig):

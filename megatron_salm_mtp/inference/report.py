@@ -3,18 +3,18 @@ hypotheses as a NeMo-style manifest, and the acceptance plot."""
 
 import json
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from .decode import DecodeStats
 from .inputs import Utterance
 from .wer import Scores
 
 
-def _rate(numerator: float, denominator: float) -> Optional[float]:
+def _rate(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def acceptance_figures(stats: DecodeStats) -> Dict[str, object]:
+def acceptance_figures(stats: DecodeStats) -> dict[str, object]:
     """Per-depth acceptance (given that the drafts before it were accepted, and per verify step)
     and tokens emitted per trunk forward after the prefill."""
     figures = {'verify_forwards': stats.verify_steps,
@@ -40,12 +40,12 @@ class _Group:
         self.scores.merge(scores)
         self.stats.merge(stats)
 
-    def figures(self) -> Dict[str, object]:
+    def figures(self) -> dict[str, object]:
         return {'utterances': self.utterances, **self.scores.figures(), **acceptance_figures(self.stats)}
 
 
-def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: Sequence[List[int]],
-                stats: Sequence[DecodeStats], seconds: float, depths: int = 0) -> Dict[str, object]:
+def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: Sequence[list[int]],
+                stats: Sequence[DecodeStats], seconds: float, depths: int = 0) -> dict[str, object]:
     """WER (normalised and raw), CER, S/D/I, acceptance and speed of one decoding mode: overall,
     per subset (over all splits), per split and per subset within each split."""
     total = _Group(depths)
@@ -70,16 +70,16 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
                        for split, group in splits.items()}}
 
 
-def _by_name(groups: dict) -> Dict[str, object]:
+def _by_name(groups: dict) -> dict[str, object]:
     return {name: groups[name].figures() for name in sorted(groups)}
 
 
-def _side_by_side(audio: dict, silence: dict) -> Dict[str, object]:
+def _side_by_side(audio: dict, silence: dict) -> dict[str, object]:
     return {'utterances': audio['utterances'], 'wer': audio['wer'], 'wer_silence': silence['wer'],
             'cer': audio['cer'], 'cer_silence': silence['cer']}
 
 
-def ablation_table(audio: dict, silence: dict, unchanged: int) -> Dict[str, object]:
+def ablation_table(audio: dict, silence: dict, unchanged: int) -> dict[str, object]:
     """Normalised WER and CER of greedy decoding with the audio and with silence in its place:
     overall, per subset, per split and per subset within each split; ``unchanged_outputs``:
     utterances transcribed the same either way (all of them: the model ignores its audio)."""
@@ -104,7 +104,7 @@ def write_prediction_manifest(path: str, utterances: Sequence[Utterance], texts:
             out.write(json.dumps(row, ensure_ascii=False) + '\n')
 
 
-def plot_acceptance(report: dict, path: str) -> Optional[str]:
+def plot_acceptance(report: dict, path: str) -> str | None:
     """PNG of acceptance per depth (overall and per subset); None where matplotlib is missing."""
     try:
         import matplotlib

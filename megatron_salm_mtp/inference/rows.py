@@ -9,7 +9,7 @@ bookkeeping between steps left the GPU idle (a device read, two copies from the 
 over rows, each step).
 """
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -36,17 +36,17 @@ class RowState:
     def start(self, max_new_tokens: int, stop_ids: Sequence[int]) -> None:
         """A new batch (in place: a captured step keeps reading these buffers)."""
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens {max_new_tokens}: must be >= 1")
+            raise ValueError(f'max_new_tokens {max_new_tokens}: must be >= 1')
         bad = [i for i in stop_ids if not 0 <= i < len(self.stop)]
         if bad:
-            raise ValueError(f"stop ids {bad} outside the vocabulary (0 .. {len(self.stop) - 1})")
+            raise ValueError(f'stop ids {bad} outside the vocabulary (0 .. {len(self.stop) - 1})')
         for state in (self.done, self.all_done, self.emitted, self.counts, self.stop):
             state.zero_()
         self.budget.fill_(max_new_tokens)
         if stop_ids:
             self.stop[torch.tensor(list(stop_ids), device=self.stop.device)] = True
 
-    def emit(self, candidates: torch.Tensor, accepted: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def emit(self, candidates: torch.Tensor, accepted: torch.Tensor | None = None) -> torch.Tensor:
         """Emit ``candidates`` [b, c] (c <= depths + 1) after each active row's tokens: the first
         1 + accepted[r] of them (all drafts accepted: ``accepted`` None means 0), cut after a stop
         id and at the budget; returns the number emitted per row. The rest are written too, past
@@ -66,7 +66,7 @@ class RowState:
         return count
 
     def count_step(self, active: torch.Tensor, count: torch.Tensor,
-                   agreed: Optional[torch.Tensor] = None) -> None:
+                   agreed: torch.Tensor | None = None) -> None:
         """Count a verify forward of the ``active`` rows that emitted ``count``; ``agreed`` [b, D]
         is 1 along each row's accepted prefix of drafts."""
         self.counts[:, STEPS].add_(active.long())
@@ -80,6 +80,6 @@ class RowState:
     def read(self, prompt_lengths: Sequence[int]) -> tuple:
         """(emitted tokens per row, per-row count lists) after the batch: one copy of each."""
         tokens, emitted = self.tokens.cpu(), self.emitted.tolist()
-        outputs: List[List[int]] = [tokens[row, start:start + n].tolist()
+        outputs: list[list[int]] = [tokens[row, start:start + n].tolist()
                                     for row, (start, n) in enumerate(zip(prompt_lengths, emitted))]
         return outputs, self.counts.tolist()

@@ -10,8 +10,8 @@ between steps. Steps must run eagerly (operators replayed from a graph are not s
 """
 
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Dict, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,10 +40,10 @@ class StepTally(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.parts: List[str] = []
+        self.parts: list[str] = []
         self.in_step = False
-        self.steps: List[Dict[str, Counter]] = []
-        self.reads_between: List[int] = [0]
+        self.steps: list[dict[str, Counter]] = []
+        self.reads_between: list[int] = [0]
         self.mtp_calls = 0
 
     def begin_step(self) -> None:
@@ -147,7 +147,7 @@ def _counted_tolist(tally: StepTally, on_cpu: bool):
     return wrapper_of
 
 
-def profile_steps(decode: Callable[[], object], device) -> Dict[str, object]:
+def profile_steps(decode: Callable[[], object], device) -> dict[str, object]:
     """Tallies of the steps of ``decode()`` (eager, on ``device``): per part, operators and FLOPs
     of the last step (every step has the same shapes); host reads per step, inside and between
     steps. Parts: the trunk forward (embedding, layers, states kept), its head, each MTP depth's
@@ -167,7 +167,7 @@ def profile_steps(decode: Callable[[], object], device) -> Dict[str, object]:
         stack.enter_context(tally)
         decode()
     if not tally.steps:
-        raise ValueError("the decoding call ran no step after its prefill")
+        raise ValueError('the decoding call ran no step after its prefill')
     last = tally.steps[-1]
     steps = len(tally.steps)
     return {'steps': steps, 'ops': dict(last['ops']), 'flops': dict(last['flops']),

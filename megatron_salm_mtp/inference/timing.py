@@ -5,7 +5,6 @@ itself slow the run); on a CPU, the host clock.
 """
 
 import time
-from typing import List
 
 import torch
 
@@ -15,7 +14,7 @@ class PhaseClock:
 
     def __init__(self, device):
         self.on_gpu = torch.device(device).type == 'cuda'
-        self.marks: List[object] = []
+        self.marks: list[object] = []
 
     def mark(self) -> int:
         if self.on_gpu:

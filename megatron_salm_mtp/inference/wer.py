@@ -17,9 +17,9 @@ and insertions; CER aligns the characters of the normalised words joined by sing
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Dict, List, Sequence
 
 try:  # the eval extra; evaluate checks for it before it loads a model
     from rapidfuzz.distance import Levenshtein
@@ -44,12 +44,12 @@ def _require_scoring() -> None:
         raise RuntimeError(MISSING_PACKAGES)
 
 
-def raw_words(text: str) -> List[str]:
+def raw_words(text: str) -> list[str]:
     """Words of ``text`` lowercased, without punctuation."""
     return _NOT_WORD.sub(' ', text.lower()).split()
 
 
-def _digits_one_form(words: List[str]) -> List[str]:
+def _digits_one_form(words: list[str]) -> list[str]:
     """Digit strings as single digits; ``one`` is the digit 1 in a run of two or more number
     words (a lone ``one`` stays a word: "the one and only")."""
     out, run = [], []
@@ -73,7 +73,7 @@ def _normalised(text: str) -> tuple:
     return tuple(_digits_one_form(_WHISPER_NORMALISER(text).split()))
 
 
-def normalised_words(text: str) -> List[str]:
+def normalised_words(text: str) -> list[str]:
     """Words of ``text`` after the Whisper-style normaliser and one form for digit strings."""
     return list(_normalised(text))
 
@@ -131,7 +131,7 @@ class Scores:
         for mine, theirs in ((self.raw, other.raw), (self.words, other.words), (self.chars, other.chars)):
             mine.merge(theirs)
 
-    def figures(self) -> Dict[str, float]:
+    def figures(self) -> dict[str, float]:
         return {'wer': self.words.rate, 'wer_raw': self.raw.rate, 'cer': self.chars.rate,
                 'word_errors': self.words.errors, 'substitutions': self.words.substitutions,
                 'deletions': self.words.deletions, 'insertions': self.words.insertions,

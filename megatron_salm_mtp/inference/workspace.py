@@ -14,7 +14,7 @@ Capture: at the first call the step runs eagerly on a side stream - that run is 
 it. A step returns nothing: what it computes is in the workspace's buffers.
 """
 
-from typing import Callable, Dict, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ class DecodeWorkspace:
                                   device=device)
         self.index = torch.arange(batch_size, device=device)
         self.rows = RowState(self.tokens, self.lengths, depths, weight.shape[0])
-        self.graphs: Dict[str, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
 
     def load(self, tokens: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int,
              stop_ids: Sequence[int]) -> None:
@@ -99,9 +99,9 @@ class WorkspacePool:
 
     def __init__(self, cuda_graphs: bool = False):
         if cuda_graphs and not torch.cuda.is_available():
-            raise ValueError("--cuda-graphs needs a GPU")
+            raise ValueError('--cuda-graphs needs a GPU')
         self.cuda_graphs = cuda_graphs
-        self.workspaces: Dict[tuple, DecodeWorkspace] = {}
+        self.workspaces: dict[tuple, DecodeWorkspace] = {}
 
     def get(self, model, batch_size: int, capacity: int, width: int, depths: int, device) -> DecodeWorkspace:
         key = (id(model), batch_size, capacity, width, depths, str(device))

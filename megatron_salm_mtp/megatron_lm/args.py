@@ -23,12 +23,11 @@ for another architecture are refused rather than silently ignored.
 import argparse
 import dataclasses
 import sys
-from typing import List, Optional
 
 from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
-from ..flags import base_type, fields as flag_fields
 from ..data.tokenizer import Tokenizer
+from ..flags import base_type, fields as flag_fields
 from ..run_config import SHARED_WITH_DATA
 
 MEGATRON_TOKENIZERS = {'HuggingFaceTokenizer': 'huggingface', 'SentencePieceTokenizer': 'sentencepiece',
@@ -51,7 +50,7 @@ LLM_ARCHITECTURE = (('normalization', 'RMSNorm', '--normalization RMSNorm'),
                     ('attention_dropout', 0.0, '--attention-dropout 0'))
 
 
-def _plugin_field_names() -> List[str]:
+def _plugin_field_names() -> list[str]:
     names = {f.name for cls in (SALMConfig, DataConfig) for f in dataclasses.fields(cls)}
     return [name for name in flag_fields() if name in names or name in TRAIN_FLAGS]
 
@@ -75,7 +74,7 @@ def add_salm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_megatron_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_megatron_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Megatron-LM's parse, validation and global state (timers, microbatch calculator, writers)
     for ``argv`` (default: the command line), without building Megatron-LM's tokenizer."""
     from megatron.training.arguments import parse_args, validate_args
@@ -106,13 +105,13 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError("the SALM's LLM is SwiGLU + RMSNorm without linear biases or dropout; "
                           f"pass {' '.join(wrong)}")
     if args.fp16:
-        raise ConfigError("--fp16 is not supported by the SALM: use --bf16")
+        raise ConfigError('--fp16 is not supported by the SALM: use --bf16')
     if args.dataloader_type != 'external':
         raise ConfigError(f"--dataloader-type {args.dataloader_type}: the SALM's dataset provider "
                           "returns its own iterators; use external (the default here)")
     if args.virtual_pipeline_model_parallel_size is not None:
-        raise ConfigError("virtual pipeline stages are not supported by this adapter yet (drop "
-                          "--num-layers-per-virtual-pipeline-stage / --num-virtual-stages-per-pipeline-rank)")
+        raise ConfigError('virtual pipeline stages are not supported by this adapter yet (drop '
+                          '--num-layers-per-virtual-pipeline-stage / --num-virtual-stages-per-pipeline-rank)')
     # pretrain() divides by both where they are None: its sample targets by --eval-interval, its
     # final save's test by --save-interval.
     if args.eval_interval is None:
@@ -121,7 +120,7 @@ def check_salm_args(args: argparse.Namespace) -> None:
     if args.save and args.save_interval is None:
         raise ConfigError("--save needs --save-interval under Megatron-LM's pretrain()")
     if not args.train_manifest:
-        raise ConfigError("--train-manifest is required")
+        raise ConfigError('--train-manifest is required')
     if args.ctc_loss_weight:
         raise ConfigError("--ctc-loss-weight is not supported under Megatron-LM's pretrain() yet (its "
                           "loss lives on the first pipeline stage); train with "
@@ -134,7 +133,7 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError("--training-mode encoder_ctc is not supported under Megatron-LM's pretrain() (it "
                           "trains on the CTC loss alone); train with python -m megatron_salm_mtp.train")
     if args.eval_iters and args.eval_interval and not args.valid_manifest:
-        raise ConfigError("--valid-manifest is required unless --eval-iters 0")
+        raise ConfigError('--valid-manifest is required unless --eval-iters 0')
 
 
 def tokenizer_type(args: argparse.Namespace) -> str:

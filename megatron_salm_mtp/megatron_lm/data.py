@@ -15,7 +15,7 @@ Every microbatch also gets its host-side facts (``model/host_inputs.py``).
 
 import dataclasses
 from collections import deque
-from typing import Callable, Iterable, Iterator, Optional
+from collections.abc import Callable, Iterable, Iterator
 
 from megatron.core import parallel_state
 
@@ -69,7 +69,7 @@ def _microbatches_per_batch(global_batch_size: int, micro_batch_size: int) -> Ca
 
 def speech_iterator(data: DataConfig, manifests: str, tokenizer: Tokenizer, cfg: SALMConfig,
                     consumed_samples: int, shuffle: bool,
-                    microbatches_per_batch: Optional[Callable[[], int]] = None,
+                    microbatches_per_batch: Callable[[], int] | None = None,
                     augment: bool = False) -> MicrobatchesWithCounts:
     """This DP rank's microbatches of the comma-separated ``manifests``, from ``consumed_samples``;
     ``augment`` (training data) applies the configured SpecAugment."""

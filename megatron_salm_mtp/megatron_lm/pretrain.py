@@ -31,7 +31,7 @@ def main() -> None:
     try:
         require_megatron_training()
     except MegatronTrainingUnavailable as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f'error: {err}')
     from megatron.core.transformer.enums import ModelType
     from megatron.training.argument_utils import pretrain_cfg_container_from_args
     from megatron.training.training import pretrain

@@ -16,7 +16,6 @@ the MTP loss code that feeds it.
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
 
 import torch
 from megatron.core.num_microbatches_calculator import get_num_microbatches
@@ -66,7 +65,7 @@ class SALMProviders:
     data: DataConfig
     tokenizer: Tokenizer
     train_manifest: str
-    valid_manifest: Optional[str]
+    valid_manifest: str | None
     training_mode: str
 
     @classmethod
@@ -80,7 +79,7 @@ class SALMProviders:
         return cls(cfg, data, tokenizer, args.train_manifest, args.valid_manifest, args.training_mode)
 
     def model_provider(self, pre_process: bool = True, post_process: bool = True,
-                       vp_stage: Optional[int] = None, config=None, pg_collection=None) -> SALM:
+                       vp_stage: int | None = None, config=None, pg_collection=None) -> SALM:
         """This stage's bare SALM chunk (Megatron-LM moves, casts and wraps it in DDP).
 
         ``config`` and ``pg_collection`` are what Megatron-LM's ``get_model`` passes: the SALM

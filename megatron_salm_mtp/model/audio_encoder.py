@@ -50,8 +50,8 @@ class AudioEncoder(MegatronModule):
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [n, T_enc, width]
         steps = x.shape[1]
         if steps > self.max_positions:
-            raise ValueError(f"audio of {steps} encoder frames exceeds encoder_max_source_positions="
-                             f"{self.max_positions}")
+            raise ValueError(f'audio of {steps} encoder frames exceeds encoder_max_source_positions='
+                             f'{self.max_positions}')
         x = x + self.embed_positions[:steps]
         lengths = encoder_frames(feature_lengths.to(x.device))
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [n, T_enc]

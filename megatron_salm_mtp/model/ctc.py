@@ -22,7 +22,8 @@ finalize_model_grads divides every gradient by N_main, so the objective gains ``
 at any TP, PP, DP size and microbatch split.
 """
 
-from typing import List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,8 @@ CTC_LENGTHS = 'ctc_lengths'
 
 class CTCLengths(NamedTuple):
     """Host facts of one microbatch's CTC term, per audio."""
-    frames: List[int]  # encoder frames (CTC input length)
-    targets: List[int]  # target ids; 0 where there is no target or it cannot be aligned
+    frames: list[int]  # encoder frames (CTC input length)
+    targets: list[int]  # target ids; 0 where there is no target or it cannot be aligned
     infeasible: int  # audios with a target too long for their frames
 
 
@@ -116,7 +117,7 @@ class CTCStats:
         self.values[1:] += counts.to(self.values.device, non_blocking=True)
 
 
-def reduce_ctc_stats(stats: Optional[CTCStats], groups) -> dict:
+def reduce_ctc_stats(stats: CTCStats | None, groups) -> dict:
     """{'ctc loss' (per target id), 'ctc infeasible' (audios)} summed over ``groups`` (DP, then
     PP: the stats live on the first stage, the log is written on the last). Every rank calls it,
     with ``stats`` None where it has no CTC head."""

@@ -19,7 +19,6 @@ DDP then allocates no gradient buffer for frozen parameters and the optimizer (w
 """
 
 import logging
-from typing import Dict
 
 from ..config import TRAINING_MODES, ConfigError
 
@@ -48,12 +47,12 @@ def check_optimizer_state_covers(path: str, saved_mode: str, mode: str) -> None:
     saved, wanted = _TRAINABLE[saved_mode], _TRAINABLE[mode]
     if saved is None or wanted is not None and all(prefix.startswith(saved) for prefix in wanted):
         return
-    raise ConfigError(f"{path}: saved by a --training-mode {saved_mode} run, whose optimizer state holds "
-                      f"less than --training-mode {mode} trains: add --finetune (a new run from its "
-                      "weights) or --no-load-optim (its weights and data position, a fresh optimizer)")
+    raise ConfigError(f'{path}: saved by a --training-mode {saved_mode} run, whose optimizer state holds '
+                      f'less than --training-mode {mode} trains: add --finetune (a new run from its '
+                      'weights) or --no-load-optim (its weights and data position, a fresh optimizer)')
 
 
-def apply_training_mode(module, mode: str) -> Dict[str, int]:
+def apply_training_mode(module, mode: str) -> dict[str, int]:
     """Set ``requires_grad=False`` on what ``mode`` freezes (never unfreezes anything); returns
     {'trainable': n, 'frozen': n} element counts of this rank's chunk, also logged."""
     counts = {'trainable': 0, 'frozen': 0}

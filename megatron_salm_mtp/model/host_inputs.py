@@ -34,8 +34,8 @@ def prepare_microbatch(batch: dict, cfg: SALMConfig) -> dict:
     prepared = dict(batch, **{HEAD_ROW_COUNTS: counts})
     if cfg.ctc_enabled and has_audio:
         if batch.get('ctc_targets') is None or batch.get('ctc_target_lengths') is None:
-            raise ValueError("--ctc-loss-weight needs ctc_targets and ctc_target_lengths in every "
-                             "microbatch with audio (the batch contract of data/batching.py)")
+            raise ValueError('--ctc-loss-weight needs ctc_targets and ctc_target_lengths in every '
+                             'microbatch with audio (the batch contract of data/batching.py)')
         targets = batch['ctc_targets']
         if targets.numel() and int(targets.max()) >= cfg.ctc_vocab_size:
             raise ValueError(f"ctc_targets hold id {int(targets.max())}, outside the CTC head's "

@@ -16,7 +16,6 @@ loss, so neither fits a head sharded over TP whose rows carry their own weights.
 """
 
 import importlib.util
-from typing import Tuple
 
 import torch
 
@@ -39,7 +38,7 @@ class TorchChunks:
     def _logits(self, hidden, weight, rows: slice, cols: slice) -> torch.Tensor:
         return (hidden[rows] @ weight[cols].t()).float()
 
-    def forward_stats(self, hidden, weight, local_targets) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_stats(self, hidden, weight, local_targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row: max logit, sum of exp(logit - max) and target logit (0 where the target is
         not in this shard) over the shard ``weight`` [v, h]; ``local_targets`` -1 off the shard."""
         rows = hidden.shape[0]
@@ -147,7 +146,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         tp_group=None, backend=None) -> Tuple[torch.Tensor, torch.Tensor]:
+                         tp_group=None, backend=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp32 [n] cross-entropy, fp32 [n] top-1 hits) of the head ``weight`` [V/tp, h] (this
     rank's vocabulary shard, in TP-rank order) over ``hidden`` [n, h] (the same rows on every TP
     rank) for ``targets`` [n] (global ids). The hits carry no gradient. ``backend``: default

@@ -11,15 +11,15 @@ MTP heads compute logits only at supervised positions (``supervised_token_loss``
 """
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
+from torch.utils.checkpoint import checkpoint
 
 from ..compat import mcore
 from .distill import vocab_parallel_kl
@@ -50,10 +50,10 @@ def vocab_parallel_top1_hits(logits: torch.Tensor, labels: torch.Tensor, tp_grou
 class StepInputs:
     """What one forward of the LLM takes beyond core's arguments. ``GPTModel.forward`` hands
     ``_postprocess`` no extra argument, so :meth:`SpeechGPTModel.step_inputs` holds them for one call."""
-    head_row_counts: Optional[Sequence[int]] = None
+    head_row_counts: Sequence[int] | None = None
     """Supervised rows of the main head and of each MTP depth, counted on the host (None: the
     heads count on the device)."""
-    packed_layout: Optional[PackedLayout] = None
+    packed_layout: PackedLayout | None = None
     """The microbatch's packed rows (``packed.py``), None for rows of one utterance."""
 
 
@@ -78,11 +78,11 @@ class SpeechGPTModel(GPTModel):
         depths = self.config.mtp_num_layers or 0
         # Training and evaluation keep separate windows, chosen by the module's mode.
         self._mtp_stats = {True: MTPStats(depths), False: MTPStats(depths)} if self.mtp_process else None
-        self.mtp_loss_weights: Optional[torch.Tensor] = None
+        self.mtp_loss_weights: torch.Tensor | None = None
         self._step = StepInputs()
 
     @property
-    def mtp_stats(self) -> Optional[MTPStats]:
+    def mtp_stats(self) -> MTPStats | None:
         return self._mtp_stats[self.training] if self._mtp_stats else None
 
     @contextlib.contextmanager
@@ -142,13 +142,13 @@ class SpeechGPTModel(GPTModel):
                                                    num_rows=self._head_rows(0))
         return token_loss
 
-    def _head_rows(self, head: int) -> Optional[int]:
+    def _head_rows(self, head: int) -> int | None:
         """Host-counted supervised rows of head ``head`` (0 main, k depth k), None if not given."""
         counts = self._step.head_row_counts
         return None if counts is None else int(counts[head])
 
     def supervised_token_loss(self, hidden_states, labels, mask, output_weight, with_hits=False,
-                              num_rows: Optional[int] = None, teacher_states=None, teacher_shift=0):
+                              num_rows: int | None = None, teacher_states=None, teacher_shift=0):
         """([b, s] CE, zero where ``mask`` is 0; [b, s] top-1 hits or None) computing logits only at
         supervised positions: speech prompts are mostly audio, and a 150k-word head over every
         position costs more than a decoder layer (``full_sequence_logits`` restores core's way).
@@ -255,12 +255,12 @@ class SpeechGPTModel(GPTModel):
                         output_weight, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, kwargs):
         """Run the MTP block and hook each depth's weighted summed CE into the backward pass."""
         if loss_mask is None:
-            raise ValueError("MTP training needs the answer-only loss_mask (None would supervise "
-                             "audio and prompt positions)")
+            raise ValueError('MTP training needs the answer-only loss_mask (None would supervise '
+                             'audio and prompt positions)')
         weights = self.mtp_loss_weights
         if weights is None:
             if self.training:
-                raise RuntimeError("set_mtp_loss_weights() was not called for this global batch")
+                raise RuntimeError('set_mtp_loss_weights() was not called for this global batch')
             # evaluation: losses logged only
             weights = torch.zeros(self.config.mtp_num_layers, device=hidden_states.device)
         depths = self.config.mtp_num_layers

@@ -21,7 +21,6 @@ of supervised main-head tokens. Depth k's summed CE therefore enters the autogra
 whatever the DP size, microbatch count, TP or PP (see ``loss.py``).
 """
 
-from typing import List, Optional
 
 import torch
 
@@ -37,7 +36,7 @@ def roll_left(tensor: torch.Tensor) -> torch.Tensor:
 
 def mtp_target_masks(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int,
                      audio_token_id: int, mask_placeholder_paths: bool,
-                     segments: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+                     segments: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Float masks [b, s], one per depth, of the positions whose depth-k target is supervised.
     ``segments`` ([b, s] utterance index, packed rows): depth k at position i also needs i + k in
     the same utterance, so no target (nor consumed token) comes from the next utterance."""
@@ -57,7 +56,7 @@ def mtp_target_masks(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int,
     return masks
 
 
-def batch_segments(batch: dict) -> Optional[torch.Tensor]:
+def batch_segments(batch: dict) -> torch.Tensor | None:
     """[b, s] utterance index per position of a packed microbatch (``cu_seqlens``), else None."""
     cu_seqlens = batch.get('cu_seqlens')
     return None if cu_seqlens is None else segment_ids(cu_seqlens, batch['tokens'].shape[1])
@@ -76,7 +75,7 @@ def supervised_counts(microbatches, depths: int, audio_token_id: int,
 
 
 def head_row_counts(loss_mask: torch.Tensor, tokens: torch.Tensor, depths: int, audio_token_id: int,
-                    mask_placeholder_paths: bool, segments: Optional[torch.Tensor] = None) -> List[int]:
+                    mask_placeholder_paths: bool, segments: torch.Tensor | None = None) -> list[int]:
     """Positions each head computes logits at (main head, then each depth): the nonzero entries of
     its target mask."""
     masks = [loss_mask] + mtp_target_masks(loss_mask, tokens, depths, audio_token_id,

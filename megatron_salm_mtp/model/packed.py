@@ -24,7 +24,7 @@ keep the row layout's number of elements, so pipeline stages exchange the shape 
 expects (``thd_stage_input`` / ``thd_stage_output`` reinterpret them).
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
@@ -38,7 +38,7 @@ class PackedLayout(NamedTuple):
     """Segments ([b, s] utterance index per position) of a packed microbatch, and the position ids
     that RoPE must read (None where core applies RoPE per segment itself: THD)."""
     segments: torch.Tensor
-    position_ids: Optional[torch.Tensor]
+    position_ids: torch.Tensor | None
 
 
 def packed_layout(cu_seqlens: torch.Tensor, position_ids: torch.Tensor) -> PackedLayout:

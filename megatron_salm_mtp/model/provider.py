@@ -8,7 +8,6 @@ this module never looks at ranks. The SALM turns its SALMConfig into Megatron-Co
 TransformerConfigs through ``transformer_config.py``.
 """
 
-from typing import Optional
 
 from ..config import ConfigError, SALMConfig
 from .salm import SALM
@@ -19,12 +18,12 @@ def validate_kernels(cfg: SALMConfig, impl: str) -> None:
     """ConfigError when ``cfg`` asks for kernels that the resolved transformer implementation
     ``impl`` does not have (FP8 runs in Transformer Engine's GEMMs only)."""
     if cfg.fp8_format and impl != TRANSFORMER_ENGINE:
-        raise ConfigError(f"--fp8-format {cfg.fp8_format}: FP8 needs the Transformer Engine spec on a "
-                          "GPU (--transformer-impl transformer_engine with TE importable and CUDA)")
+        raise ConfigError(f'--fp8-format {cfg.fp8_format}: FP8 needs the Transformer Engine spec on a '
+                          'GPU (--transformer-impl transformer_engine with TE importable and CUDA)')
 
 
 def provide_salm(cfg: SALMConfig, impl: str, pre_process: bool = True, post_process: bool = True,
-                 vp_stage: Optional[int] = None) -> SALM:
+                 vp_stage: int | None = None) -> SALM:
     """A bare SALM chunk of ``cfg`` in the transformer implementation ``impl``, on the host, as
     initialised (moving, freezing and wrapping are the caller's)."""
     validate_kernels(cfg, impl)

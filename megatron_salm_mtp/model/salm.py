@@ -5,7 +5,7 @@ the placeholder positions; sequence parallelism scatters only after the splice. 
 share of decoder layers; the last runs the head, the MTP block and the losses.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from megatron.core import tensor_parallel
@@ -18,14 +18,22 @@ from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
 from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
 from .llm import SpeechGPTModel, StepInputs
-from .packed import (MASK, THD, block_causal_mask, packed_layout, thd_layout, thd_packed_seq_params,
-                     thd_stage_input, thd_stage_output)
+from .packed import (
+    MASK,
+    THD,
+    block_causal_mask,
+    packed_layout,
+    thd_layout,
+    thd_packed_seq_params,
+    thd_stage_input,
+    thd_stage_output,
+)
 from .projector import AudioProjector
 from .specs import TRANSFORMER_ENGINE, block_spec, mtp_block_spec
 from .transformer_config import encoder_transformer_config, llm_transformer_config
 
 
-def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: Optional[torch.Tensor],
+def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: torch.Tensor | None,
                              audio_token_id: int) -> None:
     """Raise unless ``tokens`` hold as many audio placeholders as the audio gives tokens
     (``audio_lengths`` [n] per utterance, None for no audio). Free on the host; one round trip
@@ -35,9 +43,9 @@ def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: Optional[torch
     expected, given = torch.stack([placeholders, given.to(placeholders)]).tolist()
     if expected != given:
         per_utterance = audio_lengths.tolist() if audio_lengths is not None else 'no audio'
-        raise ValueError(f"input_ids carry {expected} audio placeholders but the audio gives {given} "
-                         f"tokens (per utterance: {per_utterance}); the data side must "
-                         "expand each utterance with data.frames.audio_tokens()")
+        raise ValueError(f'input_ids carry {expected} audio placeholders but the audio gives {given} '
+                         f'tokens (per utterance: {per_utterance}); the data side must '
+                         'expand each utterance with data.frames.audio_tokens()')
 
 
 def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor,
@@ -67,7 +75,7 @@ def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: tor
 
 class SALM(MegatronModule):
     def __init__(self, cfg: SALMConfig, impl: str, pre_process: bool = True,
-                 post_process: bool = True, vp_stage: Optional[int] = None):
+                 post_process: bool = True, vp_stage: int | None = None):
         config = llm_transformer_config(cfg, fused_kernels=impl == TRANSFORMER_ENGINE)
         super().__init__(config=config)
         self.cfg = cfg
@@ -92,7 +100,7 @@ class SALM(MegatronModule):
                                      encoder_config.params_dtype)
             # Training and evaluation keep separate windows, chosen by the module's mode.
             self._ctc_stats = {True: CTCStats(), False: CTCStats()}
-        self.ctc_loss_weight: Optional[torch.Tensor] = None
+        self.ctc_loss_weight: torch.Tensor | None = None
         decoder_spec = block_spec(impl, get_num_layers_to_build(config, vp_stage=vp_stage),
                                   causal=True, qk_layernorm=cfg.qk_layernorm)
         self.language_model = SpeechGPTModel(
@@ -127,7 +135,7 @@ class SALM(MegatronModule):
         return self.language_model.mtp_process
 
     @property
-    def ctc_stats(self) -> Optional[CTCStats]:
+    def ctc_stats(self) -> CTCStats | None:
         return self._ctc_stats[self.training] if self.ctc_head is not None else None
 
     def set_ctc_loss_weight(self, weight: torch.Tensor) -> None:
@@ -143,7 +151,7 @@ class SALM(MegatronModule):
 
     def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None,
                      placeholders_checked: bool = False, ctc_targets=None,
-                     ctc_lengths: Optional[CTCLengths] = None):
+                     ctc_lengths: CTCLengths | None = None):
         """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h].
 
         ``placeholders_checked``: the caller checked the placeholder count on the host
@@ -166,19 +174,19 @@ class SALM(MegatronModule):
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
 
-    def _attach_ctc_loss(self, embeddings, frames, targets, lengths: Optional[CTCLengths]):
+    def _attach_ctc_loss(self, embeddings, frames, targets, lengths: CTCLengths | None):
         """``embeddings`` carrying the weighted CTC loss of ``frames`` into the backward pass."""
         if targets is None or lengths is None:
             if self.training:
-                raise ValueError("--ctc-loss-weight is set but the microbatch has no ctc_targets / "
-                                 "ctc_lengths (data/batching.py, host_inputs.prepare_microbatch)")
+                raise ValueError('--ctc-loss-weight is set but the microbatch has no ctc_targets / '
+                                 'ctc_lengths (data/batching.py, host_inputs.prepare_microbatch)')
             return embeddings  # decoding: no transcript to score
         loss_sum = ctc_loss_sum(self.ctc_head, frames, targets, lengths)
         self.ctc_stats.add(loss_sum, lengths)
         weight = self.ctc_loss_weight
         if weight is None:
             if self.training:
-                raise RuntimeError("set_ctc_loss_weight() was not called for this global batch")
+                raise RuntimeError('set_ctc_loss_weight() was not called for this global batch')
             return embeddings  # evaluation: the loss is logged only
         return AuxLossInjector.apply(embeddings, weight.to(loss_sum.device) * loss_sum)
 
@@ -194,8 +202,8 @@ class SALM(MegatronModule):
         return loss_sum
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
-                audio_feature_lengths=None, head_row_counts: Optional[Sequence[int]] = None,
-                ctc_targets=None, ctc_lengths: Optional[CTCLengths] = None, cu_seqlens=None):
+                audio_feature_lengths=None, head_row_counts: Sequence[int] | None = None,
+                ctc_targets=None, ctc_lengths: CTCLengths | None = None, cu_seqlens=None):
         """``head_row_counts``: supervised rows of the main head and of each MTP depth, counted on
         the host by ``host_inputs.prepare_microbatch`` (which also checked the audio
         placeholders); with them the step needs no host round trip. Without them the model

@@ -9,7 +9,6 @@ RNG tracker or CUDA buffers, and fast on GPU) and a norm that supports sequence 
 
 import dataclasses
 import logging
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,7 @@ class PortableNorm(torch.nn.Module):
         super().__init__()
         self.rms = config.normalization == 'RMSNorm'
         if not self.rms and config.normalization != 'LayerNorm':
-            raise ValueError(f"normalization={config.normalization!r}: use LayerNorm or RMSNorm")
+            raise ValueError(f'normalization={config.normalization!r}: use LayerNorm or RMSNorm')
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         self.bias = None
@@ -80,14 +79,14 @@ class SDPAttention(MegatronModule):
         layer_number: int,
         attn_mask_type: AttnMaskType,
         attention_type: str,
-        attention_dropout: Optional[float] = None,
-        softmax_scale: Optional[float] = None,
-        cp_comm_type: Optional[str] = None,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
         pg_collection=None,
     ):
         super().__init__(config=config)
         if config.context_parallel_size > 1:
-            raise ValueError("context parallelism needs --transformer-impl transformer_engine")
+            raise ValueError('context parallelism needs --transformer-impl transformer_engine')
         self.attn_mask_type = attn_mask_type
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
@@ -95,7 +94,7 @@ class SDPAttention(MegatronModule):
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if attention_bias is not None:
-            raise ValueError("attention bias needs the TE spec")
+            raise ValueError('attention bias needs the TE spec')
         if packed_seq_params is not None:
             attention_mask = thd_block_causal_mask(packed_seq_params, query.shape[0])
             query, key, value = (t.unsqueeze(1) for t in (query, key, value))
@@ -132,15 +131,15 @@ def te_available() -> bool:
     return True
 
 
-def resolve_transformer_impl(requested: Optional[str]) -> str:
+def resolve_transformer_impl(requested: str | None) -> str:
     """``transformer_engine`` when TE imports and CUDA is present, else ``local``; logged."""
     usable = te_available() and torch.cuda.is_available()
     if requested == TRANSFORMER_ENGINE and not usable:
-        raise ValueError("--transformer-impl transformer_engine needs Transformer Engine and CUDA")
+        raise ValueError('--transformer-impl transformer_engine needs Transformer Engine and CUDA')
     impl = requested or (TRANSFORMER_ENGINE if usable else LOCAL)
     if impl not in (TRANSFORMER_ENGINE, LOCAL):
-        raise ValueError(f"--transformer-impl {impl!r}: choose transformer_engine or local")
-    logger.info("transformer implementation: %s (Transformer Engine importable: %s, CUDA: %s)",
+        raise ValueError(f'--transformer-impl {impl!r}: choose transformer_engine or local')
+    logger.info('transformer implementation: %s (Transformer Engine importable: %s, CUDA: %s)',
                 impl, te_available(), torch.cuda.is_available())
     return impl
 
@@ -159,9 +158,9 @@ def fuse_te_wgrad_accumulation(module: torch.nn.Module) -> int:
         if not isinstance(layer, (Linear, LayerNormLinear, LayerNormMLP, GroupedLinear)):
             continue  # attention, norms: no weight-gradient GEMM
         if not hasattr(layer, 'fuse_wgrad_accumulation'):
-            raise RuntimeError(f"Transformer Engine layer {name or type(layer).__name__} has no "
-                               "fuse_wgrad_accumulation attribute (TE version change): run with "
-                               "--no-gradient-accumulation-fusion")
+            raise RuntimeError(f'Transformer Engine layer {name or type(layer).__name__} has no '
+                               'fuse_wgrad_accumulation attribute (TE version change): run with '
+                               '--no-gradient-accumulation-fusion')
         layer.fuse_wgrad_accumulation = True
         switched += 1
     return switched
@@ -188,7 +187,7 @@ def transformer_layer_spec(impl: str, causal: bool = True, qk_layernorm: bool = 
             input_layernorm=IdentityOp if fused else norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
-                params={"attn_mask_type": mask_type},
+                params={'attn_mask_type': mask_type},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=linear_in,
                     core_attention=backend.core_attention(),
@@ -206,8 +205,8 @@ def transformer_layer_spec(impl: str, causal: bool = True, qk_layernorm: bool = 
             mlp_bda=get_bias_dropout_add,
             # Same checkpoint keys as TE's fused norm+linear, so checkpoints move between specs.
             sharded_state_dict_keys_map={} if fused else {
-                "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
-                "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+                'input_layernorm.': 'self_attention.linear_qkv.layer_norm_',
+                'pre_mlp_layernorm.': 'mlp.linear_fc1.layer_norm_',
             },
         ),
     )
@@ -233,7 +232,7 @@ def moe_mlp_spec(impl: str, config: TransformerConfig):
     GEMM per expert (``SequentialMLP``), or TE's grouped GEMM with ``--moe-grouped-gemm``."""
     from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec_for_backend
     if config.moe_grouped_gemm and impl != TRANSFORMER_ENGINE:
-        raise ValueError("--moe-grouped-gemm needs --transformer-impl transformer_engine")
+        raise ValueError('--moe-grouped-gemm needs --transformer-impl transformer_engine')
     mcore.enable_router_without_te()
     return get_moe_module_spec_for_backend(backend=backend_for(impl), num_experts=config.num_moe_experts,
                                            moe_grouped_gemm=config.moe_grouped_gemm)
@@ -245,7 +244,7 @@ def mtp_transformer_layer_spec(impl: str, pattern: str, qk_layernorm: bool,
     ``hybrid_override_pattern`` ('*' attention, '-' dense MLP, 'E' MoE); a dropped MLP becomes
     identity."""
     if pattern not in MTP_LAYER_PATTERNS:
-        raise ValueError(f"--mtp-layer-pattern {pattern!r}: choose one of {sorted(MTP_LAYER_PATTERNS)}")
+        raise ValueError(f'--mtp-layer-pattern {pattern!r}: choose one of {sorted(MTP_LAYER_PATTERNS)}')
     spec = transformer_layer_spec(impl, causal=True, qk_layernorm=qk_layernorm)
     parts = spec.submodules
     if 'E' in pattern:

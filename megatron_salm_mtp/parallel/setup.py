@@ -100,7 +100,7 @@ def fuse_wgrad_accumulation_if_asked(cfg: SALMConfig, impl: str, chunk: torch.nn
     layers accumulate weight gradients into main_grad in their GEMM; logged either way."""
     if not (cfg.gradient_accumulation_fusion and impl == TRANSFORMER_ENGINE):
         reason = 'the local spec' if cfg.gradient_accumulation_fusion else '--no-gradient-accumulation-fusion'
-        logger.info("gradient accumulation fusion: off (%s)", reason)
+        logger.info('gradient accumulation fusion: off (%s)', reason)
         return
     layers = fuse_te_wgrad_accumulation(chunk)
     if cfg.cuda_graph_impl != 'none':

@@ -41,33 +41,33 @@ def _measure(loader, micro_batch_size: int, num_workers: int, limit: int | None)
         if k == 0 and total_batches > 1:  # worker start-up is not throughput: clock starts after batch 1
             start = time.perf_counter()
             continue
-        utts += batch["audio_feature_lengths"].numel()
-        frames += int(batch["audio_feature_lengths"].sum())
+        utts += batch['audio_feature_lengths'].numel()
+        frames += int(batch['audio_feature_lengths'].sum())
     elapsed = time.perf_counter() - start
     audio_seconds = frames / 100.0  # 10 ms per mel frame
     workers = max(1, num_workers)
-    return {"utterances": utts, "audio_seconds": audio_seconds, "elapsed_s": elapsed,
-            "utt_per_s": utts / elapsed, "audio_s_per_s": audio_seconds / elapsed,
-            "utt_per_s_per_worker": utts / elapsed / workers,
-            "audio_s_per_s_per_worker": audio_seconds / elapsed / workers,
-            "num_workers": num_workers, "skips": loader.skip_counts()}
+    return {'utterances': utts, 'audio_seconds': audio_seconds, 'elapsed_s': elapsed,
+            'utt_per_s': utts / elapsed, 'audio_s_per_s': audio_seconds / elapsed,
+            'utt_per_s_per_worker': utts / elapsed / workers,
+            'audio_s_per_s_per_worker': audio_seconds / elapsed / workers,
+            'num_workers': num_workers, 'skips': loader.skip_counts()}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest", required=True, help="JSONL manifest(s), comma-separated")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--micro-batch-size", type=int, default=8)
-    p.add_argument("--n-mels", type=int, default=80, choices=(80, 128))
-    p.add_argument("--limit", type=int, default=None, help="stop after about this many utterances")
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--manifest', required=True, help='JSONL manifest(s), comma-separated')
+    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--micro-batch-size', type=int, default=8)
+    p.add_argument('--n-mels', type=int, default=80, choices=(80, 128))
+    p.add_argument('--limit', type=int, default=None, help='stop after about this many utterances')
     a = p.parse_args(argv)
     r = run(a.manifest, a.num_workers, a.micro_batch_size, a.n_mels, limit=a.limit)
     print(f"{r['utterances']} utterances, {r['audio_seconds']:.1f} s of audio in {r['elapsed_s']:.2f} s "
           f"with {r['num_workers']} workers: {r['utt_per_s']:.1f} utt/s, {r['audio_s_per_s']:.1f} audio-s/s total; "
           f"per worker {r['utt_per_s_per_worker']:.1f} utt/s, {r['audio_s_per_s_per_worker']:.1f} audio-s/s"
-          + (f"; skipped {r['skips']}" if r["skips"] else ""))
+          + (f"; skipped {r['skips']}" if r['skips'] else ''))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

@@ -1,7 +1,7 @@
 """The batches ``bench_train`` times: synthetic rows, or (``--compare-packing``) one realistic length
 mix laid out padded and packed (``data/length_mix.py``), with what the report needs of them."""
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from megatron.core import parallel_state
 
@@ -13,11 +13,11 @@ from ..data.synthetic_batches import synthetic_batch
 class Workload(NamedTuple):
     """One rank's microbatches of a step, and the positions of them that are not padding."""
     rows: str  # synthetic | padded | packed
-    microbatches: List[dict]
+    microbatches: list[dict]
     useful_tokens: int
 
 
-def workloads(run, bench, cfg: SALMConfig) -> List[Workload]:
+def workloads(run, bench, cfg: SALMConfig) -> list[Workload]:
     """This rank's batches: synthetic rows, or (``--compare-packing``) one length mix padded and packed."""
     train = run.train
     rows = train.global_batch_size // parallel_state.get_data_parallel_world_size()
@@ -35,7 +35,7 @@ def workloads(run, bench, cfg: SALMConfig) -> List[Workload]:
             Workload('packed', *packed_microbatches(samples, *layout, data.pack_window, train.seed))]
 
 
-def describe_rows(bench, batches: List[Workload], pack_window: int) -> str:
+def describe_rows(bench, batches: list[Workload], pack_window: int) -> str:
     if bench.compare_packing:
         per_row = {w.rows: sum(len(b['audio_feature_lengths']) for b in w.microbatches) /
                    sum(b['tokens'].shape[0] for b in w.microbatches) for w in batches}

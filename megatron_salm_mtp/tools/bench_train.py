@@ -98,8 +98,8 @@ def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
     device_us = sum(e.self_device_time_total for e in events) if torch.cuda.is_available() else 0.0
     rank = torch.distributed.get_rank()
     with open(os.path.join(out_dir, f'{name}_rank{rank}.txt'), 'w') as f:
-        f.write(f"{steps} steps: wall {wall_us / 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms "
-                f"({device_us / wall_us:.0%})\n")
+        f.write(f'{steps} steps: wall {wall_us / 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms '
+                f'({device_us / wall_us:.0%})\n')
         sort = 'self_device_time_total' if torch.cuda.is_available() else 'self_cpu_time_total'
         f.write(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
 
@@ -118,19 +118,19 @@ def graph_variants(cfg: SALMConfig, compare: bool, warmup_iters: int) -> list:
     replay graphs, so the untimed ones cover their recording or capture."""
     impl = cfg.cuda_graph_impl
     if compare and impl == 'none':
-        raise ConfigError("--compare-cuda-graphs compares eager steps with graphed ones: give --cuda-graph-impl")
+        raise ConfigError('--compare-cuda-graphs compares eager steps with graphed ones: give --cuda-graph-impl')
     needed = cfg.cuda_graph_warmup_steps + 1 if impl == 'transformer_engine' else 1
     if impl != 'none' and warmup_iters < needed:
-        raise ConfigError(f"--warmup-iters {warmup_iters}: with --cuda-graph-impl {impl} the first {needed} "
-                          f"step(s) run eagerly to record or capture the graphs; give --warmup-iters >= {needed}")
+        raise ConfigError(f'--warmup-iters {warmup_iters}: with --cuda-graph-impl {impl} the first {needed} '
+                          f'step(s) run eagerly to record or capture the graphs; give --warmup-iters >= {needed}')
     return [cfg.replace(cuda_graph_impl='none', cuda_graph_scope=None), cfg] if compare else [cfg]
 
 
 def fused_head(cfg: SALMConfig) -> SALMConfig:
     """``cfg`` with the fused linear + cross-entropy head (which needs no row chunks)."""
     if cfg.fused_linear_cross_entropy:
-        raise ConfigError("--compare-cross-entropy-fusion compares the configured head with the fused one: "
-                          "drop --cross-entropy-fusion-impl linear")
+        raise ConfigError('--compare-cross-entropy-fusion compares the configured head with the fused one: '
+                          'drop --cross-entropy-fusion-impl linear')
     return cfg.replace(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl='linear', head_chunk_rows=0)
 
 
@@ -213,7 +213,7 @@ def host_sync_report(result) -> str:
     lines = []
     for phase, sites in result['host_syncs'].items():
         lines.append(f"host syncs, D={result['mtp_depths']}, {phase}: {sum(sites.values())}")
-        lines += [f"  {calls:4d}  {site}" for site, calls in sorted(sites.items(), key=lambda kv: -kv[1])]
+        lines += [f'  {calls:4d}  {site}' for site, calls in sorted(sites.items(), key=lambda kv: -kv[1])]
     return '\n'.join(lines)
 
 
@@ -259,8 +259,8 @@ def print_table(results, depths: int, peak: float) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m megatron_salm_mtp.tools.bench_train', usage='%(prog)s [bench flags] [training flags]',
-        description="Time the real training step (forward, backward, optimizer) on synthetic batches, "
-                    "without MTP and with the configured --mtp-num-layers.",
+        description='Time the real training step (forward, backward, optimizer) on synthetic batches, '
+                    'without MTP and with the configured --mtp-num-layers.',
         epilog='Every flag of `python -m megatron_salm_mtp.train --help` also works here (the model, '
                'the layout, --config ...).')
     parser.add_argument('--warmup-iters', type=int, default=3, help='untimed steps first (default 3)')
@@ -274,7 +274,7 @@ def main(argv=None):
     parser.add_argument('--profile-dir', default=None,
                         help='profile 2 more steps per configuration; op tables written here')
     parser.add_argument('--list-host-syncs', action='store_true',
-                        help='one more step under torch\'s sync debug mode: where the host waits for the GPU')
+                        help="one more step under torch's sync debug mode: where the host waits for the GPU")
     parser.add_argument('--compare-cuda-graphs', action='store_true',
                         help='run each configuration eagerly and then with the given --cuda-graph-impl')
     parser.add_argument('--compare-cross-entropy-fusion', action='store_true',
@@ -305,10 +305,10 @@ def main(argv=None):
     if torch.distributed.get_rank() != torch.distributed.get_world_size() - 1:
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'
-    print(f"device: {torch.distributed.get_world_size()} x {device} | TP={run.model.tensor_model_parallel_size} "
-          f"PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch "
-          f"{run.train.global_batch_size} | bf16={run.model.bf16} | "
-          f"{describe_rows(bench, batches, run.data.pack_window)}")
+    print(f'device: {torch.distributed.get_world_size()} x {device} | TP={run.model.tensor_model_parallel_size} '
+          f'PP={run.model.pipeline_model_parallel_size} | seq {run.model.seq_length} x global batch '
+          f'{run.train.global_batch_size} | bf16={run.model.bf16} | '
+          f'{describe_rows(bench, batches, run.data.pack_window)}')
     warning = foreign_memory_warning(foreign)
     if warning:
         print(warning)

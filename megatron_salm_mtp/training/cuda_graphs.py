@@ -18,8 +18,10 @@ import logging
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.num_microbatches_calculator import (init_num_microbatches_calculator,
-                                                       unset_num_microbatches_calculator)
+from megatron.core.num_microbatches_calculator import (
+    init_num_microbatches_calculator,
+    unset_num_microbatches_calculator,
+)
 from megatron.core.transformer.cuda_graphs import TECudaGraphHelper, delete_cuda_graphs
 from megatron.core.utils import get_attr_wrapped_model
 

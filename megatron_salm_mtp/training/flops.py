@@ -20,7 +20,6 @@ Per audio encoder frame (T frames, width d, FFN f, bidirectional attention over 
 Activation recomputation is not counted (model FLOPs, as MFU wants).
 """
 
-from typing import Optional
 
 from ..config import SALMConfig
 from ..model.mtp import supervised_counts
@@ -67,7 +66,7 @@ def encoder_flops_per_frame(cfg: SALMConfig, frames: int, projector: bool = True
 
 def batch_flops(cfg: SALMConfig, num_samples: int, seq: int, encoder_frames: float,
                 frames_per_utterance: int, supervised_tokens: float, llm: bool = True,
-                attended_pairs: Optional[float] = None) -> float:
+                attended_pairs: float | None = None) -> float:
     """Model FLOPs of one global batch: ``num_samples`` sequences of ``seq`` tokens,
     ``encoder_frames`` audio frames in total (after the stride-2 stem) and ``supervised_tokens``
     head evaluations (main head plus every depth's; with ``full_sequence_logits``, every position).

@@ -7,8 +7,8 @@ forward, the supervised-token counts of the whole batch (all microbatches, all D
 MTP heads' weights (:func:`set_global_mtp_weights`).
 """
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Dict, Sequence
 
 import torch
 from megatron.core import parallel_state
@@ -26,7 +26,7 @@ BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features',
 AUDIO_KEYS = ('audio_features', 'audio_feature_lengths', 'ctc_targets')
 
 
-def to_device(batch: Dict[str, torch.Tensor], keys=BATCH_KEYS) -> Dict[str, torch.Tensor]:
+def to_device(batch: dict[str, torch.Tensor], keys=BATCH_KEYS) -> dict[str, torch.Tensor]:
     return {key: batch[key].to(current_device(), non_blocking=True) if batch.get(key) is not None else None
             for key in keys}
 
@@ -72,8 +72,8 @@ def encoder_ctc_forward_step(data_iterator, model):
     host_batch = next(data_iterator)
     lengths = host_batch.get(CTC_LENGTHS)
     if lengths is None:
-        raise ValueError("--training-mode encoder_ctc: a microbatch without audio; the CTC loss needs "
-                         "audio and its transcript in every sample")
+        raise ValueError('--training-mode encoder_ctc: a microbatch without audio; the CTC loss needs '
+                         'audio and its transcript in every sample')
     batch = to_device(host_batch, AUDIO_KEYS)
     loss_sum = unwrap_model(model).encoder_ctc_loss(batch['audio_features'], batch['audio_feature_lengths'],
                                                     batch['ctc_targets'], lengths)

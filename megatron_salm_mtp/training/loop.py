@@ -11,7 +11,6 @@ import math
 import os
 import sys
 import time
-from typing import List, Optional
 
 import torch
 import yaml
@@ -44,7 +43,7 @@ def grad_norm_value(grad_norm) -> float:
     return 0.0 if grad_norm is None else float(grad_norm)
 
 
-def _any_rank(*flags: bool) -> List[bool]:
+def _any_rank(*flags: bool) -> list[bool]:
     """Each flag OR-ed over all ranks, in one all-reduce."""
     value = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=current_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
@@ -268,7 +267,7 @@ class Trainer:
             self.save()
         self.finish_saves()
 
-    def _count_skip(self, skipped: Optional[str]) -> None:
+    def _count_skip(self, skipped: str | None) -> None:
         """Count a skipped update; too many in a row stop the run."""
         if not skipped:
             self.skip_streak = 0
@@ -283,7 +282,7 @@ class Trainer:
                                f'gradient (--max-consecutive-nan-skips {limit}); stopping. Lower --lr '
                                'or check the data.')
 
-    def _save_if_due(self, skipped: Optional[str]) -> None:
+    def _save_if_due(self, skipped: str | None) -> None:
         """--save-interval saves, never right after a skipped update: the save due then waits for
         the next step that updates (a skip follows a fault that may have touched more than the
         gradients)."""
@@ -297,7 +296,7 @@ class Trainer:
         elif self.save_pending:
             self.save()
 
-    def _stop_reason(self, stop: StopRequest, started: float) -> Optional[str]:
+    def _stop_reason(self, stop: StopRequest, started: float) -> str | None:
         """Why training stops after this step, if it does: every rank gets the same answer (one
         signalled rank or one slow clock stops them all)."""
         limit = self.train_cfg.exit_duration_in_mins

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Optional
 
 import torch
 
@@ -31,9 +30,9 @@ class MetricsWriter:
     --tensorboard-dir) and a Weights & Biases run (--wandb-project) when asked for. Writes only on
     the rank that calls it with ``enabled=True`` (the last PP stage's first rank)."""
 
-    def __init__(self, log_dir: str, enabled: bool, tensorboard_dir: Optional[str] = None,
-                 wandb_project: Optional[str] = None, wandb_exp_name: Optional[str] = None,
-                 config: Optional[dict] = None):
+    def __init__(self, log_dir: str, enabled: bool, tensorboard_dir: str | None = None,
+                 wandb_project: str | None = None, wandb_exp_name: str | None = None,
+                 config: dict | None = None):
         self.enabled = enabled
         self.path = os.path.join(log_dir, 'metrics.jsonl')
         self.tensorboard = self.wandb = None
@@ -51,7 +50,7 @@ class MetricsWriter:
             import wandb  # optional; the flag's check made sure it imports
             self.wandb = wandb.init(project=wandb_project, name=wandb_exp_name, dir=log_dir, config=config)
 
-    def log(self, record: Dict[str, float], prefix: str = ''):
+    def log(self, record: dict[str, float], prefix: str = ''):
         if not self.enabled:
             return
         split = prefix or 'train'
@@ -73,7 +72,7 @@ class MetricsWriter:
             self.wandb.finish()
 
 
-def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional[float]) -> str:
+def train_line(record: dict[str, float], train_iters: int, eta_seconds: float | None) -> str:
     parts = [f"iteration {record['iteration']:8d}/{train_iters:8d}",
              f"consumed samples: {record['consumed_samples']:10d}",
              f"elapsed time per iteration (ms): {record['step_ms']:.1f}",
@@ -97,7 +96,7 @@ def train_line(record: Dict[str, float], train_iters: int, eta_seconds: Optional
               f"TFLOP/s/GPU: {record['tflops_per_gpu']:.2f}",
               f"peak mem (GB): {record['peak_mem_gb']:.2f}"]
     if eta_seconds is not None:
-        parts.append(f"ETA: {_format_eta(eta_seconds)}")
+        parts.append(f'ETA: {_format_eta(eta_seconds)}')
     return ' | '.join(parts)
 
 

@@ -10,7 +10,7 @@ divides by the global batch's target ids (``calculate_per_token_loss``) and the 
 per-target CTC over the global batch, whatever its split; the CTC weight plays no part.
 """
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 import torch
 from megatron.core import parallel_state
@@ -23,8 +23,7 @@ from ..config import SALMConfig
 from ..model.ctc import ctc_loss_weight, reduce_ctc_stats
 from ..model.host_inputs import ctc_target_count, prepare_microbatch
 from ..model.mtp import supervised_counts
-from .forward_step import (encoder_ctc_forward_step, forward_step, reduce_over_data_parallel,
-                           set_global_mtp_weights)
+from .forward_step import encoder_ctc_forward_step, forward_step, reduce_over_data_parallel, set_global_mtp_weights
 
 ENCODER_CTC = 'encoder_ctc'
 """The training mode whose step runs the encoder and its CTC head only."""
@@ -38,7 +37,7 @@ def _salms(model_chunks):
     return [unwrap_model(chunk) for chunk in model_chunks]
 
 
-def set_global_loss_weights(model_chunks, microbatches: List[dict], cfg: SALMConfig) -> torch.Tensor:
+def set_global_loss_weights(model_chunks, microbatches: list[dict], cfg: SALMConfig) -> torch.Tensor:
     """All-reduce this global batch's counts over DP in one call - supervised tokens of the main
     head and each MTP depth, then CTC target ids - and hand MTP and CTC their weights."""
     depths = cfg.mtp_depths
@@ -79,7 +78,7 @@ class LossTotals(NamedTuple):
         return self.loss_sum / max(self.tokens, 1.0)
 
 
-def forward_backward(model_chunks, microbatches: List[dict], cfg: SALMConfig,
+def forward_backward(model_chunks, microbatches: list[dict], cfg: SALMConfig,
                      forward_only: bool = False, training_mode: str = 'joint') -> LossTotals:
     """Run the schedule over ``microbatches``; gradients are finalised (DP reduce, embedding sync,
     1/N_main) unless ``forward_only``. ``microbatches`` are CPU tensors (pinned for a fast copy)."""

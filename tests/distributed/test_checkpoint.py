@@ -20,6 +20,7 @@ import torch
 from tests.support.checkpoints import assert_changed, assert_params, close_loss, full_params, last_stage, launch
 from tests.support.parallel_utils import tiny_config
 
+
 @pytest.fixture(scope='module')
 def reshard(tmp_path_factory):
     """TP=2 x PP=2 saves at iteration 2; TP=1 x PP=1 loads it, steps, saves at 3, then crashes

@@ -7,8 +7,14 @@ import torch
 
 from megatron_salm_mtp.checkpoint.save_load import _check_expert_parallel_change
 from megatron_salm_mtp.config import ConfigError
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 from tests.support.train_utils import read_metrics, run_train
 
 MOE = dict(mtp_layer_pattern='*E', num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=24)

@@ -11,14 +11,20 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
+
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.model.distill import vocab_parallel_kl
 from megatron_salm_mtp.model.freeze import apply_training_mode
 from tests.support.inference_fixtures import counting_batch, tiny_salm
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 
 
 def test_kl_and_its_gradient_match_torch():

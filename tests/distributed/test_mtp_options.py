@@ -5,8 +5,14 @@ under TP=2 and PP=2 against the plain-torch reference; ``mtp_enabled`` and 'no M
 import pytest
 import torch
 
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 
 OPTIONS = {
     'shared-weights': dict(mtp_use_repeated_layer=True, mtp_num_layers=3),

@@ -7,15 +7,20 @@ import os
 import pytest
 import torch
 
-from tests.support.parallel_utils import pack_rows, reference_grads, run_plan, speech_batch, tiny_config
-from tests.support.reference import salm_objective
-from tests.support.parallel_utils import assert_grads_match
-
 from megatron_salm_mtp.data.packing import segment_ids
 from megatron_salm_mtp.model.mtp import supervised_counts
 from megatron_salm_mtp.model.packed import MASK, THD, block_causal_mask, per_position_rotary
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import LOCAL
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    pack_rows,
+    reference_grads,
+    run_plan,
+    speech_batch,
+    tiny_config,
+)
+from tests.support.reference import salm_objective
 
 # Two utterances per row; 5 and 2 are supervised from their first position on, so a depth-k
 # target or input taken across the boundary from 1 and 6 would enter the loss.
@@ -145,4 +150,4 @@ def test_thd_layout_gives_the_row_layout_losses_and_gradients(single_rank_parall
     for name, grad in grads_mask.items():
         scale = grad.abs().max().item()
         err = (grads_thd[name] - grad).abs().max().item() / max(scale, 1e-30)
-        assert err < 2e-5, f"{name}: relative error {err:.2e}"
+        assert err < 2e-5, f'{name}: relative error {err:.2e}'

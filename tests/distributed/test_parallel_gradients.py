@@ -12,8 +12,14 @@ import os
 import pytest
 import torch
 
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 
 GLOBAL_BATCH = 8
 

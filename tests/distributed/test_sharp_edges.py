@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from megatron_salm_mtp.model.mtp import mtp_loss_weights, mtp_target_masks, supervised_counts
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 
 
 def test_rank_without_supervised_tokens_matches_reference(tmp_path):

@@ -17,8 +17,14 @@ import torch
 from megatron_salm_mtp.cli import build_parser, parse_args
 from megatron_salm_mtp.config import ConfigError
 from tests.support.checkpoints import assert_params, close_loss, full_params, last_stage, launch
-from tests.support.parallel_utils import (assert_grads_match, init_weights, reference_grads, run_layout, speech_batch,
-                                          tiny_config)
+from tests.support.parallel_utils import (
+    assert_grads_match,
+    init_weights,
+    reference_grads,
+    run_layout,
+    speech_batch,
+    tiny_config,
+)
 
 INTERLEAVED = dict(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
 

@@ -64,7 +64,7 @@ def parse(argv):
     p.add_argument('--out', help='JSON path (default: print)')
     args, model_flags = p.parse_known_args(argv)
     if args.load and (not args.manifest or model_flags):
-        p.error(f"--load needs --manifest and takes no model flags (got {model_flags})")
+        p.error(f'--load needs --manifest and takes no model flags (got {model_flags})')
     return args, model_flags
 
 

@@ -19,7 +19,6 @@ import argparse
 import math
 import re
 import sys
-from typing import Optional
 
 TABLE_FIELDS = ('consumed samples', 'lm loss', 'mtp_1 loss', 'mtp_1 acc', 'mtp_2 loss', 'mtp_2 acc',
                 'grad norm')
@@ -90,7 +89,7 @@ def check_run(path: str, iters: int, mtp_depths: int, first_iteration: int) -> l
     return problems
 
 
-def check_same(path: str, reference: str, start: int, rtol: Optional[float]) -> list:
+def check_same(path: str, reference: str, start: int, rtol: float | None) -> list:
     mine, theirs = training_lines(path), training_lines(reference)
     shared = sorted(i for i in mine if i >= start and i in theirs)
     if not shared:

@@ -54,15 +54,15 @@ def main():
                                            nproc, microbatches=2)
         mtp = [r['metrics'] for r in ranks if r['metrics']][0]
         results[name] = (loss, grads)
-        print(f"{name}: lm loss {loss:.5f}  " + '  '.join(f'{k} {v:.4f}' for k, v in mtp.items())
-              + f"  ({time.time() - start:.1f} s incl. start-up)")
+        print(f'{name}: lm loss {loss:.5f}  ' + '  '.join(f'{k} {v:.4f}' for k, v in mtp.items())
+              + f'  ({time.time() - start:.1f} s incl. start-up)')
     (loss1, grads1), (loss2, grads2), (loss_unfused, grads_unfused) = results.values()
     worst = min(cosine(grads1[n], grads2[n]) for n in grads1)
     rel = abs(loss1 - loss2) / abs(loss1)
-    print(f"step-1 loss relative difference {rel:.2e}; worst gradient cosine similarity {worst:.5f}")
+    print(f'step-1 loss relative difference {rel:.2e}; worst gradient cosine similarity {worst:.5f}')
     worst_fusion = min(cosine(grads1[n], grads_unfused[n]) for n in grads1)
-    print(f"wgrad fusion on/off, 1 GPU: loss {loss1:.6f} / {loss_unfused:.6f}; "
-          f"worst gradient cosine similarity {worst_fusion:.6f}")
+    print(f'wgrad fusion on/off, 1 GPU: loss {loss1:.6f} / {loss_unfused:.6f}; '
+          f'worst gradient cosine similarity {worst_fusion:.6f}')
     ok = rel < 2e-2 and worst > 0.99 and abs(loss1 - loss_unfused) < 1e-5 * abs(loss1) and worst_fusion > 0.999
     print('PASS' if ok else 'FAIL')
     sys.exit(0 if ok else 1)

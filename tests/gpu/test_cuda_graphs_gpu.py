@@ -19,6 +19,7 @@ import torch
 from tests.support.data_fixtures import make_train_valid_corpus
 from tests.support.process import ROOT, free_port
 from tests.support.train_utils import read_metrics, run_train
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 HAVE_TE = importlib.util.find_spec('transformer_engine') is not None
 IMPLS = ['local', pytest.param('transformer_engine', marks=pytest.mark.skipif(not HAVE_TE, reason='needs TE'))]
@@ -42,8 +43,8 @@ def test_graphed_steps_train_as_eager_ones(tmp_path, impl):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node=1', f'--master-port={free_port()}',
            '-m', 'megatron_salm_mtp.tools.bench_train', '--config', os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'),
-           *SMALL_SALM, '--no-pack-sequences', '--cuda-graph-impl', impl, '--cuda-graph-warmup-steps', '2', '--compare-cuda-graphs',
-           '--warmup-iters', '3', '--timed-iters', '4', '--json', str(out)]
+           *SMALL_SALM, '--no-pack-sequences', '--cuda-graph-impl', impl, '--cuda-graph-warmup-steps', '2',
+           '--compare-cuda-graphs',           '--warmup-iters', '3', '--timed-iters', '4', '--json', str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
                             env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -59,7 +59,7 @@ def test_triton_head_is_as_accurate_as_the_unfused_head_in_bf16():
     print('relative errors against fp32 (loss, grad hidden, grad weight): unfused',
           [f'{e:.1e}' for e in unfused_errors], 'fused', [f'{e:.1e}' for e in fused_errors])
     for name, mine, theirs in zip(('loss', 'grad hidden', 'grad weight'), fused_errors, unfused_errors):
-        assert mine < max(2 * theirs, 1e-3), f"{name}: fused {mine:.1e} vs unfused {theirs:.1e}"
+        assert mine < max(2 * theirs, 1e-3), f'{name}: fused {mine:.1e} vs unfused {theirs:.1e}'
 
 
 def test_triton_and_torch_chunk_backends_agree():

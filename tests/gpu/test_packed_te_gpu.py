@@ -9,11 +9,11 @@ without CUDA or Transformer Engine.
 import pytest
 import torch
 
-from tests.support.parallel_utils import pack_rows, speech_batch, tiny_config
-from tests.distributed.test_packed_gradients import ROWS
 from megatron_salm_mtp.model.packed import THD
 from megatron_salm_mtp.model.salm import SALM
 from megatron_salm_mtp.model.specs import TRANSFORMER_ENGINE, te_available
+from tests.distributed.test_packed_gradients import ROWS
+from tests.support.parallel_utils import pack_rows, speech_batch, tiny_config
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and te_available()),
                                 reason='needs a GPU and Transformer Engine')

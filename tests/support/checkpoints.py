@@ -40,7 +40,7 @@ def launch(workdir, name, cfg, plan, nproc, dist_opt=False, expect_rc=0):
     failed_as_expected = returncode == expect_rc if nproc == 1 else f'exitcode  : {expect_rc}' in text
     expected = returncode == 0 if not expect_rc else failed_as_expected
     if not expected:
-        raise RuntimeError(f"{name}: exit {returncode}, expected {expect_rc}:\n{text[-8000:]}")
+        raise RuntimeError(f'{name}: exit {returncode}, expected {expect_rc}:\n{text[-8000:]}')
     return [torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=False) for r in range(nproc)], text
 
 

@@ -28,9 +28,9 @@ if __name__ != '__mp_main__':
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_salm_mtp.config import SALMConfig, TrainConfig
     from megatron_salm_mtp.checkpoint import layout, save_load
     from megatron_salm_mtp.checkpoint.save_strategies import PendingSaves
+    from megatron_salm_mtp.config import SALMConfig, TrainConfig
     from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
     from megatron_salm_mtp.training.optim import build_optimizer
     from megatron_salm_mtp.training.step import forward_backward

@@ -21,9 +21,9 @@ def main():
     parser.add_argument('--tensor-model-parallel-size', default='1')
     parser.add_argument('--mtp-num-layers', default='2')
     args = parser.parse_args()
+    from megatron_salm_mtp.checkpoint.save_load import save_checkpoint
     from megatron_salm_mtp.cli import parse_args
     from megatron_salm_mtp.parallel.setup import build_model, init_distributed, init_model_parallel
-    from megatron_salm_mtp.checkpoint.save_load import save_checkpoint
     run = parse_args(TINY_MODEL + ['--tensor-model-parallel-size', args.tensor_model_parallel_size,
                                    '--mtp-num-layers', args.mtp_num_layers, '--train-manifest', 'unused'])
     init_distributed()

@@ -166,7 +166,7 @@ def counting_batch(cfg, size: int, seed: int, answer_length: int = 12):
     return batch, prompts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def counting_salm():
     """A tiny SALM trained briefly to count (``train_briefly``), built once per process and shared
     by the tests that only decode with it."""
@@ -211,7 +211,7 @@ def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=
     continuation, wrong from depth ``row % (depths + 1)`` of each row on (0: never). Both decode
     through ``workspaces`` (a ``WorkspacePool``) when given."""
     if monkeypatch is not None and workspaces is not None:
-        raise ValueError("oracle drafts change with every batch: decode them in fresh workspaces")
+        raise ValueError('oracle drafts change with every batch: decode them in fresh workspaces')
     vocab = model.cfg.vocab_size
     decoded, differing, accepted = 0, [], 0
     for batch in batches:

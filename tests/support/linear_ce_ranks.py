@@ -45,7 +45,7 @@ RTOL = 1e-5  # fp32: relative to the largest entry
 
 def assert_close(name: str, want, have, rtol=RTOL):
     err = (have - want).abs().max().item() / want.abs().max().item()
-    assert err < rtol, f"{name}: relative error {err:.2e}"
+    assert err < rtol, f'{name}: relative error {err:.2e}'
 
 
 def assert_no_rows_give_zero_gradients(backend):

@@ -72,7 +72,7 @@ def pack_rows(batch: dict, rows, seq_length: int) -> dict:
             positions[r, at:at + n] = torch.arange(n)
             starts.append(at)
             at += n
-        assert at <= seq_length, f"row {r} needs {at} positions"
+        assert at <= seq_length, f'row {r} needs {at} positions'
         positions[r, at:] = torch.arange(seq_length - at)
         cu_seqlens.append(starts + [seq_length] if at == seq_length else starts + [at, seq_length])
         order.extend(members)
@@ -203,6 +203,6 @@ def assert_grads_match(reference: dict, parallel: dict):
     assert set(reference) == set(parallel), set(reference) ^ set(parallel)
     for name, expected in reference.items():
         scale = expected.abs().max().item()
-        assert scale > 0, f"{name}: reference gradient is zero, the test would not see an error"
+        assert scale > 0, f'{name}: reference gradient is zero, the test would not see an error'
         err = (parallel[name].float() - expected).abs().max().item() / scale
-        assert err < GRAD_RTOL, f"{name}: relative error {err:.2e}"
+        assert err < GRAD_RTOL, f'{name}: relative error {err:.2e}'

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # exponent of 1/f in the power spectrum
+NOISE_COLOURS = {'white': 0.0, 'pink': 1.0, 'brown': 2.0}  # exponent of 1/f in the power spectrum
 
 
 def room_impulse_response(rng: np.random.Generator, sample_rate: int, rt60: float, drr_db: float) -> np.ndarray:

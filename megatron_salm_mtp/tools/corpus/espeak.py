@@ -53,30 +53,30 @@ class EspeakUnavailable(RuntimeError):
 
 def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
     """PCM16 mono of espeak-ng's ``--stdout`` WAV, whose size fields are placeholders."""
-    if data[:4] != b"RIFF" or data[36:40] != b"data":
-        raise RuntimeError("espeak-ng --stdout did not write the expected 44-byte WAV header")
-    rate = struct.unpack("<I", data[24:28])[0]
-    pcm = np.frombuffer(data, dtype="<i2", offset=44, count=(len(data) - 44) // 2)
+    if data[:4] != b'RIFF' or data[36:40] != b'data':
+        raise RuntimeError('espeak-ng --stdout did not write the expected 44-byte WAV header')
+    rate = struct.unpack('<I', data[24:28])[0]
+    pcm = np.frombuffer(data, dtype='<i2', offset=44, count=(len(data) - 44) // 2)
     return pcm.astype(np.float32) / 32768.0, rate
 
 
 class _CliBackend:
-    name = "espeak-ng binary"
+    name = 'espeak-ng binary'
     deterministic = True
     thread_safe = True
 
     def __init__(self, binary: str):
         self.binary = binary
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
-        self.version = out.split("Data at")[0].strip()
-        self.data_dir = out.split("Data at:")[1].strip() if "Data at:" in out else None
+        out = subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout
+        self.version = out.split('Data at')[0].strip()
+        self.data_dir = out.split('Data at:')[1].strip() if 'Data at:' in out else None
 
     def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
         # SSML carries the pitch range, which has no command-line flag; it also keeps a text that
         # starts with "-" from reading as an option.
         ssml = f'<prosody range="{prosody.pitch_range}%">{escape(text)}</prosody>'
-        args = [self.binary, "-m", "-v", voice, "-s", str(prosody.rate), "-p", str(prosody.pitch),
-                "-a", str(prosody.amplitude), "-g", str(prosody.word_gap), "--stdout", ssml]
+        args = [self.binary, '-m', '-v', voice, '-s', str(prosody.rate), '-p', str(prosody.pitch),
+                '-a', str(prosody.amplitude), '-g', str(prosody.word_gap), '--stdout', ssml]
         done = subprocess.run(args, capture_output=True)
         if done.returncode != 0:
             raise SynthesisError(f"espeak-ng failed ({done.returncode}) for voice {voice!r}: "
@@ -85,7 +85,7 @@ class _CliBackend:
 
 
 class _LibBackend:
-    name = "espeakng-loader library"
+    name = 'espeakng-loader library'
     thread_safe = False
     deterministic = False
 
@@ -93,14 +93,14 @@ class _LibBackend:
         try:
             import espeakng_loader
         except ImportError as e:
-            raise EspeakUnavailable("neither the espeak-ng binary nor the espeakng-loader package is installed") from e
+            raise EspeakUnavailable('neither the espeak-ng binary nor the espeakng-loader package is installed') from e
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.data_dir = espeakng_loader.get_data_path()
         data_parent = os.path.dirname(self.data_dir)  # the folder holding espeak-ng-data
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
         if self.rate <= 0:
-            raise EspeakUnavailable(f"espeak_Initialize failed ({self.rate})")
+            raise EspeakUnavailable(f'espeak_Initialize failed ({self.rate})')
         self._chunks: list[np.ndarray] = []
         proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -116,35 +116,35 @@ class _LibBackend:
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.version = "espeak-ng " + lib.espeak_Info(None).decode()
+        self.version = 'espeak-ng ' + lib.espeak_Info(None).decode()
         self._lib = lib
 
     def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
         lib = self._lib
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r}")
+            raise ValueError(f'espeak-ng has no voice {voice!r}')
         for param, value in ((_PARAM_RATE, prosody.rate), (_PARAM_PITCH, prosody.pitch),
                              (_PARAM_VOLUME, prosody.amplitude), (_PARAM_WORDGAP, prosody.word_gap),
                              (_PARAM_RANGE, min(100, prosody.pitch_range // 2))):  # the library's 50 is normal
             lib.espeak_SetParameter(param, value, 0)
         self._chunks = []
-        raw = text.encode("utf-8") + b"\0"
+        raw = text.encode('utf-8') + b'\0'
         err = lib.espeak_Synth(raw, len(raw), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
         lib.espeak_Synchronize()
         if err != 0:
-            raise SynthesisError(f"espeak_Synth failed ({err}) on {text!r}")
+            raise SynthesisError(f'espeak_Synth failed ({err}) on {text!r}')
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return pcm.astype(np.float32) / 32768.0, self.rate
 
 
-def find_backend(prefer: str = "auto"):
+def find_backend(prefer: str = 'auto'):
     """``auto``: the binary when on PATH, else the library; ``cli`` / ``lib`` force one."""
-    if prefer not in ("auto", "cli", "lib"):
-        raise ValueError(f"backend must be auto, cli or lib, got {prefer!r}")
-    binary = shutil.which("espeak-ng")
-    if prefer == "cli" or (prefer == "auto" and binary):
+    if prefer not in ('auto', 'cli', 'lib'):
+        raise ValueError(f'backend must be auto, cli or lib, got {prefer!r}')
+    binary = shutil.which('espeak-ng')
+    if prefer == 'cli' or (prefer == 'auto' and binary):
         if not binary:
-            raise EspeakUnavailable("espeak-ng binary not found on PATH (apt-get install espeak-ng)")
+            raise EspeakUnavailable('espeak-ng binary not found on PATH (apt-get install espeak-ng)')
         return _CliBackend(binary)
     return _LibBackend()
 

@@ -82,12 +82,12 @@ class SynthSettings:
 
     def validate(self) -> None:
         checks = [(0 < self.min_seconds and 1.5 * self.min_seconds <= self.max_seconds,
-                   f"--min-seconds {self.min_seconds} must be positive and --max-seconds {self.max_seconds} "
-                   "at least 1.5 times it"),
-                  (0 <= self.noise_prob <= 1, f"--noise-prob must be in [0, 1], got {self.noise_prob}"),
-                  (0 <= self.reverb_prob <= 1, f"--reverb-prob must be in [0, 1], got {self.reverb_prob}"),
-                  (self.snr_db[0] <= self.snr_db[1], f"--snr-db MIN MAX: {self.snr_db[0]} > {self.snr_db[1]}"),
-                  (0 < self.rt60[0] <= self.rt60[1], f"--rt60 MIN MAX must be positive and ordered, got {self.rt60}"),
+                   f'--min-seconds {self.min_seconds} must be positive and --max-seconds {self.max_seconds} '
+                   'at least 1.5 times it'),
+                  (0 <= self.noise_prob <= 1, f'--noise-prob must be in [0, 1], got {self.noise_prob}'),
+                  (0 <= self.reverb_prob <= 1, f'--reverb-prob must be in [0, 1], got {self.reverb_prob}'),
+                  (self.snr_db[0] <= self.snr_db[1], f'--snr-db MIN MAX: {self.snr_db[0]} > {self.snr_db[1]}'),
+                  (0 < self.rt60[0] <= self.rt60[1], f'--rt60 MIN MAX must be positive and ordered, got {self.rt60}'),
                   (bool(self.text_subsets) and set(self.text_subsets) <= set(SUBSETS),
                    f"--subsets must name some of {','.join(SUBSETS)}, got {','.join(self.text_subsets) or 'none'}")]
         for ok, message in checks:
@@ -108,7 +108,7 @@ class CorpusPlan:
 
 
 def split_of(i: int) -> str:
-    return {7: "valid", 8: "test", 9: "test_unseen"}.get(i % 10, "train")
+    return {7: 'valid', 8: 'test', 9: 'test_unseen'}.get(i % 10, 'train')
 
 
 def _draw_prosody(rng: np.random.Generator) -> Prosody:
@@ -125,11 +125,11 @@ def _target_seconds(rng: np.random.Generator, s: SynthSettings) -> float:
 
 
 def _augment(rng: np.random.Generator, audio: np.ndarray, s: SynthSettings) -> tuple[np.ndarray, dict]:
-    fields = {"noise_snr_db": None, "noise_colour": None, "reverb_rt60": None}
+    fields = {'noise_snr_db': None, 'noise_colour': None, 'reverb_rt60': None}
     if rng.random() < s.reverb_prob:
         rt60 = float(rng.uniform(*s.rt60))
         audio = reverberate(audio, room_impulse_response(rng, SAMPLE_RATE, rt60, float(rng.uniform(0.0, 12.0))))
-        fields["reverb_rt60"] = round(rt60, 2)
+        fields['reverb_rt60'] = round(rt60, 2)
     if rng.random() < s.noise_prob:
         snr, colour = float(rng.uniform(*s.snr_db)), str(rng.choice(list(NOISE_COLOURS)))
         audio = add_noise(rng, audio, snr, colour)
@@ -142,7 +142,7 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
     """(16 kHz audio, manifest fields) of utterance ``i``."""
     s, split = plan.settings, split_of(i)
     rng = np.random.default_rng([s.seed, i])
-    voices = plan.voices["unseen" if split == "test_unseen" else "seen"]
+    voices = plan.voices['unseen' if split == 'test_unseen' else 'seen']
     for _ in range(max_tries):
         subset = choose_subset(rng, {k: DEFAULT_MIX[k] for k in s.text_subsets})
         voice = voices[int(rng.integers(len(voices)))]
@@ -153,26 +153,26 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
         try:
             wav, sr = engine.synth(text, voice, prosody)
         except SynthesisError as e:  # one crash must not end a corpus of hours: draw another text
-            logger.warning("utterance %d: %s on %r; drawing another text", i, e, text)
+            logger.warning('utterance %d: %s on %r; drawing another text', i, e, text)
             continue
         seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
         if s.min_seconds <= seconds <= s.max_seconds:
             break
     else:
-        raise RuntimeError(f"utterance {i}: no text within [{s.min_seconds}, {s.max_seconds}] s in {max_tries} tries")
+        raise RuntimeError(f'utterance {i}: no text within [{s.min_seconds}, {s.max_seconds}] s in {max_tries} tries')
     lead, tail = (np.zeros(int(p * SAMPLE_RATE), np.float32) for p in pads)
     audio = np.concatenate([lead, resample(wav, sr, SAMPLE_RATE), tail])
     audio, augmentation = _augment(rng, audio, s)
-    fields = {"duration": round(len(audio) / SAMPLE_RATE, 4), "text": transcript(text), "subset": subset,
-              "lang": "en", "voice": voice, **dataclasses.asdict(prosody), **augmentation}
+    fields = {'duration': round(len(audio) / SAMPLE_RATE, 4), 'text': transcript(text), 'subset': subset,
+              'lang': 'en', 'voice': voice, **dataclasses.asdict(prosody), **augmentation}
     return audio, fields
 
 
 def _write_utterance(engine, plan: CorpusPlan, out: str, i: int) -> dict:
     audio, fields = make_utterance(engine, plan, i)
-    rel = f"audio/{i:06d}.wav"
+    rel = f'audio/{i:06d}.wav'
     write_wav(os.path.join(out, rel), audio, SAMPLE_RATE)
-    return {"audio_filepath": rel, **fields}
+    return {'audio_filepath': rel, **fields}
 
 
 _process_state = None  # (engine, plan) of a worker process: the library backend keeps global state
@@ -209,7 +209,7 @@ def _synthesize_all(engine, backend: str, plan: CorpusPlan, out: str, num_uttera
 
 def _with_progress(rows, total: int) -> list[dict]:
     """The rows as they come, with a progress line every ``PROGRESS_SECONDS`` and one at the end."""
-    progress, out = Progress("synth", total, "utterances", PROGRESS_SECONDS), []
+    progress, out = Progress('synth', total, 'utterances', PROGRESS_SECONDS), []
     for row in rows:
         out.append(row)
         progress.advance()
@@ -218,7 +218,7 @@ def _with_progress(rows, total: int) -> list[dict]:
 
 def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float = 0.3,
                  snr_db: tuple[float, float] = (5.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 20.0,
-                 backend: str = "auto", jobs: int | None = None, text_source: str | None = None,
+                 backend: str = 'auto', jobs: int | None = None, text_source: str | None = None,
                  reverb_prob: float = 0.2, rt60: tuple[float, float] = (0.2, 0.9),
                  subsets: tuple[str, ...] = SUBSETS) -> dict:
     """Write the corpus; returns the summary also saved as ``corpus.json`` (plus ``wall_seconds``)."""
@@ -226,75 +226,75 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
                              tuple(subsets))
     settings.validate()
     if num_utterances < 1 or (jobs is not None and jobs < 1):
-        raise SynthSettingsError(f"--num-utterances ({num_utterances}) and --jobs ({jobs}) must be at least 1")
+        raise SynthSettingsError(f'--num-utterances ({num_utterances}) and --jobs ({jobs}) must be at least 1')
     pools = load_text_source(text_source)
     texts = split_texts(pools)
-    source = {"path": text_source or default_text_source(), "source": pools.source, "sentences": len(pools.sentences),
-              "phrases": len(pools.phrases)}
+    source = {'path': text_source or default_text_source(), 'source': pools.source, 'sentences': len(pools.sentences),
+              'phrases': len(pools.phrases)}
     engine = find_backend(backend)
     voices, missing = corpus_voices(engine.data_dir)
     plan = CorpusPlan(settings, texts, voices)
-    os.makedirs(os.path.join(out, "audio"), exist_ok=True)
+    os.makedirs(os.path.join(out, 'audio'), exist_ok=True)
     start = time.perf_counter()
     rows = _synthesize_all(engine, backend, plan, out, num_utterances, jobs)
     splits = {name: [r for i, r in enumerate(rows) if split_of(i) == name] for name in SPLITS}
     for name, split_rows in splits.items():
-        with open(os.path.join(out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in split_rows)
-    summary = {"version": CORPUS_VERSION, "num_utterances": num_utterances, **dataclasses.asdict(settings),
-               "backend": engine.name, "espeak": engine.version, "audio_reproducible": engine.deterministic,
-               "sample_rate": SAMPLE_RATE, "text_source": source,
+        with open(os.path.join(out, f'{name}.jsonl'), 'w', encoding='utf-8') as f:
+            f.writelines(json.dumps(r) + '\n' for r in split_rows)
+    summary = {'version': CORPUS_VERSION, 'num_utterances': num_utterances, **dataclasses.asdict(settings),
+               'backend': engine.name, 'espeak': engine.version, 'audio_reproducible': engine.deterministic,
+               'sample_rate': SAMPLE_RATE, 'text_source': source,
                **summarize(splits, voices, missing, {s: len(t.words) for s, t in texts.items()})}
-    with open(os.path.join(out, "corpus.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, 'corpus.json'), 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=1)
-    return {**summary, "wall_seconds": round(time.perf_counter() - start, 2)}
+    return {**summary, 'wall_seconds': round(time.perf_counter() - start, 2)}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.synth",
-                                description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.tools.corpus.synth',
+                                description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--num-utterances", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-source", default=None,
-                   help="WordNet folder or pools file (python -m megatron_salm_mtp.tools.corpus.text_source); "
-                        "default: the Debian wordnet-base folder")
-    p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with added noise")
-    p.add_argument("--snr-db", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"))
-    p.add_argument("--reverb-prob", type=float, default=0.2, help="fraction of utterances with room reverberation")
-    p.add_argument("--rt60", type=float, nargs=2, default=(0.2, 0.9), metavar=("MIN", "MAX"),
-                   help="reverberation time range in seconds")
-    p.add_argument("--min-seconds", type=float, default=1.0)
-    p.add_argument("--max-seconds", type=float, default=20.0)
-    p.add_argument("--subsets", default=",".join(SUBSETS),
-                   help="comma-separated subsets to draw (their default shares renormalised), e.g. digits for a "
-                        "small-vocabulary corpus")
-    p.add_argument("--backend", choices=("auto", "cli", "lib"), default="auto",
-                   help="espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="parallel synthesis: threads (binary backend) or processes (library backend)")
+    p.add_argument('--out', required=True, help='output folder (created)')
+    p.add_argument('--num-utterances', type=int, required=True)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--text-source', default=None,
+                   help='WordNet folder or pools file (python -m megatron_salm_mtp.tools.corpus.text_source); '
+                        'default: the Debian wordnet-base folder')
+    p.add_argument('--noise-prob', type=float, default=0.3, help='fraction of utterances with added noise')
+    p.add_argument('--snr-db', type=float, nargs=2, default=(5.0, 30.0), metavar=('MIN', 'MAX'))
+    p.add_argument('--reverb-prob', type=float, default=0.2, help='fraction of utterances with room reverberation')
+    p.add_argument('--rt60', type=float, nargs=2, default=(0.2, 0.9), metavar=('MIN', 'MAX'),
+                   help='reverberation time range in seconds')
+    p.add_argument('--min-seconds', type=float, default=1.0)
+    p.add_argument('--max-seconds', type=float, default=20.0)
+    p.add_argument('--subsets', default=','.join(SUBSETS),
+                   help='comma-separated subsets to draw (their default shares renormalised), e.g. digits for a '
+                        'small-vocabulary corpus')
+    p.add_argument('--backend', choices=('auto', 'cli', 'lib'), default='auto',
+                   help='espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)')
+    p.add_argument('--jobs', type=int, default=None,
+                   help='parallel synthesis: threads (binary backend) or processes (library backend)')
     a = p.parse_args(argv)
     try:
         s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
                          a.max_seconds, a.backend, a.jobs, a.text_source, a.reverb_prob, tuple(a.rt60),
-                         tuple(k for k in a.subsets.split(",") if k))
+                         tuple(k for k in a.subsets.split(',') if k))
     except (TextSourceError, SynthSettingsError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        print(f'{p.prog}: error: {e}', file=sys.stderr)
         return 2
-    pool = s["voice_pool"]
-    per_split = "; ".join(f"{k} {v['utterances']} utt {v['hours']} h {len(v['voices'])} voices "
-                          f"{v['distinct_words']} words" for k, v in s["per_split"].items())
+    pool = s['voice_pool']
+    per_split = '; '.join(f"{k} {v['utterances']} utt {v['hours']} h {len(v['voices'])} voices "
+                          f"{v['distinct_words']} words" for k, v in s['per_split'].items())
     print(f"wrote {s['num_utterances']} utterances ({s['hours']} h of audio, {s['distinct_words']} distinct words) "
           f"to {a.out} in {s['wall_seconds']} s with {s['backend']} ({s['espeak']}): {per_split}; "
           f"subsets {s['subsets']}; test_unseen voices: base {' / '.join(pool['held_out_bases'])} or variant "
           f"{' / '.join(pool['held_out_variants'])}, of {len(pool['seen']) + len(pool['unseen'])} voices "
           f"({len(pool['missing'])} missing here{': ' + ', '.join(pool['missing']) if pool['missing'] else ''})")
     if not s['audio_reproducible']:
-        print("note: the espeakng-loader library is not deterministic: another run gives the same texts with "
-              "slightly different audio; install the espeak-ng binary for bit-reproducible corpora")
+        print('note: the espeakng-loader library is not deterministic: another run gives the same texts with '
+              'slightly different audio; install the espeak-ng binary for bit-reproducible corpora')
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

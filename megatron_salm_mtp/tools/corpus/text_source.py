@@ -31,15 +31,15 @@ from functools import lru_cache
 
 from .text_clean import clean_text, decapitalise_first, lowercase_words, transcript
 
-WORDNET_DIR = "/usr/share/wordnet"
-WORDNET_FILES = tuple(f"data.{pos}" for pos in ("noun", "verb", "adj", "adv"))
+WORDNET_DIR = '/usr/share/wordnet'
+WORDNET_FILES = tuple(f'data.{pos}' for pos in ('noun', 'verb', 'adj', 'adv'))
 POOLS_FORMAT = 1
 _PERSON_LEXFILE = 18  # noun.person
 _QUOTED = re.compile(r'"([^"]*)"')
-_NAME = re.compile(r"[A-Z][a-z]+")
+_NAME = re.compile(r'[A-Z][a-z]+')
 _TITLES = frozenset("""Saint Sir King Queen Prince Princess Lord Lady Pope Emperor Empress General Duke Count
     Baron Mother Father Brother Sister Dame Mount Don Madame Sultan Tsar Czar Jr Sr Great Elder Younger""".split())
-_SOURCE = "WordNet 3.0, Copyright 2006 by Princeton University, under the WordNet 3.0 licence"
+_SOURCE = 'WordNet 3.0, Copyright 2006 by Princeton University, under the WordNet 3.0 licence'
 
 
 class TextSourceError(ValueError):
@@ -65,18 +65,18 @@ def _synset_lines(folder: str):
     for name in WORDNET_FILES:
         path = os.path.join(folder, name)
         try:
-            with open(path, encoding="latin-1") as f:
-                yield from (line for line in f if not line.startswith("  "))  # licence header
+            with open(path, encoding='latin-1') as f:
+                yield from (line for line in f if not line.startswith('  '))  # licence header
         except OSError as e:
-            raise TextSourceError(f"text source {folder}: cannot read {path} ({e.strerror})") from e
+            raise TextSourceError(f'text source {folder}: cannot read {path} ({e.strerror})') from e
 
 
 def _person_names(person_lemmas: set[str], not_names: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """First and last words of multi-word person names, without titles, common words (a first name
     such as Rose or White would be written lower case in a sentence) or nationalities (Indian)."""
     first, last = set(), set()
-    for parts in (lemma.split("_") for lemma in person_lemmas):
-        if len(parts) < 2 or "the" in parts:
+    for parts in (lemma.split('_') for lemma in person_lemmas):
+        if len(parts) < 2 or 'the' in parts:
             continue
         first.update(w for w in parts[:1] if _NAME.fullmatch(w) and w.lower() not in not_names)
         last.update(w for w in parts[-1:] if _NAME.fullmatch(w))
@@ -87,18 +87,18 @@ def read_wordnet(folder: str = WORDNET_DIR) -> TextPools:
     """Pools of a WordNet ``dict`` folder (see the module docstring)."""
     examples, glosses, persons, lemma_words, adjectives = set(), set(), set(), set(), set()
     for line in _synset_lines(folder):
-        head, _, gloss = line.partition(" | ")
+        head, _, gloss = line.partition(' | ')
         fields = head.split()
         if len(fields) < 5 or not gloss:
-            raise TextSourceError(f"text source {folder}: not a WordNet data line: {line[:60]!r}")
-        lemmas = [re.sub(r"\(.*\)$", "", fields[4 + 2 * k]) for k in range(int(fields[3], 16))]
-        lemma_words.update(w for lemma in lemmas if lemma.islower() for w in lemma.split("_"))
-        if fields[2] in ("a", "s"):
+            raise TextSourceError(f'text source {folder}: not a WordNet data line: {line[:60]!r}')
+        lemmas = [re.sub(r'\(.*\)$', '', fields[4 + 2 * k]) for k in range(int(fields[3], 16))]
+        lemma_words.update(w for lemma in lemmas if lemma.islower() for w in lemma.split('_'))
+        if fields[2] in ('a', 's'):
             adjectives.update(lemma for lemma in lemmas if lemma[:1].isupper())
-        if fields[2] == "n" and int(fields[1]) == _PERSON_LEXFILE:
+        if fields[2] == 'n' and int(fields[1]) == _PERSON_LEXFILE:
             persons.update(lemma for lemma in lemmas if lemma[:1].isupper())
         examples.update(_QUOTED.findall(gloss))
-        glosses.update(_QUOTED.sub("", gloss).split(";"))
+        glosses.update(_QUOTED.sub('', gloss).split(';'))
     sentences = {c for c in map(clean_text, examples) if c}
     phrases = {c for c in map(clean_text, glosses) if c} - sentences
     lower = lowercase_words(sentences | phrases) | lemma_words
@@ -109,26 +109,26 @@ def read_wordnet(folder: str = WORDNET_DIR) -> TextPools:
 
 def save_pools(pools: TextPools, path: str) -> None:
     """The compact file: gzip JSON; ``mtime=0`` so the same pools give the same bytes."""
-    payload = {"format": POOLS_FORMAT, **dataclasses.asdict(pools)}
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-        f.write(json.dumps(payload, indent=0).encode("utf-8"))
+    payload = {'format': POOLS_FORMAT, **dataclasses.asdict(pools)}
+    with open(path, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as f:
+        f.write(json.dumps(payload, indent=0).encode('utf-8'))
 
 
 def _load_pools_file(path: str) -> TextPools:
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, 'rt', encoding='utf-8') as f:
             payload = json.load(f)
     except (OSError, EOFError, ValueError) as e:
-        raise TextSourceError(f"text source {path}: not a readable pools file ({e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != POOLS_FORMAT:
-        raise TextSourceError(f"text source {path}: not a pools file of format {POOLS_FORMAT}")
+        raise TextSourceError(f'text source {path}: not a readable pools file ({e})') from e
+    if not isinstance(payload, dict) or payload.get('format') != POOLS_FORMAT:
+        raise TextSourceError(f'text source {path}: not a pools file of format {POOLS_FORMAT}')
     fields = [f.name for f in dataclasses.fields(TextPools)]
     missing = [k for k in fields if k not in payload]
     if missing:
-        raise TextSourceError(f"text source {path}: missing {missing}")
-    pools = TextPools(**{k: payload[k] if k == "source" else tuple(payload[k]) for k in fields})
+        raise TextSourceError(f'text source {path}: missing {missing}')
+    pools = TextPools(**{k: payload[k] if k == 'source' else tuple(payload[k]) for k in fields})
     if not (pools.sentences and pools.phrases and pools.first_names and pools.surnames):
-        raise TextSourceError(f"text source {path}: an empty pool")
+        raise TextSourceError(f'text source {path}: an empty pool')
     return pools
 
 
@@ -141,11 +141,11 @@ def load_text_source(path: str | None = None) -> TextPools:
     process (reading WordNet costs seconds) until the source's modification time changes."""
     path = path or default_text_source()
     if path is None:
-        raise TextSourceError(f"no text source: {WORDNET_DIR} is absent (apt-get install wordnet-base), "
-                              "pass --text-source FILE "
-                              "(python -m megatron_salm_mtp.tools.corpus.text_source --out FILE)")
+        raise TextSourceError(f'no text source: {WORDNET_DIR} is absent (apt-get install wordnet-base), '
+                              'pass --text-source FILE '
+                              '(python -m megatron_salm_mtp.tools.corpus.text_source --out FILE)')
     if not os.path.exists(path):
-        raise TextSourceError(f"text source {path}: no such file or folder")
+        raise TextSourceError(f'text source {path}: no such file or folder')
     return _load_cached(os.path.abspath(path), os.stat(path).st_mtime_ns)
 
 
@@ -155,22 +155,22 @@ def _load_cached(path: str, _mtime_ns: int) -> TextPools:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megatron_salm_mtp.tools.corpus.text_source",
-                                description="Write the compact text-pools file of the synthetic corpus.")
-    p.add_argument("--out", required=True, help="output file (gzip JSON, e.g. pools.json.gz)")
-    p.add_argument("--wordnet", default=WORDNET_DIR, help="WordNet folder with data.{noun,verb,adj,adv}")
+    p = argparse.ArgumentParser(prog='python -m megatron_salm_mtp.tools.corpus.text_source',
+                                description='Write the compact text-pools file of the synthetic corpus.')
+    p.add_argument('--out', required=True, help='output file (gzip JSON, e.g. pools.json.gz)')
+    p.add_argument('--wordnet', default=WORDNET_DIR, help='WordNet folder with data.{noun,verb,adj,adv}')
     a = p.parse_args(argv)
     try:
         pools = read_wordnet(a.wordnet)
     except TextSourceError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        print(f'{p.prog}: error: {e}', file=sys.stderr)
         return 2
     save_pools(pools, a.out)
-    print(f"wrote {a.out}: {len(pools.sentences)} sentences, {len(pools.phrases)} phrases, "
-          f"{len(lexicon(pools))} lexicon words, {len(pools.first_names)} first names, "
-          f"{len(pools.surnames)} surnames ({os.path.getsize(a.out) / 1e6:.1f} MB)")
+    print(f'wrote {a.out}: {len(pools.sentences)} sentences, {len(pools.phrases)} phrases, '
+          f'{len(lexicon(pools))} lexicon words, {len(pools.first_names)} first names, '
+          f'{len(pools.surnames)} surnames ({os.path.getsize(a.out) / 1e6:.1f} MB)')
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

@@ -26,27 +26,27 @@ import os
 logger = logging.getLogger(__name__)
 
 BASE_VOICES = {  # voice name -> file under espeak-ng-data/lang
-    "en-gb": "gmw/en", "en-us": "gmw/en-US", "en-gb-scotland": "gmw/en-GB-scotland",
-    "en-gb-x-gbclan": "gmw/en-GB-x-gbclan", "en-gb-x-gbcwmd": "gmw/en-GB-x-gbcwmd",
-    "en-gb-x-rp": "gmw/en-GB-x-rp", "en-029": "gmw/en-029", "en-us-nyc": "gmw/en-US-nyc",
+    'en-gb': 'gmw/en', 'en-us': 'gmw/en-US', 'en-gb-scotland': 'gmw/en-GB-scotland',
+    'en-gb-x-gbclan': 'gmw/en-GB-x-gbclan', 'en-gb-x-gbcwmd': 'gmw/en-GB-x-gbcwmd',
+    'en-gb-x-rp': 'gmw/en-GB-x-rp', 'en-029': 'gmw/en-029', 'en-us-nyc': 'gmw/en-US-nyc',
 }
 VARIANTS = tuple("""adam Alex Alicia Andrea Andy anika Annie antonio AnxiousAndy aunty belinda benjamin boris
     caleb croak david Denis Diogo ed edward edward2 f1 f2 f3 f4 f5 Gene Gene2 grandma grandpa gustave
     Henrique Hugo iven iven2 iven3 iven4 Jacky john kaukovalta klatt klatt2 klatt3 klatt4 klatt5 klatt6
     Lee linda m1 m2 m3 m4 m5 m6 m7 m8 marcelo Marco Mario max Michael michel miguel Mike""".split()) + (
-    "Mr serious",) + tuple("""Nguyen norbert pablo paul pedro quincy rob robert sandro shelby steph
+    'Mr serious',) + tuple("""Nguyen norbert pablo paul pedro quincy rob robert sandro shelby steph
     steph2 steph3 Storm travis Tweaky victor zac""".split())
 EXCLUDED_VARIANTS = tuple("""whisper whisperf robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6
     robosoft7 robosoft8 UniRobot anikaRobot Demonic announcer RicishayMax RicishayMax2 RicishayMax3
     fast""".split())
-HELD_OUT_BASES = ("en-gb-x-gbcwmd", "en-us-nyc")
-HELD_OUT_VARIANTS = ("f3", "m4", "Andrea", "aunty", "shelby", "Henrique", "iven3", "klatt3", "Mario",
-                     "norbert", "quincy", "travis")
-NO_VARIANT = ""
+HELD_OUT_BASES = ('en-gb-x-gbcwmd', 'en-us-nyc')
+HELD_OUT_VARIANTS = ('f3', 'm4', 'Andrea', 'aunty', 'shelby', 'Henrique', 'iven3', 'klatt3', 'Mario',
+                     'norbert', 'quincy', 'travis')
+NO_VARIANT = ''
 
 
 def voice_name(base: str, variant: str) -> str:
-    return f"{base}+{variant}" if variant else base
+    return f'{base}+{variant}' if variant else base
 
 
 def available(data_dir: str | None, bases=tuple(BASE_VOICES),
@@ -55,9 +55,9 @@ def available(data_dir: str | None, bases=tuple(BASE_VOICES),
     not say: an unknown variant falls back to the plain base voice without an error."""
     if data_dir is None:  # the backend cannot tell where its data is: trust the lists
         return list(bases), list(variants), []
-    have_base = [b for b in bases if os.path.isfile(os.path.join(data_dir, "lang", BASE_VOICES[b]))]
-    have_variant = [v for v in variants if os.path.isfile(os.path.join(data_dir, "voices", "!v", v))]
-    missing = [b for b in bases if b not in have_base] + [f"+{v}" for v in variants if v not in have_variant]
+    have_base = [b for b in bases if os.path.isfile(os.path.join(data_dir, 'lang', BASE_VOICES[b]))]
+    have_variant = [v for v in variants if os.path.isfile(os.path.join(data_dir, 'voices', '!v', v))]
+    missing = [b for b in bases if b not in have_base] + [f'+{v}' for v in variants if v not in have_variant]
     return have_base, have_variant, missing
 
 
@@ -68,14 +68,14 @@ def split_voices(bases: list[str], variants: list[str]) -> dict[str, list[str]]:
         for variant in [NO_VARIANT] + variants:
             held = base in HELD_OUT_BASES or variant in HELD_OUT_VARIANTS
             (unseen if held else seen).append(voice_name(base, variant))
-    return {"seen": seen, "unseen": unseen}
+    return {'seen': seen, 'unseen': unseen}
 
 
 def corpus_voices(data_dir: str | None) -> tuple[dict[str, list[str]], list[str]]:
     """Voices per split on this machine, and the missing ones (each named in a warning)."""
     bases, variants, missing = available(data_dir)
     for name in missing:
-        logger.warning("espeak-ng voice %s is missing in %s: skipped (the corpus uses the others)", name, data_dir)
+        logger.warning('espeak-ng voice %s is missing in %s: skipped (the corpus uses the others)', name, data_dir)
     voices = split_voices(bases, variants)
     empty = [k for k, v in voices.items() if not v]
     if empty:

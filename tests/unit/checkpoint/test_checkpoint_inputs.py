@@ -108,7 +108,7 @@ def test_training_refuses_a_damaged_load_and_a_foreign_save_folder(checkpoint, t
 
 def test_load_of_only_incomplete_checkpoints_is_an_error(tmp_path):
     os.makedirs(tmp_path / 'ck' / 'iter_0000004')  # no completion marker
-    with pytest.raises(CheckpointError, match=r"--load .*ck: no complete checkpoint among iter_0000004 \(incomplete\)"):
+    with pytest.raises(CheckpointError, match=r'--load .*ck: no complete checkpoint among iter_0000004 \(incomplete\)'):
         load_checkpoint(str(tmp_path / 'ck'), [], None, None)
     os.makedirs(tmp_path / 'first' / 'iter_0000004.tmp-ab12')  # a first save interrupted: nothing to load
     assert load_checkpoint(str(tmp_path / 'first'), [], None, None) is None

@@ -8,8 +8,12 @@ import sys
 import pytest
 
 from megatron_salm_mtp.checkpoint.layout import MARKER, TRACKER, CheckpointError
-from megatron_salm_mtp.checkpoint.run_folders import (FolderLock, check_load_folder, check_save_folder,
-                                                      claim_checkpoint_folders)
+from megatron_salm_mtp.checkpoint.run_folders import (
+    FolderLock,
+    check_load_folder,
+    check_save_folder,
+    claim_checkpoint_folders,
+)
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.convert.__main__ import main as convert_main
 from tests.support.process import ROOT
@@ -65,7 +69,7 @@ def test_import_hf_into_a_training_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         convert_main(['import-hf', '--llm', str(tmp_path / 'qwen'), '--out', out])
     assert exit_.value.code == 2
-    assert f"error: --out {out} already holds iter_0000004" in capsys.readouterr().err
+    assert f'error: --out {out} already holds iter_0000004' in capsys.readouterr().err
     assert (tmp_path / 'run' / TRACKER).read_text() == '4\n'
 
 
@@ -76,7 +80,7 @@ def test_a_second_run_on_a_locked_folder_names_the_holder(tmp_path):
                               text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == 'held'
-        with pytest.raises(ConfigError, match=rf"--save {folder} is in use by another run \(pid {holder.pid} on "):
+        with pytest.raises(ConfigError, match=rf'--save {folder} is in use by another run \(pid {holder.pid} on '):
             FolderLock(folder, '--save')
     finally:
         holder.stdin.close()
@@ -90,7 +94,7 @@ def test_a_second_run_on_a_locked_folder_names_the_holder(tmp_path):
     ('empty', True, None),
     ('empty', False, 'the folder holds no checkpoint'),
     ('tmp_leftover', True, None),  # the first save was interrupted before its marker
-    ('unmarked', True, "no complete checkpoint among iter_0000004 \\(incomplete\\)"),
+    ('unmarked', True, 'no complete checkpoint among iter_0000004 \\(incomplete\\)'),
     ('tracker_only', True, f"no complete checkpoint among no checkpoint folder and {TRACKER} naming '7'"),
 ])
 def test_load_folders(tmp_path, layout, same_as_save, error):

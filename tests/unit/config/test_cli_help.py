@@ -16,8 +16,8 @@ from tests.support.train_utils import run_train
 
 GROUPS = ['LLM (GPTModel):', 'Multi-token prediction:', 'Mixture of experts (the MTP layers of --mtp-layer-pattern E):',
           'Audio encoder (Whisper-shaped) and projector:', 'CTC on the audio encoder (model/ctc.py):',
-          'Parallelism:', 'Precision:', 'Kernels and memory:', 'Training: schedule and optimizer:', 'Logging and validation:',
-          'Checkpoints and stopping:', 'Data:', 'SpecAugment (training data only):']
+          'Parallelism:', 'Precision:', 'Kernels and memory:', 'Training: schedule and optimizer:',
+          'Logging and validation:', 'Checkpoints and stopping:', 'Data:', 'SpecAugment (training data only):']
 
 
 def _help(module: str) -> subprocess.CompletedProcess:

@@ -10,8 +10,15 @@ import yaml
 
 from megatron_salm_mtp.checkpoint.metadata import model_config
 from megatron_salm_mtp.cli import parse_args
-from megatron_salm_mtp.config import (SINGLE_DEVICE_LAYOUT, KernelConfig, ModelConfig, ParallelConfig,
-                                      PrecisionConfig, SALMConfig, TrainConfig)
+from megatron_salm_mtp.config import (
+    SINGLE_DEVICE_LAYOUT,
+    KernelConfig,
+    ModelConfig,
+    ParallelConfig,
+    PrecisionConfig,
+    SALMConfig,
+    TrainConfig,
+)
 from megatron_salm_mtp.data.loader import DataConfig
 from megatron_salm_mtp.flags import build_parser, declared_fields, docstrings, fields
 from megatron_salm_mtp.megatron_lm.args import data_config_from_args
@@ -24,29 +31,36 @@ RUN_SECTIONS = {'model': SALMConfig, 'train': TrainConfig}
 # config.yaml of a checkpoint saved before the sections (RunConfig.resolved() of a TP=2, PP=2 run
 # with 128 mel bins, frame stack 2, the distributed optimizer and CTC on characters).
 OLD_RUN_YAML = """\
-{adam_beta1: 0.9, adam_beta2: 0.95, add_qkv_bias: false, async_save: false, audio_frame_stack: 2, audio_token: <|audio|>,
-  audio_token_id: 300, batch_p2p_sync: false, bf16: true, bucket_window: 0, check_for_nan_in_loss_and_grad: true,
-  clip_grad: 1.0, context_parallel_size: 1, cross_entropy_fusion_impl: te, cross_entropy_loss_fusion: true, ctc_loss_weight: 0.3,
-  ctc_target_units: characters, default_prompt: Transcribe the audio., encoder_ffn_hidden_size: null, encoder_hidden_size: 64,
-  encoder_max_source_positions: 1500, encoder_num_attention_heads: 4, encoder_num_layers: 2, eval_interval: 50,
-  eval_iters: 4, exit_duration_in_mins: null, exit_interval: null, expert_model_parallel_size: 1, ffn_hidden_size: 176,
-  finetune: false, fp8_format: null, freeze_audio_encoder: false, full_sequence_logits: false, global_batch_size: 8,
-  gradient_accumulation_fusion: true, head_chunk_rows: 0, hidden_size: 64, init_method_std: 0.02, kv_channels: null,
-  load: null, log_dir: null, log_interval: 10, logging_level: null, lr: 0.0003, lr_decay_iters: null, lr_decay_style: cosine,
-  lr_warmup_iters: 0, make_vocab_size_divisible_by: 128, max_consecutive_nan_skips: 5, max_duration: 30.0, micro_batch_size: 2,
-  min_lr: 3.0e-05, moe_aux_loss_coeff: 0.0, moe_ffn_hidden_size: null, moe_grouped_gemm: false, moe_router_load_balancing_type: aux_loss,
-  moe_router_topk: 2, moe_token_dispatcher_type: allgather, mtp_detach_trunk: false, mtp_layer_pattern: '*-',
-  mtp_loss_scaling_factor: 0.1, mtp_mask_placeholder_paths: true, mtp_num_layers: 2, mtp_recompute: false, mtp_self_distillation: false,
-  mtp_use_repeated_layer: false, n_mels: 128, no_load_optim: false, norm_epsilon: 1.0e-06, num_attention_heads: 4,
-  num_experts: null, num_layers: 4, num_layers_per_virtual_pipeline_stage: null, num_mel_bins: 128, num_query_groups: 2,
-  num_workers: 0, overlap_grad_reduce: true, overlap_param_gather: false, overwrite_save: false, pad_to_seq_length: true,
-  pipeline_model_parallel_size: 2, position_embedding_type: rope, prescan: true, prompt_template: plain, qk_layernorm: false,
-  rotary_base: 10000.0, save: null, save_interval: null, seed: 7, seq_length: 320, sequence_parallel: true, spec_augment_freq_masks: 0,
-  spec_augment_freq_width: 27, spec_augment_time_masks: 0, spec_augment_time_width: 0.05, stack: 2, strict_data: false,
-  system_prompt: null, tensor_model_parallel_size: 2, tensorboard_dir: null, tokenizer_model: null, tokenizer_type: byte,
-  train_iters: 100, train_manifest: train.jsonl, training_mode: joint, transformer_impl: null, untie_embeddings_and_output_weights: false,
-  use_distributed_optimizer: true, valid_manifest: null, virtual_pipeline_model_parallel_size: null, vocab_size: 512,
-  wandb_exp_name: null, wandb_project: null, weight_decay: 0.01}
+{adam_beta1: 0.9, adam_beta2: 0.95, add_qkv_bias: false, async_save: false, audio_frame_stack: 2,
+  audio_token: <|audio|>, audio_token_id: 300, batch_p2p_sync: false, bf16: true, bucket_window: 0,
+  check_for_nan_in_loss_and_grad: true, clip_grad: 1.0, context_parallel_size: 1,
+  cross_entropy_fusion_impl: te, cross_entropy_loss_fusion: true, ctc_loss_weight: 0.3, ctc_target_units:
+  characters, default_prompt: Transcribe the audio., encoder_ffn_hidden_size: null, encoder_hidden_size:
+  64, encoder_max_source_positions: 1500, encoder_num_attention_heads: 4, encoder_num_layers: 2,
+  eval_interval: 50, eval_iters: 4, exit_duration_in_mins: null, exit_interval: null,
+  expert_model_parallel_size: 1, ffn_hidden_size: 176, finetune: false, fp8_format: null,
+  freeze_audio_encoder: false, full_sequence_logits: false, global_batch_size: 8,
+  gradient_accumulation_fusion: true, head_chunk_rows: 0, hidden_size: 64, init_method_std: 0.02,
+  kv_channels: null, load: null, log_dir: null, log_interval: 10, logging_level: null, lr: 0.0003,
+  lr_decay_iters: null, lr_decay_style: cosine, lr_warmup_iters: 0, make_vocab_size_divisible_by: 128,
+  max_consecutive_nan_skips: 5, max_duration: 30.0, micro_batch_size: 2, min_lr: 3.0e-05,
+  moe_aux_loss_coeff: 0.0, moe_ffn_hidden_size: null, moe_grouped_gemm: false,
+  moe_router_load_balancing_type: aux_loss, moe_router_topk: 2, moe_token_dispatcher_type: allgather,
+  mtp_detach_trunk: false, mtp_layer_pattern: '*-', mtp_loss_scaling_factor: 0.1,
+  mtp_mask_placeholder_paths: true, mtp_num_layers: 2, mtp_recompute: false, mtp_self_distillation: false,
+  mtp_use_repeated_layer: false, n_mels: 128, no_load_optim: false, norm_epsilon: 1.0e-06,
+  num_attention_heads: 4, num_experts: null, num_layers: 4, num_layers_per_virtual_pipeline_stage: null,
+  num_mel_bins: 128, num_query_groups: 2, num_workers: 0, overlap_grad_reduce: true, overlap_param_gather:
+  false, overwrite_save: false, pad_to_seq_length: true, pipeline_model_parallel_size: 2,
+  position_embedding_type: rope, prescan: true, prompt_template: plain, qk_layernorm: false, rotary_base:
+  10000.0, save: null, save_interval: null, seed: 7, seq_length: 320, sequence_parallel: true,
+  spec_augment_freq_masks: 0, spec_augment_freq_width: 27, spec_augment_time_masks: 0,
+  spec_augment_time_width: 0.05, stack: 2, strict_data: false, system_prompt: null,
+  tensor_model_parallel_size: 2, tensorboard_dir: null, tokenizer_model: null, tokenizer_type: byte,
+  train_iters: 100, train_manifest: train.jsonl, training_mode: joint, transformer_impl: null,
+  untie_embeddings_and_output_weights: false, use_distributed_optimizer: true, valid_manifest: null,
+  virtual_pipeline_model_parallel_size: null, vocab_size: 512, wandb_exp_name: null, wandb_project: null,
+  weight_decay: 0.01}
 """
 
 

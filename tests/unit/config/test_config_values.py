@@ -67,7 +67,7 @@ BAD_FLAGS = [
     # misspelt choices name the nearest one; unknown flags the nearest flag
     (['--lr-decay-style', 'cosin'], "--lr-decay-style 'cosin': choose constant, linear, cosine, "
                                     "inverse-square-root (did you mean cosine?)"),
-    (['--training-mode', 'head-only'], "choose joint, head_only, freeze_llm, encoder_ctc (did you mean head_only?)"),
+    (['--training-mode', 'head-only'], 'choose joint, head_only, freeze_llm, encoder_ctc (did you mean head_only?)'),
     (['--moe-token-dispatcher-type', 'all2all'], "--moe-token-dispatcher-type 'all2all': choose allgather, alltoall"),
     (['--prompt-template', 'qwn'], "--prompt-template 'qwn': choose plain, llama3, qwen (did you mean qwen?)"),
     (['--lr-decy-style', 'cosine'], 'unrecognized arguments: --lr-decy-style cosine (did you mean --lr-decay-style?)'),

@@ -67,7 +67,7 @@ def test_generate_matches_transformers_greedy(imported, hf_models):
     model = T.AutoModelForCausalLM.from_pretrained(hf_models['qwen3']).eval()
     expected = model.generate(torch.tensor([PROMPT]), max_new_tokens=10, do_sample=False)[0, len(PROMPT):]
     assert ours['output_ids'] == expected.tolist()
-    assert len(set(ours["output_ids"])) > 1  # a real sequence, not one repeated id
+    assert len(set(ours['output_ids'])) > 1  # a real sequence, not one repeated id
 
 
 @pytest.fixture(scope='module')

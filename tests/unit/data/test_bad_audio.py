@@ -100,5 +100,5 @@ def test_a_file_no_decoder_recognises_says_so(tmp_path):
     assert "fake.mp3: unreadable audio (no decoder recognises its 33 bytes, which start b'not really an mp'" \
         in str(err.value)
     write_manifest(tmp_path / 'm.jsonl', [{'audio_filepath': 'fake.mp3', 'duration': 1.0, 'text': 'x'}])
-    with pytest.raises(ValueError, match="unreadable_audio"):
+    with pytest.raises(ValueError, match='unreadable_audio'):
         build_dataset(cfg(), str(tmp_path / 'm.jsonl'))

@@ -38,83 +38,83 @@ def wav_frames(path):
 def mixed_manifest(tmp_path):
     """Two ASR lines (one 44.1 kHz stereo) and a conversation with two audios."""
     make_corpus(tmp_path, n=2)
-    write_wav(str(tmp_path / "st.wav"), tone(1.3, 44100, channels=2), 44100, bits=24)
-    return write_manifest(tmp_path / "mix.jsonl", [
-        {"audio_filepath": "wav/000.wav", "duration": 1.0, "text": "first answer"},
-        {"conversations": [
-            {"from": "User", "type": "audio", "value": "wav/001.wav", "duration": 2.5},
-            {"from": "User", "type": "text", "value": "and"},
-            {"from": "User", "type": "audio", "value": "st.wav", "duration": 1.3},
-            {"from": "Assistant", "type": "text", "value": "two clips"}]},
-        {"audio_filepath": "st.wav", "duration": 1.3, "text": "stereo"},
+    write_wav(str(tmp_path / 'st.wav'), tone(1.3, 44100, channels=2), 44100, bits=24)
+    return write_manifest(tmp_path / 'mix.jsonl', [
+        {'audio_filepath': 'wav/000.wav', 'duration': 1.0, 'text': 'first answer'},
+        {'conversations': [
+            {'from': 'User', 'type': 'audio', 'value': 'wav/001.wav', 'duration': 2.5},
+            {'from': 'User', 'type': 'text', 'value': 'and'},
+            {'from': 'User', 'type': 'audio', 'value': 'st.wav', 'duration': 1.3},
+            {'from': 'Assistant', 'type': 'text', 'value': 'two clips'}]},
+        {'audio_filepath': 'st.wav', 'duration': 1.3, 'text': 'stereo'},
     ])
 
 
-@pytest.mark.parametrize("stack,n_mels", [(4, 80), (2, 128)])
+@pytest.mark.parametrize('stack,n_mels', [(4, 80), (2, 128)])
 def test_contract(mixed_manifest, stack, n_mels):
     examples = read_manifest(mixed_manifest)
     ds = SpeechDataset(examples, TOK, seq_length=160, stack=stack, n_mels=n_mels)
     batch = Collator(TOK.pad_id, 160, n_mels)([ds[i] for i in range(3)])
     assert tuple(batch) == BATCH_KEYS
     b, s = 3, 160
-    for k in ("tokens", "labels", "position_ids"):
+    for k in ('tokens', 'labels', 'position_ids'):
         assert batch[k].dtype == torch.long and batch[k].shape == (b, s)
-    assert batch["loss_mask"].dtype == torch.float32 and batch["loss_mask"].shape == (b, s)
-    assert torch.equal(batch["position_ids"], torch.arange(s).expand(b, s))
+    assert batch['loss_mask'].dtype == torch.float32 and batch['loss_mask'].shape == (b, s)
+    assert torch.equal(batch['position_ids'], torch.arange(s).expand(b, s))
 
     # audios in row-major order of their placeholder runs, each run sized by the frame contract
     files = [a.value for ex in examples for a in ex.audios]
-    n_samples = [wav_frames(f) if "st.wav" not in f else 1.3 * 16000 for f in files]
-    lengths = batch["audio_feature_lengths"]
+    n_samples = [wav_frames(f) if 'st.wav' not in f else 1.3 * 16000 for f in files]
+    lengths = batch['audio_feature_lengths']
     assert lengths.dtype == torch.long and lengths.tolist() == [mel_frames(int(n)) for n in n_samples]
-    run_lengths = [n for i in range(b) for _, n in runs(batch["tokens"][i], TOK.audio_token_id)]
+    run_lengths = [n for i in range(b) for _, n in runs(batch['tokens'][i], TOK.audio_token_id)]
     assert run_lengths == [audio_tokens(int(t), stack) for t in lengths]
-    feats = batch["audio_features"]
+    feats = batch['audio_features']
     assert feats.dtype == torch.float32 and feats.shape == (4, n_mels, int(lengths.max()))
     for k, f in enumerate(files):
         ref = log_mel(load_audio(f), n_mels)
         assert torch.equal(feats[k, :, : lengths[k]], ref) and (feats[k, :, lengths[k]:] == 0).all()
 
     # labels are tokens shifted left; loss mask covers exactly answer + EOS
-    assert torch.equal(batch["labels"][:, :-1], batch["tokens"][:, 1:])
-    answers = ["first answer", "two clips", "stereo"]
+    assert torch.equal(batch['labels'][:, :-1], batch['tokens'][:, 1:])
+    answers = ['first answer', 'two clips', 'stereo']
     for i in range(b):
-        sup = batch["labels"][i][batch["loss_mask"][i] == 1].tolist()
+        sup = batch['labels'][i][batch['loss_mask'][i] == 1].tolist()
         assert sup == list(answers[i].encode()) + [TOK.eos_id]
-        n = len(ds[i]["ids"])
-        assert (batch["tokens"][i, n:] == TOK.pad_id).all() and (batch["labels"][i, n - 1:] == TOK.pad_id).all()
-        assert batch["tokens"][i, 0] == TOK.bos_id
+        n = len(ds[i]['ids'])
+        assert (batch['tokens'][i, n:] == TOK.pad_id).all() and (batch['labels'][i, n - 1:] == TOK.pad_id).all()
+        assert batch['tokens'][i, 0] == TOK.bos_id
 
 
 def test_sequence_of_exactly_seq_length_plus_one_fits(tmp_path):
     m = make_corpus(tmp_path, n=1, seconds=(1.0, 1.0))
     (ex,) = read_manifest(m, default_prompt=None)
-    n_ids = len(SpeechDataset([ex], TOK, seq_length=512)[0]["ids"])
+    n_ids = len(SpeechDataset([ex], TOK, seq_length=512)[0]['ids'])
     ds = SpeechDataset([ex], TOK, seq_length=n_ids - 1)
     batch = Collator(TOK.pad_id, n_ids - 1)([ds[0]])
-    assert batch["labels"][0, -1] == TOK.eos_id and batch["loss_mask"][0, -1] == 1.0
+    assert batch['labels'][0, -1] == TOK.eos_id and batch['loss_mask'][0, -1] == 1.0
     assert ds.skip_counts() == {}
 
 
 def test_dynamic_length_pads_to_multiple(tiny_corpus):
     ds = SpeechDataset(read_manifest(tiny_corpus), TOK, seq_length=400)
     samples = [ds[0], ds[5]]
-    longest = max(len(x["ids"]) for x in samples) - 1
+    longest = max(len(x['ids']) for x in samples) - 1
     batch = Collator(TOK.pad_id, 400, pad_to_seq_length=False, pad_to_multiple=8)(samples)
-    assert batch["tokens"].shape[1] == -(-longest // 8) * 8 < 400
+    assert batch['tokens'].shape[1] == -(-longest // 8) * 8 < 400
     fixed = Collator(TOK.pad_id, 400)(samples)
-    s = batch["tokens"].shape[1]
-    for k in ("tokens", "labels", "loss_mask"):
+    s = batch['tokens'].shape[1]
+    for k in ('tokens', 'labels', 'loss_mask'):
         assert torch.equal(batch[k], fixed[k][:, :s])
     # nothing supervised is cut: beyond s the fixed batch holds only padding (and at most a final EOS input)
-    assert (fixed["loss_mask"][:, s:] == 0).all() and (fixed["labels"][:, s:] == TOK.pad_id).all()
-    assert (fixed["tokens"][:, s + 1:] == TOK.pad_id).all()
+    assert (fixed['loss_mask'][:, s:] == 0).all() and (fixed['labels'][:, s:] == TOK.pad_id).all()
+    assert (fixed['tokens'][:, s + 1:] == TOK.pad_id).all()
 
 
 def test_text_only_batch_has_empty_audio_tensors():
     from megatron_salm_mtp.data.manifest import Example, Segment
 
-    ex = Example((Segment("user", "text", "hi"), Segment("assistant", "text", "yo")), "m", 1)
+    ex = Example((Segment('user', 'text', 'hi'), Segment('assistant', 'text', 'yo')), 'm', 1)
     ds = SpeechDataset([ex], TOK, seq_length=32)
     batch = Collator(TOK.pad_id, 32, 80)([ds[0]])
-    assert batch["audio_features"].shape == (0, 80, 0) and batch["audio_feature_lengths"].shape == (0,)
+    assert batch['audio_features'].shape == (0, 80, 0) and batch['audio_feature_lengths'].shape == (0,)

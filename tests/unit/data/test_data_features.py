@@ -9,7 +9,7 @@ from megatron_salm_mtp.data.frames import mel_frames
 from tests.support.data_fixtures import tone
 
 
-@pytest.mark.parametrize("n", [0, 100, 159, 160, 199, 201, 16000, 16159, 23456])
+@pytest.mark.parametrize('n', [0, 100, 159, 160, 199, 201, 16000, 16159, 23456])
 def test_frame_count_is_the_contract(n):
     f = log_mel(np.zeros(n, np.float32) + 0.01, 80)
     assert f.shape == (80, mel_frames(n)) and f.dtype == torch.float32
@@ -25,14 +25,14 @@ def test_mel_filterbank_properties():
     assert np.allclose(area[10:], 1.0, atol=0.1)  # Slaney normalisation: unit area (coarse low bins aside)
 
 
-@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize('n_mels', [80, 128])
 def test_matches_whisper_feature_extractor(n_mels):
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip('transformers')
     fe = transformers.WhisperFeatureExtractor(feature_size=n_mels)
     np.testing.assert_allclose(mel_filterbank(n_mels), fe.mel_filters, rtol=1e-10, atol=1e-12)
     for seconds, seed in [(1.0, 0), (2.37, 1), (0.05, 2), (3.99, 3)]:
         x = tone(seconds, seed=seed) * (0.2 + seed)
-        ref = fe(x, sampling_rate=16000, padding="longest", return_tensors="np").input_features[0]
+        ref = fe(x, sampling_rate=16000, padding='longest', return_tensors='np').input_features[0]
         ours = log_mel(x, n_mels).numpy()
         assert ours.shape == ref.shape == (n_mels, mel_frames(len(x)))
         np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -43,7 +43,7 @@ def test_epochs_reshuffle_and_seed_matters():
     assert len(list(Sampler(45, 8, 2))) == 20  # the 5 that do not fill a global batch wait for another epoch
 
 
-@pytest.mark.parametrize("stop_after", [3, 8, 10, 27])  # mid-step, epoch end, next epoch, 4th epoch
+@pytest.mark.parametrize('stop_after', [3, 8, 10, 27])  # mid-step, epoch end, next epoch, 4th epoch
 def test_resume_sees_the_same_next_batches(stop_after):
     kw = dict(num_samples=37, global_batch_size=8, micro_batch_size=2, dp_rank=1, dp_size=2, seed=9)
     full = Sampler(**kw)
@@ -57,7 +57,7 @@ def test_resume_sees_the_same_next_batches(stop_after):
         except StopIteration:
             it = iter(first)
     state = first.state_dict()
-    assert state["consumed_samples"] == stop_after * 2 * 2
+    assert state['consumed_samples'] == stop_after * 2 * 2
     resumed = Sampler(**kw)
     resumed.load_state_dict(state)
     rest = []
@@ -77,16 +77,16 @@ def test_bucketing_groups_lengths_and_keeps_the_epoch():
     def spread(mbs):
         return np.mean([lengths[mb].max() - lengths[mb].min() for mb in mbs])
     assert spread(mb_bucket) < 0.25 * spread(mb_plain)
-    with pytest.raises(ValueError, match="lengths"):
+    with pytest.raises(ValueError, match='lengths'):
         Sampler(96, 8, 2, bucket_window=2)
 
 
 def test_bad_configurations():
-    with pytest.raises(ValueError, match="multiple of"):
+    with pytest.raises(ValueError, match='multiple of'):
         Sampler(100, 10, 4, 0, 1)
-    with pytest.raises(ValueError, match="dp_rank"):
+    with pytest.raises(ValueError, match='dp_rank'):
         Sampler(100, 8, 2, 2, 2)
-    with pytest.raises(ValueError, match="cannot fill"):
+    with pytest.raises(ValueError, match='cannot fill'):
         Sampler(7, 8, 2)
 
 
@@ -102,7 +102,7 @@ def test_loader_resume_with_workers(tmp_path):
     it = iter(first)
     got = [next(it) for _ in range(3)]
     state = first.state_dict()
-    assert state == {"consumed_samples": 12, "epoch": 0, "seed": 3}
+    assert state == {'consumed_samples': 12, 'epoch': 0, 'seed': 3}
     del it, first
     resumed = build_dataloader(cfg, manifest, dp_rank=1, dp_size=2)
     resumed.load_state_dict(state)
@@ -123,12 +123,12 @@ def test_abandoned_iterator_does_not_lose_prefetched_batches(tmp_path):
     got = [next(it), next(it), next(it)]
     got += list(loader)
     assert len(got) == len(ref) == 6
-    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(got, ref))
+    assert all(torch.equal(a['tokens'], b['tokens']) for a, b in zip(got, ref))
 
 
-@pytest.mark.parametrize("kw,message", [({"n_mels": 64}, "n-mels"), ({"stack": 0}, "stack"),
-                                        ({"prompt_template": "chatml"}, "prompt-template"),
-                                        ({"max_duration": 0}, "max-duration")])
+@pytest.mark.parametrize('kw,message', [({'n_mels': 64}, 'n-mels'), ({'stack': 0}, 'stack'),
+                                        ({'prompt_template': 'chatml'}, 'prompt-template'),
+                                        ({'max_duration': 0}, 'max-duration')])
 def test_data_config_names_the_bad_setting(kw, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**kw)

@@ -52,11 +52,11 @@ def test_disabled_and_bad_settings():
     features = torch.randn(80, 50)
     assert not SpecAugment().enabled
     assert torch.equal(SpecAugment()(features, np.random.default_rng(0)), features)
-    with pytest.raises(ValueError, match="--spec-augment-time-width"):
+    with pytest.raises(ValueError, match='--spec-augment-time-width'):
         DataConfig(spec_augment_time_masks=2, spec_augment_time_width=5)
-    with pytest.raises(ValueError, match="--spec-augment-freq-width"):
+    with pytest.raises(ValueError, match='--spec-augment-freq-width'):
         DataConfig(spec_augment_freq_width=81)
-    with pytest.raises(ValueError, match="--spec-augment-freq-masks"):
+    with pytest.raises(ValueError, match='--spec-augment-freq-masks'):
         DataConfig(spec_augment_freq_masks=-1)
 
 
@@ -65,7 +65,7 @@ def _features(loader, steps):
     out = []
     while len(out) < steps:
         for batch in loader:
-            out.append(batch["audio_features"])
+            out.append(batch['audio_features'])
             if len(out) == steps:
                 break
     return out

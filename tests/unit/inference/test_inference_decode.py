@@ -18,9 +18,18 @@ from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
 from megatron_salm_mtp.inference.kv_cache import rotated
 from megatron_salm_mtp.inference.workspace import WorkspacePool
-from tests.support.inference_fixtures import (EOS_ID, counting_batch, counting_salm, exactness_run,
-                                              full_recompute_greedy, oracle_drafter, random_prompts, row_of,
-                                              short_prompt_batches, tiny_salm)
+from tests.support.inference_fixtures import (
+    EOS_ID,
+    counting_batch,
+    counting_salm,
+    exactness_run,
+    full_recompute_greedy,
+    oracle_drafter,
+    random_prompts,
+    row_of,
+    short_prompt_batches,
+    tiny_salm,
+)
 
 FRAMES = [30, 57, 41]  # rows of different prompt lengths
 

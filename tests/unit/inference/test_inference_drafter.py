@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from megatron_salm_mtp.inference.drafter import MTPDrafter
-from tests.support.inference_fixtures import (counting_batch, counting_salm, random_prompts, recompute_drafts, row_of,
-                                              tiny_salm, trunk_states)
+from tests.support.inference_fixtures import (
+    counting_batch,
+    counting_salm,
+    random_prompts,
+    recompute_drafts,
+    row_of,
+    tiny_salm,
+    trunk_states,
+)
 
 FRAMES = [30, 57, 41]
 TEXT_IDS = 250  # ids below the tiny models' special ids

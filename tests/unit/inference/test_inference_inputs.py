@@ -10,8 +10,8 @@ import torch
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.loader import DataConfig
-from megatron_salm_mtp.inference.inputs import make_batch, read_utterances, split_name
 from megatron_salm_mtp.data.progress import Progress
+from megatron_salm_mtp.inference.inputs import make_batch, read_utterances, split_name
 from tests.support.data_fixtures import tone, write_manifest
 
 

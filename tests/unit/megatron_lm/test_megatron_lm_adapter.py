@@ -82,7 +82,7 @@ def test_megatron_flags_become_the_salm_config(megatron_args):
     assert args.padded_vocab_size == cfg.padded_vocab_size and cfg.padded_vocab_size % 16 == 0
     assert (data.tokenizer_type, data.n_mels, data.seq_length, data.global_batch_size) == ('byte', 80, 96, 4)
     assert args.dataloader_type == 'external' and args.calculate_per_token_loss
-    assert getattr(providers.datasets_provider, 'is_distributed') is True
+    assert providers.datasets_provider.is_distributed is True
     # What pretrain() is handed, and what it computes from the args before and during training.
     pretrain_cfg_container_from_args(args)
     assert get_train_valid_test_num_samples()[0] == 16
@@ -164,12 +164,11 @@ def test_model_provider_builds_each_stages_pieces(single_rank_parallel):
 
 @needs_megatron_training
 def test_speech_iterator_attaches_global_batch_counts_and_resumes(single_rank_parallel, tmp_path):
-    from tests.support.data_fixtures import make_corpus
-    from tests.support.parallel_utils import tiny_config
-
     from megatron_salm_mtp.data.loader import DataConfig
     from megatron_salm_mtp.megatron_lm.data import GLOBAL_BATCH_COUNTS, speech_iterator
     from megatron_salm_mtp.model.mtp import supervised_counts
+    from tests.support.data_fixtures import make_corpus
+    from tests.support.parallel_utils import tiny_config
     manifest = make_corpus(tmp_path, n=8)
     data = DataConfig(seq_length=96, micro_batch_size=2, global_batch_size=4, num_workers=0)
     tokenizer = data.make_tokenizer()
@@ -190,11 +189,11 @@ def test_forward_step_gives_the_plugins_losses_and_gradients(single_rank_paralle
     in Megatron-Core's schedule (as pretrain() runs it) against the plugin's own step."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
-    from tests.support.parallel_utils import speech_batch, tiny_config
 
     from megatron_salm_mtp.megatron_lm.data import MicrobatchesWithCounts
     from megatron_salm_mtp.parallel.setup import build_model, set_seed
     from megatron_salm_mtp.training.step import forward_backward, mtp_metrics
+    from tests.support.parallel_utils import speech_batch, tiny_config
     cfg = tiny_config()
     set_seed(0)
     model = build_model(cfg)

@@ -11,8 +11,14 @@ from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
 from megatron_salm_mtp.data.dataset import ctc_targets
 from megatron_salm_mtp.data.manifest import parse_line
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
-from megatron_salm_mtp.model.ctc import (CTCLengths, ctc_head, ctc_lengths, ctc_loss_sum,
-                                         ctc_loss_weight, required_frames)
+from megatron_salm_mtp.model.ctc import (
+    CTCLengths,
+    ctc_head,
+    ctc_lengths,
+    ctc_loss_sum,
+    ctc_loss_weight,
+    required_frames,
+)
 from megatron_salm_mtp.model.host_inputs import prepare_microbatch
 from tests.support.parallel_utils import speech_batch, tiny_config
 

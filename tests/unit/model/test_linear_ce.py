@@ -11,8 +11,17 @@ import torch
 import torch.multiprocessing as mp
 
 from megatron_salm_mtp.model.linear_ce import TorchChunks, linear_cross_entropy
-from tests.support.linear_ce_ranks import (ROWS, SMALL_CHUNKS, assert_close, assert_no_rows_give_zero_gradients,
-                                           assert_same, fused, problem, reference, tensor_parallel_rank)
+from tests.support.linear_ce_ranks import (
+    ROWS,
+    SMALL_CHUNKS,
+    assert_close,
+    assert_no_rows_give_zero_gradients,
+    assert_same,
+    fused,
+    problem,
+    reference,
+    tensor_parallel_rank,
+)
 from tests.support.process import child_env, free_port
 
 
@@ -53,13 +62,13 @@ def test_vocabulary_split_over_two_ranks_matches_the_full_logits(tmp_path):
     assert_close('grad weight', expected[3], torch.cat([r[3] for r in ranks]))  # shards in rank order
 
 
-TRITON_CHECK = '''
+TRITON_CHECK = """
 from megatron_salm_mtp.model.linear_ce_triton import TritonKernels
 from tests.support.linear_ce_ranks import assert_same, fused, problem, reference
 kernels = TritonKernels(block_m=16, block_n=32, block_k=16, dlogits_chunk_elements=37 * 64)
 assert_same(reference(*problem()), fused(*problem(), backend=kernels))
 print('triton kernels agree')
-'''
+"""
 
 
 def test_triton_kernels_in_the_interpreter_match_the_full_logits():

@@ -6,7 +6,6 @@ tests/gpu/test_cuda_graphs_gpu.py."""
 
 import pytest
 import torch
-from megatron.core.transformer.enums import CudaGraphScope
 
 from megatron_salm_mtp.config import ConfigError, SALMConfig
 from megatron_salm_mtp.model.transformer_config import encoder_transformer_config, llm_transformer_config
@@ -72,7 +71,7 @@ REFUSED = [
     (['--cuda-graph-impl', 'local', '--no-pad-to-seq-length'],
      '--cuda-graph-impl local needs fixed shapes: drop --no-pad-to-seq-length'),
     (['--cuda-graph-impl', 'local', '--mtp-num-layers', '1', '--training-mode', 'head_only'],
-     '--cuda-graph-impl local graphs the LLM\'s layers in training, which --training-mode head_only'),
+     "--cuda-graph-impl local graphs the LLM's layers in training, which --training-mode head_only"),
     (['--cuda-graph-impl', 'local', '--mtp-num-layers', '1', '--mtp-recompute'],
      '--cuda-graph-impl local cannot graph layers that --mtp-recompute runs again in backward'),
     (['--cuda-graph-impl', 'transformer_engine', '--transformer-impl', 'local', '--bf16'],

@@ -16,10 +16,10 @@ import sys
 
 import pytest
 
+from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
 from megatron_salm_mtp.tools.corpus.espeak import espeak_available
 from megatron_salm_mtp.tools.corpus.synth import build_corpus
 from megatron_salm_mtp.tools.corpus.text_source import default_text_source
-from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
 from tests.support.process import ROOT
 
 UTTERANCES = 1200  # 840 train, 120 test_unseen
@@ -35,37 +35,37 @@ pytestmark = [pytest.mark.quality, pytest.mark.skipif(
 
 
 def _run(module: str, args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", module] + [str(a) for a in args], env=env, cwd=ROOT,
+    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+    result = subprocess.run([sys.executable, '-m', module] + [str(a) for a in args], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{module} {args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, f'{module} {args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}'
     return result
 
 
 def _metrics(folder: str, split: str) -> list:
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["split"] == split]
+    with open(os.path.join(folder, 'metrics.jsonl')) as f:
+        return [r for r in map(json.loads, f) if r['split'] == split]
 
 
 def test_the_twin_transcribes_unseen_voices_and_digits(tmp_path):
-    corpus, stage1, stage2 = tmp_path / "corpus", tmp_path / "stage1", tmp_path / "stage2"
-    build_corpus(str(corpus), UTTERANCES, seed=0, max_seconds=2.2, subsets=("digits",), jobs=2)
-    train_tokenizer([str(corpus / "train.jsonl")], 340, str(corpus / "tok.model"), model_type="bpe")
-    data = ["--tokenizer-model", corpus / "tok.model", "--train-manifest", corpus / "train.jsonl",
-            "--valid-manifest", corpus / "valid.jsonl"]
-    _run("megatron_salm_mtp.train", ["--config", os.path.join(ROOT, "configs", "asr_tiny_cpu_encoder.yaml"),
-                                     "--save", stage1] + data)
-    ctc = [r["ctc loss"] for r in _metrics(str(stage1), "valid")]
-    _run("megatron_salm_mtp.train", ["--config", os.path.join(ROOT, "configs", "asr_tiny_cpu.yaml"),
-                                     "--load", stage1, "--finetune", "--save", stage2] + data)
-    lm = [r["lm loss"] for r in _metrics(str(stage2), "valid")]
-    _run("megatron_salm_mtp.evaluate", ["--load", stage2, "--manifest", corpus / "test_unseen.jsonl",
-                                        "--audio-ablation", "--batch-size", "16", "--out", tmp_path / "report.json"])
-    report = json.loads((tmp_path / "report.json").read_text())
-    figures = report["audio_ablation"]
-    print(f"twin: CTC valid {ctc}, lm valid {lm}, test_unseen {json.dumps(figures)}")
-    assert figures["utterances"] == UTTERANCES // 10 and report["skipped_utterances"] == 0
+    corpus, stage1, stage2 = tmp_path / 'corpus', tmp_path / 'stage1', tmp_path / 'stage2'
+    build_corpus(str(corpus), UTTERANCES, seed=0, max_seconds=2.2, subsets=('digits',), jobs=2)
+    train_tokenizer([str(corpus / 'train.jsonl')], 340, str(corpus / 'tok.model'), model_type='bpe')
+    data = ['--tokenizer-model', corpus / 'tok.model', '--train-manifest', corpus / 'train.jsonl',
+            '--valid-manifest', corpus / 'valid.jsonl']
+    _run('megatron_salm_mtp.train', ['--config', os.path.join(ROOT, 'configs', 'asr_tiny_cpu_encoder.yaml'),
+                                     '--save', stage1] + data)
+    ctc = [r['ctc loss'] for r in _metrics(str(stage1), 'valid')]
+    _run('megatron_salm_mtp.train', ['--config', os.path.join(ROOT, 'configs', 'asr_tiny_cpu.yaml'),
+                                     '--load', stage1, '--finetune', '--save', stage2] + data)
+    lm = [r['lm loss'] for r in _metrics(str(stage2), 'valid')]
+    _run('megatron_salm_mtp.evaluate', ['--load', stage2, '--manifest', corpus / 'test_unseen.jsonl',
+                                        '--audio-ablation', '--batch-size', '16', '--out', tmp_path / 'report.json'])
+    report = json.loads((tmp_path / 'report.json').read_text())
+    figures = report['audio_ablation']
+    print(f'twin: CTC valid {ctc}, lm valid {lm}, test_unseen {json.dumps(figures)}')
+    assert figures['utterances'] == UTTERANCES // 10 and report['skipped_utterances'] == 0
     assert ctc[-1] < 0.75 * ctc[0], ctc  # stage 1 left the blank plateau (measured 2.81 -> 1.55)
-    assert figures["wer"] <= WER_BOUND, figures
-    assert figures["wer_silence"] >= figures["wer"] + SILENCE_GAP, figures
-    assert figures["cer_silence"] >= figures["cer"] + SILENCE_GAP, figures
+    assert figures['wer'] <= WER_BOUND, figures
+    assert figures['wer_silence'] >= figures['wer'] + SILENCE_GAP, figures
+    assert figures['cer_silence'] >= figures['cer'] + SILENCE_GAP, figures

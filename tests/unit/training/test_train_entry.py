@@ -177,7 +177,8 @@ def test_fp8_without_transformer_engine_is_an_error():
 
 def test_grad_norm_is_logged_as_a_float_whatever_the_optimizer_returns():
     import torch
+
     from megatron_salm_mtp.training.loop import grad_norm_value
     values = [grad_norm_value(norm) for norm in (None, 1.5, torch.tensor(2.25))]
     assert values == [0.0, 1.5, 2.25] and all(type(v) is float for v in values)
-    assert f"{values[2]:.3f}" == '2.250'  # the log line's format; a tensor raises TypeError here
+    assert f'{values[2]:.3f}' == '2.250'  # the log line's format; a tensor raises TypeError here
