@@ -21,7 +21,8 @@ from ..data.loader import DataConfig, build_dataloader
 def run(manifest: str, num_workers: int = 0, micro_batch_size: int = 8, n_mels: int = 80, seq_length: int = 4096,
         max_duration: float | None = None, limit: int | None = None) -> dict:
     cfg = DataConfig(seq_length=seq_length, micro_batch_size=micro_batch_size, global_batch_size=micro_batch_size,
-                     num_workers=num_workers, n_mels=n_mels, max_duration=max_duration, pad_to_seq_length=False)
+                     num_workers=num_workers, n_mels=n_mels, max_duration=max_duration, pad_to_seq_length=False,
+                     pack_sequences=False)  # decoding throughput: one utterance per row, none refused for room
     threads = torch.get_num_threads()
     if num_workers == 0:
         torch.set_num_threads(1)  # measure the main process as one DataLoader worker (workers get 1 thread)
