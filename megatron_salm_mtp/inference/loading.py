@@ -53,11 +53,18 @@ def build_for_inference(cfg: SALMConfig):
     return model.eval(), cfg
 
 
+def inference_data_config(stored: dict) -> DataConfig:
+    """The data settings a checkpoint's ``config.yaml`` records, for decoding: one utterance per row
+    (decoding never packs; a checkpoint saved before packing existed records unpacked settings, such
+    as --no-pad-to-seq-length, that the packing default would refuse)."""
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    return DataConfig(**dict({k: v for k, v in stored.items() if k in data_fields}, pack_sequences=False))
+
+
 def load_for_inference(load_dir: str) -> LoadedModel:
     """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
     iteration, stored = latest_run_settings(load_dir)
     model, cfg = build_for_inference(model_config(stored))
-    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in stored.items() if k in data_fields})
+    data = inference_data_config(stored)
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)
     return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration)

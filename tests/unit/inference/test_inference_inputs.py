@@ -12,6 +12,7 @@ from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.loader import DataConfig
 from megatron_salm_mtp.data.progress import Progress
 from megatron_salm_mtp.inference.inputs import make_batch, read_utterances, split_name
+from megatron_salm_mtp.inference.loading import inference_data_config
 from tests.support.data_fixtures import tone, write_manifest
 
 
@@ -87,3 +88,14 @@ def test_progress_reports_rate_and_end():
     for _ in range(3):
         progress.advance()
     assert len(quiet.getvalue().splitlines()) == 1  # only the end within the interval
+
+
+def test_a_checkpoint_saved_before_packing_decodes_one_utterance_per_row():
+    """config.yaml of a run that padded rows to their longest and bucketed them (no pack_sequences
+    key: saved before packing was the default); packing's checks would refuse those settings."""
+    stored = {'seq_length': 416, 'pad_to_seq_length': False, 'bucket_window': 16, 'micro_batch_size': 128,
+              'global_batch_size': 128, 'n_mels': 80, 'tokenizer_type': 'byte'}
+    with pytest.raises(ValueError, match='add --no-pack-sequences'):
+        DataConfig(**stored)
+    data = inference_data_config(stored)
+    assert not data.pack_sequences and (data.pad_to_seq_length, data.bucket_window) == (False, 16)
