@@ -40,12 +40,20 @@ def test_flags_reach_the_llm_and_mtp_config_not_the_encoders(manifest, with_gpu)
     model = run.model
     assert (model.cuda_graph_impl, model.cuda_graph_scope, model.cuda_graph_warmup_steps) == ('local', 'attn,mlp', 2)
     llm = llm_transformer_config(model)  # also the MTP layers' config
-    scope = getattr(llm, 'cuda_graph_modules', None) or llm.cuda_graph_scope  # 0.19 renamed the field
+    scope = recorded_scope(llm)
     assert llm.cuda_graph_impl == 'local' and llm.cuda_graph_warmup_steps == 2
     assert [getattr(part, 'name', part) for part in scope] == ['attn', 'mlp']
     assert encoder_transformer_config(model).cuda_graph_impl == 'none'
     whole = llm_transformer_config(model.replace(cuda_graph_scope=None))
-    assert list(getattr(whole, 'cuda_graph_modules', None) or whole.cuda_graph_scope) == []
+    assert recorded_scope(whole) == []
+
+
+def recorded_scope(config) -> list:
+    """The graph scope a TransformerConfig holds (0.19 renamed the field cuda_graph_modules and
+    leaves the old one None)."""
+    if hasattr(config, 'cuda_graph_modules'):
+        return list(config.cuda_graph_modules or [])
+    return list(config.cuda_graph_scope or [])
 
 
 def test_eager_by_default_and_in_the_tools_that_load_a_checkpoint():
