@@ -281,9 +281,9 @@ class SpeechDataLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get('packed_rows') != self._rows_digest:
-            saved = 'packed rows' if state.get('packed_rows') else 'utterances'
-            now = 'other packed rows' if self._rows_digest and state.get('packed_rows') else (
-                'packed rows' if self._rows_digest else 'utterances')
+            saved, now = (('packed rows' if digest else 'utterances') for digest in (state.get('packed_rows'),
+                                                                                     self._rows_digest))
+            now = 'other packed rows' if saved == now else now  # both packed, into different rows
             raise ValueError(f"the checkpoint's data position counts {saved}, this run {now}: resume with "
                              "the same --pack-sequences, --pack-window, --seq-length, --seed and manifests "
                              "(or --finetune to start the data anew)")

@@ -27,7 +27,7 @@ from megatron.core.utils import get_attr_wrapped_model
 
 from ..config import SALMConfig
 
-logger = logging.getLogger('megatron_salm_mtp')
+logger = logging.getLogger(__name__)
 
 
 class _LanguageModelChunk:
