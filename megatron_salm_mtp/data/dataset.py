@@ -35,6 +35,7 @@ from .manifest import Example
 from .prompts import PromptBuilder
 from .spec_augment import SpecAugment
 from .tokenizer import Tokenizer
+from .vtlp import VTLP
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +102,20 @@ class SpeechDataset(torch.utils.data.Dataset):
     and labels); ``features`` holds one ``[n_mels, T]`` log-mel per audio in order of appearance,
     ``ctc_targets`` one list of token ids per audio (:func:`ctc_targets`).
 
-    An index may come as ``(index, epoch)`` (``loader.EpochTaggedBatches``): with ``spec_augment``
-    the features are then masked from the stream of ``(seed, epoch, index)``.
+    An index may come as ``(index, epoch)`` (``loader.EpochTaggedBatches``): with ``vtlp`` and
+    ``spec_augment`` the features are then warped and masked from the streams of
+    ``(seed, epoch, index)``.
     """
 
     def __init__(self, examples: list[Example], tokenizer: Tokenizer, seq_length: int, template: str = 'plain',
                  stack: int = 4, n_mels: int = 80, max_duration: float | None = None, strict_data: bool = False,
                  system_prompt: str | None = None, prescan: bool = True,
-                 spec_augment: SpecAugment | None = None, seed: int = 0, ctc_target_units: str = 'tokens'):
+                 spec_augment: SpecAugment | None = None, seed: int = 0, ctc_target_units: str = 'tokens',
+                 vtlp: VTLP | None = None):
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.spec_augment, self.seed, self.ctc_target_units = spec_augment, seed, ctc_target_units
+        self.vtlp = vtlp
         self.seq_length, self.stack, self.n_mels = seq_length, stack, n_mels
         self.max_duration, self.strict_data = max_duration, strict_data
         self.prompts = PromptBuilder(tokenizer, template, system_prompt)
@@ -183,7 +187,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         return len(self.prompts.encode(ex, counts).ids)
 
     # --- loading ------------------------------------------------------------------------------
-    def _load(self, ex: Example) -> dict:
+    def _load(self, ex: Example, warp: float = 1.0) -> dict:
         self._check_text(ex)
         feats, counts = [], []
         for seg in ex.audios:
@@ -192,7 +196,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             except AudioError as e:
                 raise _audio_skip(ex, seg.value, e) from None
             counts.append(self._check_num_samples(ex, seg.value, len(wav)))
-            feats.append(log_mel(wav, self.n_mels))
+            feats.append(log_mel(wav, self.n_mels, warp))
             if not torch.isfinite(feats[-1]).all():  # finite samples whose power overflows float32
                 raise BadSampleError(_where(ex, seg.value), NON_FINITE_AUDIO, 'log-mel features are not finite')
         enc = self.prompts.encode(ex, counts)
@@ -207,15 +211,23 @@ class SpeechDataset(torch.utils.data.Dataset):
     @property
     def augments(self) -> bool:
         """Whether samples are augmented, so indices must carry their epoch."""
-        return self.spec_augment is not None and self.spec_augment.enabled
+        return any(a is not None and a.enabled for a in (self.spec_augment, self.vtlp))
+
+    def _epoch_of(self, epoch: int | None) -> int:
+        if epoch is None:
+            raise ValueError('SpecAugment and VTLP need (index, epoch) keys: build the loader with '
+                             'build_dataloader(..., augment=True)')
+        return epoch
+
+    def _warp(self, index: int, epoch: int | None) -> float:
+        if self.vtlp is None or not self.vtlp.enabled:
+            return 1.0
+        return self.vtlp.factor(self.seed, self._epoch_of(epoch), index)
 
     def _augment(self, sample: dict, index: int, epoch: int | None) -> dict:
-        if not self.augments:
+        if self.spec_augment is None or not self.spec_augment.enabled:
             return sample
-        if epoch is None:
-            raise ValueError('SpecAugment needs (index, epoch) keys: build the loader with '
-                             'build_dataloader(..., augment=True)')
-        rng = self.spec_augment.generator(self.seed, epoch, index)
+        rng = self.spec_augment.generator(self.seed, self._epoch_of(epoch), index)
         sample['features'] = [self.spec_augment(f, rng) for f in sample['features']]
         return sample
 
@@ -225,7 +237,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         """(sample, None), or (None, the reported skip) when ``index`` fails to load; no substitute
         (packed rows leave a failed utterance out instead, ``packing.PackedRows``)."""
         try:
-            return self._augment(self._load(self.examples[self.valid[index]]), index, epoch), None
+            sample = self._load(self.examples[self.valid[index]], self._warp(index, epoch))
+            return self._augment(sample, index, epoch), None
         except BadSampleError as e:
             skip = Skip(e.where, e.reason, e.detail)
             self._report(skip)

@@ -36,16 +36,33 @@ def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), 200.0 * mel / 3.0)
 
 
-@lru_cache(maxsize=8)
+VTLP_BOUNDARY_HZ = 4800.0  # VTLP's warp is linear below this (scaled by the factor), then bends to Nyquist
+
+
+def vtlp_warped_hz(hz: np.ndarray, warp: float, nyquist: float) -> np.ndarray:
+    """Vocal tract length perturbation's frequency map (Jaitly & Hinton, 2013): ``f -> warp * f``
+    up to ``VTLP_BOUNDARY_HZ x min(warp, 1) / warp``, then linear so that Nyquist stays Nyquist
+    (no energy leaves or enters the band). ``warp`` 1 is the identity."""
+    if warp == 1.0:
+        return hz
+    knee = VTLP_BOUNDARY_HZ * min(warp, 1.0) / warp
+    upper = nyquist - (nyquist - VTLP_BOUNDARY_HZ * min(warp, 1.0)) / (nyquist - knee) * (nyquist - hz)
+    return np.where(hz <= knee, warp * hz, upper)
+
+
+@lru_cache(maxsize=64)
 def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-                   f_min: float = 0.0, f_max: float = 8000.0) -> np.ndarray:
+                   f_min: float = 0.0, f_max: float = 8000.0, warp: float = 1.0) -> np.ndarray:
     """Triangular filters ``[n_fft // 2 + 1, n_mels]``, area-normalised (Slaney), float64.
 
     Filter ``m`` rises from mel point ``m`` to ``m + 1`` and falls to ``m + 2`` (points evenly spaced
     on the mel scale, edges included), evaluated at the FFT bin frequencies; each triangle is then
-    scaled by ``2 / (upper_hz - lower_hz)`` so that all filters have the same area.
+    scaled by ``2 / (upper_hz - lower_hz)`` so that all filters have the same area. With ``warp``
+    (VTLP, training only) the filters read the spectrum at the warped bin frequencies: a formant at
+    ``f`` lands in the filter of ``vtlp_warped_hz(f)``, as if the speaker's vocal tract were
+    ``1 / warp`` times as long.
     """
-    bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    bins = vtlp_warped_hz(np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1), warp, sample_rate / 2.0)
     mel_pts = np.linspace(_hz_to_mel_slaney(f_min), _hz_to_mel_slaney(f_max), n_mels + 2)
     hz_pts = _mel_to_hz_slaney(mel_pts)
     lower, centre, upper = hz_pts[:-2], hz_pts[1:-1], hz_pts[2:]
@@ -55,15 +72,16 @@ def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RA
     return tri * (2.0 / (upper - lower))[None, :]
 
 
-@lru_cache(maxsize=8)
-def _torch_constants(n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
+@lru_cache(maxsize=64)  # VTLP factors come quantised (``vtlp.VTLP``): a few dozen filterbanks
+def _torch_constants(n_mels: int, warp: float) -> tuple[torch.Tensor, torch.Tensor]:
     window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32)
-    filters = torch.from_numpy(mel_filterbank(n_mels).T.copy()).to(torch.float32)  # [n_mels, bins]
+    filters = torch.from_numpy(mel_filterbank(n_mels, warp=warp).T.copy()).to(torch.float32)  # [n_mels, bins]
     return window, filters
 
 
-def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Log-mel of 16 kHz mono audio: float32 ``[n_mels, frames.mel_frames(len(audio))]``.
+def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80, warp: float = 1.0) -> torch.Tensor:
+    """Log-mel of 16 kHz mono audio: float32 ``[n_mels, frames.mel_frames(len(audio))]``;
+    ``warp``: the VTLP factor of :func:`mel_filterbank` (1: Whisper's features exactly).
 
     Audio shorter than ``n_fft // 2 + 1`` samples cannot be reflect-padded; it is zero-padded for
     the STFT instead (those utterances are far below any useful length and yield 0-2 frames).
@@ -75,7 +93,7 @@ def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     t = mel_frames(n)
     if t == 0:
         return torch.zeros(n_mels, 0, dtype=torch.float32)
-    window, filters = _torch_constants(n_mels)
+    window, filters = _torch_constants(n_mels, float(warp))
     if n <= N_FFT // 2:
         x = torch.nn.functional.pad(x, (N_FFT // 2, N_FFT // 2))
         spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)

@@ -32,6 +32,7 @@ from .prompts import TEMPLATES, required_special_tokens
 from .sampler import DistributedMicroBatchSampler
 from .spec_augment import SpecAugment
 from .tokenizer import AUDIO_TOKEN, TOKENIZER_TYPES, Tokenizer, build_tokenizer
+from .vtlp import VTLP
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class DataConfig:
     """SpecAugment time masks per training utterance (0: none); never in validation."""
     spec_augment_time_width: float = 0.05
     """Widest time mask as a fraction of the utterance's frames (uniform in [0, this x frames])."""
+    vtlp_max_warp: float = 0.0
+    """Vocal tract length perturbation (training only): each utterance's frequency axis scaled by a
+    factor uniform in [1 - this, 1 + this] (0: off; 0.1 is the usual range), so the encoder meets
+    every voice with longer and shorter vocal tracts; never in validation."""
     ctc_target_units: str = 'tokens'
     """What the CTC head emits (the model's flag of the same name sets it): tokens or characters."""
 
@@ -133,6 +138,8 @@ class DataConfig:
                   (0 <= self.spec_augment_time_width <= 1,
                    f'--spec-augment-time-width is a fraction of the utterance, in [0, 1]; '
                    f'got {self.spec_augment_time_width}'),
+                  (0 <= self.vtlp_max_warp <= 0.3,
+                   f'--vtlp-max-warp must be in [0, 0.3] (a factor of 1 +- this), got {self.vtlp_max_warp}'),
                   (self.prompt_template in TEMPLATES,
                    f"--prompt-template {self.prompt_template!r}: choose {', '.join(TEMPLATES)}"),
                   (self.tokenizer_type in tokenizers,
@@ -152,6 +159,10 @@ class DataConfig:
         return SpecAugment(self.spec_augment_freq_masks, self.spec_augment_freq_width,
                            self.spec_augment_time_masks, self.spec_augment_time_width)
 
+    @property
+    def vtlp(self) -> VTLP:
+        return VTLP(self.vtlp_max_warp)
+
     def make_tokenizer(self) -> Tokenizer:
         return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.audio_token,
                                required_special_tokens(self.prompt_template))
@@ -159,12 +170,13 @@ class DataConfig:
 
 def build_dataset(cfg: DataConfig, manifests, tokenizer: Tokenizer | None = None,
                   augment: bool = False) -> SpeechDataset:
-    """``augment``: apply the configured SpecAugment (training data only)."""
+    """``augment``: apply the configured VTLP and SpecAugment (training data only)."""
     tokenizer = tokenizer or cfg.make_tokenizer()
     return SpeechDataset(read_manifests(manifests, cfg.default_prompt), tokenizer, cfg.seq_length,
                          cfg.prompt_template, cfg.stack, cfg.n_mels, cfg.max_duration, cfg.strict_data,
                          cfg.system_prompt, cfg.prescan,
                          spec_augment=cfg.spec_augment if augment else None, seed=cfg.seed,
+                         vtlp=cfg.vtlp if augment else None,
                          ctc_target_units=cfg.ctc_target_units)
 
 
@@ -295,7 +307,7 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
                      tokenizer: Tokenizer | None = None, shuffle: bool = True,
                      augment: bool = False) -> SpeechDataLoader:
     """Dataset + sampler + loader for one DP rank, resuming at ``consumed_samples``; ``augment``
-    (training data only) applies the configured SpecAugment. With ``pack_sequences`` the
+    (training data only) applies the configured VTLP and SpecAugment. With ``pack_sequences`` the
     sampler's samples are packed rows (``packing.py``)."""
     tokenizer = tokenizer or cfg.make_tokenizer()
     ds = build_dataset(cfg, manifests, tokenizer, augment)

@@ -241,14 +241,16 @@ class Trainer:
         window, timer, started = [], StepTimer(), time.perf_counter()
         start_iteration = self.iteration
         while self.iteration < self.train_cfg.train_iters:
+            waiting = time.perf_counter()  # the GPU idles meanwhile: the last step read its loss back
             microbatches = [next(batches) for _ in range(self.num_microbatches)]
+            waiting = time.perf_counter() - waiting
             work = _global_work(microbatches, self.cfg)
             self.graphs.before_step(self.iteration - start_iteration)
             loss, grad_norm, skipped = self.train_step(microbatches)
             self.graphs.after_step()
             self.iteration += 1
             self._count_skip(skipped)
-            window.append((loss, grad_norm, work))
+            window.append((loss, grad_norm, work, waiting))
             if self.iteration % self.train_cfg.log_interval == 0:
                 self.log(window, timer.lap(), started, start_iteration)
                 window = []
@@ -330,7 +332,8 @@ class Trainer:
         rate_key, per_step = ('tokens_per_s', tokens) if self.runs_llm else ('encoder_frames_per_s', frames)
         record.update({'grad_norm': sum(norms) / len(norms) if norms else float('nan'),
                        'skipped_iterations': self.skipped,
-                       'step_ms': 1000 * seconds / steps, rate_key: per_step * steps / seconds,
+                       'step_ms': 1000 * seconds / steps, 'data_wait_ms': 1000 * sum(w[3] for w in window) / steps,
+                       rate_key: per_step * steps / seconds,
                        'tflops_per_gpu': flops * steps / seconds / world / 1e12,
                        'peak_mem_gb': peak_memory_gb()})
         record.update(mtp_metrics(self.model))

@@ -76,6 +76,7 @@ def train_line(record: dict[str, float], train_iters: int, eta_seconds: float | 
     parts = [f"iteration {record['iteration']:8d}/{train_iters:8d}",
              f"consumed samples: {record['consumed_samples']:10d}",
              f"elapsed time per iteration (ms): {record['step_ms']:.1f}",
+             f"data wait (ms): {record['data_wait_ms']:.1f}",  # of the step's time, the loader's
              f"learning rate: {record['lr']:.6E}"]
     if 'lm loss' in record:  # not with --training-mode encoder_ctc (the LLM does not run)
         parts.append(f"lm loss: {record['lm loss']:.6E}")

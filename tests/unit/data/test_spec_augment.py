@@ -1,6 +1,6 @@
-"""SpecAugment: the masks themselves, and in the loader: training only, a function of
-(seed, epoch, sample) - the same with or without workers and after a resume - and a new draw
-each epoch."""
+"""SpecAugment: the masks themselves; and in the loader, SpecAugment and VTLP alike: training
+only, a function of (seed, epoch, sample) - the same with or without workers and after a resume -
+and a new draw each epoch."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from tests.support.data_fixtures import make_corpus
 
 AUGMENT = dict(spec_augment_freq_masks=2, spec_augment_freq_width=12, spec_augment_time_masks=3,
                spec_augment_time_width=0.1)
+AUGMENTATIONS = {'spec_augment': AUGMENT, 'vtlp': dict(vtlp_max_warp=0.1)}
 
 
 def _masked_rows_and_columns(original: torch.Tensor, masked: torch.Tensor):
@@ -76,34 +77,39 @@ def manifest(tmp_path):
     return make_corpus(tmp_path, n=8)
 
 
-def _config(**overrides):
+@pytest.fixture(params=sorted(AUGMENTATIONS))
+def augmentation(request):
+    return AUGMENTATIONS[request.param]
+
+
+def _config(augmentation, **overrides):
     return DataConfig(**{**dict(seq_length=128, micro_batch_size=2, global_batch_size=4, seed=11,
-                                **AUGMENT), **overrides})
+                                **augmentation), **overrides})
 
 
-def test_only_training_loaders_augment(manifest):
-    plain = _features(build_dataloader(_config(), manifest, shuffle=False), 2)
-    validation = _features(build_dataloader(_config(), manifest, shuffle=False, augment=False), 2)
-    augmented = _features(build_dataloader(_config(), manifest, shuffle=False, augment=True), 2)
+def test_only_training_loaders_augment(manifest, augmentation):
+    plain = _features(build_dataloader(_config(augmentation), manifest, shuffle=False), 2)
+    validation = _features(build_dataloader(_config(augmentation), manifest, shuffle=False, augment=False), 2)
+    augmented = _features(build_dataloader(_config(augmentation), manifest, shuffle=False, augment=True), 2)
     assert all(torch.equal(a, b) for a, b in zip(plain, validation))
     assert not any(torch.equal(a, b) for a, b in zip(plain, augmented))
 
 
-def test_augmentation_is_the_same_with_workers_and_after_a_resume(manifest):
-    reference = _features(build_dataloader(_config(), manifest, augment=True), 6)  # 1.5 epochs
-    with_workers = _features(build_dataloader(_config(num_workers=2), manifest, augment=True), 6)
+def test_augmentation_is_the_same_with_workers_and_after_a_resume(manifest, augmentation):
+    reference = _features(build_dataloader(_config(augmentation), manifest, augment=True), 6)  # 1.5 epochs
+    with_workers = _features(build_dataloader(_config(augmentation, num_workers=2), manifest, augment=True), 6)
     for a, b in zip(reference, with_workers):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    first = build_dataloader(_config(), manifest, augment=True)
+    first = build_dataloader(_config(augmentation), manifest, augment=True)
     _features(first, 3)
-    resumed = build_dataloader(_config(), manifest, augment=True)
+    resumed = build_dataloader(_config(augmentation), manifest, augment=True)
     resumed.load_state_dict(first.state_dict())
     for a, b in zip(reference[3:], _features(resumed, 3)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_each_epoch_draws_new_masks(manifest):
-    """Unshuffled, epoch 2 sees the same utterances in the same order: only the masks differ."""
-    loader = build_dataloader(_config(), manifest, shuffle=False, augment=True)
+def test_each_epoch_draws_anew(manifest, augmentation):
+    """Unshuffled, epoch 2 sees the same utterances in the same order: only the draws differ."""
+    loader = build_dataloader(_config(augmentation), manifest, shuffle=False, augment=True)
     first, second = _features(loader, 4), _features(loader, 4)
     assert not any(torch.equal(a, b) for a, b in zip(first, second))

@@ -1,5 +1,5 @@
-"""Training with the CTC loss and SpecAugment on: the CTC loss (per target id) falls with the LM
-loss, and both logs - the training line, metrics.jsonl, validation - carry it."""
+"""Training with the CTC loss, SpecAugment and VTLP on: the CTC loss (per target id) falls with the LM
+loss, and both logs - the training line, metrics.jsonl, validation - carry it (and the data wait)."""
 
 import pytest
 
@@ -16,9 +16,12 @@ def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):
     log_dir, save = str(tmp_path / 'logs'), str(tmp_path / 'ckpt')
     result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '30',
                                 '--eval-iters', '1', '--ctc-loss-weight', '0.3', '--save', save,
-                                '--spec-augment-freq-masks', '2', '--spec-augment-time-masks', '2'])
+                                '--spec-augment-freq-masks', '2', '--spec-augment-time-masks', '2',
+                                '--vtlp-max-warp', '0.1'])
     assert 'ctc loss: ' in result.stdout and 'ctc infeasible: 0' in result.stdout
+    assert 'data wait (ms): ' in result.stdout
     records = read_metrics(log_dir)
+    assert all(0 <= r['data_wait_ms'] <= r['step_ms'] for r in records)
     first, last = records[0], records[-1]
     assert last['ctc loss'] < 0.5 * first['ctc loss'], (first['ctc loss'], last['ctc loss'])
     assert last['lm loss'] < 0.7 * first['lm loss'], (first['lm loss'], last['lm loss'])
