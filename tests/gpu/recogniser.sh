@@ -22,8 +22,9 @@
 #        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
 #        minutes): encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation,
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
-#        WER unchanged by construction) for MTP_MINUTES (default 1.5), and their greedy and
-#        speculative evaluation with CUDA graphs; OUT/pipeline.log says where it is ("PIPELINE DONE")
+#        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
+#        1100, the length of their cosine), and their greedy and speculative evaluation with CUDA
+#        graphs at batch 64, 8 and 1; prints "PIPELINE DONE" at the end
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
@@ -101,7 +102,12 @@ wait_all() {  # OUT SECONDS
       echo "$(date -u +%T) $(basename "$log" .log): $(grep -E 'iteration|Error|error' "$log" | tail -n 1 | cut -c1-220)"
     done
     [ "$running" -eq 0 ] && { echo "all trainings ended"; return 0; }
-    sleep $(( until - SECONDS < 60 ? (until - SECONDS > 0 ? until - SECONDS : 1) : 60 ))
+    # Look every 5 s (a chained stage starts as soon as this one ends), print every minute.
+    local next_print=$((SECONDS + 60))
+    while [ $SECONDS -lt $next_print ] && [ $SECONDS -lt $until ]; do
+      sleep 5
+      pgrep -f -- "--log-dir $out/train_" > /dev/null || break
+    done
   done
   echo "still running after $2 s"
 }
@@ -117,13 +123,17 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 }
 
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
-  local out="$1" dir="$2" mtp_minutes="${3:-1.5}" eval=(--batch-size 64 --max-utterances 200)
-  encoder "$out" "$dir" enc && sleep 20 && wait_all "$out" 1200 || return 1
-  finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 20 && wait_all "$out" 1800 || return 1
+  local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances 200)
+  local spec=(--speculative --cuda-graphs)
+  encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
+  finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 5 && wait_all "$out" 1800 || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation
   finetune "$out" "$dir" two_mtp two --ctc-target-units characters --mtp-num-layers 3 --training-mode head_only \
-    --mtp-self-distillation --exit-duration-in-mins "$mtp_minutes" && sleep 20 && wait_all "$out" 1200 || return 1
-  evaluate "$out" "$dir" two_mtp spec "${eval[@]}" --speculative --cuda-graphs
+    --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
+    && sleep 5 && wait_all "$out" 1200 || return 1
+  evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}"
+  evaluate "$out" "$dir" two_mtp spec_b8 --batch-size 8 --max-utterances 200 "${spec[@]}"
+  evaluate "$out" "$dir" two_mtp spec_b1 --batch-size 1 --max-utterances 100 "${spec[@]}"
   echo "PIPELINE DONE"
 }
 
