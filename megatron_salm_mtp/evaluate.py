@@ -30,10 +30,11 @@ import torch
 from megatron.core.package_info import __version__ as mcore_version
 
 from .commands import add_load_argument
+from .config import ConfigError
 from .data.progress import Progress
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
-from .inference.loading import load_for_inference
+from .inference.loading import LoadedModel, load_for_inference
 from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available
 from .inference.workspace import WorkspacePool
@@ -127,6 +128,14 @@ def check_args(parser, args) -> None:
         check_writable(parser, '--out-manifest', args.out_manifest)
         if args.out and os.path.abspath(args.out_manifest) == os.path.abspath(args.out):
             parser.error(f'--out-manifest {args.out_manifest}: the same file as --out')
+
+
+def load_or_error(parser, load_dir: str) -> LoadedModel:
+    """The checkpoint for decoding, or one parser error line where its settings contradict each other."""
+    try:
+        return load_for_inference(load_dir)
+    except ConfigError as err:
+        parser.error(str(err))
 
 
 def draft_depth(parser, args, cfg) -> int:
@@ -223,7 +232,7 @@ def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
 
 
 def evaluate(args, parser) -> dict:
-    loaded = load_for_inference(args.load)
+    loaded = load_or_error(parser, args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
     splits = read_splits(parser, args, loaded)

@@ -17,9 +17,8 @@ import os
 
 from .commands import add_load_argument
 from .data.manifest import Example, Segment
-from .evaluate import decoding_modes, draft_depth, run_mode
+from .evaluate import decoding_modes, draft_depth, load_or_error, run_mode
 from .inference.inputs import example_utterances, stop_ids
-from .inference.loading import load_for_inference
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +62,7 @@ def file_examples(paths, prompt):
 
 def transcribe(args, parser) -> list:
     """(file, duration in seconds, transcript) of each readable file, in the order given."""
-    loaded = load_for_inference(args.load)
+    loaded = load_or_error(parser, args.load)
     depth = draft_depth(parser, args, loaded.cfg) if args.speculative else None
     prompt = loaded.data.default_prompt if args.prompt is None else args.prompt
     # unreadable files are logged (stderr) and left out

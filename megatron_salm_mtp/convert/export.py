@@ -28,9 +28,10 @@ from safetensors.torch import save_file
 from ..checkpoint.metadata import read_checkpoint_config
 from ..checkpoint.save_load import load_checkpoint
 from ..config import SALMConfig
+from ..data.progress import Progress
 from ..parallel.setup import build_model, init_distributed, init_model_parallel
 from . import hf_llm, hf_whisper
-from .load import full_name
+from .load import PROGRESS_SECONDS, full_name
 
 
 def _family(cfg: SALMConfig):
@@ -141,6 +142,20 @@ def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: dict | None 
         json.dump(salm_assembly(cfg), f, indent=2)
 
 
+def model_tensors(module: torch.nn.Module, cfg: SALMConfig) -> dict:
+    """Every tensor of ``module`` (the TP=1/PP=1 SALM) by its full name, copied off its device as
+    float32, with a progress line (tensors done, rate, ETA) at most every ``PROGRESS_SECONDS`` and
+    one at the end: the export runs in one process, rank 0."""
+    named = [(name, tensor) for name, tensor in module.state_dict().items()
+             if not name.endswith('_extra_state') and tensor is not None]
+    progress = Progress('export-hf', len(named), 'tensors', PROGRESS_SECONDS)
+    weights = {}
+    for name, tensor in named:
+        weights[full_name(name, cfg, 0)] = tensor.detach().float().cpu()
+        progress.advance()
+    return weights
+
+
 def run_export(load_dir: str, out: str, base_config_path: str | None = None) -> None:
     """Load the latest checkpoint at TP=1/PP=1 in this one process and write the folders."""
     init_distributed(lone=True)
@@ -148,8 +163,7 @@ def run_export(load_dir: str, out: str, base_config_path: str | None = None) -> 
     init_model_parallel(cfg, seed=1234)
     model = build_model(cfg, wrap_ddp=False)
     load_checkpoint(load_dir, model, None, None, load_optimizer=False)
-    weights = {full_name(n, cfg, 0): t.detach().float().cpu()
-               for n, t in model[0].state_dict().items() if not n.endswith('_extra_state') and t is not None}
+    weights = model_tensors(model[0], cfg)
     base = None
     if base_config_path:
         path = base_config_path if base_config_path.endswith('.json') else os.path.join(base_config_path, 'config.json')

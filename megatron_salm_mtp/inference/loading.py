@@ -13,12 +13,13 @@ from megatron.core import parallel_state
 
 from ..checkpoint.metadata import latest_run_settings, model_config
 from ..checkpoint.save_load import load_checkpoint
-from ..config import SALMConfig
+from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
 from ..model.provider import provide_salm
 from ..model.specs import LOCAL
 from ..parallel.setup import init_distributed, set_seed
+from ..run_config import SHARED_WITH_DATA
 
 
 @dataclass
@@ -53,18 +54,30 @@ def build_for_inference(cfg: SALMConfig):
     return model.eval(), cfg
 
 
-def inference_data_config(stored: dict) -> DataConfig:
+def inference_data_config(stored: dict, checkpoint: str) -> DataConfig:
     """The data settings a checkpoint's ``config.yaml`` records, for decoding: one utterance per row
     (decoding never packs; a checkpoint saved before packing existed records unpacked settings, such
-    as --no-pad-to-seq-length, that the packing default would refuse)."""
+    as --no-pad-to-seq-length, that the packing default would refuse). The fields the model owns (mel
+    bins, frame stacking...) come from its model settings: an import records no data settings, and
+    features made with the defaults would not fit a 128-bin or differently stacked model."""
+    model = model_config(stored)
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
-    return DataConfig(**dict({k: v for k, v in stored.items() if k in data_fields}, pack_sequences=False))
+    settings = {k: v for k, v in stored.items() if k in data_fields}
+    for name, (section, owner) in SHARED_WITH_DATA.items():
+        if section != 'model':
+            continue
+        value = getattr(model, owner)
+        if settings.get(name, value) != value:
+            raise ConfigError(f'{checkpoint}: config.yaml records {name} {settings[name]!r} for the data but '
+                              f'{owner} {value!r} for the model; the two must agree')
+        settings[name] = value
+    return DataConfig(**dict(settings, pack_sequences=False))
 
 
 def load_for_inference(load_dir: str) -> LoadedModel:
     """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
     iteration, stored = latest_run_settings(load_dir)
+    data = inference_data_config(stored, f'--load {load_dir} (iteration {iteration})')
     model, cfg = build_for_inference(model_config(stored))
-    data = inference_data_config(stored)
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)
     return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration)

@@ -74,11 +74,20 @@ def test_generate_matches_transformers_greedy(imported, hf_models):
 def exported(imported, tmp_path_factory):
     ckpt, _, _ = imported
     out = str(tmp_path_factory.mktemp('export') / 'hf')
-    _run(['-m', 'megatron_salm_mtp.convert', 'export-hf', '--load', ckpt, '--out', out])
-    return out
+    _, stderr = _run(['-m', 'megatron_salm_mtp.convert', 'export-hf', '--load', ckpt, '--out', out], stderr=True)
+    return out, stderr
+
+
+def test_export_prints_progress(exported):
+    """The one export process prints its tensors done (at the end at least: the export is quick)."""
+    _, stderr = exported
+    lines = [line for line in stderr.splitlines() if line.startswith('export-hf')]
+    assert len(lines) == 1 and re.fullmatch(r'export-hf: (\d+)/\1 tensors \(100%\), [\d.]+ tensors/s, '
+                                            r'done in 0:00:\d\d', lines[0]), lines
 
 
 def test_export_loads_in_transformers_with_same_logits(exported, hf_models):
+    exported, _ = exported
     tokens = torch.tensor([PROMPT * 3])
     torch.testing.assert_close(hf_logits(exported, tokens), hf_logits(hf_models['qwen3'], tokens),
                                rtol=1e-5, atol=1e-5)
@@ -89,6 +98,7 @@ def test_export_loads_in_transformers_with_same_logits(exported, hf_models):
 
 
 def test_export_holds_new_mtp_heads_and_encoder(exported, hf_models):
+    exported, _ = exported
     weights = load_file(os.path.join(exported, 'model.safetensors'))
     hidden = 32
     for k in (2, 3):  # MTP depths after the 2 decoder layers, DeepSeek-V3 names
@@ -106,6 +116,7 @@ def test_export_holds_new_mtp_heads_and_encoder(exported, hf_models):
 
 
 def test_shipped_heads_are_kept_and_depth_checked(exported):
+    exported, _ = exported
     from megatron_salm_mtp.convert.hf_llm import llm_recipes
     from megatron_salm_mtp.convert.load import salm_config_from_hf
     from megatron_salm_mtp.convert.mtp_init import mtp_recipes

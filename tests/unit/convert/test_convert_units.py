@@ -1,5 +1,6 @@
-"""In-process checks of the import pieces: vocabulary sizing against a tokenizer, sliced reads
-of padded tables and TP shards, and the errors that name what cannot be imported."""
+"""In-process checks of the convert pieces: vocabulary sizing against a tokenizer, sliced reads
+of padded tables and TP shards, the errors that name what cannot be imported, and the export's
+copy of the model with its progress lines."""
 
 import json
 import os
@@ -8,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from megatron_salm_mtp.config import ConfigError
+from megatron_salm_mtp.config import ConfigError, SALMConfig
+from megatron_salm_mtp.convert import export
 from megatron_salm_mtp.convert.load import salm_config_from_hf, tokenizer_vocabulary
 from megatron_salm_mtp.convert.recipes import Copy, FusedQKV, GatedFC1
 from megatron_salm_mtp.convert.source import TensorSource
@@ -138,3 +140,23 @@ def test_other_shipped_mtp_styles(hf_models, tmp_path, style):
         assert torch.equal(qkv[:32], q[:32]) and torch.equal(qkv[32:48], k[:16])  # group 0: 2 q heads, k
     else:
         assert torch.equal(qkv, extra['mtp.layers.0.transformer_layer.self_attention.linear_qkv.weight'])
+
+
+def test_export_copies_every_tensor_with_progress(monkeypatch, capsys):
+    """With the interval at 0, one progress line per tensor copied off the model, the last N/N;
+    the copies are float32 CPU tensors equal to the model's."""
+    monkeypatch.setattr(export, 'PROGRESS_SECONDS', 0.0)
+    module = torch.nn.Module()
+    module.language_model = torch.nn.Module()
+    module.language_model.decoder = torch.nn.Module()
+    module.language_model.decoder.layers = torch.nn.ModuleList(
+        [torch.nn.Linear(3, 2), torch.nn.Linear(2, 2, bias=False)]).to(torch.bfloat16)
+    weights = export.model_tensors(module, SALMConfig(num_layers=2))
+    assert list(weights) == ['language_model.decoder.layers.0.weight', 'language_model.decoder.layers.0.bias',
+                             'language_model.decoder.layers.1.weight']
+    for name, tensor in module.state_dict().items():
+        assert weights[name].dtype == torch.float32 and torch.equal(weights[name], tensor.float())
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(',')[0] for line in lines] == [f'export-hf: {i}/3 tensors ({100 * i / 3:.0f}%)'
+                                                      for i in (1, 2, 3)]
+    assert 'ETA' in lines[0] and 'done in' in lines[-1]

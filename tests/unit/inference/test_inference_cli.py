@@ -4,13 +4,16 @@ ablation, a skipped line and the predictions manifest; bad input named before de
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 from megatron_salm_mtp import evaluate
+from megatron_salm_mtp.checkpoint.metadata import latest_checkpoint
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.inference.wer import Scores
 from tests.support.data_fixtures import tone, write_manifest
@@ -218,6 +221,24 @@ def test_a_split_without_usable_audio_is_named(single_rank_parallel, tp2_checkpo
     with pytest.raises(SystemExit):
         evaluate.main(['--load', tp2_checkpoint, '--manifest', bad])
     assert f'--manifest {bad}: no usable utterance among 1 lines (1 skipped: missing_file)' in capsys.readouterr().err
+
+
+def test_data_settings_contradicting_the_model_are_one_line(single_rank_parallel, tp2_checkpoint, manifest,
+                                                            tmp_path, capsys):
+    """A config.yaml whose n_mels is not the model's num_mel_bins: one line before the model is built."""
+    load = str(tmp_path / 'ckpt')
+    shutil.copytree(tp2_checkpoint, load)
+    iteration, folder = latest_checkpoint(load)
+    path = os.path.join(folder, 'config.yaml')
+    with open(path) as f:
+        stored = yaml.safe_load(f)
+    stored['n_mels'] = 208 - stored['num_mel_bins']  # the other of 80 and 128
+    with open(path, 'w') as f:
+        yaml.safe_dump(stored, f)
+    with pytest.raises(SystemExit):
+        evaluate.main(['--load', load, '--manifest', manifest])
+    assert (f"--load {load} (iteration {iteration}): config.yaml records n_mels {stored['n_mels']} for the data "
+            f"but num_mel_bins {stored['num_mel_bins']} for the model") in capsys.readouterr().err
 
 
 def test_missing_scoring_packages_are_named_first(tmp_path, manifest, capsys, monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.features import log_mel
 from megatron_salm_mtp.data.loader import DataConfig
@@ -97,5 +98,27 @@ def test_a_checkpoint_saved_before_packing_decodes_one_utterance_per_row():
               'global_batch_size': 128, 'n_mels': 80, 'tokenizer_type': 'byte'}
     with pytest.raises(ValueError, match='add --no-pack-sequences'):
         DataConfig(**stored)
-    data = inference_data_config(stored)
+    data = inference_data_config(stored, 'ckpt')
     assert not data.pack_sequences and (data.pad_to_seq_length, data.bucket_window) == (False, 16)
+
+
+def test_an_import_decodes_with_the_features_of_its_model():
+    """An import-hf checkpoint records model fields only: the data settings the model owns come
+    from them, not from DataConfig's defaults (80 bins, stack 4)."""
+    stored = {'num_mel_bins': 128, 'audio_frame_stack': 2, 'seq_length': 512, 'ctc_target_units': 'characters'}
+    data = inference_data_config(stored, 'ckpt')
+    assert (data.n_mels, data.stack, data.seq_length, data.ctc_target_units) == (128, 2, 512, 'characters')
+    assert (inference_data_config({}, 'ckpt').n_mels, inference_data_config({}, 'ckpt').stack) == (80, 4)
+
+
+@pytest.mark.parametrize('data_field, stored_value, model_field, model_value',
+                         [('n_mels', 80, 'num_mel_bins', 128), ('stack', 4, 'audio_frame_stack', 2)])
+def test_data_settings_that_contradict_the_model_name_the_field_and_checkpoint(data_field, stored_value,
+                                                                               model_field, model_value):
+    stored = {'num_mel_bins': 128, 'n_mels': 128, 'audio_frame_stack': 2, 'stack': 2}
+    inference_data_config(stored, 'ckpt')  # agreeing values load
+    stored[data_field] = stored_value
+    expected = rf'^--load run \(iteration 7\): config.yaml records {data_field} {stored_value} for the data ' \
+               rf'but {model_field} {model_value} for the model'
+    with pytest.raises(ConfigError, match=expected):
+        inference_data_config(stored, '--load run (iteration 7)')
