@@ -28,13 +28,12 @@ def default_eos_ids(load_dir: str) -> list[int]:
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
 
-def make_tokenizer(load_dir: str, tokenizer_path: str | None, stored: dict):
+def make_tokenizer(tokenizer_path: str | None, checkpoint_settings: dict | None):
+    """``--tokenizer`` when given, else the checkpoint's (``checkpoint_tokenizer``'s settings)."""
     from .data.tokenizer import build_tokenizer
     if tokenizer_path:
         return build_tokenizer('huggingface', tokenizer_path)
-    if os.path.isfile(os.path.join(load_dir, 'tokenizer.json')):
-        return build_tokenizer('huggingface', load_dir)
-    return build_tokenizer(stored.get('tokenizer_type') or 'byte', stored.get('tokenizer_model'))
+    return build_tokenizer(**checkpoint_settings)
 
 
 @torch.no_grad()
@@ -93,17 +92,20 @@ def main(argv=None) -> None:
     from megatron.core import parallel_state
 
     from .checkpoint.layout import verify_checkpoint_files
-    from .checkpoint.metadata import latest_checkpoint, latest_run_settings, model_config
+    from .checkpoint.metadata import checkpoint_tokenizer, latest_checkpoint, latest_run_settings, model_config
     from .checkpoint.save_load import load_checkpoint
     from .config import ConfigError
     from .parallel.setup import build_model, init_distributed, init_model_parallel
 
     if args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
-    try:  # a missing or damaged checkpoint: one line before any process group
+    tokenizer_settings = None
+    try:  # a missing or damaged checkpoint (or its tokenizer): one line before any process group
         _, stored = latest_run_settings(args.load)
         stored_cfg = model_config(stored)
         verify_checkpoint_files(latest_checkpoint(args.load)[1])
+        if args.prompt is not None and not args.tokenizer:
+            tokenizer_settings = checkpoint_tokenizer(args.load, stored)
     except (FileNotFoundError, ConfigError) as err:
         parser.error(str(err))
     if args.prompt_ids is not None:
@@ -120,7 +122,7 @@ def main(argv=None) -> None:
     load_checkpoint(args.load, model, None, None, load_optimizer=False)
     tokenizer = None
     if args.prompt is not None:
-        tokenizer = make_tokenizer(args.load, args.tokenizer, stored)
+        tokenizer = make_tokenizer(args.tokenizer, tokenizer_settings)
         prompt = tokenizer.encode(args.prompt)
         check_prompt(prompt, cfg.vocab_size, '--prompt', parser)
     eos = args.eos_id if args.eos_id is not None else default_eos_ids(args.load)

@@ -1,5 +1,6 @@
 """What a checkpoint says about itself, read without building a model: the run settings saved
-beside it (``config.yaml``) and its common state (``model_only`` for an import)."""
+beside it (``config.yaml``), its common state (``model_only`` for an import) and the tokenizer its
+model decodes with."""
 
 import os
 import pickle
@@ -17,6 +18,8 @@ from .layout import (
     latest_checkpoint_iteration,
     verify_checkpoint_files,
 )
+
+HF_TOKENIZER_FILE = 'tokenizer.json'  # what import-hf copies beside the checkpoint
 
 
 def stored_settings(path: str) -> dict:
@@ -84,3 +87,25 @@ def training_vocab_size(tokenizer_vocab: int, load_dir) -> int:
     if not os.path.isdir(load_dir) or latest_checkpoint_iteration(load_dir) is None:
         return tokenizer_vocab
     return max(tokenizer_vocab, read_checkpoint_config(load_dir).vocab_size)
+
+
+def checkpoint_tokenizer(load_dir: str, stored: dict) -> dict:
+    """The tokenizer the latest checkpoint under ``load_dir`` decodes with, as the data settings
+    ``tokenizer_type`` and ``tokenizer_model`` (``stored``: its config.yaml). A trained checkpoint
+    records them as its run was given them. An import records the Hugging Face tokenizer it copied
+    beside the checkpoint by a path relative to ``load_dir``, so the folder can move; an import
+    written before it recorded one has the copied file only. A recorded file that is gone is a
+    CheckpointError naming the checkpoint and the file."""
+    kind, model = stored.get('tokenizer_type'), stored.get('tokenizer_model')
+    if is_model_only(load_dir):
+        if kind is None and os.path.isfile(os.path.join(load_dir, HF_TOKENIZER_FILE)):
+            kind, model = 'huggingface', HF_TOKENIZER_FILE
+        if model and not os.path.isabs(model):
+            model = os.path.join(load_dir, model)
+    kind = kind or 'byte'
+    if model:
+        hf_folder = kind in ('huggingface', 'hf') and os.path.isdir(model)
+        file = os.path.join(model, HF_TOKENIZER_FILE) if hf_folder else model
+        if not os.path.isfile(file):
+            raise CheckpointError(f'--load {load_dir}: the tokenizer file of its model, {file}, is missing')
+    return {'tokenizer_type': kind, 'tokenizer_model': model}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
-from ..checkpoint.metadata import latest_run_settings, model_config
+from ..checkpoint.metadata import checkpoint_tokenizer, latest_run_settings, model_config
 from ..checkpoint.save_load import load_checkpoint
 from ..config import ConfigError, SALMConfig
 from ..data.loader import DataConfig
@@ -75,8 +75,10 @@ def inference_data_config(stored: dict, checkpoint: str) -> DataConfig:
 
 
 def load_for_inference(load_dir: str) -> LoadedModel:
-    """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device."""
+    """The latest complete checkpoint under ``load_dir`` as a TP=1/PP=1 SALM on this device, with
+    the tokenizer its model decodes with (an import's, copied beside it, included)."""
     iteration, stored = latest_run_settings(load_dir)
+    stored = dict(stored, **checkpoint_tokenizer(load_dir, stored))
     data = inference_data_config(stored, f'--load {load_dir} (iteration {iteration})')
     model, cfg = build_for_inference(model_config(stored))
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)

@@ -5,6 +5,7 @@ dim != hidden / heads, GQA), Qwen2 (q/k/v biases, untied, RoPE theta 1e6) and Ll
 RoPE theta 5e5); plus a Whisper encoder whose ids sit inside its small vocabulary.
 """
 
+import json
 import os
 
 import pytest
@@ -78,3 +79,19 @@ def hf_encoder(folder: str, features: torch.Tensor) -> torch.Tensor:
     model = T.WhisperModel.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return model.encoder(input_features=features).last_hidden_state
+
+
+def write_tiny_tokenizer(folder: str) -> str:
+    """A word-level ``tokenizer.json`` (``w0`` .. ``w199``, ``[UNK]``, ``<|endoftext|>`` as EOS) and
+    its ``tokenizer_config.json`` in ``folder``: 202 ids plus the plugin's virtual specials fit the
+    tiny models' 272 rows, and its ids differ from the byte tokenizer's. Returns the json's path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {'[UNK]': 0, '<|endoftext|>': 1, **{f'w{i}': i + 2 for i in range(200)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(['<|endoftext|>'])
+    path = os.path.join(folder, 'tokenizer.json')
+    tokenizer.save(path)
+    with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
+        json.dump({'eos_token': '<|endoftext|>', 'pad_token': '<|endoftext|>'}, f)
+    return path
