@@ -131,14 +131,20 @@ def te_available() -> bool:
     return True
 
 
-def resolve_transformer_impl(requested: str | None) -> str:
-    """``transformer_engine`` when TE imports and CUDA is present, else ``local``; logged."""
+def chosen_transformer_impl(requested: str | None) -> str:
+    """``transformer_engine`` when TE imports and CUDA is present, else ``local``."""
     usable = te_available() and torch.cuda.is_available()
     if requested == TRANSFORMER_ENGINE and not usable:
         raise ValueError('--transformer-impl transformer_engine needs Transformer Engine and CUDA')
     impl = requested or (TRANSFORMER_ENGINE if usable else LOCAL)
     if impl not in (TRANSFORMER_ENGINE, LOCAL):
         raise ValueError(f'--transformer-impl {impl!r}: choose transformer_engine or local')
+    return impl
+
+
+def resolve_transformer_impl(requested: str | None) -> str:
+    """:func:`chosen_transformer_impl`, logged."""
+    impl = chosen_transformer_impl(requested)
     logger.info('transformer implementation: %s (Transformer Engine importable: %s, CUDA: %s)',
                 impl, te_available(), torch.cuda.is_available())
     return impl

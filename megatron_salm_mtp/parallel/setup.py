@@ -20,7 +20,12 @@ from ..compat.cpu import enable_if_no_cuda
 from ..config import SALMConfig
 from ..model.provider import provide_salm
 from ..model.salm import SALM
-from ..model.specs import TRANSFORMER_ENGINE, fuse_te_wgrad_accumulation, resolve_transformer_impl
+from ..model.specs import (
+    TRANSFORMER_ENGINE,
+    chosen_transformer_impl,
+    fuse_te_wgrad_accumulation,
+    resolve_transformer_impl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +75,31 @@ def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
         pipeline_model_parallel_size=cfg.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=cfg.virtual_pipeline_size,
         expert_model_parallel_size=cfg.expert_model_parallel_size)
-    set_seed(seed, graph_safe_rng=cfg.cuda_graph_impl != 'none')
+    seed_for_model(cfg, seed)
 
 
-def set_seed(seed: int, graph_safe_rng: bool = False) -> None:
+def seed_for_model(cfg: SALMConfig, seed: int) -> None:
+    """:func:`set_seed` with the RNG tracker ``cfg``'s CUDA graphs need: graph-safe streams, and
+    with TE's kernels TE's own tracker (TE's attention refuses any other inside a capture:
+    Megatron-LM's --te-rng-tracker, which its CUDA-graph recipes always set)."""
+    graphs = cfg.cuda_graph_impl != 'none'
+    set_seed(seed, graph_safe_rng=graphs,
+             te_rng_tracker=graphs and chosen_transformer_impl(cfg.transformer_impl) == TRANSFORMER_ENGINE)
+
+
+def set_seed(seed: int, graph_safe_rng: bool = False, te_rng_tracker: bool = False) -> None:
     """Same host RNG on every TP/DP rank of a stage (replicated weights match), a different one
     per PP stage; Megatron-Core's tracker gives each TP rank its own model-parallel stream.
     ``graph_safe_rng``: the tracker keeps its streams as generators a CUDA graph can register
-    (core's graph manager refuses any other); seeded alike, they draw the same numbers."""
+    (core's graph manager refuses any other); seeded alike, they draw the same numbers.
+    ``te_rng_tracker``: Transformer Engine's tracker (graph-safe too) instead of core's."""
     seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     # A new tracker each time: a process may build an eager model after a graphed one (the bench).
-    model_parallel_cuda_manual_seed(seed, use_cudagraphable_rng=graph_safe_rng, force_reset_rng=True)
+    model_parallel_cuda_manual_seed(seed, te_rng_tracker=te_rng_tracker, use_cudagraphable_rng=graph_safe_rng,
+                                    force_reset_rng=True)
 
 
 def _build_chunk(cfg: SALMConfig, impl: str, vp_stage) -> SALM:

@@ -34,7 +34,7 @@ from megatron.core.distributed import DistributedDataParallelConfig
 from ..cli import exit_on_config_error, parse_args
 from ..config import ConfigError, SALMConfig
 from ..data.frames import encoder_frames
-from ..parallel.setup import build_model, init_distributed, init_model_parallel, set_seed
+from ..parallel.setup import build_model, init_distributed, init_model_parallel, seed_for_model
 from ..training.cuda_graphs import LayerGraphs
 from ..training.flops import attended_pairs, batch_flops, head_evaluations
 from ..training.host_syncs import recorded_host_syncs
@@ -139,7 +139,7 @@ def measure(run, bench, depths: int, model: SALMConfig, workload: Workload) -> d
     cfg = model.replace(mtp_num_layers=depths or None)
     train = run.train
     # every configuration starts from the same trunk weights (a graph-safe tracker draws the same)
-    set_seed(train.seed, graph_safe_rng=cfg.cuda_graph_impl != 'none')
+    seed_for_model(cfg, train.seed)
     dp = parallel_state.get_data_parallel_world_size()
     ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
                                         use_distributed_optimizer=cfg.use_distributed_optimizer,

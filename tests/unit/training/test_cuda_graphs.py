@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from megatron_salm_mtp.config import ConfigError, SALMConfig
+from megatron_salm_mtp.model import specs
 from megatron_salm_mtp.model.transformer_config import encoder_transformer_config, llm_transformer_config
+from megatron_salm_mtp.parallel import setup
 from megatron_salm_mtp.tools.bench_train import graph_variants
 from megatron_salm_mtp.train import parse_and_validate
 
@@ -134,3 +136,18 @@ def test_bench_compares_eager_with_graphed_steps():
         graph_variants(graphed, compare=True, warmup_iters=2)
     with pytest.raises(ConfigError, match='--compare-cuda-graphs compares eager steps with graphed ones'):
         graph_variants(SALMConfig(), compare=True, warmup_iters=3)
+
+
+@pytest.mark.parametrize('graphs,te_kernels,expected', [
+    ('local', False, dict(graph_safe_rng=True, te_rng_tracker=False)),
+    ('local', True, dict(graph_safe_rng=True, te_rng_tracker=True)),
+    ('transformer_engine', True, dict(graph_safe_rng=True, te_rng_tracker=True)),
+    ('none', True, dict(graph_safe_rng=False, te_rng_tracker=False))])
+def test_graphs_seed_the_tracker_their_kernels_accept(with_gpu, monkeypatch, graphs, te_kernels, expected):
+    """TE's attention refuses any tracker but TE's inside a capture (seen on the H200: 'Unsupported
+    RNG states tracker'): with CUDA graphs and TE's kernels the seed goes through TE's tracker."""
+    monkeypatch.setattr(specs, 'te_available', lambda: te_kernels)
+    seeded = []
+    monkeypatch.setattr(setup, 'set_seed', lambda seed, **kwargs: seeded.append((seed, kwargs)))
+    setup.seed_for_model(SALMConfig(cuda_graph_impl=graphs), 7)
+    assert seeded == [(7, expected)]
