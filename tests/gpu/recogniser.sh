@@ -125,6 +125,9 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
   local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances 200)
   local spec=(--speculative --cuda-graphs)
+  # The evaluations score with optional packages: find them missing now, not after the trainings.
+  $PYTHON -c "import sys; from megatron_salm_mtp.inference.wer import MISSING_PACKAGES, scoring_available as ok
+sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
   finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 5 && wait_all "$out" 1800 || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation
