@@ -15,8 +15,9 @@ def _rate(numerator: float, denominator: float) -> float | None:
 
 
 def acceptance_figures(stats: DecodeStats) -> dict[str, object]:
-    """Per-depth acceptance (given that the drafts before it were accepted, and per verify step)
-    and tokens emitted per trunk forward after the prefill."""
+    """Per-depth acceptance (given that the drafts before it were accepted, and per verify step;
+    drafts for positions after a row's stop id or budget are not counted: ``rows.py``) and tokens
+    emitted per trunk forward after the prefill."""
     figures = {'verify_forwards': stats.verify_steps,
                'tokens_per_trunk_forward': _rate(stats.verify_emitted, stats.verify_steps)}
     if stats.depths:

@@ -15,7 +15,9 @@ import torch
 
 STEPS, EMITTED = 0, 1
 """Columns of ``RowState.counts``: verify forwards while active, tokens they emitted; then, per
-depth, drafts whose prefix was accepted (attempts) and drafts accepted."""
+depth, drafts whose prefix was accepted (attempts) and drafts accepted. A draft for a position
+after the row's stop id or past its token budget is neither: the trunk's choice there is never
+emitted, so it tells nothing of the heads (counted, it read as a rejection at every row's end)."""
 
 
 class RowState:
@@ -28,6 +30,7 @@ class RowState:
         self.done = torch.zeros(size, dtype=torch.bool, device=device)
         self.all_done = torch.zeros((), dtype=torch.bool, device=device)
         self.emitted = torch.zeros(size, dtype=torch.long, device=device)
+        self.emittable = torch.zeros(size, dtype=torch.long, device=device)  # this step's cap
         self.budget = torch.zeros((), dtype=torch.long, device=device)
         self.stop = torch.zeros(vocab_rows, dtype=torch.bool, device=device)  # by token id
         self.counts = torch.zeros(size, 2 + 2 * depths, dtype=torch.long, device=device)
@@ -40,7 +43,7 @@ class RowState:
         bad = [i for i in stop_ids if not 0 <= i < len(self.stop)]
         if bad:
             raise ValueError(f'stop ids {bad} outside the vocabulary (0 .. {len(self.stop) - 1})')
-        for state in (self.done, self.all_done, self.emitted, self.counts, self.stop):
+        for state in (self.done, self.all_done, self.emitted, self.emittable, self.counts, self.stop):
             state.zero_()
         self.budget.fill_(max_new_tokens)
         if stop_ids:
@@ -54,8 +57,8 @@ class RowState:
         width = candidates.shape[1]
         offsets = self.offsets[:width]
         first_stop = torch.where(self.stop[candidates], offsets, width).amin(dim=1)
-        count = torch.minimum(first_stop + 1, self.budget - self.emitted)
-        count = count.clamp(max=1) if accepted is None else torch.minimum(count, accepted + 1)
+        self.emittable.copy_(torch.minimum(first_stop + 1, self.budget - self.emitted))
+        count = self.emittable.clamp(max=1) if accepted is None else torch.minimum(self.emittable, accepted + 1)
         count = count.masked_fill(self.done, 0)
         slots = (self.lengths[:, None] + offsets).clamp(max=self.tokens.shape[1] - 1)
         self.tokens.scatter_(1, slots, candidates)
@@ -68,12 +71,16 @@ class RowState:
     def count_step(self, active: torch.Tensor, count: torch.Tensor,
                    agreed: torch.Tensor | None = None) -> None:
         """Count a verify forward of the ``active`` rows that emitted ``count``; ``agreed`` [b, D]
-        is 1 along each row's accepted prefix of drafts."""
+        is 1 along each row's accepted prefix of drafts. Draft ``i`` guessed the trunk's choice at
+        candidate ``i``: it counts where that candidate could be emitted (before the stop id, within
+        the budget), as :meth:`emit` of this step measured."""
         self.counts[:, STEPS].add_(active.long())
         self.counts[:, EMITTED].add_(count)
         if agreed is not None:
             agreed = agreed * active[:, None]
             reached = torch.cat([active[:, None].long(), agreed[:, :-1]], dim=1)  # prefix accepted
+            emittable = (self.offsets[:self.depths] < self.emittable[:, None]).long()
+            agreed, reached = agreed * emittable, reached * emittable
             self.counts[:, 2:2 + self.depths].add_(reached)
             self.counts[:, 2 + self.depths:].add_(agreed)
 

@@ -106,12 +106,14 @@ def test_speculative_equals_greedy_after_brief_training(trained_model):
 
 def expected_counts(accept_per_step: int, budget: int, depths: int):
     """(verify steps, emitted tokens, attempts, accepts) of a row accepting the same number of
-    drafts every step, its first token coming from the prefill."""
+    drafts every step, its first token coming from the prefill. A draft for a position past the
+    budget is not counted (the trunk's choice there is never emitted)."""
     emitted, steps, attempts, accepts = 1, 0, [0] * depths, [0] * depths
     while emitted < budget:
         steps += 1
-        emitted += min(accept_per_step + 1, budget - emitted)
-        for depth in range(depths):
+        emittable = budget - emitted
+        emitted += min(accept_per_step + 1, emittable)
+        for depth in range(min(depths, emittable)):
             attempts[depth] += depth <= accept_per_step
             accepts[depth] += depth < accept_per_step
     return steps, budget - 1, attempts, accepts
