@@ -28,7 +28,7 @@
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
-#   bash tests/gpu/recogniser.sh corpus /root/corpus 60000 --text-source .gpu/pools.json.gz
+#   bash tests/gpu/recogniser.sh corpus /root/corpus 80000 --text-source .gpu/pools.json.gz --synthetic-accents 6
 #   bash tests/gpu/recogniser.sh encoder /root/runs /root/corpus enc
 #   bash tests/gpu/recogniser.sh wait /root/runs 570
 #   bash tests/gpu/recogniser.sh finetune /root/runs /root/corpus two enc --ctc-target-units characters

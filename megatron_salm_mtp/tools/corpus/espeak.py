@@ -2,7 +2,8 @@
 
 ``synth(text, voice, Prosody(...))`` sets rate, pitch, amplitude, word gap and pitch range per call.
 ``data_dir`` is the ``espeak-ng-data`` folder in use (``ESPEAK_DATA_PATH`` moves it), where
-:mod:`.voices` checks that each voice exists.
+:mod:`.voices` checks that each voice exists; ``find_backend(..., path=P)`` makes the backend read
+``P/espeak-ng-data`` instead (the corpus's synthetic accents: :mod:`.accents`).
 
 Why two backends: CI and clusters with apt get ``espeak-ng`` (a subprocess per utterance, safe to
 run in parallel threads); where apt is unavailable, ``espeakng-loader`` bundles ``libespeak-ng`` and
@@ -65,8 +66,8 @@ class _CliBackend:
     deterministic = True
     thread_safe = True
 
-    def __init__(self, binary: str):
-        self.binary = binary
+    def __init__(self, binary: str, path: str | None = None):
+        self.binary, self.path_args = binary, ['--path', path] if path else []
         out = subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout
         self.version = out.split('Data at')[0].strip()
         self.data_dir = out.split('Data at:')[1].strip() if 'Data at:' in out else None
@@ -75,7 +76,7 @@ class _CliBackend:
         # SSML carries the pitch range, which has no command-line flag; it also keeps a text that
         # starts with "-" from reading as an option.
         ssml = f'<prosody range="{prosody.pitch_range}%">{escape(text)}</prosody>'
-        args = [self.binary, '-m', '-v', voice, '-s', str(prosody.rate), '-p', str(prosody.pitch),
+        args = [self.binary, *self.path_args, '-m', '-v', voice, '-s', str(prosody.rate), '-p', str(prosody.pitch),
                 '-a', str(prosody.amplitude), '-g', str(prosody.word_gap), '--stdout', ssml]
         done = subprocess.run(args, capture_output=True)
         if done.returncode != 0:
@@ -89,14 +90,14 @@ class _LibBackend:
     thread_safe = False
     deterministic = False
 
-    def __init__(self):
+    def __init__(self, path: str | None = None):
         try:
             import espeakng_loader
         except ImportError as e:
             raise EspeakUnavailable('neither the espeak-ng binary nor the espeakng-loader package is installed') from e
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.data_dir = espeakng_loader.get_data_path()
-        data_parent = os.path.dirname(self.data_dir)  # the folder holding espeak-ng-data
+        data_parent = path or os.path.dirname(self.data_dir)  # the folder holding espeak-ng-data
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
         if self.rate <= 0:
@@ -137,16 +138,17 @@ class _LibBackend:
         return pcm.astype(np.float32) / 32768.0, self.rate
 
 
-def find_backend(prefer: str = 'auto'):
-    """``auto``: the binary when on PATH, else the library; ``cli`` / ``lib`` force one."""
+def find_backend(prefer: str = 'auto', path: str | None = None):
+    """``auto``: the binary when on PATH, else the library; ``cli`` / ``lib`` force one. ``path``:
+    the folder holding the ``espeak-ng-data`` to read (default: the backend's own)."""
     if prefer not in ('auto', 'cli', 'lib'):
         raise ValueError(f'backend must be auto, cli or lib, got {prefer!r}')
     binary = shutil.which('espeak-ng')
     if prefer == 'cli' or (prefer == 'auto' and binary):
         if not binary:
             raise EspeakUnavailable('espeak-ng binary not found on PATH (apt-get install espeak-ng)')
-        return _CliBackend(binary)
-    return _LibBackend()
+        return _CliBackend(binary, path)
+    return _LibBackend(path)
 
 
 def espeak_available() -> bool:

@@ -9,7 +9,9 @@ augmentation applied.
 - Text: real English from WordNet (``--text-source``, see :mod:`.text_source`), ~45,000 lexicon words.
   ``--subsets`` keeps some of the four subsets (``digits``: a small-vocabulary corpus, the CPU twin's).
 - Voices: 8 English espeak-ng voices x 83 variants (see :mod:`.voices`); rate, pitch, amplitude,
-  word gap and pitch range drawn per utterance.
+  word gap and pitch range drawn per utterance. ``--synthetic-accents K`` adds K accents recombined
+  from the training accents' voice files to the train split's voices (:mod:`.accents`); the other
+  splits are the same as without them, utterance for utterance.
 - Augmentation: room reverberation and white / pink / brown noise on a fraction (:mod:`.augment`).
 - Durations: a log-normal around 4.5 s (most 2-10 s, a tail to ``--max-seconds``), natural sentences
   joined to reach it; an utterance outside ``[--min-seconds, --max-seconds]`` is redrawn.
@@ -46,6 +48,7 @@ import torch
 from ...data.audio import write_wav
 from ...data.frames import SAMPLE_RATE
 from ...data.progress import Progress
+from .accents import AccentError, add_accents
 from .augment import NOISE_COLOURS, add_noise, reverberate, room_impulse_response
 from .espeak import Prosody, SynthesisError, find_backend
 from .polyphase import resample
@@ -67,6 +70,7 @@ MEDIAN_SECONDS, SIGMA_LOG_SECONDS = 4.5, 0.55
 PAD_SECONDS = 0.25  # silence up to this long before and after the speech
 PROCESS_POOL_MIN = 2000
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (stderr)
+MAX_SYNTHETIC_ACCENTS = 99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +83,7 @@ class SynthSettings:
     reverb_prob: float = 0.2
     rt60: tuple[float, float] = (0.2, 0.9)
     text_subsets: tuple[str, ...] = SUBSETS  # --subsets: drawn with their DEFAULT_MIX shares, renormalised
+    synthetic_accents: int = 0  # --synthetic-accents: train-only accents (accents.py)
 
     def validate(self) -> None:
         checks = [(0 < self.min_seconds and 1.5 * self.min_seconds <= self.max_seconds,
@@ -89,7 +94,9 @@ class SynthSettings:
                   (self.snr_db[0] <= self.snr_db[1], f'--snr-db MIN MAX: {self.snr_db[0]} > {self.snr_db[1]}'),
                   (0 < self.rt60[0] <= self.rt60[1], f'--rt60 MIN MAX must be positive and ordered, got {self.rt60}'),
                   (bool(self.text_subsets) and set(self.text_subsets) <= set(SUBSETS),
-                   f"--subsets must name some of {','.join(SUBSETS)}, got {','.join(self.text_subsets) or 'none'}")]
+                   f"--subsets must name some of {','.join(SUBSETS)}, got {','.join(self.text_subsets) or 'none'}"),
+                  (0 <= self.synthetic_accents <= MAX_SYNTHETIC_ACCENTS,
+                   f'--synthetic-accents must be in [0, {MAX_SYNTHETIC_ACCENTS}], got {self.synthetic_accents}')]
         for ok, message in checks:
             if not ok:
                 raise SynthSettingsError(message)
@@ -104,7 +111,13 @@ class CorpusPlan:
     """What every utterance draws from; built once, shared by all workers."""
     settings: SynthSettings
     texts: dict[str, SplitTexts]
-    voices: dict[str, list[str]]  # "seen" (train, valid, test) and "unseen" (test_unseen)
+    voices: dict[str, list[str]]  # "seen" (train, valid, test), "unseen" (test_unseen), "train" if it differs
+    espeak_path: str | None = None  # the data overlay holding the synthetic accents
+
+    def voices_of(self, split: str) -> list[str]:
+        if split == 'test_unseen':
+            return self.voices['unseen']
+        return self.voices.get(split) or self.voices['seen']
 
 
 def split_of(i: int) -> str:
@@ -142,7 +155,7 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
     """(16 kHz audio, manifest fields) of utterance ``i``."""
     s, split = plan.settings, split_of(i)
     rng = np.random.default_rng([s.seed, i])
-    voices = plan.voices['unseen' if split == 'test_unseen' else 'seen']
+    voices = plan.voices_of(split)
     for _ in range(max_tries):
         subset = choose_subset(rng, {k: DEFAULT_MIX[k] for k in s.text_subsets})
         voice = voices[int(rng.integers(len(voices)))]
@@ -181,7 +194,7 @@ _process_state = None  # (engine, plan) of a worker process: the library backend
 def _start_process(backend: str, plan: CorpusPlan) -> None:
     global _process_state
     torch.set_num_threads(1)  # N workers x all-core torch pools crawled on a 64-core host
-    _process_state = (find_backend(backend), plan)
+    _process_state = (find_backend(backend, plan.espeak_path), plan)
 
 
 def _write_in_process(out: str, i: int) -> dict:
@@ -220,10 +233,10 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
                  snr_db: tuple[float, float] = (5.0, 30.0), min_seconds: float = 1.0, max_seconds: float = 20.0,
                  backend: str = 'auto', jobs: int | None = None, text_source: str | None = None,
                  reverb_prob: float = 0.2, rt60: tuple[float, float] = (0.2, 0.9),
-                 subsets: tuple[str, ...] = SUBSETS) -> dict:
+                 subsets: tuple[str, ...] = SUBSETS, synthetic_accents: int = 0) -> dict:
     """Write the corpus; returns the summary also saved as ``corpus.json`` (plus ``wall_seconds``)."""
     settings = SynthSettings(seed, min_seconds, max_seconds, noise_prob, tuple(snr_db), reverb_prob, tuple(rt60),
-                             tuple(subsets))
+                             tuple(subsets), synthetic_accents)
     settings.validate()
     if num_utterances < 1 or (jobs is not None and jobs < 1):
         raise SynthSettingsError(f'--num-utterances ({num_utterances}) and --jobs ({jobs}) must be at least 1')
@@ -233,8 +246,9 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
               'phrases': len(pools.phrases)}
     engine = find_backend(backend)
     voices, missing = corpus_voices(engine.data_dir)
-    plan = CorpusPlan(settings, texts, voices)
     os.makedirs(os.path.join(out, 'audio'), exist_ok=True)
+    engine, espeak_path, accents = add_accents(engine, backend, voices, out, settings.synthetic_accents, seed)
+    plan = CorpusPlan(settings, texts, voices, espeak_path)
     start = time.perf_counter()
     rows = _synthesize_all(engine, backend, plan, out, num_utterances, jobs)
     splits = {name: [r for i, r in enumerate(rows) if split_of(i) == name] for name in SPLITS}
@@ -244,7 +258,8 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
     summary = {'version': CORPUS_VERSION, 'num_utterances': num_utterances, **dataclasses.asdict(settings),
                'backend': engine.name, 'espeak': engine.version, 'audio_reproducible': engine.deterministic,
                'sample_rate': SAMPLE_RATE, 'text_source': source,
-               **summarize(splits, voices, missing, {s: len(t.words) for s, t in texts.items()})}
+               **summarize(splits, voices, missing, {s: len(t.words) for s, t in texts.items()}),
+               'synthetic_accent_files': accents}
     with open(os.path.join(out, 'corpus.json'), 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=1)
     return {**summary, 'wall_seconds': round(time.perf_counter() - start, 2)}
@@ -270,6 +285,9 @@ def main(argv=None) -> int:
     p.add_argument('--subsets', default=','.join(SUBSETS),
                    help='comma-separated subsets to draw (their default shares renormalised), e.g. digits for a '
                         'small-vocabulary corpus')
+    p.add_argument('--synthetic-accents', type=int, default=0, metavar='K',
+                   help="K accents recombined from the training accents' espeak-ng voice files, spoken in "
+                        'the train split only (the other splits are unchanged)')
     p.add_argument('--backend', choices=('auto', 'cli', 'lib'), default='auto',
                    help='espeak-ng binary (cli), espeakng-loader (lib), or whichever is present (auto)')
     p.add_argument('--jobs', type=int, default=None,
@@ -278,8 +296,8 @@ def main(argv=None) -> int:
     try:
         s = build_corpus(a.out, a.num_utterances, a.seed, a.noise_prob, tuple(a.snr_db), a.min_seconds,
                          a.max_seconds, a.backend, a.jobs, a.text_source, a.reverb_prob, tuple(a.rt60),
-                         tuple(k for k in a.subsets.split(',') if k))
-    except (TextSourceError, SynthSettingsError) as e:
+                         tuple(k for k in a.subsets.split(',') if k), a.synthetic_accents)
+    except (TextSourceError, SynthSettingsError, AccentError) as e:
         print(f'{p.prog}: error: {e}', file=sys.stderr)
         return 2
     pool = s['voice_pool']

@@ -6,12 +6,13 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 
 from megatron_salm_mtp.data.audio import audio_info
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader
 from megatron_salm_mtp.data.manifest import read_manifest
-from megatron_salm_mtp.tools.corpus import synth, synth_text
+from megatron_salm_mtp.tools.corpus import accents, synth, synth_text
 from megatron_salm_mtp.tools.corpus.espeak import SynthesisError, espeak_available, find_backend
 from megatron_salm_mtp.tools.corpus.synth import CorpusPlan, SynthSettings, build_corpus, main, make_utterance
 from megatron_salm_mtp.tools.corpus.text_source import default_text_source, load_text_source, save_pools
@@ -146,6 +147,7 @@ def test_an_espeak_crash_draws_another_text_with_a_warning(caplog):
     (['--rt60', '0.9', '0.2'], '--rt60 MIN MAX must be positive and ordered'),
     (['--subsets', 'digits,poems'], '--subsets must name some of natural,wordlist,digits,names, got digits,poems'),
     (['--subsets', ','], '--subsets must name some of natural,wordlist,digits,names, got none'),
+    (['--synthetic-accents', '100'], '--synthetic-accents must be in [0, 99], got 100'),
 ])
 def test_bad_settings_are_one_line_errors_naming_them(tmp_path, capsys, flags, message):
     flags = [f.format(tmp=tmp_path) for f in flags]
@@ -194,3 +196,42 @@ def test_library_backend_when_installed(tmp_path):
     first, again = ([json.loads(line)['text'] for line in open(folder / 'train.jsonl')]
                     for folder in (tmp_path, tmp_path / 'again'))
     assert first == again
+
+
+@needs_espeak
+def test_synthetic_accents_speak_in_train_only_and_leave_the_other_splits_unchanged(tmp_path, espeak_corpus):
+    """The fixture is the same corpus without accents: only train utterances may differ, and the
+    accents recombine the training accents' parts, never the held-out ones'."""
+    summary = build_corpus(str(tmp_path), 40, seed=3, max_seconds=3.0, synthetic_accents=4)
+    files = summary['synthetic_accent_files']
+    assert sorted(files) == ['acc/00', 'acc/01', 'acc/02', 'acc/03'] and len(set(files.values())) == 4
+    for name, text in files.items():
+        assert open(tmp_path / accents.OVERLAY / 'espeak-ng-data' / 'voices' / name).read() == text
+        assert text.startswith('name synthetic English accent') and 'phonemes en-wm' not in text
+        assert 'phonemes en-us-nyc' not in text and 'replace 00 h NULL' not in text  # held-out accents' own
+    train = rows_of(str(tmp_path), 'train')
+    assert any(r['voice'].startswith('acc/') for r in train)
+    assert [r['voice'] for r in train] != [r['voice'] for r in rows_of(espeak_corpus, 'train')]
+    for split in ('valid', 'test', 'test_unseen'):
+        rows = rows_of(str(tmp_path), split)
+        assert rows == rows_of(espeak_corpus, split) and not any('acc/' in r['voice'] for r in rows)
+        for r in rows:
+            audio = r['audio_filepath']
+            assert open(tmp_path / audio, 'rb').read() == open(os.path.join(espeak_corpus, audio), 'rb').read()
+
+
+@needs_espeak
+def test_an_accent_espeak_cannot_speak_stops_the_corpus_naming_it(tmp_path, monkeypatch, capsys):
+    real = find_backend('cli')
+
+    class Mute:
+        data_dir, thread_safe = real.data_dir, True
+
+        def synth(self, text, voice, prosody=None):
+            return np.zeros(100, np.float32), 22050
+
+    monkeypatch.setattr(accents, 'find_backend', lambda backend, path: Mute())
+    assert main(['--out', str(tmp_path), '--num-utterances', '4', '--synthetic-accents', '2']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1
+    assert f"{tmp_path / accents.OVERLAY / 'espeak-ng-data' / 'voices' / 'acc' / '00'} speaks 0.00 s" in err
