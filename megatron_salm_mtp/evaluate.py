@@ -35,7 +35,7 @@ from .data.progress import Progress
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
-from .inference.report import ablation_table, mode_report, plot_acceptance, write_prediction_manifest
+from .inference.report import ablation_table, group_of, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available
 from .inference.workspace import WorkspacePool
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--max-utterances', type=int, help='decode only the first N lines of each manifest')
+    p.add_argument('--group-by', metavar='FIELD',
+                   help="also report the figures per value of this manifest field (e.g. the synthetic corpus's "
+                        'accent, or a speaker field), overall and per split')
     p.add_argument('--warmup-batches', type=int, default=1,
                    help='batches decoded once, untimed, before the timed pass of each mode')
     p.add_argument('--out', help=f'report path (JSON); a folder (existing, or given with a trailing /) gets '
@@ -251,13 +254,15 @@ def evaluate(args, parser) -> dict:
         outputs[name], stats, seconds = run_mode(name, decode, mode_batches, args.warmup_batches)
         texts[name] = [tok.decode([t for t in o if t not in stops]) for o in outputs[name]]
         report['modes'][name] = mode_report(utterances, texts[name], outputs[name], stats, seconds,
-                                            depth if name == 'speculative' else 0)
+                                            depth if name == 'speculative' else 0, args.group_by)
     if depth:
         report['speculative_vs_greedy'] = compare(report['modes'], outputs, utterances)
     if args.audio_ablation:
         unchanged = sum(a == b for a, b in zip(outputs['greedy'], outputs[SILENCE]))
         report['audio_ablation'] = ablation_table(report['modes']['greedy'], report['modes'][SILENCE], unchanged)
+    groups = {'group': [group_of(u, args.group_by) for u in utterances]} if args.group_by else {}
     report['hypotheses'] = [{'where': u.where, 'split': u.split, 'subset': u.subset, 'reference': u.reference,
+                             **{key: values[i] for key, values in groups.items()},
                              **{name: texts[name][i] for name in modes}} for i, u in enumerate(utterances)]
     if args.out_manifest:
         write_prediction_manifest(args.out_manifest, utterances, texts['greedy'])

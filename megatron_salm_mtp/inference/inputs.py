@@ -41,6 +41,7 @@ class Utterance:
     prompt_ids: list[int]
     features: list[torch.Tensor]  # one [n_mels, T] log-mel per audio
     seconds: float  # audio duration
+    fields: dict = dataclasses.field(default_factory=dict)  # the manifest line's other fields (accent...)
 
     @property
     def where(self) -> str:
@@ -116,7 +117,7 @@ def example_utterances(examples: Sequence[Example], data: DataConfig, tokenizer:
         utterances.append(Utterance(example.source, example.line, split,
                                     str(example.meta.get('subset', 'all')), example.answer_text, prompt,
                                     [log_mel(w, data.n_mels) for w in waves],
-                                    sum(len(w) for w in waves) / SAMPLE_RATE))
+                                    sum(len(w) for w in waves) / SAMPLE_RATE, dict(example.meta)))
     return utterances, skips
 
 

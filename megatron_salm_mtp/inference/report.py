@@ -1,5 +1,5 @@
-"""Figures of one decoding mode (overall, per split, per subset), the audio ablation table, the
-hypotheses as a NeMo-style manifest, and the acceptance plot."""
+"""Figures of one decoding mode (overall, per split, per subset, per ``--group-by`` value), the
+audio ablation table, the hypotheses as a NeMo-style manifest, and the acceptance plot."""
 
 import json
 from collections import defaultdict
@@ -45,30 +45,46 @@ class _Group:
         return {'utterances': self.utterances, **self.scores.figures(), **acceptance_figures(self.stats)}
 
 
+def group_of(utterance: Utterance, field: str) -> str:
+    """The value of manifest ``field`` that ``--group-by`` files ``utterance`` under."""
+    return str(utterance.fields.get(field, 'none'))
+
+
 def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: Sequence[list[int]],
-                stats: Sequence[DecodeStats], seconds: float, depths: int = 0) -> dict[str, object]:
+                stats: Sequence[DecodeStats], seconds: float, depths: int = 0,
+                group_by: str | None = None) -> dict[str, object]:
     """WER (normalised and raw), CER, S/D/I, acceptance and speed of one decoding mode: overall,
-    per subset (over all splits), per split and per subset within each split."""
+    per subset (over all splits), per split and per subset within each split; with ``group_by`` (a
+    manifest field such as ``accent``) also per value of it, overall and within each split."""
     total = _Group(depths)
     subsets, splits = defaultdict(lambda: _Group(depths)), defaultdict(lambda: _Group(depths))
     split_subsets = defaultdict(lambda: defaultdict(lambda: _Group(depths)))
+    groups, split_groups = defaultdict(lambda: _Group(depths)), defaultdict(lambda: defaultdict(lambda: _Group(depths)))
     for utt, text, row_stats in zip(utterances, texts, stats):
         scores = Scores()
         scores.add(utt.reference, text)
         for group in (total, subsets[utt.subset], splits[utt.split], split_subsets[utt.split][utt.subset]):
             group.add(scores, row_stats)
+        if group_by:
+            for group in (groups[group_of(utt, group_by)], split_groups[utt.split][group_of(utt, group_by)]):
+                group.add(scores, row_stats)
     tokens = sum(len(o) for o in outputs)
     audio = sum(u.seconds for u in utterances)
     encode = sum(s.encode_seconds for s in stats)
     prefill = sum(s.prefill_seconds for s in stats)
     steps = seconds - encode - prefill  # the token-by-token part, after each batch's first token
-    return {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
-            'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
-            'encode_seconds': encode, 'prefill_seconds': prefill, 'step_seconds': steps,
-            'step_tokens_per_s': _rate(tokens - len(outputs), steps),
-            'subsets': _by_name(subsets),
-            'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
-                       for split, group in splits.items()}}
+    report = {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
+              'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
+              'encode_seconds': encode, 'prefill_seconds': prefill, 'step_seconds': steps,
+              'step_tokens_per_s': _rate(tokens - len(outputs), steps),
+              'subsets': _by_name(subsets),
+              'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
+                         for split, group in splits.items()}}
+    if group_by:
+        report['groups'] = _by_name(groups)
+        for split, figures in report['splits'].items():
+            figures['groups'] = _by_name(split_groups[split])
+    return report
 
 
 def _by_name(groups: dict) -> dict[str, object]:
@@ -84,12 +100,17 @@ def ablation_table(audio: dict, silence: dict, unchanged: int) -> dict[str, obje
     """Normalised WER and CER of greedy decoding with the audio and with silence in its place:
     overall, per subset, per split and per subset within each split; ``unchanged_outputs``:
     utterances transcribed the same either way (all of them: the model ignores its audio)."""
-    return {**_side_by_side(audio, silence), 'unchanged_outputs': unchanged,
-            'subsets': {name: _side_by_side(f, silence['subsets'][name]) for name, f in audio['subsets'].items()},
+    table = {**_side_by_side(audio, silence), 'unchanged_outputs': unchanged}
+    return {**table, **_parts_side_by_side(audio, silence),
             'splits': {split: {**_side_by_side(f, silence['splits'][split]),
-                               'subsets': {name: _side_by_side(g, silence['splits'][split]['subsets'][name])
-                                           for name, g in f['subsets'].items()}}
+                               **_parts_side_by_side(f, silence['splits'][split])}
                        for split, f in audio['splits'].items()}}
+
+
+def _parts_side_by_side(audio: dict, silence: dict) -> dict[str, object]:
+    """The subsets' (and ``--group-by`` groups') rows of the ablation table."""
+    return {part: {name: _side_by_side(f, silence[part][name]) for name, f in audio[part].items()}
+            for part in ('subsets', 'groups') if part in audio}
 
 
 def write_prediction_manifest(path: str, utterances: Sequence[Utterance], texts: Sequence[str]) -> None:

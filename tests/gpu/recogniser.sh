@@ -130,7 +130,7 @@ pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after t
 sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
   finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 5 && wait_all "$out" 1800 || return 1
-  evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation
+  evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent
   finetune "$out" "$dir" two_mtp two --ctc-target-units characters --mtp-num-layers 3 --training-mode head_only \
     --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
     && sleep 5 && wait_all "$out" 1200 || return 1

@@ -177,7 +177,8 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
     audio = np.concatenate([lead, resample(wav, sr, SAMPLE_RATE), tail])
     audio, augmentation = _augment(rng, audio, s)
     fields = {'duration': round(len(audio) / SAMPLE_RATE, 4), 'text': transcript(text), 'subset': subset,
-              'lang': 'en', 'voice': voice, **dataclasses.asdict(prosody), **augmentation}
+              'lang': 'en', 'voice': voice, 'accent': voice.partition('+')[0], **dataclasses.asdict(prosody),
+              **augmentation}
     return audio, fields
 
 

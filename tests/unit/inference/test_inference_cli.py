@@ -21,6 +21,7 @@ from tests.support.parallel_utils import tiny_config
 from tests.support.process import ROOT, child_env, free_port, support_script
 
 SUBSETS = ('natural', 'digits', 'natural', 'names')
+ACCENTS = ('north', 'south', 'north', 'south')  # the test split's; test_unseen's lines name none
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +30,7 @@ def manifest(tmp_path_factory):
     rows = []
     for i, subset in enumerate(SUBSETS):
         write_wav(str(folder / f'{i}.wav'), tone(0.8 + 0.3 * i, freq=300 + 50 * i, seed=i), 16000)
-        rows.append({'audio_filepath': f'{i}.wav', 'text': f'say {i} now', 'subset': subset})
+        rows.append({'audio_filepath': f'{i}.wav', 'text': f'say {i} now', 'subset': subset, 'accent': ACCENTS[i]})
     return write_manifest(folder / 'test.jsonl', rows)
 
 
@@ -147,7 +148,7 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     out_folder, predictions = tmp_path / 'reports', tmp_path / 'pred' / 'test_pred.jsonl'
     out_folder.mkdir()
     evaluate.main(['--load', tp2_checkpoint, '--manifest', f'{manifest},{unseen_manifest}', '--audio-ablation',
-                   '--batch-size', '2', '--max-new-tokens', '5', '--warmup-batches', '0',
+                   '--batch-size', '2', '--max-new-tokens', '5', '--warmup-batches', '0', '--group-by', 'accent',
                    '--out', str(out_folder), '--out-manifest', str(predictions)])
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])['report'] == str(out_folder / 'report.json')
@@ -171,6 +172,14 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
             for subset, subset_figures in split_figures['subsets'].items():
                 _same_scores(subset_figures, [(h['reference'], h[mode]) for h in hyps
                                               if (h['split'], h['subset']) == (split, subset)])
+        for group, group_figures in figures['groups'].items():  # --group-by accent: by the manifest field
+            _same_scores(group_figures, [(h['reference'], h[mode]) for h in hyps if h['group'] == group])
+        for split, split_figures in figures['splits'].items():
+            for group, group_figures in split_figures['groups'].items():
+                _same_scores(group_figures, [(h['reference'], h[mode]) for h in hyps
+                                             if (h['split'], h['group']) == (split, group)])
+        assert {k: v['utterances'] for k, v in figures['groups'].items()} == {'north': 2, 'south': 2, 'none': 2}
+        assert set(figures['splits']['test']['groups']) == {'north', 'south'}
         assert set(figures['splits']['test']['subsets']) == {'natural', 'digits', 'names'}
         assert figures['splits']['test_unseen']['subsets']['natural']['utterances'] == 2
         assert figures['subsets']['natural']['utterances'] == 4 and figures['generated_tokens'] == 6 * 5
@@ -184,6 +193,9 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
             greedy['splits'][split]['utterances'], greedy['splits'][split]['wer'], silence['splits'][split]['wer'])
         assert set(row['subsets']) == set(greedy['splits'][split]['subsets'])
     assert table['subsets']['natural']['wer_silence'] == silence['subsets']['natural']['wer']
+    assert table['groups']['north']['wer_silence'] == silence['groups']['north']['wer']
+    assert table['splits']['test']['groups']['south']['wer'] == greedy['splits']['test']['groups']['south']['wer']
+    assert [h['group'] for h in hyps] == list(ACCENTS) + ['none'] * 2
     # NeMo-style predictions: each decoded input line as it was, plus pred_text (greedy)
     with open(predictions) as f:
         lines = [json.loads(line) for line in f]

@@ -47,6 +47,7 @@ def test_corpus_layout_and_manifests(espeak_corpus):
         assert info.sample_rate == 16000 and info.channels == 1
         assert 1.0 <= info.duration <= 3.0 and abs(info.duration - r['duration']) < 1e-3
         assert r['text'] and not os.path.isabs(r['audio_filepath'])
+        assert r['accent'] == r['voice'].partition('+')[0]  # evaluate --group-by accent
     for split in SPLITS:
         split_rows = rows_of(espeak_corpus, split)
         words = {w.lower() for r in split_rows for w in r['text'].split()}
