@@ -66,6 +66,16 @@ def init_distributed(timeout_minutes: int = 10, lone: bool = False) -> None:
     torch.distributed.init_process_group(backend=backend, timeout=timeout)
 
 
+def release_distributed() -> None:
+    """Core's groups and the default process group torn down, where every rank arrives together
+    (the end of training, or the same ConfigError on every rank): a process that exits with them
+    alive can abort in a communication thread's destructor ("terminate called without an active
+    exception", seen once in CI after a one-line error)."""
+    if torch.distributed.is_initialized():
+        parallel_state.destroy_model_parallel()
+        torch.distributed.destroy_process_group()
+
+
 def init_model_parallel(cfg: SALMConfig, seed: int) -> None:
     """Megatron-Core's TP/PP/DP groups (DP is what remains of the world), the expert groups (EP
     taken from DP ranks; expert DP is what remains) and RNG seeds."""

@@ -22,10 +22,11 @@ from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import load_checkpoint, save_checkpoint
 from ..checkpoint.save_strategies import PendingSaves
 from ..compat.process import forked_children_die_with_this_process
+from ..config import ConfigError
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..model.freeze import apply_training_mode
-from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel
+from ..parallel.setup import build_model, current_device, init_distributed, init_model_parallel, release_distributed
 from ..run_config import RunConfig
 from .cuda_graphs import LayerGraphs
 from .flops import attended_pairs, batch_flops, head_evaluations
@@ -356,9 +357,14 @@ def train(run: RunConfig) -> None:
     logging.basicConfig(level=level, stream=sys.stdout, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if level > logging.DEBUG else level)
-    trainer = Trainer(run)
+    try:
+        trainer = Trainer(run)
+    except ConfigError:  # raised on every rank alike, before anything is in flight
+        release_distributed()
+        raise
     try:
         trainer.fit()
     finally:
         trainer.graphs.close()
         trainer.metrics.close()
+    release_distributed()
