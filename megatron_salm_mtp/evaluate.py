@@ -260,9 +260,8 @@ def evaluate(args, parser) -> dict:
     if args.audio_ablation:
         unchanged = sum(a == b for a, b in zip(outputs['greedy'], outputs[SILENCE]))
         report['audio_ablation'] = ablation_table(report['modes']['greedy'], report['modes'][SILENCE], unchanged)
-    groups = {'group': [group_of(u, args.group_by) for u in utterances]} if args.group_by else {}
     report['hypotheses'] = [{'where': u.where, 'split': u.split, 'subset': u.subset, 'reference': u.reference,
-                             **{key: values[i] for key, values in groups.items()},
+                             **({'group': group_of(u, args.group_by)} if args.group_by else {}),
                              **{name: texts[name][i] for name in modes}} for i, u in enumerate(utterances)]
     if args.out_manifest:
         write_prediction_manifest(args.out_manifest, utterances, texts['greedy'])

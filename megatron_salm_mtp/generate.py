@@ -89,13 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from megatron.core import parallel_state
 
     from .checkpoint.layout import verify_checkpoint_files
     from .checkpoint.metadata import checkpoint_tokenizer, latest_checkpoint, latest_run_settings, model_config
     from .checkpoint.save_load import load_checkpoint
     from .config import ConfigError
-    from .parallel.setup import build_model, init_distributed, init_model_parallel
+    from .parallel.setup import build_model, init_distributed, init_model_parallel, release_distributed
 
     if args.max_new_tokens < 1:
         parser.error(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
@@ -133,8 +132,7 @@ def main(argv=None) -> None:
             print(json.dumps({'prompt_ids': prompt, 'output_ids': new, 'text': text}), flush=True)
         else:
             print(text if text is not None else ' '.join(map(str, new)), flush=True)
-    parallel_state.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
+    release_distributed()
 
 
 if __name__ == '__main__':

@@ -22,14 +22,13 @@ import json
 import os
 
 import torch
-from megatron.core import parallel_state
 from safetensors.torch import save_file
 
 from ..checkpoint.metadata import read_checkpoint_config
 from ..checkpoint.save_load import load_checkpoint
 from ..config import SALMConfig
 from ..data.progress import Progress
-from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from ..parallel.setup import build_model, init_distributed, init_model_parallel, release_distributed
 from . import hf_llm, hf_whisper
 from .load import PROGRESS_SECONDS, full_name
 
@@ -177,5 +176,4 @@ def run_export(load_dir: str, out: str, base_config_path: str | None = None) -> 
     print(f'wrote {out}: LLM ({cfg.num_layers} layers + {cfg.mtp_depths} MTP layer(s) as '
           f'model.layers.{cfg.num_layers}..), audio_encoder/, audio_projector.safetensors, salm_config.json',
           flush=True)
-    parallel_state.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
+    release_distributed()

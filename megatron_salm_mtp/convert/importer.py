@@ -16,14 +16,13 @@ import shutil
 
 import torch
 import yaml
-from megatron.core import parallel_state
 
 from ..checkpoint.metadata import HF_TOKENIZER_FILE
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import save_checkpoint
 from ..config import ParallelConfig, SALMConfig
 from ..flags import DERIVED
-from ..parallel.setup import build_model, init_distributed, init_model_parallel
+from ..parallel.setup import build_model, init_distributed, init_model_parallel, release_distributed
 from .load import import_plan, load_into
 
 logger = logging.getLogger(__name__)
@@ -77,5 +76,4 @@ def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: s
               f'PP={cfg.pipeline_model_parallel_size}; {loaded} tensors loaded on rank 0); '
               f'train with --load {out} --config {os.path.join(out, MODEL_CONFIG)}{flags}', flush=True)
     torch.distributed.barrier()
-    parallel_state.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
+    release_distributed()

@@ -66,7 +66,8 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
         for group in (total, subsets[utt.subset], splits[utt.split], split_subsets[utt.split][utt.subset]):
             group.add(scores, row_stats)
         if group_by:
-            for group in (groups[group_of(utt, group_by)], split_groups[utt.split][group_of(utt, group_by)]):
+            value = group_of(utt, group_by)
+            for group in (groups[value], split_groups[utt.split][value]):
                 group.add(scores, row_stats)
     tokens = sum(len(o) for o in outputs)
     audio = sum(u.seconds for u in utterances)

@@ -68,7 +68,7 @@ def init_distributed(timeout_minutes: int = 10, lone: bool = False) -> None:
 
 def release_distributed() -> None:
     """Core's groups and the default process group torn down, where every rank arrives together
-    (the end of training, or the same ConfigError on every rank): a process that exits with them
+    (the end of a command, or the same ConfigError on every rank): a process that exits with them
     alive can abort in a communication thread's destructor ("terminate called without an active
     exception", seen once in CI after a one-line error)."""
     if torch.distributed.is_initialized():

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from .espeak import SynthesisError, find_backend
-from .voices import BASE_VOICES, NO_VARIANT, voice_name
+from .voices import BASE_VOICES, NO_VARIANT, voice_name, voice_parts
 
 ACCENT_FOLDER = 'acc'  # under voices/: espeak-ng takes "acc/NN" as a voice name
 OVERLAY = 'espeak-accents'  # in the corpus folder: the parent of the overlay's espeak-ng-data
@@ -114,8 +114,8 @@ def add_accents(engine, backend: str, voices: dict[str, list[str]], corpus: str,
     if engine.data_dir is None:
         raise AccentError('--synthetic-accents: the espeak-ng backend does not say where its data is')
     seen = voices['seen']
-    bases = sorted({v.partition('+')[0] for v in seen})  # the held-out accents are in no seen voice
-    variants = sorted({v.partition('+')[2] for v in seen} - {NO_VARIANT})
+    bases = sorted({voice_parts(v)[0] for v in seen})  # the held-out accents are in no seen voice
+    variants = sorted({voice_parts(v)[1] for v in seen} - {NO_VARIANT})
     path, accents = write_overlay(engine.data_dir, corpus, count, seed, bases)
     engine = find_backend(backend, path)
     for name in accents:

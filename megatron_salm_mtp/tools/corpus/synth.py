@@ -56,7 +56,7 @@ from .synth_summary import summarize
 from .synth_text import DEFAULT_MIX, SPLITS, SUBSETS, SplitTexts, choose_subset, split_texts, utterance_text
 from .text_clean import transcript
 from .text_source import TextSourceError, default_text_source, load_text_source
-from .voices import corpus_voices
+from .voices import corpus_voices, voice_parts
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
     audio = np.concatenate([lead, resample(wav, sr, SAMPLE_RATE), tail])
     audio, augmentation = _augment(rng, audio, s)
     fields = {'duration': round(len(audio) / SAMPLE_RATE, 4), 'text': transcript(text), 'subset': subset,
-              'lang': 'en', 'voice': voice, 'accent': voice.partition('+')[0], **dataclasses.asdict(prosody),
+              'lang': 'en', 'voice': voice, 'accent': voice_parts(voice)[0], **dataclasses.asdict(prosody),
               **augmentation}
     return audio, fields
 

@@ -49,6 +49,12 @@ def voice_name(base: str, variant: str) -> str:
     return f'{base}+{variant}' if variant else base
 
 
+def voice_parts(name: str) -> tuple[str, str]:
+    """(base, variant) of a voice name (:func:`voice_name`'s inverse; variant '' for none)."""
+    base, _, variant = name.partition('+')
+    return base, variant
+
+
 def available(data_dir: str | None, bases=tuple(BASE_VOICES),
               variants=VARIANTS) -> tuple[list[str], list[str], list[str]]:
     """(bases, variants present in ``data_dir``, names of the missing ones). espeak-ng itself would
