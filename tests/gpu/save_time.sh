@@ -2,8 +2,8 @@
 # How long a checkpoint save holds training, synchronous vs --async-save, on the 1B-class shape:
 #   bash tests/gpu/save_time.sh OUT CORPUS [NPROC]
 # CORPUS holds train.jsonl (e.g. `python -m megatron_salm_mtp.tools.corpus.synth --out CORPUS
-# --num-utterances 2000`); NPROC GPUs [8] at TP=2 with the distributed optimizer (fully parallel
-# save over DP). Each run saves at iterations 5, 10 and 15; the log lines
+# --num-utterances 2000`); NPROC GPUs [8] at TP=2 (TP=1 on one GPU) with the distributed optimizer
+# (fully parallel save over DP). Each run saves at iterations 5, 10 and 15; the log lines
 # "checkpoint of iteration N: training held S s" are the figures (the first save of a process
 # also starts dist_checkpointing's writer: compare the later ones).
 set -euo pipefail
@@ -15,12 +15,14 @@ ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention
        --num-query-groups 8 --kv-channels 128 --qk-layernorm --rotary-base 1000000
        --encoder-num-layers 12 --encoder-hidden-size 768 --encoder-num-attention-heads 12
        --num-mel-bins 80 --audio-frame-stack 4 --seq-length 1024 --bf16 --mtp-num-layers 2)
+tp=2; layout=(--tensor-model-parallel-size 2 --sequence-parallel)
+[ "$nproc" -eq 1 ] && tp=1 && layout=(--tensor-model-parallel-size 1)
 for mode in sync async; do
   extra=(); [ "$mode" = async ] && extra=(--async-save)
   PYTHONWARNINGS=ignore python3 -m torch.distributed.run --nproc-per-node "$nproc" -m megatron_salm_mtp.train \
     --config configs/tiny_cpu.yaml "${ONE_B[@]}" --train-manifest "$corpus/train.jsonl" --eval-interval 0 \
-    --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer \
-    --micro-batch-size 4 --global-batch-size $((4 * nproc / 2)) --train-iters 15 --lr-warmup-iters 1 \
+    "${layout[@]}" --use-distributed-optimizer \
+    --micro-batch-size 4 --global-batch-size $((4 * nproc / tp)) --train-iters 15 --lr-warmup-iters 1 \
     --log-interval 5 --save "$out/ckpt_$mode" --overwrite-save --save-interval 5 "${extra[@]}" \
     > "$out/$mode.log" 2>&1
   echo "== $mode: $(du -sh "$out/ckpt_$mode/iter_0000015" | cut -f1) per checkpoint"
