@@ -30,6 +30,8 @@ from contextlib import nullcontext
 import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from ..cli import exit_on_config_error, parse_args
 from ..config import ConfigError, SALMConfig
@@ -81,10 +83,20 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def busy_microseconds(intervals) -> float:
+    """Length of the union of (start, end) intervals: overlapping kernels, and a graph replay's
+    kernels that the profiler also books on the replaying operator, counted once."""
+    total, reach = 0.0, float('-inf')
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
     """Profile ``steps`` more steps: per-op table sorted by device time, and the share of the wall
     time the GPU was busy (low: the step waits on the host)."""
-    from torch.profiler import ProfilerActivity, profile
     os.makedirs(out_dir, exist_ok=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     _sync()
@@ -94,14 +106,14 @@ def profile_steps(train_step, out_dir: str, name: str, steps: int = 2) -> None:
             train_step()
         _sync()
     wall_us = (time.perf_counter() - start) * 1e6
-    events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events) if torch.cuda.is_available() else 0.0
+    device_us = busy_microseconds((e.time_range.start, e.time_range.end) for e in prof.events()
+                                  if e.device_type == DeviceType.CUDA)
     rank = torch.distributed.get_rank()
     with open(os.path.join(out_dir, f'{name}_rank{rank}.txt'), 'w') as f:
         f.write(f'{steps} steps: wall {wall_us / 1e3:.1f} ms, device busy {device_us / 1e3:.1f} ms '
                 f'({device_us / wall_us:.0%})\n')
         sort = 'self_device_time_total' if torch.cuda.is_available() else 'self_cpu_time_total'
-        f.write(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70))
 
 
 def head_label(cfg: SALMConfig) -> str:
@@ -180,7 +192,8 @@ def measure(run, bench, depths: int, model: SALMConfig, workload: Workload) -> d
     if bench.profile_dir:
         profile_steps(train_step, bench.profile_dir,
                       f"{'' if workload.rows == 'synthetic' else workload.rows + '_'}mtp{depths}"
-                      f"{'_fused_ce' if cfg.fused_linear_cross_entropy else ''}")
+                      f"{'_fused_ce' if cfg.fused_linear_cross_entropy else ''}"
+                      f"{'' if cfg.cuda_graph_impl == 'none' else '_graphs_' + cfg.cuda_graph_impl}")
     if bench.list_host_syncs:
         train_step(audit=True)
     lengths = [encoder_frames(int(n)) for b in microbatches for n in b['audio_feature_lengths']]

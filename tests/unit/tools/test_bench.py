@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_salm_mtp.config import SALMConfig
-from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, foreign_memory_warning
+from megatron_salm_mtp.tools.bench_train import FOREIGN_MEMORY_WARN_GB, busy_microseconds, foreign_memory_warning
 from megatron_salm_mtp.training.flops import attended_pairs, batch_flops
 from tests.support.process import ROOT, free_port, rank_launcher
 from tests.support.train_utils import TINY_FLAGS
@@ -49,6 +49,15 @@ def test_foreign_memory_warning_names_the_busy_ranks():
     assert line.startswith('WARNING: other processes hold GPU memory (rank 1: 19.0 GB)')
 
 
+def test_device_busy_time_counts_overlapping_intervals_once():
+    """A graph replay's kernels are booked twice by the profiler (on the replaying operator and as
+    kernels) and kernels of two streams overlap: the busy time is the union, never above the wall."""
+    assert busy_microseconds([]) == 0
+    assert busy_microseconds([(0, 10), (20, 25)]) == 15
+    assert busy_microseconds([(20, 25), (0, 10), (5, 12), (2, 3)]) == 17  # unsorted, overlapping, nested
+    assert busy_microseconds([(0, 10), (0, 10), (10, 11)]) == 11  # the same kernel twice, then adjacent
+
+
 def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
     """--compare-cross-entropy-fusion: each configuration again with the fused linear + CE head,
     from the same weights on the same batches, so every step's main loss agrees."""
@@ -57,7 +66,8 @@ def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
     cmd = launcher + ['-m', 'megatron_salm_mtp.tools.bench_train', '--config',
                       os.path.join(ROOT, 'configs', 'tiny_cpu.yaml'), *TINY_FLAGS, '--mtp-num-layers', '1',
                       '--head-chunk-rows', '16', '--compare-cross-entropy-fusion', '--warmup-iters', '1',
-                      '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out)]
+                      '--timed-iters', '2', '--peak-tflops', '1', '--json', str(out),
+                      '--profile-dir', str(tmp_path / 'profile')]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env=dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -69,6 +79,10 @@ def test_bench_compares_the_fused_cross_entropy_head(tmp_path):
         assert fused['lm_loss_per_step'][-1] < fused['lm_loss_per_step'][0]
     assert 'fused linear CE vs row chunks 16, D=1: step time' in result.stdout
     assert result.stdout.count('MTP overhead per depth:') == 2
+    # one profile per configuration, none overwriting another; no GPU, so no device time
+    profiles = sorted(os.listdir(tmp_path / 'profile'))
+    assert profiles == ['mtp0_fused_ce_rank0.txt', 'mtp0_rank0.txt', 'mtp1_fused_ce_rank0.txt', 'mtp1_rank0.txt']
+    assert 'device busy 0.0 ms (0%)' in (tmp_path / 'profile' / 'mtp1_rank0.txt').read_text()
 
 
 def test_bench_compares_padded_and_packed_rows_of_a_length_mix(tmp_path):
