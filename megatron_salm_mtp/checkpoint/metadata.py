@@ -2,6 +2,8 @@
 beside it (``config.yaml``), its common state (``model_only`` for an import) and the tokenizer its
 model decodes with."""
 
+import dataclasses
+import logging
 import os
 import pickle
 
@@ -9,6 +11,7 @@ import yaml
 from megatron.core import dist_checkpointing
 
 from ..config import SALMConfig
+from ..data.loader import DataConfig
 from ..run_config import section_settings
 from .layout import (
     COMMON_STATE,
@@ -20,6 +23,8 @@ from .layout import (
 )
 
 HF_TOKENIZER_FILE = 'tokenizer.json'  # what import-hf copies beside the checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 def stored_settings(path: str) -> dict:
@@ -109,3 +114,17 @@ def checkpoint_tokenizer(load_dir: str, stored: dict) -> dict:
         if not os.path.isfile(file):
             raise CheckpointError(f'--load {load_dir}: the tokenizer file of its model, {file}, is missing')
     return {'tokenizer_type': kind, 'tokenizer_model': model}
+
+
+def training_tokenizer(data: DataConfig, load_dir: str | None) -> DataConfig:
+    """The data settings a training run tokenizes with: those given, or, given no tokenizer (the
+    byte default) and starting from an import-hf checkpoint that records one, the import's: its
+    embedding table is indexed by that vocabulary, never by bytes."""
+    if not load_dir or data.tokenizer_model or data.tokenizer_type != 'byte' or not is_model_only(load_dir):
+        return data
+    settings = checkpoint_tokenizer(load_dir, latest_run_settings(load_dir)[1])
+    if not settings['tokenizer_model']:
+        return data
+    logger.info('tokenizer: %s %s, the one --load %s was imported with (--tokenizer-model overrides)',
+                settings['tokenizer_type'], settings['tokenizer_model'], load_dir)
+    return dataclasses.replace(data, **settings)

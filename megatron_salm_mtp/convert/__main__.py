@@ -6,11 +6,10 @@ Import a Qwen3 LLM and a Whisper encoder for TP=2, attaching two new MTP depths:
 (with TP x PP > 1 and no torchrun around it, the command relaunches itself under torchrun with
 TP x PP local processes; on a cluster, launch it with torchrun yourself.) Then:
     torchrun --nproc-per-node 2 -m megatron_salm_mtp.train --load ckpt/salm-init \\
-        --config ckpt/salm-init/salm_model.yaml --tokenizer-type huggingface \\
-        --tokenizer-model ckpt/salm-init --tensor-model-parallel-size 2 ...
+        --config ckpt/salm-init/salm_model.yaml --tensor-model-parallel-size 2 ...
     python -m megatron_salm_mtp.generate --load ckpt/salm-init --prompt "Hello" --max-new-tokens 20
-(the LLM's tokenizer.json is copied into --out and recorded with the checkpoint: generate, evaluate
-and transcribe decode with it.)
+(the LLM's tokenizer.json is copied into --out and recorded with the checkpoint: training given no
+tokenizer tokenizes with it, and generate, evaluate and transcribe decode with it.)
 
 Export the trained LLM (+ MTP heads under DeepSeek-V3 names), encoder and projector:
     python -m megatron_salm_mtp.convert export-hf --load ckpt/run --out hf/salm-mtp

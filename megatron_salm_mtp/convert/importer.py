@@ -69,11 +69,9 @@ def run_import(cfg: SALMConfig, llm_dir: str, whisper_dir, out: str, mtp_init: s
             f.write(model_yaml(cfg))
         for line in plan.report:
             print(line, flush=True)
-        flags = ''
-        if tokenizer['tokenizer_model']:
-            flags = f' --tokenizer-type huggingface --tokenizer-model {out}'
+        takes = ' (training takes its tokenizer from it)' if tokenizer['tokenizer_model'] else ''
         print(f'wrote {path} (layout TP={cfg.tensor_model_parallel_size} '
               f'PP={cfg.pipeline_model_parallel_size}; {loaded} tensors loaded on rank 0); '
-              f'train with --load {out} --config {os.path.join(out, MODEL_CONFIG)}{flags}', flush=True)
+              f'train with --load {out} --config {os.path.join(out, MODEL_CONFIG)}{takes}', flush=True)
     torch.distributed.barrier()
     release_distributed()

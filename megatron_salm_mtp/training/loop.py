@@ -17,7 +17,7 @@ import yaml
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallelConfig
 
-from ..checkpoint.metadata import is_model_only, training_vocab_size
+from ..checkpoint.metadata import is_model_only, training_tokenizer, training_vocab_size
 from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import load_checkpoint, save_checkpoint
 from ..checkpoint.save_strategies import PendingSaves
@@ -80,6 +80,7 @@ class Trainer:
         init_distributed()
         self.save_lock = claim_checkpoint_folders(  # held for the life of the run
             self.train_cfg.load, self.train_cfg.save, self.train_cfg.overwrite_save)
+        run.data = training_tokenizer(run.data, self.train_cfg.load)
         tokenizer = run.data.make_tokenizer()
         # an imported table may be larger than the tokenizer's vocabulary
         self.cfg.vocab_size = training_vocab_size(tokenizer.vocab_size, self.train_cfg.load)

@@ -1,7 +1,7 @@
 """An imported checkpoint decodes with the tokenizer of its Hugging Face LLM in ``evaluate``,
-``transcribe`` and ``generate`` alike: ``import-hf`` records the copied ``tokenizer.json`` in its
-config.yaml relative to the checkpoint folder (which may move), and a missing file is one error
-line naming the checkpoint and the file."""
+``transcribe`` and ``generate`` alike, and ``train --load`` given no tokenizer trains with it:
+``import-hf`` records the copied ``tokenizer.json`` in its config.yaml relative to the checkpoint
+folder (which may move), and a missing file is one error line naming the checkpoint and the file."""
 
 import json
 import os
@@ -61,7 +61,24 @@ def test_import_records_its_tokenizer_beside_the_checkpoint(imported):
         stored = yaml.safe_load(f)
     assert (stored['tokenizer_type'], stored['tokenizer_model']) == ('huggingface', 'tokenizer.json')
     assert os.path.isfile(os.path.join(out, 'tokenizer.json'))
-    assert f'--tokenizer-type huggingface --tokenizer-model {out}' in stdout  # the hint to train from it
+    assert f'train with --load {out} --config ' in stdout and 'takes its tokenizer from it' in stdout
+
+
+def test_training_from_an_import_takes_its_tokenizer(imported, tmp_path):
+    """No --tokenizer-*: the run tokenizes with the import's (byte ids would index its embedding
+    table as if they were its words), says so, and records it with its own checkpoints."""
+    wav = str(tmp_path / 'a.wav')
+    write_wav(wav, tone(0.8, freq=350, seed=4), 16000)
+    manifest = write_manifest(tmp_path / 'train.jsonl', [{'audio_filepath': wav, 'text': 'w1 w2 w3'}] * 4)
+    run = str(tmp_path / 'run')
+    stdout = _run(['-m', 'megatron_salm_mtp.train', '--config', os.path.join(imported[0], 'salm_model.yaml'),
+                   '--load', imported[0], '--save', run, '--train-manifest', manifest, '--seq-length', '64',
+                   '--train-iters', '1', '--micro-batch-size', '2', '--global-batch-size', '2',
+                   '--lr-warmup-iters', '0', '--eval-interval', '0', '--num-workers', '0'])
+    tokenizer_file = os.path.join(imported[0], 'tokenizer.json')
+    assert f'tokenizer: huggingface {tokenizer_file}, the one --load {imported[0]} was imported with' in stdout
+    stored = latest_run_settings(run)[1]
+    assert (stored['tokenizer_type'], stored['tokenizer_model']) == ('huggingface', tokenizer_file)
 
 
 def test_a_moved_import_loads_its_own_tokenizer(single_rank_parallel, imported, llm_with_tokenizer, tmp_path):
