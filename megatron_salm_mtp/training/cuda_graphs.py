@@ -12,8 +12,10 @@ The helper finds the layers through a chunk's ``decoder`` and ``mtp``, which the
 ``language_model``: it is handed a view of each DDP chunk whose ``module`` is that GPTModel.
 
 Both need the graph-safe RNG tracker (``parallel.setup.set_seed``) before the model is built.
+Evaluation runs the layers eagerly with either (``eager``).
 """
 
+import contextlib
 import logging
 
 import torch
@@ -72,6 +74,23 @@ class LayerGraphs:
             for chunk in self.model_chunks:
                 chunk.enable_forward_pre_hook()
             self.helper.cuda_graph_set_manual_hooks()
+
+    @contextlib.contextmanager
+    def eager(self):
+        """Run the graphed layers eagerly inside the block (evaluation). Core's local graphs would
+        replay the training step's forward graphs there, without gradients (separate validation
+        graphs are not in core 0.16 or 0.19); TE's graphs replay in training mode only, so
+        evaluation is eager with them already. A layer takes the graph path while it holds a
+        ``cudagraph_manager``: each is set aside for the block and put back, graphs intact."""
+        held = [(module, module.cudagraph_manager) for chunk in self.model_chunks for module in chunk.modules()
+                if hasattr(module, 'cudagraph_manager')] if self.impl == 'local' else []
+        for module, _ in held:
+            del module.cudagraph_manager
+        try:
+            yield
+        finally:
+            for module, manager in held:
+                module.cudagraph_manager = manager
 
     def after_step(self) -> None:
         """Log once, when they exist, how many graphs the steps replay from now on."""

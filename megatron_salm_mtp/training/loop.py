@@ -205,7 +205,7 @@ class Trainer:
         return loss, grad_norm_value(grad_norm), skipped
 
     def evaluate(self):
-        with self._parameters_gathered():
+        with self._parameters_gathered(), self.graphs.eager():
             self._evaluate()
 
     def _evaluate(self):

@@ -13,6 +13,7 @@ from megatron_salm_mtp.model.transformer_config import encoder_transformer_confi
 from megatron_salm_mtp.parallel import setup
 from megatron_salm_mtp.tools.bench_train import graph_variants
 from megatron_salm_mtp.train import parse_and_validate
+from megatron_salm_mtp.training.cuda_graphs import LayerGraphs
 
 
 @pytest.fixture
@@ -151,3 +152,29 @@ def test_graphs_seed_the_tracker_their_kernels_accept(with_gpu, monkeypatch, gra
     monkeypatch.setattr(setup, 'set_seed', lambda seed, **kwargs: seeded.append((seed, kwargs)))
     setup.seed_for_model(SALMConfig(cuda_graph_impl=graphs), 7)
     assert seeded == [(7, expected)]
+
+
+class _Layer(torch.nn.Module):
+    """A layer as core's local graphs leave it: a ``cudagraph_manager`` submodule routes its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.cudagraph_manager = torch.nn.Module()
+
+
+def test_evaluation_runs_the_graphed_layers_eagerly_and_keeps_their_graphs():
+    """Inside ``eager`` no layer holds its graph manager (core then runs it eagerly: evaluation
+    never replays the training step's graphs); after it, each holds its own again, also when
+    the evaluation fails."""
+    chunk = torch.nn.Sequential(_Layer(), torch.nn.Linear(2, 2), _Layer())
+    managers = [chunk[0].cudagraph_manager, chunk[2].cudagraph_manager]
+    graphs = LayerGraphs([chunk], SALMConfig(cuda_graph_impl='local'), 1, 1, optimizer=None)
+    with graphs.eager():
+        assert not any(hasattr(m, 'cudagraph_manager') for m in chunk.modules())
+        assert len(list(chunk.modules())) == 6  # the managers are no submodules meanwhile
+    assert [chunk[0].cudagraph_manager, chunk[2].cudagraph_manager] == managers
+    assert len(list(chunk.modules())) == 8
+    with pytest.raises(RuntimeError), graphs.eager():
+        raise RuntimeError('evaluation failed')
+    assert [chunk[0].cudagraph_manager, chunk[2].cudagraph_manager] == managers
