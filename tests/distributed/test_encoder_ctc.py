@@ -5,10 +5,12 @@ Gradients: the real SALM at TP=2 and at DP=2, with 1 and 2 microbatches, against
 reference's sum CTC / N_ctc over the global batch (empty and unalignable targets left out); the
 LLM, projector and MTP parameters get neither a gradient buffer nor optimizer state.
 End to end: stage 1 lowers the CTC loss and logs it as its loss; stage 2 starts at iteration 0
-from exactly stage 1's weights, attaches MTP heads, and trains.
+from exactly stage 1's weights, attaches MTP heads, and trains. An optional stage 0 trains the LLM
+on text alone, and stage 1 from its weights keeps that LLM.
 """
 
 import dataclasses
+import json
 import os
 from types import SimpleNamespace
 
@@ -17,7 +19,9 @@ import torch
 
 from megatron_salm_mtp.checkpoint.ctc_load import check_ctc_head
 from megatron_salm_mtp.config import ConfigError
+from megatron_salm_mtp.data.manifest import write_manifest
 from megatron_salm_mtp.inference.loading import load_for_inference
+from megatron_salm_mtp.tools.corpus.text_manifest import DEFAULT_PROMPT, conversation
 from megatron_salm_mtp.train import parse_and_validate
 from tests.support.parallel_utils import init_weights, run_layout, speech_batch, tiny_config
 from tests.support.process import CONFIGS
@@ -163,3 +167,38 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
                    'language_model.mtp.'):
         names = [k for k in trained if k.startswith(prefix) and 'norm' not in k]
         assert names and any(not torch.equal(trained[k], started[k]) for k in names), prefix
+
+
+def test_the_text_config_builds_the_model_of_the_encoder_stage(tmp_path):
+    """Stage 0 (the LLM on text, configs/asr_gpu_text.yaml) saves what the encoder stage loads."""
+    manifest = tmp_path / 'train.jsonl'
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
+    common = ['--train-manifest', str(manifest), '--tokenizer-model', str(tmp_path), '--save-interval', '0']
+    text, encoder = (parse_and_validate(['--config', os.path.join(CONFIGS, name)] + common)
+                     for name in ('asr_gpu_text.yaml', 'asr_gpu_encoder.yaml'))
+    assert text.train.training_mode == 'joint' and text.model.ctc_enabled
+    assert ({k: v for k, v in dataclasses.asdict(text.model).items() if k != 'ctc_loss_weight'} ==
+            {k: v for k, v in dataclasses.asdict(encoder.model).items() if k != 'ctc_loss_weight'})
+
+
+def test_a_text_stage_then_stage_one_keeps_its_language_model(train_corpus, tmp_path):
+    """Stage 0 trains the LLM on text-only conversations (the CTC head built, idle); stage 1 starts
+    from its weights and trains the encoder, leaving the LLM exactly as stage 0 left it."""
+    text_manifest = tmp_path / 'train_text.jsonl'
+    with open(os.path.join(train_corpus, 'train.jsonl')) as f:
+        texts = [json.loads(line)['text'] for line in f]
+    write_manifest(str(text_manifest), [conversation(t, DEFAULT_PROMPT) for t in texts])
+    stage0, stage1 = str(tmp_path / 'stage0'), str(tmp_path / 'stage1')
+    ctc = ['--ctc-loss-weight', '0.3', '--ctc-target-units', 'characters', '--mtp-num-layers', '0']
+    run_train(train_corpus, ctc + ['--train-manifest', str(text_manifest), '--train-iters', '12', '--save', stage0])
+    records = read_metrics(stage0)
+    assert records[-1]['lm loss'] < 0.8 * records[0]['lm loss']  # 5.61 -> 4.05 here
+    assert all(r['ctc loss'] == 0 for r in records)  # no audio, no CTC
+    run_train(train_corpus, ctc + ['--training-mode', 'encoder_ctc', '--load', stage0, '--finetune',
+                                   '--train-iters', '4', '--save', stage1])
+    text_stage, encoder_stage = _weights(stage0), _weights(stage1)
+    assert set(text_stage) == set(encoder_stage)
+    llm = [k for k in text_stage if k.startswith('language_model.')]
+    assert llm and all(torch.equal(text_stage[k], encoder_stage[k]) for k in llm)
+    encoder = [k for k in text_stage if k.startswith('audio_encoder.transformer') and 'norm' not in k]
+    assert any(not torch.equal(text_stage[k], encoder_stage[k]) for k in encoder)

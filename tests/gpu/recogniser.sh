@@ -18,9 +18,14 @@
 #        log line every minute until all have ended or SECONDS have passed
 #   bash tests/gpu/recogniser.sh evaluate OUT CORPUS NAME TAG [evaluate flags]
 #        evaluate OUT/ckpt_NAME on CORPUS's test and test_unseen splits -> OUT/eval_NAME_TAG.json
+#   bash tests/gpu/recogniser.sh text OUT CORPUS NAME [train flags]
+#        stage 0 (optional): start TEXT_CONFIG (default configs/asr_gpu_text.yaml: the LLM on the
+#        text pool's training share, CORPUS/train_text.jsonl, which the corpus stage writes)
 #   bash tests/gpu/recogniser.sh pipeline OUT CORPUS [MTP_MINUTES]
 #        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
-#        minutes): encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation,
+#        minutes): with TEXT_MINUTES set, stage 0 (txt) for that many minutes first, the encoder
+#        stage from its weights and ENCODER_MINUTES (default 8, as its config) less TEXT_MINUTES;
+#        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation,
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
 #        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
 #        1100, the length of their cosine), and their greedy and speculative evaluation with CUDA
@@ -50,13 +55,18 @@ export PYTHONWARNINGS=ignore OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 PYTHON="${PYTHON:-python3}"
 CONFIG="${CONFIG:-configs/asr_gpu.yaml}"
 ENCODER_CONFIG="${ENCODER_CONFIG:-configs/asr_gpu_encoder.yaml}"
+TEXT_CONFIG="${TEXT_CONFIG:-configs/asr_gpu_text.yaml}"
 VOCAB_SIZE="${VOCAB_SIZE:-1024}"
-stage="${1:?usage: recogniser.sh corpus|start|encoder|finetune|wait|evaluate|pipeline ...}"
+stage="${1:?usage: recogniser.sh corpus|start|encoder|text|finetune|wait|evaluate|pipeline ...}"
 shift
 
 corpus() {  # CORPUS N [synth flags]
   local dir="$1" n="$2"; shift 2
+  local source=() previous=''
+  for arg in "$@"; do [ "$previous" = --text-source ] && source=(--text-source "$arg"); previous="$arg"; done
   $PYTHON -m megatron_salm_mtp.tools.corpus.synth --out "$dir" --num-utterances "$n" "$@" || return 1
+  $PYTHON -m megatron_salm_mtp.tools.corpus.text_manifest ${source[@]+"${source[@]}"} \
+    --out "$dir/train_text.jsonl" || return 1
   $PYTHON -m megatron_salm_mtp.data.train_tokenizer --manifest "$dir/train.jsonl" \
     --vocab-size "$VOCAB_SIZE" --out "$dir/tok.model"
 }
@@ -80,17 +90,23 @@ start() { launch "$CONFIG" "$@"; }  # OUT CORPUS NAME [train flags]
 
 encoder() { launch "$ENCODER_CONFIG" "$@"; }  # OUT CORPUS NAME [train flags]
 
-finetune() {  # OUT CORPUS NAME FROM [train flags]
-  local out="$1" dir="$2" name="$3" from="$4"; shift 4
+text() {  # OUT CORPUS NAME [train flags]
+  launch "$TEXT_CONFIG" "$1" "$2" "$3" --train-manifest "$2/train_text.jsonl" "${@:4}"
+}
+
+from_stage() {  # CONFIG OUT CORPUS NAME FROM [train flags]: a new run from FROM's weights, or resumed
+  local config="$1" out="$2" dir="$3" name="$4" from="$5"; shift 5
   if has_checkpoint "$out/ckpt_$name"; then
-    launch "$CONFIG" "$out" "$dir" "$name" "$@"
+    launch "$config" "$out" "$dir" "$name" "$@"
   elif has_checkpoint "$out/ckpt_$from"; then
-    launch "$CONFIG" "$out" "$dir" "$name" --load "$out/ckpt_$from" --finetune "$@"
+    launch "$config" "$out" "$dir" "$name" --load "$out/ckpt_$from" --finetune "$@"
   else
-    echo "finetune $name: $out/ckpt_$from holds no checkpoint (run its stage first)" >&2
+    echo "stage $name: $out/ckpt_$from holds no checkpoint (run its stage first)" >&2
     return 1
   fi
 }
+
+finetune() { from_stage "$CONFIG" "$@"; }  # OUT CORPUS NAME FROM [train flags]
 
 wait_all() {  # OUT SECONDS
   local out="$1" until=$((SECONDS + $2))
@@ -128,7 +144,13 @@ pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after t
   # The evaluations score with optional packages: find them missing now, not after the trainings.
   $PYTHON -c "import sys; from megatron_salm_mtp.inference.wer import MISSING_PACKAGES, scoring_available as ok
 sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
-  encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
+  if [ "${TEXT_MINUTES:-0}" -gt 0 ]; then
+    text "$out" "$dir" txt --exit-duration-in-mins "$TEXT_MINUTES" && sleep 5 && wait_all "$out" 1200 || return 1
+    from_stage "$ENCODER_CONFIG" "$out" "$dir" enc txt \
+      --exit-duration-in-mins $((${ENCODER_MINUTES:-8} - TEXT_MINUTES)) && sleep 5 && wait_all "$out" 1200 || return 1
+  else
+    encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
+  fi
   finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 5 && wait_all "$out" 1800 || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent
   finetune "$out" "$dir" two_mtp two --ctc-target-units characters --mtp-num-layers 3 --training-mode head_only \
@@ -144,9 +166,10 @@ case "$stage" in
   corpus) corpus "$@" ;;
   start) start "$@" ;;
   encoder) encoder "$@" ;;
+  text) text "$@" ;;
   finetune) finetune "$@" ;;
   wait) wait_all "$@" ;;
   evaluate) evaluate "$@" ;;
   pipeline) pipeline "$@" ;;
-  *) echo "unknown stage $stage: corpus, start, encoder, finetune, wait, evaluate or pipeline" >&2; exit 2 ;;
+  *) echo "unknown stage $stage: corpus, start, encoder, text, finetune, wait, evaluate or pipeline" >&2; exit 2 ;;
 esac
