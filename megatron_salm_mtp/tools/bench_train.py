@@ -84,8 +84,8 @@ def _sync():
 
 
 def busy_microseconds(intervals) -> float:
-    """Length of the union of (start, end) intervals: overlapping kernels, and a graph replay's
-    kernels that the profiler also books on the replaying operator, counted once."""
+    """Length of the union of (start, end) intervals: kernels that overlap (streams) or that the
+    profiler records twice count once, so the busy time never exceeds the wall time."""
     total, reach = 0.0, float('-inf')
     for start, end in sorted(intervals):
         if end > reach:
