@@ -50,8 +50,8 @@ def test_foreign_memory_warning_names_the_busy_ranks():
 
 
 def test_device_busy_time_counts_overlapping_intervals_once():
-    """A graph replay's kernels are booked twice by the profiler (on the replaying operator and as
-    kernels) and kernels of two streams overlap: the busy time is the union, never above the wall."""
+    """Kernels of two streams overlap, and a kernel may be recorded twice: the busy time is the
+    union of their intervals, never above the wall time."""
     assert busy_microseconds([]) == 0
     assert busy_microseconds([(0, 10), (20, 25)]) == 15
     assert busy_microseconds([(20, 25), (0, 10), (5, 12), (2, 3)]) == 17  # unsorted, overlapping, nested
