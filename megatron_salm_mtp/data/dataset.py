@@ -69,8 +69,9 @@ class Skip:
 
 
 def _where(example: Example, audio_path: str | None = None) -> str:
+    """"audio path (manifest:line)", or "manifest:line" for a text-only example."""
     path = audio_path or (example.audios[0].value if example.audios else '')
-    return f'{path} ({example.where})'
+    return f'{path} ({example.where})' if path else example.where
 
 
 TRANSCRIPTION_TASKS = ('asr', 'transcribe')

@@ -141,3 +141,17 @@ def test_all_files_gone_is_a_clear_error_not_a_hang(tmp_path):
     with pytest.raises(RuntimeError, match='4 consecutive samples from index 2 failed.*missing_file'):
         ds[2]
     assert ds.skip_counts() == {'missing_file': 4}
+
+
+def test_a_text_only_line_is_named_by_its_manifest_line(tmp_path, caplog):
+    """Text-only conversations (the recogniser's text stage) have no audio path to name: a skip
+    names the manifest and line alone."""
+    def line(text):
+        return {'conversations': [{'from': 'User', 'type': 'text', 'value': 'Write a sentence.'},
+                                  {'from': 'Assistant', 'type': 'text', 'value': text}]}
+    manifest = write_manifest(tmp_path / 'text.jsonl', [line(f'sentence {i}') for i in range(8)] + [line('word ' * 40)])
+    with caplog.at_level(logging.WARNING, logger='megatron_salm_mtp.data'):
+        ds = build_dataset(cfg(), manifest)
+    assert len(ds) == 8 and ds.skip_counts() == {'sequence_too_long': 1}
+    assert [r.getMessage().split(': sequence_too_long')[0] for r in caplog.records] == [
+        f'skipping {manifest}:9']
