@@ -41,6 +41,7 @@ setup(
         'salm-mtp-train-tokenizer=megatron_salm_mtp.data.train_tokenizer:main',
         'salm-mtp-synth=megatron_salm_mtp.tools.corpus.synth:main',
         'salm-mtp-text-source=megatron_salm_mtp.tools.corpus.text_source:main',
+        'salm-mtp-text-manifest=megatron_salm_mtp.tools.corpus.text_manifest:main',
         'salm-mtp-bench=megatron_salm_mtp.tools.bench_train:main',
         'salm-mtp-bench-data=megatron_salm_mtp.tools.bench_data:main',
     ]},
