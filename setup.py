@@ -44,5 +44,6 @@ setup(
         'salm-mtp-text-manifest=megatron_salm_mtp.tools.corpus.text_manifest:main',
         'salm-mtp-bench=megatron_salm_mtp.tools.bench_train:main',
         'salm-mtp-bench-data=megatron_salm_mtp.tools.bench_data:main',
+        'salm-mtp-compare-evals=megatron_salm_mtp.tools.compare_evals:main',
     ]},
 )

@@ -1,0 +1,131 @@
+"""Two recognisers on the same utterances: ``python -m megatron_salm_mtp.tools.compare_evals A.json B.json``.
+
+Reads two ``evaluate`` reports, pairs their transcripts by utterance (the report's ``where``:
+manifest and line), and prints per split and per subset the normalised WER of each and the
+difference B - A with a 95 % paired bootstrap interval (utterances resampled with replacement,
+both models' errors on each drawn utterance kept together). Two hundred utterances of a split give
+WER intervals several points wide; the paired interval of a difference is narrower, and says
+whether a change of recipe moved the figure or the sample did.
+"""
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..inference.wer import MISSING_PACKAGES, ErrorCount, normalised_words, scoring_available
+
+
+@dataclass(frozen=True)
+class PairedUtterance:
+    split: str
+    subset: str
+    reference_words: int
+    errors_a: int
+    errors_b: int
+
+
+def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    count = ErrorCount()
+    count.add(normalised_words(reference), normalised_words(hypothesis))
+    return count.errors, count.reference
+
+
+def paired_utterances(report_a: dict, report_b: dict, mode: str) -> list[PairedUtterance]:
+    """The utterances both reports decoded in ``mode``, in A's order; a ValueError names the first
+    utterance whose reference differs (not the same test set) or a mode a report lacks."""
+    for name, report in (('A', report_a), ('B', report_b)):
+        if mode not in report['modes']:
+            raise ValueError(f"report {name} has no mode {mode!r} (it has {', '.join(report['modes'])})")
+    theirs = {h['where']: h for h in report_b['hypotheses']}
+    pairs = []
+    for mine in report_a['hypotheses']:
+        other = theirs.get(mine['where'])
+        if other is None:
+            continue
+        if other['reference'] != mine['reference']:
+            raise ValueError(f"{mine['where']}: the reports' references differ ({mine['reference']!r} vs "
+                             f"{other['reference']!r}): they were not evaluated on the same utterances")
+        errors_a, words = _word_errors(mine['reference'], mine[mode])
+        errors_b, _ = _word_errors(other['reference'], other[mode])
+        pairs.append(PairedUtterance(mine['split'], mine.get('subset', ''), words, errors_a, errors_b))
+    if not pairs:
+        raise ValueError('the reports share no utterance (their hypotheses\' "where" never match)')
+    return pairs
+
+
+def word_error_rates(pairs: Sequence[PairedUtterance]) -> tuple[float, float]:
+    """Pooled normalised WER of A and of B over ``pairs``."""
+    words = max(sum(p.reference_words for p in pairs), 1)
+    return sum(p.errors_a for p in pairs) / words, sum(p.errors_b for p in pairs) / words
+
+
+def bootstrap_difference(pairs: Sequence[PairedUtterance], draws: int, seed: int) -> tuple[float, float]:
+    """95 % interval of WER(B) - WER(A) over ``draws`` resamples of the utterances."""
+    rng = random.Random(seed)
+    differences = []
+    for _ in range(draws):
+        sample = rng.choices(pairs, k=len(pairs))
+        rate_a, rate_b = word_error_rates(sample)
+        differences.append(rate_b - rate_a)
+    differences.sort()
+    return differences[int(0.025 * (draws - 1))], differences[int(0.975 * (draws - 1))]
+
+
+def comparison_rows(pairs: Sequence[PairedUtterance], draws: int, seed: int) -> list[list[str]]:
+    """One row per split and per subset within it: utterances, WER A, WER B, B - A, interval."""
+    rows = []
+    for split in dict.fromkeys(p.split for p in pairs):
+        in_split = [p for p in pairs if p.split == split]
+        groups = [(split, in_split)] + [(f'  {subset}', [p for p in in_split if p.subset == subset])
+                                        for subset in sorted({p.subset for p in in_split})]
+        for label, group in groups:
+            rate_a, rate_b = word_error_rates(group)
+            low, high = bootstrap_difference(group, draws, seed)
+            rows.append([label, str(len(group)), f'{rate_a:.3f}', f'{rate_b:.3f}', f'{rate_b - rate_a:+.3f}',
+                         f'[{low:+.3f}, {high:+.3f}]'])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    header = ['split / subset', 'utterances', 'WER A', 'WER B', 'B - A', '95 % interval']
+    table = [header] + rows
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+
+
+def _read_report(path: str) -> dict:
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f'{path}: cannot read an evaluate report ({error})') from error
+    if 'hypotheses' not in report or 'modes' not in report:
+        raise ValueError(f'{path}: not an evaluate report (no "hypotheses" / "modes")')
+    return report
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('report_a', help='evaluate report (JSON) of model A')
+    parser.add_argument('report_b', help='evaluate report (JSON) of model B, on the same utterances')
+    parser.add_argument('--mode', default='greedy', help='decoding mode of both reports to compare')
+    parser.add_argument('--draws', type=int, default=2000, help='bootstrap resamples')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the resampling')
+    args = parser.parse_args(argv)
+    if not scoring_available():
+        sys.exit(MISSING_PACKAGES)
+    if args.draws < 1:
+        sys.exit(f'--draws must be >= 1, got {args.draws}')
+    try:
+        pairs = paired_utterances(_read_report(args.report_a), _read_report(args.report_b), args.mode)
+    except ValueError as error:
+        sys.exit(str(error))
+    print(format_table(comparison_rows(pairs, args.draws, args.seed)))
+
+
+if __name__ == '__main__':
+    main()
