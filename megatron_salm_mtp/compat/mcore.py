@@ -44,6 +44,12 @@ and what the plugin does about it:
   ``cuda_graph_modules`` from 0.19 (where ``cuda_graph_scope`` is a deprecated alias that warns);
   ``cuda_graph_fields`` names whichever the release has. Both take a list of part names, empty for
   whole layers.
+* Core's local CUDA graphs (``--cuda-graph-impl local``) up to 0.17 hand a graph's input buffer
+  back to their reuse pool right after its forward capture, though the layer's backward graph still
+  reads it: a later graph given that buffer overwrites it at replay and the earlier layer's weight
+  and input gradients come out wrong (with MTP: each depth's layer takes the first decoder layer's
+  input buffer). 0.18 keeps them (NVIDIA/Megatron-LM 481efd0); ``keep_cuda_graph_input_buffers``
+  does the same on 0.16 and 0.17.
 
 Megatron-Core fixes of 0.16.1 sharp edges that 0.17+ brings (per-token MTP normalisation #3159,
 zero-token clamp #3396, sequence-parallel scatter of multimodal embeddings in MTP #6256, MTP
@@ -63,6 +69,7 @@ from multiprocessing.managers import SyncManager
 from megatron.core import dist_checkpointing
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.package_info import __version__ as _MCORE_VERSION_STRING
+from megatron.core.transformer import cuda_graphs as core_graphs
 from megatron.core.transformer.transformer_config import TransformerConfig
 from packaging.version import Version
 
@@ -181,6 +188,32 @@ def cuda_graph_fields(impl: str, scopes: list, warmup_steps: int) -> dict:
     names = {field.name for field in dataclasses.fields(TransformerConfig)}
     coverage = 'cuda_graph_modules' if 'cuda_graph_modules' in names else 'cuda_graph_scope'
     return {'cuda_graph_impl': impl, coverage: list(scopes), 'cuda_graph_warmup_steps': warmup_steps}
+
+
+class _InputKeepingReusePool:
+    """Core's buffer pool of the local CUDA graphs (0.16, 0.17), except that a graph's own input
+    buffers (the ones core marks ``can_skip_replay_copy``) never go back into it; the gradient
+    buffers that core hands back after a backward capture are reused as before."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def insert(self, tensor) -> None:
+        if not hasattr(tensor, 'can_skip_replay_copy'):
+            self._pool.insert(tensor)
+
+    def __getattr__(self, name):  # get, owns: core's own
+        return getattr(self._pool, name)
+
+
+def keep_cuda_graph_input_buffers() -> None:
+    """Before core's local CUDA graphs are created: no graph's input buffer is given to another
+    graph (see the module notes; nothing to do from 0.18). Idempotent."""
+    if MCORE_VERSION >= Version('0.18.0'):
+        return
+    record = core_graphs._CudagraphGlobalRecord
+    if not isinstance(record.tensor_reuse_pool, _InputKeepingReusePool):
+        record.tensor_reuse_pool = _InputKeepingReusePool(record.tensor_reuse_pool)
 
 
 def enable_router_without_te() -> None:

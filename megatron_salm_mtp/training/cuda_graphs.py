@@ -2,7 +2,9 @@
 
 ``--cuda-graph-impl local``: core gives each graphed layer a graph manager (the TransformerConfig
 asks for it). The first step runs the layers eagerly and records their calls; core's schedules
-build the graphs at that step's end and later calls replay them. Here: count and release them.
+build the graphs at that step's end and later calls replay them. Here: count and release them,
+and keep each graph's input buffers its own on releases whose graphs share them
+(``compat.mcore.keep_cuda_graph_input_buffers``).
 
 ``--cuda-graph-impl transformer_engine``: core's ``TECudaGraphHelper`` captures one graph per layer
 with TE's ``make_graphed_callables`` once ``--cuda-graph-warmup-steps`` eager steps have run, as
@@ -27,6 +29,7 @@ from megatron.core.num_microbatches_calculator import (
 from megatron.core.transformer.cuda_graphs import TECudaGraphHelper, delete_cuda_graphs
 from megatron.core.utils import get_attr_wrapped_model
 
+from ..compat import mcore
 from ..config import SALMConfig
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ class LayerGraphs:
         self.impl, self.model_chunks = cfg.cuda_graph_impl, model_chunks
         self.warmup_steps, self.overlap_param_gather = cfg.cuda_graph_warmup_steps, cfg.overlap_param_gather
         self.helper, self.reported = None, self.impl == 'none'
+        if self.impl == 'local':
+            mcore.keep_cuda_graph_input_buffers()  # else core 0.16's graphs give wrong gradients
         if self.impl == 'transformer_engine':
             # The helper sizes TE's warm-up by core's global microbatch count, unused elsewhere here.
             unset_num_microbatches_calculator()

@@ -6,7 +6,10 @@ tests/gpu/test_cuda_graphs_gpu.py."""
 
 import pytest
 import torch
+from megatron.core.transformer import cuda_graphs as core_graphs
+from packaging.version import Version
 
+from megatron_salm_mtp.compat import mcore
 from megatron_salm_mtp.config import ConfigError, SALMConfig
 from megatron_salm_mtp.model import specs
 from megatron_salm_mtp.model.transformer_config import encoder_transformer_config, llm_transformer_config
@@ -178,3 +181,25 @@ def test_evaluation_runs_the_graphed_layers_eagerly_and_keeps_their_graphs():
     with pytest.raises(RuntimeError), graphs.eager():
         raise RuntimeError('evaluation failed')
     assert [chunk[0].cudagraph_manager, chunk[2].cudagraph_manager] == managers
+
+
+@pytest.mark.skipif(mcore.MCORE_VERSION >= Version('0.18.0'), reason="core keeps its graphs' input buffers")
+def test_local_graphs_never_share_an_input_buffer(monkeypatch):
+    """Core 0.16 hands a graph's input buffer back to its pool after the forward capture and gives
+    it to the next graph that asks for one of that shape (an MTP depth's layer: the first decoder
+    layer's), though the first graph's backward still reads it: wrong gradients. Once the local
+    graphs are set up, an input buffer stays with its graph; gradient buffers are reused as before."""
+    record, pool_class = core_graphs._CudagraphGlobalRecord, core_graphs.TensorReusePool
+    monkeypatch.setattr(record, 'tensor_reuse_pool', pool_class())  # the process's own comes back after
+    for shared in ('pool', 'tensor_strong_refs'):
+        monkeypatch.setattr(pool_class, shared, [])
+    monkeypatch.setattr(pool_class, 'tensor_strong_refs_dataptrs', set())
+    LayerGraphs([], SALMConfig(cuda_graph_impl='local'), 1, 1, optimizer=None)
+    pool, shape = record.tensor_reuse_pool, core_graphs.ArgMetadata(torch.zeros(4, 2, 8))
+    input_buffer = pool.get(shape).detach()
+    input_buffer.can_skip_replay_copy = False  # as core marks the buffer a replay copies into
+    pool.insert(input_buffer)
+    assert pool.get(shape).data_ptr() != input_buffer.data_ptr()
+    grad_buffer = pool.get(shape)
+    pool.insert(grad_buffer)
+    assert pool.get(shape) is grad_buffer
