@@ -13,7 +13,8 @@ The accents live in an overlay of espeak-ng's data folder written into the corpu
 (``espeak-accents/espeak-ng-data``: links to every part of the real folder, plus
 ``voices/acc/NN``); manifests name them ``acc/NN`` (``acc/NN+VARIANT`` with a voice variant), and
 only the train split uses them. Each is checked when written: espeak-ng must speak a test sentence
-with it, or the corpus stops with an error naming the file.
+with it and transcribe it in IPA (each utterance's ``phonemes``), or the corpus stops with an error
+naming the file.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def add_accents(engine, backend: str, voices: dict[str, list[str]], corpus: str,
         where = os.path.join(path, 'espeak-ng-data', 'voices', name)
         try:
             wav, rate = engine.synth(CHECK_TEXT, name)
+            engine.phonemes(CHECK_TEXT, name)  # every utterance's phonemes come from the same voice file
         except SynthesisError as e:
             raise AccentError(f'--synthetic-accents: {where}: {e}') from None
         if len(wav) < rate // 2:

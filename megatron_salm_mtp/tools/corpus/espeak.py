@@ -1,6 +1,8 @@
 """espeak-ng speech synthesis through the Debian binary or the PyPI ``espeakng-loader`` library.
 
-``synth(text, voice, Prosody(...))`` sets rate, pitch, amplitude, word gap and pitch range per call.
+``synth(text, voice, Prosody(...))`` sets rate, pitch, amplitude, word gap and pitch range per call;
+``phonemes(text, voice)`` is what that voice says for the text, in espeak-ng's IPA (``--ipa``: one
+line per clause, joined here with spaces), the target of a phoneme CTC loss.
 ``data_dir`` is the ``espeak-ng-data`` folder in use (``ESPEAK_DATA_PATH`` moves it), where
 :mod:`.voices` checks that each voice exists; ``find_backend(..., path=P)`` makes the backend read
 ``P/espeak-ng-data`` instead (the corpus's synthetic accents: :mod:`.accents`).
@@ -32,6 +34,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _ENDPAUSE = 0x1000
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes' phonememode bit for IPA (else its ASCII names)
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
 
 
@@ -61,6 +64,16 @@ def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
     return pcm.astype(np.float32) / 32768.0, rate
 
 
+def _ssml(text: str, pitch_range: int = 100) -> str:
+    """SSML carries the pitch range, which has no command-line flag; it also keeps a text that
+    starts with "-" from reading as an option."""
+    return f'<prosody range="{pitch_range}%">{escape(text)}</prosody>'
+
+
+def _join_clauses(lines) -> str:
+    return ' '.join(line.strip() for line in lines if line.strip())
+
+
 class _CliBackend:
     name = 'espeak-ng binary'
     deterministic = True
@@ -73,16 +86,20 @@ class _CliBackend:
         self.data_dir = out.split('Data at:')[1].strip() if 'Data at:' in out else None
 
     def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
-        # SSML carries the pitch range, which has no command-line flag; it also keeps a text that
-        # starts with "-" from reading as an option.
-        ssml = f'<prosody range="{prosody.pitch_range}%">{escape(text)}</prosody>'
-        args = [self.binary, *self.path_args, '-m', '-v', voice, '-s', str(prosody.rate), '-p', str(prosody.pitch),
-                '-a', str(prosody.amplitude), '-g', str(prosody.word_gap), '--stdout', ssml]
-        done = subprocess.run(args, capture_output=True)
+        args = ['-s', str(prosody.rate), '-p', str(prosody.pitch), '-a', str(prosody.amplitude),
+                '-g', str(prosody.word_gap), '--stdout', _ssml(text, prosody.pitch_range)]
+        return _wav_samples(self._run(args, text, voice))
+
+    def phonemes(self, text: str, voice: str) -> str:
+        # The same SSML as synth's at the default pitch range: prosody changes no phoneme.
+        return _join_clauses(self._run(['-q', '--ipa', _ssml(text)], text, voice).decode().splitlines())
+
+    def _run(self, args: list[str], text: str, voice: str) -> bytes:
+        done = subprocess.run([self.binary, *self.path_args, '-m', '-v', voice, *args], capture_output=True)
         if done.returncode != 0:
-            raise SynthesisError(f"espeak-ng failed ({done.returncode}) for voice {voice!r}: "
-                               f"{done.stderr.decode(errors='replace').strip()}")
-        return _wav_samples(done.stdout)
+            raise SynthesisError(f"espeak-ng failed ({done.returncode}) for voice {voice!r} on {text!r}: "
+                                 f"{done.stderr.decode(errors='replace').strip()}")
+        return done.stdout
 
 
 class _LibBackend:
@@ -113,6 +130,8 @@ class _LibBackend:
         self._callback = proto(collect)  # keep a reference: the library calls it later
         lib.espeak_SetSynthCallback(self._callback)
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         lib.espeak_Info.restype = ctypes.c_char_p
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
@@ -120,10 +139,13 @@ class _LibBackend:
         self.version = 'espeak-ng ' + lib.espeak_Info(None).decode()
         self._lib = lib
 
+    def _set_voice(self, voice: str) -> None:
+        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f'espeak-ng has no voice {voice!r}')
+
     def synth(self, text: str, voice: str, prosody: Prosody = Prosody()) -> tuple[np.ndarray, int]:
         lib = self._lib
-        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f'espeak-ng has no voice {voice!r}')
+        self._set_voice(voice)
         for param, value in ((_PARAM_RATE, prosody.rate), (_PARAM_PITCH, prosody.pitch),
                              (_PARAM_VOLUME, prosody.amplitude), (_PARAM_WORDGAP, prosody.word_gap),
                              (_PARAM_RANGE, min(100, prosody.pitch_range // 2))):  # the library's 50 is normal
@@ -136,6 +158,18 @@ class _LibBackend:
             raise SynthesisError(f'espeak_Synth failed ({err}) on {text!r}')
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return pcm.astype(np.float32) / 32768.0, self.rate
+
+    def phonemes(self, text: str, voice: str) -> str:
+        self._set_voice(voice)
+        raw = ctypes.create_string_buffer(text.encode('utf-8'))
+        cursor = ctypes.c_void_p(ctypes.addressof(raw))
+        clauses = []
+        while cursor.value:  # one clause per call; the library moves the cursor on, to NULL at the end
+            clause = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _PHONEMES_IPA)
+            if clause is None:
+                raise SynthesisError(f'espeak_TextToPhonemes returned nothing for voice {voice!r} on {text!r}')
+            clauses.append(clause.decode('utf-8'))
+        return _join_clauses(clauses)
 
 
 def find_backend(prefer: str = 'auto', path: str | None = None):

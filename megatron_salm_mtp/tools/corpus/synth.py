@@ -3,8 +3,10 @@
 Version 2. Writes ``DIR/audio/NNNNNN.wav`` (16 kHz, 16-bit mono), the NeMo manifests
 ``DIR/{train,valid,test,test_unseen}.jsonl`` (relative paths, so the folder can move) and
 ``DIR/corpus.json`` (settings, voices and distinct words per split). Each line carries ``subset``
-(natural / wordlist / digits / names, see :mod:`.synth_text`), the voice, its prosody and the
-augmentation applied.
+(natural / wordlist / digits / names, see :mod:`.synth_text`), the voice, its prosody, the
+augmentation applied and ``phonemes``: what the voice said, as espeak-ng's IPA of the synthesised
+text (``espeak-ng -v VOICE -q --ipa TEXT``, clause lines joined by spaces, stress marks kept), for a
+phoneme CTC target that follows each accent's letter-to-sound rules.
 
 - Text: real English from WordNet (``--text-source``, see :mod:`.text_source`), ~45,000 lexicon words.
   ``--subsets`` keeps some of the four subsets (``digits``: a small-vocabulary corpus, the CPU twin's).
@@ -24,10 +26,11 @@ not depend on the others: synthesis runs in parallel, a corpus of N utterances i
 espeakng-loader library the same texts, voices and splits, but audio that differs slightly from run
 to run: see :mod:`.espeak`).
 
-Speed with the binary backend: ~17 ms of CPU per utterance (median 4.5 s of audio; espeak-ng ~10 ms,
+Speed with the binary backend: ~28 ms of CPU per utterance (median 4.5 s of audio; espeak-ng ~10 ms
+for the audio and ~11 ms for the ``phonemes``, a second call that costs mostly espeak-ng's start-up;
 text, resampling, augmentation and writing ~7 ms), measured over 400 utterances on 2 cores in
-threads and in processes alike: ~120 utterances/s on 2 free cores, and 100,000 utterances in about
-2 minutes on 16 (processes from ``PROCESS_POOL_MIN`` utterances on, so the GIL does not cap them).
+threads and in processes alike: ~70 utterances/s on 2 free cores, and 100,000 utterances in about
+3.5 minutes on 16 (processes from ``PROCESS_POOL_MIN`` utterances on, so the GIL does not cap them).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ PAD_SECONDS = 0.25  # silence up to this long before and after the speech
 PROCESS_POOL_MIN = 2000
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (stderr)
 MAX_SYNTHETIC_ACCENTS = 99
+PHONEMES = 'espeak-ng --ipa'  # corpus.json: how each line's "phonemes" were made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,20 +169,20 @@ def make_utterance(engine, plan: CorpusPlan, i: int, max_tries: int = 20) -> tup
         pads = rng.uniform(0.0, PAD_SECONDS, size=2)
         try:
             wav, sr = engine.synth(text, voice, prosody)
+            seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
+            if s.min_seconds <= seconds <= s.max_seconds:
+                phonemes = engine.phonemes(text, voice)  # of the kept text only: it costs a second espeak call
+                break
         except SynthesisError as e:  # one crash must not end a corpus of hours: draw another text
-            logger.warning('utterance %d: %s on %r; drawing another text', i, e, text)
-            continue
-        seconds = -(-len(wav) * SAMPLE_RATE // sr) / SAMPLE_RATE + float(pads.sum())
-        if s.min_seconds <= seconds <= s.max_seconds:
-            break
+            logger.warning('utterance %d: %s; drawing another text', i, e)
     else:
         raise RuntimeError(f'utterance {i}: no text within [{s.min_seconds}, {s.max_seconds}] s in {max_tries} tries')
     lead, tail = (np.zeros(int(p * SAMPLE_RATE), np.float32) for p in pads)
     audio = np.concatenate([lead, resample(wav, sr, SAMPLE_RATE), tail])
     audio, augmentation = _augment(rng, audio, s)
-    fields = {'duration': round(len(audio) / SAMPLE_RATE, 4), 'text': transcript(text), 'subset': subset,
-              'lang': 'en', 'voice': voice, 'accent': voice_parts(voice)[0], **dataclasses.asdict(prosody),
-              **augmentation}
+    fields = {'duration': round(len(audio) / SAMPLE_RATE, 4), 'text': transcript(text), 'phonemes': phonemes,
+              'subset': subset, 'lang': 'en', 'voice': voice, 'accent': voice_parts(voice)[0],
+              **dataclasses.asdict(prosody), **augmentation}
     return audio, fields
 
 
@@ -257,7 +261,8 @@ def build_corpus(out: str, num_utterances: int, seed: int = 0, noise_prob: float
         with open(os.path.join(out, f'{name}.jsonl'), 'w', encoding='utf-8') as f:
             f.writelines(json.dumps(r) + '\n' for r in split_rows)
     summary = {'version': CORPUS_VERSION, 'num_utterances': num_utterances, **dataclasses.asdict(settings),
-               'backend': engine.name, 'espeak': engine.version, 'audio_reproducible': engine.deterministic,
+               'backend': engine.name, 'espeak': engine.version, 'phonemes': PHONEMES,
+               'audio_reproducible': engine.deterministic,
                'sample_rate': SAMPLE_RATE, 'text_source': source,
                **summarize(splits, voices, missing, {s: len(t.words) for s, t in texts.items()}),
                'synthetic_accent_files': accents}

@@ -129,6 +129,9 @@ class _CrashesOnce:
             raise SynthesisError(f'espeak-ng failed (-11) for voice {voice!r}: ')
         return self.engine.synth(text, voice, prosody)
 
+    def phonemes(self, text, voice):
+        return self.engine.phonemes(text, voice)
+
 
 @needs_espeak
 def test_an_espeak_crash_draws_another_text_with_a_warning(caplog):
@@ -211,7 +214,7 @@ def test_synthetic_accents_speak_in_train_only_and_leave_the_other_splits_unchan
         assert text.startswith('name synthetic English accent') and 'phonemes en-wm' not in text
         assert 'phonemes en-us-nyc' not in text and 'replace 00 h NULL' not in text  # held-out accents' own
     train = rows_of(str(tmp_path), 'train')
-    assert any(r['voice'].startswith('acc/') for r in train)
+    assert any(r['voice'].startswith('acc/') for r in train) and all(r['phonemes'] for r in train)
     assert [r['voice'] for r in train] != [r['voice'] for r in rows_of(espeak_corpus, 'train')]
     for split in ('valid', 'test', 'test_unseen'):
         rows = rows_of(str(tmp_path), split)
@@ -230,6 +233,9 @@ def test_an_accent_espeak_cannot_speak_stops_the_corpus_naming_it(tmp_path, monk
 
         def synth(self, text, voice, prosody=None):
             return np.zeros(100, np.float32), 22050
+
+        def phonemes(self, text, voice):
+            return 'ðə kwˈɪk'  # transcribes, but speaks nothing
 
     monkeypatch.setattr(accents, 'find_backend', lambda backend, path: Mute())
     assert main(['--out', str(tmp_path), '--num-utterances', '4', '--synthetic-accents', '2']) == 2
