@@ -23,6 +23,7 @@ from megatron_salm_mtp.data.dataset import BadSampleError
 from megatron_salm_mtp.data.loader import DataConfig, build_dataset
 from megatron_salm_mtp.data.manifest import parse_line
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
+from megatron_salm_mtp.inference.inputs import read_utterances
 from megatron_salm_mtp.tools.corpus.voices import BASE_VOICES
 from megatron_salm_mtp.train import parse_and_validate
 from tests.support.data_fixtures import make_corpus, write_manifest
@@ -131,3 +132,11 @@ def test_a_manifest_without_the_field_is_refused_at_start_in_one_line(tmp_path, 
             parse_and_validate(args + flags)
     with pytest.raises(ConfigError, match='--ctc-target-units phonemes needs --ctc-loss-weight > 0'):
         parse_and_validate(['--train-manifest', phoneme_manifest, '--ctc-target-units', 'phonemes'])
+
+
+def test_evaluation_reads_a_manifest_without_the_field(tmp_path):
+    """Only training's CTC loss reads the phonemes: a phoneme model's test sets need none."""
+    manifest = make_corpus(tmp_path, n=3)
+    data = DataConfig(ctc_target_units='phonemes', pack_sequences=False)
+    utterances, skips = read_utterances(manifest, data, data.make_tokenizer())
+    assert len(utterances) == 3 and not skips
