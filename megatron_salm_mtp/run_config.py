@@ -8,8 +8,10 @@ from typing import Any
 
 from .config import ConfigError, SALMConfig, TrainConfig
 from .config_checks import at_least, check_types
+from .data.ctc_targets import PHONEMES_FIELD, first_line_without_phonemes
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
 from .data.loader import DataConfig
+from .data.manifest import ManifestError
 
 SHARED_WITH_DATA = {'seq_length': ('model', 'seq_length'), 'n_mels': ('model', 'num_mel_bins'),
                     'stack': ('model', 'audio_frame_stack'), 'ctc_target_units': ('model', 'ctc_target_units'),
@@ -26,6 +28,20 @@ def _check_audio_features(model: SALMConfig) -> None:
         raise ConfigError(f"--num-mel-bins {model.num_mel_bins}: the log-mel features are "
                           "Whisper's, 80 or 128 bins")
     at_least(model, 1, ('audio_frame_stack',))
+
+
+def _check_phonemes_field(flag: str, manifest: str) -> None:
+    """--ctc-target-units phonemes reads each line's ``phonemes`` field: a manifest made without
+    it is refused at start (its first transcription line tells; a later line without it is skipped
+    and counted by the dataset)."""
+    try:
+        line = first_line_without_phonemes(manifest)
+    except ManifestError as err:
+        raise ConfigError(f'{flag} {err}') from None
+    if line is not None:
+        raise ConfigError(f"{flag} {manifest}:{line}: no '{PHONEMES_FIELD}' field, which --ctc-target-units "
+                          "phonemes trains the CTC head on (espeak-ng's IPA of the utterance: "
+                          "`espeak-ng -v VOICE -q --ipa TEXT`); remake the manifest with it, or choose other units")
 
 
 def section_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +131,8 @@ class RunConfig:
             for path in (getattr(self.train, name) or '').split(','):
                 if path and not os.path.isfile(path):
                     raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+                if path and self.model.ctc_target_units == 'phonemes':
+                    _check_phonemes_field(f"--{name.replace('_', '-')}", path)
         data = self.data
         if data.tokenizer_type != 'byte' and not data.tokenizer_model:
             raise ConfigError(f'--tokenizer-type {data.tokenizer_type} needs --tokenizer-model (a file or folder)')

@@ -5,6 +5,7 @@ of :class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
 from dataclasses import dataclass
 
 from ..config_checks import ConfigError, at_least, one_of, positive
+from ..data.ctc_phonemes import PHONEMES
 from ..data.ctc_text import CTC_CHARACTERS
 from .choices import CHOICES
 
@@ -112,8 +113,12 @@ class ModelConfig:
     CTC / CTC target tokens of the global batch. 0: no CTC head (checkpoints as before). With
     --training-mode encoder_ctc any value > 0 only builds the head: the CTC loss is the objective."""
     ctc_target_units: str = 'tokens'
-    """What the CTC head emits: the tokenizer's ids (tokens) or characters (38 of them: letters,
-    digits, apostrophe, space; far fewer classes, so the encoder leaves CTC's blank plateau sooner)."""
+    """What the CTC head emits: the tokenizer's ids (tokens), characters (38 of them: letters,
+    digits, apostrophe, space; far fewer classes, so the encoder leaves CTC's blank plateau sooner)
+    or phonemes (52: espeak-ng's IPA characters less the stress marks, from each manifest line's
+    "phonemes" field: what the voice said, not how it is spelt, so an accent needs no spelling rules
+    of its own; needs --ctc-loss-weight > 0; a line without the field is skipped and counted, a
+    manifest without it refused at start)."""
 
     @property
     def mtp_depths(self) -> int:
@@ -131,7 +136,9 @@ class ModelConfig:
     @property
     def ctc_vocab_size(self) -> int:
         """Ids the CTC head emits besides its blank."""
-        return len(CTC_CHARACTERS) if self.ctc_target_units == 'characters' else self.vocab_size
+        alphabets = {'characters': CTC_CHARACTERS, 'phonemes': PHONEMES}
+        alphabet = alphabets.get(self.ctc_target_units)
+        return self.vocab_size if alphabet is None else len(alphabet)
 
     def _validate_model(self, vocabulary: bool) -> None:
         """The architecture on its own (types are checked by the caller); ``vocabulary=False``
@@ -193,6 +200,9 @@ class ModelConfig:
         one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
             raise ConfigError(f'--ctc-loss-weight {self.ctc_loss_weight} must be >= 0 (0: off)')
+        if self.ctc_target_units == 'phonemes' and not self.ctc_enabled:
+            raise ConfigError('--ctc-target-units phonemes needs --ctc-loss-weight > 0: without a CTC head '
+                              'the data would still ask every manifest line for its phonemes')
         if self.ctc_enabled and self.freeze_audio_encoder:
             raise ConfigError('--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder '
                               'keeps fixed: drop one of them')

@@ -14,7 +14,7 @@ import re
 
 CTC_CHARACTERS = " abcdefghijklmnopqrstuvwxyz0123456789'"
 """The alphabet; a character's id is its index (the CTC blank comes after the last)."""
-CTC_TARGET_UNITS = ('tokens', 'characters')
+CTC_TARGET_UNITS = ('tokens', 'characters', 'phonemes')  # phonemes: ctc_phonemes.py
 
 _INDEX = {c: i for i, c in enumerate(CTC_CHARACTERS)}
 _OTHER = re.compile(r"[^a-z0-9']+")

@@ -5,9 +5,11 @@ Bad samples, and why they are handled in two places:
 1. A *prescan* at construction runs the cheap checks on every example: file exists, header parses
    and is not truncated, audio non-empty and within ``max_duration``, transcript non-empty, prompt +
    audio placeholders + answer within ``seq_length + 1`` ids (exact, since the header gives the
-   sample count and thus the placeholder count). Failing examples never enter the index space, so
-   the sampler's epoch length and batch sizes are unaffected. The headers are read once for all
-   ranks and cached beside the manifest (:mod:`.header_scan`).
+   sample count and thus the placeholder count), CTC targets that can be made (with
+   ``--ctc-target-units phonemes``: a ``phonemes`` field of known characters, :mod:`.ctc_targets`).
+   Failing examples never enter the index space, so the sampler's epoch length and batch sizes are
+   unaffected. The headers are read once for all ranks and cached beside the manifest
+   (:mod:`.header_scan`).
 2. What only decoding reveals (a file corrupted after its header or removed since the prescan, NaN
    or infinite samples; or everything, with ``prescan=False``) is caught in ``__getitem__``: the
    sample is replaced by the next good index (``i + 1``, ``i + 2``, ... deterministically, so a
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, load_audio, load_num_samples
-from .ctc_text import character_ids
+from .ctc_targets import MISSING_PHONEMES, UNKNOWN_PHONEME, CTCTargetError, ctc_targets
 from .features import log_mel
 from .frames import SAMPLE_RATE, audio_tokens, mel_frames
 from .header_scan import scan_headers
@@ -47,7 +49,7 @@ AUDIO_TOO_LONG = 'audio_too_long'
 SEQUENCE_TOO_LONG = 'sequence_too_long'
 NON_FINITE_AUDIO = 'non_finite_audio'  # NaN/inf samples, or features that overflow
 SKIP_REASONS = (MISSING_FILE, UNREADABLE_AUDIO, EMPTY_AUDIO, EMPTY_TRANSCRIPT, AUDIO_TOO_LONG, SEQUENCE_TOO_LONG,
-                NON_FINITE_AUDIO)
+                NON_FINITE_AUDIO, MISSING_PHONEMES, UNKNOWN_PHONEME)  # the last two: --ctc-target-units phonemes
 
 
 class BadSampleError(ValueError):
@@ -74,22 +76,6 @@ def _where(example: Example, audio_path: str | None = None) -> str:
     return f'{path} ({example.where})' if path else example.where
 
 
-TRANSCRIPTION_TASKS = ('asr', 'transcribe')
-
-
-def ctc_targets(example: Example, tokenizer: Tokenizer, units: str = 'tokens') -> list[list[int]]:
-    """Per audio of ``example``, the ids its CTC head should emit: the answer text (no prompt, no
-    end-of-turn token) as token ids or as characters (``units``, :mod:`.ctc_text`) when the example
-    is one audio to transcribe; else none (``[]``: a translation's answer or one answer for several
-    audios is no transcript of one audio)."""
-    task = example.meta.get('taskname') or example.meta.get('task') or 'asr'
-    if len(example.audios) != 1 or str(task).lower() not in TRANSCRIPTION_TASKS:
-        return [[] for _ in example.audios]
-    if units == 'characters':
-        return [character_ids(example.answer_text)]
-    return [tokenizer.encode(example.answer_text)]
-
-
 def _audio_skip(example: Example, path: str, error: AudioError) -> BadSampleError:
     reason = {AudioFileNotFound: MISSING_FILE, NonFiniteAudio: NON_FINITE_AUDIO}.get(type(error), UNREADABLE_AUDIO)
     return BadSampleError(_where(example, path), reason, str(error))
@@ -101,7 +87,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     ``ids`` is the whole sequence (length <= ``seq_length + 1``: the collate shifts it into tokens
     and labels); ``features`` holds one ``[n_mels, T]`` log-mel per audio in order of appearance,
-    ``ctc_targets`` one list of token ids per audio (:func:`ctc_targets`).
+    ``ctc_targets`` one list of ids per audio (:func:`.ctc_targets.ctc_targets`).
 
     An index may come as ``(index, epoch)`` (``loader.EpochTaggedBatches``): with ``vtlp`` and
     ``spec_augment`` the features are then warped and masked from the streams of
@@ -154,6 +140,12 @@ class SpeechDataset(torch.utils.data.Dataset):
         if not ex.answer_text.strip():
             raise BadSampleError(_where(ex), EMPTY_TRANSCRIPT, 'no answer text')
 
+    def _ctc_targets(self, ex: Example) -> list[list[int]]:
+        try:
+            return ctc_targets(ex, self.tokenizer, self.ctc_target_units)
+        except CTCTargetError as e:
+            raise BadSampleError(_where(ex), e.reason, e.detail) from None
+
     def _check_num_samples(self, ex: Example, path: str, n: int) -> int:
         seconds = n / SAMPLE_RATE
         if mel_frames(n) == 0:
@@ -172,6 +164,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         """Header-only validation (``headers``: :func:`.header_scan.scan_headers`); returns the
         sequence length (ids) for bucketing."""
         self._check_text(ex)
+        self._ctc_targets(ex)
         counts = []
         for seg in ex.audios:
             info = headers[seg.value]
@@ -190,6 +183,7 @@ class SpeechDataset(torch.utils.data.Dataset):
     # --- loading ------------------------------------------------------------------------------
     def _load(self, ex: Example, warp: float = 1.0) -> dict:
         self._check_text(ex)
+        targets = self._ctc_targets(ex)
         feats, counts = [], []
         for seg in ex.audios:
             try:
@@ -204,7 +198,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self._check_length(ex, len(enc.ids))
         return {'ids': torch.tensor(enc.ids, dtype=torch.long),
                 'supervised': torch.tensor(enc.supervised, dtype=torch.bool),
-                'features': feats, 'ctc_targets': ctc_targets(ex, self.tokenizer, self.ctc_target_units)}
+                'features': feats, 'ctc_targets': targets}
 
     def __len__(self) -> int:
         return len(self.valid)

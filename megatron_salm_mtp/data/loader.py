@@ -103,7 +103,8 @@ class DataConfig:
     factor uniform in [1 - this, 1 + this] (0: off; 0.1 is the usual range), so the encoder meets
     every voice with longer and shorter vocal tracts; never in validation."""
     ctc_target_units: str = 'tokens'
-    """What the CTC head emits (the model's flag of the same name sets it): tokens or characters."""
+    """What the CTC head emits (the model's flag of the same name sets it): tokens, characters or
+    phonemes (each line's ``phonemes`` field, :mod:`.ctc_targets`)."""
 
     def __post_init__(self):
         tokenizers = TOKENIZER_TYPES + ('hf', 'spm')
