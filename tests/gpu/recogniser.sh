@@ -24,7 +24,9 @@
 #   bash tests/gpu/recogniser.sh pipeline OUT CORPUS [MTP_MINUTES]
 #        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
 #        minutes): with TEXT_MINUTES set, stage 0 (txt) for that many minutes first, the encoder
-#        stage from its weights and ENCODER_MINUTES (default 8, as its config) less TEXT_MINUTES;
+#        stage from its weights and ENCODER_MINUTES (default 8, as its config) less TEXT_MINUTES
+#        (without a text stage, the encoder stage has ENCODER_MINUTES); CTC_UNITS (default
+#        characters; phonemes: the corpus's espeak-ng IPA) are every stage's --ctc-target-units;
 #        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation on the first
 #        EVAL_UTTERANCES (default 1000) of each test split (200 give +-0.03-0.05 on a WER),
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
@@ -141,22 +143,24 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
   local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances "${EVAL_UTTERANCES:-1000}")
-  local spec=(--speculative --cuda-graphs)
+  local spec=(--speculative --cuda-graphs) units=(--ctc-target-units "${CTC_UNITS:-characters}")
   # The evaluations score with optional packages: find them missing now, not after the trainings.
   $PYTHON -c "import sys; from megatron_salm_mtp.inference.wer import MISSING_PACKAGES, scoring_available as ok
 sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   if [ "${TEXT_MINUTES:-0}" -gt 0 ]; then
-    text "$out" "$dir" txt --exit-duration-in-mins "$TEXT_MINUTES" && sleep 5 && wait_all "$out" 1200 || return 1
-    from_stage "$ENCODER_CONFIG" "$out" "$dir" enc txt \
+    text "$out" "$dir" txt "${units[@]}" --exit-duration-in-mins "$TEXT_MINUTES" && sleep 5 \
+      && wait_all "$out" 1200 || return 1
+    from_stage "$ENCODER_CONFIG" "$out" "$dir" enc txt "${units[@]}" \
       --exit-duration-in-mins $((${ENCODER_MINUTES:-8} - TEXT_MINUTES)) && sleep 5 && wait_all "$out" 1200 || return 1
   else
-    encoder "$out" "$dir" enc && sleep 5 && wait_all "$out" 1200 || return 1
+    encoder "$out" "$dir" enc "${units[@]}" --exit-duration-in-mins "${ENCODER_MINUTES:-8}" && sleep 5 \
+      && wait_all "$out" 1200 || return 1
   fi
-  finetune "$out" "$dir" two enc --ctc-target-units characters && sleep 5 && wait_all "$out" 1800 || return 1
+  finetune "$out" "$dir" two enc "${units[@]}" && sleep 5 && wait_all "$out" 1800 || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent
   # A run about the trunk's WER alone: its heads and speculative figures wait for a trunk that moved.
   [ "$mtp_minutes" = 0 ] && { echo "PIPELINE DONE (MTP_MINUTES 0: no heads)"; return 0; }
-  finetune "$out" "$dir" two_mtp two --ctc-target-units characters --mtp-num-layers 3 --training-mode head_only \
+  finetune "$out" "$dir" two_mtp two "${units[@]}" --mtp-num-layers 3 --training-mode head_only \
     --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
     && sleep 5 && wait_all "$out" 1200 || return 1
   evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}"
