@@ -164,7 +164,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         """Header-only validation (``headers``: :func:`.header_scan.scan_headers`); returns the
         sequence length (ids) for bucketing."""
         self._check_text(ex)
-        self._ctc_targets(ex)
+        if self.ctc_target_units == 'phonemes':  # the only units a line can lack: no tokenizing twice
+            self._ctc_targets(ex)
         counts = []
         for seg in ex.audios:
             info = headers[seg.value]
