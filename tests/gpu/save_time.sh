@@ -27,4 +27,5 @@ for mode in sync async; do
     > "$out/$mode.log" 2>&1
   echo "== $mode: $(du -sh "$out/ckpt_$mode/iter_0000015" | cut -f1) per checkpoint"
   grep -h "training held" "$out/$mode.log" | sed "s/.*checkpoint of/checkpoint of/"
+  rm -rf "$out/ckpt_$mode"  # ~20 GB each at one GPU: the figures are in the log, the disk is small
 done
