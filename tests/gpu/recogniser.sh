@@ -27,6 +27,7 @@
 #        stage from its weights and ENCODER_MINUTES (default 8, as its config) less TEXT_MINUTES
 #        (without a text stage, the encoder stage has ENCODER_MINUTES); CTC_UNITS (default
 #        characters; phonemes: the corpus's espeak-ng IPA) are every stage's --ctc-target-units;
+#        STAGE_FLAGS (default none) are given to every training stage as well (model sizes, for one);
 #        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation on the first
 #        EVAL_UTTERANCES (default 1000) of each test split (200 give +-0.03-0.05 on a WER),
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
@@ -144,6 +145,9 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
   local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances "${EVAL_UTTERANCES:-1000}")
   local spec=(--speculative --cuda-graphs) units=(--ctc-target-units "${CTC_UNITS:-characters}")
+  local extra
+  read -r -a extra <<< "${STAGE_FLAGS:-}"
+  units+=(${extra[@]+"${extra[@]}"})
   # The evaluations score with optional packages: find them missing now, not after the trainings.
   $PYTHON -c "import sys; from megatron_salm_mtp.inference.wer import MISSING_PACKAGES, scoring_available as ok
 sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
