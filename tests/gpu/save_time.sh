@@ -5,7 +5,8 @@
 # --num-utterances 2000`); NPROC GPUs [8] at TP=2 (TP=1 on one GPU) with the distributed optimizer
 # (fully parallel save over DP). Each run saves at iterations 5, 10 and 15; the log lines
 # "checkpoint of iteration N: training held S s" are the figures (the first save of a process
-# also starts dist_checkpointing's writer: compare the later ones).
+# also starts dist_checkpointing's writer: compare the later ones). MODES (default "sync async")
+# picks the modes: at one GPU each takes over three minutes, so a short call runs one.
 set -euo pipefail
 out="$1"; corpus="$2"; nproc="${3:-8}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,7 +18,7 @@ ONE_B=(--num-layers 28 --hidden-size 2048 --ffn-hidden-size 6144 --num-attention
        --num-mel-bins 80 --audio-frame-stack 4 --seq-length 1024 --bf16 --mtp-num-layers 2)
 tp=2; layout=(--tensor-model-parallel-size 2 --sequence-parallel)
 [ "$nproc" -eq 1 ] && tp=1 && layout=(--tensor-model-parallel-size 1)
-for mode in sync async; do
+for mode in ${MODES:-sync async}; do
   extra=(); [ "$mode" = async ] && extra=(--async-save)
   PYTHONWARNINGS=ignore python3 -m torch.distributed.run --nproc-per-node "$nproc" -m megatron_salm_mtp.train \
     --config configs/tiny_cpu.yaml "${ONE_B[@]}" --train-manifest "$corpus/train.jsonl" --eval-interval 0 \
