@@ -1,22 +1,23 @@
 """Transcribe manifests with a trained SALM: greedy and MTP self-speculative decoding, one report.
 
     python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl,test_unseen.jsonl \\
-        [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--batch-size 8] \\
+        [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--ctc-greedy] [--batch-size 8] \\
         [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
 
-The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the
-CPU). Each manifest is a split named by its file stem. Greedy decoding always runs; with
-``--speculative`` the MTP heads also draft up to ``--mtp-draft-depth`` tokens per trunk forward,
-over the same batches in the same process, so the speedup compares like with like; with
-``--audio-ablation`` greedy decoding runs again with each audio replaced by silence of the same
-length (same prompt), and the report sets WER with and without audio side by side: a model that
-ignores its audio scores the same either way. The JSON report holds, per mode: WER after a
-Whisper-style English normaliser (``wer``) and raw (``wer_raw``: lowercase, no punctuation), CER,
-substitutions/deletions/insertions, overall, per ``subset``, per split and per subset within each
-split; decode tokens/s, real-time factor, tokens per trunk forward and (speculative) acceptance per
-depth; then the speedup of speculative over greedy and how many utterances differ between the two
-(lossless decoding: 0). Lines whose audio is missing or unreadable are skipped and counted. A PNG
-of acceptance per depth is written beside the report when matplotlib imports. Progress goes to
+The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the CPU).
+Each manifest is a split named by its file stem. Greedy decoding always runs; with ``--speculative``
+the MTP heads also draft up to ``--mtp-draft-depth`` tokens per trunk forward, over the same batches
+in the same process, so the speedup compares like with like; with ``--audio-ablation`` greedy
+decoding runs again with each audio replaced by silence of the same length (same prompt), and the
+report sets WER with and without audio side by side: a model that ignores its audio scores the same
+either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same batches alone
+(``ctc_greedy``: what the encoder heard, without the LLM). The JSON report holds, per mode: WER
+after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``: lowercase, no punctuation),
+CER, substitutions/deletions/insertions, overall, per ``subset``, per split and per subset within
+each split; decode tokens/s, real-time factor, tokens per trunk forward and (speculative) acceptance
+per depth; then the speedup of speculative over greedy and how many utterances differ between the
+two (lossless decoding: 0). Lines whose audio is missing or unreadable are skipped and counted. A
+PNG of acceptance per depth is written beside the report when matplotlib imports. Progress goes to
 stderr.
 """
 
@@ -32,6 +33,7 @@ from megatron.core.package_info import __version__ as mcore_version
 from .commands import add_load_argument
 from .config import ConfigError
 from .data.progress import Progress
+from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
 from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
@@ -41,6 +43,7 @@ from .inference.workspace import WorkspacePool
 
 REPORT_FILE = 'report.json'  # what --out FOLDER holds
 SILENCE = 'greedy_silence'  # the ablation's mode: greedy decoding with the audio silenced
+CTC_GREEDY = 'ctc_greedy'  # the CTC head's best path, without the LLM
 SKIPS_LISTED = 100
 
 
@@ -56,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='drafted tokens per trunk forward (default: the trained MTP depths)')
     p.add_argument('--audio-ablation', action='store_true',
                    help='also decode greedily with each audio replaced by silence of the same length')
+    p.add_argument('--ctc-greedy', action='store_true',
+                   help="also transcribe with the audio encoder's CTC head alone (best path, no LLM): "
+                        "beside the SALM's WER it shows which errors were not heard (checkpoints trained "
+                        'with --ctc-loss-weight on characters or tokens)')
     p.add_argument('--cuda-graphs', action='store_true',
                    help='replay each decoding step as a CUDA graph (GPU only): no host overhead per step')
     p.add_argument('--batch-size', type=int, default=1)
@@ -155,6 +162,16 @@ def draft_depth(parser, args, cfg) -> int:
     return depth
 
 
+def check_ctc_head(parser, args, cfg) -> None:
+    """--ctc-greedy needs a CTC head whose units are spelled: a parser error naming the checkpoint."""
+    if not cfg.ctc_enabled:
+        parser.error(f'--ctc-greedy: the checkpoint in --load {args.load} has no CTC head '
+                     '(trained without --ctc-loss-weight)')
+    if cfg.ctc_target_units not in SPELLED_UNITS:
+        parser.error(f'--ctc-greedy: the CTC head in --load {args.load} emits {cfg.ctc_target_units}, '
+                     f'which have no spelling to score (it needs {" or ".join(SPELLED_UNITS)})')
+
+
 def _synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -205,8 +222,9 @@ def read_splits(parser, args, loaded) -> dict:
 
 
 def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
-    """mode -> (decode function, batches): greedy; with --speculative the MTP drafts over the same
-    batches; with --audio-ablation greedy again over the utterances with their audio silenced.
+    """mode -> (decode function, batches, output -> text): greedy; with --speculative the MTP drafts
+    over the same batches; with --audio-ablation greedy again over the utterances with their audio
+    silenced; with --ctc-greedy the CTC head's best path over the same batches.
 
     With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes
     out of the same kernels at the same shapes in both modes, so speculative output equals greedy
@@ -225,12 +243,19 @@ def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
         return speculative_decode(loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, depth,
                                   workspaces=workspaces)
 
-    modes = {'greedy': (greedy, batches)}
+    def tokens_text(output):
+        return loaded.tokenizer.decode([t for t in output if t not in stops])
+
+    modes = {'greedy': (greedy, batches, tokens_text)}
     if depth:
-        modes['speculative'] = (speculative, batches)
+        modes['speculative'] = (speculative, batches, tokens_text)
     if args.audio_ablation:
         silent = [u.silenced() for u in utterances]
-        modes[SILENCE] = (greedy, _batches(silent, args.batch_size, pad_id, cfg.num_mel_bins, device))
+        modes[SILENCE] = (greedy, _batches(silent, args.batch_size, pad_id, cfg.num_mel_bins, device), tokens_text)
+    if args.ctc_greedy:
+        units, separator = cfg.ctc_target_units, audio_separator(cfg.ctc_target_units)
+        modes[CTC_GREEDY] = (lambda batch: ctc_greedy_decode(loaded.model, batch, separator), batches,
+                             lambda output: ctc_text(output, units, loaded.tokenizer))
     return modes
 
 
@@ -238,6 +263,8 @@ def evaluate(args, parser) -> dict:
     loaded = load_or_error(parser, args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
+    if args.ctc_greedy:
+        check_ctc_head(parser, args, cfg)
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)
@@ -250,9 +277,9 @@ def evaluate(args, parser) -> dict:
               'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
               'dtype': 'bf16' if cfg.bf16 else 'fp32', 'modes': {}}
     outputs, texts = {}, {}
-    for name, (decode, mode_batches) in modes.items():
+    for name, (decode, mode_batches, to_text) in modes.items():
         outputs[name], stats, seconds = run_mode(name, decode, mode_batches, args.warmup_batches)
-        texts[name] = [tok.decode([t for t in o if t not in stops]) for o in outputs[name]]
+        texts[name] = [to_text(o) for o in outputs[name]]
         report['modes'][name] = mode_report(utterances, texts[name], outputs[name], stats, seconds,
                                             depth if name == 'speculative' else 0, args.group_by)
     if depth:

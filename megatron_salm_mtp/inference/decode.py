@@ -54,6 +54,7 @@ class PromptBatch:
     lengths: torch.Tensor  # [b] prompt lengths
     audio_features: torch.Tensor  # [n_audio, mels, T]
     audio_feature_lengths: torch.Tensor  # [n_audio]
+    audios_per_row: tuple[int, ...] = ()  # how many of the audios each row holds, in order
 
 
 @dataclass

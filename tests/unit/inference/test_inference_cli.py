@@ -258,3 +258,10 @@ def test_missing_scoring_packages_are_named_first(tmp_path, manifest, capsys, mo
     with pytest.raises(SystemExit):
         evaluate.main(['--load', str(tmp_path), '--manifest', manifest])
     assert "pip install 'megatron_salm_mtp[eval]'" in capsys.readouterr().err
+
+
+def test_ctc_greedy_without_a_ctc_head_is_one_line(single_rank_parallel, tp2_checkpoint, manifest, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(['--load', tp2_checkpoint, '--manifest', manifest, '--ctc-greedy'])
+    assert (f'--ctc-greedy: the checkpoint in --load {tp2_checkpoint} has no CTC head '
+            '(trained without --ctc-loss-weight)') in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""The CTC head's best-path transcripts (``evaluate --ctc-greedy``): labels against a reference
+computed utterance by utterance with the encoder and head called directly, batched rows with
+padding and two audios in one row, the spelling of each unit, and the flag's errors."""
+
+import itertools
+
+import pytest
+import torch
+
+from megatron_salm_mtp import evaluate
+from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
+from megatron_salm_mtp.inference.ctc_greedy import audio_separator, best_path, ctc_greedy_decode, ctc_text
+from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.model.provider import provide_salm
+from megatron_salm_mtp.model.specs import LOCAL
+from tests.support.parallel_utils import tiny_config
+
+BLANK = 9
+
+
+@pytest.mark.parametrize('classes, labels', [
+    ([BLANK, 1, 1, BLANK, 1, 2, 2, BLANK], [1, 1, 2]),  # a blank between repeats keeps both
+    ([3, 3, 3], [3]),
+    ([BLANK] * 4, []),
+    ([], []),
+    ([0, BLANK, 0, 0, 5, BLANK, BLANK, 5], [0, 0, 5, 5]),
+])
+def test_best_path(classes, labels):
+    assert best_path(classes, BLANK) == labels
+
+
+def test_spelling_of_each_unit():
+    class Pieces:
+        def decode(self, ids):
+            return '|'.join(map(str, ids))
+
+    assert ctc_text(character_ids("Call 5, o'clock!"), 'characters', None) == "call 5 o'clock"
+    assert ctc_text([4, 7], 'tokens', Pieces()) == '4|7'
+    assert audio_separator('characters') == [CTC_CHARACTERS.index(' ')] and audio_separator('tokens') == []
+
+
+def _reference(model, features: torch.Tensor, frames: int) -> list[int]:
+    """One audio alone, unpadded: the head's argmax per encoder frame, then merged and blank-free."""
+    with torch.no_grad():
+        encoded = model.audio_encoder(features[None, :, :frames], torch.tensor([frames]))
+        classes = model.ctc_head(encoded)[0].argmax(-1).tolist()
+    blank = model.ctc_head.out_features - 1
+    merged = [c for c, _ in itertools.groupby(classes)]
+    return [c for c in merged if c != blank]
+
+
+def test_batched_rows_match_each_audio_alone(single_rank_parallel):
+    torch.manual_seed(0)
+    cfg = tiny_config(mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters')
+    model = provide_salm(cfg, LOCAL).eval()
+    # Untrained weights emit a near-uniform path; scale the head so its argmax varies frame to frame.
+    model.ctc_head.weight.data.mul_(50.0)
+    frames = [40, 17, 33, 25]
+    features = torch.randn(len(frames), cfg.num_mel_bins, max(frames))
+    for row, n in enumerate(frames):
+        features[row, :, n:] = 0.0
+    batch = PromptBatch(torch.zeros(3, 1, dtype=torch.long), torch.ones(3, dtype=torch.long), features,
+                        torch.tensor(frames), audios_per_row=(1, 2, 1))
+    separator = audio_separator('characters')
+    rows, stats = ctc_greedy_decode(model, batch, separator)
+    alone = [_reference(model, features[i], n) for i, n in enumerate(frames)]
+    assert any(len(a) > 1 for a in alone)  # the check below compares real paths, not empty ones
+    assert rows == [alone[0], alone[1] + separator + alone[2], alone[3]]
+    assert len(stats) == 3 and stats[0].encode_seconds > 0 and stats[0].verify_steps == 0
+
+
+def test_ctc_greedy_needs_a_spelled_ctc_head():
+    class Parser:
+        def error(self, message):
+            raise SystemExit(message)
+
+    class Args:
+        load = 'ckpt'
+
+    with pytest.raises(SystemExit, match='--ctc-greedy: the checkpoint in --load ckpt has no CTC head'):
+        evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.0))
+    with pytest.raises(SystemExit, match='emits phonemes, which have no spelling to score'):
+        evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
+    evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
