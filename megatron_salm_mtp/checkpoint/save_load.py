@@ -1,8 +1,12 @@
 """Distributed checkpoints on ``megatron.core.dist_checkpointing``: save, resume, reshard.
 
-One checkpoint is one folder ``iter_0000010`` holding the model, the optimiser (in the
-``fully_reshardable`` layout, so TP/PP/DP may change between save and load), the LR scheduler,
+One checkpoint is one folder ``iter_0000010`` holding the model, the optimiser, the LR scheduler,
 every rank's RNG states and the run's common state (iteration, data-sampler position, counters).
+The weights load at any TP/PP/DP layout. The distributed optimizer's state is saved as its own
+shards (``dp_reshardable``, Megatron-LM's default: nothing gathered or copied, so a save holds
+training briefly) and loads at the same TP and PP; ``--dist-ckpt-optim-fully-reshardable`` saves it
+``fully_reshardable`` instead (any layout, at the cost of gathering and copying the whole state on
+the training thread). The format is recorded in the checkpoint and loading follows it.
 
 Atomicity: ranks write into ``iter_0000010.tmp-<id>``; when all are done, rank 0 writes the marker,
 renames the folder into place, then replaces ``latest_checkpointed_iteration.txt`` (tmp file +
@@ -28,6 +32,7 @@ import torch
 import yaml
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.tensor_parallel.random import convert_cuda_rng_state, is_graph_safe_cuda_rng_tracker
 from megatron.core.utils import unwrap_model
 
@@ -51,7 +56,9 @@ from .save_strategies import PendingSaves, load_strategy, save_strategy
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_SHARDING = {'distrib_optim_sharding_type': 'fully_reshardable'}
+DP_RESHARDABLE, FULLY_RESHARDABLE = 'dp_reshardable', 'fully_reshardable'
+"""The distributed optimizer's checkpoint formats (Megatron-Core's ``distrib_optim_sharding_type``);
+checkpoints that record none were written fully_reshardable."""
 
 
 def _no_complete_checkpoint(load_dir: str) -> None:
@@ -117,8 +124,22 @@ def _check_vocabulary(saved: dict | None, current: dict | None, path: str) -> No
                        path, saved['padded_vocab_size'], current['padded_vocab_size'])
 
 
+def _check_optimizer_layout(sharding: str, saved: dict, current: dict, path: str) -> None:
+    """dp_reshardable optimizer state is laid out by the TP and PP ranks' parameter buffers."""
+    if sharding == DP_RESHARDABLE and (saved['tp'], saved['pp']) != (current['tp'], current['pp']):
+        raise ValueError(f"{path}: its optimizer state was saved dp_reshardable at TP={saved['tp']} "
+                         f"PP={saved['pp']} and loads only there (this run: TP={current['tp']} "
+                         f"PP={current['pp']}); add --no-load-optim to load the weights only, or save "
+                         "with --dist-ckpt-optim-fully-reshardable to move optimizer state across layouts")
+
+
 def _leaf_optimizers(optimizer):
     return list(getattr(optimizer, 'chained_optimizers', None) or [optimizer])
+
+
+def _distributed(optimizer) -> bool:
+    """Whether the optimizer state is sharded over DP (its checkpoint format then matters)."""
+    return any(isinstance(opt, DistributedOptimizer) for opt in _leaf_optimizers(optimizer))
 
 
 def _torch_adam_states(opt):
@@ -141,29 +162,36 @@ def _ensure_optimizer_state(optimizer) -> None:
                 state['step'] = torch.tensor(0.0)
 
 
+_STATE_LOADERS = ('load_parameter_state_from_fully_reshardable', 'load_parameter_state_from_dp_reshardable')
+
+
 def _restore_adam_steps(optimizer) -> None:
-    """Load the distributed optimiser's fully_reshardable state around torch Adam's ``step``.
+    """Load the distributed optimiser's parameter state around torch Adam's ``step``.
 
     ``DistributedOptimizer.load_state_dict`` sets every ``step`` from the saved param_groups (one
-    shared tensor), then ``load_parameter_state_from_fully_reshardable`` copies every state key
-    from a checkpoint that holds no ``step``: KeyError in ``_set_main_param_and_optimizer_states``.
-    Wrapping that method on the instance sets the steps aside during the copy and restores them,
+    shared tensor), then copies every state key of each parameter from the checkpoint: the
+    fully_reshardable one holds no ``step`` (KeyError in ``_set_main_param_and_optimizer_states``),
+    the dp_reshardable one hands back the fresh optimizer's own ``step`` (0), not the saved one.
+    Wrapping both loaders on the instance sets the steps aside during the copy and restores them,
     one tensor per parameter (Adam would bump a shared one once per parameter)."""
     for opt in _leaf_optimizers(optimizer):
-        if not _torch_adam_states(opt) or not hasattr(opt, 'load_parameter_state_from_fully_reshardable'):
+        if not _torch_adam_states(opt):
             continue
-        original = type(opt).load_parameter_state_from_fully_reshardable
+        for name in _STATE_LOADERS:
+            if hasattr(opt, name):
+                setattr(opt, name, _without_steps(opt, getattr(type(opt), name)))
 
-        def load_without_step(state_dict, opt=opt, original=original):
-            steps = {id(p): s.pop('step') for p, s in _torch_adam_states(opt) if 'step' in s}
-            try:
-                original(opt, state_dict)
-            finally:
-                for param, state in _torch_adam_states(opt):
-                    if id(param) in steps:
-                        state['step'] = steps[id(param)].detach().clone()
 
-        opt.load_parameter_state_from_fully_reshardable = load_without_step
+def _without_steps(opt, load):
+    def load_without_step(state_dict):
+        steps = {id(p): s.pop('step') for p, s in _torch_adam_states(opt) if 'step' in s}
+        try:
+            load(opt, state_dict)
+        finally:
+            for param, state in _torch_adam_states(opt):
+                if id(param) in steps:
+                    state['step'] = steps[id(param)].detach().clone()
+    return load_without_step
 
 
 def _rng_state() -> ShardedObject:
@@ -199,13 +227,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _sharded_state_dict(model_chunks, optimizer, with_optimizer: bool, with_rng: bool,
-                        is_loading: bool) -> dict:
+                        is_loading: bool, sharding: str) -> dict:
     state = _model_sharded_state_dict(model_chunks)
     if with_optimizer and optimizer is not None:
         _ensure_optimizer_state(optimizer)
         model_sd = state['model'] if len(state) == 1 else state
         state['optimizer'] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
-                                                          metadata=dict(_SHARDING))
+                                                          metadata={'distrib_optim_sharding_type': sharding})
     if with_rng:
         state['rng_state'] = _rng_state()
     return state
@@ -229,9 +257,11 @@ def _fsync_dir(path: str) -> None:
 
 
 def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler,
-                    common_state: dict, resolved_config: dict, pending: PendingSaves | None = None) -> str:
+                    common_state: dict, resolved_config: dict, pending: PendingSaves | None = None,
+                    optimizer_sharding: str = DP_RESHARDABLE) -> str:
     """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
-    identical on all ranks (rank 0's copy is stored). Returns the final checkpoint folder, which
+    identical on all ranks (rank 0's copy is stored); ``optimizer_sharding``: the distributed
+    optimizer's format (:data:`DP_RESHARDABLE` or :data:`FULLY_RESHARDABLE`). Returns the final checkpoint folder, which
     exists on return, or with ``pending`` (async) once ``pending`` finalized the save; the caller
     finalizes earlier saves first (this one removes unfinished ``.tmp-`` folders)."""
     rank = torch.distributed.get_rank()
@@ -247,8 +277,9 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     torch.distributed.broadcast_object_list(name, src=0)
     tmp = name[0]
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=True, with_rng=True,
-                                is_loading=False)
+                                is_loading=False, sharding=optimizer_sharding)
     state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
+                 optimizer_sharding=optimizer_sharding,
                  common=common_state, vocabulary=_vocabulary(model_chunks),
                  scheduler=scheduler.state_dict() if scheduler is not None else None)
     request = dist_checkpointing.save(state, tmp, save_strategy(), **(async_save_options() if pending else {}))
@@ -312,15 +343,19 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
         logger.warning('checkpoint %s was saved at %s, loading at %s: RNG states are not '
                        'restored', path, saved_layout, _layout())
     with_optimizer = load_optimizer and optimizer is not None
+    sharding = common.get('optimizer_sharding', FULLY_RESHARDABLE)
     if with_optimizer:
         _check_expert_parallel_change(saved_layout, _layout(), path)
+        if _distributed(optimizer):
+            _check_optimizer_layout(sharding, saved_layout, _layout(), path)
     stored = stored_settings(path)
     if with_optimizer and training_mode and stored.get('training_mode'):
         check_optimizer_state_covers(path, stored['training_mode'], training_mode)
     check_ctc_head(path, stored, model_chunks)
     attach_mtp = attaches_new_mtp(path, stored, model_chunks, with_optimizer)
     with_rng = load_rng and same_layout
-    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, with_rng, is_loading=True)
+    state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, with_rng, is_loading=True,
+                                sharding=sharding)
     if attach_mtp:
         state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
     try:
@@ -334,7 +369,8 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
             module.load_state_dict(loaded[key], strict=True)
     if with_optimizer:
         _restore_adam_steps(optimizer)
-        optimizer.load_state_dict(loaded['optimizer'])
+        with torch.no_grad():  # dp_reshardable copies into the main params, which are the weights in fp32
+            optimizer.load_state_dict(loaded['optimizer'])
         if scheduler is not None and common.get('scheduler') is not None:
             scheduler.load_state_dict(common['scheduler'])
     elif optimizer is not None:

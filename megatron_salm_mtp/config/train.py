@@ -82,6 +82,12 @@ class TrainConfig:
     from an --training-mode encoder_ctc checkpoint. --save must name another folder."""
     save_interval: int | None = None
     """Save every this many steps (and at the end when --save is set); 0 or None: at the end only."""
+    dist_ckpt_optim_fully_reshardable: bool = False
+    """With --use-distributed-optimizer: save its state in the fully reshardable format (Megatron-LM's
+    flag), which loads at any TP, PP and DP size but gathers and copies the whole optimizer state on
+    the training thread at every save. The default (dp_reshardable) saves the optimizer's own shards
+    as they are (a save holds training a fraction as long) and loads them at the same TP and PP
+    only; the weights load at any layout either way (--no-load-optim, --finetune)."""
     async_save: bool = False
     """Write checkpoints in the background (a forked writer per rank) while training goes on; a
     checkpoint counts (marker, tracker) once every rank's writes are done. Each save still waits

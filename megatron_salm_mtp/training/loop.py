@@ -19,7 +19,7 @@ from megatron.core.distributed import DistributedDataParallelConfig
 
 from ..checkpoint.metadata import is_model_only, training_tokenizer, training_vocab_size
 from ..checkpoint.run_folders import claim_checkpoint_folders
-from ..checkpoint.save_load import load_checkpoint, save_checkpoint
+from ..checkpoint.save_load import DP_RESHARDABLE, FULLY_RESHARDABLE, load_checkpoint, save_checkpoint
 from ..checkpoint.save_strategies import PendingSaves
 from ..compat.process import forked_children_die_with_this_process
 from ..config import ConfigError
@@ -161,13 +161,16 @@ class Trainer:
                   'consumed_samples': self.train_loader.consumed_samples}
         started = time.perf_counter()
         self.finish_saves()  # the next save clears unfinished folders
+        waited = time.perf_counter() - started
+        sharding = FULLY_RESHARDABLE if self.train_cfg.dist_ckpt_optim_fully_reshardable else DP_RESHARDABLE
         with self._parameters_gathered():
             save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                            common, self.run.resolved(), self.pending_saves)
+                            common, self.run.resolved(), self.pending_saves, sharding)
         self.saved_iteration, self.save_pending = self.iteration, False
         if torch.distributed.get_rank() == 0:
-            logger.info('checkpoint of iteration %d: training held %.2f s%s', self.iteration, time.perf_counter()
-                        - started, ' (written in the background)' if self.pending_saves else '')
+            background = f' (written in the background; {waited:.2f} s of it waiting for the previous save)'
+            logger.info('checkpoint of iteration %d: training held %.2f s%s', self.iteration,
+                        time.perf_counter() - started, background if self.pending_saves else '')
 
     def finish_saves(self, blocking: bool = True) -> None:
         """Finalize async saves whose writes are done (``blocking``: all of them); collective."""

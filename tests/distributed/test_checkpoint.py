@@ -127,24 +127,49 @@ def test_crash_mid_save_is_never_taken_for_complete(reshard):
 
 @pytest.fixture(scope='module')
 def distributed_optimizer(tmp_path_factory):
-    """The distributed optimizer: saved at DP=2, loaded at DP=2 and at PP=2 (DP=1)."""
+    """The distributed optimizer, saved at DP=2 in both formats: fully_reshardable (ck) loaded at
+    DP=2 and at PP=2 (DP=1); dp_reshardable (the default, ck_dp) loaded at DP=2, at DP=1 and
+    refused at PP=2."""
     work = str(tmp_path_factory.mktemp('ckpt_distopt'))
-    ck = os.path.join(work, 'ck')
+    ck, ck_dp = os.path.join(work, 'ck'), os.path.join(work, 'ck_dp')
     d, _ = launch(work, 'd', tiny_config(), [
         {'op': 'build'}, {'op': 'train', 'seeds': [1, 2]},
-        {'op': 'save', 'dir': ck, 'iteration': 2}, {'op': 'dump', 'name': 'saved'},
+        {'op': 'save', 'dir': ck, 'iteration': 2, 'sharding': 'fully_reshardable'},
+        {'op': 'save', 'dir': ck_dp, 'iteration': 2}, {'op': 'dump', 'name': 'saved'},
         {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3'},
         {'op': 'build'}, {'op': 'load', 'dir': ck}, {'op': 'dump', 'name': 'loaded'},
-        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3b'}], nproc=2, dist_opt=True)
+        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3b'},
+        {'op': 'build'}, {'op': 'load', 'dir': ck_dp}, {'op': 'dump', 'name': 'loaded_dp'},
+        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3_dp'}], nproc=2, dist_opt=True)
     e, _ = launch(work, 'e', tiny_config(pipeline_model_parallel_size=2), [
         {'op': 'build'}, {'op': 'load', 'dir': ck, 'load_optimizer': False, 'name': 'model_only_result'},
         {'op': 'dump', 'name': 'model_only'}, {'op': 'load', 'dir': ck}, {'op': 'dump', 'name': 'loaded'},
-        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3'}], nproc=2, dist_opt=True)
-    return d, e
+        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3'},
+        {'op': 'build'}, {'op': 'load_refused', 'dir': ck_dp, 'name': 'dp_refused'}], nproc=2, dist_opt=True)
+    f, _ = launch(work, 'f', tiny_config(), [
+        {'op': 'build'}, {'op': 'load', 'dir': ck_dp}, {'op': 'dump', 'name': 'loaded'},
+        {'op': 'train', 'seeds': [3]}, {'op': 'dump', 'name': 'after3'}], nproc=1, dist_opt=True)
+    return d, e, f, ck_dp
+
+
+def test_dp_reshardable_optimizer_state(distributed_optimizer):
+    """The default format: bitwise at the same layout, across a DP change, refused across PP."""
+    d, e, f, ck_dp = distributed_optimizer
+    assert_params(full_params(d, 'saved'), full_params(d, 'loaded_dp'))
+    assert_params(full_params(d, 'after3'), full_params(d, 'after3_dp'))
+    assert d[0]['losses'][2] == d[0]['losses'][4]
+    assert_params(full_params(d, 'saved'), full_params(f, 'loaded'))
+    assert_params(full_params(d, 'after3'), full_params(f, 'after3'), exact=False)  # DP=2 -> DP=1
+    assert f[0]['after3']['adam_steps'] == [3.0]
+    message = e[0]['dp_refused']
+    assert message == (f'{ck_dp}/iter_0000002: its optimizer state was saved dp_reshardable at TP=1 PP=1 '
+                       'and loads only there (this run: TP=1 PP=2); add --no-load-optim to load the weights '
+                       'only, or save with --dist-ckpt-optim-fully-reshardable to move optimizer state '
+                       'across layouts'), message
 
 
 def test_distributed_optimizer_roundtrip(distributed_optimizer):
-    d, e = distributed_optimizer
+    d, e, _, _ = distributed_optimizer
     assert_params(full_params(d, 'saved'), full_params(d, 'loaded'))
     assert_changed(full_params(d, 'saved'), full_params(d, 'after3'))
     assert_params(full_params(d, 'after3'), full_params(d, 'after3b'))

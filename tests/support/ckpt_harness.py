@@ -90,7 +90,8 @@ class Run:
                   'data': {'consumed_samples': op['iteration'] * GLOBAL_BATCH, 'epoch': 0, 'seed': 7}}
         self.records.setdefault('saved_paths', []).append(save_load.save_checkpoint(
             op['dir'], op['iteration'], self.model, self.optimizer, self.scheduler, common,
-            {'tensor_model_parallel_size': self.cfg.tensor_model_parallel_size, 'lr': 3e-3}, pending))
+            {'tensor_model_parallel_size': self.cfg.tensor_model_parallel_size, 'lr': 3e-3}, pending,
+            op.get('sharding', save_load.DP_RESHARDABLE)))
 
     def _folder_state(self, op):
         final = layout.checkpoint_dir(op['dir'], op['iteration'])
@@ -122,6 +123,15 @@ class Run:
         result = save_load.load_checkpoint(op['dir'], self.model, self.optimizer, self.scheduler,
                                            load_optimizer=op.get('load_optimizer', True))
         self.records[op.get('name', 'load_result')] = result
+
+    def load_refused(self, op):
+        """A load that must fail with a ValueError: its message is recorded."""
+        try:
+            save_load.load_checkpoint(op['dir'], self.model, self.optimizer, self.scheduler)
+        except ValueError as err:
+            self.records[op['name']] = str(err)
+        else:
+            raise AssertionError(f"loading {op['dir']} was expected to fail")
 
     def perturb_rng(self, op):
         random.random(), np.random.rand(), torch.rand(3)
