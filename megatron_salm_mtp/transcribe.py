@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--cuda-graphs', action='store_true', help='replay each decoding step as a CUDA graph (GPU only)')
     p.add_argument('--json', action='store_true', help='one NeMo-style manifest line per file, with pred_text')
-    p.set_defaults(audio_ablation=False)
+    p.set_defaults(audio_ablation=False, ctc_greedy=False)
     return p
 
 
@@ -72,9 +72,9 @@ def transcribe(args, parser) -> list:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
     mode = 'speculative' if depth else 'greedy'
-    decode, batches = decoding_modes(args, loaded, depth, utterances, stops)[mode]
+    decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
-    texts = [loaded.tokenizer.decode([t for t in o if t not in stops]) for o in outputs]
+    texts = [to_text(o) for o in outputs]
     return [(u.source, u.seconds, text) for u, text in zip(utterances, texts)]
 
 
