@@ -162,7 +162,7 @@ def draft_depth(parser, args, cfg) -> int:
     return depth
 
 
-def check_ctc_head(parser, args, cfg) -> None:
+def check_ctc_greedy(parser, args, cfg) -> None:
     """--ctc-greedy needs a CTC head whose units are spelled: a parser error naming the checkpoint."""
     if not cfg.ctc_enabled:
         parser.error(f'--ctc-greedy: the checkpoint in --load {args.load} has no CTC head '
@@ -264,7 +264,7 @@ def evaluate(args, parser) -> dict:
     cfg, tok = loaded.cfg, loaded.tokenizer
     depth = draft_depth(parser, args, cfg) if args.speculative else None
     if args.ctc_greedy:
-        check_ctc_head(parser, args, cfg)
+        check_ctc_greedy(parser, args, cfg)
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)

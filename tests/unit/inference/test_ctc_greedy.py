@@ -78,7 +78,7 @@ def test_ctc_greedy_needs_a_spelled_ctc_head():
         load = 'ckpt'
 
     with pytest.raises(SystemExit, match='--ctc-greedy: the checkpoint in --load ckpt has no CTC head'):
-        evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.0))
+        evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.0))
     with pytest.raises(SystemExit, match='emits phonemes, which have no spelling to score'):
-        evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
-    evaluate.check_ctc_head(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
+        evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
+    evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
