@@ -4,12 +4,14 @@
 # SHAPE=cpu (with NPROC 1 and PYTHON=the venv's python) runs a narrower model on a CPU.
 # CORPUS holds train.jsonl (e.g. `python -m megatron_salm_mtp.tools.corpus.synth --out CORPUS
 # --num-utterances 2000`); NPROC GPUs [8] at TP=2 (TP=1 on one GPU) with the distributed optimizer
-# (fully parallel save over DP). Each run saves at iterations 5, 10 and 15; the log lines
+# (fully parallel save over DP). Each run saves every INTERVAL iterations (5, 10, 15); the log lines
 # "checkpoint of iteration N: training held S s" are the figures (the first save of a process
 # also starts dist_checkpointing's writer: compare the later ones). MODES (default "sync async")
 # picks the modes: sync, async, and either with _fully_reshardable (the distributed optimizer's
 # state saved in that format, as before 2026-12-03, instead of dp_reshardable); at one GPU a
-# fully_reshardable mode takes over three minutes, so a short call runs one.
+# fully_reshardable mode takes over three minutes, so a short call runs one. SAVES (default 3) is
+# the number of saves, INTERVAL (default 5) the iterations between them; a 1B checkpoint is ~22 GB,
+# so a 64 GB disk holds two (SAVES=2), and its background write takes longer than 5 steps.
 set -euo pipefail
 out="$1"; corpus="$2"; nproc="${3:-8}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -34,10 +36,10 @@ for mode in ${MODES:-sync async}; do
   PYTHONWARNINGS=ignore "${PYTHON:-python3}" -m torch.distributed.run --nproc-per-node "$nproc" -m megatron_salm_mtp.train \
     --config configs/tiny_cpu.yaml "${ONE_B[@]}" --train-manifest "$corpus/train.jsonl" --eval-interval 0 \
     "${layout[@]}" --use-distributed-optimizer \
-    --micro-batch-size 4 --global-batch-size $((4 * nproc / tp)) --train-iters 15 --lr-warmup-iters 1 \
-    --log-interval 5 --save "$out/ckpt_$mode" --overwrite-save --save-interval 5 "${extra[@]}" \
+    --micro-batch-size 4 --global-batch-size $((4 * nproc / tp)) --train-iters $((${INTERVAL:-5} * ${SAVES:-3})) --lr-warmup-iters 1 \
+    --log-interval 5 --save "$out/ckpt_$mode" --overwrite-save --save-interval ${INTERVAL:-5} "${extra[@]}" \
     > "$out/$mode.log" 2>&1
-  echo "== $mode: $(du -sh "$out/ckpt_$mode/iter_0000015" | cut -f1) per checkpoint"
+  echo "== $mode: $(du -sh "$out/ckpt_$mode/iter_$(printf %07d $((${INTERVAL:-5} * ${SAVES:-3})))" | cut -f1) per checkpoint"
   grep -h "training held" "$out/$mode.log" | sed "s/.*checkpoint of/checkpoint of/"
   rm -rf "$out/ckpt_$mode"  # ~20 GB each at one GPU: the figures are in the log, the disk is small
 done
