@@ -12,8 +12,9 @@ setup(
     install_requires=['torch>=2.13', 'megatron-core>=0.16.1,<0.20', 'pyyaml', 'numpy', 'packaging', 'psutil',
                       'safetensors'],  # safetensors: convert's import-hf / export-hf; psutil: megatron.training
     extras_require={
-        # ruff: the style check tests/run.sh runs first (pinned: a new release may add findings)
-        'test': ['pytest', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
+        # ruff: the style check tests/run.sh runs first (pinned: a new release may add findings);
+        # pytest-xdist: tests/run.sh runs the suite on every core
+        'test': ['pytest', 'pytest-xdist', 'transformers', 'tokenizers', 'sentencepiece', 'soundfile', 'jiwer',
                  'espeakng-loader', 'whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6', 'ruff==0.17.5'],
         # evaluate: Whisper's English normaliser (pinned: it defines the reported WER) and alignment
         'eval': ['whisper-normalizer==0.1.15', 'rapidfuzz==3.14.6'],

@@ -11,6 +11,12 @@ def pytest_configure(config):
                                        'its first stack only')
 
 
+def pytest_collection_modifyitems(items):
+    """The scored trainings (minutes each) first: tests/run.sh's workers take a file each as they
+    free up, and the longest file taken last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker('quality') is None)
+
+
 @pytest.fixture(scope='session')
 def single_rank_parallel():
     """A one-rank gloo group and Megatron-Core's parallel state inside the pytest process."""

@@ -32,7 +32,7 @@ def _lines_of(proc, lines):
 def train_and_signal(corpus, extra, after_iteration: int, timeout: float = 300):
     """Run a 2-rank training in its own process group; once iteration ``after_iteration`` is
     logged, SIGTERM the whole group. Returns (exit status, output)."""
-    cmd, env, root = train_command(corpus, extra, nproc=2)
+    cmd, env, root = train_command(corpus, extra, nproc=2, torchrun=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines = []

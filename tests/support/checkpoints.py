@@ -36,8 +36,8 @@ def launch(workdir, name, cfg, plan, nproc, dist_opt=False, expect_rc=0):
                                     timeout=300).returncode
         log.seek(0)
         text = log.read()
-    # torchrun exits 1 when a rank fails and reports the rank's status; a lone rank exits with it
-    failed_as_expected = returncode == expect_rc if nproc == 1 else f'exitcode  : {expect_rc}' in text
+    # the rank launcher exits 1 when a rank fails and reports the rank's status; a lone rank exits with it
+    failed_as_expected = returncode == expect_rc if nproc == 1 else f'(exit status {expect_rc})' in text
     expected = returncode == 0 if not expect_rc else failed_as_expected
     if not expected:
         raise RuntimeError(f'{name}: exit {returncode}, expected {expect_rc}:\n{text[-8000:]}')

@@ -29,12 +29,14 @@ def child_env(base=None, **extra) -> dict:
     return env
 
 
-def rank_launcher(nproc: int):
+def rank_launcher(nproc: int, torchrun: bool = False):
     """(command prefix, environment additions) that start ``nproc`` ranks of a script or module
-    (append ``path`` or ``'-m', module``). Several ranks: torchrun on a free port. One rank: the
-    interpreter itself, with the variables torchrun gives its only worker; the package starts a
-    world of one the same way either way (an in-memory store), and no launcher process is paid for."""
+    (append ``path`` or ``'-m', module``). One rank: the interpreter itself, with the variables
+    torchrun gives its only worker; the package starts a world of one the same way either way (an
+    in-memory store), and no launcher process is paid for. Several ranks: forked from one
+    interpreter that has imported torch and Megatron-Core once (``fork_ranks.py``), or with
+    ``torchrun`` the real launcher, for the tests of what it does (signals to its process group)."""
     if nproc == 1:
         return [sys.executable], {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}
-    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
-            f'--master-port={free_port()}'], {}
+    launcher = ['-m', 'torch.distributed.run'] if torchrun else [support_script('fork_ranks.py')]
+    return [sys.executable, *launcher, f'--nproc-per-node={nproc}', f'--master-port={free_port()}'], {}

@@ -12,10 +12,11 @@ TINY_FLAGS = ['--num-layers', '2', '--hidden-size', '64', '--ffn-hidden-size', '
               '--lr-warmup-iters', '2', '--log-interval', '2', '--eval-interval', '0', '--num-workers', '0']
 
 
-def train_command(corpus: str, extra, nproc: int = 1):
-    """(command, environment, working folder) of a training of ``nproc`` ranks on the tiny configuration."""
+def train_command(corpus: str, extra, nproc: int = 1, torchrun: bool = False):
+    """(command, environment, working folder) of a training of ``nproc`` ranks on the tiny
+    configuration (``torchrun``: launched by the real torchrun, see ``rank_launcher``)."""
     root = ROOT
-    launcher, rank_env = rank_launcher(nproc)
+    launcher, rank_env = rank_launcher(nproc, torchrun)
     env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
     cmd = launcher + ['-m', 'megatron_salm_mtp.train', '--config', os.path.join(root, 'configs', 'tiny_cpu.yaml'),
                       '--train-manifest', os.path.join(corpus, 'train.jsonl'),

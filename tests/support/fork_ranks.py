@@ -1,0 +1,134 @@
+"""Starts the ranks of a test's multi-process job forked from one interpreter that has already
+imported torch, Megatron-Core and the training loop, with the variables torchrun gives its workers:
+
+    python tests/support/fork_ranks.py --nproc-per-node=N --master-port=P SCRIPT|-m MODULE [args]
+
+The suite launches a few hundred small jobs, and on a 2-core machine each rank's imports (torch's
+compiler stack comes with Megatron-Core's fused kernels) cost more than its work; forked ranks pay
+them once per job. Exit status as torchrun's: 0 when every rank exits 0; otherwise the other ranks
+are terminated, the failed rank is named on stderr, and the status is 1. Tests of the launch
+itself (signals to a torchrun process group, Slurm, sbatch) start the real torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+# What the forked ranks share: torch, Megatron-Core and the training loop (the harness scripts and
+# the train entry point import most of it).
+import megatron.core.models.gpt  # noqa: F401
+import torch  # noqa: F401
+
+import megatron_salm_mtp.training.loop  # noqa: F401
+
+GRACE_SECONDS = 10  # torchrun's wait between terminating and killing the surviving workers
+
+
+@dataclass
+class Job:
+    nproc: int
+    port: int
+    module: str | None  # -m MODULE, else a script: args[0]
+    args: list
+
+
+def parse(argv) -> Job:
+    """``--nproc-per-node=N --master-port=P`` (torchrun's spelling), then ``SCRIPT [args]`` or
+    ``-m MODULE [args]``; everything after the target is the rank's own."""
+    options = {}
+    while argv and argv[0].startswith('--') and '=' in argv[0]:
+        key, value = argv.pop(0)[2:].split('=', 1)
+        options[key] = int(value)
+    if set(options) != {'nproc-per-node', 'master-port'} or not argv or argv[:1] == ['-m'] and len(argv) < 2:
+        raise SystemExit('usage: fork_ranks.py --nproc-per-node=N --master-port=P SCRIPT|-m MODULE [args]')
+    module = argv[1] if argv[0] == '-m' else None
+    return Job(options['nproc-per-node'], options['master-port'], module, argv[2:] if module else argv)
+
+
+def rank_environment(rank: int, nproc: int, port: int) -> dict:
+    return dict(RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK='0', ROLE_RANK=str(rank),
+                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), ROLE_WORLD_SIZE=str(nproc),
+                MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TORCHELASTIC_RESTART_COUNT='0',
+                TORCHELASTIC_MAX_RESTARTS='0', TORCHELASTIC_RUN_ID='fork_ranks')
+
+
+def run_rank(job: Job, rank: int) -> int:
+    """The body of one forked rank: its environment, then the script or module as __main__, with
+    the sys.path[0] that ``python -m MODULE`` or ``python SCRIPT`` would give it."""
+    os.environ.update(rank_environment(rank, job.nproc, job.port))
+    try:
+        if job.module:
+            sys.argv = [job.module] + job.args
+            sys.path[0] = os.getcwd()
+            runpy.run_module(job.module, run_name='__main__', alter_sys=True)
+        else:
+            sys.argv = list(job.args)
+            sys.path[0] = os.path.dirname(os.path.abspath(job.args[0]))
+            runpy.run_path(job.args[0], run_name='__main__')
+    except SystemExit as stop:
+        code = stop.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 (a rank's failure is reported, as torchrun's worker would)
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def wait_all(pids: dict) -> int:
+    """Wait for every rank; at the first failure terminate the rest. Returns the job's status."""
+    failed = None
+    while pids:
+        pid, status = os.waitpid(-1, 0)
+        rank = pids.pop(pid, None)
+        if rank is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and failed is None:
+            failed = (rank, code)
+            stop_ranks(pids)
+    if failed is None:
+        return 0
+    rank, code = failed
+    how = f'signal {-code}' if code < 0 else f'exit status {code}'
+    print(f'fork_ranks: rank {rank} failed ({how})', file=sys.stderr, flush=True)
+    return 1
+
+
+def stop_ranks(pids: dict) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    while pids and time.monotonic() < deadline:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            time.sleep(0.05)
+        else:
+            pids.pop(pid, None)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def main(argv=None) -> int:
+    job = parse(list(sys.argv[1:] if argv is None else argv))
+    pids = {}
+    for rank in range(job.nproc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the rank ends as a process of its own would: atexit handlers, joined threads
+            raise SystemExit(run_rank(job, rank))
+        pids[pid] = rank
+    return wait_all(pids)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
