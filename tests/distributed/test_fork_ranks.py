@@ -12,8 +12,9 @@ import os, sys, torch, torch.distributed as dist
 dist.init_process_group('gloo')
 total = torch.tensor([float(os.environ['RANK'])])
 dist.all_reduce(total)
-print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} local {os.environ['LOCAL_RANK']} "
-      f"argv {sys.argv[1:]} sum {total.item():.0f}", flush=True)
+line = (f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} local {os.environ['LOCAL_RANK']} "
+        f"argv {sys.argv[1:]} sum {total.item():.0f}\\n")
+os.write(1, line.encode())  # one write: the ranks share the pipe
 dist.destroy_process_group()
 """
 

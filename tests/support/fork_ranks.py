@@ -1,11 +1,13 @@
 """Starts the ranks of a test's multi-process job forked from one interpreter that has already
 imported torch, Megatron-Core and the training loop, with the variables torchrun gives its workers:
 
-    python tests/support/fork_ranks.py --nproc-per-node=N --master-port=P SCRIPT|-m MODULE [args]
+    python tests/support/fork_ranks.py --nproc-per-node=N SCRIPT|-m MODULE [args]
 
 The suite launches a few hundred small jobs, and on a 2-core machine each rank's imports (torch's
 compiler stack comes with Megatron-Core's fused kernels) cost more than its work; forked ranks pay
-them once per job. Exit status as torchrun's: 0 when every rank exits 0; otherwise the other ranks
+them once per job. The launcher hosts the ranks' rendezvous store, as torchrun's agent does, on a
+port the system assigns once the ranks are forked: no port is picked early and lost to another job
+in the meantime. Exit status as torchrun's: 0 when every rank exits 0; otherwise the other ranks
 are terminated, the failed rank is named on stderr, and the status is 1. Tests of the launch
 itself (signals to a torchrun process group, Slurm, sbatch) start the real torchrun.
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 # What the forked ranks share: torch, Megatron-Core and the training loop (the harness scripts and
 # the train entry point import most of it).
 import megatron.core.models.gpt  # noqa: F401
-import torch  # noqa: F401
+import torch
 
 import megatron_salm_mtp.training.loop  # noqa: F401
 
@@ -33,35 +35,37 @@ GRACE_SECONDS = 10  # torchrun's wait between terminating and killing the surviv
 @dataclass
 class Job:
     nproc: int
-    port: int
     module: str | None  # -m MODULE, else a script: args[0]
     args: list
 
 
 def parse(argv) -> Job:
-    """``--nproc-per-node=N --master-port=P`` (torchrun's spelling), then ``SCRIPT [args]`` or
-    ``-m MODULE [args]``; everything after the target is the rank's own."""
-    options = {}
-    while argv and argv[0].startswith('--') and '=' in argv[0]:
-        key, value = argv.pop(0)[2:].split('=', 1)
-        options[key] = int(value)
-    if set(options) != {'nproc-per-node', 'master-port'} or not argv or argv[:1] == ['-m'] and len(argv) < 2:
-        raise SystemExit('usage: fork_ranks.py --nproc-per-node=N --master-port=P SCRIPT|-m MODULE [args]')
+    """``--nproc-per-node=N`` (torchrun's spelling), then ``SCRIPT [args]`` or ``-m MODULE [args]``;
+    everything after the target is the rank's own."""
+    usage = 'usage: fork_ranks.py --nproc-per-node=N SCRIPT|-m MODULE [args]'
+    if not argv or not argv[0].startswith('--nproc-per-node='):
+        raise SystemExit(usage)
+    nproc, argv = int(argv[0].split('=', 1)[1]), argv[1:]
+    if not argv or argv[:1] == ['-m'] and len(argv) < 2:
+        raise SystemExit(usage)
     module = argv[1] if argv[0] == '-m' else None
-    return Job(options['nproc-per-node'], options['master-port'], module, argv[2:] if module else argv)
+    return Job(nproc, module, argv[2:] if module else argv)
 
 
 def rank_environment(rank: int, nproc: int, port: int) -> dict:
     return dict(RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK='0', ROLE_RANK=str(rank),
                 WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), ROLE_WORLD_SIZE=str(nproc),
-                MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TORCHELASTIC_RESTART_COUNT='0',
-                TORCHELASTIC_MAX_RESTARTS='0', TORCHELASTIC_RUN_ID='fork_ranks')
+                MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE='True',
+                TORCHELASTIC_RESTART_COUNT='0', TORCHELASTIC_MAX_RESTARTS='0', TORCHELASTIC_RUN_ID='fork_ranks')
 
 
-def run_rank(job: Job, rank: int) -> int:
-    """The body of one forked rank: its environment, then the script or module as __main__, with
-    the sys.path[0] that ``python -m MODULE`` or ``python SCRIPT`` would give it."""
-    os.environ.update(rank_environment(rank, job.nproc, job.port))
+def run_rank(job: Job, rank: int, port_pipe: int) -> int:
+    """The body of one forked rank: the store's port from the launcher, its environment, then the
+    script or module as __main__, with the sys.path[0] that ``python -m MODULE`` or ``python
+    SCRIPT`` would give it."""
+    with os.fdopen(port_pipe) as pipe:
+        port = int(pipe.readline())
+    os.environ.update(rank_environment(rank, job.nproc, port))
     try:
         if job.module:
             sys.argv = [job.module] + job.args
@@ -119,14 +123,26 @@ def stop_ranks(pids: dict) -> None:
 
 def main(argv=None) -> int:
     job = parse(list(sys.argv[1:] if argv is None else argv))
-    pids = {}
+    pids, port_pipes = {}, []
     for rank in range(job.nproc):
         sys.stdout.flush()
         sys.stderr.flush()
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the rank ends as a process of its own would: atexit handlers, joined threads
-            raise SystemExit(run_rank(job, rank))
-        pids[pid] = rank
+            for fd in port_pipes + [write_end]:  # the launcher's ends, the earlier ranks' among them
+                os.close(fd)
+            raise SystemExit(run_rank(job, rank, read_end))
+        os.close(read_end)
+        pids[pid], port_pipes = rank, port_pipes + [write_end]
+    # Created after the forks: the store's server thread stays in this process alone.
+    store = torch.distributed.TCPStore('127.0.0.1', 0, job.nproc, is_master=True, wait_for_workers=False)
+    for write_end in port_pipes:
+        try:
+            with os.fdopen(write_end, 'w') as pipe:
+                pipe.write(f'{store.port}\n')
+        except BrokenPipeError:  # that rank is gone already: wait_all reports it
+            pass
     return wait_all(pids)
 
 

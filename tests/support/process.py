@@ -38,5 +38,7 @@ def rank_launcher(nproc: int, torchrun: bool = False):
     ``torchrun`` the real launcher, for the tests of what it does (signals to its process group)."""
     if nproc == 1:
         return [sys.executable], {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}
-    launcher = ['-m', 'torch.distributed.run'] if torchrun else [support_script('fork_ranks.py')]
-    return [sys.executable, *launcher, f'--nproc-per-node={nproc}', f'--master-port={free_port()}'], {}
+    if torchrun:
+        return [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
+                f'--master-port={free_port()}'], {}
+    return [sys.executable, support_script('fork_ranks.py'), f'--nproc-per-node={nproc}'], {}
