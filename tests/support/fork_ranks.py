@@ -112,7 +112,7 @@ def stop_ranks(pids: dict) -> None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     while pids and time.monotonic() < deadline:
-        pid, status = os.waitpid(-1, os.WNOHANG)
+        pid, _ = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             time.sleep(0.05)
         else:
@@ -121,8 +121,8 @@ def stop_ranks(pids: dict) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def main(argv=None) -> int:
-    job = parse(list(sys.argv[1:] if argv is None else argv))
+def main() -> int:
+    job = parse(sys.argv[1:])
     pids, port_pipes = {}, []
     for rank in range(job.nproc):
         sys.stdout.flush()
@@ -134,7 +134,8 @@ def main(argv=None) -> int:
                 os.close(fd)
             raise SystemExit(run_rank(job, rank, read_end))
         os.close(read_end)
-        pids[pid], port_pipes = rank, port_pipes + [write_end]
+        pids[pid] = rank
+        port_pipes.append(write_end)
     # Created after the forks: the store's server thread stays in this process alone.
     store = torch.distributed.TCPStore('127.0.0.1', 0, job.nproc, is_master=True, wait_for_workers=False)
     for write_end in port_pipes:
