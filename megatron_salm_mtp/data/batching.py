@@ -9,7 +9,8 @@ For ``b`` samples and sequence length ``s``, exactly these keys::
                                                 (pad_id after the sequence ends)
     loss_mask              FloatTensor [b, s]   1.0 where labels[i, j] is a supervised answer token
     position_ids           LongTensor  [b, s]   0..s-1 on every row
-    audio_features         FloatTensor [n_audio, n_mels, T_max]  log-mel per audio, zero-padded in time,
+    audio_features         FloatTensor [n_audio, n_mels, T]  log-mel per audio, zero-padded in time to
+                                                the longest rounded up to --audio-pad-multiple,
                                                 in row-major order of the placeholder runs
     audio_feature_lengths  LongTensor  [n_audio] valid mel frames of each audio
     ctc_targets            LongTensor  [n_audio, L_max] per audio, the token ids its transcript
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .features import pad_features
+from .features import EXACT_AUDIO, AudioPadding, pad_features
 
 BATCH_KEYS = ('tokens', 'labels', 'loss_mask', 'position_ids', 'audio_features', 'audio_feature_lengths',
               'ctc_targets', 'ctc_target_lengths')
@@ -43,9 +44,10 @@ class Collator:
     """Picklable collate function (DataLoader workers get a copy)."""
 
     def __init__(self, pad_id: int, seq_length: int, n_mels: int = 80, pad_to_seq_length: bool = True,
-                 pad_to_multiple: int = 8):
+                 pad_to_multiple: int = 8, audio_padding: AudioPadding = EXACT_AUDIO):
         self.pad_id, self.seq_length, self.n_mels = pad_id, seq_length, n_mels
         self.pad_to_seq_length, self.pad_to_multiple = pad_to_seq_length, pad_to_multiple
+        self.audio_padding = audio_padding
 
     def _length(self, samples) -> int:
         if self.pad_to_seq_length:
@@ -67,7 +69,7 @@ class Collator:
             sup[i, :n] = x['supervised']
             features.extend(x['features'])
             targets.extend(x['ctc_targets'])
-        audio_features, lengths = pad_features(features, self.n_mels)
+        audio_features, lengths = pad_features(features, self.n_mels, self.audio_padding)
         ctc_targets, ctc_lengths = pad_targets(targets)
         return {
             'tokens': seq[:, :-1].contiguous(),

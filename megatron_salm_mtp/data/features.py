@@ -13,6 +13,7 @@ valid frames (``audio_feature_lengths``), and the placeholder run is sized from 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -107,10 +108,28 @@ def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int = 80, warp: float = 1.
     return (logs + 4.0) / 4.0
 
 
-def pad_features(features: list[torch.Tensor], n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[n_mels, T_i]`` tensors into ``[n, n_mels, T_max]`` (zeros after each end) + lengths."""
+class AudioPadding(NamedTuple):
+    """How far a batch's audio is padded in time: its longest audio rounded up to ``multiple``
+    frames, never past ``limit`` (the longest audio the data admits; None: no limit). Few distinct
+    shapes let the GPU reuse what it builds per shape (cuDNN attention graphs)."""
+    multiple: int = 1
+    limit: int | None = None
+
+    def frames(self, longest: int) -> int:
+        rounded = -(-longest // self.multiple) * self.multiple
+        return rounded if self.limit is None else max(longest, min(rounded, self.limit))
+
+
+EXACT_AUDIO = AudioPadding()
+"""No rounding: every batch as long as its longest audio."""
+
+
+def pad_features(features: list[torch.Tensor], n_mels: int,
+                 padding: AudioPadding = EXACT_AUDIO) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[n_mels, T_i]`` tensors into ``[n, n_mels, T]`` (zeros after each end) + lengths;
+    ``T`` is the longest ``T_i`` padded as ``padding`` says."""
     lengths = torch.tensor([f.shape[1] for f in features], dtype=torch.long)
-    t_max = int(lengths.max()) if len(features) else 0
+    t_max = padding.frames(int(lengths.max())) if len(features) else 0
     out = torch.zeros(len(features), n_mels, t_max, dtype=torch.float32)
     for i, f in enumerate(features):
         out[i, :, : f.shape[1]] = f

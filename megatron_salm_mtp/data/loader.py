@@ -26,6 +26,8 @@ import torch
 
 from .batching import CollatorWithSkips
 from .dataset import SKIP_REASONS, SpeechDataset
+from .features import EXACT_AUDIO, AudioPadding
+from .frames import SAMPLE_RATE, mel_frames
 from .manifest import DEFAULT_TASK_PROMPTS, read_manifests
 from .packing import PackedCollatorWithSkips, PackedRows
 from .prompts import TEMPLATES, required_special_tokens
@@ -80,6 +82,11 @@ class DataConfig:
     pipeline parallelism); off: to its longest sample (packed rows always fill --seq-length)"""
     bucket_window: int = 0
     """with --no-pack-sequences: length bucketing over this many global batches (0: off)"""
+    audio_pad_multiple: int = 64
+    """Each microbatch's audio is padded in time to its longest rounded up to this many mel frames
+    (10 ms each; 1: no rounding). The padding is masked, so it changes no output; it bounds the
+    distinct shapes the encoder meets, each of which costs cuDNN's fused attention a graph build
+    of ~0.1-1 s on its first use."""
     pack_sequences: bool = True
     """Pack several utterances into each row of --seq-length tokens (first-fit over length-sorted
     windows; attention, positions and the MTP chain kept per utterance): no compute spent on
@@ -115,6 +122,8 @@ class DataConfig:
                   (self.global_batch_size >= 1, f'--global-batch-size must be >= 1, got {self.global_batch_size}'),
                   (self.num_workers >= 0, f'--num-workers must be >= 0, got {self.num_workers}'),
                   (self.bucket_window >= 0, f'--bucket-window must be >= 0, got {self.bucket_window}'),
+                  (self.audio_pad_multiple >= 1,
+                   f'--audio-pad-multiple must be >= 1, got {self.audio_pad_multiple}'),
                   (self.pack_window >= 1, f'--pack-window must be >= 1, got {self.pack_window}'),
                   (not self.pack_sequences or self.prescan,
                    '--pack-sequences (the default) needs --prescan: rows are packed from the exact '
@@ -163,6 +172,10 @@ class DataConfig:
     @property
     def vtlp(self) -> VTLP:
         return VTLP(self.vtlp_max_warp)
+
+    def audio_padding(self) -> AudioPadding:
+        longest = None if self.max_duration is None else mel_frames(int(self.max_duration * SAMPLE_RATE))
+        return AudioPadding(self.audio_pad_multiple, longest)
 
     def make_tokenizer(self) -> Tokenizer:
         return build_tokenizer(self.tokenizer_type, self.tokenizer_model, self.audio_token,
@@ -240,11 +253,14 @@ class SpeechDataLoader:
     """Iterates this rank's microbatches (contract dicts, see :mod:`.batching`) one epoch per ``iter()``."""
 
     def __init__(self, dataset: SpeechDataset | PackedRows, sampler: DistributedMicroBatchSampler, pad_id: int,
-                 n_mels: int, num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False):
+                 n_mels: int, num_workers: int = 0, pad_to_seq_length: bool = True, pin_memory: bool = False,
+                 audio_padding: AudioPadding = EXACT_AUDIO):
         """``dataset``: utterances, or packed rows of them (``packing.PackedRows``)."""
         self.dataset, self.sampler = dataset, sampler
-        collate = (PackedCollatorWithSkips(pad_id, dataset.seq_length, n_mels) if isinstance(dataset, PackedRows)
-                   else CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length))
+        collate = (PackedCollatorWithSkips(pad_id, dataset.seq_length, n_mels, audio_padding)
+                   if isinstance(dataset, PackedRows)
+                   else CollatorWithSkips(pad_id, dataset.seq_length, n_mels, pad_to_seq_length,
+                                          audio_padding=audio_padding))
         batches = EpochTaggedBatches(sampler) if dataset.augments else sampler
         self._loader = _StopDeafDataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
@@ -322,4 +338,4 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.
     return SpeechDataLoader(ds, sampler, tokenizer.pad_id, cfg.n_mels, cfg.num_workers, cfg.pad_to_seq_length,
-                            pin_memory=torch.cuda.is_available())
+                            pin_memory=torch.cuda.is_available(), audio_padding=cfg.audio_padding())

@@ -27,7 +27,7 @@ import torch
 
 from .batching import BATCH_KEYS, pad_targets
 from .dataset import SEQUENCE_TOO_LONG, Skip, SpeechDataset
-from .features import pad_features
+from .features import EXACT_AUDIO, AudioPadding, pad_features
 
 PACKED_BATCH_KEYS = BATCH_KEYS + ('cu_seqlens',)
 
@@ -112,8 +112,9 @@ class PackedCollator:
     """Rows of samples -> the packed microbatch (``PACKED_BATCH_KEYS``), every row ``seq_length``
     positions, audio features in row-major order of their placeholder runs."""
 
-    def __init__(self, pad_id: int, seq_length: int, n_mels: int = 80):
+    def __init__(self, pad_id: int, seq_length: int, n_mels: int = 80, audio_padding: AudioPadding = EXACT_AUDIO):
         self.pad_id, self.seq_length, self.n_mels = pad_id, seq_length, n_mels
+        self.audio_padding = audio_padding
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         b, s = len(rows), self.seq_length
@@ -143,7 +144,7 @@ class PackedCollator:
         cu_seqlens = torch.full((b, width), s, dtype=torch.long)
         for i, row_starts in enumerate(starts):
             cu_seqlens[i, :len(row_starts)] = torch.tensor(row_starts, dtype=torch.long)
-        audio_features, lengths = pad_features(features, self.n_mels)
+        audio_features, lengths = pad_features(features, self.n_mels, self.audio_padding)
         ctc_targets, ctc_lengths = pad_targets(targets)
         return {'tokens': tokens, 'labels': labels, 'loss_mask': loss_mask, 'position_ids': position_ids,
                 'audio_features': audio_features, 'audio_feature_lengths': lengths,

@@ -8,7 +8,7 @@ import torch
 from megatron_salm_mtp.data.audio import load_audio, write_wav
 from megatron_salm_mtp.data.batching import BATCH_KEYS, Collator
 from megatron_salm_mtp.data.dataset import SpeechDataset
-from megatron_salm_mtp.data.features import log_mel
+from megatron_salm_mtp.data.features import AudioPadding, log_mel
 from megatron_salm_mtp.data.frames import audio_tokens, mel_frames
 from megatron_salm_mtp.data.manifest import read_manifest
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
@@ -118,3 +118,25 @@ def test_text_only_batch_has_empty_audio_tensors():
     ds = SpeechDataset([ex], TOK, seq_length=32)
     batch = Collator(TOK.pad_id, 32, 80)([ds[0]])
     assert batch['audio_features'].shape == (0, 80, 0) and batch['audio_feature_lengths'].shape == (0,)
+
+
+def test_audio_padding_rounds_up_within_the_longest_admitted():
+    assert AudioPadding().frames(101) == 101
+    assert AudioPadding(64).frames(101) == 128 and AudioPadding(64).frames(128) == 128
+    assert AudioPadding(64, limit=120).frames(101) == 120  # never past the longest audio the data admits
+    assert AudioPadding(64, limit=120).frames(125) == 125  # ... nor below the batch's own longest
+
+
+def test_collated_audio_is_padded_to_the_multiple(mixed_manifest):
+    ds = SpeechDataset(read_manifest(mixed_manifest), TOK, seq_length=160)
+    samples = [ds[i] for i in range(3)]
+    exact = Collator(TOK.pad_id, 160)(samples)
+    padded = Collator(TOK.pad_id, 160, audio_padding=AudioPadding(64))(samples)
+    longest = int(exact['audio_feature_lengths'].max())
+    assert exact['audio_features'].shape[-1] == longest
+    assert padded['audio_features'].shape[-1] == -(-longest // 64) * 64 > longest
+    assert torch.equal(padded['audio_features'][..., :longest], exact['audio_features'])
+    assert not padded['audio_features'][..., longest:].any()
+    for key in BATCH_KEYS:
+        if key != 'audio_features':
+            assert torch.equal(padded[key], exact[key])

@@ -9,8 +9,9 @@ from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.model.host_inputs import HEAD_ROW_COUNTS, prepare_microbatch
 from megatron_salm_mtp.model.llm import StepInputs
 from megatron_salm_mtp.model.mtp import mtp_target_masks
+from megatron_salm_mtp.model.provider import provide_salm
 from megatron_salm_mtp.model.salm import check_audio_placeholders, splice_audio
-from megatron_salm_mtp.model.specs import resolve_transformer_impl
+from megatron_salm_mtp.model.specs import LOCAL, resolve_transformer_impl
 from tests.support.parallel_utils import speech_batch, tiny_config
 
 
@@ -179,3 +180,19 @@ def test_pipeline_device_sync_is_off_unless_asked():
     from megatron_salm_mtp.model.transformer_config import llm_transformer_config
     assert llm_transformer_config(parse_args([]).model).batch_p2p_sync is False
     assert llm_transformer_config(parse_args(['--batch-p2p-sync']).model).batch_p2p_sync is True
+
+
+def test_audio_padding_leaves_the_encoder_output_unchanged(single_rank_parallel):
+    """--audio-pad-multiple pads audio past its longest: masked, so each utterance encodes the same."""
+    torch.manual_seed(0)
+    cfg = tiny_config(mtp_num_layers=0)
+    encoder = provide_salm(cfg, LOCAL).eval().audio_encoder
+    frames = torch.tensor([40, 17])
+    features = torch.randn(2, cfg.num_mel_bins, 40)
+    features[1, :, 17:] = 0.0
+    padded = torch.nn.functional.pad(features, (0, 24))
+    with torch.no_grad():
+        exact, longer = encoder(features, frames), encoder(padded, frames)
+    assert longer.shape[1] == 32 and exact.shape[1] == 20
+    torch.testing.assert_close(longer[:, :20], exact, rtol=1e-5, atol=1e-6)
+    assert not longer[:, 20:].any()
