@@ -1,6 +1,6 @@
 """What a new audio length costs the encoder on one GPU (``--audio-pad-multiple``).
 
-    python tests/gpu/bench_audio_shapes.py [--config configs/asr_gpu_encoder.yaml] [--batches 60]
+    python -m tests.gpu.bench_audio_shapes [--config configs/asr_gpu_encoder.yaml] [--batches 60]
         [--multiples 1 64] [--micro-batch-size 128] [--out shapes.json]
 
 The encoder of the config (Transformer Engine when importable: its fused attention builds a cuDNN
