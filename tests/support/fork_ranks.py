@@ -14,10 +14,12 @@ itself (signals to a torchrun process group, Slurm, sbatch) start the real torch
 
 from __future__ import annotations
 
+import atexit
 import os
 import runpy
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -61,30 +63,48 @@ def rank_environment(rank: int, nproc: int, port: int) -> dict:
 
 def run_rank(job: Job, rank: int, port_pipe: int) -> int:
     """The body of one forked rank: the store's port from the launcher, its environment, then the
-    script or module as __main__, with the sys.path[0] that ``python -m MODULE`` or ``python
-    SCRIPT`` would give it."""
+    script or module as __main__."""
     with os.fdopen(port_pipe) as pipe:
         port = int(pipe.readline())
     os.environ.update(rank_environment(rank, job.nproc, port))
+    return run_as_main(job.module, job.args)
+
+
+def run_as_main(module: str | None, args: list) -> int:
+    """``python -m MODULE args`` or ``python SCRIPT args`` in this process (its sys.argv and
+    sys.path[0] as the interpreter would set them); the exit status it would end with."""
     try:
-        if job.module:
-            sys.argv = [job.module] + job.args
+        if module:
+            sys.argv = [module] + list(args)
             sys.path[0] = os.getcwd()
-            runpy.run_module(job.module, run_name='__main__', alter_sys=True)
+            runpy.run_module(module, run_name='__main__', alter_sys=True)
         else:
-            sys.argv = list(job.args)
-            sys.path[0] = os.path.dirname(os.path.abspath(job.args[0]))
-            runpy.run_path(job.args[0], run_name='__main__')
+            sys.argv = list(args)
+            sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
+            runpy.run_path(args[0], run_name='__main__')
     except SystemExit as stop:
         code = stop.code
         if code is None or isinstance(code, int):
             return code or 0
         print(code, file=sys.stderr)
         return 1
-    except BaseException:  # noqa: BLE001 (a rank's failure is reported, as torchrun's worker would)
+    except BaseException:  # noqa: BLE001 (reported as the interpreter would: traceback, status 1)
         traceback.print_exc()
         return 1
     return 0
+
+
+def finish(code: int):
+    """End this process as the interpreter's exit would, less the teardown of its modules (~2 s of
+    freeing torch's on this machine, paid by every forked process otherwise): non-daemon threads
+    joined, atexit handlers run (logging's flush among them), standard streams flushed."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def wait_all(pids: dict) -> int:
@@ -129,10 +149,10 @@ def main() -> int:
         sys.stderr.flush()
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the rank ends as a process of its own would: atexit handlers, joined threads
+        if pid == 0:  # the rank ends as a process of its own would (``finish``)
             for fd in port_pipes + [write_end]:  # the launcher's ends, the earlier ranks' among them
                 os.close(fd)
-            raise SystemExit(run_rank(job, rank, read_end))
+            finish(run_rank(job, rank, read_end))
         os.close(read_end)
         pids[pid] = rank
         port_pipes.append(write_end)
@@ -148,4 +168,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    finish(main())

@@ -11,7 +11,7 @@ import pytest
 from megatron_salm_mtp import generate
 from megatron_salm_mtp.checkpoint.layout import CheckpointError, verify_checkpoint_files
 from megatron_salm_mtp.checkpoint.save_load import load_checkpoint
-from tests.support.process import ROOT, child_env, support_script
+from tests.support.process import ROOT, child_env, preimported_python, support_script
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
@@ -20,7 +20,7 @@ ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 def checkpoint(tmp_path_factory):
     """A tiny SALM saved at iteration 1 by a lone process (no launcher)."""
     out = str(tmp_path_factory.mktemp('ckpt') / 'ck')
-    done = subprocess.run([sys.executable, support_script('inference_ckpt.py'), '--out', out],
+    done = subprocess.run([*preimported_python(), support_script('inference_ckpt.py'), '--out', out],
                           env=child_env(ENV), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
@@ -92,7 +92,7 @@ def test_training_refuses_a_damaged_load_and_a_foreign_save_folder(checkpoint, t
     manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')
     train = ['-m', 'megatron_salm_mtp.train', '--train-manifest', str(manifest)]
     root, path = _damaged(checkpoint, tmp_path, DAMAGES['shard truncated'][0])
-    done = subprocess.run([sys.executable] + train + ['--load', root], cwd=ROOT, env=ENV, capture_output=True,
+    done = subprocess.run(preimported_python() + train + ['--load', root], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith('error: ')]

@@ -4,14 +4,13 @@ Megatron-LM's --tensorboard-dir, --wandb-project and --logging-level."""
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.train import parse_and_validate
-from tests.support.process import ROOT
+from tests.support.process import ROOT, preimported_python
 from tests.support.train_utils import run_train
 
 GROUPS = ['LLM (GPTModel):', 'Multi-token prediction:', 'Mixture of experts (the MTP layers of --mtp-layer-pattern E):',
@@ -22,7 +21,7 @@ GROUPS = ['LLM (GPTModel):', 'Multi-token prediction:', 'Mixture of experts (the
 
 def _help(module: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}  # notices on, as a user has them
-    return subprocess.run([sys.executable, '-m', module, '--help'], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([*preimported_python(), '-m', module, '--help'], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=120)
 
 

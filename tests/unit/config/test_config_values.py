@@ -3,13 +3,12 @@ real flag + YAML parse and validation (no process group, no model) with one line
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.train import parse_and_validate
-from tests.support.process import ROOT
+from tests.support.process import ROOT, preimported_python
 
 CONFIGS = os.path.join(ROOT, 'configs')
 
@@ -144,7 +143,8 @@ def test_shipped_configs_validate(manifest, tmp_path, name):
                                     '(did you mean --lr-decay-style?)')])
 def test_the_entry_point_prints_one_line_and_exits_2(manifest, flags, error):
     """One line on stderr: no traceback, and no usage listing every flag of argparse's."""
-    done = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--train-manifest', manifest] + flags,
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    command = [*preimported_python(), '-m', 'megatron_salm_mtp.train', '--train-manifest', manifest] + flags
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert done.returncode == 2
     assert done.stderr.splitlines() == [error] and done.stdout == ''

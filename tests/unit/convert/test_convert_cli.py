@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 
 from megatron_salm_mtp.config import ConfigError
 from tests.support.hf_fixtures import hf_logits
-from tests.support.process import free_port
+from tests.support.process import free_port, preimported_python
 
 PROMPT = [5, 17, 99, 42, 7]
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
@@ -26,7 +25,7 @@ ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 def _run(args, nproc=None, stderr=False):
     """stdout (with ``stderr``: stdout and stderr) of a command that succeeds."""
-    launcher = [sys.executable]
+    launcher = preimported_python()
     if nproc:
         launcher += ['-m', 'torch.distributed.run', f'--nproc-per-node={nproc}',
                      f'--master-port={free_port()}']

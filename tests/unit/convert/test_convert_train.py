@@ -5,21 +5,20 @@ import was loaded and the frozen LLM did not move), while the MTP head did train
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.support.hf_fixtures import hf_logits
-from tests.support.process import rank_launcher
+from tests.support.process import preimported_python, rank_launcher
 from tests.support.train_utils import read_metrics
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 
 def _run(args, env=ENV):
-    result = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(preimported_python() + args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 

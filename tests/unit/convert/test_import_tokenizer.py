@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -21,14 +20,14 @@ from megatron_salm_mtp.data.tokenizer import ByteTokenizer, HFTokenizer
 from megatron_salm_mtp.inference.loading import load_for_inference
 from tests.support.data_fixtures import tone, write_manifest
 from tests.support.hf_fixtures import write_tiny_tokenizer
-from tests.support.process import child_env
+from tests.support.process import child_env, preimported_python
 
 SAMPLE = 'w3 w17 w150 w42 w7'
 
 
 def _run(args) -> str:
     env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(preimported_python() + args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout
 

@@ -18,7 +18,7 @@ from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.inference.wer import Scores
 from tests.support.data_fixtures import tone, write_manifest
 from tests.support.parallel_utils import tiny_config
-from tests.support.process import ROOT, child_env, free_port, support_script
+from tests.support.process import ROOT, child_env, free_port, preimported_python, support_script
 
 SUBSETS = ('natural', 'digits', 'natural', 'names')
 ACCENTS = ('north', 'south', 'north', 'south')  # the test split's; test_unseen's lines name none
@@ -86,7 +86,7 @@ def test_report_from_a_tp2_checkpoint(single_rank_parallel, tp2_checkpoint, mani
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.evaluate', *args],
+    return subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.evaluate', *args],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.gpu.megatron_log import check_run
-from tests.support.process import ROOT, child_env, free_port, support_script
+from tests.support.process import ROOT, child_env, free_port, preimported_python, support_script
 
 HAS_MEGATRON_TRAINING = importlib.util.find_spec('megatron.training') is not None
 needs_megatron_training = pytest.mark.skipif(
@@ -40,7 +40,7 @@ TINY_FLAGS = (
 
 @pytest.mark.skipif(HAS_MEGATRON_TRAINING, reason='megatron.training is importable here: the adapter runs')
 def test_entry_names_the_release_and_the_plugin_loop_without_megatron_training():
-    done = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.megatron_lm.pretrain', '--help'],
+    done = subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.megatron_lm.pretrain', '--help'],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     from megatron.core.package_info import __version__
     assert done.returncode != 0
@@ -225,7 +225,7 @@ def _run_entry_on_cpu(flags, log_path):
     env = child_env(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0',
                WORLD_SIZE='1', LOCAL_RANK='0', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     with open(log_path, 'w') as log:
-        done = subprocess.run([sys.executable, support_script('megatron_lm_cpu.py')] + flags,
+        done = subprocess.run([*preimported_python(), support_script('megatron_lm_cpu.py')] + flags,
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
     with open(log_path) as log:
         assert done.returncode == 0, log.read()[-3000:]

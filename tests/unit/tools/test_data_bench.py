@@ -1,11 +1,10 @@
 """The benchmark command runs the real loading path and reports sane throughput figures."""
 
 import subprocess
-import sys
 
 from megatron_salm_mtp.tools import bench_data as bench
 from tests.support.data_fixtures import make_corpus
-from tests.support.process import ROOT
+from tests.support.process import ROOT, preimported_python
 
 
 def test_bench_run(tmp_path):
@@ -18,7 +17,7 @@ def test_bench_run(tmp_path):
 
 def test_bench_cli_with_workers(tmp_path):
     manifest = make_corpus(tmp_path, n=16, seconds=(1.0, 1.2))
-    out = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.tools.bench_data', '--manifest', manifest,
+    out = subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.tools.bench_data', '--manifest', manifest,
                           '--num-workers', '2', '--micro-batch-size', '4'], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert 'utt/s' in out and 'audio-s/s' in out and 'with 2 workers' in out

@@ -12,7 +12,6 @@ releases (CPU arithmetic, espeak-ng builds): see ``WER_BOUND`` and ``SILENCE_GAP
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -20,7 +19,7 @@ from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
 from megatron_salm_mtp.tools.corpus.espeak import espeak_available
 from megatron_salm_mtp.tools.corpus.synth import build_corpus
 from megatron_salm_mtp.tools.corpus.text_source import default_text_source
-from tests.support.process import ROOT
+from tests.support.process import ROOT, preimported_python
 
 UTTERANCES = 1200  # 840 train, 120 test_unseen
 # Measured (2 cores, megatron-core 0.16.1, espeak-ng 1.51): WER 0.694 with the audio, 0.943 silenced;
@@ -39,7 +38,7 @@ pytestmark = [pytest.mark.quality, pytest.mark.skipif(
 
 def _run(module: str, args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, '-m', module] + [str(a) for a in args], env=env, cwd=ROOT,
+    result = subprocess.run([*preimported_python(), '-m', module] + [str(a) for a in args], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f'{module} {args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}'
     return result

@@ -2,14 +2,13 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from megatron_salm_mtp.cli import parse_args
 from megatron_salm_mtp.config import ConfigError
-from tests.support.process import CONFIGS, ROOT, child_env, free_port, support_script
+from tests.support.process import CONFIGS, ROOT, child_env, free_port, preimported_python, support_script
 from tests.support.train_utils import read_metrics, run_train
 
 
@@ -50,7 +49,7 @@ def test_warmup_longer_than_training_is_an_error():
 
 
 def test_unknown_flag_is_an_error():
-    result = subprocess.run([sys.executable, '-m', 'megatron_salm_mtp.train', '--hiden-size', '3'],
+    result = subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.train', '--hiden-size', '3'],
                             capture_output=True, text=True)
     assert result.returncode == 2 and 'unrecognized arguments: --hiden-size' in result.stderr
 
@@ -102,7 +101,7 @@ def test_non_finite_loss_skips_updates_then_stops(corpus, tmp_path):
     """A NaN weight makes every loss NaN: each update is skipped (weights untouched), and after
     --max-consecutive-nan-skips steps the run stops with a message naming the flag."""
     result = subprocess.run(
-        [sys.executable, support_script('nan_probe.py'), '--config', os.path.join(CONFIGS, 'tiny_cpu.yaml'),
+        [*preimported_python(), support_script('nan_probe.py'), '--config', os.path.join(CONFIGS, 'tiny_cpu.yaml'),
          '--train-manifest', os.path.join(corpus, 'train.jsonl'), '--num-layers', '2',
          '--hidden-size', '64', '--ffn-hidden-size', '176', '--encoder-num-layers', '1',
          '--encoder-hidden-size', '64', '--micro-batch-size', '4', '--global-batch-size', '8',
