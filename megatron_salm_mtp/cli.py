@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .config_checks import did_you_mean, one_of
+from .config_checks import RunError, did_you_mean, one_of
 from .flags import ALL_CHOICES, base_type, build_parser, fields
 from .run_config import RunConfig
 
@@ -111,7 +111,16 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 
 def exit_on_config_error(err: ConfigError) -> None:
     """One line on stderr, from one rank (every rank finds the same error), exit status 2."""
+    exit_with_error(err, 2)
+
+
+def exit_on_run_error(err: RunError) -> None:
+    """As a configuration error, with exit status 1: the run had started."""
+    exit_with_error(err, 1)
+
+
+def exit_with_error(err: Exception, status: int) -> None:
     rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
     if rank == '0':
         print(f'error: {err}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(status)

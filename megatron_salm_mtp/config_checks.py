@@ -15,6 +15,11 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message names the flag."""
 
 
+class RunError(RuntimeError):
+    """What stops a run that had started (a checkpoint that could not be written): its message is
+    the one line the entry point prints, from one rank, before exiting with status 1."""
+
+
 def flag(name: str) -> str:
     return '--' + name.replace('_', '-')
 

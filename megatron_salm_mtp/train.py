@@ -7,8 +7,9 @@ One node, 8 GPUs:
 Many nodes (SLURM, NGC container): launch/train_salm_mtp.sbatch
 """
 
-from .cli import exit_on_config_error, parse_args
+from .cli import exit_on_config_error, exit_on_run_error, parse_args
 from .config import ConfigError
+from .config_checks import RunError
 from .run_config import RunConfig
 
 
@@ -28,6 +29,8 @@ def main(argv=None) -> None:
         train(run)
     except ConfigError as err:
         exit_on_config_error(err)
+    except RunError as err:
+        exit_on_run_error(err)
 
 
 if __name__ == '__main__':

@@ -294,7 +294,7 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
         finalize()
     else:
         request.add_finalize_fn(finalize)
-        pending.schedule(request)
+        pending.schedule(request, final)
     return final
 
 

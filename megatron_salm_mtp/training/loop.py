@@ -23,6 +23,7 @@ from ..checkpoint.save_load import DP_RESHARDABLE, FULLY_RESHARDABLE, load_check
 from ..checkpoint.save_strategies import PendingSaves
 from ..compat.process import forked_children_die_with_this_process
 from ..config import ConfigError
+from ..config_checks import RunError
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
 from ..model.freeze import apply_training_mode
@@ -367,8 +368,12 @@ def train(run: RunConfig) -> None:
         release_distributed()
         raise
     try:
-        trainer.fit()
-    finally:
-        trainer.graphs.close()
-        trainer.metrics.close()
+        try:
+            trainer.fit()
+        finally:
+            trainer.graphs.close()
+            trainer.metrics.close()
+    except RunError:  # raised on every rank alike (a failed background write is reported to all)
+        release_distributed()
+        raise
     release_distributed()

@@ -10,12 +10,14 @@
 """
 
 import os
+import subprocess
 
 import pytest
 
 from tests.support.checkpoints import assert_changed, assert_params, full_params, launch
 from tests.support.data_fixtures import make_train_valid_corpus
 from tests.support.parallel_utils import tiny_config
+from tests.support.process import child_env, preimported_python, support_script
 from tests.support.train_utils import read_metrics, run_train
 
 
@@ -79,3 +81,13 @@ def test_async_training_saves_and_resumes_like_sync(trainer_runs):
     for it in (3, 4):  # what a resume from a synchronous save gives (tests/distributed/test_checkpoint_resume.py)
         for key in ('lm loss', 'mtp_1 loss'):
             assert resumed[it][key] == async_[it][key], (it, key)
+
+
+def test_a_failed_background_write_is_one_line_naming_the_checkpoint(tmp_path):
+    folder = tmp_path / 'iter_0000001'
+    done = subprocess.run(preimported_python() + [support_script('failing_async_write.py'), str(folder)],
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f'error: writing checkpoint {folder} in the background failed: rank 0: ')
