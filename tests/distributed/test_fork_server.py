@@ -106,6 +106,9 @@ def test_without_a_server_the_client_is_python_itself(tmp_path):
     done = subprocess.run([sys.executable, support_script('fork_client.py'), str(script), 'a'], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 4 and done.stdout == "plain ['a']\n"
+    code = subprocess.run([sys.executable, support_script('fork_client.py'), '-c', 'import sys; sys.exit(6)'],
+                          env=env, timeout=60)
+    assert code.returncode == 6
 
 
 def _alive(pid: int) -> bool:

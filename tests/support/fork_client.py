@@ -1,7 +1,8 @@
 """A launch through the test worker's fork server (``fork_server.py``), in place of
 ``python SCRIPT|-m MODULE [args]``: exits with the launch's status, or dies of the signal that
 ended it. Imports nothing heavy, so it starts in milliseconds. Without a server to reach (none
-named in SALM_FORK_SERVER, or it has ended), it becomes that ``python`` command itself.
+named in SALM_FORK_SERVER, or it has ended), or for ``-c CODE``, it becomes that ``python`` command
+itself.
 """
 
 import array
@@ -31,7 +32,7 @@ def connect() -> socket.socket | None:
 
 
 def main() -> None:
-    sock = connect()
+    sock = None if sys.argv[1:2] == ['-c'] else connect()  # the server runs scripts and modules
     if sock is None:
         os.execv(sys.executable, [sys.executable] + sys.argv[1:])
     body = json.dumps({'argv': sys.argv[1:], 'env': dict(os.environ), 'cwd': os.getcwd()}).encode()
