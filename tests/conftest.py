@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope='session', autouse=True)
-def fork_server(tmp_path_factory):
+def fork_server():
     """This worker's fork server (tests/support/fork_server.py): launches through
     ``process.rank_launcher`` fork from it instead of paying the imports again; until it is ready
     (its imports take seconds) they start a plain interpreter."""

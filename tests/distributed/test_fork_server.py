@@ -53,6 +53,16 @@ def launch(server, tmp_path, body, *args, **popen):
                             **popen)
 
 
+def launch_sleeper(server, tmp_path):
+    """(client, launch's pid) of SLEEP, once the launch has set its handler and written its pid."""
+    pid_file = tmp_path / 'pid'
+    pid_file.unlink(missing_ok=True)
+    proc = launch(server, tmp_path, SLEEP, pid_file)
+    while not pid_file.exists() or not pid_file.read_text():
+        time.sleep(0.05)
+    return proc, int(pid_file.read_text())
+
+
 def test_a_launch_gets_the_clients_arguments_folder_environment_and_streams(server, tmp_path):
     proc = launch(server, tmp_path, SCRIPT, 3, tmp_path / 'atexit.txt')
     out, err = proc.communicate(timeout=60)
@@ -70,27 +80,17 @@ def test_an_exception_prints_its_traceback_and_exits_1(server, tmp_path):
 
 
 def test_signals_reach_the_launch_and_a_killed_client_takes_it_along(server, tmp_path):
-    pid_file = tmp_path / 'pid'
-    proc = launch(server, tmp_path, SLEEP, pid_file)
-    while not pid_file.exists() or not pid_file.read_text():
-        time.sleep(0.05)
+    proc, _ = launch_sleeper(server, tmp_path)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 5 and out == 'got SIGUSR1\n'
 
-    pid_file.unlink()
-    proc = launch(server, tmp_path, SLEEP, pid_file)
-    while not pid_file.exists() or not pid_file.read_text():
-        time.sleep(0.05)
+    proc, _ = launch_sleeper(server, tmp_path)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM  # died of the signal, as the launch did
 
-    pid_file.unlink()
-    proc = launch(server, tmp_path, SLEEP, pid_file)
-    while not pid_file.exists() or not pid_file.read_text():
-        time.sleep(0.05)
-    launched = int(pid_file.read_text())
+    proc, launched = launch_sleeper(server, tmp_path)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 30
