@@ -28,16 +28,19 @@ Rows accept different numbers of tokens per step; each row has its own positions
 no row waits for another. Finished rows ride along until the batch ends, their outputs ignored.
 The steps after the prefill run over a ``workspace.py`` workspace, replayed from CUDA graphs when
 its pool asks for them: a whole step (drafts, verify, acceptance and bookkeeping) is one replay,
-and the host reads one flag between steps. What has the prompt's width (the trunk's prefill and,
-with drafts, the MTP layers over the prompt) runs eagerly before the first step and is timed as
-the prefill.
+and the host reads one flag between steps. What has the prompt's width (the audio encoding, the
+trunk's prefill and, with drafts, the MTP layers over the prompt) runs before the first step and is
+timed as encoding and prefill; with graphs it is replayed too, its batch first padded to a few
+shapes (``graph_shapes``).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from ..data.features import AudioPadding
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
 from .workspace import DecodeWorkspace, WorkspacePool
@@ -45,6 +48,12 @@ from .workspace import DecodeWorkspace, WorkspacePool
 CAPACITY_BUCKET = 64
 """Buffer capacities are rounded up to a multiple of this: batches of one size then share a few
 workspaces (and CUDA graphs) whatever their prompt lengths."""
+
+PROMPT_BUCKET = 32
+"""With CUDA graphs, prompts are right-padded to a multiple of this many positions..."""
+FRAME_BUCKET = 64
+"""...and audio to a multiple of this many mel frames (training's --audio-pad-multiple), so that
+the prefill graphs of a run are few (a graph per shape, captured at its first batch)."""
 
 
 @dataclass
@@ -55,6 +64,21 @@ class PromptBatch:
     audio_features: torch.Tensor  # [n_audio, mels, T]
     audio_feature_lengths: torch.Tensor  # [n_audio]
     audios_per_row: tuple[int, ...] = ()  # how many of the audios each row holds, in order
+    pad_id: int = 0  # what fills the prompts past their lengths
+
+
+def graph_shapes(batch: PromptBatch, max_frames: int) -> PromptBatch:
+    """``batch`` with its prompts padded to a multiple of PROMPT_BUCKET positions (``pad_id``) and its
+    audio to a multiple of FRAME_BUCKET frames, at most ``max_frames`` (zeros, as ``pad_features``
+    pads: what lies past a length is masked or overwritten, so every row decodes the same tokens)."""
+    prompt = batch.tokens.shape[1]
+    tokens = F.pad(batch.tokens, (0, -prompt % PROMPT_BUCKET), value=batch.pad_id)
+    features = batch.audio_features
+    if features.numel():
+        frames = features.shape[-1]
+        features = F.pad(features, (0, AudioPadding(FRAME_BUCKET, max_frames).frames(frames) - frames))
+    return PromptBatch(tokens, batch.lengths, features, batch.audio_feature_lengths, batch.audios_per_row,
+                       batch.pad_id)
 
 
 @dataclass
@@ -99,22 +123,18 @@ def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size:
     """(workspace, phase clock) after the audio encoding, the prefill, the first token and, with
     drafts, the MTP layers over the prompt (``MTPDrafter.prefill``: every step after it then has
     the same shapes)."""
+    pool = workspaces or WorkspacePool()
+    if pool.cuda_graphs:
+        batch = graph_shapes(batch, 2 * model.cfg.encoder_max_source_positions)
     size, prompt = batch.tokens.shape
     device = batch.tokens.device
-    pool = workspaces or WorkspacePool()
     ws = pool.get(model, size, _capacity(batch, max_new_tokens, width), width, depths, device)
     ws.load(batch.tokens, batch.lengths, max_new_tokens, stop_ids)
     clock = PhaseClock(device)
     clock.mark()
-    positions = torch.arange(prompt, device=device)[None].expand(size, prompt)
-    embeddings = model.embed_inputs(batch.tokens, positions, batch.audio_features,
-                                    batch.audio_feature_lengths)
+    ws.encode(prompt, batch.audio_features, batch.audio_feature_lengths)
     clock.mark()
-    hidden = ws.trunk(embeddings, positions)
-    last = hidden[ws.lengths - 1, ws.index]
-    ws.rows.emit(ws.cache.next_tokens(last[None], vocab_size).t())
-    if depths:
-        ws.drafter.prefill(ws.tokens, ws.hidden, prompt + 1)
+    ws.prefill(prompt, vocab_size)
     clock.mark()
     return ws, clock
 

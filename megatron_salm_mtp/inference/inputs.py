@@ -129,4 +129,4 @@ def make_batch(utterances: Sequence[Utterance], pad_id: int, n_mels: int, device
         tokens[row, :len(utt.prompt_ids)] = torch.tensor(utt.prompt_ids)
     features, frames = pad_features([f for u in utterances for f in u.features], n_mels)
     return PromptBatch(tokens.to(device), lengths.to(device), features.to(device), frames.to(device),
-                       tuple(len(u.features) for u in utterances))
+                       tuple(len(u.features) for u in utterances), pad_id)

@@ -6,8 +6,12 @@ every step of every batch of one shape (rows, capacity, width: ``kv_cache.py``) 
 writes only tensors that live here: the trunk and MTP caches, the tokens, lengths and trunk states
 by position and the rows' state. So a step is captured once as a CUDA graph and replayed: the GPU
 then runs its few hundred kernels back to back, free of the Python, module calls and launches
-that otherwise bound a small model's step. The prefill (as wide as the batch's prompts, the MTP
-layers' over the prompt included) stays eager.
+that otherwise bound a small model's step. With graphs the prefill is captured too, as two graphs
+per padded prompt shape (``decode.graph_shapes``), so that its two phases are timed apart: the
+audio encoding spliced into the prompt's embeddings, then the trunk (and the MTP layers) over them
+up to the first token. At batch 1 each runs ~1,000 kernels; eager, their launches cost more than
+the GPU's work. All prefill graphs share one memory pool: they run one after another and leave
+nothing in it (their results go to the workspace's buffers, allocated outside any capture).
 
 Capture: at the first call the step runs eagerly on a side stream - that run is the call's step
 (cuBLAS and the allocator warm up on it) - then is recorded without running; later calls replay
@@ -18,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..data.frames import audio_tokens
+from ..model.salm import check_audio_placeholders
 from .drafter import MTPDrafter
 from .rows import RowState
 from .trunk_cache import TrunkCache
@@ -28,9 +34,10 @@ class DecodeWorkspace:
     rows of ``capacity`` positions, stepping ``width`` positions at a time."""
 
     def __init__(self, model, batch_size: int, capacity: int, width: int, depths: int, device,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, prefill_pool=None):
         lm = model.language_model
         self.model, self.capacity, self.width, self.cuda_graphs = model, capacity, width, cuda_graphs
+        self.prefill_pool = prefill_pool
         self.cache = TrunkCache(lm, batch_size, capacity, device)
         self.drafter = MTPDrafter(lm, batch_size, capacity, depths, device) if depths else None
         weight = lm.embedding.word_embeddings.weight
@@ -38,6 +45,8 @@ class DecodeWorkspace:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.hidden = torch.zeros(capacity, batch_size, weight.shape[1], dtype=weight.dtype,
                                   device=device)
+        self.prompt_embeddings = torch.zeros_like(self.hidden)
+        self.audio_inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # graphs' inputs by shape
         self.index = torch.arange(batch_size, device=device)
         self.rows = RowState(self.tokens, self.lengths, depths, weight.shape[0])
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
@@ -49,6 +58,43 @@ class DecodeWorkspace:
         self.tokens[:, :tokens.shape[1]] = tokens
         self.lengths.copy_(lengths)
         self.rows.start(max_new_tokens, stop_ids)
+
+    def encode(self, prompt: int, features: torch.Tensor, feature_lengths: torch.Tensor) -> None:
+        """The loaded prompts' first ``prompt`` embeddings with the audio (``features`` [n, mels, T]
+        of ``feature_lengths`` [n]) encoded and spliced in (``SALM.embed_inputs``), into
+        ``prompt_embeddings``."""
+        cfg = self.model.cfg
+        tokens = self.tokens[:, :prompt]
+        check_audio_placeholders(tokens, audio_tokens(feature_lengths, cfg.audio_frame_stack)
+                                 if features.numel() else None, cfg.audio_token_id)
+        if self.cuda_graphs:
+            key = (tuple(features.shape), feature_lengths.dtype)
+            if key not in self.audio_inputs:
+                self.audio_inputs[key] = (torch.empty_like(features), torch.empty_like(feature_lengths))
+            static = self.audio_inputs[key]
+            static[0].copy_(features)
+            static[1].copy_(feature_lengths)
+            features, feature_lengths = static
+
+        def step():
+            positions = torch.arange(prompt, device=tokens.device)[None].expand(len(self.index), -1)
+            self.prompt_embeddings[:prompt] = self.model.embed_inputs(
+                tokens, positions, features, feature_lengths, placeholders_checked=True)
+
+        self._replayed(f'encode {prompt} {tuple(features.shape)}', step, self.prefill_pool)
+
+    def prefill(self, prompt: int, vocab_size: int) -> None:
+        """The trunk over the encoded prompts, each row's first token and, with drafts, the MTP
+        layers over the prompts (``MTPDrafter.prefill``)."""
+        def step():
+            positions = torch.arange(prompt, device=self.index.device)[None].expand(len(self.index), -1)
+            hidden = self.trunk(self.prompt_embeddings[:prompt], positions)
+            last = hidden[self.lengths - 1, self.index]
+            self.rows.emit(self.cache.next_tokens(last[None], vocab_size).t())
+            if self.drafter is not None:
+                self.drafter.prefill(self.tokens, self.hidden, prompt + 1)
+
+        self._replayed(f'prefill {prompt}', step, self.prefill_pool)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
@@ -68,17 +114,23 @@ class DecodeWorkspace:
         return hidden
 
     def run(self, name: str, step: Callable[[], None]) -> None:
-        """Run ``step()`` once: eager, or with ``cuda_graphs`` replayed from the graph captured
-        at the first call of ``name`` (later calls' ``step`` must compute the same thing)."""
+        """Run the decoding step ``step()`` once: eager, or with ``cuda_graphs`` replayed from the
+        graph captured at the first call of ``name`` (later calls' ``step`` must compute the same
+        thing)."""
+        self._replayed(name, step)
+
+    def _replayed(self, name: str, step: Callable[[], None], pool=None) -> None:
+        """``run``, for any part of decoding; a new graph is captured in memory ``pool`` (None:
+        its own)."""
         if not self.cuda_graphs:
             step()
         elif name not in self.graphs:
-            self.graphs[name] = capture(step)
+            self.graphs[name] = capture(step, pool)
         else:
             self.graphs[name].replay()
 
 
-def capture(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+def capture(step: Callable[[], None], pool=None) -> torch.cuda.CUDAGraph:
     """The graph of ``step``, recorded after one eager run on a side stream (that run is the
     step: recording runs nothing)."""
     side = torch.cuda.Stream()
@@ -87,7 +139,7 @@ def capture(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
         step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         step()
     return graph
 
@@ -101,11 +153,12 @@ class WorkspacePool:
         if cuda_graphs and not torch.cuda.is_available():
             raise ValueError('--cuda-graphs needs a GPU')
         self.cuda_graphs = cuda_graphs
+        self.prefill_pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
         self.workspaces: dict[tuple, DecodeWorkspace] = {}
 
     def get(self, model, batch_size: int, capacity: int, width: int, depths: int, device) -> DecodeWorkspace:
         key = (id(model), batch_size, capacity, width, depths, str(device))
         if key not in self.workspaces:
             self.workspaces[key] = DecodeWorkspace(model, batch_size, capacity, width, depths, device,
-                                                   self.cuda_graphs)
+                                                   self.cuda_graphs, self.prefill_pool)
         return self.workspaces[key]

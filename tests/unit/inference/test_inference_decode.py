@@ -14,12 +14,13 @@ import torch
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 
 from megatron_salm_mtp.inference import workspace
-from megatron_salm_mtp.inference.decode import greedy_decode, speculative_decode
+from megatron_salm_mtp.inference.decode import PROMPT_BUCKET, graph_shapes, greedy_decode, speculative_decode
 from megatron_salm_mtp.inference.drafter import MTPDrafter
 from megatron_salm_mtp.inference.kv_cache import rotated
 from megatron_salm_mtp.inference.workspace import WorkspacePool
 from tests.support.inference_fixtures import (
     EOS_ID,
+    PAD_ID,
     counting_batch,
     counting_salm,
     exactness_run,
@@ -190,3 +191,25 @@ def test_workspaces_reused_across_batches_decode_as_fresh_ones(random_model, mon
             assert all(torch.equal(a, b) for a, b in zip(drafts, fresh_drafts))
             assert len(drafts) == len(fresh_drafts)
     assert len(pool.workspaces) == 2  # greedy's and speculative's, reused by every batch
+
+
+@pytest.mark.parametrize('depths', [0, 3])
+def test_graph_shapes_pad_to_buckets_and_decode_the_same_tokens(random_model, depths):
+    """CUDA graphs replay the prefill at a few padded shapes (decode.graph_shapes): the padding is
+    masked or overwritten, so every row decodes the same tokens, with the same acceptance."""
+    cfg, vocab = random_model.cfg, random_model.cfg.vocab_size
+    batch = dataclasses.replace(random_prompts(cfg, FRAMES, seed=9), pad_id=PAD_ID)
+    prompt = batch.tokens.shape[1]
+    padded = graph_shapes(batch, max_frames=2 * cfg.encoder_max_source_positions)
+    assert padded.tokens.shape[1] % PROMPT_BUCKET == 0 and padded.tokens.shape[1] > prompt
+    assert torch.equal(padded.tokens[:, :prompt], batch.tokens) and (padded.tokens[:, prompt:] == PAD_ID).all()
+    assert padded.audio_features.shape[-1] == 64 and torch.equal(padded.audio_features[..., :57], batch.audio_features)
+    assert not padded.audio_features[..., 57:].any()
+    assert graph_shapes(batch, max_frames=60).audio_features.shape[-1] == 60  # never past the encoder's limit
+
+    def decoded(b):
+        if depths:
+            outputs, stats = speculative_decode(random_model, b, 12, [], vocab, depths)
+            return outputs, [s.draft_accepts for s in stats]
+        return greedy_decode(random_model, b, 12, [], vocab)[0], None
+    assert decoded(padded) == decoded(batch)
