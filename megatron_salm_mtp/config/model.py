@@ -4,7 +4,7 @@ of :class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
 
 from dataclasses import dataclass
 
-from ..config_checks import ConfigError, at_least, one_of, positive
+from ..config_checks import ConfigError, at_least, flag, one_of, positive
 from ..data.ctc_phonemes import PHONEMES
 from ..data.ctc_text import CTC_CHARACTERS
 from .choices import CHOICES
@@ -13,6 +13,7 @@ _AT_LEAST_ONE = ('num_layers', 'hidden_size', 'ffn_hidden_size', 'num_attention_
                  'kv_channels', 'vocab_size', 'make_vocab_size_divisible_by', 'seq_length', 'encoder_num_layers',
                  'encoder_hidden_size', 'encoder_num_attention_heads', 'encoder_ffn_hidden_size',
                  'encoder_max_source_positions', 'audio_frame_stack', 'num_experts', 'moe_ffn_hidden_size')
+_DROPOUTS = ('hidden_dropout', 'attention_dropout', 'encoder_hidden_dropout', 'encoder_attention_dropout')
 
 
 @dataclass
@@ -53,6 +54,10 @@ class ModelConfig:
     """RMSNorm epsilon of the LLM."""
     init_method_std: float = 0.02
     """Std of the normal weight initialisation."""
+    hidden_dropout: float = 0.0
+    """Dropout on the LLM's (and MTP layers') residual branches while training (0: none)."""
+    attention_dropout: float = 0.0
+    """Dropout on the LLM's (and MTP layers') attention probabilities while training (0: none)."""
     # --- Multi-token prediction ---
     mtp_num_layers: int | None = None
     """MTP depths D (None or 0: no MTP)."""
@@ -100,6 +105,10 @@ class ModelConfig:
     """Audio encoder GELU MLP width; None means 4 x encoder_hidden_size."""
     encoder_max_source_positions: int = 1500
     """Sinusoidal positions after the stride-2 stem (1500 = 30 s, as Whisper)."""
+    encoder_hidden_dropout: float = 0.0
+    """Dropout on the audio encoder's residual branches while training (0: none)."""
+    encoder_attention_dropout: float = 0.0
+    """Dropout on the audio encoder's attention probabilities while training (0: none)."""
     audio_frame_stack: int = 4
     """Encoder frames stacked into one LLM token (4: 50 Hz -> 12.5 Hz)."""
     audio_token_id: int = 259
@@ -170,6 +179,10 @@ class ModelConfig:
         at_least(self, 1, _AT_LEAST_ONE)
         at_least(self, 0, ('mtp_num_layers', 'mtp_loss_scaling_factor'))
         positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
+        for name in _DROPOUTS:
+            value = getattr(self, name)
+            if not 0 <= value < 1:  # also refuses NaN
+                raise ConfigError(f'{flag(name)} {value} must be in [0, 1)')
         one_of(self, 'position_embedding_type', CHOICES['position_embedding_type'])
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(f'--hidden-size {self.hidden_size} is not divisible by --num-attention-heads '

@@ -9,9 +9,11 @@ RNG tracker or CUDA buffers, and fast on GPU) and a norm that supports sequence 
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -103,11 +105,14 @@ class SDPAttention(MegatronModule):
         causal = mask_type == AttnMaskType.causal and attention_mask is None
         allowed = None if attention_mask is None else (
             attention_mask if attention_mask.is_floating_point() else ~attention_mask)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
+        dropout = self.dropout if self.training else 0.0
+        # Each TP rank holds other heads: their dropout draws from its own model-parallel stream,
+        # as core's attention does.
+        with tensor_parallel.get_cuda_rng_tracker().fork() if dropout else nullcontext():
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, is_causal=causal, scale=self.softmax_scale,
+                dropout_p=dropout, enable_gqa=q.shape[1] != k.shape[1],
+            )
         seq, batch = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 

@@ -167,7 +167,9 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
   # A run about the trunk's WER alone: its heads and speculative figures wait for a trunk that moved.
   [ "$mtp_minutes" = 0 ] && { echo "PIPELINE DONE (MTP_MINUTES 0: no heads)"; return 0; }
+  # The heads learn from the trunk as it decodes: no dropout there, whatever STAGE_FLAGS gave the trunk.
   finetune "$out" "$dir" two_mtp two "${units[@]}" --mtp-num-layers 3 --training-mode head_only \
+    --hidden-dropout 0 --attention-dropout 0 --encoder-hidden-dropout 0 --encoder-attention-dropout 0 \
     --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
     && sleep 5 && wait_all "$out" 1200 || return 1
   evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}"

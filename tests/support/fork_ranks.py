@@ -77,6 +77,9 @@ def run_as_main(module: str | None, args: list) -> int:
         if module:
             sys.argv = [module] + list(args)
             sys.path[0] = os.getcwd()
+            # As in a fresh interpreter, where `-m` finds the module not yet imported (runpy warns
+            # otherwise, on stderr, which the one-line-error tests read).
+            sys.modules.pop(module, None)
             runpy.run_module(module, run_name='__main__', alter_sys=True)
         else:
             sys.argv = list(args)

@@ -36,6 +36,8 @@ BAD_FLAGS = [
     (['--lr', '-0.1'], '--lr must be >= 0, got -0.1'),
     (['--adam-beta2', '1'], '--adam-beta2 must be in [0, 1), got 1.0'),
     (['--norm-epsilon', '0'], '--norm-epsilon must be positive, got 0.0'),
+    (['--hidden-dropout', '1'], '--hidden-dropout 1.0 must be in [0, 1)'),
+    (['--encoder-attention-dropout', 'nan'], '--encoder-attention-dropout nan must be in [0, 1)'),
     (['--max-consecutive-nan-skips', '0'], '--max-consecutive-nan-skips must be >= 1'),
     (['--training-mode', 'head_only'],
      '--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers'),

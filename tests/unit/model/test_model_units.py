@@ -196,3 +196,26 @@ def test_audio_padding_leaves_the_encoder_output_unchanged(single_rank_parallel)
     assert longer.shape[1] == 32 and exact.shape[1] == 20
     torch.testing.assert_close(longer[:, :20], exact, rtol=1e-5, atol=1e-6)
     assert not longer[:, 20:].any()
+
+
+def test_dropout_flags_reach_the_llm_and_the_encoder_while_training_only(single_rank_parallel):
+    """--hidden-dropout / --attention-dropout (LLM) and their --encoder-* twins: a training forward
+    draws new masks each call, evaluation computes what the same weights give without dropout."""
+    batch = speech_batch(tiny_config(mtp_num_layers=0), 2, seed=7)
+    inputs = dict(audio_features=batch['audio_features'], audio_feature_lengths=batch['audio_feature_lengths'])
+    outputs = {}
+    for part, rates in (('llm', dict(hidden_dropout=0.3, attention_dropout=0.3)),
+                        ('encoder', dict(encoder_hidden_dropout=0.3, encoder_attention_dropout=0.3)),
+                        ('none', {})):
+        torch.manual_seed(0)
+        model = provide_salm(tiny_config(mtp_num_layers=0, **rates), LOCAL)
+        with torch.no_grad():
+            model.train()
+            first, second = (model(batch['tokens'], batch['position_ids'], **inputs) for _ in range(2))
+            model.eval()
+            outputs[part] = (first, second, model(batch['tokens'], batch['position_ids'], **inputs))
+    for part in ('llm', 'encoder'):
+        first, second, evaluated = outputs[part]
+        assert not torch.allclose(first, second), part
+        torch.testing.assert_close(evaluated, outputs['none'][2], rtol=0, atol=0)
+    assert torch.equal(outputs['none'][0], outputs['none'][1])
