@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_checks import ConfigError
 from .audio import AudioError, AudioFileNotFound, NonFiniteAudio, load_audio, load_num_samples
 from .ctc_targets import MISSING_PHONEMES, UNKNOWN_PHONEME, CTCTargetError, ctc_targets
 from .features import log_mel
@@ -121,8 +122,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             self.valid = list(range(len(self.examples)))
             self.lengths = [self._estimate_length(ex) for ex in self.examples]
         if not self.valid:
-            raise ValueError(f'no usable sample among {len(self.examples)} examples '
-                             f'(skips: {dict(self._prescan_skips)})')
+            sources = ','.join(sorted({ex.source for ex in self.examples}))
+            raise ConfigError(f'{sources}: no usable sample among {len(self.examples)} examples '
+                              f'(skips: {dict(self._prescan_skips)})')
 
     # --- checks -------------------------------------------------------------------------------
     def _report(self, skip: Skip, counter: Counter | None = None) -> None:

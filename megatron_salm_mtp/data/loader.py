@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_checks import ConfigError
 from .batching import CollatorWithSkips
 from .dataset import SKIP_REASONS, SpeechDataset
 from .features import EXACT_AUDIO, AudioPadding
@@ -328,12 +329,19 @@ def build_dataloader(cfg: DataConfig, manifests, dp_rank: int = 0, dp_size: int 
     sampler's samples are packed rows (``packing.py``)."""
     tokenizer = tokenizer or cfg.make_tokenizer()
     ds = build_dataset(cfg, manifests, tokenizer, augment)
+    named = manifests if isinstance(manifests, str) else ','.join(manifests)
     if cfg.pack_sequences:
         ds = PackedRows(ds, cfg.pack_window, cfg.seed)
         if len(ds) < cfg.global_batch_size:
-            raise ValueError(f'{len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one global '
-                             f'batch of {cfg.global_batch_size}: with --pack-sequences (the default) '
-                             '--global-batch-size counts rows; lower it or add --no-pack-sequences')
+            raise ConfigError(f'{named}: {len(ds)} packed rows (of {len(ds.dataset)} utterances) cannot fill one '
+                              f'global batch of {cfg.global_batch_size}: with --pack-sequences (the default) '
+                              '--global-batch-size counts rows; lower it or add --no-pack-sequences')
+    elif len(ds) < cfg.global_batch_size:
+        skips = ds.prescan_skip_counts()
+        skipped = (f' ({sum(skips.values())} skipped: {", ".join(f"{r} {n}" for r, n in skips.items())})'
+                   if skips else '')
+        raise ConfigError(f'{named}: {len(ds)} usable utterances{skipped} cannot fill one global batch of '
+                          f'{cfg.global_batch_size} (--global-batch-size)')
     sampler = DistributedMicroBatchSampler(len(ds), cfg.global_batch_size, cfg.micro_batch_size, dp_rank, dp_size,
                                            cfg.seed, shuffle, ds.lengths, cfg.bucket_window, consumed_samples)
     # Pinned batches copy to the GPU without making the host wait for the GPU's queue.

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from megatron_salm_mtp.config_checks import ConfigError
 from megatron_salm_mtp.data.audio import write_wav
 from megatron_salm_mtp.data.dataset import BadSampleError
 from megatron_salm_mtp.data.loader import DataConfig, build_dataloader, build_dataset
@@ -128,7 +129,7 @@ def test_malformed_manifest_line_is_an_error_before_training(bad_manifest):
 
 def test_nothing_usable_is_an_error(tmp_path):
     m = write_manifest(tmp_path / 'm.jsonl', [{'audio_filepath': 'a.wav', 'duration': 1, 'text': 'x'}])
-    with pytest.raises(ValueError, match='no usable sample'):
+    with pytest.raises(ConfigError, match=r'm\.jsonl: no usable sample among 1 examples'):
         build_dataset(cfg(), m)
     assert torch.__version__  # torch imported for the DataLoader path above
 
@@ -155,3 +156,12 @@ def test_a_text_only_line_is_named_by_its_manifest_line(tmp_path, caplog):
     assert len(ds) == 8 and ds.skip_counts() == {'sequence_too_long': 1}
     assert [r.getMessage().split(': sequence_too_long')[0] for r in caplog.records] == [
         f'skipping {manifest}:9']
+
+
+def test_too_few_usable_utterances_for_a_global_batch_name_the_manifest_and_the_skips(bad_manifest):
+    """A configuration error (one line from the entry point), not the sampler's traceback."""
+    skipped = sum(EXPECTED.values())
+    with pytest.raises(ConfigError, match=rf'bad\.jsonl: {GOOD} usable utterances \({skipped} skipped: '
+                                          r'missing_file 1, .*\) cannot fill one global batch of 32 '
+                                          r'\(--global-batch-size\)'):
+        build_dataloader(cfg(global_batch_size=32), bad_manifest)
