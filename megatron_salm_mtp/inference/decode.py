@@ -30,8 +30,8 @@ The steps after the prefill run over a ``workspace.py`` workspace, replayed from
 its pool asks for them: a whole step (drafts, verify, acceptance and bookkeeping) is one replay,
 and the host reads one flag between steps. What has the prompt's width (the audio encoding, the
 trunk's prefill and, with drafts, the MTP layers over the prompt) runs before the first step and is
-timed as encoding and prefill; with graphs it is replayed too, its batch first padded to a few
-shapes (``graph_shapes``).
+timed as encoding and prefill; with graphs and a narrow batch it is replayed too, the batch first
+padded to a few shapes (``graph_shapes``).
 """
 
 from collections.abc import Sequence
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..data.features import AudioPadding
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
-from .workspace import DecodeWorkspace, WorkspacePool
+from .workspace import PREFILL_GRAPH_MAX_ROWS, DecodeWorkspace, WorkspacePool
 
 CAPACITY_BUCKET = 64
 """Buffer capacities are rounded up to a multiple of this: batches of one size then share a few
@@ -124,7 +124,7 @@ def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size:
     drafts, the MTP layers over the prompt (``MTPDrafter.prefill``: every step after it then has
     the same shapes)."""
     pool = workspaces or WorkspacePool()
-    if pool.cuda_graphs:
+    if pool.cuda_graphs and batch.tokens.shape[0] <= PREFILL_GRAPH_MAX_ROWS:
         batch = graph_shapes(batch, 2 * model.cfg.encoder_max_source_positions)
     size, prompt = batch.tokens.shape
     device = batch.tokens.device

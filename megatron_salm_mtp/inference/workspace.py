@@ -6,12 +6,16 @@ every step of every batch of one shape (rows, capacity, width: ``kv_cache.py``) 
 writes only tensors that live here: the trunk and MTP caches, the tokens, lengths and trunk states
 by position and the rows' state. So a step is captured once as a CUDA graph and replayed: the GPU
 then runs its few hundred kernels back to back, free of the Python, module calls and launches
-that otherwise bound a small model's step. With graphs the prefill is captured too, as two graphs
-per padded prompt shape (``decode.graph_shapes``), so that its two phases are timed apart: the
-audio encoding spliced into the prompt's embeddings, then the trunk (and the MTP layers) over them
-up to the first token. At batch 1 each runs ~1,000 kernels; eager, their launches cost more than
-the GPU's work. All prefill graphs share one memory pool: they run one after another and leave
-nothing in it (their results go to the workspace's buffers, allocated outside any capture).
+that otherwise bound a small model's step. With graphs, batches of at most PREFILL_GRAPH_MAX_ROWS
+rows have their prefill captured too, as two graphs per padded prompt shape
+(``decode.graph_shapes``), so that its two phases are timed apart: the audio encoding spliced into
+the prompt's embeddings, then the trunk (and the MTP layers) over them up to the first token. At
+batch 1 each runs ~1,000 kernels; eager, their launches cost more than the GPU's work (on one H200,
+graphs cut encoding and prefill from 4.6 to 1.75 s over 200 utterances, docs/performance.md); a
+wide batch's shapes are rarely met twice, so captures cost more than they save (at batch 64, 1.22
+against 0.85 s over 1,000). All prefill graphs share one memory pool: they run one after another
+and leave nothing in it (their results go to the workspace's buffers, allocated outside any
+capture).
 
 Capture: at the first call the step runs eagerly on a side stream - that run is the call's step
 (cuBLAS and the allocator warm up on it) - then is recorded without running; later calls replay
@@ -28,6 +32,8 @@ from .drafter import MTPDrafter
 from .rows import RowState
 from .trunk_cache import TrunkCache
 
+PREFILL_GRAPH_MAX_ROWS = 8
+
 
 class DecodeWorkspace:
     """Trunk KV cache, MTP drafter (``depths`` > 0) and by-position buffers for ``batch_size``
@@ -37,6 +43,7 @@ class DecodeWorkspace:
                  cuda_graphs: bool = False, prefill_pool=None):
         lm = model.language_model
         self.model, self.capacity, self.width, self.cuda_graphs = model, capacity, width, cuda_graphs
+        self.graphed_prefill = cuda_graphs and batch_size <= PREFILL_GRAPH_MAX_ROWS
         self.prefill_pool = prefill_pool
         self.cache = TrunkCache(lm, batch_size, capacity, device)
         self.drafter = MTPDrafter(lm, batch_size, capacity, depths, device) if depths else None
@@ -67,7 +74,7 @@ class DecodeWorkspace:
         tokens = self.tokens[:, :prompt]
         check_audio_placeholders(tokens, audio_tokens(feature_lengths, cfg.audio_frame_stack)
                                  if features.numel() else None, cfg.audio_token_id)
-        if self.cuda_graphs:
+        if self.graphed_prefill:
             key = (tuple(features.shape), feature_lengths.dtype)
             if key not in self.audio_inputs:
                 self.audio_inputs[key] = (torch.empty_like(features), torch.empty_like(feature_lengths))
@@ -81,7 +88,7 @@ class DecodeWorkspace:
             self.prompt_embeddings[:prompt] = self.model.embed_inputs(
                 tokens, positions, features, feature_lengths, placeholders_checked=True)
 
-        self._replayed(f'encode {prompt} {tuple(features.shape)}', step, self.prefill_pool)
+        self._replayed(f'encode {prompt} {tuple(features.shape)}', step, self.graphed_prefill, self.prefill_pool)
 
     def prefill(self, prompt: int, vocab_size: int) -> None:
         """The trunk over the encoded prompts, each row's first token and, with drafts, the MTP
@@ -94,7 +101,7 @@ class DecodeWorkspace:
             if self.drafter is not None:
                 self.drafter.prefill(self.tokens, self.hidden, prompt + 1)
 
-        self._replayed(f'prefill {prompt}', step, self.prefill_pool)
+        self._replayed(f'prefill {prompt}', step, self.graphed_prefill, self.prefill_pool)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
@@ -117,12 +124,12 @@ class DecodeWorkspace:
         """Run the decoding step ``step()`` once: eager, or with ``cuda_graphs`` replayed from the
         graph captured at the first call of ``name`` (later calls' ``step`` must compute the same
         thing)."""
-        self._replayed(name, step)
+        self._replayed(name, step, self.cuda_graphs)
 
-    def _replayed(self, name: str, step: Callable[[], None], pool=None) -> None:
-        """``run``, for any part of decoding; a new graph is captured in memory ``pool`` (None:
-        its own)."""
-        if not self.cuda_graphs:
+    def _replayed(self, name: str, step: Callable[[], None], graphed: bool, pool=None) -> None:
+        """``run``, for any part of decoding, ``graphed`` or eager; a new graph is captured in
+        memory ``pool`` (None: its own)."""
+        if not graphed:
             step()
         elif name not in self.graphs:
             self.graphs[name] = capture(step, pool)
