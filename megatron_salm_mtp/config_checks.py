@@ -69,6 +69,14 @@ def positive(config, names: Iterable[str]) -> None:
             raise ConfigError(f'{flag(name)} must be positive, got {value}')
 
 
+def below_one(config, names: Iterable[str]) -> None:
+    """Each named field lies in [0, 1) (NaN refused)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ConfigError(f'{flag(name)} must be in [0, 1), got {value}')
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean X?)' naming the closest candidate to a misspelt word, or ''."""
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)

@@ -4,7 +4,7 @@ of :class:`~megatron_salm_mtp.config.salm.SALMConfig`."""
 
 from dataclasses import dataclass
 
-from ..config_checks import ConfigError, at_least, flag, one_of, positive
+from ..config_checks import ConfigError, at_least, below_one, one_of, positive
 from ..data.ctc_phonemes import PHONEMES
 from ..data.ctc_text import CTC_CHARACTERS
 from .choices import CHOICES
@@ -179,10 +179,7 @@ class ModelConfig:
         at_least(self, 1, _AT_LEAST_ONE)
         at_least(self, 0, ('mtp_num_layers', 'mtp_loss_scaling_factor'))
         positive(self, ('rotary_base', 'norm_epsilon', 'init_method_std'))
-        for name in _DROPOUTS:
-            value = getattr(self, name)
-            if not 0 <= value < 1:  # also refuses NaN
-                raise ConfigError(f'{flag(name)} {value} must be in [0, 1)')
+        below_one(self, _DROPOUTS)
         one_of(self, 'position_embedding_type', CHOICES['position_embedding_type'])
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(f'--hidden-size {self.hidden_size} is not divisible by --num-attention-heads '

@@ -4,7 +4,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from ..config_checks import ConfigError, at_least, check_types, flag, one_of
+from ..config_checks import ConfigError, at_least, below_one, check_types, one_of
 from .choices import CHOICES
 
 
@@ -109,9 +109,7 @@ class TrainConfig:
                            'max_consecutive_nan_skips', 'lr_decay_iters', 'exit_interval'))
         at_least(self, 0, ('lr', 'min_lr', 'lr_warmup_iters', 'weight_decay', 'clip_grad', 'eval_interval',
                            'save_interval', 'seed'))
-        for name in ('adam_beta1', 'adam_beta2'):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f'{flag(name)} must be in [0, 1), got {getattr(self, name)}')
+        below_one(self, ('adam_beta1', 'adam_beta2'))
         if self.wandb_exp_name and not self.wandb_project:
             raise ConfigError('--wandb-exp-name names a run of --wandb-project: give the project too')
         if self.wandb_project and importlib.util.find_spec('wandb') is None:

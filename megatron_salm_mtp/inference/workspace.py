@@ -53,7 +53,7 @@ class DecodeWorkspace:
         self.hidden = torch.zeros(capacity, batch_size, weight.shape[1], dtype=weight.dtype,
                                   device=device)
         self.prompt_embeddings = torch.zeros_like(self.hidden)
-        self.audio_inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # graphs' inputs by shape
+        self.audio_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # encode graphs' inputs, by name
         self.index = torch.arange(batch_size, device=device)
         self.rows = RowState(self.tokens, self.lengths, depths, weight.shape[0])
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
@@ -74,34 +74,36 @@ class DecodeWorkspace:
         tokens = self.tokens[:, :prompt]
         check_audio_placeholders(tokens, audio_tokens(feature_lengths, cfg.audio_frame_stack)
                                  if features.numel() else None, cfg.audio_token_id)
-        if self.graphed_prefill:
-            key = (tuple(features.shape), feature_lengths.dtype)
-            if key not in self.audio_inputs:
-                self.audio_inputs[key] = (torch.empty_like(features), torch.empty_like(feature_lengths))
-            static = self.audio_inputs[key]
+        name = f'encode {prompt} {tuple(features.shape)}'
+        if self.graphed_prefill:  # the graph reads its inputs where it was captured
+            if name not in self.audio_inputs:
+                self.audio_inputs[name] = (torch.empty_like(features), torch.empty_like(feature_lengths))
+            static = self.audio_inputs[name]
             static[0].copy_(features)
             static[1].copy_(feature_lengths)
             features, feature_lengths = static
 
         def step():
-            positions = torch.arange(prompt, device=tokens.device)[None].expand(len(self.index), -1)
             self.prompt_embeddings[:prompt] = self.model.embed_inputs(
-                tokens, positions, features, feature_lengths, placeholders_checked=True)
+                tokens, self._prompt_positions(prompt), features, feature_lengths, placeholders_checked=True)
 
-        self._replayed(f'encode {prompt} {tuple(features.shape)}', step, self.graphed_prefill, self.prefill_pool)
+        self._replayed(name, step, self.graphed_prefill, self.prefill_pool)
 
     def prefill(self, prompt: int, vocab_size: int) -> None:
         """The trunk over the encoded prompts, each row's first token and, with drafts, the MTP
         layers over the prompts (``MTPDrafter.prefill``)."""
         def step():
-            positions = torch.arange(prompt, device=self.index.device)[None].expand(len(self.index), -1)
-            hidden = self.trunk(self.prompt_embeddings[:prompt], positions)
+            hidden = self.trunk(self.prompt_embeddings[:prompt], self._prompt_positions(prompt))
             last = hidden[self.lengths - 1, self.index]
             self.rows.emit(self.cache.next_tokens(last[None], vocab_size).t())
             if self.drafter is not None:
                 self.drafter.prefill(self.tokens, self.hidden, prompt + 1)
 
         self._replayed(f'prefill {prompt}', step, self.graphed_prefill, self.prefill_pool)
+
+    def _prompt_positions(self, prompt: int) -> torch.Tensor:
+        """Positions 0 .. prompt-1 of every row, [b, prompt]."""
+        return torch.arange(prompt, device=self.index.device)[None].expand(len(self.index), -1)
 
     def last_tokens(self) -> torch.Tensor:
         return self.tokens[self.index, self.lengths - 1]
