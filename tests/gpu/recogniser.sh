@@ -34,7 +34,8 @@
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
 #        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
 #        1100, the length of their cosine; 0: no heads), and their greedy and speculative
-#        evaluation with CUDA graphs at batch 64, 8 and 1; prints "PIPELINE DONE" at the end
+#        evaluation with CUDA graphs at each batch size of SPEC_BATCHES (default "64 8 1": 64 on
+#        EVAL_UTTERANCES per split, 8 on 200, 1 on 100); prints "PIPELINE DONE" at the end
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
@@ -172,9 +173,14 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
     --hidden-dropout 0 --attention-dropout 0 --encoder-hidden-dropout 0 --encoder-attention-dropout 0 \
     --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
     && sleep 5 && wait_all "$out" 1200 || return 1
-  evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}"
-  evaluate "$out" "$dir" two_mtp spec_b8 --batch-size 8 --max-utterances 200 "${spec[@]}"
-  evaluate "$out" "$dir" two_mtp spec_b1 --batch-size 1 --max-utterances 100 "${spec[@]}"
+  local batch
+  for batch in ${SPEC_BATCHES:-64 8 1}; do
+    case "$batch" in
+      64) evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}" ;;
+      *) evaluate "$out" "$dir" two_mtp "spec_b$batch" --batch-size "$batch" \
+           --max-utterances $((batch == 1 ? 100 : 200)) "${spec[@]}" ;;
+    esac
+  done
   echo "PIPELINE DONE"
 }
 
