@@ -22,11 +22,14 @@ from megatron_salm_mtp.tools.corpus.text_source import default_text_source
 from tests.support.process import ROOT, preimported_python
 
 UTTERANCES = 1200  # 840 train, 120 test_unseen
-# Measured (2 cores, megatron-core 0.16.1, espeak-ng 1.51): WER 0.694 with the audio, 0.943 silenced;
-# CER 0.417 / 0.793. The bounds leave 0.11 of WER and half the measured gap for other machines.
-WER_BOUND = 0.80
-SILENCE_GAP = 0.12  # the silenced WER (and CER) is at least this much higher
-# The CTC head alone (evaluate --ctc-greedy), measured CER 0.642 (WER 0.857); an untrained head emits
+# Measured (2 cores, megatron-core 0.16.1, espeak-ng 1.51): WER 0.662 with the audio, 0.873 silenced;
+# CER 0.368 / 0.667 (corpus seeds 1 and 2: WER 0.603 and 0.644). The bounds leave 0.09 of WER and
+# half the smallest measured gap for other machines and releases, whose arithmetic takes the
+# training elsewhere: changes elsewhere in the code, none to the recipe, once moved this seed from
+# 0.694 to 0.800 at lr 3e-3.
+WER_BOUND = 0.75
+SILENCE_GAP = 0.10  # the silenced WER (and CER) is at least this much higher
+# The CTC head alone (evaluate --ctc-greedy), measured CER 0.655 (WER 0.820); an untrained head emits
 # blanks (CER 1.0), so the bound says the encoder itself heard the digits.
 CTC_CER_BOUND = 0.80
 
