@@ -281,7 +281,8 @@ def evaluate(args, parser) -> dict:
         outputs[name], stats, seconds = run_mode(name, decode, mode_batches, args.warmup_batches)
         texts[name] = [to_text(o) for o in outputs[name]]
         report['modes'][name] = mode_report(utterances, texts[name], outputs[name], stats, seconds,
-                                            depth if name == 'speculative' else 0, args.group_by)
+                                            depth if name == 'speculative' else 0, args.group_by,
+                                            stepwise=name != CTC_GREEDY)
     if depth:
         report['speculative_vs_greedy'] = compare(report['modes'], outputs, utterances)
     if args.audio_ablation:

@@ -52,10 +52,12 @@ def group_of(utterance: Utterance, field: str) -> str:
 
 def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: Sequence[list[int]],
                 stats: Sequence[DecodeStats], seconds: float, depths: int = 0,
-                group_by: str | None = None) -> dict[str, object]:
+                group_by: str | None = None, stepwise: bool = True) -> dict[str, object]:
     """WER (normalised and raw), CER, S/D/I, acceptance and speed of one decoding mode: overall,
     per subset (over all splits), per split and per subset within each split; with ``group_by`` (a
-    manifest field such as ``accent``) also per value of it, overall and within each split."""
+    manifest field such as ``accent``) also per value of it, overall and within each split. A mode
+    that is not ``stepwise`` (the CTC head's one pass) has no steps after a first token: its step
+    figures are None."""
     total = _Group(depths)
     subsets, splits = defaultdict(lambda: _Group(depths)), defaultdict(lambda: _Group(depths))
     split_subsets = defaultdict(lambda: defaultdict(lambda: _Group(depths)))
@@ -73,11 +75,12 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
     audio = sum(u.seconds for u in utterances)
     encode = sum(s.encode_seconds for s in stats)
     prefill = sum(s.prefill_seconds for s in stats)
-    steps = seconds - encode - prefill  # the token-by-token part, after each batch's first token
+    # The token-by-token part, after each batch's first token.
+    steps = seconds - encode - prefill if stepwise else None
     report = {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
               'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
               'encode_seconds': encode, 'prefill_seconds': prefill, 'step_seconds': steps,
-              'step_tokens_per_s': _rate(tokens - len(outputs), steps),
+              'step_tokens_per_s': _rate(tokens - len(outputs), steps) if stepwise else None,
               'subsets': _by_name(subsets),
               'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
                          for split, group in splits.items()}}

@@ -1,6 +1,7 @@
 """The CTC head's best-path transcripts (``evaluate --ctc-greedy``): labels against a reference
 computed utterance by utterance with the encoder and head called directly, batched rows with
-padding and two audios in one row, the spelling of each unit, and the flag's errors."""
+padding and two audios in one row, the spelling of each unit, the flag's errors, and its report
+(no step rate: one pass has no steps)."""
 
 import itertools
 
@@ -10,7 +11,9 @@ import torch
 from megatron_salm_mtp import evaluate
 from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
 from megatron_salm_mtp.inference.ctc_greedy import audio_separator, best_path, ctc_greedy_decode, ctc_text
-from megatron_salm_mtp.inference.decode import PromptBatch
+from megatron_salm_mtp.inference.decode import DecodeStats, PromptBatch
+from megatron_salm_mtp.inference.inputs import Utterance
+from megatron_salm_mtp.inference.report import mode_report
 from megatron_salm_mtp.model.provider import provide_salm
 from megatron_salm_mtp.model.specs import LOCAL
 from tests.support.parallel_utils import tiny_config
@@ -82,3 +85,17 @@ def test_ctc_greedy_needs_a_spelled_ctc_head():
     with pytest.raises(SystemExit, match='emits phonemes, which have no spelling to score'):
         evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
     evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
+
+
+def test_the_ctc_mode_reports_no_step_rate():
+    """One pass of the head has no steps after a first token: blank paths (no labels) used to
+    give a negative step rate."""
+    utterances = [Utterance('m.jsonl', i + 1, 'test', 'digits', 'one two', [1], [torch.zeros(80, 8)], 1.0)
+                  for i in range(2)]
+    stats = [DecodeStats(), DecodeStats()]
+    stats[0].encode_seconds = 0.5
+    figures = mode_report(utterances, ['', 'one two'], [[], [4, 5]], stats, 0.6, stepwise=False)
+    assert figures['step_seconds'] is None and figures['step_tokens_per_s'] is None
+    assert figures['decode_tokens_per_s'] == pytest.approx(2 / 0.6) and figures['wer'] == pytest.approx(0.5)
+    greedy = mode_report(utterances, ['one', 'one two'], [[4, 2], [4, 5, 2]], stats, 0.6)
+    assert greedy['step_tokens_per_s'] == pytest.approx(3 / 0.1)
