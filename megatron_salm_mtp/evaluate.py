@@ -11,14 +11,15 @@ in the same process, so the speedup compares like with like; with ``--audio-abla
 decoding runs again with each audio replaced by silence of the same length (same prompt), and the
 report sets WER with and without audio side by side: a model that ignores its audio scores the same
 either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same batches alone
-(``ctc_greedy``: what the encoder heard, without the LLM). The JSON report holds, per mode: WER
-after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``: lowercase, no punctuation),
-CER, substitutions/deletions/insertions, overall, per ``subset``, per split and per subset within
-each split; decode tokens/s, real-time factor, tokens per trunk forward and (speculative) acceptance
-per depth; then the speedup of speculative over greedy and how many utterances differ between the
-two (lossless decoding: 0). Lines whose audio is missing or unreadable are skipped and counted. A
-PNG of acceptance per depth is written beside the report when matplotlib imports. Progress goes to
-stderr.
+(``ctc_greedy``: what the encoder heard, without the LLM). A checkpoint of stage 1
+(``--training-mode encoder_ctc``, whose LLM never trained) is scored by its CTC head alone. The JSON
+report holds, per mode: WER after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``:
+lowercase, no punctuation), CER, substitutions/deletions/insertions, overall, per ``subset``, per
+split and per subset within each split; decode tokens/s, real-time factor, tokens per trunk forward
+and (speculative) acceptance per depth; then the speedup of speculative over greedy and how many
+utterances differ between the two (lossless decoding: 0). Lines whose audio is missing or unreadable
+are skipped and counted. A PNG of acceptance per depth is written beside the report when matplotlib
+imports. Progress goes to stderr.
 """
 
 import argparse
@@ -31,7 +32,7 @@ import torch
 from megatron.core.package_info import __version__ as mcore_version
 
 from .commands import add_load_argument
-from .config import ConfigError
+from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
 from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
 from .inference.decode import greedy_decode, speculative_decode
@@ -162,6 +163,20 @@ def draft_depth(parser, args, cfg) -> int:
     return depth
 
 
+def check_stage_one(parser, args, loaded: LoadedModel) -> bool:
+    """True for a stage-1 checkpoint: only its CTC head is scored, so flags that decode with the
+    LLM are a parser error naming the checkpoint."""
+    if loaded.training_mode != ENCODER_CTC:
+        return False
+    for flag, given in (('--speculative', args.speculative), ('--audio-ablation', args.audio_ablation),
+                        ('--out-manifest', args.out_manifest)):
+        if given:
+            parser.error(f'{flag}: --load {args.load} is a stage-1 checkpoint (--training-mode {ENCODER_CTC}: '
+                         'its LLM never trained), scored by its CTC head alone; drop the flag')
+    check_ctc_greedy(parser, args, loaded.cfg)
+    return True
+
+
 def check_ctc_greedy(parser, args, cfg) -> None:
     """--ctc-greedy needs a CTC head whose units are spelled: a parser error naming the checkpoint."""
     if not cfg.ctc_enabled:
@@ -221,10 +236,11 @@ def read_splits(parser, args, loaded) -> dict:
         parser.error(str(e))
 
 
-def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
+def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> dict:
     """mode -> (decode function, batches, output -> text): greedy; with --speculative the MTP drafts
     over the same batches; with --audio-ablation greedy again over the utterances with their audio
-    silenced; with --ctc-greedy the CTC head's best path over the same batches.
+    silenced; with --ctc-greedy the CTC head's best path over the same batches. A stage-1
+    checkpoint (``stage_one``) has the CTC head's mode alone.
 
     With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes
     out of the same kernels at the same shapes in both modes, so speculative output equals greedy
@@ -246,13 +262,13 @@ def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
     def tokens_text(output):
         return loaded.tokenizer.decode([t for t in output if t not in stops])
 
-    modes = {'greedy': (greedy, batches, tokens_text)}
+    modes = {} if stage_one else {'greedy': (greedy, batches, tokens_text)}
     if depth:
         modes['speculative'] = (speculative, batches, tokens_text)
     if args.audio_ablation:
         silent = [u.silenced() for u in utterances]
         modes[SILENCE] = (greedy, _batches(silent, args.batch_size, pad_id, cfg.num_mel_bins, device), tokens_text)
-    if args.ctc_greedy:
+    if args.ctc_greedy or stage_one:
         units, separator = cfg.ctc_target_units, audio_separator(cfg.ctc_target_units)
         modes[CTC_GREEDY] = (lambda batch: ctc_greedy_decode(loaded.model, batch, separator), batches,
                              lambda output: ctc_text(output, units, loaded.tokenizer))
@@ -262,14 +278,16 @@ def decoding_modes(args, loaded, depth, utterances, stops) -> dict:
 def evaluate(args, parser) -> dict:
     loaded = load_or_error(parser, args.load)
     cfg, tok = loaded.cfg, loaded.tokenizer
+    stage_one = check_stage_one(parser, args, loaded)
     depth = draft_depth(parser, args, cfg) if args.speculative else None
     if args.ctc_greedy:
         check_ctc_greedy(parser, args, cfg)
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)
-    modes = decoding_modes(args, loaded, depth, utterances, stops)
-    report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration, **_inputs_report(args, splits),
+    modes = decoding_modes(args, loaded, depth, utterances, stops, stage_one)
+    report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration,
+              'training_mode': loaded.training_mode, **_inputs_report(args, splits),
               'audio_seconds': sum(u.seconds for u in utterances), 'batch_size': args.batch_size,
               'max_new_tokens': args.max_new_tokens, 'mtp_depths_trained': cfg.mtp_depths,
               'draft_depth': depth, 'greedy_width': depth + 1 if depth else 1, 'cuda_graphs': args.cuda_graphs,

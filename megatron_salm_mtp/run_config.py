@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, SALMConfig, TrainConfig
+from .config import ENCODER_CTC, ConfigError, SALMConfig, TrainConfig
 from .config_checks import at_least, check_types
 from .data.ctc_targets import PHONEMES_FIELD, first_line_without_phonemes
 from .data.frames import HOP_LENGTH, SAMPLE_RATE
@@ -84,7 +84,7 @@ class RunConfig:
         _check_audio_features(self.model)
         if self.train.training_mode == 'head_only' and not self.model.mtp_depths:
             raise ConfigError('--training-mode head_only trains the MTP heads only: it needs --mtp-num-layers > 0')
-        if self.train.training_mode == 'encoder_ctc':
+        if self.train.training_mode == ENCODER_CTC:
             self._validate_encoder_ctc()
         # The encoder's sinusoidal positions cover 2 mel frames each (stride-2 stem), 10 ms per frame.
         seconds = self.model.encoder_max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
@@ -106,7 +106,7 @@ class RunConfig:
         if self.data.pack_sequences:
             raise ConfigError(f'--cuda-graph-impl {impl} replays fixed attention layouts; packed rows change '
                               'their utterance boundaries every step: add --no-pack-sequences')
-        if self.train.training_mode in ('head_only', 'encoder_ctc'):
+        if self.train.training_mode in ('head_only', ENCODER_CTC):
             raise ConfigError(f"--cuda-graph-impl {impl} graphs the LLM's layers in training, which "
                               f"--training-mode {self.train.training_mode} runs without gradients or not at all")
 

@@ -11,12 +11,12 @@ The data section is ``data.loader.DataConfig``; ``run_config.RunConfig`` holds o
 """
 
 from ..config_checks import ConfigError
-from .choices import CHOICES, TRAINING_MODES
+from .choices import CHOICES, ENCODER_CTC, TRAINING_MODES
 from .model import ModelConfig
 from .parallel import SINGLE_DEVICE_LAYOUT, ParallelConfig
 from .precision import KernelConfig, PrecisionConfig
 from .salm import SECTIONS, SALMConfig
 from .train import TrainConfig
 
-__all__ = ['CHOICES', 'SECTIONS', 'SINGLE_DEVICE_LAYOUT', 'TRAINING_MODES', 'ConfigError', 'KernelConfig',
-           'ModelConfig', 'ParallelConfig', 'PrecisionConfig', 'SALMConfig', 'TrainConfig']
+__all__ = ['CHOICES', 'ENCODER_CTC', 'SECTIONS', 'SINGLE_DEVICE_LAYOUT', 'TRAINING_MODES', 'ConfigError',
+           'KernelConfig', 'ModelConfig', 'ParallelConfig', 'PrecisionConfig', 'SALMConfig', 'TrainConfig']

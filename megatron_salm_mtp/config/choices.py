@@ -2,7 +2,10 @@
 
 from ..data.ctc_text import CTC_TARGET_UNITS
 
-TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', 'encoder_ctc')
+ENCODER_CTC = 'encoder_ctc'
+"""Stage 1 of the two-stage recipe: the step runs the encoder and its CTC head only (the LLM is
+saved at its initialisation)."""
+TRAINING_MODES = ('joint', 'head_only', 'freeze_llm', ENCODER_CTC)
 """``--training-mode`` choices (model/freeze.py says what each trains)."""
 
 # The values a field takes (None: unset), for validate() and --help.

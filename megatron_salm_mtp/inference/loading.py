@@ -29,6 +29,7 @@ class LoadedModel:
     data: DataConfig  # the run's tokenizer, template and feature settings
     tokenizer: Tokenizer
     iteration: int
+    training_mode: str  # the run's --training-mode; encoder_ctc: stage 1, whose LLM never trained
 
 
 def _init_one_process() -> None:
@@ -82,4 +83,4 @@ def load_for_inference(load_dir: str) -> LoadedModel:
     data = inference_data_config(stored, f'--load {load_dir} (iteration {iteration})')
     model, cfg = build_for_inference(model_config(stored))
     load_checkpoint(load_dir, [model], None, None, load_optimizer=False)
-    return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration)
+    return LoadedModel(model, cfg, data, data.make_tokenizer(), iteration, stored.get('training_mode', 'joint'))

@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import sys
 
-from ..config import ConfigError, SALMConfig
+from ..config import ENCODER_CTC, ConfigError, SALMConfig
 from ..data.loader import DataConfig
 from ..data.tokenizer import Tokenizer
 from ..flags import base_type, fields as flag_fields
@@ -129,7 +129,7 @@ def check_salm_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cuda-graph-impl {args.cuda_graph_impl} is not supported under Megatron-LM's "
                           "pretrain() (its graph helper cannot find the SALM's layers); train with "
                           "python -m megatron_salm_mtp.train")
-    if args.training_mode == 'encoder_ctc':
+    if args.training_mode == ENCODER_CTC:
         raise ConfigError("--training-mode encoder_ctc is not supported under Megatron-LM's pretrain() (it "
                           "trains on the CTC loss alone); train with python -m megatron_salm_mtp.train")
     if args.eval_iters and args.eval_interval and not args.valid_manifest:

@@ -22,7 +22,7 @@ from ..checkpoint.run_folders import claim_checkpoint_folders
 from ..checkpoint.save_load import DP_RESHARDABLE, FULLY_RESHARDABLE, load_checkpoint, save_checkpoint
 from ..checkpoint.save_strategies import PendingSaves
 from ..compat.process import forked_children_die_with_this_process
-from ..config import ConfigError
+from ..config import ENCODER_CTC, ConfigError
 from ..config_checks import RunError
 from ..data.frames import encoder_frames
 from ..data.loader import build_dataloader
@@ -33,7 +33,7 @@ from .cuda_graphs import LayerGraphs
 from .flops import attended_pairs, batch_flops, head_evaluations
 from .metrics import MetricsWriter, StepTimer, peak_memory_gb, train_line
 from .optim import build_optimizer, finish_step, prepare_step
-from .step import ENCODER_CTC, ctc_metrics, forward_backward, moe_metrics, mtp_metrics
+from .step import ctc_metrics, forward_backward, moe_metrics, mtp_metrics
 from .stop import StopRequest
 
 logger = logging.getLogger(__name__)

@@ -19,14 +19,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_attr_wrapped_model, unwrap_model
 
 from ..compat import mcore
-from ..config import SALMConfig
+from ..config import ENCODER_CTC, SALMConfig
 from ..model.ctc import ctc_loss_weight, reduce_ctc_stats
 from ..model.host_inputs import ctc_target_count, prepare_microbatch
 from ..model.mtp import supervised_counts
 from .forward_step import encoder_ctc_forward_step, forward_step, reduce_over_data_parallel, set_global_mtp_weights
-
-ENCODER_CTC = 'encoder_ctc'
-"""The training mode whose step runs the encoder and its CTC head only."""
 
 
 def _language_models(model_chunks):

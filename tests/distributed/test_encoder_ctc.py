@@ -4,7 +4,8 @@ alone) and ``--finetune`` (stage 2: a joint run from its weights).
 Gradients: the real SALM at TP=2 and at DP=2, with 1 and 2 microbatches, against the plain-torch
 reference's sum CTC / N_ctc over the global batch (empty and unalignable targets left out); the
 LLM, projector and MTP parameters get neither a gradient buffer nor optimizer state.
-End to end: stage 1 lowers the CTC loss and logs it as its loss; stage 2 starts at iteration 0
+End to end: stage 1 lowers the CTC loss and logs it as its loss, and ``evaluate`` scores its
+checkpoint by the CTC head alone (its LLM never trained); stage 2 starts at iteration 0
 from exactly stage 1's weights, attaches MTP heads, and trains. An optional stage 0 trains the LLM
 on text alone, and stage 1 from its weights keeps that LLM.
 """
@@ -12,6 +13,7 @@ on text alone, and stage 1 from its weights keeps that LLM.
 import dataclasses
 import json
 import os
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +26,7 @@ from megatron_salm_mtp.inference.loading import load_for_inference
 from megatron_salm_mtp.tools.corpus.text_manifest import DEFAULT_PROMPT, conversation
 from megatron_salm_mtp.train import parse_and_validate
 from tests.support.parallel_utils import init_weights, run_layout, speech_batch, tiny_config
-from tests.support.process import CONFIGS
+from tests.support.process import CONFIGS, ROOT, preimported_python
 from tests.support.reference import encoder_ctc_objective
 from tests.support.train_utils import read_metrics, run_train
 
@@ -122,6 +124,30 @@ def _weights(folder: str) -> dict:
             if not k.endswith('_extra_state')}
 
 
+def _evaluate(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.evaluate', *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def _stage_one_is_scored_by_its_ctc_head(stage1: str, manifest: str, tmp_path) -> None:
+    """Greedy decoding with an LLM at its initialisation would score noise: the report holds the
+    CTC head's mode alone, and the flags that decode with the LLM are one error line each."""
+    out = tmp_path / 'stage1_report.json'
+    result = _evaluate('--load', stage1, '--manifest', manifest, '--batch-size', 4, '--max-utterances', 8,
+                       '--out', out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report['training_mode'] == 'encoder_ctc' and list(report['modes']) == ['ctc_greedy']
+    figures = report['modes']['ctc_greedy']
+    assert figures['utterances'] == 8 and 0 <= figures['cer'] and figures['step_tokens_per_s'] is None
+    assert [sorted(h) for h in report['hypotheses']][0] == ['ctc_greedy', 'reference', 'split', 'subset', 'where']
+    for flag in ('--speculative', '--audio-ablation'):
+        refused = _evaluate('--load', stage1, '--manifest', manifest, flag)
+        errors = [line for line in refused.stderr.splitlines() if 'error: ' in line]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
+        assert f'{flag}: --load {stage1} is a stage-1 checkpoint (--training-mode encoder_ctc' in errors[0]
+
+
 def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     stage1, stage2 = str(tmp_path / 'stage1'), str(tmp_path / 'stage2')
     ctc = ['--ctc-loss-weight', '0.3', '--log-interval', '1', '--eval-iters', '1']
@@ -134,6 +160,8 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     late = sum(r['ctc loss'] for r in records[-4:]) / 4  # ~9.5 against 23 at the first step
     assert late < 0.5 * records[0]['ctc loss'], (records[0]['ctc loss'], late)
     assert 0 < valid[-1]['ctc loss'] < records[0]['ctc loss']
+
+    _stage_one_is_scored_by_its_ctc_head(stage1, os.path.join(train_corpus, 'test.jsonl'), tmp_path)
 
     resumed = run_train(train_corpus, ctc + ['--load', stage1, '--train-iters', '17'], check=False)
     errors = [line for line in resumed.stderr.splitlines() if line.startswith('error: ')]
