@@ -2,7 +2,8 @@
 
 Reads two ``evaluate`` reports, pairs their transcripts by utterance (the report's ``where``:
 manifest and line), and prints per split and per subset the normalised WER of each and the
-difference B - A with a 95 % paired bootstrap interval (utterances resampled with replacement,
+difference B - A with a 95 % paired bootstrap interval (and per group, where the reports were made
+with ``evaluate --group-by``, such as the synthetic corpus's accents) (utterances resampled with replacement,
 both models' errors on each drawn utterance kept together). Two hundred utterances of a split give
 WER intervals several points wide; the paired interval of a difference is narrower, and says
 whether a change of recipe moved the figure or the sample did.
@@ -25,6 +26,7 @@ class PairedUtterance:
     reference_words: int
     errors_a: int
     errors_b: int
+    group: str = ''  # the value of evaluate --group-by's field; '' without it
 
 
 def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -50,7 +52,8 @@ def paired_utterances(report_a: dict, report_b: dict, mode: str) -> list[PairedU
                              f"{other['reference']!r}): they were not evaluated on the same utterances")
         errors_a, words = _word_errors(mine['reference'], mine[mode])
         errors_b, _ = _word_errors(other['reference'], other[mode])
-        pairs.append(PairedUtterance(mine['split'], mine.get('subset', ''), words, errors_a, errors_b))
+        pairs.append(PairedUtterance(mine['split'], mine.get('subset', ''), words, errors_a, errors_b,
+                                     mine.get('group', '')))
     if not pairs:
         raise ValueError('the reports share no utterance (their hypotheses\' "where" never match)')
     return pairs
@@ -75,12 +78,15 @@ def bootstrap_difference(pairs: Sequence[PairedUtterance], draws: int, seed: int
 
 
 def comparison_rows(pairs: Sequence[PairedUtterance], draws: int, seed: int) -> list[list[str]]:
-    """One row per split and per subset within it: utterances, WER A, WER B, B - A, interval."""
+    """One row per split, per subset within it and per group within it: utterances, WER A, WER B,
+    B - A, interval."""
     rows = []
     for split in dict.fromkeys(p.split for p in pairs):
         in_split = [p for p in pairs if p.split == split]
         groups = [(split, in_split)] + [(f'  {subset}', [p for p in in_split if p.subset == subset])
                                         for subset in sorted({p.subset for p in in_split})]
+        groups += [(f'  group {group}', [p for p in in_split if p.group == group])
+                   for group in sorted({p.group for p in in_split} - {''})]
         for label, group in groups:
             rate_a, rate_b = word_error_rates(group)
             low, high = bootstrap_difference(group, draws, seed)

@@ -36,6 +36,13 @@
 #        1100, the length of their cosine; 0: no heads), and their greedy and speculative
 #        evaluation with CUDA graphs at each batch size of SPEC_BATCHES (default "64 8 1": 64 on
 #        EVAL_UTTERANCES per split, 8 on 200, 1 on 100); prints "PIPELINE DONE" at the end
+#   bash tests/gpu/recogniser.sh probe OUT CORPUS MINUTES NAME[:FLAGS] NAME[:FLAGS] ...
+#        encoder recipes side by side at equal wall time, before any stage 2: each NAME an encoder
+#        stage (as `encoder`, with its FLAGS) for MINUTES, all sharing the GPU; then each one's CTC
+#        head alone scored on the first EVAL_UTTERANCES (default 1000) of each test split, per accent
+#        (OUT/eval_NAME_ctc.json), and each compared with the first NAME, utterance by utterance
+#        (tools.compare_evals --mode ctc_greedy); prints "PROBE DONE" at the end. The accent gap of
+#        docs/quality.md is the encoder's: a probe measures an encoder lever in ~12 GPU minutes.
 #
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
@@ -63,7 +70,7 @@ CONFIG="${CONFIG:-configs/asr_gpu.yaml}"
 ENCODER_CONFIG="${ENCODER_CONFIG:-configs/asr_gpu_encoder.yaml}"
 TEXT_CONFIG="${TEXT_CONFIG:-configs/asr_gpu_text.yaml}"
 VOCAB_SIZE="${VOCAB_SIZE:-1024}"
-stage="${1:?usage: recogniser.sh corpus|start|encoder|text|finetune|wait|evaluate|pipeline ...}"
+stage="${1:?usage: recogniser.sh corpus|start|encoder|text|finetune|wait|evaluate|pipeline|probe ...}"
 shift
 
 corpus() {  # CORPUS N [synth flags]
@@ -184,6 +191,31 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   echo "PIPELINE DONE"
 }
 
+probe() {  # OUT CORPUS MINUTES NAME[:FLAGS]...: encoder stages side by side, their CTC heads scored
+  local out="$1" dir="$2" minutes="$3"; shift 3
+  [ $# -ge 1 ] || { echo "probe: give at least one NAME[:FLAGS]" >&2; return 2; }
+  local spec name flags names=()
+  for spec in "$@"; do
+    name="${spec%%:*}"; flags=''
+    [ "$name" != "$spec" ] && flags="${spec#*:}"
+    local extra=()
+    read -r -a extra <<< "$flags"
+    encoder "$out" "$dir" "$name" --exit-duration-in-mins "$minutes" ${extra[@]+"${extra[@]}"} || return 1
+    names+=("$name")
+  done
+  sleep 5 && wait_all "$out" $((minutes * 60 + 600)) || return 1
+  for name in "${names[@]}"; do
+    evaluate "$out" "$dir" "$name" ctc --batch-size 64 --max-utterances "${EVAL_UTTERANCES:-1000}" --group-by accent \
+      || return 1
+  done
+  for name in "${names[@]:1}"; do
+    echo "CTC head alone, ${names[0]} (A) against $name (B):"
+    $PYTHON -m megatron_salm_mtp.tools.compare_evals --mode ctc_greedy "$out/eval_${names[0]}_ctc.json" \
+      "$out/eval_${name}_ctc.json" || return 1
+  done
+  echo "PROBE DONE"
+}
+
 case "$stage" in
   corpus) corpus "$@" ;;
   start) start "$@" ;;
@@ -193,5 +225,6 @@ case "$stage" in
   wait) wait_all "$@" ;;
   evaluate) evaluate "$@" ;;
   pipeline) pipeline "$@" ;;
-  *) echo "unknown stage $stage: corpus, start, encoder, text, finetune, wait, evaluate or pipeline" >&2; exit 2 ;;
+  probe) probe "$@" ;;
+  *) echo "unknown stage $stage: corpus, start, encoder, text, finetune, wait, evaluate, pipeline or probe" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
-"""compare_evals pairs two evaluate reports by utterance: per-split and per-subset WER counted by
-hand here, a zero difference for identical transcripts, and one-line errors for reports that are
+"""compare_evals pairs two evaluate reports by utterance: per-split, per-subset and per-group WER
+counted by hand here, a zero difference for identical transcripts, and one-line errors for reports that are
 not on the same utterances."""
 
 import json
@@ -41,6 +41,20 @@ def test_word_errors_per_split_and_subset_as_counted_by_hand():
     rows = {row[0].strip(): row for row in comparison_rows(pairs, draws=200, seed=0)}
     assert rows['test'][1:5] == ['2', '0.100', '0.300', '+0.200']
     assert rows['digits'][2:4] == ['0.000', '0.000']
+
+
+def test_rows_per_group_where_the_reports_have_them():
+    grouped_a, grouped_b = json.loads(json.dumps(A)), json.loads(json.dumps(B))
+    for report in (grouped_a, grouped_b):
+        for hypothesis, accent in zip(report['hypotheses'], ['en-us', 'en-gb', 'en-us-nyc']):
+            hypothesis['group'] = accent
+    rows = comparison_rows(paired_utterances(grouped_a, grouped_b, 'greedy'), 200, 0)
+    labels = [row[0] for row in rows]
+    assert labels == ['test', '  digits', '  natural', '  group en-gb', '  group en-us',
+                      'test_unseen', '  natural', '  group en-us-nyc']
+    assert rows[4][1:5] == ['1', '0.167', '0.500', '+0.333']  # the cat sentence: 1 and 3 of 6 words
+    assert rows[-1][1:5] == ['1', '0.000', '0.500', '+0.500']
+    assert not any('group' in row[0] for row in comparison_rows(paired_utterances(A, B, 'greedy'), 50, 0))
 
 
 def test_identical_transcripts_differ_by_exactly_nothing():
