@@ -16,6 +16,7 @@ import json
 import os
 
 from .commands import add_load_argument
+from .config import ENCODER_CTC
 from .data.manifest import Example, Segment
 from .evaluate import decoding_modes, draft_depth, load_or_error, run_mode
 from .inference.inputs import example_utterances, stop_ids
@@ -63,6 +64,9 @@ def file_examples(paths, prompt):
 def transcribe(args, parser) -> list:
     """(file, duration in seconds, transcript) of each readable file, in the order given."""
     loaded = load_or_error(parser, args.load)
+    if loaded.training_mode == ENCODER_CTC:
+        parser.error(f'--load {args.load}: a stage-1 checkpoint (--training-mode {ENCODER_CTC}) has an LLM that '
+                     'never trained; transcribe with the stage-2 checkpoint trained from it')
     depth = draft_depth(parser, args, loaded.cfg) if args.speculative else None
     prompt = loaded.data.default_prompt if args.prompt is None else args.prompt
     # unreadable files are logged (stderr) and left out
@@ -72,7 +76,7 @@ def transcribe(args, parser) -> list:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
     mode = 'speculative' if depth else 'greedy'
-    decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops)[mode]
+    decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, stage_one=False)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
     texts = [to_text(o) for o in outputs]
     return [(u.source, u.seconds, text) for u, text in zip(utterances, texts)]

@@ -124,16 +124,17 @@ def _weights(folder: str) -> dict:
             if not k.endswith('_extra_state')}
 
 
-def _evaluate(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*preimported_python(), '-m', 'megatron_salm_mtp.evaluate', *map(str, args)],
+def _command(module: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*preimported_python(), '-m', f'megatron_salm_mtp.{module}', *map(str, args)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 def _stage_one_is_scored_by_its_ctc_head(stage1: str, manifest: str, tmp_path) -> None:
     """Greedy decoding with an LLM at its initialisation would score noise: the report holds the
-    CTC head's mode alone, and the flags that decode with the LLM are one error line each."""
+    CTC head's mode alone, and the flags (and the command) that decode with the LLM are one error
+    line each."""
     out = tmp_path / 'stage1_report.json'
-    result = _evaluate('--load', stage1, '--manifest', manifest, '--batch-size', 4, '--max-utterances', 8,
+    result = _command('evaluate', '--load', stage1, '--manifest', manifest, '--batch-size', 4, '--max-utterances', 8,
                        '--out', out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -142,10 +143,16 @@ def _stage_one_is_scored_by_its_ctc_head(stage1: str, manifest: str, tmp_path) -
     assert figures['utterances'] == 8 and 0 <= figures['cer'] and figures['step_tokens_per_s'] is None
     assert [sorted(h) for h in report['hypotheses']][0] == ['ctc_greedy', 'reference', 'split', 'subset', 'where']
     for flag in ('--speculative', '--audio-ablation'):
-        refused = _evaluate('--load', stage1, '--manifest', manifest, flag)
+        refused = _command('evaluate', '--load', stage1, '--manifest', manifest, flag)
         errors = [line for line in refused.stderr.splitlines() if 'error: ' in line]
         assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
         assert f'{flag}: --load {stage1} is a stage-1 checkpoint (--training-mode encoder_ctc' in errors[0]
+    with open(manifest) as f:
+        audio = os.path.join(os.path.dirname(manifest), json.loads(f.readline())['audio_filepath'])
+    refused = _command('transcribe', '--load', stage1, audio)
+    errors = [line for line in refused.stderr.splitlines() if 'error: ' in line]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
+    assert f'--load {stage1}: a stage-1 checkpoint (--training-mode encoder_ctc) has an LLM that never' in errors[0]
 
 
 def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
