@@ -173,7 +173,9 @@ def check_stage_one(parser, args, loaded: LoadedModel) -> bool:
         if given:
             parser.error(f'{flag}: --load {args.load} is a stage-1 checkpoint (--training-mode {ENCODER_CTC}: '
                          'its LLM never trained), scored by its CTC head alone; drop the flag')
-    check_ctc_greedy(parser, args, loaded.cfg)
+    if loaded.cfg.ctc_target_units not in SPELLED_UNITS:
+        parser.error(f'--load {args.load}: a stage-1 checkpoint is scored by its CTC head alone, which emits '
+                     f'{loaded.cfg.ctc_target_units}: no spelling to score (score its stage 2)')
     return True
 
 

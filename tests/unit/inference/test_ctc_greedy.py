@@ -4,6 +4,7 @@ padding and two audios in one row, the spelling of each unit, the flag's errors,
 (no step rate: one pass has no steps)."""
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,6 +86,20 @@ def test_ctc_greedy_needs_a_spelled_ctc_head():
     with pytest.raises(SystemExit, match='emits phonemes, which have no spelling to score'):
         evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
     evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
+
+
+def test_a_stage_one_checkpoint_is_told_apart():
+    class Parser:
+        def error(self, message):
+            raise SystemExit(message)
+
+    args = SimpleNamespace(load='ckpt', speculative=False, audio_ablation=False, out_manifest=None)
+    stage_one = SimpleNamespace(training_mode='encoder_ctc', cfg=tiny_config(ctc_target_units='characters'))
+    assert evaluate.check_stage_one(Parser(), args, stage_one)
+    assert not evaluate.check_stage_one(Parser(), args, SimpleNamespace(training_mode='joint', cfg=None))
+    phonemes = SimpleNamespace(training_mode='encoder_ctc', cfg=tiny_config(ctc_target_units='phonemes'))
+    with pytest.raises(SystemExit, match='--load ckpt: a stage-1 checkpoint .* emits phonemes: no spelling'):
+        evaluate.check_stage_one(Parser(), args, phonemes)
 
 
 def test_the_ctc_mode_reports_no_step_rate():
