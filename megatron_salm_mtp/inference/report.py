@@ -10,7 +10,7 @@ from .inputs import Utterance
 from .wer import Scores
 
 
-def _rate(numerator: float, denominator: float) -> float | None:
+def _rate(numerator: float, denominator: float | None) -> float | None:
     return numerator / denominator if denominator else None
 
 
@@ -80,7 +80,7 @@ def mode_report(utterances: Sequence[Utterance], texts: Sequence[str], outputs: 
     report = {**total.figures(), 'generated_tokens': tokens, 'decode_seconds': seconds,
               'decode_tokens_per_s': _rate(tokens, seconds), 'real_time_factor': _rate(seconds, audio),
               'encode_seconds': encode, 'prefill_seconds': prefill, 'step_seconds': steps,
-              'step_tokens_per_s': _rate(tokens - len(outputs), steps) if stepwise else None,
+              'step_tokens_per_s': _rate(tokens - len(outputs), steps),
               'subsets': _by_name(subsets),
               'splits': {split: {**group.figures(), 'subsets': _by_name(split_subsets[split])}
                          for split, group in splits.items()}}

@@ -1,9 +1,9 @@
 """Two recognisers on the same utterances: ``python -m megatron_salm_mtp.tools.compare_evals A.json B.json``.
 
 Reads two ``evaluate`` reports, pairs their transcripts by utterance (the report's ``where``:
-manifest and line), and prints per split and per subset the normalised WER of each and the
-difference B - A with a 95 % paired bootstrap interval (and per group, where the reports were made
-with ``evaluate --group-by``, such as the synthetic corpus's accents) (utterances resampled with replacement,
+manifest and line), and prints per split, per subset and per group (where the reports were made
+with ``evaluate --group-by``, e.g. the synthetic corpus's accents) the normalised WER of each and
+the difference B - A with a 95 % paired bootstrap interval (utterances resampled with replacement,
 both models' errors on each drawn utterance kept together). Two hundred utterances of a split give
 WER intervals several points wide; the paired interval of a difference is narrower, and says
 whether a change of recipe moved the figure or the sample did.
