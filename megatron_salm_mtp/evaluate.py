@@ -1,7 +1,8 @@
 """Transcribe manifests with a trained SALM: greedy and MTP self-speculative decoding, one report.
 
     python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl,test_unseen.jsonl \\
-        [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--ctc-greedy] [--batch-size 8] \\
+        [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--ctc-greedy] \\
+        [--ctc-joint-weight 0.3 [0.5 ...]] [--batch-size 8] \\
         [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
 
 The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the CPU).
@@ -11,7 +12,8 @@ in the same process, so the speedup compares like with like; with ``--audio-abla
 decoding runs again with each audio replaced by silence of the same length (same prompt), and the
 report sets WER with and without audio side by side: a model that ignores its audio scores the same
 either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same batches alone
-(``ctc_greedy``: what the encoder heard, without the LLM). A checkpoint of stage 1
+(``ctc_greedy``: what the encoder heard, without the LLM); with ``--ctc-joint-weight W`` greedy decoding
+is steered by the CTC head with weight W (``ctc_joint_W``, ``inference/ctc_joint.py``). A checkpoint of stage 1
 (``--training-mode encoder_ctc``, whose LLM never trained) is scored by its CTC head alone. The JSON
 report holds, per mode: WER after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``:
 lowercase, no punctuation), CER, substitutions/deletions/insertions, overall, per ``subset``, per
@@ -35,7 +37,8 @@ from .commands import add_load_argument
 from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
 from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
-from .inference.decode import greedy_decode, speculative_decode
+from .inference.ctc_joint import token_spelling
+from .inference.decode import greedy_decode, joint_ctc_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
 from .inference.report import ablation_table, group_of, mode_report, plot_acceptance, write_prediction_manifest
@@ -64,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also transcribe with the audio encoder's CTC head alone (best path, no LLM): "
                         "beside the SALM's WER it shows which errors were not heard (checkpoints trained "
                         'with --ctc-loss-weight on characters or tokens)')
+    p.add_argument('--ctc-joint-weight', type=float, nargs='+', metavar='W',
+                   help="also decode greedily with each candidate token scored by the CTC head's prefix score "
+                        'as well, with weight W in (0, 1] (joint CTC/attention decoding; a mode per W; '
+                        'checkpoints with a CTC head on characters)')
     p.add_argument('--cuda-graphs', action='store_true',
                    help='replay each decoding step as a CUDA graph (GPU only): no host overhead per step')
     p.add_argument('--batch-size', type=int, default=1)
@@ -129,6 +136,9 @@ def check_args(parser, args) -> None:
                                ('--warmup-batches', args.warmup_batches, 0)):
         if value is not None and value < least:
             parser.error(f'{flag} {value}: must be >= {least}')
+    bad_weights = [w for w in args.ctc_joint_weight or () if not 0 < w <= 1]
+    if bad_weights:
+        parser.error(f'--ctc-joint-weight {bad_weights[0]}: must be in (0, 1]')
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
     if args.cuda_graphs and not torch.cuda.is_available():
@@ -169,7 +179,7 @@ def check_stage_one(parser, args, loaded: LoadedModel) -> bool:
     if loaded.training_mode != ENCODER_CTC:
         return False
     for flag, given in (('--speculative', args.speculative), ('--audio-ablation', args.audio_ablation),
-                        ('--out-manifest', args.out_manifest)):
+                        ('--ctc-joint-weight', args.ctc_joint_weight), ('--out-manifest', args.out_manifest)):
         if given:
             parser.error(f'{flag}: --load {args.load} is a stage-1 checkpoint (--training-mode {ENCODER_CTC}: '
                          'its LLM never trained), scored by its CTC head alone; drop the flag')
@@ -179,14 +189,14 @@ def check_stage_one(parser, args, loaded: LoadedModel) -> bool:
     return True
 
 
-def check_ctc_greedy(parser, args, cfg) -> None:
-    """--ctc-greedy needs a CTC head whose units are spelled: a parser error naming the checkpoint."""
+def check_ctc_head(parser, args, cfg, flag: str, units) -> None:
+    """``flag`` needs a CTC head emitting one of ``units``: a parser error naming the checkpoint."""
     if not cfg.ctc_enabled:
-        parser.error(f'--ctc-greedy: the checkpoint in --load {args.load} has no CTC head '
+        parser.error(f'{flag}: the checkpoint in --load {args.load} has no CTC head '
                      '(trained without --ctc-loss-weight)')
-    if cfg.ctc_target_units not in SPELLED_UNITS:
-        parser.error(f'--ctc-greedy: the CTC head in --load {args.load} emits {cfg.ctc_target_units}, '
-                     f'which have no spelling to score (it needs {" or ".join(SPELLED_UNITS)})')
+    if cfg.ctc_target_units not in units:
+        parser.error(f'{flag}: the CTC head in --load {args.load} emits {cfg.ctc_target_units}, '
+                     f'which it cannot use (it needs {" or ".join(units)})')
 
 
 def _synchronize() -> None:
@@ -241,7 +251,8 @@ def read_splits(parser, args, loaded) -> dict:
 def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> dict:
     """mode -> (decode function, batches, output -> text): greedy; with --speculative the MTP drafts
     over the same batches; with --audio-ablation greedy again over the utterances with their audio
-    silenced; with --ctc-greedy the CTC head's best path over the same batches. A stage-1
+    silenced; with --ctc-greedy the CTC head's best path over the same batches; per
+    --ctc-joint-weight W greedy decoding steered by the CTC head (eager). A stage-1
     checkpoint (``stage_one``) has the CTC head's mode alone.
 
     With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes
@@ -274,7 +285,18 @@ def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> d
         units, separator = cfg.ctc_target_units, audio_separator(cfg.ctc_target_units)
         modes[CTC_GREEDY] = (lambda batch: ctc_greedy_decode(loaded.model, batch, separator), batches,
                              lambda output: ctc_text(output, units, loaded.tokenizer))
+    if args.ctc_joint_weight:
+        spelling, eager = token_spelling(loaded.tokenizer, cfg.vocab_size, device), WorkspacePool()
+        for weight in args.ctc_joint_weight:
+            modes[joint_mode(weight)] = (
+                lambda batch, weight=weight: joint_ctc_decode(loaded.model, batch, args.max_new_tokens, stops,
+                                                              cfg.vocab_size, weight, spelling, eager),
+                batches, tokens_text)
     return modes
+
+
+def joint_mode(weight: float) -> str:
+    return f'ctc_joint_{weight:g}'
 
 
 def evaluate(args, parser) -> dict:
@@ -283,7 +305,9 @@ def evaluate(args, parser) -> dict:
     stage_one = check_stage_one(parser, args, loaded)
     depth = draft_depth(parser, args, cfg) if args.speculative else None
     if args.ctc_greedy:
-        check_ctc_greedy(parser, args, cfg)
+        check_ctc_head(parser, args, cfg, '--ctc-greedy', SPELLED_UNITS)
+    if args.ctc_joint_weight:
+        check_ctc_head(parser, args, cfg, '--ctc-joint-weight', ('characters',))
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)

@@ -20,6 +20,12 @@ _INDEX = {c: i for i, c in enumerate(CTC_CHARACTERS)}
 _OTHER = re.compile(r"[^a-z0-9']+")
 
 
+def spelled(text: str) -> str:
+    """``text`` in the alphabet: lowercased, each run of other characters one space (kept at the
+    ends, where :func:`character_ids` strips it: a piece of text may end a word)."""
+    return _OTHER.sub(' ', text.lower())
+
+
 def character_ids(text: str) -> list[int]:
     """``text`` as ids of :data:`CTC_CHARACTERS` (see the module docstring)."""
-    return [_INDEX[c] for c in _OTHER.sub(' ', text.lower()).strip()]
+    return [_INDEX[c] for c in spelled(text).strip()]

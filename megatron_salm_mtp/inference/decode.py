@@ -41,8 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.features import AudioPadding
+from ..data.frames import encoder_frames
+from .ctc_joint import JointCTCChooser, TokenSpelling
+from .ctc_prefix import CTCPrefixScorer
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
+from .trunk_cache import head_logits
 from .workspace import PREFILL_GRAPH_MAX_ROWS, DecodeWorkspace, WorkspacePool
 
 CAPACITY_BUCKET = 64
@@ -119,10 +123,10 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
 
 
 def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
-           depths: int, workspaces: WorkspacePool | None):
-    """(workspace, phase clock) after the audio encoding, the prefill, the first token and, with
-    drafts, the MTP layers over the prompt (``MTPDrafter.prefill``: every step after it then has
-    the same shapes)."""
+           depths: int, workspaces: WorkspacePool | None, choose=None):
+    """(workspace, phase clock) after the audio encoding, the prefill, the first token (the argmax
+    or ``choose``'s, ``DecodeWorkspace.prefill``) and, with drafts, the MTP layers over the prompt
+    (``MTPDrafter.prefill``: every step after it then has the same shapes)."""
     pool = workspaces or WorkspacePool()
     if pool.cuda_graphs and batch.tokens.shape[0] <= PREFILL_GRAPH_MAX_ROWS:
         batch = graph_shapes(batch, 2 * model.cfg.encoder_max_source_positions)
@@ -134,7 +138,7 @@ def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size:
     clock.mark()
     ws.encode(prompt, batch.audio_features, batch.audio_feature_lengths)
     clock.mark()
-    ws.prefill(prompt, vocab_size)
+    ws.prefill(prompt, vocab_size, choose)
     clock.mark()
     return ws, clock
 
@@ -193,3 +197,36 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         ws.rows.count_step(active, ws.rows.emit(verdict, agreed.sum(dim=1)), agreed)
 
     return _finish(ws, 'speculative', step, batch, clock, depths)
+
+
+@torch.no_grad()
+def joint_ctc_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int], vocab_size: int,
+                     weight: float, spelling: TokenSpelling, workspaces: WorkspacePool | None = None):
+    """(outputs per row, DecodeStats per row) of greedy decoding steered by the CTC head with
+    ``weight`` (``ctc_joint.py``); one audio per row. Eager: each step's candidates are scored over
+    every frame of the row's audio, which the encoder runs once more for the head."""
+    if batch.audio_features.shape[0] != batch.tokens.shape[0] or any(n != 1 for n in batch.audios_per_row):
+        raise ValueError(f'joint CTC decoding needs one audio per utterance: {batch.tokens.shape[0]} rows, '
+                         f'{batch.audio_features.shape[0]} audios')
+    if workspaces is not None and workspaces.cuda_graphs:
+        raise ValueError('joint CTC decoding runs eagerly: give it a workspace pool without CUDA graphs')
+    head = model.ctc_head
+    frames = model.audio_encoder(batch.audio_features, batch.audio_feature_lengths)
+    scorer = CTCPrefixScorer(head(frames).float().log_softmax(-1), encoder_frames(batch.audio_feature_lengths),
+                             blank=head.out_features - 1)
+    stop = torch.zeros(vocab_size, dtype=torch.bool, device=frames.device)
+    stop[list(stop_ids)] = True
+    chooser = JointCTCChooser(scorer, spelling, weight, stop)
+    lm = model.language_model
+
+    def choose(hidden):  # [1, b, h] -> [1, b]
+        return chooser(head_logits(lm, hidden[0], vocab_size))[None]
+
+    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, choose)
+
+    def step():
+        active = ~ws.rows.done
+        tokens = choose(ws.feed(ws.last_tokens()[:, None]))
+        ws.rows.count_step(active, ws.rows.emit(tokens.t()))
+
+    return _finish(ws, 'joint', step, batch, clock, 0)

@@ -33,12 +33,17 @@ class TrunkCache:
         return head_argmax(self.lm, hidden, vocab_size)
 
 
-def head_argmax(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Argmax [n, b] over the tokenizer's vocabulary of the (tied or untied) output head's logits
-    of hidden states [n, b, h]. In the logits' own dtype: an fp32 copy would give the same ids (it
-    is exact and keeps the order; argmax takes the first of equal values either way) for one more
-    kernel and a vocabulary-wide write per head."""
+def head_logits(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Logits [..., vocab_size] of the (tied or untied) output head over hidden states [..., h],
+    cut to the tokenizer's vocabulary (the head's rows may be padded past it)."""
     weight = (language_model.shared_embedding_or_output_weight()
               if language_model.share_embeddings_and_output_weights else None)
     logits, _ = language_model.output_layer(hidden, weight=weight)
-    return logits[..., :vocab_size].argmax(-1)
+    return logits[..., :vocab_size]
+
+
+def head_argmax(language_model, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Argmax [n, b] of the head's logits of hidden states [n, b, h]. In the logits' own dtype: an
+    fp32 copy would give the same ids (it is exact and keeps the order; argmax takes the first of
+    equal values either way) for one more kernel and a vocabulary-wide write per head."""
+    return head_logits(language_model, hidden, vocab_size).argmax(-1)

@@ -89,13 +89,17 @@ class DecodeWorkspace:
 
         self._replayed(name, step, self.graphed_prefill, self.prefill_pool)
 
-    def prefill(self, prompt: int, vocab_size: int) -> None:
-        """The trunk over the encoded prompts, each row's first token and, with drafts, the MTP
-        layers over the prompts (``MTPDrafter.prefill``)."""
+    def prefill(self, prompt: int, vocab_size: int, choose: Callable | None = None) -> None:
+        """The trunk over the encoded prompts, each row's first token (the head's argmax, or
+        ``choose(hidden [1, b, h])`` -> [1, b]) and, with drafts, the MTP layers over the prompts
+        (``MTPDrafter.prefill``)."""
+        if choose is not None and self.graphed_prefill:
+            raise ValueError('a prefill with its own token choice runs eagerly (its graph would be the argmax one)')
+
         def step():
             hidden = self.trunk(self.prompt_embeddings[:prompt], self._prompt_positions(prompt))
-            last = hidden[self.lengths - 1, self.index]
-            self.rows.emit(self.cache.next_tokens(last[None], vocab_size).t())
+            last = hidden[self.lengths - 1, self.index][None]
+            self.rows.emit((choose(last) if choose else self.cache.next_tokens(last, vocab_size)).t())
             if self.drafter is not None:
                 self.drafter.prefill(self.tokens, self.hidden, prompt + 1)
 

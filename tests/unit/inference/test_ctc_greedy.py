@@ -11,7 +11,13 @@ import torch
 
 from megatron_salm_mtp import evaluate
 from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
-from megatron_salm_mtp.inference.ctc_greedy import audio_separator, best_path, ctc_greedy_decode, ctc_text
+from megatron_salm_mtp.inference.ctc_greedy import (
+    SPELLED_UNITS,
+    audio_separator,
+    best_path,
+    ctc_greedy_decode,
+    ctc_text,
+)
 from megatron_salm_mtp.inference.decode import DecodeStats, PromptBatch
 from megatron_salm_mtp.inference.inputs import Utterance
 from megatron_salm_mtp.inference.report import mode_report
@@ -73,7 +79,7 @@ def test_batched_rows_match_each_audio_alone(single_rank_parallel):
     assert len(stats) == 3 and stats[0].encode_seconds > 0 and stats[0].verify_steps == 0
 
 
-def test_ctc_greedy_needs_a_spelled_ctc_head():
+def test_the_ctc_modes_need_a_ctc_head_they_can_use():
     class Parser:
         def error(self, message):
             raise SystemExit(message)
@@ -81,11 +87,16 @@ def test_ctc_greedy_needs_a_spelled_ctc_head():
     class Args:
         load = 'ckpt'
 
+    check = evaluate.check_ctc_head
     with pytest.raises(SystemExit, match='--ctc-greedy: the checkpoint in --load ckpt has no CTC head'):
-        evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.0))
-    with pytest.raises(SystemExit, match='emits phonemes, which have no spelling to score'):
-        evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'))
-    evaluate.check_ctc_greedy(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'))
+        check(Parser(), Args(), tiny_config(ctc_loss_weight=0.0), '--ctc-greedy', SPELLED_UNITS)
+    with pytest.raises(SystemExit, match='emits phonemes, which it cannot use .it needs characters or tokens'):
+        check(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='phonemes'), '--ctc-greedy',
+              SPELLED_UNITS)
+    check(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'), '--ctc-greedy', SPELLED_UNITS)
+    with pytest.raises(SystemExit, match='--ctc-joint-weight: the CTC head in --load ckpt emits tokens'):
+        check(Parser(), Args(), tiny_config(ctc_loss_weight=0.3, ctc_target_units='tokens'), '--ctc-joint-weight',
+              ('characters',))
 
 
 def test_a_stage_one_checkpoint_is_told_apart():
@@ -93,7 +104,8 @@ def test_a_stage_one_checkpoint_is_told_apart():
         def error(self, message):
             raise SystemExit(message)
 
-    args = SimpleNamespace(load='ckpt', speculative=False, audio_ablation=False, out_manifest=None)
+    args = SimpleNamespace(load='ckpt', speculative=False, audio_ablation=False, ctc_joint_weight=None,
+                           out_manifest=None)
     stage_one = SimpleNamespace(training_mode='encoder_ctc', cfg=tiny_config(ctc_target_units='characters'))
     assert evaluate.check_stage_one(Parser(), args, stage_one)
     assert not evaluate.check_stage_one(Parser(), args, SimpleNamespace(training_mode='joint', cfg=None))

@@ -1,0 +1,106 @@
+"""Greedy decoding of the LLM steered by the encoder's CTC head (``evaluate --ctc-joint-weight``).
+
+Why: the LLM reads the encoder's frames through the projector and may write fluent text they do
+not hold (a sound-alike word, a rarer one, a sentence cut short), while the CTC head spells what
+it heard without a language model (``ctc_greedy.py``). Joint CTC/attention decoding (Watanabe et
+al. 2017, as in ESPnet) scores each candidate next token by both: with weight w,
+
+    (1 - w) * log p_LLM(token | prefix) + w * (log ctc(prefix + token) - log ctc(prefix))
+
+where ctc(h) is the CTC prefix score of h's spelling (``ctc_prefix.py``) and, for a stop token, the
+probability that the audio holds h and nothing more. Greedy: one hypothesis per row, the candidates
+the LLM's top JOINT_CANDIDATES tokens.
+
+The two vocabularies differ (the LLM writes tokenizer pieces, the head spells characters), so each
+piece's text is spelled as training spelled transcripts (``data.ctc_text``): lowercased, other
+characters a word break. A piece's breaks become one space between two spelled words (never at
+the start), so the labels a row has consumed are always the spelling of the text it has written.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.ctc_text import CTC_CHARACTERS, character_ids, spelled
+from .ctc_prefix import CTCPrefixScorer
+
+JOINT_CANDIDATES = 8
+"""Tokens scored per step: the LLM's most likely ones. Where it hesitates the right token is among
+its first few; further down CTC would only pick pieces the LLM finds implausible."""
+SPACE = CTC_CHARACTERS.index(' ')
+
+
+@dataclass
+class TokenSpelling:
+    """Each vocabulary id's spelling in CTC characters, as tensors indexed by id."""
+    labels: torch.Tensor  # [V, L] the characters of its words, inner breaks as one space; padded
+    counts: torch.Tensor  # [V] how many of ``labels`` are real (0: no letter or digit)
+    leading_break: torch.Tensor  # [V] bool: its text starts with a word break
+    trailing_break: torch.Tensor  # [V] bool: ... ends with one
+    has_break: torch.Tensor  # [V] bool: ... holds one
+
+
+def piece_texts(tokenizer, vocab_size: int) -> list[str]:
+    """The text each id adds after another piece (a SentencePiece piece's leading '▁' decodes to a
+    space only there); specials and ids past the tokenizer's vocabulary add ''."""
+    anchor = tokenizer.encode('a')
+    before = tokenizer.decode(anchor)
+    texts = []
+    for token in range(vocab_size):
+        text = tokenizer.decode(anchor + [token])
+        texts.append(text[len(before):] if text.startswith(before) else tokenizer.decode([token]))
+    return texts
+
+
+def token_spelling(tokenizer, vocab_size: int, device) -> TokenSpelling:
+    texts = [spelled(t) for t in piece_texts(tokenizer, vocab_size)]
+    ids = [character_ids(t) for t in texts]
+    width = max(1, max(len(i) for i in ids))
+    labels = torch.zeros(vocab_size, width, dtype=torch.long)
+    for token, spelling in enumerate(ids):
+        labels[token, :len(spelling)] = torch.tensor(spelling, dtype=torch.long)
+
+    def flags(test):
+        return torch.tensor([test(t) for t in texts], dtype=torch.bool, device=device)
+
+    return TokenSpelling(labels.to(device), torch.tensor([len(i) for i in ids], device=device),
+                         flags(lambda t: t.startswith(' ')), flags(lambda t: t.endswith(' ')),
+                         flags(lambda t: ' ' in t))
+
+
+class JointCTCChooser:
+    """Each row's next token by the joint score (module docstring); called once per decoding step
+    with the LLM's logits, it keeps each row's CTC hypothesis in step with what it chose."""
+
+    def __init__(self, scorer: CTCPrefixScorer, spelling: TokenSpelling, weight: float, stop: torch.Tensor):
+        if not 0 < weight <= 1:
+            raise ValueError(f'joint CTC weight {weight}: must be in (0, 1]')
+        self.scorer, self.spelling, self.weight, self.stop = scorer, spelling, weight, stop
+        size, device = scorer.score.shape[0], scorer.score.device
+        self.empty = torch.ones(size, dtype=torch.bool, device=device)  # nothing spelled yet
+        self.pending = torch.zeros(size, dtype=torch.bool, device=device)  # a break since the last letter
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Tokens [b] chosen from ``logits`` [b, V] (the tokenizer's vocabulary)."""
+        llm, candidates = logits.float().log_softmax(-1).topk(min(JOINT_CANDIDATES, logits.shape[-1]), dim=-1)
+        labels, counts = self._labels(candidates)
+        scores, states = self.scorer.extend(labels, counts)
+        ctc = torch.where(self.stop[candidates], self.scorer.final()[:, None], scores) - self.scorer.score[:, None]
+        choice = ((1 - self.weight) * llm.double() + self.weight * ctc).argmax(dim=-1)
+        token = candidates.gather(1, choice[:, None])[:, 0]
+        self.scorer.advance(states, scores, choice)
+        letters = self.spelling.counts[token] > 0
+        self.pending = torch.where(letters, self.spelling.trailing_break[token],
+                                   self.pending | self.spelling.has_break[token])
+        self.empty &= ~letters
+        return token
+
+    def _labels(self, candidates: torch.Tensor):
+        """(labels [b, k, L+1], counts [b, k]): each candidate's characters after the row's text,
+        a space first where a break separates them from the row's last letter."""
+        core, counts = self.spelling.labels[candidates], self.spelling.counts[candidates]
+        space = (~self.empty[:, None] & (self.pending[:, None] | self.spelling.leading_break[candidates])
+                 & (counts > 0))
+        spaced = torch.cat([torch.full_like(core[..., :1], SPACE), core], dim=-1)
+        unspaced = torch.cat([core, torch.zeros_like(core[..., :1])], dim=-1)
+        return torch.where(space[..., None], spaced, unspaced), counts + space.long()

@@ -1,0 +1,151 @@
+"""Greedy decoding steered by the CTC head (``inference/ctc_joint.py``, ``decode.joint_ctc_decode``):
+the characters a row hands the CTC scorer are the spelling of the text it wrote (byte and
+SentencePiece tokenizers), the CTC head overrules a mildly wrong LLM and holds back a stop token
+while the audio holds more, a vanishing weight decodes as greedy does, and batched rows decode as
+each row alone."""
+
+import pytest
+import torch
+
+from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
+from megatron_salm_mtp.data.tokenizer import ByteTokenizer, build_tokenizer
+from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
+from megatron_salm_mtp.inference.ctc_joint import JointCTCChooser, token_spelling
+from megatron_salm_mtp.inference.ctc_prefix import CTCPrefixScorer
+from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, joint_ctc_decode
+from tests.support.data_fixtures import write_manifest
+from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, tiny_salm
+
+TEXTS = ["Hello, world!  It's 5 o'clock.", ' leading and trailing ', 'a--b...c', 'UPPER lower 4 2',
+         'Grüße wörld', '']
+BLANK = len(CTC_CHARACTERS)
+
+
+class RecordingScorer:
+    """Stands in for ``CTCPrefixScorer``: scores every candidate 0 and records the labels of the
+    chosen ones, so the LLM's logits alone decide and the test reads what CTC would have scored."""
+
+    def __init__(self, rows: int):
+        self.score = torch.zeros(rows, dtype=torch.float64)
+        self.spelled = [[] for _ in range(rows)]
+
+    def extend(self, labels, counts):
+        return torch.zeros(counts.shape, dtype=torch.float64), (labels, counts)
+
+    def final(self):
+        return torch.zeros_like(self.score)
+
+    def advance(self, states, scores, choice):
+        labels, counts = states
+        for row, k in enumerate(choice.tolist()):
+            self.spelled[row] += labels[row, k, :counts[row, k]].tolist()
+
+
+def _forced(chooser, vocab: int, sequences: list[list[int]]) -> list[list[int]]:
+    """Drive ``chooser`` with logits that make each row's next token the next of its sequence."""
+    steps = max(len(s) for s in sequences)
+    chosen = [[] for _ in sequences]
+    for step in range(steps):
+        logits = torch.zeros(len(sequences), vocab)
+        for row, sequence in enumerate(sequences):
+            logits[row, sequence[step] if step < len(sequence) else EOS_ID] = 100.0
+        for row, token in enumerate(chooser(logits).tolist()):
+            chosen[row].append(token)
+    return chosen
+
+
+def _sentencepiece(tmp_path):
+    pytest.importorskip('sentencepiece')
+    words = ('send it to arjun patel the code is one four seven please call maria lopez about the meeting '
+             "on tuesday it's five o'clock").split()
+    rows = [{'audio_filepath': f'{i}.wav', 'text': ' '.join(words[(i * 7 + k) % len(words)] for k in range(8))}
+            for i in range(200)]
+    out = str(tmp_path / 'tok.model')
+    train_tokenizer([write_manifest(tmp_path / 'train.jsonl', rows)], 300, out)
+    return build_tokenizer('sentencepiece', out)
+
+
+@pytest.mark.parametrize('kind', ['byte', 'sentencepiece'])
+def test_the_labels_handed_to_ctc_spell_the_text_written(kind, tmp_path):
+    tokenizer = ByteTokenizer() if kind == 'byte' else _sentencepiece(tmp_path)
+    vocab = tokenizer.vocab_size
+    sequences = [tokenizer.encode(t) for t in TEXTS]
+    scorer = RecordingScorer(len(TEXTS))
+    stop = torch.zeros(vocab, dtype=torch.bool)
+    chooser = JointCTCChooser(scorer, token_spelling(tokenizer, vocab, 'cpu'), 0.5, stop)
+    chosen = _forced(chooser, vocab, sequences)
+    assert [c[:len(s)] for c, s in zip(chosen, sequences)] == sequences
+    for row, sequence in enumerate(sequences):
+        assert scorer.spelled[row] == character_ids(tokenizer.decode(sequence)), TEXTS[row]
+
+
+def _peaked(text: str, frames_per_label: int = 3) -> torch.Tensor:
+    """CTC log-probabilities [1, T, C] that spell ``text``: each character for a frame, then blanks."""
+    rows = []
+    for label in character_ids(text):
+        for frame in range(frames_per_label):
+            row = torch.full((BLANK + 1,), -12.0)
+            row[label if frame == 0 else BLANK] = 0.0
+            rows.append(row)
+    return torch.stack(rows)[None].log_softmax(-1)
+
+
+def _choices(text: str, weight: float, steps: list[dict[str, float]]) -> str:
+    """The text chosen by joint decoding over a CTC head that heard ``text`` and an LLM whose
+    logits at each step are ``steps`` (characters, or 'eos'; others at 0)."""
+    tokenizer = ByteTokenizer()
+    log_probs = _peaked(text)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([log_probs.shape[1]]), BLANK)
+    stop = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    stop[EOS_ID] = True
+    chooser = JointCTCChooser(scorer, token_spelling(tokenizer, tokenizer.vocab_size, 'cpu'), weight, stop)
+    written = ''
+    for logits in steps:
+        row = torch.zeros(1, tokenizer.vocab_size)
+        for key, value in logits.items():
+            row[0, EOS_ID if key == 'eos' else ord(key)] = value
+        token = int(chooser(row)[0])
+        if token == EOS_ID:
+            return written + '<eos>'
+        written += tokenizer.decode([token])
+    return written
+
+
+def test_the_ctc_head_overrules_a_mildly_wrong_llm_and_holds_back_its_stop():
+    steps = [{'a': 5.0}, {'c': 6.0, 'b': 5.0}, {'eos': 6.0, 'd': 5.0}, {'eos': 6.0}]
+    assert _choices('abd', 0.5, steps) == 'abd<eos>'
+    assert _choices('abd', 0.01, steps) == 'ac<eos>'  # a small weight leaves the LLM's choice
+    assert _choices('ab', 0.5, steps) == 'ab<eos>'  # the audio ends: the stop is taken
+
+
+def test_a_vanishing_weight_decodes_as_greedy(single_rank_parallel):
+    model = tiny_salm(seed=0, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters')
+    batch = random_prompts(model.cfg, [30, 57, 41], seed=1)
+    vocab = model.cfg.vocab_size
+    greedy, _ = greedy_decode(model, batch, 10, [EOS_ID], vocab)
+    spelling = token_spelling(ByteTokenizer(), vocab, 'cpu')
+    joint, stats = joint_ctc_decode(model, batch, 10, [EOS_ID], vocab, 1e-12, spelling)
+    assert joint == greedy and sum(s.verify_emitted for s in stats) == sum(map(len, joint)) - len(joint)
+
+
+def test_batched_rows_decode_as_each_row_alone(single_rank_parallel):
+    model = tiny_salm(seed=2, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters')
+    model.ctc_head.weight.data.mul_(30.0)  # a head whose prefix scores differ enough to steer
+    batch = random_prompts(model.cfg, [30, 57, 41], seed=3)
+    vocab = model.cfg.vocab_size
+    spelling = token_spelling(ByteTokenizer(), vocab, 'cpu')
+    joint, _ = joint_ctc_decode(model, batch, 12, [EOS_ID], vocab, 0.7, spelling)
+    greedy, _ = greedy_decode(model, batch, 12, [EOS_ID], vocab)
+    assert joint != greedy  # the head steered at least one row
+    for row in range(3):
+        alone, _ = joint_ctc_decode(model, row_of(batch, row), 12, [EOS_ID], vocab, 0.7, spelling)
+        assert alone[0] == joint[row], row
+
+
+def test_rows_of_other_than_one_audio_are_refused(single_rank_parallel):
+    model = tiny_salm(seed=0, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters')
+    batch = random_prompts(model.cfg, [30, 41], seed=1)
+    two = PromptBatch(batch.tokens[:1], batch.lengths[:1], batch.audio_features, batch.audio_feature_lengths, (2,))
+    with pytest.raises(ValueError, match='joint CTC decoding needs one audio per utterance: 1 rows, 2 audios'):
+        joint_ctc_decode(model, two, 4, [EOS_ID], model.cfg.vocab_size, 0.5,
+                         token_spelling(ByteTokenizer(), model.cfg.vocab_size, 'cpu'))
