@@ -6,7 +6,8 @@ with ``evaluate --group-by``, e.g. the synthetic corpus's accents) the normalise
 the difference B - A with a 95 % paired bootstrap interval (utterances resampled with replacement,
 both models' errors on each drawn utterance kept together). Two hundred utterances of a split give
 WER intervals several points wide; the paired interval of a difference is narrower, and says
-whether a change of recipe moved the figure or the sample did.
+whether a change of recipe moved the figure or the sample did. Two decoders of one model compare the
+same way: the report twice, ``--mode greedy --mode-b ctc_joint_0.3``.
 """
 
 import argparse
@@ -35,12 +36,14 @@ def _word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return count.errors, count.reference
 
 
-def paired_utterances(report_a: dict, report_b: dict, mode: str) -> list[PairedUtterance]:
-    """The utterances both reports decoded in ``mode``, in A's order; a ValueError names the first
-    utterance whose reference differs (not the same test set) or a mode a report lacks."""
-    for name, report in (('A', report_a), ('B', report_b)):
-        if mode not in report['modes']:
-            raise ValueError(f"report {name} has no mode {mode!r} (it has {', '.join(report['modes'])})")
+def paired_utterances(report_a: dict, report_b: dict, mode: str, mode_b: str | None = None) -> list[PairedUtterance]:
+    """The utterances A decoded in ``mode`` and B in ``mode_b`` (default: ``mode``), in A's order; a
+    ValueError names the first utterance whose reference differs (not the same test set) or a mode a
+    report lacks."""
+    mode_b = mode_b or mode
+    for name, report, wanted in (('A', report_a, mode), ('B', report_b, mode_b)):
+        if wanted not in report['modes']:
+            raise ValueError(f"report {name} has no mode {wanted!r} (it has {', '.join(report['modes'])})")
     theirs = {h['where']: h for h in report_b['hypotheses']}
     pairs = []
     for mine in report_a['hypotheses']:
@@ -51,7 +54,7 @@ def paired_utterances(report_a: dict, report_b: dict, mode: str) -> list[PairedU
             raise ValueError(f"{mine['where']}: the reports' references differ ({mine['reference']!r} vs "
                              f"{other['reference']!r}): they were not evaluated on the same utterances")
         errors_a, words = _word_errors(mine['reference'], mine[mode])
-        errors_b, _ = _word_errors(other['reference'], other[mode])
+        errors_b, _ = _word_errors(other['reference'], other[mode_b])
         pairs.append(PairedUtterance(mine['split'], mine.get('subset', ''), words, errors_a, errors_b,
                                      mine.get('group', '')))
     if not pairs:
@@ -119,6 +122,8 @@ def main(argv=None) -> None:
     parser.add_argument('report_a', help='evaluate report (JSON) of model A')
     parser.add_argument('report_b', help='evaluate report (JSON) of model B, on the same utterances')
     parser.add_argument('--mode', default='greedy', help='decoding mode of both reports to compare')
+    parser.add_argument('--mode-b', help="report B's mode, where it differs (two decoders of one model: the same "
+                                         'report twice)')
     parser.add_argument('--draws', type=int, default=2000, help='bootstrap resamples')
     parser.add_argument('--seed', type=int, default=0, help='seed of the resampling')
     args = parser.parse_args(argv)
@@ -127,7 +132,7 @@ def main(argv=None) -> None:
     if args.draws < 1:
         sys.exit(f'--draws must be >= 1, got {args.draws}')
     try:
-        pairs = paired_utterances(_read_report(args.report_a), _read_report(args.report_b), args.mode)
+        pairs = paired_utterances(_read_report(args.report_a), _read_report(args.report_b), args.mode, args.mode_b)
     except ValueError as error:
         sys.exit(str(error))
     print(format_table(comparison_rows(pairs, args.draws, args.seed)))

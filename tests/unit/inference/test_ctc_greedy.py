@@ -109,6 +109,9 @@ def test_a_stage_one_checkpoint_is_told_apart():
     stage_one = SimpleNamespace(training_mode='encoder_ctc', cfg=tiny_config(ctc_target_units='characters'))
     assert evaluate.check_stage_one(Parser(), args, stage_one)
     assert not evaluate.check_stage_one(Parser(), args, SimpleNamespace(training_mode='joint', cfg=None))
+    joint = SimpleNamespace(**{**vars(args), 'ctc_joint_weight': [0.3]})
+    with pytest.raises(SystemExit, match='--ctc-joint-weight: --load ckpt is a stage-1 checkpoint'):
+        evaluate.check_stage_one(Parser(), joint, stage_one)
     phonemes = SimpleNamespace(training_mode='encoder_ctc', cfg=tiny_config(ctc_target_units='phonemes'))
     with pytest.raises(SystemExit, match='--load ckpt: a stage-1 checkpoint .* emits phonemes: no spelling'):
         evaluate.check_stage_one(Parser(), args, phonemes)

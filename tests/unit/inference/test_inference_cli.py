@@ -211,6 +211,8 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     (['--out', '{tmp}/file.txt/report.json'], '--out {tmp}/file.txt/report.json: cannot create its folder'),
     (['--out-manifest', '{tmp}'], '--out-manifest {tmp}: is a folder'),
     (['--out', '{tmp}/r.json', '--out-manifest', '{tmp}/r.json'], 'the same file as --out'),
+    (['--ctc-joint-weight', '0.3', '1.5'], '--ctc-joint-weight 1.5: must be in (0, 1]'),
+    (['--ctc-joint-weight', '0'], '--ctc-joint-weight 0.0: must be in (0, 1]'),
     pytest.param(['--cuda-graphs'], '--cuda-graphs needs a GPU',
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU takes the flag')),
 ])
@@ -260,8 +262,9 @@ def test_missing_scoring_packages_are_named_first(tmp_path, manifest, capsys, mo
     assert "pip install 'megatron_salm_mtp[eval]'" in capsys.readouterr().err
 
 
-def test_ctc_greedy_without_a_ctc_head_is_one_line(single_rank_parallel, tp2_checkpoint, manifest, capsys):
+@pytest.mark.parametrize('flags', [['--ctc-greedy'], ['--ctc-joint-weight', '0.3']])
+def test_a_ctc_mode_without_a_ctc_head_is_one_line(single_rank_parallel, tp2_checkpoint, manifest, capsys, flags):
     with pytest.raises(SystemExit):
-        evaluate.main(['--load', tp2_checkpoint, '--manifest', manifest, '--ctc-greedy'])
-    assert (f'--ctc-greedy: the checkpoint in --load {tp2_checkpoint} has no CTC head '
+        evaluate.main(['--load', tp2_checkpoint, '--manifest', manifest, *flags])
+    assert (f'{flags[0]}: the checkpoint in --load {tp2_checkpoint} has no CTC head '
             '(trained without --ctc-loss-weight)') in capsys.readouterr().err

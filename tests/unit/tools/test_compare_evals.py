@@ -90,3 +90,19 @@ def test_command_prints_the_table_and_names_a_bad_file(tmp_path, capsys):
     (tmp_path / 'broken.json').write_text('{')
     with pytest.raises(SystemExit, match='broken.json: cannot read an evaluate report'):
         main([str(path_a), str(tmp_path / 'broken.json')])
+
+
+def test_two_modes_of_one_report_compare_by_utterance(tmp_path, capsys):
+    """``--mode-b``: B's mode where it differs, so two decoders of one model compare on one report."""
+    both = json.loads(json.dumps(A))
+    both['modes']['ctc_joint_0.3'] = {}
+    for mine, theirs in zip(both['hypotheses'], B['hypotheses']):
+        mine['ctc_joint_0.3'] = theirs['greedy']
+    pairs = paired_utterances(both, both, 'greedy', 'ctc_joint_0.3')
+    assert pairs == paired_utterances(A, B, 'greedy')
+    with pytest.raises(ValueError, match="report B has no mode 'ctc_joint_0.5'"):
+        paired_utterances(both, both, 'greedy', 'ctc_joint_0.5')
+    path = tmp_path / 'r.json'
+    path.write_text(json.dumps(both))
+    main([str(path), str(path), '--mode-b', 'ctc_joint_0.3', '--draws', '50'])
+    assert capsys.readouterr().out.splitlines()[1].split()[:5] == ['test', '2', '0.100', '0.300', '+0.200']
