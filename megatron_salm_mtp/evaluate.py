@@ -136,9 +136,7 @@ def check_args(parser, args) -> None:
                                ('--warmup-batches', args.warmup_batches, 0)):
         if value is not None and value < least:
             parser.error(f'{flag} {value}: must be >= {least}')
-    bad_weights = [w for w in args.ctc_joint_weight or () if not 0 < w <= 1]
-    if bad_weights:
-        parser.error(f'--ctc-joint-weight {bad_weights[0]}: must be in (0, 1]')
+    check_joint_weights(parser, args.ctc_joint_weight)
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
     if args.cuda_graphs and not torch.cuda.is_available():
@@ -149,6 +147,12 @@ def check_args(parser, args) -> None:
         check_writable(parser, '--out-manifest', args.out_manifest)
         if args.out and os.path.abspath(args.out_manifest) == os.path.abspath(args.out):
             parser.error(f'--out-manifest {args.out_manifest}: the same file as --out')
+
+
+def check_joint_weights(parser, weights) -> None:
+    bad = [w for w in weights or () if not 0 < w <= 1]
+    if bad:
+        parser.error(f'--ctc-joint-weight {bad[0]}: must be in (0, 1]')
 
 
 def load_or_error(parser, load_dir: str) -> LoadedModel:

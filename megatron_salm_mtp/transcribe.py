@@ -1,11 +1,13 @@
 """Transcribe audio files with a trained SALM, no manifest needed.
 
-    python -m megatron_salm_mtp.transcribe --load ckpt a.wav b.flac c.mp3 [--speculative] [--json]
+    python -m megatron_salm_mtp.transcribe --load ckpt a.wav b.flac c.mp3 [--speculative | --ctc-joint-weight 0.3] \\
+        [--json]
 
 Each file (any format soundfile reads, WAV without it; resampled to 16 kHz) is prompted as the
 checkpoint's run prompted its training audio (its template, system prompt and default task
 prompt, or ``--prompt``) and decoded greedily, or with MTP self-speculative decoding
-(``--speculative``: the same text, fewer trunk forwards). One line per file on stdout, in the
+(``--speculative``: the same text, fewer trunk forwards), or steered by the encoder's CTC head
+(``--ctc-joint-weight W``: ``evaluate``'s ``ctc_joint_W``, README). One line per file on stdout, in the
 order given: ``FILE<Tab>TRANSCRIPT``, or with ``--json`` a NeMo-style manifest line
 (``audio_filepath``, ``duration``, ``pred_text``). A file that cannot be read is named on stderr
 and left out; decoding runs as ``evaluate``'s does (TP=1, PP=1, one GPU or the CPU).
@@ -18,7 +20,15 @@ import os
 from .commands import add_load_argument
 from .config import ENCODER_CTC
 from .data.manifest import Example, Segment
-from .evaluate import decoding_modes, draft_depth, load_or_error, run_mode
+from .evaluate import (
+    check_ctc_head,
+    check_joint_weights,
+    decoding_modes,
+    draft_depth,
+    joint_mode,
+    load_or_error,
+    run_mode,
+)
 from .inference.inputs import example_utterances, stop_ids
 
 
@@ -30,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--prompt', help="the user's instruction before the audio (default: the run's default prompt)")
     p.add_argument('--speculative', action='store_true', help='decode with MTP drafts (same output, fewer forwards)')
     p.add_argument('--mtp-draft-depth', type=int, help='drafted tokens per trunk forward (default: trained depths)')
+    p.add_argument('--ctc-joint-weight', type=float, nargs=1, metavar='W',
+                   help="decode with each candidate token scored by the CTC head's prefix score as well, with "
+                        'weight W in (0, 1] (a CTC head on characters; eager)')
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--cuda-graphs', action='store_true', help='replay each decoding step as a CUDA graph (GPU only)')
@@ -49,6 +62,9 @@ def check_args(parser, args) -> None:
             parser.error(f'{flag} {value}: must be >= 1')
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
+    check_joint_weights(parser, args.ctc_joint_weight)
+    if args.ctc_joint_weight and args.speculative:
+        parser.error("--ctc-joint-weight and --speculative: choose one decoder (speculative decoding is greedy's)")
 
 
 def file_examples(paths, prompt):
@@ -68,6 +84,8 @@ def transcribe(args, parser) -> list:
         parser.error(f'--load {args.load}: a stage-1 checkpoint (--training-mode {ENCODER_CTC}) has an LLM that '
                      'never trained; transcribe with the stage-2 checkpoint trained from it')
     depth = draft_depth(parser, args, loaded.cfg) if args.speculative else None
+    if args.ctc_joint_weight:
+        check_ctc_head(parser, args, loaded.cfg, '--ctc-joint-weight', ('characters',))
     prompt = loaded.data.default_prompt if args.prompt is None else args.prompt
     # unreadable files are logged (stderr) and left out
     utterances, _ = example_utterances(file_examples(args.files, prompt), loaded.data, loaded.tokenizer,
@@ -75,7 +93,7 @@ def transcribe(args, parser) -> list:
     if not utterances:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
-    mode = 'speculative' if depth else 'greedy'
+    mode = joint_mode(args.ctc_joint_weight[0]) if args.ctc_joint_weight else 'speculative' if depth else 'greedy'
     decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, stage_one=False)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
     texts = [to_text(o) for o in outputs]

@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('transcribe') / 'ckpt')
     launcher, rank_env = rank_launcher(1)
     env = child_env(PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', **rank_env)
-    cmd = launcher + [support_script('inference_ckpt.py'), '--out', out]
+    cmd = launcher + [support_script('inference_ckpt.py'), '--out', out, '--ctc-loss-weight', '0.3']
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -46,10 +46,11 @@ def test_transcripts_match_evaluate_on_a_manifest(single_rank_parallel, checkpoi
     manifest = write_manifest(tmp_path / 'files.jsonl', [{'audio_filepath': p, 'text': 'x'} for p in audio_files])
     evaluate.main(['--load', checkpoint, '--manifest', manifest, '--max-new-tokens', '8', '--warmup-batches', '0',
                    '--batch-size', '2', '--out', str(tmp_path / 'report.json'),
-                   '--out-manifest', str(tmp_path / 'pred.jsonl')])
+                   '--out-manifest', str(tmp_path / 'pred.jsonl'), '--ctc-joint-weight', '0.5'])
     capsys.readouterr()
     with open(tmp_path / 'pred.jsonl') as f:
         expected = [json.loads(line)['pred_text'] for line in f]
+    steered = [h['ctc_joint_0.5'] for h in json.loads((tmp_path / 'report.json').read_text())['hypotheses']]
     greedy = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json'] + audio_files)
     assert [r['audio_filepath'] for r in greedy] == audio_files
     assert [r['pred_text'] for r in greedy] == expected and any(expected)
@@ -57,6 +58,9 @@ def test_transcripts_match_evaluate_on_a_manifest(single_rank_parallel, checkpoi
     speculative = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json', '--speculative',
                                         '--batch-size', '2'] + audio_files)
     assert [r['pred_text'] for r in speculative] == expected
+    joint = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json', '--ctc-joint-weight', '0.5',
+                                  '--batch-size', '2'] + audio_files)
+    assert [r['pred_text'] for r in joint] == steered
 
 
 def test_plain_output_and_unreadable_files(single_rank_parallel, checkpoint, audio_files, tmp_path, capsys):
@@ -72,6 +76,8 @@ def test_plain_output_and_unreadable_files(single_rank_parallel, checkpoint, aud
     (['no/such.wav'], 'no/such.wav: no such file'),
     (['--mtp-draft-depth', '2', '{wav}'], '--mtp-draft-depth needs --speculative'),
     (['--batch-size', '0', '{wav}'], '--batch-size 0: must be >= 1'),
+    (['--ctc-joint-weight', '1.5', '{wav}'], '--ctc-joint-weight 1.5: must be in (0, 1]'),
+    (['--ctc-joint-weight', '0.3', '--speculative', '{wav}'], '--ctc-joint-weight and --speculative: choose one'),
 ])
 def test_bad_arguments_are_named(checkpoint, audio_files, capsys, argv, message):
     with pytest.raises(SystemExit):
