@@ -86,6 +86,8 @@ class JointCTCChooser:
         labels, counts = self._labels(candidates)
         scores, states = self.scorer.extend(labels, counts)
         ctc = torch.where(self.stop[candidates], self.scorer.final()[:, None], scores) - self.scorer.score[:, None]
+        # A row whose text its audio cannot hold (every candidate was impossible) lets the LLM decide.
+        ctc = torch.where(self.scorer.score[:, None].isfinite(), ctc, 0.0)
         choice = ((1 - self.weight) * llm.double() + self.weight * ctc).argmax(dim=-1)
         token = candidates.gather(1, choice[:, None])[:, 0]
         self.scorer.advance(states, scores, choice)

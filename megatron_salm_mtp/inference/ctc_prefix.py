@@ -44,11 +44,11 @@ class CTCPrefixScorer:
     def extend(self, labels: torch.Tensor, counts: torch.Tensor):
         """Prefix scores [b, k] of each row's hypothesis followed by ``labels`` [b, k, L] (the first
         ``counts`` [b, k] of each), and the states to :meth:`advance` to; zero labels keep the score."""
-        size, k, width = labels.shape
-        emitting = self.emitting[:, None].expand(-1, k, -1).clone()
-        blank = self.blank[:, None].expand(-1, k, -1).clone()
-        score = self.score[:, None].expand(-1, k).clone()
-        last = self.last[:, None].expand(-1, k).clone()
+        _, k, width = labels.shape  # the states below are only ever replaced, never written in place
+        emitting = self.emitting[:, None].expand(-1, k, -1)
+        blank = self.blank[:, None].expand(-1, k, -1)
+        score = self.score[:, None].expand(-1, k)
+        last = self.last[:, None].expand(-1, k)
         for j in range(width):
             taking = j < counts  # [b, k]
             label = labels[..., j]

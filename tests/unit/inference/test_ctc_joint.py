@@ -90,11 +90,11 @@ def _peaked(text: str, frames_per_label: int = 3) -> torch.Tensor:
     return torch.stack(rows)[None].log_softmax(-1)
 
 
-def _choices(text: str, weight: float, steps: list[dict[str, float]]) -> str:
+def _choices(text: str, weight: float, steps: list[dict[str, float]], frames_per_label: int = 3) -> str:
     """The text chosen by joint decoding over a CTC head that heard ``text`` and an LLM whose
     logits at each step are ``steps`` (characters, or 'eos'; others at 0)."""
     tokenizer = ByteTokenizer()
-    log_probs = _peaked(text)
+    log_probs = _peaked(text, frames_per_label)
     scorer = CTCPrefixScorer(log_probs, torch.tensor([log_probs.shape[1]]), BLANK)
     stop = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     stop[EOS_ID] = True
@@ -116,6 +116,14 @@ def test_the_ctc_head_overrules_a_mildly_wrong_llm_and_holds_back_its_stop():
     assert _choices('abd', 0.5, steps) == 'abd<eos>'
     assert _choices('abd', 0.01, steps) == 'ac<eos>'  # a small weight leaves the LLM's choice
     assert _choices('ab', 0.5, steps) == 'ab<eos>'  # the audio ends: the stop is taken
+
+
+def test_text_the_audio_cannot_hold_leaves_the_choice_to_the_llm():
+    """One frame holds one character: past it every candidate is impossible for the head (and
+    the stop is not among them), so the LLM's choices stand."""
+    ranked = {c: 10.0 - i for i, c in enumerate('abcdefgh')}
+    steps = [ranked, ranked, {**ranked, 'b': 11.0}, ranked]
+    assert _choices('a', 0.5, steps, frames_per_label=1) == 'aaba'
 
 
 def test_a_vanishing_weight_decodes_as_greedy(single_rank_parallel):
