@@ -53,6 +53,7 @@ def piece_texts(tokenizer, vocab_size: int) -> list[str]:
 
 
 def token_spelling(tokenizer, vocab_size: int, device) -> TokenSpelling:
+    """The spelling of each of the first ``vocab_size`` ids of ``tokenizer``, on ``device``."""
     texts = [spelled(t) for t in piece_texts(tokenizer, vocab_size)]
     ids = [character_ids(t) for t in texts]
     width = max(1, max(len(i) for i in ids))
