@@ -37,7 +37,7 @@ from .commands import add_load_argument
 from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
 from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
-from .inference.ctc_joint import token_spelling
+from .inference.ctc_joint import JOINT_UNITS, token_spelling
 from .inference.decode import greedy_decode, joint_ctc_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
@@ -311,7 +311,7 @@ def evaluate(args, parser) -> dict:
     if args.ctc_greedy:
         check_ctc_head(parser, args, cfg, '--ctc-greedy', SPELLED_UNITS)
     if args.ctc_joint_weight:
-        check_ctc_head(parser, args, cfg, '--ctc-joint-weight', ('characters',))
+        check_ctc_head(parser, args, cfg, '--ctc-joint-weight', JOINT_UNITS)
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)

@@ -29,6 +29,7 @@ from .evaluate import (
     load_or_error,
     run_mode,
 )
+from .inference.ctc_joint import JOINT_UNITS
 from .inference.inputs import example_utterances, stop_ids
 
 
@@ -85,7 +86,7 @@ def transcribe(args, parser) -> list:
                      'never trained; transcribe with the stage-2 checkpoint trained from it')
     depth = draft_depth(parser, args, loaded.cfg) if args.speculative else None
     if args.ctc_joint_weight:
-        check_ctc_head(parser, args, loaded.cfg, '--ctc-joint-weight', ('characters',))
+        check_ctc_head(parser, args, loaded.cfg, '--ctc-joint-weight', JOINT_UNITS)
     prompt = loaded.data.default_prompt if args.prompt is None else args.prompt
     # unreadable files are logged (stderr) and left out
     utterances, _ = example_utterances(file_examples(args.files, prompt), loaded.data, loaded.tokenizer,

@@ -28,6 +28,8 @@ JOINT_CANDIDATES = 8
 """Tokens scored per step: the LLM's most likely ones. Where it hesitates the right token is among
 its first few; further down CTC would only pick pieces the LLM finds implausible."""
 SPACE = CTC_CHARACTERS.index(' ')
+JOINT_UNITS = ('characters',)
+"""CTC target units the steered decoder can spell a token in."""
 
 
 @dataclass
@@ -77,9 +79,8 @@ class JointCTCChooser:
         if not 0 < weight <= 1:
             raise ValueError(f'joint CTC weight {weight}: must be in (0, 1]')
         self.scorer, self.spelling, self.weight, self.stop = scorer, spelling, weight, stop
-        size, device = scorer.score.shape[0], scorer.score.device
-        self.empty = torch.ones(size, dtype=torch.bool, device=device)  # nothing spelled yet
-        self.pending = torch.zeros(size, dtype=torch.bool, device=device)  # a break since the last letter
+        # Per row: a word break written since its last letter (whose label is the scorer's ``last``).
+        self.pending = torch.zeros_like(scorer.score, dtype=torch.bool)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Tokens [b] chosen from ``logits`` [b, V] (the tokenizer's vocabulary)."""
@@ -95,14 +96,14 @@ class JointCTCChooser:
         letters = self.spelling.counts[token] > 0
         self.pending = torch.where(letters, self.spelling.trailing_break[token],
                                    self.pending | self.spelling.has_break[token])
-        self.empty &= ~letters
         return token
 
     def _labels(self, candidates: torch.Tensor):
         """(labels [b, k, L+1], counts [b, k]): each candidate's characters after the row's text,
         a space first where a break separates them from the row's last letter."""
         core, counts = self.spelling.labels[candidates], self.spelling.counts[candidates]
-        space = (~self.empty[:, None] & (self.pending[:, None] | self.spelling.leading_break[candidates])
+        spelled_any = self.scorer.last >= 0  # a space never starts the spelling
+        space = (spelled_any[:, None] & (self.pending[:, None] | self.spelling.leading_break[candidates])
                  & (counts > 0))
         spaced = torch.cat([torch.full_like(core[..., :1], SPACE), core], dim=-1)
         unspaced = torch.cat([core, torch.zeros_like(core[..., :1])], dim=-1)

@@ -93,9 +93,6 @@ class DecodeWorkspace:
         """The trunk over the encoded prompts, each row's first token (the head's argmax, or
         ``choose(hidden [1, b, h])`` -> [1, b]) and, with drafts, the MTP layers over the prompts
         (``MTPDrafter.prefill``)."""
-        if choose is not None and self.graphed_prefill:
-            raise ValueError('a prefill with its own token choice runs eagerly (its graph would be the argmax one)')
-
         def step():
             hidden = self.trunk(self.prompt_embeddings[:prompt], self._prompt_positions(prompt))
             last = hidden[self.lengths - 1, self.index][None]

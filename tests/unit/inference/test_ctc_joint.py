@@ -27,6 +27,7 @@ class RecordingScorer:
 
     def __init__(self, rows: int):
         self.score = torch.zeros(rows, dtype=torch.float64)
+        self.last = torch.full((rows,), -1)  # the last label taken, as the real scorer keeps it
         self.spelled = [[] for _ in range(rows)]
 
     def extend(self, labels, counts):
@@ -39,6 +40,7 @@ class RecordingScorer:
         labels, counts = states
         for row, k in enumerate(choice.tolist()):
             self.spelled[row] += labels[row, k, :counts[row, k]].tolist()
+            self.last[row] = self.spelled[row][-1] if self.spelled[row] else -1
 
 
 def _forced(chooser, vocab: int, sequences: list[list[int]]) -> list[list[int]]:
