@@ -1,21 +1,29 @@
 """Greedy decoding steered by the CTC head (``decode.joint_ctc_decode``) on a GPU, bf16. Skips
 without CUDA.
 
-* A vanishing weight decodes as eager greedy decoding at width 1, token for token, over 64
-  utterances at batch 8: the head's scores live on the GPU in fp64 beside the bf16 model.
+* A vanishing weight decodes as eager greedy decoding at width 1 over 64 utterances at batch 8,
+  except where the LLM's two best bf16 logits are equal: there greedy takes the lower token id and
+  the head decides. So every row equals greedy's or leaves it first at such a tie. The audio is
+  long enough for any 16 tokens' spelling: a text its audio cannot hold scores -inf, which no
+  weight outweighs (seen on an H200 with 4-20 encoder frames a row: rows parted where greedy's
+  next byte would not fit).
 * A real weight decodes every row within its token budget, and batched rows as each row alone
   (where greedy decoding does too: bf16 may round a near-tie otherwise at other shapes).
 
     python -m pytest -q -s tests/gpu/test_joint_ctc_gpu.py
 """
 
+import dataclasses
+
 import pytest
 import torch
 
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
+from megatron_salm_mtp.inference import decode
 from megatron_salm_mtp.inference.ctc_joint import token_spelling
 from megatron_salm_mtp.inference.decode import greedy_decode, joint_ctc_decode
-from tests.support.inference_fixtures import EOS_ID, row_of, short_prompt_batches, tiny_salm
+from megatron_salm_mtp.inference.trunk_cache import head_logits
+from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, short_prompt_batches, tiny_salm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
@@ -29,13 +37,42 @@ def bf16_salm_with_ctc(single_rank_parallel):
     return model.cuda()
 
 
-def test_a_vanishing_weight_decodes_as_greedy_on_the_gpu(bf16_salm_with_ctc):
+def long_audio_batches(cfg, utterances: int, batch_size: int, seed: int):
+    """GPU batches of random prompts with 72-100 mel frames (36-50 encoder frames) a row."""
+    gen = torch.Generator().manual_seed(seed)
+    for first in range(0, utterances, batch_size):
+        frames = torch.randint(72, 101, (batch_size,), generator=gen).tolist()
+        batch = random_prompts(cfg, frames, seed=seed + first)
+        yield dataclasses.replace(batch, tokens=batch.tokens.cuda(), lengths=batch.lengths.cuda(),
+                                  audio_features=batch.audio_features.cuda(),
+                                  audio_feature_lengths=batch.audio_feature_lengths.cuda())
+
+
+def test_a_vanishing_weight_decodes_as_greedy_but_at_exact_ties(bf16_salm_with_ctc, monkeypatch):
     model, vocab = bf16_salm_with_ctc, bf16_salm_with_ctc.cfg.vocab_size
     spelling = token_spelling(ByteTokenizer(), vocab, 'cuda')
-    for batch in short_prompt_batches(model.cfg, 64, 8, seed=6, device='cuda'):
+    seen = []  # the LLM's logits of each joint step: call i chose every row's token i
+
+    def recorded(*args):
+        seen.append(head_logits(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(decode, 'head_logits', recorded)
+    rows = parted = 0
+    for batch in long_audio_batches(model.cfg, 64, 8, seed=6):
         greedy, _ = greedy_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab)
+        seen.clear()
         joint, _ = joint_ctc_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 1e-12, spelling)
-        assert joint == greedy
+        for row, (ours, theirs) in enumerate(zip(joint, greedy)):
+            rows += 1
+            if ours == theirs:
+                continue
+            parted += 1
+            at = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+            logits = seen[at][row]
+            assert logits[ours[at]] == logits[theirs[at]] == logits.max(), (row, at)
+    print(f'{parted} of {rows} rows left greedy at an exact tie of bf16 logits')
+    assert parted <= rows // 4
 
 
 def test_a_real_weight_steers_within_budget_and_row_by_row(bf16_salm_with_ctc):
