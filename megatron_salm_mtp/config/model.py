@@ -128,6 +128,14 @@ class ModelConfig:
     "phonemes" field: what the voice said, not how it is spelt, so an accent needs no spelling rules
     of its own; needs --ctc-loss-weight > 0; a line without the field is skipped and counted, a
     manifest without it refused at start)."""
+    ctc_intermediate_layer: int = 0
+    """Intermediate CTC (InterCTC): the CTC head also reads the output of this encoder layer
+    (1-based, below the last; through the encoder's final LayerNorm, as ESPnet's interctc_layer_idx),
+    so the lower layers learn to emit the targets too, a regulariser of the encoder. No new weights:
+    checkpoints load either way. Needs --ctc-loss-weight > 0. 0: off."""
+    ctc_intermediate_weight: float = 0.3
+    """lambda of intermediate CTC: the CTC objective is (1 - lambda) x the last layer's CTC loss +
+    lambda x the intermediate layer's (ESPnet's interctc_weight); with --ctc-intermediate-layer."""
 
     @property
     def mtp_depths(self) -> int:
@@ -206,6 +214,17 @@ class ModelConfig:
         if self.moe_aux_loss_coeff < 0:
             raise ConfigError(f'--moe-aux-loss-coeff {self.moe_aux_loss_coeff} must be >= 0')
 
+    def _validate_intermediate_ctc(self) -> None:
+        layer, last = self.ctc_intermediate_layer, self.encoder_num_layers
+        if not self.ctc_enabled:
+            raise ConfigError(f'--ctc-intermediate-layer {layer} feeds the CTC head, which needs --ctc-loss-weight > 0')
+        if not 1 <= layer < last:
+            raise ConfigError(f'--ctc-intermediate-layer {layer} must be in 1..{last - 1} '
+                              f'(below the last of --encoder-num-layers {last}; 0: off)')
+        if not 0 < self.ctc_intermediate_weight < 1:  # also refuses NaN
+            raise ConfigError(f'--ctc-intermediate-weight {self.ctc_intermediate_weight} must be in (0, 1): '
+                              'the share of the CTC objective given to the intermediate layer')
+
     def _validate_ctc(self) -> None:
         one_of(self, 'ctc_target_units', CHOICES['ctc_target_units'])
         if not self.ctc_loss_weight >= 0:  # also refuses NaN
@@ -213,6 +232,8 @@ class ModelConfig:
         if self.ctc_target_units == 'phonemes' and not self.ctc_enabled:
             raise ConfigError('--ctc-target-units phonemes needs --ctc-loss-weight > 0: without a CTC head '
                               'the data would still ask every manifest line for its phonemes')
+        if self.ctc_intermediate_layer:
+            self._validate_intermediate_ctc()
         if self.ctc_enabled and self.freeze_audio_encoder:
             raise ConfigError('--ctc-loss-weight trains the audio encoder, which --freeze-audio-encoder '
                               'keeps fixed: drop one of them')

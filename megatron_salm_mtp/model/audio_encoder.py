@@ -3,7 +3,8 @@
 Layout, one to one with a Whisper encoder's weights: ``conv1`` (k=3) and ``conv2`` (k=3, stride 2)
 with GELU, fixed sinusoidal ``embed_positions``, pre-norm bidirectional layers, final LayerNorm
 (inside the block). Padded frames are zeroed after the stem, masked as attention keys and zeroed at
-the output, so an utterance encodes the same whatever else shares its batch.
+the output, so an utterance encodes the same whatever else shares its batch. ``encode`` also returns
+one intermediate layer's output through the final LayerNorm, for intermediate CTC (``ctc.py``).
 """
 
 import math
@@ -41,6 +42,12 @@ class AudioEncoder(MegatronModule):
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
+        return self.encode(features, feature_lengths)[0]
+
+    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, intermediate_layer: int = 0):
+        """(output, intermediate): ``forward``'s output and, with ``intermediate_layer`` k > 0, the
+        k-th layer's output (1-based) through the final LayerNorm, [n, T_enc, width] and zeroed
+        alike (None without)."""
         frame = torch.arange(features.shape[-1], device=features.device)
         mel_valid = frame[None, :] < feature_lengths[:, None].to(features.device)
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
@@ -56,6 +63,17 @@ class AudioEncoder(MegatronModule):
         lengths = encoder_frames(feature_lengths.to(x.device))
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [n, T_enc]
         padding_mask = ~valid[:, None, None, :]  # Megatron convention: True = masked out
-        hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(),
-                                  attention_mask=padding_mask)
-        return hidden.transpose(0, 1) * valid[..., None]
+        kept = []
+        hook = None
+        if intermediate_layer:  # the block runs its layers itself: read the one asked for as it runs
+            hook = self.transformer.layers[intermediate_layer - 1].register_forward_hook(
+                lambda module, args, output: kept.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=padding_mask)
+        finally:
+            if hook is not None:
+                hook.remove()
+        intermediate = None
+        if intermediate_layer:
+            intermediate = self.transformer.final_layernorm(kept[0]).transpose(0, 1) * valid[..., None]
+        return hidden.transpose(0, 1) * valid[..., None], intermediate

@@ -15,6 +15,12 @@ target cannot be aligned - CTC needs as many frames as target ids plus one per r
 is left out of the loss and of N_ctc, and counted (``ctc infeasible`` in the logs). That is decided
 on the host (``ctc_lengths``), so no infinite loss is ever produced and the counts are exact.
 
+Intermediate CTC (``--ctc-intermediate-layer``, InterCTC as in ESPnet): the same head also reads
+one lower encoder layer's output, through the encoder's final LayerNorm (``AudioEncoder.encode``),
+and the summed CTC loss becomes (1 - lambda) x the last layer's + lambda x that layer's, per
+audio and over the same targets, so the weighting below holds as it is. The logs keep 'ctc loss'
+the last layer's and add 'ctc intermediate loss'.
+
 Weighting. Core's schedules take the loss from the last stage; the CTC loss lives on the first. Its
 per-utterance summed CE enters the backward pass through ``AuxLossInjector`` on the first stage's
 embeddings with weight ``w * N_main / N_ctc`` (N_ctc: CTC target ids of the whole global batch);
@@ -73,6 +79,20 @@ def ctc_head(encoder_width: int, vocab_size: int, std: float, dtype: torch.dtype
     return head
 
 
+def ctc_objective_sum(head: torch.nn.Linear, encoded, targets: torch.Tensor, lengths: CTCLengths,
+                      intermediate_weight: float, stats: 'CTCStats') -> torch.Tensor:
+    """The summed CTC objective of ``encoded`` (``AudioEncoder.encode``'s (output, intermediate)),
+    recorded in ``stats``: the last layer's loss, or with an intermediate layer the mix of both."""
+    frames, intermediate = encoded
+    last = ctc_loss_sum(head, frames, targets, lengths)
+    if intermediate is None:
+        stats.add(last, lengths)
+        return last
+    lower = ctc_loss_sum(head, intermediate, targets, lengths)
+    stats.add(last, lengths, lower)
+    return (1 - intermediate_weight) * last + intermediate_weight * lower
+
+
 def ctc_loss_sum(head: torch.nn.Linear, frames: torch.Tensor, targets: torch.Tensor,
                  lengths: CTCLengths) -> torch.Tensor:
     """Summed CTC loss (nats, fp32) over the audios with a target. frames [n, T, d] (the encoder
@@ -102,28 +122,35 @@ class AuxLossInjector(torch.autograd.Function):
 
 
 class CTCStats:
-    """Summed CTC loss, target ids and infeasible audios of one logging window."""
+    """Summed CTC loss of the last layer, target ids, infeasible audios and summed CTC loss of the
+    intermediate layer (0 without one) of one logging window."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
-        self.values = torch.zeros(3, dtype=torch.float64, device=device)
+        self.values = torch.zeros(4, dtype=torch.float64, device=device)
 
-    def add(self, loss_sum: torch.Tensor, lengths: CTCLengths):
+    def add(self, loss_sum: torch.Tensor, lengths: CTCLengths, intermediate_sum: torch.Tensor | None = None):
         counts = torch.tensor([sum(lengths.targets), lengths.infeasible], dtype=torch.float64)
         self.values[0] += loss_sum.detach().to(self.values)
-        self.values[1:] += counts.to(self.values.device, non_blocking=True)
+        self.values[1:3] += counts.to(self.values.device, non_blocking=True)
+        if intermediate_sum is not None:
+            self.values[3] += intermediate_sum.detach().to(self.values)
 
 
-def reduce_ctc_stats(stats: CTCStats | None, groups) -> dict:
-    """{'ctc loss' (per target id), 'ctc infeasible' (audios)} summed over ``groups`` (DP, then
-    PP: the stats live on the first stage, the log is written on the last). Every rank calls it,
-    with ``stats`` None where it has no CTC head."""
+def reduce_ctc_stats(stats: CTCStats | None, groups, intermediate: bool = False) -> dict:
+    """{'ctc loss' (per target id), 'ctc infeasible' (audios)}, with ``intermediate`` also 'ctc
+    intermediate loss', summed over ``groups`` (DP, then PP: the stats live on the first stage,
+    the log is written on the last). Every rank calls it, with ``stats`` None where it has no CTC
+    head."""
     device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
-    values = stats.values.clone() if stats is not None else torch.zeros(3, dtype=torch.float64, device=device)
+    values = stats.values.clone() if stats is not None else torch.zeros(4, dtype=torch.float64, device=device)
     for group in groups:
         torch.distributed.all_reduce(values, group=group)
-    loss_sum, tokens, infeasible = values.tolist()
-    return {'ctc loss': loss_sum / max(tokens, 1.0), 'ctc infeasible': int(infeasible)}
+    loss_sum, tokens, infeasible, intermediate_sum = values.tolist()
+    metrics = {'ctc loss': loss_sum / max(tokens, 1.0), 'ctc infeasible': int(infeasible)}
+    if intermediate:
+        metrics['ctc intermediate loss'] = intermediate_sum / max(tokens, 1.0)
+    return metrics

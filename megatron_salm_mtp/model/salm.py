@@ -16,7 +16,7 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from ..config import SALMConfig
 from ..data.frames import audio_tokens
 from .audio_encoder import AudioEncoder
-from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_loss_sum
+from .ctc import AuxLossInjector, CTCLengths, CTCStats, ctc_head, ctc_objective_sum
 from .llm import SpeechGPTModel, StepInputs
 from .packed import (
     MASK,
@@ -165,24 +165,26 @@ class SALM(MegatronModule):
         if not placeholders_checked:
             check_audio_placeholders(tokens, lengths, self.cfg.audio_token_id)
         if has_audio:
-            frames = self.audio_encoder(audio_features, audio_feature_lengths)
-            audio = self.audio_projector(frames)
+            scored = self.ctc_head is not None and ctc_targets is not None
+            encoded = self.audio_encoder.encode(audio_features, audio_feature_lengths,
+                                                self.cfg.ctc_intermediate_layer if scored else 0)
+            audio = self.audio_projector(encoded[0])
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
             if self.ctc_head is not None:
-                embeddings = self._attach_ctc_loss(embeddings, frames, ctc_targets, ctc_lengths)
+                embeddings = self._attach_ctc_loss(embeddings, encoded, ctc_targets, ctc_lengths)
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
 
-    def _attach_ctc_loss(self, embeddings, frames, targets, lengths: CTCLengths | None):
-        """``embeddings`` carrying the weighted CTC loss of ``frames`` into the backward pass."""
+    def _attach_ctc_loss(self, embeddings, encoded, targets, lengths: CTCLengths | None):
+        """``embeddings`` carrying the weighted CTC loss of ``encoded`` (the encoder's output and
+        intermediate layer, ``AudioEncoder.encode``) into the backward pass."""
         if targets is None or lengths is None:
             if self.training:
                 raise ValueError('--ctc-loss-weight is set but the microbatch has no ctc_targets / '
                                  'ctc_lengths (data/batching.py, host_inputs.prepare_microbatch)')
             return embeddings  # decoding: no transcript to score
-        loss_sum = ctc_loss_sum(self.ctc_head, frames, targets, lengths)
-        self.ctc_stats.add(loss_sum, lengths)
+        loss_sum = self._ctc_objective(encoded, targets, lengths)
         weight = self.ctc_loss_weight
         if weight is None:
             if self.training:
@@ -196,10 +198,12 @@ class SALM(MegatronModule):
         encoder and the CTC head run, the projector and the LLM do not."""
         if self.ctc_head is None:
             raise ValueError("encoder_ctc_loss needs the first pipeline stage's CTC head (--ctc-loss-weight > 0)")
-        frames = self.audio_encoder(audio_features, audio_feature_lengths)
-        loss_sum = ctc_loss_sum(self.ctc_head, frames, ctc_targets, ctc_lengths)
-        self.ctc_stats.add(loss_sum, ctc_lengths)
-        return loss_sum
+        encoded = self.audio_encoder.encode(audio_features, audio_feature_lengths, self.cfg.ctc_intermediate_layer)
+        return self._ctc_objective(encoded, ctc_targets, ctc_lengths)
+
+    def _ctc_objective(self, encoded, targets, lengths: CTCLengths) -> torch.Tensor:
+        return ctc_objective_sum(self.ctc_head, encoded, targets, lengths, self.cfg.ctc_intermediate_weight,
+                                 self.ctc_stats)
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
                 audio_feature_lengths=None, head_row_counts: Sequence[int] | None = None,

@@ -118,7 +118,7 @@ def ctc_metrics(model_chunks, cfg: SALMConfig) -> dict:
         return {}
     stats = [salm.ctc_stats for salm in _salms(model_chunks) if salm.ctc_stats is not None]
     groups = [parallel_state.get_data_parallel_group(), parallel_state.get_pipeline_model_parallel_group()]
-    metrics = reduce_ctc_stats(stats[0] if stats else None, groups)
+    metrics = reduce_ctc_stats(stats[0] if stats else None, groups, intermediate=bool(cfg.ctc_intermediate_layer))
     for window in stats:
         window.reset()
     return metrics

@@ -35,20 +35,28 @@ RTOL = 2e-5  # fp32: relative to the largest entry of each gradient
 TRAINED = ('audio_encoder.', 'ctc_head.')
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('encoder_ctc'))
-    # The CTC weight (0.3) must not matter: the reference objective has none.
-    cfg = tiny_config(mtp_num_layers=None, ctc_loss_weight=0.3)
+def reference_setup(workdir: str, cfg):
+    """The weights and batch written to ``workdir``, and the reference's loss, gradients and counts."""
     weights = init_weights(cfg, workdir)
     batch = speech_batch(cfg, GLOBAL_BATCH, seed=11)
     torch.save(batch, os.path.join(workdir, 'batch.pt'))
     leaves = {k: v.clone().requires_grad_(k.startswith(TRAINED) and not k.endswith('embed_positions'))
               for k, v in weights.items()}
-    loss, (_, n_ctc, infeasible) = encoder_ctc_objective(leaves, cfg, batch)
+    loss, (last_sum, n_ctc, infeasible, lower_sum) = encoder_ctc_objective(leaves, cfg, batch)
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
-    return dict(cfg=cfg, workdir=workdir, loss=loss.item(), grads=grads, n_ctc=n_ctc, infeasible=infeasible)
+    per_id = {'ctc loss': (last_sum / n_ctc).item()}
+    if lower_sum is not None:
+        per_id['ctc intermediate loss'] = (lower_sum / n_ctc).item()
+    return dict(cfg=cfg, workdir=workdir, loss=loss.item(), grads=grads, n_ctc=n_ctc, infeasible=infeasible,
+                per_id=per_id)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    # The CTC weight (0.3) must not matter: the reference objective has none.
+    return reference_setup(str(tmp_path_factory.mktemp('encoder_ctc')), tiny_config(mtp_num_layers=None,
+                                                                                      ctc_loss_weight=0.3))
 
 
 LAYOUTS = [(2, 2, 2), (1, 2, 1)]  # (tp, nproc, microbatches): TP=2 x 2 microbatches, DP=2 x 1
@@ -74,8 +82,19 @@ def test_gradients_match_the_reference_and_only_the_encoder_trains(setup, tp, np
         trained = sorted(name for name in state['all'] if name.startswith(TRAINED))
         assert state['grad_buffer'] == state['in_optimizer'] == trained
         assert any(name.startswith('language_model.') for name in state['all'])
-        assert rank['metrics']['ctc loss'] == pytest.approx(setup['loss'], rel=1e-5)
+        for name, value in setup['per_id'].items():
+            assert rank['metrics'][name] == pytest.approx(value, rel=1e-5)
         assert rank['metrics']['ctc infeasible'] == setup['infeasible']
+
+
+def test_intermediate_ctc_gradients_match_the_reference(tmp_path):
+    """InterCTC on the first of two encoder layers, at TP=2 with 2 microbatches: the objective mixes
+    both layers' CTC, the logs keep each layer's loss apart."""
+    cfg = tiny_config(mtp_num_layers=None, ctc_loss_weight=0.3, encoder_num_layers=2, ctc_intermediate_layer=1,
+                      ctc_intermediate_weight=0.4)
+    setup = reference_setup(str(tmp_path), cfg)
+    assert setup['per_id']['ctc intermediate loss'] != pytest.approx(setup['per_id']['ctc loss'], rel=1e-3)
+    test_gradients_match_the_reference_and_only_the_encoder_trains(setup, 2, 2, 2)
 
 
 def test_good_flags_pass(tmp_path):

@@ -108,6 +108,23 @@ def test_gradients_without_ctc_match_reference(setup):
     assert all('ctc loss' not in r['metrics'] for r in ranks)
 
 
+def test_intermediate_ctc_gradients_match_reference(tmp_path):
+    """InterCTC on the first of two encoder layers in the joint objective, at PP=2 x DP=2 with 2
+    microbatches (its loss lives on the first stage, the log on the last)."""
+    cfg = tiny_config(ctc_loss_weight=0.7, encoder_num_layers=2, ctc_intermediate_layer=1)
+    weights = init_weights(cfg, str(tmp_path))
+    batch_path = str(tmp_path / 'batch.pt')
+    torch.save(speech_batch(cfg, GLOBAL_BATCH, seed=5), batch_path)
+    _, totals, expected = reference_grads(cfg, weights, torch.load(batch_path))
+    _, grads, _, ranks = run_layout(cfg.replace(pipeline_model_parallel_size=2), str(tmp_path / 'weights.pt'),
+                                    batch_path, str(tmp_path / 'pp2'), 4, 2)
+    assert_grads_match(expected, grads)
+    assert_ctc_metrics(totals, ranks)
+    lower_sum, n_ctc = totals['ctc intermediate']
+    logged = next(r['metrics'] for r in ranks if 'ctc intermediate loss' in r['metrics'] and r['pp_rank'] == 1)
+    assert logged['ctc intermediate loss'] == pytest.approx((lower_sum / n_ctc).item(), rel=1e-5)
+
+
 def test_full_sequence_logits_give_the_same_gradients(setup):
     """core's way (head over every position) and the default (supervised positions only) agree."""
     cfg = setup['cfg'].replace(tensor_model_parallel_size=2, sequence_parallel=True,

@@ -9,7 +9,9 @@ DeepSeek-V3 MTP terms written by direct indexing into the token sequence rather 
 The CTC term scores each utterance's encoder output (50 Hz, before stacking) through the linear
 CTC head (vocabulary + a blank, the last id) against its target ids, one utterance at a time;
 N_ctc counts the target ids of the utterances that enter. An utterance whose target cannot be
-aligned is recognised by its infinite loss and left out (counted as infeasible).
+aligned is recognised by its infinite loss and left out (counted as infeasible). With an
+intermediate CTC layer k (InterCTC), sum CTC(u) is (1 - lambda) x that of the last layer + lambda x
+that of layer k's output through the encoder's final LayerNorm.
 """
 
 import math
@@ -111,7 +113,8 @@ def _llm_layer(x, w, p, cfg, attention=True, mlp=True, moe=False):
 
 
 def encode_audio(w, cfg, features, lengths):
-    """[n, mels, T] -> [n, T_enc, d] with zeros past each utterance's frames."""
+    """[n, mels, T] -> ([n, T_enc, d] with zeros past each utterance's frames, encoder lengths,
+    layer ``cfg.ctc_intermediate_layer``'s output through the final norm and zeroed alike, or None)."""
     p = 'audio_encoder.'
     x = F.gelu(F.conv1d(features, w[p + 'conv1.weight'], w[p + 'conv1.bias'], padding=1))
     x = x * (torch.arange(x.shape[-1])[None, :] < lengths[:, None])[:, None, :]
@@ -122,6 +125,7 @@ def encode_audio(w, cfg, features, lengths):
     enc_lengths = torch.tensor([(int(n) - 1) // 2 + 1 for n in lengths])
     valid = torch.arange(steps)[None, :] < enc_lengths[:, None]
     heads = cfg.encoder_num_attention_heads
+    layer_outputs = []
     for i in range(cfg.encoder_num_layers):
         lp = f'{p}transformer.layers.{i}.'
         h = _norm(x, w, lp + 'input_layernorm.', 1e-5, rms=False)
@@ -129,8 +133,13 @@ def encode_audio(w, cfg, features, lengths):
                            cfg.encoder_hidden_size // heads, causal=False, key_valid=valid)
         h = _norm(x, w, lp + 'pre_mlp_layernorm.', 1e-5, rms=False)
         x = x + _mlp(h, w, lp + 'mlp.', gated=False)
-    x = _norm(x, w, p + 'transformer.final_layernorm.', 1e-5, rms=False)
-    return x * valid[..., None], enc_lengths
+        layer_outputs.append(x)
+
+    def final_norm(y):
+        return _norm(y, w, p + 'transformer.final_layernorm.', 1e-5, rms=False) * valid[..., None]
+
+    layer = cfg.ctc_intermediate_layer
+    return final_norm(x), enc_lengths, final_norm(layer_outputs[layer - 1]) if layer else None
 
 
 def project_audio(w, cfg, frames, enc_lengths):
@@ -173,13 +182,23 @@ def ctc_term(w, frames, enc_lengths, targets, target_lengths):
     return total, torch.tensor(float(count)), infeasible
 
 
+def mixed_ctc(cfg, last_sum, intermediate_sum):
+    """The summed CTC objective: the last layer's, or its mix with the intermediate layer's."""
+    if intermediate_sum is None:
+        return last_sum
+    weight = cfg.ctc_intermediate_weight
+    return (1 - weight) * last_sum + weight * intermediate_sum
+
+
 def encoder_ctc_objective(w, cfg, batch):
     """``--training-mode encoder_ctc``: sum CTC / N_ctc over the batch, the encoder and the CTC head
-    alone (the CTC weight plays no part); also (summed CTC, N_ctc, infeasible count)."""
-    frames, enc_lengths = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
-    ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, batch['ctc_targets'],
-                                          batch['ctc_target_lengths'])
-    return ctc_sum / n_ctc, (ctc_sum, n_ctc, infeasible)
+    alone (the CTC weight plays no part); also (summed CTC of the last layer, N_ctc, infeasible
+    count, summed CTC of the intermediate layer or None)."""
+    frames, enc_lengths, lower = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+    targets, target_lengths = batch['ctc_targets'], batch['ctc_target_lengths']
+    ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, targets, target_lengths)
+    lower_sum = ctc_term(w, lower, enc_lengths, targets, target_lengths)[0] if lower is not None else None
+    return mixed_ctc(cfg, ctc_sum, lower_sum) / n_ctc, (ctc_sum, n_ctc, infeasible, lower_sum)
 
 
 PAD_ID = 256
@@ -217,12 +236,15 @@ def salm_objective(w, cfg, batch):
     x = _embed(w, tokens)
     stats = {}
     if batch.get('audio_features') is not None:
-        frames, enc_lengths = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+        frames, enc_lengths, lower = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
         if cfg.ctc_loss_weight:
             ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, batch['ctc_targets'],
                                                   batch['ctc_target_lengths'])
             stats['ctc'] = (ctc_sum, n_ctc)
             stats['ctc infeasible'] = infeasible
+            if lower is not None:
+                stats['ctc intermediate'] = (ctc_term(w, lower, enc_lengths, batch['ctc_targets'],
+                                                      batch['ctc_target_lengths'])[0], n_ctc)
         audio = iter(project_audio(w, cfg, frames, enc_lengths))
         rows = []
         for r in range(b):  # fill each row's placeholder runs, utterance by utterance
@@ -291,5 +313,6 @@ def combine(stats_list, cfg):
     if 'ctc infeasible' in stats_list[0]:
         total['ctc infeasible'] = sum(s['ctc infeasible'] for s in stats_list)
     if 'ctc' in total and total['ctc'][1] > 0:
-        loss = loss + cfg.ctc_loss_weight * total['ctc'][0] / total['ctc'][1]
+        lower = total['ctc intermediate'][0] if 'ctc intermediate' in total else None
+        loss = loss + cfg.ctc_loss_weight * mixed_ctc(cfg, total['ctc'][0], lower) / total['ctc'][1]
     return loss, total

@@ -101,6 +101,16 @@ def test_flag_checks():
         tiny_config(ctc_loss_weight=-1.0).validate()
     with pytest.raises(ConfigError, match='--freeze-audio-encoder'):
         tiny_config(ctc_loss_weight=0.3, freeze_audio_encoder=True).validate()
+    with pytest.raises(ConfigError, match='--ctc-intermediate-layer 1 feeds the CTC head'):
+        tiny_config(encoder_num_layers=2, ctc_intermediate_layer=1).validate()
+    for layer in (2, -1):
+        with pytest.raises(ConfigError, match=rf'--ctc-intermediate-layer {layer} must be in 1\.\.1'):
+            tiny_config(ctc_loss_weight=0.3, encoder_num_layers=2, ctc_intermediate_layer=layer).validate()
+    for weight in (0.0, 1.0, float('nan')):
+        with pytest.raises(ConfigError, match='--ctc-intermediate-weight'):
+            tiny_config(ctc_loss_weight=0.3, encoder_num_layers=2, ctc_intermediate_layer=1,
+                        ctc_intermediate_weight=weight).validate()
+    tiny_config(ctc_loss_weight=0.3, encoder_num_layers=2, ctc_intermediate_layer=1).validate()
 
 
 def test_character_targets_are_the_normalised_transcript():

@@ -30,3 +30,17 @@ def test_ctc_loss_falls_and_is_logged(corpus, tmp_path):
     # Decoding loads the checkpoint, CTC head included (the saved config builds it).
     loaded = load_for_inference(save)
     assert loaded.model.ctc_head is not None and loaded.iteration == 30
+
+
+def test_intermediate_ctc_trains_both_layers_and_logs_them(corpus, tmp_path):
+    """Stage 1 with InterCTC on the first encoder layer: both layers' CTC losses fall, each logged."""
+    log_dir = str(tmp_path / 'logs')
+    result = run_train(corpus, ['--train-iters', '30', '--log-dir', log_dir, '--eval-interval', '30',
+                                '--eval-iters', '1', '--training-mode', 'encoder_ctc', '--ctc-loss-weight', '1',
+                                '--ctc-target-units', 'characters', '--encoder-num-layers', '2',
+                                '--ctc-intermediate-layer', '1', '--mtp-num-layers', '0'])
+    assert 'ctc intermediate loss: ' in result.stdout
+    first, last = read_metrics(log_dir)[0], read_metrics(log_dir)[-1]
+    for name in ('ctc loss', 'ctc intermediate loss'):
+        assert last[name] < 0.7 * first[name], (name, first[name], last[name])
+    assert 'ctc intermediate loss' in read_metrics(log_dir, 'valid')[-1]
