@@ -3,7 +3,9 @@
 # machine whose calls are limited to minutes:
 #
 #   bash tests/gpu/recogniser.sh corpus CORPUS N [synth flags]       synthesise N utterances
-#        (tools.corpus.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model)
+#        (tools.corpus.synth) and train the corpus's SentencePiece tokenizer (CORPUS/tok.model);
+#        with --synthetic-accents, also CORPUS/train_natural.jsonl: the train lines spoken by
+#        espeak-ng's own voices (about half), for a probe of the accents against none
 #   bash tests/gpu/recogniser.sh start OUT CORPUS NAME [train flags]  start one training of
 #        CONFIG (default configs/asr_gpu.yaml) in its own session and return at once; it writes
 #        OUT/NAME.log, OUT/ckpt_NAME and OUT/train_NAME/metrics.jsonl; when OUT/ckpt_NAME already
@@ -45,6 +47,11 @@
 #        (tools.compare_evals --mode ctc_greedy); prints "PROBE DONE" at the end. The accent gap of
 #        docs/quality.md is the encoder's: a probe measures an encoder lever in ~12 GPU minutes.
 #
+# Probe example (one H200): the synthetic accents against none, and intermediate CTC, on one corpus:
+#   bash tests/gpu/recogniser.sh corpus /root/corpus 80000 --text-source .gpu/pools.json.gz --synthetic-accents 6
+#   bash tests/gpu/recogniser.sh probe /root/runs /root/corpus 8 "none:--train-manifest /root/corpus/train_natural.jsonl" \
+#       accents "inter:--ctc-intermediate-layer 4"
+#
 # Two-stage example (one H200): stage 1, then stage 2 without and with MTP heads side by side
 # (stage 2 gives stage 1's CTC units; repeat a stage's command after a stop to resume it):
 #   bash tests/gpu/recogniser.sh corpus /root/corpus 80000 --text-source .gpu/pools.json.gz --synthetic-accents 6
@@ -79,6 +86,10 @@ corpus() {  # CORPUS N [synth flags]
   local source=() previous=''
   for arg in "$@"; do [ "$previous" = --text-source ] && source=(--text-source "$arg"); previous="$arg"; done
   $PYTHON -m megatron_salm_mtp.tools.corpus.synth --out "$dir" --num-utterances "$n" "$@" || return 1
+  if grep -q '"voice": "acc/' "$dir/train.jsonl"; then
+    grep -v '"voice": "acc/' "$dir/train.jsonl" > "$dir/train_natural.jsonl"
+    echo "wrote $dir/train_natural.jsonl: $(wc -l < "$dir/train_natural.jsonl") of $(wc -l < "$dir/train.jsonl") train lines, no synthetic accent"
+  fi
   $PYTHON -m megatron_salm_mtp.tools.corpus.text_manifest ${source[@]+"${source[@]}"} \
     --out "$dir/train_text.jsonl" || return 1
   $PYTHON -m megatron_salm_mtp.data.train_tokenizer --manifest "$dir/train.jsonl" \
