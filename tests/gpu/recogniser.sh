@@ -27,7 +27,9 @@
 #        the whole two-stage recipe back to back, for a caller that only polls (GPU calls of a few
 #        minutes): with TEXT_MINUTES set, stage 0 (txt) for that many minutes first, the encoder
 #        stage from its weights and ENCODER_MINUTES (default 8, as its config) less TEXT_MINUTES
-#        (without a text stage, the encoder stage has ENCODER_MINUTES); CTC_UNITS (default
+#        (without a text stage, the encoder stage has ENCODER_MINUTES); with TEXT_MIX=K, stage 2
+#        also trains on K texts of CORPUS/train_text.jsonl drawn at random (the LLM's English
+#        beside the transcripts, in the same steps: rows with audio keep it listening); CTC_UNITS (default
 #        characters; phonemes: the corpus's espeak-ng IPA) are every stage's --ctc-target-units;
 #        STAGE_FLAGS (default none) are given to every training stage as well (model sizes, for one);
 #        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation (and,
@@ -181,7 +183,12 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
     encoder "$out" "$dir" enc "${units[@]}" --exit-duration-in-mins "${ENCODER_MINUTES:-8}" && sleep 5 \
       && wait_all "$out" 1200 || return 1
   fi
-  finetune "$out" "$dir" two enc "${units[@]}" && sleep 5 && wait_all "$out" 1800 || return 1
+  local mix=()
+  if [ "${TEXT_MIX:-0}" -gt 0 ]; then
+    shuf -n "$TEXT_MIX" --random-source=<(yes) "$dir/train_text.jsonl" > "$out/text_mix.jsonl" || return 1
+    mix=(--train-manifest "$dir/train.jsonl,$out/text_mix.jsonl")
+  fi
+  finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} && sleep 5 && wait_all "$out" 1800 || return 1
   local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
