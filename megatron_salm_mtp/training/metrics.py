@@ -88,6 +88,8 @@ def train_line(record: dict[str, float], train_iters: int, eta_seconds: float | 
     if 'ctc loss' in record:  # --ctc-loss-weight
         parts.append(f"ctc loss: {record['ctc loss']:.6E}")
         parts.append(f"ctc infeasible: {record['ctc infeasible']}")
+    if 'ctc intermediate loss' in record:  # --ctc-intermediate-layer
+        parts.append(f"ctc intermediate loss: {record['ctc intermediate loss']:.6E}")
     if 'load_balancing_loss' in record:  # MoE MTP layers with --moe-aux-loss-coeff
         parts.append(f"load_balancing_loss: {record['load_balancing_loss']:.6E}")
     parts += [f"grad norm: {record['grad_norm']:.3f}",
