@@ -13,8 +13,6 @@ without CUDA.
     python -m pytest -q -s tests/gpu/test_joint_ctc_gpu.py
 """
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -23,7 +21,7 @@ from megatron_salm_mtp.inference import decode
 from megatron_salm_mtp.inference.ctc_joint import token_spelling
 from megatron_salm_mtp.inference.decode import greedy_decode, joint_ctc_decode
 from megatron_salm_mtp.inference.trunk_cache import head_logits
-from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, short_prompt_batches, tiny_salm
+from tests.support.inference_fixtures import EOS_ID, row_of, short_prompt_batches, tiny_salm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
@@ -37,17 +35,6 @@ def bf16_salm_with_ctc(single_rank_parallel):
     return model.cuda()
 
 
-def long_audio_batches(cfg, utterances: int, batch_size: int, seed: int):
-    """GPU batches of random prompts with 72-100 mel frames (36-50 encoder frames) a row."""
-    gen = torch.Generator().manual_seed(seed)
-    for first in range(0, utterances, batch_size):
-        frames = torch.randint(72, 101, (batch_size,), generator=gen).tolist()
-        batch = random_prompts(cfg, frames, seed=seed + first)
-        yield dataclasses.replace(batch, tokens=batch.tokens.cuda(), lengths=batch.lengths.cuda(),
-                                  audio_features=batch.audio_features.cuda(),
-                                  audio_feature_lengths=batch.audio_feature_lengths.cuda())
-
-
 def test_a_vanishing_weight_decodes_as_greedy_but_at_exact_ties(bf16_salm_with_ctc, monkeypatch):
     model, vocab = bf16_salm_with_ctc, bf16_salm_with_ctc.cfg.vocab_size
     spelling = token_spelling(ByteTokenizer(), vocab, 'cuda')
@@ -59,7 +46,8 @@ def test_a_vanishing_weight_decodes_as_greedy_but_at_exact_ties(bf16_salm_with_c
 
     monkeypatch.setattr(decode, 'head_logits', recorded)
     rows = parted = 0
-    for batch in long_audio_batches(model.cfg, 64, 8, seed=6):
+    # 72-100 mel frames: 36-50 encoder frames a row, room for any 16 tokens' spelling.
+    for batch in short_prompt_batches(model.cfg, 64, 8, seed=6, device='cuda', frames=(72, 100)):
         greedy, _ = greedy_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab)
         seen.clear()
         joint, _ = joint_ctc_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 1e-12, spelling)

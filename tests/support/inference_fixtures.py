@@ -194,12 +194,13 @@ def train_briefly(model, steps: int, lr: float = 1e-2):
     return float(loss)
 
 
-def short_prompt_batches(cfg, utterances: int, batch_size: int, seed: int, device='cpu'):
-    """Batches of random prompts with 8-40 audio frames each (short: many utterances, quickly)."""
+def short_prompt_batches(cfg, utterances: int, batch_size: int, seed: int, device='cpu', frames=(8, 40)):
+    """Batches of random prompts with ``frames`` (least, most) audio frames each (short by default:
+    many utterances, quickly)."""
     gen = torch.Generator().manual_seed(seed)
     for first in range(0, utterances, batch_size):
-        frames = torch.randint(8, 41, (min(batch_size, utterances - first),), generator=gen)
-        batch = random_prompts(cfg, frames.tolist(), seed=seed + first)
+        lengths = torch.randint(frames[0], frames[1] + 1, (min(batch_size, utterances - first),), generator=gen)
+        batch = random_prompts(cfg, lengths.tolist(), seed=seed + first)
         yield PromptBatch(*(t.to(device) for t in (batch.tokens, batch.lengths, batch.audio_features,
                                                    batch.audio_feature_lengths)))
 

@@ -40,7 +40,8 @@ def test_intermediate_ctc_trains_both_layers_and_logs_them(corpus, tmp_path):
                                 '--ctc-target-units', 'characters', '--encoder-num-layers', '2',
                                 '--ctc-intermediate-layer', '1', '--mtp-num-layers', '0'])
     assert any('iteration' in line and 'ctc intermediate loss: ' in line for line in result.stdout.splitlines())
-    first, last = read_metrics(log_dir)[0], read_metrics(log_dir)[-1]
+    records = read_metrics(log_dir)
+    first, last = records[0], records[-1]
     for name in ('ctc loss', 'ctc intermediate loss'):
         assert last[name] < 0.7 * first[name], (name, first[name], last[name])
     assert 'ctc intermediate loss' in read_metrics(log_dir, 'valid')[-1]
