@@ -261,7 +261,8 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
                     optimizer_sharding: str = DP_RESHARDABLE) -> str:
     """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
     identical on all ranks (rank 0's copy is stored); ``optimizer_sharding``: the distributed
-    optimizer's format (:data:`DP_RESHARDABLE` or :data:`FULLY_RESHARDABLE`). Returns the final checkpoint folder, which
+    optimizer's format (:data:`DP_RESHARDABLE` or :data:`FULLY_RESHARDABLE`). ``optimizer`` None
+    saves neither its state nor the scheduler's (``--no-save-optim``, an import). Returns the final checkpoint folder, which
     exists on return, or with ``pending`` (async) once ``pending`` finalized the save; the caller
     finalizes earlier saves first (this one removes unfinished ``.tmp-`` folders)."""
     rank = torch.distributed.get_rank()
@@ -278,10 +279,11 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     tmp = name[0]
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer=True, with_rng=True,
                                 is_loading=False, sharding=optimizer_sharding)
+    saves_optimizer = optimizer is not None
     state.update(iteration=iteration, format_version=FORMAT_VERSION, layout=_layout(),
-                 optimizer_sharding=optimizer_sharding,
+                 optimizer_sharding=optimizer_sharding, optimizer_saved=saves_optimizer,
                  common=common_state, vocabulary=_vocabulary(model_chunks),
-                 scheduler=scheduler.state_dict() if scheduler is not None else None)
+                 scheduler=scheduler.state_dict() if saves_optimizer and scheduler is not None else None)
     request = dist_checkpointing.save(state, tmp, save_strategy(), **(async_save_options() if pending else {}))
 
     def finalize():  # every rank's shards are written (dist_checkpointing's barrier)
@@ -344,6 +346,10 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
                        'restored', path, saved_layout, _layout())
     with_optimizer = load_optimizer and optimizer is not None
     sharding = common.get('optimizer_sharding', FULLY_RESHARDABLE)
+    if with_optimizer and not common.get('optimizer_saved', True):
+        raise CheckpointError(f'{path}: holds no optimizer state (saved with --no-save-optim): add '
+                              '--no-load-optim to resume its weights with a fresh optimizer, or --finetune '
+                              'to start a new run from them')
     if with_optimizer:
         _check_expert_parallel_change(saved_layout, _layout(), path)
         if _distributed(optimizer):

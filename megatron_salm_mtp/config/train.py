@@ -76,6 +76,11 @@ class TrainConfig:
     no_load_optim: bool = False
     """With --load: restore weights, iteration and data position but start a fresh optimizer and
     LR schedule (e.g. across a change between EP=1 and EP>1)."""
+    no_save_optim: bool = False
+    """Save the model, the RNG states and the run's position but no optimizer or LR-schedule state
+    (Megatron-LM's flag): a checkpoint of the weights alone (bf16 weights in a bf16 run, about a seventh
+    of a full one), for evaluation, --finetune or handing the model to another machine. Resuming
+    from it takes --no-load-optim."""
     finetune: bool = False
     """With --load: load the model weights only and start a new run (Megatron-LM's flag): iteration
     0, a fresh optimizer and LR schedule, the data from the start, RNG from --seed; e.g. a joint run

@@ -165,7 +165,8 @@ class Trainer:
         waited = time.perf_counter() - started
         sharding = FULLY_RESHARDABLE if self.train_cfg.dist_ckpt_optim_fully_reshardable else DP_RESHARDABLE
         with self._parameters_gathered():
-            save_checkpoint(self.train_cfg.save, self.iteration, self.model, self.optimizer, self.scheduler,
+            optimizer = None if self.train_cfg.no_save_optim else self.optimizer
+            save_checkpoint(self.train_cfg.save, self.iteration, self.model, optimizer, self.scheduler,
                             common, self.run.resolved(), self.pending_saves, sharding)
         self.saved_iteration, self.save_pending = self.iteration, False
         if torch.distributed.get_rank() == 0:

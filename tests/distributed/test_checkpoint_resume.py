@@ -60,3 +60,41 @@ def test_resume_at_another_layout(runs):
     expected, actual = full[4]['lm loss'], resharded[4]['lm loss']
     assert abs(actual - expected) <= 1e-5 * abs(expected), (expected, actual)
     assert resharded[4]['lr'] == full[4]['lr']
+
+
+def folder_bytes(path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope='module')
+def weights_only(tmp_path_factory):
+    """Two runs of 2 iterations alike but for --no-save-optim, each resumed with --no-load-optim for
+    a third; and the weights-only checkpoint resumed without it."""
+    work = tmp_path_factory.mktemp('no_save_optim')
+    corpus = make_train_valid_corpus(work / 'corpus', n=16)
+    common = ['--log-interval', '1', '--seed', '7', '--lr-warmup-iters', '1', '--lr-decay-iters', '6']
+    for name, flags in (('full', []), ('slim', ['--no-save-optim'])):
+        run_train(corpus, common + flags + ['--train-iters', '2', '--save', str(work / name)])
+        run_train(corpus, common + ['--train-iters', '3', '--load', str(work / name), '--no-load-optim',
+                                    '--log-dir', str(work / f'{name}_resumed')])
+    refused = run_train(corpus, common + ['--train-iters', '3', '--load', str(work / 'slim')], check=False)
+    return work, refused
+
+
+def test_no_save_optim_keeps_weights_position_and_rng_only(weights_only):
+    work, _ = weights_only
+    full, slim = (folder_bytes(work / name / 'iter_0000002') for name in ('full', 'slim'))
+    assert slim < 0.5 * full, (slim, full)  # fp32 weights + Adam's two moments: about a third
+    resumed = {name: {r['iteration']: r for r in read_metrics(str(work / f'{name}_resumed'))}
+               for name in ('full', 'slim')}
+    assert sorted(resumed['slim']) == [3]
+    # The same weights, data position and RNG, each with a fresh optimizer: the same third step.
+    assert resumed['slim'][3]['lm loss'] == resumed['full'][3]['lm loss']
+    assert resumed['slim'][3]['consumed_samples'] == resumed['full'][3]['consumed_samples']
+
+
+def test_resuming_a_weights_only_checkpoint_needs_no_load_optim(weights_only):
+    _, refused = weights_only
+    assert refused.returncode != 0
+    errors = [line for line in (refused.stdout + refused.stderr).splitlines() if 'holds no optimizer state' in line]
+    assert len(errors) == 1 and '--no-load-optim' in errors[0] and 'iter_0000002' in errors[0], errors
