@@ -2,7 +2,7 @@
 
     python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl,test_unseen.jsonl \\
         [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--ctc-greedy] \\
-        [--ctc-joint-weight 0.3 [0.5 ...]] [--batch-size 8] \\
+        [--ctc-joint-weight 0.3 [0.5 ...] [--ctc-beam-size 1 4 ...]] [--batch-size 8] \\
         [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
 
 The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the CPU).
@@ -13,7 +13,8 @@ decoding runs again with each audio replaced by silence of the same length (same
 report sets WER with and without audio side by side: a model that ignores its audio scores the same
 either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same batches alone
 (``ctc_greedy``: what the encoder heard, without the LLM); with ``--ctc-joint-weight W`` greedy decoding
-is steered by the CTC head with weight W (``ctc_joint_W``, ``inference/ctc_joint.py``). A checkpoint of stage 1
+is steered by the CTC head with weight W (``ctc_joint_W``, ``inference/ctc_joint.py``), and with
+``--ctc-beam-size B`` > 1 so is a beam search of B hypotheses (``ctc_joint_W_beamB``, ``inference/ctc_beam.py``). A checkpoint of stage 1
 (``--training-mode encoder_ctc``, whose LLM never trained) is scored by its CTC head alone. The JSON
 report holds, per mode: WER after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``:
 lowercase, no punctuation), CER, substitutions/deletions/insertions, overall, per ``subset``, per
@@ -37,6 +38,7 @@ from .commands import add_load_argument
 from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
 from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
+from .inference.ctc_beam import joint_ctc_beam_decode
 from .inference.ctc_joint import JOINT_UNITS, token_spelling
 from .inference.decode import greedy_decode, joint_ctc_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
@@ -71,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also decode greedily with each candidate token scored by the CTC head's prefix score "
                         'as well, with weight W in (0, 1] (joint CTC/attention decoding; a mode per W; '
                         'checkpoints with a CTC head on characters)')
+    p.add_argument('--ctc-beam-size', type=int, nargs='+', default=[1], metavar='B',
+                   help='with --ctc-joint-weight: keep B hypotheses per utterance (joint CTC/attention beam '
+                        'search; a mode per W and B, ctc_joint_W_beamB; 1, the default: the steered greedy '
+                        'decoder, ctc_joint_W)')
     p.add_argument('--cuda-graphs', action='store_true',
                    help='replay each decoding step as a CUDA graph (GPU only): no host overhead per step')
     p.add_argument('--batch-size', type=int, default=1)
@@ -137,6 +143,7 @@ def check_args(parser, args) -> None:
         if value is not None and value < least:
             parser.error(f'{flag} {value}: must be >= {least}')
     check_joint_weights(parser, args.ctc_joint_weight)
+    check_beam_sizes(parser, args.ctc_beam_size, args.ctc_joint_weight)
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
     if args.cuda_graphs and not torch.cuda.is_available():
@@ -153,6 +160,14 @@ def check_joint_weights(parser, weights) -> None:
     bad = [w for w in weights or () if not 0 < w <= 1]
     if bad:
         parser.error(f'--ctc-joint-weight {bad[0]}: must be in (0, 1]')
+
+
+def check_beam_sizes(parser, sizes, weights) -> None:
+    bad = [b for b in sizes if b < 1]
+    if bad:
+        parser.error(f'--ctc-beam-size {bad[0]}: must be >= 1')
+    if sizes != [1] and not weights:
+        parser.error('--ctc-beam-size steers a beam search by the CTC head: give --ctc-joint-weight too')
 
 
 def load_or_error(parser, load_dir: str) -> LoadedModel:
@@ -292,15 +307,25 @@ def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> d
     if args.ctc_joint_weight:
         spelling, eager = token_spelling(loaded.tokenizer, cfg.vocab_size, device), WorkspacePool()
         for weight in args.ctc_joint_weight:
-            modes[joint_mode(weight)] = (
-                lambda batch, weight=weight: joint_ctc_decode(loaded.model, batch, args.max_new_tokens, stops,
-                                                              cfg.vocab_size, weight, spelling, eager),
-                batches, tokens_text)
+            for size in args.ctc_beam_size:
+                modes[joint_mode(weight, size)] = (
+                    lambda batch, weight=weight, size=size: steered_decode(
+                        loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, weight, spelling, size,
+                        eager),
+                    batches, tokens_text)
     return modes
 
 
-def joint_mode(weight: float) -> str:
-    return f'ctc_joint_{weight:g}'
+def steered_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, beam_size, workspaces):
+    """Decoding steered by the CTC head: greedy with one hypothesis, beam search with more."""
+    if beam_size == 1:
+        return joint_ctc_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, workspaces)
+    return joint_ctc_beam_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, beam_size,
+                                 workspaces)
+
+
+def joint_mode(weight: float, beam_size: int = 1) -> str:
+    return f'ctc_joint_{weight:g}' + (f'_beam{beam_size}' if beam_size > 1 else '')
 
 
 def evaluate(args, parser) -> dict:

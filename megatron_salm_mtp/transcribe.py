@@ -1,14 +1,15 @@
 """Transcribe audio files with a trained SALM, no manifest needed.
 
-    python -m megatron_salm_mtp.transcribe --load ckpt a.wav b.flac c.mp3 [--speculative | --ctc-joint-weight 0.3] \\
-        [--json]
+    python -m megatron_salm_mtp.transcribe --load ckpt a.wav b.flac c.mp3 \\
+        [--speculative | --ctc-joint-weight 0.3 [--ctc-beam-size 4]] [--json]
 
 Each file (any format soundfile reads, WAV without it; resampled to 16 kHz) is prompted as the
 checkpoint's run prompted its training audio (its template, system prompt and default task
 prompt, or ``--prompt``) and decoded greedily, or with MTP self-speculative decoding
 (``--speculative``: the same text, fewer trunk forwards), or steered by the encoder's CTC head
-(``--ctc-joint-weight W``: ``evaluate``'s ``ctc_joint_W``, README). One line per file on stdout, in the
-order given: ``FILE<Tab>TRANSCRIPT``, or with ``--json`` a NeMo-style manifest line
+(``--ctc-joint-weight W``: ``evaluate``'s ``ctc_joint_W``; with ``--ctc-beam-size B`` its beam search,
+README). One line per file on stdout, in the order given: ``FILE<Tab>TRANSCRIPT``, or with
+``--json`` a NeMo-style manifest line
 (``audio_filepath``, ``duration``, ``pred_text``). A file that cannot be read is named on stderr
 and left out; decoding runs as ``evaluate``'s does (TP=1, PP=1, one GPU or the CPU).
 """
@@ -22,6 +23,7 @@ from .config import ENCODER_CTC
 from .data.manifest import Example, Segment
 from .evaluate import (
     check_ctc_head,
+    check_beam_sizes,
     check_joint_weights,
     decoding_modes,
     draft_depth,
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ctc-joint-weight', type=float, nargs=1, metavar='W',
                    help="decode with each candidate token scored by the CTC head's prefix score as well, with "
                         'weight W in (0, 1] (a CTC head on characters; eager)')
+    p.add_argument('--ctc-beam-size', type=int, nargs=1, default=[1], metavar='B',
+                   help='with --ctc-joint-weight: a beam search of B hypotheses per file (default 1: greedy)')
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--cuda-graphs', action='store_true', help='replay each decoding step as a CUDA graph (GPU only)')
@@ -64,6 +68,7 @@ def check_args(parser, args) -> None:
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
     check_joint_weights(parser, args.ctc_joint_weight)
+    check_beam_sizes(parser, args.ctc_beam_size, args.ctc_joint_weight)
     if args.ctc_joint_weight and args.speculative:
         parser.error("--ctc-joint-weight and --speculative: choose one decoder (speculative decoding is greedy's)")
 
@@ -94,7 +99,7 @@ def transcribe(args, parser) -> list:
     if not utterances:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
-    mode = joint_mode(args.ctc_joint_weight[0]) if args.ctc_joint_weight else 'speculative' if depth else 'greedy'
+    mode = joint_mode(args.ctc_joint_weight[0], args.ctc_beam_size[0]) if args.ctc_joint_weight else 'speculative' if depth else 'greedy'
     decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, stage_one=False)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
     texts = [to_text(o) for o in outputs]

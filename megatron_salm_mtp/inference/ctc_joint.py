@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.ctc_text import CTC_CHARACTERS, character_ids, spelled
+from ..data.frames import encoder_frames
 from .ctc_prefix import CTCPrefixScorer
 
 JOINT_CANDIDATES = 8
@@ -71,9 +72,20 @@ def token_spelling(tokenizer, vocab_size: int, device) -> TokenSpelling:
                          flags(lambda t: ' ' in t))
 
 
+@dataclass
+class Proposal:
+    """Each row's candidate next tokens and their joint scores, with what taking one needs."""
+    tokens: torch.Tensor  # [b, k] the LLM's likeliest tokens
+    scores: torch.Tensor  # [b, k] fp64: (1 - w) log p_LLM + w (change in the CTC prefix score)
+    ctc_scores: torch.Tensor  # [b, k] the CTC prefix score each candidate leads to
+    ctc_states: tuple  # the scorer's states of each candidate (``CTCPrefixScorer.extend``)
+
+
 class JointCTCChooser:
     """Each row's next token by the joint score (module docstring); called once per decoding step
-    with the LLM's logits, it keeps each row's CTC hypothesis in step with what it chose."""
+    with the LLM's logits, it keeps each row's CTC hypothesis in step with what it chose.
+    ``propose`` and ``take`` split a call for beam search (``ctc_beam.py``), where a row may take
+    a candidate of another row."""
 
     def __init__(self, scorer: CTCPrefixScorer, spelling: TokenSpelling, weight: float, stop: torch.Tensor):
         if not 0 < weight <= 1:
@@ -84,18 +96,28 @@ class JointCTCChooser:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Tokens [b] chosen from ``logits`` [b, V] (the tokenizer's vocabulary)."""
+        proposal = self.propose(logits)
+        return self.take(proposal, proposal.scores.argmax(dim=-1))
+
+    def propose(self, logits: torch.Tensor) -> Proposal:
+        """The candidates of every row for ``logits`` [b, V], scored; nothing changes yet."""
         llm, candidates = logits.float().log_softmax(-1).topk(min(JOINT_CANDIDATES, logits.shape[-1]), dim=-1)
         labels, counts = self._labels(candidates)
         scores, states = self.scorer.extend(labels, counts)
         ctc = torch.where(self.stop[candidates], self.scorer.final()[:, None], scores) - self.scorer.score[:, None]
         # A row whose text its audio cannot hold (every candidate was impossible) lets the LLM decide.
         ctc = torch.where(self.scorer.score[:, None].isfinite(), ctc, 0.0)
-        choice = ((1 - self.weight) * llm.double() + self.weight * ctc).argmax(dim=-1)
-        token = candidates.gather(1, choice[:, None])[:, 0]
-        self.scorer.advance(states, scores, choice)
+        return Proposal(candidates, (1 - self.weight) * llm.double() + self.weight * ctc, scores, states)
+
+    def take(self, proposal: Proposal, choice: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Make candidate ``choice`` [b] of row ``rows`` [b] (default: each row's own) each row's
+        next token, its CTC state and word-break flag following; returns the tokens [b]."""
+        source = torch.arange(len(choice), device=choice.device) if rows is None else rows
+        token = proposal.tokens[source, choice]
+        self.scorer.advance(proposal.ctc_states, proposal.ctc_scores, choice, rows)
         letters = self.spelling.counts[token] > 0
         self.pending = torch.where(letters, self.spelling.trailing_break[token],
-                                   self.pending | self.spelling.has_break[token])
+                                   self.pending[source] | self.spelling.has_break[token])
         return token
 
     def _labels(self, candidates: torch.Tensor):
@@ -108,3 +130,18 @@ class JointCTCChooser:
         spaced = torch.cat([torch.full_like(core[..., :1], SPACE), core], dim=-1)
         unspaced = torch.cat([core, torch.zeros_like(core[..., :1])], dim=-1)
         return torch.where(space[..., None], spaced, unspaced), counts + space.long()
+
+
+def steering_chooser(model, features: torch.Tensor, feature_lengths: torch.Tensor, stop_ids, vocab_size: int,
+                     weight: float, spelling: TokenSpelling, copies: int = 1) -> JointCTCChooser:
+    """The chooser of rows whose audio is ``features`` [n, mels, T] of ``feature_lengths`` [n], one
+    audio per row, each row repeated ``copies`` times (beam search's hypotheses): the encoder runs
+    once more for the CTC head, over the n audios."""
+    head = model.ctc_head
+    frames = model.audio_encoder(features, feature_lengths)
+    log_probs = head(frames).float().log_softmax(-1).repeat_interleave(copies, dim=0)
+    lengths = encoder_frames(feature_lengths).repeat_interleave(copies, dim=0)
+    scorer = CTCPrefixScorer(log_probs, lengths, blank=head.out_features - 1)
+    stop = torch.zeros(vocab_size, dtype=torch.bool, device=frames.device)
+    stop[list(stop_ids)] = True
+    return JointCTCChooser(scorer, spelling, weight, stop)

@@ -82,12 +82,13 @@ class CTCPrefixScorer:
         index = self.last_frame[:, None]
         return torch.logaddexp(self.emitting.gather(1, index), self.blank.gather(1, index))[:, 0]
 
-    def advance(self, states, scores: torch.Tensor, choice: torch.Tensor) -> None:
+    def advance(self, states, scores: torch.Tensor, choice: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Make candidate ``choice`` [b] of :meth:`extend`'s ``states`` (scores [b, k]) each row's
-        hypothesis."""
+        hypothesis: of the row's own candidates, or of row ``rows`` [b]'s (beam search; rows that
+        share their audio, since the states are over its frames)."""
         emitting, blank, last = states
-        index = choice[:, None, None].expand(-1, 1, emitting.shape[-1])
-        self.emitting = emitting.gather(1, index)[:, 0]
-        self.blank = blank.gather(1, index)[:, 0]
-        self.last = last.gather(1, choice[:, None])[:, 0]
-        self.score = scores.gather(1, choice[:, None])[:, 0]
+        source = torch.arange(len(choice), device=choice.device) if rows is None else rows
+        self.emitting = emitting[source, choice]
+        self.blank = blank[source, choice]
+        self.last = last[source, choice]
+        self.score = scores[source, choice]

@@ -41,9 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.features import AudioPadding
-from ..data.frames import encoder_frames
-from .ctc_joint import JointCTCChooser, TokenSpelling
-from .ctc_prefix import CTCPrefixScorer
+from .ctc_joint import TokenSpelling, steering_chooser
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
 from .trunk_cache import head_logits
@@ -122,7 +120,7 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
     return -(-needed // CAPACITY_BUCKET) * CAPACITY_BUCKET
 
 
-def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
+def start_decoding(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
            depths: int, workspaces: WorkspacePool | None, choose=None):
     """(workspace, phase clock) after the audio encoding, the prefill, the first token (the argmax
     or ``choose``'s, ``DecodeWorkspace.prefill``) and, with drafts, the MTP layers over the prompt
@@ -143,7 +141,7 @@ def _start(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size:
     return ws, clock
 
 
-def _finish(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: PhaseClock, depths: int):
+def finish_decoding(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: PhaseClock, depths: int):
     """(outputs per row, DecodeStats per row) of running ``step`` until every row has finished."""
     while not bool(ws.rows.all_done):  # the one device read of a step
         ws.run(name, step)
@@ -166,7 +164,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
     """
     if width < 1:
         raise ValueError(f'greedy width {width}: must be >= 1')
-    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
+    ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, width, 0, workspaces)
 
     def step():
         active = ~ws.rows.done
@@ -176,7 +174,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
         tokens = ws.cache.next_tokens(hidden, vocab_size)[0]
         ws.rows.count_step(active, ws.rows.emit(tokens[:, None]))
 
-    return _finish(ws, 'greedy', step, batch, clock, 0)
+    return finish_decoding(ws, 'greedy', step, batch, clock, 0)
 
 
 @torch.no_grad()
@@ -184,7 +182,7 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
                        vocab_size: int, depths: int, workspaces: WorkspacePool | None = None):
     """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
     drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
-    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
+    ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
                        workspaces)
 
     def step():
@@ -196,7 +194,16 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         # Drafts 1..a equal the trunk's choices 0..a-1: emit those and the trunk's choice a.
         ws.rows.count_step(active, ws.rows.emit(verdict, agreed.sum(dim=1)), agreed)
 
-    return _finish(ws, 'speculative', step, batch, clock, depths)
+    return finish_decoding(ws, 'speculative', step, batch, clock, depths)
+
+
+def check_steerable(batch: PromptBatch, workspaces: WorkspacePool | None) -> None:
+    """Decoding steered by the CTC head needs one audio per row and runs eagerly."""
+    if batch.audio_features.shape[0] != batch.tokens.shape[0] or any(n != 1 for n in batch.audios_per_row):
+        raise ValueError(f'joint CTC decoding needs one audio per utterance: {batch.tokens.shape[0]} rows, '
+                         f'{batch.audio_features.shape[0]} audios')
+    if workspaces is not None and workspaces.cuda_graphs:
+        raise ValueError('joint CTC decoding runs eagerly: give it a workspace pool without CUDA graphs')
 
 
 @torch.no_grad()
@@ -205,28 +212,19 @@ def joint_ctc_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: S
     """(outputs per row, DecodeStats per row) of greedy decoding steered by the CTC head with
     ``weight`` (``ctc_joint.py``); one audio per row. Eager: each step's candidates are scored over
     every frame of the row's audio, which the encoder runs once more for the head."""
-    if batch.audio_features.shape[0] != batch.tokens.shape[0] or any(n != 1 for n in batch.audios_per_row):
-        raise ValueError(f'joint CTC decoding needs one audio per utterance: {batch.tokens.shape[0]} rows, '
-                         f'{batch.audio_features.shape[0]} audios')
-    if workspaces is not None and workspaces.cuda_graphs:
-        raise ValueError('joint CTC decoding runs eagerly: give it a workspace pool without CUDA graphs')
-    head = model.ctc_head
-    frames = model.audio_encoder(batch.audio_features, batch.audio_feature_lengths)
-    scorer = CTCPrefixScorer(head(frames).float().log_softmax(-1), encoder_frames(batch.audio_feature_lengths),
-                             blank=head.out_features - 1)
-    stop = torch.zeros(vocab_size, dtype=torch.bool, device=frames.device)
-    stop[list(stop_ids)] = True
-    chooser = JointCTCChooser(scorer, spelling, weight, stop)
+    check_steerable(batch, workspaces)
+    chooser = steering_chooser(model, batch.audio_features, batch.audio_feature_lengths, stop_ids, vocab_size,
+                               weight, spelling)
     lm = model.language_model
 
     def choose(hidden):  # [1, b, h] -> [1, b]
         return chooser(head_logits(lm, hidden[0], vocab_size))[None]
 
-    ws, clock = _start(model, batch, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, choose)
+    ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, choose)
 
     def step():
         active = ~ws.rows.done
         tokens = choose(ws.feed(ws.last_tokens()[:, None]))
         ws.rows.count_step(active, ws.rows.emit(tokens.t()))
 
-    return _finish(ws, 'joint', step, batch, clock, 0)
+    return finish_decoding(ws, 'joint', step, batch, clock, 0)

@@ -95,6 +95,12 @@ class PositionKVCache:
         values[self.write_index, self.rows] = value
         return (query, keys, values, self.mask), dict(kwargs, attn_mask_type=AttnMaskType.no_mask)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row r's keys and values become those of row ``rows[r]`` (beam search), in place."""
+        for keys, values in self.buffers.values():
+            keys.copy_(keys[:, rows])
+            values.copy_(values[:, rows])
+
     def _buffers(self, index: int, key: torch.Tensor, value: torch.Tensor):
         if index not in self.buffers:
             # Zeros, not empty memory: a hidden slot's value is multiplied by an attention weight

@@ -68,6 +68,13 @@ class RowState:
         self.all_done.copy_(self.done.all())
         return count
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row r's state becomes row ``rows[r]``'s (beam search; the tokens and lengths are the
+        workspace's to reorder)."""
+        for state in (self.done, self.emitted, self.counts):
+            state.copy_(state[rows])
+        self.all_done.copy_(self.done.all())
+
     def count_step(self, active: torch.Tensor, count: torch.Tensor,
                    agreed: torch.Tensor | None = None) -> None:
         """Count a verify forward of the ``active`` rows that emitted ``count``; ``agreed`` [b, D]

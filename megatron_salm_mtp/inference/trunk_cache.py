@@ -28,6 +28,10 @@ class TrunkCache:
         with self.kv.attached():
             return self.lm.decoder(hidden_states=embeddings, attention_mask=None, rotary_pos_emb=None)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row r's cache becomes row ``rows[r]``'s."""
+        self.kv.reorder(rows)
+
     def next_tokens(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Main-head argmax [n, b] of hidden states [n, b, h], within the tokenizer's vocabulary."""
         return head_argmax(self.lm, hidden, vocab_size)

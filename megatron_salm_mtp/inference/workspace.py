@@ -123,6 +123,17 @@ class DecodeWorkspace:
         self.hidden[positions.t(), self.index[None, :]] = hidden
         return hidden
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row r becomes a copy of row ``rows[r]``: its cache, tokens, lengths, trunk states and
+        state (beam search, which has no drafter)."""
+        if self.drafter is not None:
+            raise ValueError('rows of a workspace with MTP drafts cannot be reordered')
+        self.cache.reorder(rows)
+        for buffer in (self.tokens, self.lengths):
+            buffer.copy_(buffer[rows])
+        self.hidden.copy_(self.hidden[:, rows])
+        self.rows.reorder(rows)
+
     def run(self, name: str, step: Callable[[], None]) -> None:
         """Run the decoding step ``step()`` once: eager, or with ``cuda_graphs`` replayed from the
         graph captured at the first call of ``name`` (later calls' ``step`` must compute the same

@@ -34,7 +34,8 @@
 #        STAGE_FLAGS (default none) are given to every training stage as well (model sizes, for one);
 #        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation (and,
 #        unless CTC_UNITS is phonemes, --ctc-greedy, the CTC head alone, and --ctc-joint-weight
-#        JOINT_WEIGHTS, default "0.3", greedy decoding steered by the CTC head) on the first
+#        JOINT_WEIGHTS, default "0.3", decoding steered by the CTC head: greedy and a beam search
+#        per size of BEAM_SIZES, default "1 4", 1 being the greedy one) on the first
 #        EVAL_UTTERANCES (default 1000) of each test split (200 give +-0.03-0.05 on a WER),
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
 #        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
@@ -189,7 +190,7 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
     mix=(--train-manifest "$dir/train.jsonl,$out/text_mix.jsonl")
   fi
   finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} && sleep 5 && wait_all "$out" 1800 || return 1
-  local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3})
+  local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3} --ctc-beam-size ${BEAM_SIZES:-1 4})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
   # A run about the trunk's WER alone: its heads and speculative figures wait for a trunk that moved.

@@ -36,7 +36,8 @@ class RecordingScorer:
     def final(self):
         return torch.zeros_like(self.score)
 
-    def advance(self, states, scores, choice):
+    def advance(self, states, scores, choice, rows=None):
+        assert rows is None  # greedy: each row takes one of its own candidates
         labels, counts = states
         for row, k in enumerate(choice.tolist()):
             self.spelled[row] += labels[row, k, :counts[row, k]].tolist()

@@ -213,6 +213,8 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     (['--out', '{tmp}/r.json', '--out-manifest', '{tmp}/r.json'], 'the same file as --out'),
     (['--ctc-joint-weight', '0.3', '1.5'], '--ctc-joint-weight 1.5: must be in (0, 1]'),
     (['--ctc-joint-weight', '0'], '--ctc-joint-weight 0.0: must be in (0, 1]'),
+    (['--ctc-joint-weight', '0.3', '--ctc-beam-size', '4', '0'], '--ctc-beam-size 0: must be >= 1'),
+    (['--ctc-beam-size', '4'], '--ctc-beam-size steers a beam search by the CTC head: give --ctc-joint-weight too'),
     pytest.param(['--cuda-graphs'], '--cuda-graphs needs a GPU',
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU takes the flag')),
 ])

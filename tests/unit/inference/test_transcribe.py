@@ -46,11 +46,13 @@ def test_transcripts_match_evaluate_on_a_manifest(single_rank_parallel, checkpoi
     manifest = write_manifest(tmp_path / 'files.jsonl', [{'audio_filepath': p, 'text': 'x'} for p in audio_files])
     evaluate.main(['--load', checkpoint, '--manifest', manifest, '--max-new-tokens', '8', '--warmup-batches', '0',
                    '--batch-size', '2', '--out', str(tmp_path / 'report.json'),
-                   '--out-manifest', str(tmp_path / 'pred.jsonl'), '--ctc-joint-weight', '0.5'])
+                   '--out-manifest', str(tmp_path / 'pred.jsonl'), '--ctc-joint-weight', '0.5',
+                   '--ctc-beam-size', '1', '3'])
     capsys.readouterr()
     with open(tmp_path / 'pred.jsonl') as f:
         expected = [json.loads(line)['pred_text'] for line in f]
-    steered = [h['ctc_joint_0.5'] for h in json.loads((tmp_path / 'report.json').read_text())['hypotheses']]
+    hypotheses = json.loads((tmp_path / 'report.json').read_text())['hypotheses']
+    steered, beam = ([h[mode] for h in hypotheses] for mode in ('ctc_joint_0.5', 'ctc_joint_0.5_beam3'))
     greedy = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json'] + audio_files)
     assert [r['audio_filepath'] for r in greedy] == audio_files
     assert [r['pred_text'] for r in greedy] == expected and any(expected)
@@ -61,6 +63,9 @@ def test_transcripts_match_evaluate_on_a_manifest(single_rank_parallel, checkpoi
     joint = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json', '--ctc-joint-weight', '0.5',
                                   '--batch-size', '2'] + audio_files)
     assert [r['pred_text'] for r in joint] == steered
+    searched = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json', '--ctc-joint-weight',
+                                     '0.5', '--ctc-beam-size', '3'] + audio_files)
+    assert [r['pred_text'] for r in searched] == beam
 
 
 def test_plain_output_and_unreadable_files(single_rank_parallel, checkpoint, audio_files, tmp_path, capsys):
