@@ -1,5 +1,5 @@
-"""Greedy decoding steered by the CTC head (``decode.joint_ctc_decode``) on a GPU, bf16. Skips
-without CUDA.
+"""Greedy decoding and beam search steered by the CTC head (``decode.joint_ctc_decode``,
+``ctc_beam.joint_ctc_beam_decode``) on a GPU, bf16. Skips without CUDA.
 
 * A vanishing weight decodes as eager greedy decoding at width 1 over 64 utterances at batch 8,
   except where the LLM's two best bf16 logits are equal: there greedy takes the lower token id and
@@ -9,6 +9,9 @@ without CUDA.
   next byte would not fit).
 * A real weight decodes every row within its token budget, and batched rows as each row alone
   (where greedy decoding does too: bf16 may round a near-tie otherwise at other shapes).
+* A beam of one decodes as the steered greedy decoder, token for token (the same computation at
+  the same shapes); a beam of four ends every utterance within its budget, and differs from the
+  greedy decoder somewhere.
 
     python -m pytest -q -s tests/gpu/test_joint_ctc_gpu.py
 """
@@ -18,6 +21,7 @@ import torch
 
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
 from megatron_salm_mtp.inference import decode
+from megatron_salm_mtp.inference.ctc_beam import joint_ctc_beam_decode
 from megatron_salm_mtp.inference.ctc_joint import token_spelling
 from megatron_salm_mtp.inference.decode import greedy_decode, joint_ctc_decode
 from megatron_salm_mtp.inference.trunk_cache import head_logits
@@ -80,3 +84,19 @@ def test_a_real_weight_steers_within_budget_and_row_by_row(bf16_salm_with_ctc):
         if alone_greedy[0] == greedy[row]:
             alone, _ = joint_ctc_decode(model, row_of(batch, row), NEW_TOKENS, [EOS_ID], vocab, 0.5, spelling)
             assert alone[0] == joint[row], row
+
+
+def test_beam_search_of_one_is_the_steered_greedy_decoder(bf16_salm_with_ctc):
+    model, vocab = bf16_salm_with_ctc, bf16_salm_with_ctc.cfg.vocab_size
+    spelling = token_spelling(ByteTokenizer(), vocab, 'cuda')
+    steered = searched = 0
+    for batch in short_prompt_batches(model.cfg, 32, 8, seed=8, device='cuda', frames=(72, 100)):
+        joint, _ = joint_ctc_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 0.5, spelling)
+        one, _ = joint_ctc_beam_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 0.5, spelling, 1)
+        four, stats = joint_ctc_beam_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 0.5, spelling, 4)
+        assert one == joint
+        assert all(1 <= len(row) <= NEW_TOKENS for row in four) and len(stats) == len(four)
+        steered += len(joint)
+        searched += sum(a != b for a, b in zip(four, joint))
+    print(f'beam 4 chose otherwise than the steered greedy decoder in {searched} of {steered} rows')
+    assert searched > 0
