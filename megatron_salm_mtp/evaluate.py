@@ -14,7 +14,8 @@ report sets WER with and without audio side by side: a model that ignores its au
 either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same batches alone
 (``ctc_greedy``: what the encoder heard, without the LLM); with ``--ctc-joint-weight W`` greedy decoding
 is steered by the CTC head with weight W (``ctc_joint_W``, ``inference/ctc_joint.py``), and with
-``--ctc-beam-size B`` > 1 so is a beam search of B hypotheses (``ctc_joint_W_beamB``, ``inference/ctc_beam.py``). A checkpoint of stage 1
+``--ctc-beam-size B`` > 1 so is a beam search of B hypotheses (``ctc_joint_W_beamB``,
+``inference/ctc_beam.py``). A checkpoint of stage 1
 (``--training-mode encoder_ctc``, whose LLM never trained) is scored by its CTC head alone. The JSON
 report holds, per mode: WER after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``:
 lowercase, no punctuation), CER, substitutions/deletions/insertions, overall, per ``subset``, per
@@ -37,8 +38,8 @@ from megatron.core.package_info import __version__ as mcore_version
 from .commands import add_load_argument
 from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
-from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
 from .inference.ctc_beam import joint_ctc_beam_decode
+from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
 from .inference.ctc_joint import JOINT_UNITS, token_spelling
 from .inference.decode import greedy_decode, joint_ctc_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids

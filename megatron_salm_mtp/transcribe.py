@@ -22,8 +22,8 @@ from .commands import add_load_argument
 from .config import ENCODER_CTC
 from .data.manifest import Example, Segment
 from .evaluate import (
-    check_ctc_head,
     check_beam_sizes,
+    check_ctc_head,
     check_joint_weights,
     decoding_modes,
     draft_depth,
@@ -99,7 +99,9 @@ def transcribe(args, parser) -> list:
     if not utterances:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
-    mode = joint_mode(args.ctc_joint_weight[0], args.ctc_beam_size[0]) if args.ctc_joint_weight else 'speculative' if depth else 'greedy'
+    mode = 'speculative' if depth else 'greedy'
+    if args.ctc_joint_weight:
+        mode = joint_mode(args.ctc_joint_weight[0], args.ctc_beam_size[0])
     decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, stage_one=False)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
     texts = [to_text(o) for o in outputs]

@@ -262,9 +262,10 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     """Save everything needed to resume at ``iteration``; collective. ``common_state`` must be
     identical on all ranks (rank 0's copy is stored); ``optimizer_sharding``: the distributed
     optimizer's format (:data:`DP_RESHARDABLE` or :data:`FULLY_RESHARDABLE`). ``optimizer`` None
-    saves neither its state nor the scheduler's (``--no-save-optim``, an import). Returns the final checkpoint folder, which
-    exists on return, or with ``pending`` (async) once ``pending`` finalized the save; the caller
-    finalizes earlier saves first (this one removes unfinished ``.tmp-`` folders)."""
+    saves neither its state nor the scheduler's (``--no-save-optim``, an import). Returns the final
+    checkpoint folder, which exists on return, or with ``pending`` (async) once ``pending``
+    finalized the save; the caller finalizes earlier saves first (this one removes unfinished
+    ``.tmp-`` folders)."""
     rank = torch.distributed.get_rank()
     final = checkpoint_dir(save_dir, iteration)
     name = [f'{final}.tmp-{uuid.uuid4().hex[:8]}']  # rank 0's name goes to all

@@ -121,7 +121,7 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
 
 
 def start_decoding(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
-           depths: int, workspaces: WorkspacePool | None, choose=None):
+                   depths: int, workspaces: WorkspacePool | None, choose=None):
     """(workspace, phase clock) after the audio encoding, the prefill, the first token (the argmax
     or ``choose``'s, ``DecodeWorkspace.prefill``) and, with drafts, the MTP layers over the prompt
     (``MTPDrafter.prefill``: every step after it then has the same shapes)."""
@@ -141,7 +141,7 @@ def start_decoding(model, batch: PromptBatch, max_new_tokens: int, stop_ids, voc
     return ws, clock
 
 
-def finish_decoding(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: PhaseClock, depths: int):
+def _finish(ws: DecodeWorkspace, name: str, step, batch: PromptBatch, clock: PhaseClock, depths: int):
     """(outputs per row, DecodeStats per row) of running ``step`` until every row has finished."""
     while not bool(ws.rows.all_done):  # the one device read of a step
         ws.run(name, step)
@@ -174,7 +174,7 @@ def greedy_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequ
         tokens = ws.cache.next_tokens(hidden, vocab_size)[0]
         ws.rows.count_step(active, ws.rows.emit(tokens[:, None]))
 
-    return finish_decoding(ws, 'greedy', step, batch, clock, 0)
+    return _finish(ws, 'greedy', step, batch, clock, 0)
 
 
 @torch.no_grad()
@@ -183,7 +183,7 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
     """(outputs per row, DecodeStats per row) of self-speculative decoding with ``depths`` MTP
     drafts; equal to ``greedy_decode(..., width=depths + 1)`` token for token."""
     ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, depths + 1, depths,
-                       workspaces)
+                               workspaces)
 
     def step():
         active = ~ws.rows.done
@@ -194,7 +194,7 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
         # Drafts 1..a equal the trunk's choices 0..a-1: emit those and the trunk's choice a.
         ws.rows.count_step(active, ws.rows.emit(verdict, agreed.sum(dim=1)), agreed)
 
-    return finish_decoding(ws, 'speculative', step, batch, clock, depths)
+    return _finish(ws, 'speculative', step, batch, clock, depths)
 
 
 def check_steerable(batch: PromptBatch, workspaces: WorkspacePool | None) -> None:
@@ -227,4 +227,4 @@ def joint_ctc_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: S
         tokens = choose(ws.feed(ws.last_tokens()[:, None]))
         ws.rows.count_step(active, ws.rows.emit(tokens.t()))
 
-    return finish_decoding(ws, 'joint', step, batch, clock, 0)
+    return _finish(ws, 'joint', step, batch, clock, 0)
