@@ -41,7 +41,9 @@
 #        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
 #        1100, the length of their cosine; 0: no heads), and their greedy and speculative
 #        evaluation with CUDA graphs at each batch size of SPEC_BATCHES (default "64 8 1": 64 on
-#        EVAL_UTTERANCES per split, 8 on 200, 1 on 100); prints "PIPELINE DONE" at the end
+#        EVAL_UTTERANCES per split, 8 on 200, 1 on 100); with JOINT_HEADS=D instead, D heads
+#        trained alongside stage 2 on the trunk's detached states (--mtp-detach-trunk, distilled
+#        from the trunk), evaluated so; prints "PIPELINE DONE" at the end
 #   bash tests/gpu/recogniser.sh probe OUT CORPUS MINUTES NAME[:FLAGS] NAME[:FLAGS] ...
 #        encoder recipes side by side at equal wall time, before any stage 2: each NAME an encoder
 #        stage (as `encoder`, with its FLAGS) for MINUTES, all sharing the GPU; then each one's CTC
@@ -168,7 +170,7 @@ evaluate() {  # OUT CORPUS NAME TAG [evaluate flags]
 
 pipeline() {  # OUT CORPUS [MTP_MINUTES]: every stage of the recipe, one after the other
   local out="$1" dir="$2" mtp_minutes="${3:-3}" eval=(--batch-size 64 --max-utterances "${EVAL_UTTERANCES:-1000}")
-  local spec=(--speculative --cuda-graphs) units=(--ctc-target-units "${CTC_UNITS:-characters}")
+  local units=(--ctc-target-units "${CTC_UNITS:-characters}")
   local extra
   read -r -a extra <<< "${STAGE_FLAGS:-}"
   units+=(${extra[@]+"${extra[@]}"})
@@ -189,10 +191,20 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
     shuf -n "$TEXT_MIX" --random-source=<(yes) "$dir/train_text.jsonl" > "$out/text_mix.jsonl" || return 1
     mix=(--train-manifest "$dir/train.jsonl,$out/text_mix.jsonl")
   fi
-  finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} && sleep 5 && wait_all "$out" 1800 || return 1
+  # JOINT_HEADS=D: D MTP heads learn alongside stage 2 from the trunk's detached states (its
+  # gradients untouched: --mtp-detach-trunk), distilled from its own next-token distribution.
+  local heads=()
+  [ "${JOINT_HEADS:-0}" -gt 0 ] && heads=(--mtp-num-layers "$JOINT_HEADS" --mtp-detach-trunk
+                                         --mtp-self-distillation --mtp-loss-scaling-factor 0.1)
+  finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} ${heads[@]+"${heads[@]}"} && sleep 5 \
+    && wait_all "$out" 1800 || return 1
   local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3} --ctc-beam-size ${BEAM_SIZES:-1 4})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
+  if [ "${JOINT_HEADS:-0}" -gt 0 ]; then
+    speculative_evaluations "$out" "$dir" two "${eval[@]}" && echo "PIPELINE DONE (heads trained alongside)"
+    return
+  fi
   # A run about the trunk's WER alone: its heads and speculative figures wait for a trunk that moved.
   [ "$mtp_minutes" = 0 ] && { echo "PIPELINE DONE (MTP_MINUTES 0: no heads)"; return 0; }
   # The heads learn from the trunk as it decodes: no dropout there, whatever STAGE_FLAGS gave the trunk.
@@ -200,15 +212,20 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
     --hidden-dropout 0 --attention-dropout 0 --encoder-hidden-dropout 0 --encoder-attention-dropout 0 \
     --mtp-self-distillation --train-iters "${MTP_ITERS:-1100}" --exit-duration-in-mins "$mtp_minutes" \
     && sleep 5 && wait_all "$out" 1200 || return 1
-  local batch
+  speculative_evaluations "$out" "$dir" two_mtp "${eval[@]}" && echo "PIPELINE DONE"
+}
+
+speculative_evaluations() {  # OUT CORPUS NAME [evaluate flags of batch 64]: greedy and speculative,
+  # CUDA graphs, at each batch size of SPEC_BATCHES
+  local out="$1" dir="$2" name="$3" batch spec=(--speculative --cuda-graphs)
+  shift 3
   for batch in ${SPEC_BATCHES:-64 8 1}; do
     case "$batch" in
-      64) evaluate "$out" "$dir" two_mtp spec "${eval[@]}" "${spec[@]}" ;;
-      *) evaluate "$out" "$dir" two_mtp "spec_b$batch" --batch-size "$batch" \
+      64) evaluate "$out" "$dir" "$name" spec "$@" "${spec[@]}" ;;
+      *) evaluate "$out" "$dir" "$name" "spec_b$batch" --batch-size "$batch" \
            --max-utterances $((batch == 1 ? 100 : 200)) "${spec[@]}" ;;
     esac
   done
-  echo "PIPELINE DONE"
 }
 
 probe() {  # OUT CORPUS MINUTES NAME[:FLAGS]...: encoder stages side by side, their CTC heads scored
