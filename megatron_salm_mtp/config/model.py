@@ -109,6 +109,11 @@ class ModelConfig:
     """Dropout on the audio encoder's residual branches while training (0: none)."""
     encoder_attention_dropout: float = 0.0
     """Dropout on the audio encoder's attention probabilities while training (0: none)."""
+    encoder_conv_kernel_size: int = 0
+    """Conformer convolution modules in the audio encoder (NeMo's conv_kernel_size): in every layer,
+    between attention and MLP, a residual branch of LayerNorm, pointwise convolution + GLU, a
+    depthwise convolution over this many frames (odd, >= 3), LayerNorm, SiLU and a pointwise
+    convolution (model/conformer.py). 0: Whisper's layers (attention + MLP), which --whisper fills."""
     audio_frame_stack: int = 4
     """Encoder frames stacked into one LLM token (4: 50 Hz -> 12.5 Hz)."""
     audio_token_id: int = 259
@@ -195,6 +200,10 @@ class ModelConfig:
         if self.encoder_hidden_size % self.encoder_num_attention_heads:
             raise ConfigError(f'--encoder-hidden-size {self.encoder_hidden_size} is not divisible by '
                               f'--encoder-num-attention-heads {self.encoder_num_attention_heads}')
+        kernel = self.encoder_conv_kernel_size
+        if kernel != 0 and (kernel < 3 or kernel % 2 == 0):
+            raise ConfigError(f'--encoder-conv-kernel-size {kernel} must be odd and >= 3 (a frame and its '
+                              'neighbours on both sides), or 0 for no convolution modules')
 
 
     def _validate_experts(self) -> None:

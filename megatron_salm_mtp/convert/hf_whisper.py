@@ -37,7 +37,15 @@ def salm_fields(hf: dict) -> dict:
                 encoder_max_source_positions=hf['max_source_positions'])
 
 
+def check_whisper_shaped(cfg, what: str) -> None:
+    """A Whisper encoder has no convolution modules to fill or to take."""
+    if cfg.encoder_conv_kernel_size:
+        raise ConfigError(f'{what}: a Whisper encoder has no convolution modules, the SALM has '
+                          f'--encoder-conv-kernel-size {cfg.encoder_conv_kernel_size} (set it to 0)')
+
+
 def encoder_recipes(src, cfg) -> dict[str, Recipe]:
+    check_whisper_shaped(cfg, '--whisper')
     e = encoder_prefix(src)
     heads = cfg.encoder_num_attention_heads
     head_dim = cfg.encoder_hidden_size // heads
@@ -64,6 +72,7 @@ def encoder_recipes(src, cfg) -> dict[str, Recipe]:
 def export_names(cfg) -> dict[str, str]:
     """Megatron encoder tensor -> Whisper name (``encoder.`` prefix), for plain copies; the fused
     QKV is split by the caller."""
+    check_whisper_shaped(cfg, 'export-hf')
     out = {f'audio_encoder.{n}': f'encoder.{n}'
            for n in ('conv1.weight', 'conv1.bias', 'conv2.weight', 'conv2.bias')}
     out['audio_encoder.embed_positions'] = 'encoder.embed_positions.weight'

@@ -1,4 +1,5 @@
-"""Whisper-shaped audio encoder on a Megatron-Core ``TransformerBlock``.
+"""Whisper-shaped audio encoder on a Megatron-Core ``TransformerBlock`` (with Conformer convolution
+modules in its layers as an option, ``conformer.py``).
 
 Layout, one to one with a Whisper encoder's weights: ``conv1`` (k=3) and ``conv2`` (k=3, stride 2)
 with GELU, fixed sinusoidal ``embed_positions``, pre-norm bidirectional layers, final LayerNorm
@@ -16,6 +17,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from ..data.frames import encoder_frames
+from .conformer import conformer_layer_spec
 from .specs import block_spec
 
 
@@ -28,7 +30,11 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
 
 
 class AudioEncoder(MegatronModule):
-    def __init__(self, config: TransformerConfig, impl: str, num_mel_bins: int, max_positions: int):
+    """``conv_kernel_size`` k > 0: Conformer convolution modules of k frames in its layers
+    (``conformer.py``)."""
+
+    def __init__(self, config: TransformerConfig, impl: str, num_mel_bins: int, max_positions: int,
+                 conv_kernel_size: int = 0):
         super().__init__(config=config)
         width = config.hidden_size
         self.conv1 = torch.nn.Conv1d(num_mel_bins, width, kernel_size=3, padding=1, dtype=config.params_dtype)
@@ -36,9 +42,12 @@ class AudioEncoder(MegatronModule):
                                      dtype=config.params_dtype)
         self.register_buffer('embed_positions', sinusoids(max_positions, width).to(config.params_dtype))
         self.max_positions = max_positions
+        layer = conformer_layer_spec(impl, conv_kernel_size) if conv_kernel_size else None
         self.transformer = TransformerBlock(
-            config=config, spec=block_spec(impl, config.num_layers, causal=False),
+            config=config, spec=block_spec(impl, config.num_layers, causal=False, layer=layer),
             pre_process=True, post_process=True)
+        # The convolution modules read the padding mask where a layer hands cross-attention its own.
+        self.mask_keys = ('attention_mask', 'context_mask') if conv_kernel_size else ('attention_mask',)
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
@@ -69,7 +78,8 @@ class AudioEncoder(MegatronModule):
             hook = self.transformer.layers[intermediate_layer - 1].register_forward_hook(
                 lambda module, args, output: kept.append(output[0] if isinstance(output, tuple) else output))
         try:
-            hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=padding_mask)
+            hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(),
+                                      **dict.fromkeys(self.mask_keys, padding_mask))
         finally:
             if hook is not None:
                 hook.remove()

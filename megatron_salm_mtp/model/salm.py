@@ -86,7 +86,7 @@ class SALM(MegatronModule):
         if pre_process:
             encoder_config = encoder_transformer_config(cfg)
             self.audio_encoder = AudioEncoder(encoder_config, impl, cfg.num_mel_bins,
-                                              cfg.encoder_max_source_positions)
+                                              cfg.encoder_max_source_positions, cfg.encoder_conv_kernel_size)
             projector_config = encoder_transformer_config(cfg)
             projector_config.hidden_size = cfg.hidden_size
             projector_config.ffn_hidden_size = cfg.hidden_size

@@ -223,11 +223,12 @@ def transformer_layer_spec(impl: str, causal: bool = True, qk_layernorm: bool = 
     )
 
 
-def block_spec(impl: str, num_layers: int, causal: bool = True,
-               qk_layernorm: bool = False) -> TransformerBlockSubmodules:
-    """``num_layers`` identical layers plus the backend's final norm (not Megatron's default,
-    which is the torch wrapper that refuses sequence parallelism)."""
-    layer = transformer_layer_spec(impl, causal=causal, qk_layernorm=qk_layernorm)
+def block_spec(impl: str, num_layers: int, causal: bool = True, qk_layernorm: bool = False,
+               layer: ModuleSpec | None = None) -> TransformerBlockSubmodules:
+    """``num_layers`` identical layers (``layer``, or :func:`transformer_layer_spec`'s) plus the
+    backend's final norm (not Megatron's default, which is the torch wrapper that refuses sequence
+    parallelism)."""
+    layer = layer or transformer_layer_spec(impl, causal=causal, qk_layernorm=qk_layernorm)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers,
                                       layer_norm=backend_for(impl).layer_norm())
 

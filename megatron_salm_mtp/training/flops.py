@@ -16,7 +16,8 @@ Packed rows attend within each utterance: the attention term is then ``2 n A`` p
 utterance of n tokens (``attended_pairs``: the sum of n^2 over the rows' attention spans).
 
 Per audio encoder frame (T frames, width d, FFN f, bidirectional attention over T):
-    3 (L_enc (2 (4 d d + 2 d f) + 4 T d)) plus the stem and the projector (counted the same way).
+    3 (L_enc (2 (4 d d + 2 d f) + 4 T d)) plus the stem and the projector (counted the same way);
+    Conformer convolution modules of k frames add 2 (2 d d + k d + d d) per layer.
 Activation recomputation is not counted (model FLOPs, as MFU wants).
 """
 
@@ -57,7 +58,8 @@ def head_flops_per_supervised_token(cfg: SALMConfig) -> float:
 def encoder_flops_per_frame(cfg: SALMConfig, frames: int, projector: bool = True) -> float:
     d = cfg.encoder_hidden_size
     f = cfg.encoder_ffn_hidden_size or 4 * d
-    layers = cfg.encoder_num_layers * (2 * (4 * d * d + 2 * d * f) + 4 * frames * d)
+    convolution = 2 * (3 * d * d + cfg.encoder_conv_kernel_size * d) if cfg.encoder_conv_kernel_size else 0
+    layers = cfg.encoder_num_layers * (2 * (4 * d * d + 2 * d * f) + 4 * frames * d + convolution)
     stem = 2 * (3 * cfg.num_mel_bins * d) * 2 + 2 * (3 * d * d)  # conv1 at 2x the frame rate
     h = cfg.hidden_size
     projection = 2 * (cfg.audio_frame_stack * d * h + h * h) / cfg.audio_frame_stack if projector else 0

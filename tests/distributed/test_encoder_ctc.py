@@ -97,6 +97,17 @@ def test_intermediate_ctc_gradients_match_the_reference(tmp_path):
     test_gradients_match_the_reference_and_only_the_encoder_trains(setup, 2, 2, 2)
 
 
+def test_conformer_convolution_gradients_match_the_reference(tmp_path):
+    """Conformer convolution modules of 5 frames in both encoder layers, at TP=2 with 2
+    microbatches (their weights whole on each rank) and at DP=2: the reference runs the same
+    branch in plain torch, padded frames zeroed before each depthwise convolution."""
+    cfg = tiny_config(mtp_num_layers=None, ctc_loss_weight=0.3, encoder_num_layers=2, encoder_conv_kernel_size=5)
+    setup = reference_setup(str(tmp_path), cfg)
+    assert any('cross_attention.depthwise' in name for name in setup['grads'])
+    for tp, nproc, microbatches in LAYOUTS:
+        test_gradients_match_the_reference_and_only_the_encoder_trains(setup, tp, nproc, microbatches)
+
+
 def test_good_flags_pass(tmp_path):
     manifest = tmp_path / 'train.jsonl'
     manifest.write_text('{"audio_filepath": "a.wav", "duration": 1.0, "text": "a"}\n')

@@ -112,6 +112,18 @@ def _llm_layer(x, w, p, cfg, attention=True, mlp=True, moe=False):
     return x
 
 
+def _convolution_module(x, w, p, valid):
+    """The Conformer branch (model/conformer.py) of normed states [n, T, d], padded frames zeroed
+    before the depthwise convolution."""
+    width = x.shape[-1]
+    y = F.glu(x @ w[p + 'pointwise_in.weight'].t() + w[p + 'pointwise_in.bias'], dim=-1) * valid[..., None]
+    kernel = w[p + 'depthwise.weight'].shape[-1]
+    y = F.conv1d(y.transpose(1, 2), w[p + 'depthwise.weight'], w[p + 'depthwise.bias'], padding=kernel // 2,
+                 groups=width).transpose(1, 2)
+    y = F.silu(F.layer_norm(y, (width,), w[p + 'norm.weight'], w[p + 'norm.bias'], 1e-5))
+    return y @ w[p + 'pointwise_out.weight'].t() + w[p + 'pointwise_out.bias']
+
+
 def encode_audio(w, cfg, features, lengths):
     """[n, mels, T] -> ([n, T_enc, d] with zeros past each utterance's frames, encoder lengths,
     layer ``cfg.ctc_intermediate_layer``'s output through the final norm and zeroed alike, or None)."""
@@ -131,6 +143,9 @@ def encode_audio(w, cfg, features, lengths):
         h = _norm(x, w, lp + 'input_layernorm.', 1e-5, rms=False)
         x = x + _attention(h, w, lp + 'self_attention.', heads, heads,
                            cfg.encoder_hidden_size // heads, causal=False, key_valid=valid)
+        if cfg.encoder_conv_kernel_size:
+            h = _norm(x, w, lp + 'pre_cross_attn_layernorm.', 1e-5, rms=False)
+            x = x + _convolution_module(h, w, lp + 'cross_attention.', valid)
         h = _norm(x, w, lp + 'pre_mlp_layernorm.', 1e-5, rms=False)
         x = x + _mlp(h, w, lp + 'mlp.', gated=False)
         layer_outputs.append(x)

@@ -27,6 +27,8 @@ from tests.support.parallel_utils import speech_batch, tiny_config
     (dict(sequence_parallel=True), 1, '--sequence-parallel'),
     (dict(audio_token_id=999), 1, '--audio-token-id'),
     (dict(mtp_layer_pattern='*E'), 1, '--mtp-layer-pattern'),
+    (dict(encoder_conv_kernel_size=4), 1, '--encoder-conv-kernel-size 4 must be odd and >= 3'),
+    (dict(encoder_conv_kernel_size=1), 1, '--encoder-conv-kernel-size 1 must be odd and >= 3'),
 ])
 def test_config_errors_name_the_flag(changes, world, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -182,10 +184,12 @@ def test_pipeline_device_sync_is_off_unless_asked():
     assert llm_transformer_config(parse_args(['--batch-p2p-sync']).model).batch_p2p_sync is True
 
 
-def test_audio_padding_leaves_the_encoder_output_unchanged(single_rank_parallel):
-    """--audio-pad-multiple pads audio past its longest: masked, so each utterance encodes the same."""
+@pytest.mark.parametrize('kernel', [0, 5], ids=['whisper', 'conformer'])
+def test_audio_padding_leaves_the_encoder_output_unchanged(single_rank_parallel, kernel):
+    """--audio-pad-multiple pads audio past its longest: masked (and, with convolution modules,
+    zeroed before each convolution), so each utterance encodes the same."""
     torch.manual_seed(0)
-    cfg = tiny_config(mtp_num_layers=0)
+    cfg = tiny_config(mtp_num_layers=0, encoder_conv_kernel_size=kernel)
     encoder = provide_salm(cfg, LOCAL).eval().audio_encoder
     frames = torch.tensor([40, 17])
     features = torch.randn(2, cfg.num_mel_bins, 40)
