@@ -46,8 +46,7 @@ class AudioEncoder(MegatronModule):
         self.transformer = TransformerBlock(
             config=config, spec=block_spec(impl, config.num_layers, causal=False, layer=layer),
             pre_process=True, post_process=True)
-        # The convolution modules read the padding mask where a layer hands cross-attention its own.
-        self.mask_keys = ('attention_mask', 'context_mask') if conv_kernel_size else ('attention_mask',)
+        self.has_convolution = bool(conv_kernel_size)
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
@@ -78,8 +77,9 @@ class AudioEncoder(MegatronModule):
             hook = self.transformer.layers[intermediate_layer - 1].register_forward_hook(
                 lambda module, args, output: kept.append(output[0] if isinstance(output, tuple) else output))
         try:
-            hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(),
-                                      **dict.fromkeys(self.mask_keys, padding_mask))
+            # The convolution modules read the padding mask where a layer hands cross-attention its own.
+            hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=padding_mask,
+                                      context_mask=padding_mask if self.has_convolution else None)
         finally:
             if hook is not None:
                 hook.remove()
