@@ -84,12 +84,13 @@ def joint_ctc_beam_decode(model, batch: PromptBatch, max_new_tokens: int, stop_i
     chooser = steering_chooser(model, batch.audio_features, batch.audio_feature_lengths, stop_ids, vocab_size,
                                weight, spelling, copies=beam_size)
     beams = Beams(chooser, utterances, beam_size, batch.tokens.device)
-    lm = model.language_model
-    rows = len(batch.tokens) * beam_size
-    fresh = torch.zeros(rows, dtype=torch.bool, device=batch.tokens.device)
+    none_finished = torch.zeros(utterances * beam_size, dtype=torch.bool, device=batch.tokens.device)
 
-    def first(hidden):  # [1, R, h] -> [1, R]; the rows of an utterance are still copies of one
-        return beams.choose(head_logits(lm, hidden[0], vocab_size), fresh)[1][None]
+    def logits(hidden):  # [1, R, h] -> [R, V]
+        return head_logits(model.language_model, hidden[0], vocab_size)
+
+    def first(hidden):  # the prefill's choice, [1, R]: the rows of an utterance are still copies of one
+        return beams.choose(logits(hidden), none_finished)[1][None]
 
     expanded = copies(batch, beam_size)
     ws, clock = start_decoding(model, expanded, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, first)
@@ -97,7 +98,7 @@ def joint_ctc_beam_decode(model, batch: PromptBatch, max_new_tokens: int, stop_i
 
     def step():
         hidden = ws.feed(ws.last_tokens()[:, None])
-        source, tokens = beams.choose(head_logits(lm, hidden[0], vocab_size), ws.rows.done)
+        source, tokens = beams.choose(logits(hidden), ws.rows.done)
         ws.reorder(source)
         active = ~ws.rows.done
         ws.rows.count_step(active, ws.rows.emit(tokens[:, None]))
