@@ -112,9 +112,10 @@ def test_without_a_server_the_client_is_python_itself(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie is not running: read its state)."""
+    """True while ``pid`` runs (a zombie is not running: read its state). A process reaped between
+    opening its stat file and reading it raises ProcessLookupError on the read."""
     try:
         with open(f'/proc/{pid}/stat') as stat:
             return stat.read().split(') ', 1)[1][0] != 'Z'
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
