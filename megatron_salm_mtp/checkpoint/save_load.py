@@ -38,7 +38,8 @@ from megatron.core.utils import unwrap_model
 
 from ..compat.mcore import async_save_options
 from ..model.freeze import check_optimizer_state_covers
-from .ctc_load import check_ctc_head
+from .attach import load_all_but, new_parts, without
+from .audio_parts import check_audio_parts
 from .layout import (
     CONFIG_FILE,
     MARKER,
@@ -50,7 +51,6 @@ from .layout import (
     latest_checkpoint_iteration,
 )
 from .metadata import load_common_state, stored_settings
-from .mtp_attach import attaches_new_mtp, load_all_but_mtp, without_mtp
 from .save_strategies import PendingSaves, load_strategy, save_strategy
 
 logger = logging.getLogger(__name__)
@@ -358,20 +358,20 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     stored = stored_settings(path)
     if with_optimizer and training_mode and stored.get('training_mode'):
         check_optimizer_state_covers(path, stored['training_mode'], training_mode)
-    check_ctc_head(path, stored, model_chunks)
-    attach_mtp = attaches_new_mtp(path, stored, model_chunks, with_optimizer)
+    check_audio_parts(path, stored, model_chunks)
+    attached = new_parts(path, stored, model_chunks, with_optimizer)
     with_rng = load_rng and same_layout
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, with_rng, is_loading=True,
                                 sharding=sharding)
-    if attach_mtp:
-        state.update({key: without_mtp(state[key]) for key in _models(model_chunks)})
+    if attached:
+        state.update({key: without(state[key], attached) for key in _models(model_chunks)})
     try:
         loaded = dist_checkpointing.load(state, path, load_strategy(path))
     except (EOFError, OSError) as err:  # damaged in a way the size check cannot see
         raise CheckpointError(f'{path}: unreadable ({type(err).__name__}: {err})') from err
     for key, module in _models(model_chunks).items():
-        if attach_mtp:
-            load_all_but_mtp(module, loaded[key])
+        if attached:
+            load_all_but(module, loaded[key], attached)
         else:
             module.load_state_dict(loaded[key], strict=True)
     if with_optimizer:

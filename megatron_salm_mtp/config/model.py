@@ -114,6 +114,12 @@ class ModelConfig:
     between attention and MLP, a residual branch of LayerNorm, pointwise convolution + GLU, a
     depthwise convolution over this many frames (odd, >= 3), LayerNorm, SiLU and a pointwise
     convolution (model/conformer.py). 0: Whisper's layers (attention + MLP), which --whisper fills."""
+    encoder_layer_mix: bool = False
+    """The projector reads a learnt mix of every encoder layer instead of the last alone (SUPERB's
+    weighted sum): one weight per layer, softmax-normalised and equal at the start, over each
+    layer's output through the encoder's final LayerNorm. The lower layers keep detail of the sound
+    that the last, trained for CTC, lets go. The CTC head still reads the last layer. Its weights
+    live in the projector: a checkpoint saved without them does not load."""
     audio_frame_stack: int = 4
     """Encoder frames stacked into one LLM token (4: 50 Hz -> 12.5 Hz)."""
     audio_token_id: int = 259
@@ -204,6 +210,9 @@ class ModelConfig:
         if kernel != 0 and (kernel < 3 or kernel % 2 == 0):
             raise ConfigError(f'--encoder-conv-kernel-size {kernel} must be odd and >= 3 (a frame and its '
                               'neighbours on both sides), or 0 for no convolution modules')
+        if self.encoder_layer_mix and self.encoder_num_layers < 2:
+            raise ConfigError(f'--encoder-layer-mix mixes encoder layers: --encoder-num-layers '
+                              f'{self.encoder_num_layers} gives only one')
 
 
     def _validate_experts(self) -> None:

@@ -10,7 +10,7 @@
                                                (transformers ignores those layers).
     OUT/audio_encoder/{config.json,model.safetensors}  the encoder under Whisper names
                                                (``import-hf --whisper`` reads it back)
-    OUT/audio_projector.safetensors            the projector's two linear layers
+    OUT/audio_projector.safetensors            the projector's two linear layers (and layer mix)
     OUT/salm_config.json                       how the pieces are assembled
 
 The encoder's key bias is dropped: Whisper has none, and a key bias adds the same q.b to every
@@ -102,6 +102,10 @@ def encoder_config(cfg: SALMConfig) -> dict:
                 max_source_positions=cfg.encoder_max_source_positions, activation_function='gelu')
 
 
+MIXED_INPUT = ("softmax(layer_weights)-weighted sum of every encoder layer's output, each through the "
+               "encoder's final layer_norm")
+
+
 def salm_assembly(cfg: SALMConfig) -> dict:
     return {
         'format': 'megatron_salm_mtp/1',
@@ -116,11 +120,21 @@ def salm_assembly(cfg: SALMConfig) -> dict:
                             'frame_stack': cfg.audio_frame_stack,
                             'input_size': cfg.audio_frame_stack * cfg.encoder_hidden_size,
                             'output_size': cfg.hidden_size,
-                            'stacking': 'concatenate frame_stack consecutive encoder frames (zero-padded tail)'},
+                            'stacking': 'concatenate frame_stack consecutive encoder frames (zero-padded tail)',
+                            'input': MIXED_INPUT if cfg.encoder_layer_mix else "the encoder's output"},
         'audio_token_id': cfg.audio_token_id,
         'splice': 'one audio_token_id placeholder per projected audio token, replaced by it',
         'salm_config': dataclasses.asdict(cfg),
     }
+
+
+def projector_tensors(weights: dict) -> dict:
+    """The projector's two linear layers by their own names, and its layer mix's weights if any."""
+    prefix = 'audio_projector.mlp.encoder.'
+    out = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if 'audio_projector.layer_weights' in weights:
+        out['layer_weights'] = weights['audio_projector.layer_weights']
+    return out
 
 
 def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: dict | None = None) -> None:
@@ -134,9 +148,8 @@ def write_hf(weights: dict, cfg: SALMConfig, out: str, base_config: dict | None 
               metadata={'format': 'pt'})
     with open(os.path.join(out, 'audio_encoder', 'config.json'), 'w') as f:
         json.dump(encoder_config(cfg), f, indent=2)
-    prefix = 'audio_projector.mlp.encoder.'
-    save_file(contiguous({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}),
-              os.path.join(out, 'audio_projector.safetensors'), metadata={'format': 'pt'})
+    save_file(contiguous(projector_tensors(weights)), os.path.join(out, 'audio_projector.safetensors'),
+              metadata={'format': 'pt'})
     with open(os.path.join(out, 'salm_config.json'), 'w') as f:
         json.dump(salm_assembly(cfg), f, indent=2)
 

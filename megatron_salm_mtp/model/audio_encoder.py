@@ -5,10 +5,13 @@ Layout, one to one with a Whisper encoder's weights: ``conv1`` (k=3) and ``conv2
 with GELU, fixed sinusoidal ``embed_positions``, pre-norm bidirectional layers, final LayerNorm
 (inside the block). Padded frames are zeroed after the stem, masked as attention keys and zeroed at
 the output, so an utterance encodes the same whatever else shares its batch. ``encode`` also returns
-one intermediate layer's output through the final LayerNorm, for intermediate CTC (``ctc.py``).
+lower layers' outputs through the final LayerNorm, for intermediate CTC (``ctc.py``) and the
+projector's layer mix (``projector.py``).
 """
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +55,9 @@ class AudioEncoder(MegatronModule):
         """[n, mels, T] log-mel, [n] valid frames -> [n, T_enc, width] (zeros past each length)."""
         return self.encode(features, feature_lengths)[0]
 
-    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, intermediate_layer: int = 0):
-        """(output, intermediate): ``forward``'s output and, with ``intermediate_layer`` k > 0, the
-        k-th layer's output (1-based) through the final LayerNorm, [n, T_enc, width] and zeroed
-        alike (None without)."""
+    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, layers: Sequence[int] = ()):
+        """(output, kept): ``forward``'s output and {k: the k-th layer's output (1-based, below the
+        last) through the final LayerNorm, [n, T_enc, width] and zeroed alike} for k in ``layers``."""
         frame = torch.arange(features.shape[-1], device=features.device)
         mel_valid = frame[None, :] < feature_lengths[:, None].to(features.device)
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
@@ -71,19 +73,21 @@ class AudioEncoder(MegatronModule):
         lengths = encoder_frames(feature_lengths.to(x.device))
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [n, T_enc]
         padding_mask = ~valid[:, None, None, :]  # Megatron convention: True = masked out
-        kept = []
-        hook = None
-        if intermediate_layer:  # the block runs its layers itself: read the one asked for as it runs
-            hook = self.transformer.layers[intermediate_layer - 1].register_forward_hook(
-                lambda module, args, output: kept.append(output[0] if isinstance(output, tuple) else output))
+        kept = {}
+        # The block runs its layers itself: read the ones asked for as they run.
+        hooks = [self.transformer.layers[k - 1].register_forward_hook(functools.partial(_keep, kept, k))
+                 for k in layers]
         try:
             # The convolution modules read the padding mask where a layer hands cross-attention its own.
             hidden = self.transformer(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=padding_mask,
                                       context_mask=padding_mask if self.has_convolution else None)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
-        intermediate = None
-        if intermediate_layer:
-            intermediate = self.transformer.final_layernorm(kept[0]).transpose(0, 1) * valid[..., None]
-        return hidden.transpose(0, 1) * valid[..., None], intermediate
+        kept = {k: self.transformer.final_layernorm(h).transpose(0, 1) * valid[..., None] for k, h in kept.items()}
+        return hidden.transpose(0, 1) * valid[..., None], kept
+
+
+def _keep(kept: dict, layer: int, module, args, output) -> None:
+    """Forward hook: a layer's output hidden states [T_enc, n, width] into ``kept[layer]``."""
+    kept[layer] = output[0] if isinstance(output, tuple) else output

@@ -79,11 +79,11 @@ def ctc_head(encoder_width: int, vocab_size: int, std: float, dtype: torch.dtype
     return head
 
 
-def ctc_objective_sum(head: torch.nn.Linear, encoded, targets: torch.Tensor, lengths: CTCLengths,
-                      intermediate_weight: float, stats: 'CTCStats') -> torch.Tensor:
-    """The summed CTC objective of ``encoded`` (``AudioEncoder.encode``'s (output, intermediate)),
-    recorded in ``stats``: the last layer's loss, or with an intermediate layer the mix of both."""
-    frames, intermediate = encoded
+def ctc_objective_sum(head: torch.nn.Linear, frames: torch.Tensor, intermediate: torch.Tensor | None,
+                      targets: torch.Tensor, lengths: CTCLengths, intermediate_weight: float,
+                      stats: 'CTCStats') -> torch.Tensor:
+    """The summed CTC objective of the encoder's output ``frames`` and of its ``intermediate``
+    layer's (None without), recorded in ``stats``: the last layer's loss, or the mix of both."""
     last = ctc_loss_sum(head, frames, targets, lengths)
     if intermediate is None:
         stats.add(last, lengths)

@@ -91,7 +91,8 @@ class SALM(MegatronModule):
             projector_config.hidden_size = cfg.hidden_size
             projector_config.ffn_hidden_size = cfg.hidden_size
             self.audio_projector = AudioProjector(projector_config, impl, cfg.encoder_hidden_size,
-                                                  cfg.audio_frame_stack)
+                                                  cfg.audio_frame_stack,
+                                                  cfg.encoder_num_layers if cfg.encoder_layer_mix else 0)
             if cfg.freeze_audio_encoder:
                 self.audio_encoder.requires_grad_(False)
         self.ctc_head = None
@@ -166,25 +167,34 @@ class SALM(MegatronModule):
             check_audio_placeholders(tokens, lengths, self.cfg.audio_token_id)
         if has_audio:
             scored = self.ctc_head is not None and ctc_targets is not None
-            encoded = self.audio_encoder.encode(audio_features, audio_feature_lengths,
-                                                self.cfg.ctc_intermediate_layer if scored else 0)
-            audio = self.audio_projector(encoded[0])
+            output, kept = self._encode(audio_features, audio_feature_lengths, scored)
+            layers = [kept[k] for k in range(1, self.cfg.encoder_num_layers)] + [output]
+            audio = self.audio_projector(layers if self.cfg.encoder_layer_mix else output)
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
             if self.ctc_head is not None:
-                embeddings = self._attach_ctc_loss(embeddings, encoded, ctc_targets, ctc_lengths)
+                intermediate = kept.get(self.cfg.ctc_intermediate_layer) if scored else None
+                embeddings = self._attach_ctc_loss(embeddings, output, intermediate, ctc_targets, ctc_lengths)
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
 
-    def _attach_ctc_loss(self, embeddings, encoded, targets, lengths: CTCLengths | None):
-        """``embeddings`` carrying the weighted CTC loss of ``encoded`` (the encoder's output and
-        intermediate layer, ``AudioEncoder.encode``) into the backward pass."""
+    def _encode(self, features, feature_lengths, scored: bool):
+        """(the encoder's output, {layer: output} of the lower layers that the projector's layer mix
+        and, when ``scored`` by CTC, intermediate CTC read), ``AudioEncoder.encode``."""
+        layers = set(range(1, self.cfg.encoder_num_layers)) if self.cfg.encoder_layer_mix else set()
+        if scored and self.cfg.ctc_intermediate_layer:
+            layers.add(self.cfg.ctc_intermediate_layer)
+        return self.audio_encoder.encode(features, feature_lengths, sorted(layers))
+
+    def _attach_ctc_loss(self, embeddings, frames, intermediate, targets, lengths: CTCLengths | None):
+        """``embeddings`` carrying the weighted CTC loss of the encoder's output ``frames`` and its
+        ``intermediate`` layer's (None without) into the backward pass."""
         if targets is None or lengths is None:
             if self.training:
                 raise ValueError('--ctc-loss-weight is set but the microbatch has no ctc_targets / '
                                  'ctc_lengths (data/batching.py, host_inputs.prepare_microbatch)')
             return embeddings  # decoding: no transcript to score
-        loss_sum = self._ctc_objective(encoded, targets, lengths)
+        loss_sum = self._ctc_objective(frames, intermediate, targets, lengths)
         weight = self.ctc_loss_weight
         if weight is None:
             if self.training:
@@ -198,12 +208,13 @@ class SALM(MegatronModule):
         encoder and the CTC head run, the projector and the LLM do not."""
         if self.ctc_head is None:
             raise ValueError("encoder_ctc_loss needs the first pipeline stage's CTC head (--ctc-loss-weight > 0)")
-        encoded = self.audio_encoder.encode(audio_features, audio_feature_lengths, self.cfg.ctc_intermediate_layer)
-        return self._ctc_objective(encoded, ctc_targets, ctc_lengths)
+        layer = self.cfg.ctc_intermediate_layer
+        frames, kept = self.audio_encoder.encode(audio_features, audio_feature_lengths, [layer] if layer else [])
+        return self._ctc_objective(frames, kept.get(layer), ctc_targets, ctc_lengths)
 
-    def _ctc_objective(self, encoded, targets, lengths: CTCLengths) -> torch.Tensor:
-        return ctc_objective_sum(self.ctc_head, encoded, targets, lengths, self.cfg.ctc_intermediate_weight,
-                                 self.ctc_stats)
+    def _ctc_objective(self, frames, intermediate, targets, lengths: CTCLengths) -> torch.Tensor:
+        return ctc_objective_sum(self.ctc_head, frames, intermediate, targets, lengths,
+                                 self.cfg.ctc_intermediate_weight, self.ctc_stats)
 
     def forward(self, tokens, position_ids, labels=None, loss_mask=None, audio_features=None,
                 audio_feature_lengths=None, head_row_counts: Sequence[int] | None = None,

@@ -24,10 +24,12 @@ from tests.support.parallel_utils import tiny_config
 @pytest.fixture(scope='module')
 def reshard(tmp_path_factory):
     """TP=2 x PP=2 saves at iteration 2; TP=1 x PP=1 loads it, steps, saves at 3, then crashes
-    while saving 4; TP=2 x PP=2 loads 3 (past the crashed save and an unmarked folder)."""
+    while saving 4; TP=2 x PP=2 loads 3 (past the crashed save and an unmarked folder). The
+    projector mixes two encoder layers, so its mix weights (whole on each TP rank) go along."""
     work = str(tmp_path_factory.mktemp('ckpt_reshard'))
     ck1, ck2 = os.path.join(work, 'ck1'), os.path.join(work, 'ck2')
-    big, small = tiny_config(tensor_model_parallel_size=2, pipeline_model_parallel_size=2), tiny_config()
+    small = tiny_config(encoder_num_layers=2, encoder_layer_mix=True)
+    big = small.replace(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
     a, _ = launch(work, 'a', big, [
         {'op': 'build'}, {'op': 'train', 'seeds': [1, 2]},
         {'op': 'save', 'dir': ck1, 'iteration': 2}, {'op': 'dump', 'name': 'saved'},
@@ -59,6 +61,7 @@ def reshard(tmp_path_factory):
 def test_same_layout_roundtrip_is_bitwise(reshard):
     a = reshard['a']
     assert_params(full_params(a, 'saved'), full_params(a, 'loaded'))
+    assert full_params(a, 'saved')['audio_projector.layer_weights'].abs().min() > 0  # trained off their start
     assert_changed(full_params(a, 'saved'), full_params(a, 'after3'))
     assert_params(full_params(a, 'after3'), full_params(a, 'after3b'))
     assert last_stage(a)['fwd'] == last_stage(a)['fwd_loaded']

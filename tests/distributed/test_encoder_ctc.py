@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megatron_salm_mtp.checkpoint.ctc_load import check_ctc_head
+from megatron_salm_mtp.checkpoint.attach import attaches_new_layer_mix
+from megatron_salm_mtp.checkpoint.audio_parts import check_audio_parts
 from megatron_salm_mtp.config import ConfigError
 from megatron_salm_mtp.data.manifest import write_manifest
 from megatron_salm_mtp.inference.loading import load_for_inference
@@ -121,12 +122,34 @@ def test_good_flags_pass(tmp_path):
 
 def test_a_ctc_head_of_other_units_or_none_is_refused_at_load():
     run = [SimpleNamespace(cfg=tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters'))]
-    check_ctc_head('ck', {'ctc_loss_weight': 1.0, 'ctc_target_units': 'characters'}, run)  # loads
-    check_ctc_head('ck', {}, run)  # saved without its settings: nothing to compare
+    check_audio_parts('ck', {'ctc_loss_weight': 1.0, 'ctc_target_units': 'characters'}, run)  # loads
+    check_audio_parts('ck', {}, run)  # saved without its settings: nothing to compare
     with pytest.raises(ConfigError, match='ck: its CTC head emits tokens, this run has --ctc-target-units characters'):
-        check_ctc_head('ck', {'ctc_loss_weight': 0.3, 'ctc_target_units': 'tokens'}, run)
+        check_audio_parts('ck', {'ctc_loss_weight': 0.3, 'ctc_target_units': 'tokens'}, run)
     with pytest.raises(ConfigError, match=r'ck: saved without a CTC head, this run has one \(--ctc-loss-weight 0.3\)'):
-        check_ctc_head('ck', {'ctc_loss_weight': 0.0, 'ctc_target_units': 'characters'}, run)
+        check_audio_parts('ck', {'ctc_loss_weight': 0.0, 'ctc_target_units': 'characters'}, run)
+
+
+def test_other_convolution_modules_are_refused_at_load():
+    saved = {'ctc_loss_weight': 0.0, 'encoder_num_layers': 2}
+    plain = [SimpleNamespace(cfg=tiny_config())]
+    check_audio_parts('ck', saved, plain)  # settings saved before the field existed: a plain encoder
+    check_audio_parts('ck', {'ctc_loss_weight': 0.0}, [SimpleNamespace(cfg=tiny_config(encoder_conv_kernel_size=5))])
+    with pytest.raises(ConfigError, match='ck: saved with --encoder-conv-kernel-size 15, this run has 0'):
+        check_audio_parts('ck', {**saved, 'encoder_conv_kernel_size': 15}, plain)
+
+
+def test_a_layer_mix_is_attached_only_without_optimizer_state_and_never_dropped():
+    """(Attached without optimizer state: the stage-2 run below.)"""
+    saved = {'encoder_num_layers': 2}
+    plain, mixed = tiny_config(encoder_num_layers=2), tiny_config(encoder_num_layers=2, encoder_layer_mix=True)
+    assert not attaches_new_layer_mix('ck', saved, plain, with_optimizer=True)
+    assert not attaches_new_layer_mix('ck', {**saved, 'encoder_layer_mix': True}, mixed, with_optimizer=True)
+    assert not attaches_new_layer_mix('ck', {}, mixed, with_optimizer=True)  # no model settings saved
+    with pytest.raises(ConfigError, match='ck has no layer mix and this run has --encoder-layer-mix: add --no-load'):
+        attaches_new_layer_mix('ck', saved, mixed, with_optimizer=True)
+    with pytest.raises(ConfigError, match='ck: saved with --encoder-layer-mix, this run does not have it'):
+        attaches_new_layer_mix('ck', {**saved, 'encoder_layer_mix': True}, plain, with_optimizer=False)
 
 
 STAGES = [('asr_gpu_encoder.yaml', 'asr_gpu.yaml'), ('asr_tiny_cpu_encoder.yaml', 'asr_tiny_cpu.yaml')]
@@ -186,8 +209,9 @@ def _stage_one_is_scored_by_its_ctc_head(stage1: str, manifest: str, tmp_path) -
 
 
 def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
+    """Stage 2 also gives the projector a new mix of the encoder's two layers, which trains."""
     stage1, stage2 = str(tmp_path / 'stage1'), str(tmp_path / 'stage2')
-    ctc = ['--ctc-loss-weight', '0.3', '--log-interval', '1', '--eval-iters', '1']
+    ctc = ['--ctc-loss-weight', '0.3', '--log-interval', '1', '--eval-iters', '1', '--encoder-num-layers', '2']
     first = run_train(train_corpus, ctc + ['--training-mode', 'encoder_ctc', '--mtp-num-layers', '0',
                                            '--train-iters', '16', '--eval-interval', '16', '--save', stage1])
     lines = [line for line in first.stdout.splitlines() if line.startswith('iteration')]
@@ -206,11 +230,12 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     assert 'saved by a --training-mode encoder_ctc run, whose optimizer state holds less than ' \
            '--training-mode joint trains: add --finetune' in errors[0]
     second = run_train(train_corpus, ctc + ['--load', stage1, '--finetune', '--mtp-num-layers', '2',
-                                            '--train-iters', '3', '--lr-warmup-iters', '1', '--eval-interval', '0',
-                                            '--save', stage2, '--save-interval', '1'])
+                                            '--encoder-layer-mix', '--train-iters', '3', '--lr-warmup-iters', '1',
+                                            '--eval-interval', '0', '--save', stage2, '--save-interval', '1'])
     log = second.stdout + second.stderr
     assert 'has no MTP layers: the 2 MTP depths of this run start from their initialisation' in log
     assert '(--finetune); training starts at iteration 0' in log
+    assert 'has no layer mix: the --encoder-layer-mix weights of this run start equal' in log
     records = read_metrics(stage2)
     assert [r['iteration'] for r in records] == [1, 2, 3]
     assert records[0]['consumed_samples'] == 8  # the data from its start
@@ -222,7 +247,9 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
     with open(tracker, 'w') as f:
         f.write('1\n')
     started = _weights(stage2)
-    assert set(started) == set(before) | {k for k in started if k.startswith('language_model.mtp.')}
+    assert set(started) == set(before) | {k for k in started if k.startswith('language_model.mtp.')} | {
+        'audio_projector.layer_weights'}
+    assert torch.equal(started['audio_projector.layer_weights'], torch.zeros(2))
     for name, value in before.items():
         assert torch.equal(started[name], value), name
     with open(tracker, 'w') as f:
@@ -232,6 +259,7 @@ def test_stage_one_then_finetune_with_mtp_heads(train_corpus, tmp_path):
                    'language_model.mtp.'):
         names = [k for k in trained if k.startswith(prefix) and 'norm' not in k]
         assert names and any(not torch.equal(trained[k], started[k]) for k in names), prefix
+    assert trained['audio_projector.layer_weights'].abs().min() > 0
 
 
 def test_the_text_config_builds_the_model_of_the_encoder_stage(tmp_path):

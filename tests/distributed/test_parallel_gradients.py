@@ -125,6 +125,28 @@ def test_intermediate_ctc_gradients_match_reference(tmp_path):
     assert logged['ctc intermediate loss'] == pytest.approx((lower_sum / n_ctc).item(), rel=1e-5)
 
 
+def test_encoder_layer_mix_gradients_match_reference(tmp_path):
+    """The projector reading a learnt mix of three encoder layers (weights drawn unequal), with
+    intermediate CTC on layer 2, at TP=2 x PP=2 with 2 microbatches: the mix weights' gradient is
+    the reference's, and the same on both TP ranks that hold them."""
+    cfg = tiny_config(ctc_loss_weight=0.7, encoder_num_layers=3, ctc_intermediate_layer=2, encoder_layer_mix=True)
+    weights = init_weights(cfg, str(tmp_path))
+    weights['audio_projector.layer_weights'] = torch.tensor([0.5, -1.0, 0.8])
+    torch.save(weights, tmp_path / 'weights.pt')
+    batch_path = str(tmp_path / 'batch.pt')
+    torch.save(speech_batch(cfg, GLOBAL_BATCH, seed=5), batch_path)
+    _, totals, expected = reference_grads(cfg, weights, torch.load(batch_path))
+    assert expected['audio_projector.layer_weights'].abs().min() > 0
+    _, grads, _, ranks = run_layout(cfg.replace(tensor_model_parallel_size=2, pipeline_model_parallel_size=2),
+                                    str(tmp_path / 'weights.pt'), batch_path, str(tmp_path / 'tp2pp2'), 4, 2)
+    assert_grads_match(expected, grads)
+    assert_ctc_metrics(totals, ranks)
+    holders = [r['grads']['audio_projector.layer_weights'][0] for r in ranks
+               if 'audio_projector.layer_weights' in r['grads']]
+    assert len(holders) == 2
+    torch.testing.assert_close(holders[1], holders[0], rtol=0, atol=0)
+
+
 def test_full_sequence_logits_give_the_same_gradients(setup):
     """core's way (head over every position) and the default (supervised positions only) agree."""
     cfg = setup['cfg'].replace(tensor_model_parallel_size=2, sequence_parallel=True,

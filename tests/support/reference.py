@@ -11,7 +11,8 @@ CTC head (vocabulary + a blank, the last id) against its target ids, one utteran
 N_ctc counts the target ids of the utterances that enter. An utterance whose target cannot be
 aligned is recognised by its infinite loss and left out (counted as infeasible). With an
 intermediate CTC layer k (InterCTC), sum CTC(u) is (1 - lambda) x that of the last layer + lambda x
-that of layer k's output through the encoder's final LayerNorm.
+that of layer k's output through the encoder's final LayerNorm. With the layer mix, the projector
+reads sum_l softmax(weights)_l x layer l's output through that LayerNorm.
 """
 
 import math
@@ -126,7 +127,7 @@ def _convolution_module(x, w, p, valid):
 
 def encode_audio(w, cfg, features, lengths):
     """[n, mels, T] -> ([n, T_enc, d] with zeros past each utterance's frames, encoder lengths,
-    layer ``cfg.ctc_intermediate_layer``'s output through the final norm and zeroed alike, or None)."""
+    every layer's output through the final norm and zeroed alike, first to last)."""
     p = 'audio_encoder.'
     x = F.gelu(F.conv1d(features, w[p + 'conv1.weight'], w[p + 'conv1.bias'], padding=1))
     x = x * (torch.arange(x.shape[-1])[None, :] < lengths[:, None])[:, None, :]
@@ -150,11 +151,22 @@ def encode_audio(w, cfg, features, lengths):
         x = x + _mlp(h, w, lp + 'mlp.', gated=False)
         layer_outputs.append(x)
 
-    def final_norm(y):
-        return _norm(y, w, p + 'transformer.final_layernorm.', 1e-5, rms=False) * valid[..., None]
+    normed = [_norm(y, w, p + 'transformer.final_layernorm.', 1e-5, rms=False) * valid[..., None]
+              for y in layer_outputs]
+    return normed[-1], enc_lengths, normed
 
-    layer = cfg.ctc_intermediate_layer
-    return final_norm(x), enc_lengths, final_norm(layer_outputs[layer - 1]) if layer else None
+
+def intermediate_layer(cfg, layers):
+    """Layer ``cfg.ctc_intermediate_layer``'s normed output (of ``encode_audio``'s list), or None."""
+    return layers[cfg.ctc_intermediate_layer - 1] if cfg.ctc_intermediate_layer else None
+
+
+def projector_input(w, cfg, layers):
+    """The last layer's output, or with the layer mix sum_l softmax(weights)_l x layer l's."""
+    if not cfg.encoder_layer_mix:
+        return layers[-1]
+    weights = w['audio_projector.layer_weights'].softmax(0)
+    return sum(weight * layer for weight, layer in zip(weights, layers))
 
 
 def project_audio(w, cfg, frames, enc_lengths):
@@ -209,7 +221,8 @@ def encoder_ctc_objective(w, cfg, batch):
     """``--training-mode encoder_ctc``: sum CTC / N_ctc over the batch, the encoder and the CTC head
     alone (the CTC weight plays no part); also (summed CTC of the last layer, N_ctc, infeasible
     count, summed CTC of the intermediate layer or None)."""
-    frames, enc_lengths, lower = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+    frames, enc_lengths, layers = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+    lower = intermediate_layer(cfg, layers)
     targets, target_lengths = batch['ctc_targets'], batch['ctc_target_lengths']
     ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, targets, target_lengths)
     lower_sum = ctc_term(w, lower, enc_lengths, targets, target_lengths)[0] if lower is not None else None
@@ -251,7 +264,8 @@ def salm_objective(w, cfg, batch):
     x = _embed(w, tokens)
     stats = {}
     if batch.get('audio_features') is not None:
-        frames, enc_lengths, lower = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+        frames, enc_lengths, layers = encode_audio(w, cfg, batch['audio_features'], batch['audio_feature_lengths'])
+        lower = intermediate_layer(cfg, layers)
         if cfg.ctc_loss_weight:
             ctc_sum, n_ctc, infeasible = ctc_term(w, frames, enc_lengths, batch['ctc_targets'],
                                                   batch['ctc_target_lengths'])
@@ -260,7 +274,7 @@ def salm_objective(w, cfg, batch):
             if lower is not None:
                 stats['ctc intermediate'] = (ctc_term(w, lower, enc_lengths, batch['ctc_targets'],
                                                       batch['ctc_target_lengths'])[0], n_ctc)
-        audio = iter(project_audio(w, cfg, frames, enc_lengths))
+        audio = iter(project_audio(w, cfg, projector_input(w, cfg, layers), enc_lengths))
         rows = []
         for r in range(b):  # fill each row's placeholder runs, utterance by utterance
             row, col = x[r], 0

@@ -29,6 +29,7 @@ from tests.support.parallel_utils import speech_batch, tiny_config
     (dict(mtp_layer_pattern='*E'), 1, '--mtp-layer-pattern'),
     (dict(encoder_conv_kernel_size=4), 1, '--encoder-conv-kernel-size 4 must be odd and >= 3'),
     (dict(encoder_conv_kernel_size=1), 1, '--encoder-conv-kernel-size 1 must be odd and >= 3'),
+    (dict(encoder_layer_mix=True), 1, '--encoder-layer-mix mixes encoder layers: --encoder-num-layers 1 gives'),
 ])
 def test_config_errors_name_the_flag(changes, world, flag):
     with pytest.raises(ConfigError, match=flag):

@@ -1,10 +1,12 @@
-"""The encoder's CTC head across a checkpoint and a run (``--ctc-loss-weight``, ``--ctc-target-units``).
+"""The audio encoder's optional parts across a checkpoint and a run: its CTC head
+(``--ctc-loss-weight``, ``--ctc-target-units``) and its Conformer convolution modules
+(``--encoder-conv-kernel-size``). (The projector's layer mix can be attached: ``attach.py``.)
 
 A run with a CTC head loads it from a checkpoint that has one of the same units, as a
 ``--training-mode encoder_ctc`` stage 1 saves it for the joint stage 2. A head of other units
 would fail inside dist_checkpointing on a shape, a checkpoint without one on a missing-key list:
 both are refused first, naming the flags. A checkpoint's head that the run does not build
-(``--ctc-loss-weight 0``) is simply not loaded.
+(``--ctc-loss-weight 0``) is simply not loaded. The convolution modules must match outright.
 """
 
 import logging
@@ -17,12 +19,23 @@ from ..config import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def check_ctc_head(path: str, stored: dict, model_chunks) -> None:
+def check_audio_parts(path: str, stored: dict, model_chunks) -> None:
     """Raise ConfigError unless checkpoint ``path`` (saved with the settings ``stored``) holds the
-    CTC head the run builds; nothing to compare when its settings were not saved."""
+    audio parts the run builds; nothing to compare when its settings were not saved."""
     if not stored:
         return
     cfg = unwrap_model(list(model_chunks))[0].cfg
+    check_ctc_head(path, stored, cfg)
+    if 'encoder_num_layers' not in stored:  # saved without the model's settings: nothing to compare
+        return
+    saved_kernel = stored.get('encoder_conv_kernel_size') or 0
+    if saved_kernel != cfg.encoder_conv_kernel_size:
+        raise ConfigError(f'{path}: saved with --encoder-conv-kernel-size {saved_kernel}, this run has '
+                          f"{cfg.encoder_conv_kernel_size}: give the checkpoint's")
+
+
+def check_ctc_head(path: str, stored: dict, cfg) -> None:
+    """Raise ConfigError unless checkpoint ``path`` (settings ``stored``) holds the CTC head ``cfg`` builds."""
     saved = (stored.get('ctc_loss_weight') or 0) > 0
     saved_units = stored.get('ctc_target_units', 'tokens')
     if cfg.ctc_enabled and not saved:
