@@ -168,8 +168,7 @@ class SALM(MegatronModule):
         if has_audio:
             scored = self.ctc_head is not None and ctc_targets is not None
             output, kept = self._encode(audio_features, audio_feature_lengths, scored)
-            layers = [kept[k] for k in range(1, self.cfg.encoder_num_layers)] + [output]
-            audio = self.audio_projector(layers if self.cfg.encoder_layer_mix else output)
+            audio = self.audio_projector(self._projector_input(output, kept))
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
             if self.ctc_head is not None:
                 intermediate = kept.get(self.cfg.ctc_intermediate_layer) if scored else None
@@ -185,6 +184,12 @@ class SALM(MegatronModule):
         if scored and self.cfg.ctc_intermediate_layer:
             layers.add(self.cfg.ctc_intermediate_layer)
         return self.audio_encoder.encode(features, feature_lengths, sorted(layers))
+
+    def _projector_input(self, output, kept):
+        """The encoder's output, or with the layer mix every layer's, first to last."""
+        if not self.cfg.encoder_layer_mix:
+            return output
+        return [kept[k] for k in range(1, self.cfg.encoder_num_layers)] + [output]
 
     def _attach_ctc_loss(self, embeddings, frames, intermediate, targets, lengths: CTCLengths | None):
         """``embeddings`` carrying the weighted CTC loss of the encoder's output ``frames`` and its

@@ -109,9 +109,9 @@ def test_gradients_without_ctc_match_reference(setup):
 
 
 def test_intermediate_ctc_gradients_match_reference(tmp_path):
-    """InterCTC on the first of two encoder layers in the joint objective, at PP=2 x DP=2 with 2
+    """InterCTC on the first of three encoder layers in the joint objective, at PP=2 x DP=2 with 2
     microbatches (its loss lives on the first stage, the log on the last)."""
-    cfg = tiny_config(ctc_loss_weight=0.7, encoder_num_layers=2, ctc_intermediate_layer=1)
+    cfg = tiny_config(ctc_loss_weight=0.7, encoder_num_layers=3, ctc_intermediate_layer=1)
     weights = init_weights(cfg, str(tmp_path))
     batch_path = str(tmp_path / 'batch.pt')
     torch.save(speech_batch(cfg, GLOBAL_BATCH, seed=5), batch_path)
