@@ -32,6 +32,7 @@
 #        beside the transcripts, in the same steps: rows with audio keep it listening); CTC_UNITS (default
 #        characters; phonemes: the corpus's espeak-ng IPA) are every stage's --ctc-target-units;
 #        STAGE_FLAGS (default none) are given to every training stage as well (model sizes, for one);
+#        TWO_ITERS=N (with TWO_MINUTES, default 10) sets stage 2's length in steps (and minutes);
 #        encoder (enc), finetune without MTP (two), its evaluation with --audio-ablation (and,
 #        unless CTC_UNITS is phonemes, --ctc-greedy, the CTC head alone, and --ctc-joint-weight
 #        JOINT_WEIGHTS, default "0.3", decoding steered by the CTC head: greedy and a beam search
@@ -196,8 +197,12 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   local heads=()
   [ "${JOINT_HEADS:-0}" -gt 0 ] && heads=(--mtp-num-layers "$JOINT_HEADS" --mtp-detach-trunk
                                          --mtp-self-distillation --mtp-loss-scaling-factor 0.1)
-  finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} ${heads[@]+"${heads[@]}"} && sleep 5 \
-    && wait_all "$out" 1800 || return 1
+  # TWO_ITERS=N: stage 2's cosine over N steps (the config's train_iters otherwise), stopped after
+  # TWO_MINUTES (default 10, the config's) of training.
+  local length=()
+  [ -n "${TWO_ITERS:-}" ] && length=(--train-iters "$TWO_ITERS" --exit-duration-in-mins "${TWO_MINUTES:-10}")
+  finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} ${heads[@]+"${heads[@]}"} \
+    ${length[@]+"${length[@]}"} && sleep 5 && wait_all "$out" 1800 || return 1
   local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3} --ctc-beam-size ${BEAM_SIZES:-1 4})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
