@@ -13,7 +13,6 @@ would otherwise fail deep in dist_checkpointing with a missing-key list).
 import logging
 
 import torch
-from megatron.core.utils import unwrap_model
 
 from ..config import ConfigError
 
@@ -23,10 +22,9 @@ MTP_PREFIX = 'language_model.mtp.'
 LAYER_MIX_KEY = 'audio_projector.layer_weights'
 
 
-def new_parts(path: str, stored: dict, model_chunks, with_optimizer: bool) -> tuple[str, ...]:
-    """Key prefixes of the parts that loading ``path`` (saved with the settings ``stored``) into
-    ``model_chunks`` attaches new; raises on the differences that cannot be attached."""
-    cfg = unwrap_model(list(model_chunks))[0].cfg
+def new_parts(path: str, stored: dict, cfg, with_optimizer: bool) -> tuple[str, ...]:
+    """Key prefixes of the parts that loading ``path`` (saved with the settings ``stored``) into a
+    run of ``cfg`` attaches new; raises on the differences that cannot be attached."""
     parts = ()
     if attaches_new_mtp(path, stored, cfg, with_optimizer):
         parts += (MTP_PREFIX,)

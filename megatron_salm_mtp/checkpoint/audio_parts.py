@@ -12,19 +12,17 @@ both are refused first, naming the flags. A checkpoint's head that the run does 
 import logging
 
 import torch
-from megatron.core.utils import unwrap_model
 
 from ..config import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def check_audio_parts(path: str, stored: dict, model_chunks) -> None:
+def check_audio_parts(path: str, stored: dict, cfg) -> None:
     """Raise ConfigError unless checkpoint ``path`` (saved with the settings ``stored``) holds the
-    audio parts the run builds; nothing to compare when its settings were not saved."""
+    audio parts a run of ``cfg`` builds; nothing to compare when its settings were not saved."""
     if not stored:
         return
-    cfg = unwrap_model(list(model_chunks))[0].cfg
     check_ctc_head(path, stored, cfg)
     if 'encoder_num_layers' not in stored:  # saved without the model's settings: nothing to compare
         return

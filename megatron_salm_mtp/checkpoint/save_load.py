@@ -358,8 +358,9 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler,
     stored = stored_settings(path)
     if with_optimizer and training_mode and stored.get('training_mode'):
         check_optimizer_state_covers(path, stored['training_mode'], training_mode)
-    check_audio_parts(path, stored, model_chunks)
-    attached = new_parts(path, stored, model_chunks, with_optimizer)
+    cfg = unwrap_model(list(model_chunks))[0].cfg
+    check_audio_parts(path, stored, cfg)
+    attached = new_parts(path, stored, cfg, with_optimizer)
     with_rng = load_rng and same_layout
     state = _sharded_state_dict(model_chunks, optimizer, with_optimizer, with_rng, is_loading=True,
                                 sharding=sharding)

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,7 +120,7 @@ def test_good_flags_pass(tmp_path):
 
 
 def test_a_ctc_head_of_other_units_or_none_is_refused_at_load():
-    run = [SimpleNamespace(cfg=tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters'))]
+    run = tiny_config(ctc_loss_weight=0.3, ctc_target_units='characters')
     check_audio_parts('ck', {'ctc_loss_weight': 1.0, 'ctc_target_units': 'characters'}, run)  # loads
     check_audio_parts('ck', {}, run)  # saved without its settings: nothing to compare
     with pytest.raises(ConfigError, match='ck: its CTC head emits tokens, this run has --ctc-target-units characters'):
@@ -132,9 +131,9 @@ def test_a_ctc_head_of_other_units_or_none_is_refused_at_load():
 
 def test_other_convolution_modules_are_refused_at_load():
     saved = {'ctc_loss_weight': 0.0, 'encoder_num_layers': 2}
-    plain = [SimpleNamespace(cfg=tiny_config())]
+    plain = tiny_config()
     check_audio_parts('ck', saved, plain)  # settings saved before the field existed: a plain encoder
-    check_audio_parts('ck', {'ctc_loss_weight': 0.0}, [SimpleNamespace(cfg=tiny_config(encoder_conv_kernel_size=5))])
+    check_audio_parts('ck', {'ctc_loss_weight': 0.0}, tiny_config(encoder_conv_kernel_size=5))
     with pytest.raises(ConfigError, match='ck: saved with --encoder-conv-kernel-size 15, this run has 0'):
         check_audio_parts('ck', {**saved, 'encoder_conv_kernel_size': 15}, plain)
 
