@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from .ctc_joint import JointCTCChooser, TokenSpelling, steering_chooser
-from .decode import DecodeStats, PromptBatch, check_steerable, start_decoding
+from .decode import DecodeStats, PromptBatch, check_steerable, encode_for_steering, start_decoding
 from .rows import EMITTED, STEPS, RowState
 from .trunk_cache import head_logits
 from .workspace import WorkspacePool
@@ -81,7 +81,8 @@ def joint_ctc_beam_decode(model, batch: PromptBatch, max_new_tokens: int, stop_i
         raise ValueError(f'beam size {beam_size}: must be >= 1')
     check_steerable(batch, workspaces)
     utterances = len(batch.tokens)
-    chooser = steering_chooser(model, batch.audio_features, batch.audio_feature_lengths, stop_ids, vocab_size,
+    encoded, clock = encode_for_steering(model, batch)
+    chooser = steering_chooser(model, encoded.output, batch.audio_feature_lengths, stop_ids, vocab_size,
                                weight, spelling, copies=beam_size)
     beams = Beams(chooser, utterances, beam_size, batch.tokens.device)
     none_finished = torch.zeros(utterances * beam_size, dtype=torch.bool, device=batch.tokens.device)
@@ -93,7 +94,8 @@ def joint_ctc_beam_decode(model, batch: PromptBatch, max_new_tokens: int, stop_i
         return beams.choose(logits(hidden), none_finished)[1][None]
 
     expanded = copies(batch, beam_size)
-    ws, clock = start_decoding(model, expanded, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, first)
+    ws, clock = start_decoding(model, expanded, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, first,
+                               (encoded.repeated(beam_size), clock))
     beams.settle(ws.rows)
 
     def step():

@@ -132,13 +132,12 @@ class JointCTCChooser:
         return torch.where(space[..., None], spaced, unspaced), counts + space.long()
 
 
-def steering_chooser(model, features: torch.Tensor, feature_lengths: torch.Tensor, stop_ids, vocab_size: int,
+def steering_chooser(model, frames: torch.Tensor, feature_lengths: torch.Tensor, stop_ids, vocab_size: int,
                      weight: float, spelling: TokenSpelling, copies: int = 1) -> JointCTCChooser:
-    """The chooser of rows whose audio is ``features`` [n, mels, T] of ``feature_lengths`` [n], one
-    audio per row, each row repeated ``copies`` times (beam search's hypotheses): the encoder runs
-    once more for the CTC head, over the n audios."""
+    """The chooser of rows whose audio the encoder turned into ``frames`` [n, T_enc, width]
+    (``SALM.encode_audio``) from ``feature_lengths`` [n] mel frames, one audio per row, each row
+    repeated ``copies`` times (beam search's hypotheses)."""
     head = model.ctc_head
-    frames = model.audio_encoder(features, feature_lengths)
     log_probs = head(frames).float().log_softmax(-1).repeat_interleave(copies, dim=0)
     lengths = encoder_frames(feature_lengths).repeat_interleave(copies, dim=0)
     scorer = CTCPrefixScorer(log_probs, lengths, blank=head.out_features - 1)

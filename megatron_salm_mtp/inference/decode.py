@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.features import AudioPadding
+from ..model.salm import EncodedAudio
 from .ctc_joint import TokenSpelling, steering_chooser
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
@@ -121,10 +122,12 @@ def _capacity(batch: PromptBatch, max_new_tokens: int, width: int) -> int:
 
 
 def start_decoding(model, batch: PromptBatch, max_new_tokens: int, stop_ids, vocab_size: int, width: int,
-                   depths: int, workspaces: WorkspacePool | None, choose=None):
+                   depths: int, workspaces: WorkspacePool | None, choose=None,
+                   encoded: tuple[EncodedAudio, PhaseClock] | None = None):
     """(workspace, phase clock) after the audio encoding, the prefill, the first token (the argmax
     or ``choose``'s, ``DecodeWorkspace.prefill``) and, with drafts, the MTP layers over the prompt
-    (``MTPDrafter.prefill``: every step after it then has the same shapes)."""
+    (``MTPDrafter.prefill``: every step after it then has the same shapes). ``encoded``: the
+    encoder's pass already made and its clock (``encode_for_steering``), spliced in instead."""
     pool = workspaces or WorkspacePool()
     if pool.cuda_graphs and batch.tokens.shape[0] <= PREFILL_GRAPH_MAX_ROWS:
         batch = graph_shapes(batch, 2 * model.cfg.encoder_max_source_positions)
@@ -132,9 +135,10 @@ def start_decoding(model, batch: PromptBatch, max_new_tokens: int, stop_ids, voc
     device = batch.tokens.device
     ws = pool.get(model, size, _capacity(batch, max_new_tokens, width), width, depths, device)
     ws.load(batch.tokens, batch.lengths, max_new_tokens, stop_ids)
-    clock = PhaseClock(device)
-    clock.mark()
-    ws.encode(prompt, batch.audio_features, batch.audio_feature_lengths)
+    audio, clock = encoded or (None, PhaseClock(device))
+    if audio is None:
+        clock.mark()
+    ws.encode(prompt, batch.audio_features, batch.audio_feature_lengths, audio)
     clock.mark()
     ws.prefill(prompt, vocab_size, choose)
     clock.mark()
@@ -197,6 +201,14 @@ def speculative_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids:
     return _finish(ws, 'speculative', step, batch, clock, depths)
 
 
+def encode_for_steering(model, batch: PromptBatch) -> tuple[EncodedAudio, PhaseClock]:
+    """The encoder's pass over ``batch``'s audios, for the CTC head and the prefill alike, and the
+    clock that times it as the decoding's encode phase."""
+    clock = PhaseClock(batch.tokens.device)
+    clock.mark()
+    return model.encode_audio(batch.audio_features, batch.audio_feature_lengths), clock
+
+
 def check_steerable(batch: PromptBatch, workspaces: WorkspacePool | None) -> None:
     """Decoding steered by the CTC head needs one audio per row and runs eagerly."""
     if batch.audio_features.shape[0] != batch.tokens.shape[0] or any(n != 1 for n in batch.audios_per_row):
@@ -211,16 +223,18 @@ def joint_ctc_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: S
                      weight: float, spelling: TokenSpelling, workspaces: WorkspacePool | None = None):
     """(outputs per row, DecodeStats per row) of greedy decoding steered by the CTC head with
     ``weight`` (``ctc_joint.py``); one audio per row. Eager: each step's candidates are scored over
-    every frame of the row's audio, which the encoder runs once more for the head."""
+    every frame of the row's audio: one encoder pass feeds the prefill and the head."""
     check_steerable(batch, workspaces)
-    chooser = steering_chooser(model, batch.audio_features, batch.audio_feature_lengths, stop_ids, vocab_size,
+    encoded, clock = encode_for_steering(model, batch)
+    chooser = steering_chooser(model, encoded.output, batch.audio_feature_lengths, stop_ids, vocab_size,
                                weight, spelling)
     lm = model.language_model
 
     def choose(hidden):  # [1, b, h] -> [1, b]
         return chooser(head_logits(lm, hidden[0], vocab_size))[None]
 
-    ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, choose)
+    ws, clock = start_decoding(model, batch, max_new_tokens, stop_ids, vocab_size, 1, 0, workspaces, choose,
+                               (encoded, clock))
 
     def step():
         active = ~ws.rows.done

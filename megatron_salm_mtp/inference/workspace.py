@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..data.frames import audio_tokens
-from ..model.salm import check_audio_placeholders
+from ..model.salm import EncodedAudio, check_audio_placeholders
 from .drafter import MTPDrafter
 from .rows import RowState
 from .trunk_cache import TrunkCache
@@ -66,14 +66,17 @@ class DecodeWorkspace:
         self.lengths.copy_(lengths)
         self.rows.start(max_new_tokens, stop_ids)
 
-    def encode(self, prompt: int, features: torch.Tensor, feature_lengths: torch.Tensor) -> None:
+    def encode(self, prompt: int, features: torch.Tensor, feature_lengths: torch.Tensor,
+               encoded: EncodedAudio | None = None) -> None:
         """The loaded prompts' first ``prompt`` embeddings with the audio (``features`` [n, mels, T]
         of ``feature_lengths`` [n]) encoded and spliced in (``SALM.embed_inputs``), into
-        ``prompt_embeddings``."""
+        ``prompt_embeddings``; ``encoded``: the encoder's pass over them already made (eager only)."""
         cfg = self.model.cfg
         tokens = self.tokens[:, :prompt]
         check_audio_placeholders(tokens, audio_tokens(feature_lengths, cfg.audio_frame_stack)
                                  if features.numel() else None, cfg.audio_token_id)
+        if encoded is not None and self.graphed_prefill:
+            raise ValueError('a pre-encoded audio is spliced eagerly: give a workspace pool without CUDA graphs')
         name = f'encode {prompt} {tuple(features.shape)}'
         if self.graphed_prefill:  # the graph reads its inputs where it was captured
             if name not in self.audio_inputs:
@@ -85,7 +88,8 @@ class DecodeWorkspace:
 
         def step():
             self.prompt_embeddings[:prompt] = self.model.embed_inputs(
-                tokens, self._prompt_positions(prompt), features, feature_lengths, placeholders_checked=True)
+                tokens, self._prompt_positions(prompt), features, feature_lengths, placeholders_checked=True,
+                encoded=encoded)
 
         self._replayed(name, step, self.graphed_prefill, self.prefill_pool)
 

@@ -6,6 +6,7 @@ share of decoder layers; the last runs the head, the MTP block and the losses.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from megatron.core import tensor_parallel
@@ -46,6 +47,19 @@ def check_audio_placeholders(tokens: torch.Tensor, audio_lengths: torch.Tensor |
         raise ValueError(f'input_ids carry {expected} audio placeholders but the audio gives {given} '
                          f'tokens (per utterance: {per_utterance}); the data side must '
                          'expand each utterance with data.frames.audio_tokens()')
+
+
+@dataclass
+class EncodedAudio:
+    """The audio encoder's pass over a batch's audios (``SALM.encode_audio``), for a decoder that
+    reads the frames twice (the CTC head's steering) or splices one audio into several rows."""
+    output: torch.Tensor  # [n, T_enc, width]
+    kept: dict[int, torch.Tensor]  # the lower layers the projector's layer mix reads
+
+    def repeated(self, copies: int) -> 'EncodedAudio':
+        """Each audio ``copies`` times in place, as ``repeat_interleave`` repeats rows."""
+        return EncodedAudio(self.output.repeat_interleave(copies, 0),
+                            {k: v.repeat_interleave(copies, 0) for k, v in self.kept.items()})
 
 
 def splice_audio(text_embeddings: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor,
@@ -152,13 +166,14 @@ class SALM(MegatronModule):
 
     def embed_inputs(self, tokens, position_ids, audio_features=None, audio_feature_lengths=None,
                      placeholders_checked: bool = False, ctc_targets=None,
-                     ctc_lengths: CTCLengths | None = None):
+                     ctc_lengths: CTCLengths | None = None, encoded: EncodedAudio | None = None):
         """First stage: text embeddings with the projected audio spliced in, [s(/tp), b, h].
 
         ``placeholders_checked``: the caller checked the placeholder count on the host
         (``host_inputs.prepare_microbatch``); otherwise it is checked here, with a round trip.
         ``ctc_targets`` (batch contract) and their host ``ctc_lengths``: with a CTC head, the
-        CTC loss joins the backward pass here (``ctc.py``)."""
+        CTC loss joins the backward pass here (``ctc.py``). ``encoded``: the encoder's pass over
+        ``audio_features`` already made (``encode_audio``), spliced instead of encoding again."""
         embeddings = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)
         has_audio = audio_features is not None and audio_features.numel() > 0
         lengths = (audio_tokens(audio_feature_lengths.to(tokens.device), self.cfg.audio_frame_stack)
@@ -167,7 +182,10 @@ class SALM(MegatronModule):
             check_audio_placeholders(tokens, lengths, self.cfg.audio_token_id)
         if has_audio:
             scored = self.ctc_head is not None and ctc_targets is not None
-            output, kept = self._encode(audio_features, audio_feature_lengths, scored)
+            if encoded is not None and scored:
+                raise ValueError('embed_inputs: a pre-encoded audio carries no intermediate layer for the CTC loss')
+            output, kept = ((encoded.output, encoded.kept) if encoded is not None
+                            else self._encode(audio_features, audio_feature_lengths, scored))
             audio = self.audio_projector(self._projector_input(output, kept))
             embeddings = splice_audio(embeddings, tokens, audio, lengths, self.cfg.audio_token_id)
             if self.ctc_head is not None:
@@ -176,6 +194,11 @@ class SALM(MegatronModule):
         if self.config.sequence_parallel:
             embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
         return embeddings
+
+    def encode_audio(self, features, feature_lengths) -> EncodedAudio:
+        """The encoder's pass over ``features`` [n, mels, T] of ``feature_lengths`` [n] as
+        ``embed_inputs`` makes it when decoding (no CTC loss)."""
+        return EncodedAudio(*self._encode(features, feature_lengths, scored=False))
 
     def _encode(self, features, feature_lengths, scored: bool):
         """(the encoder's output, {layer: output} of the lower layers that the projector's layer mix

@@ -38,6 +38,7 @@
 #        JOINT_WEIGHTS, default "0.3", decoding steered by the CTC head: greedy and a beam search
 #        per size of BEAM_SIZES, default "1 4", 1 being the greedy one) on the first
 #        EVAL_UTTERANCES (default 1000) of each test split (200 give +-0.03-0.05 on a WER),
+#        its word errors by the word's count in train (eval_two_greedy_bands.txt),
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
 #        WER unchanged by construction) for MTP_MINUTES (default 3, at most MTP_ITERS steps, default
 #        1100, the length of their cosine; 0: no heads), and their greedy and speculative
@@ -206,6 +207,8 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3} --ctc-beam-size ${BEAM_SIZES:-1 4})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
+  $PYTHON -m megatron_salm_mtp.tools.word_frequency_errors "$out/eval_two_greedy.json" \
+    --train-manifest "$dir/train.jsonl" > "$out/eval_two_greedy_bands.txt" || return 1
   if [ "${JOINT_HEADS:-0}" -gt 0 ]; then
     speculative_evaluations "$out" "$dir" two "${eval[@]}" && echo "PIPELINE DONE (heads trained alongside)"
     return

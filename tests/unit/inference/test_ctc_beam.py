@@ -50,8 +50,8 @@ def replay(model, batch, spelling, tokens: list[int]):
     steered decoder's scores taken token by token, each step's logits from a full forward of the
     prompt and the tokens before it (no KV cache)."""
     vocab = model.cfg.vocab_size
-    chooser = steering_chooser(model, batch.audio_features, batch.audio_feature_lengths, [EOS_ID], vocab,
-                               WEIGHT, spelling)
+    frames = model.audio_encoder(batch.audio_features, batch.audio_feature_lengths)
+    chooser = steering_chooser(model, frames, batch.audio_feature_lengths, [EOS_ID], vocab, WEIGHT, spelling)
     ids, total = batch.tokens[0].tolist(), 0.0
     for step in range(len(tokens) + 1):
         logits = model(torch.tensor([ids]), torch.arange(len(ids))[None], audio_features=batch.audio_features,

@@ -1,8 +1,9 @@
 """Greedy decoding steered by the CTC head (``inference/ctc_joint.py``, ``decode.joint_ctc_decode``):
 the characters a row hands the CTC scorer are the spelling of the text it wrote (byte and
 SentencePiece tokenizers), the CTC head overrules a mildly wrong LLM and holds back a stop token
-while the audio holds more, a vanishing weight decodes as greedy does, and batched rows decode as
-each row alone."""
+while the audio holds more, a vanishing weight decodes as greedy does (with the layer mix too:
+the one encoder pass the head scores is the one spliced), the audio is encoded once per batch, and
+batched rows decode as each row alone."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from megatron_salm_mtp.data.ctc_text import CTC_CHARACTERS, character_ids
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer, build_tokenizer
 from megatron_salm_mtp.data.train_tokenizer import train_tokenizer
+from megatron_salm_mtp.inference.ctc_beam import joint_ctc_beam_decode
 from megatron_salm_mtp.inference.ctc_joint import JointCTCChooser, token_spelling
 from megatron_salm_mtp.inference.ctc_prefix import CTCPrefixScorer
 from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, joint_ctc_decode
@@ -137,6 +139,42 @@ def test_a_vanishing_weight_decodes_as_greedy(single_rank_parallel):
     spelling = token_spelling(ByteTokenizer(), vocab, 'cpu')
     joint, stats = joint_ctc_decode(model, batch, 10, [EOS_ID], vocab, 1e-12, spelling)
     assert joint == greedy and sum(s.verify_emitted for s in stats) == sum(map(len, joint)) - len(joint)
+
+
+def test_a_layer_mix_model_splices_the_shared_encoder_pass_as_greedy_encodes(single_rank_parallel):
+    """The steered decoders splice the one encoder pass they also score with; with the layer mix
+    it must carry the lower layers the projector reads, or the prefill would differ from greedy's."""
+    model = tiny_salm(seed=0, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters',
+                      encoder_num_layers=3, encoder_layer_mix=True)
+    model.audio_projector.layer_weights.data.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    batch = random_prompts(model.cfg, [30, 57, 41], seed=1)
+    vocab = model.cfg.vocab_size
+    greedy, _ = greedy_decode(model, batch, 10, [EOS_ID], vocab)
+    spelling = token_spelling(ByteTokenizer(), vocab, 'cpu')
+    assert joint_ctc_decode(model, batch, 10, [EOS_ID], vocab, 1e-12, spelling)[0] == greedy
+    assert joint_ctc_beam_decode(model, batch, 10, [EOS_ID], vocab, 1e-12, spelling, 1)[0] == greedy
+
+
+@pytest.mark.parametrize('beam_size', [None, 3])
+@pytest.mark.parametrize('mix', [False, True])
+def test_the_audio_is_encoded_once_per_batch(single_rank_parallel, beam_size, mix):
+    """Once for the CTC head and every hypothesis' prefill; the beam's copies of a pass with the
+    layer mix carry every layer (otherwise the projector's mix would fail on mismatched rows)."""
+    model = tiny_salm(seed=2, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters',
+                      encoder_num_layers=3 if mix else 1, encoder_layer_mix=mix)
+    batch = random_prompts(model.cfg, [30, 57, 41], seed=3)
+    vocab = model.cfg.vocab_size
+    spelling = token_spelling(ByteTokenizer(), vocab, 'cpu')
+    encoded_rows = []
+    hook = model.audio_encoder.conv1.register_forward_hook(lambda _m, args, _out: encoded_rows.append(len(args[0])))
+    try:
+        if beam_size is None:
+            joint_ctc_decode(model, batch, 6, [EOS_ID], vocab, 0.7, spelling)
+        else:
+            joint_ctc_beam_decode(model, batch, 6, [EOS_ID], vocab, 0.7, spelling, beam_size)
+    finally:
+        hook.remove()
+    assert encoded_rows == [3]
 
 
 def test_batched_rows_decode_as_each_row_alone(single_rank_parallel):
