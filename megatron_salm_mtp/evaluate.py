@@ -2,8 +2,8 @@
 
     python -m megatron_salm_mtp.evaluate --load ckpt --manifest test.jsonl,test_unseen.jsonl \\
         [--speculative [--mtp-draft-depth 3]] [--audio-ablation] [--ctc-greedy] \\
-        [--ctc-joint-weight 0.3 [0.5 ...] [--ctc-beam-size 1 4 ...]] [--batch-size 8] \\
-        [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
+        [--ctc-joint-weight 0.3 [0.5 ...] [--ctc-beam-size 1 4 ...] [--lexicon M --lexicon-penalty P ...]] \\
+        [--batch-size 8] [--max-new-tokens 128] [--out report.json] [--out-manifest predictions.jsonl]
 
 The checkpoint may come from any TP/PP layout; it is loaded as TP=1, PP=1 on one GPU (or the CPU).
 Each manifest is a split named by its file stem. Greedy decoding always runs; with ``--speculative``
@@ -15,8 +15,10 @@ either way; with ``--ctc-greedy`` the encoder's CTC head transcribes the same ba
 (``ctc_greedy``: what the encoder heard, without the LLM); with ``--ctc-joint-weight W`` greedy decoding
 is steered by the CTC head with weight W (``ctc_joint_W``, ``inference/ctc_joint.py``), and with
 ``--ctc-beam-size B`` > 1 so is a beam search of B hypotheses (``ctc_joint_W_beamB``,
-``inference/ctc_beam.py``). A checkpoint of stage 1
-(``--training-mode encoder_ctc``, whose LLM never trained) is scored by its CTC head alone. The JSON
+``inference/ctc_beam.py``), and with ``--lexicon M --lexicon-penalty P`` each of them again with
+every word that the transcripts of M lack costing P (``_lexP``, ``inference/lexicon.py``). A
+checkpoint of stage 1 (``--training-mode encoder_ctc``, whose LLM never trained) is scored by its
+CTC head alone. The JSON
 report holds, per mode: WER after a Whisper-style English normaliser (``wer``) and raw (``wer_raw``:
 lowercase, no punctuation), CER, substitutions/deletions/insertions, overall, per ``subset``, per
 split and per subset within each split; decode tokens/s, real-time factor, tokens per trunk forward
@@ -38,15 +40,15 @@ from megatron.core.package_info import __version__ as mcore_version
 from .commands import add_load_argument
 from .config import ENCODER_CTC, ConfigError
 from .data.progress import Progress
-from .inference.ctc_beam import joint_ctc_beam_decode
 from .inference.ctc_greedy import SPELLED_UNITS, audio_separator, ctc_greedy_decode, ctc_text
 from .inference.ctc_joint import JOINT_UNITS, token_spelling
-from .inference.decode import greedy_decode, joint_ctc_decode, speculative_decode
+from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
 from .inference.report import ablation_table, group_of, mode_report, plot_acceptance, write_prediction_manifest
 from .inference.wer import MISSING_PACKAGES, scoring_available
 from .inference.workspace import WorkspacePool
+from .steering import add_steering_arguments, check_steering_args, steered_decode, steerings
 
 REPORT_FILE = 'report.json'  # what --out FOLDER holds
 SILENCE = 'greedy_silence'  # the ablation's mode: greedy decoding with the audio silenced
@@ -70,14 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also transcribe with the audio encoder's CTC head alone (best path, no LLM): "
                         "beside the SALM's WER it shows which errors were not heard (checkpoints trained "
                         'with --ctc-loss-weight on characters or tokens)')
-    p.add_argument('--ctc-joint-weight', type=float, nargs='+', metavar='W',
-                   help="also decode greedily with each candidate token scored by the CTC head's prefix score "
-                        'as well, with weight W in (0, 1] (joint CTC/attention decoding; a mode per W; '
-                        'checkpoints with a CTC head on characters)')
-    p.add_argument('--ctc-beam-size', type=int, nargs='+', default=[1], metavar='B',
-                   help='with --ctc-joint-weight: keep B hypotheses per utterance (joint CTC/attention beam '
-                        'search; a mode per W and B, ctc_joint_W_beamB; 1, the default: the steered greedy '
-                        'decoder, ctc_joint_W)')
+    add_steering_arguments(p, several=True)
     p.add_argument('--cuda-graphs', action='store_true',
                    help='replay each decoding step as a CUDA graph (GPU only): no host overhead per step')
     p.add_argument('--batch-size', type=int, default=1)
@@ -143,8 +138,7 @@ def check_args(parser, args) -> None:
                                ('--warmup-batches', args.warmup_batches, 0)):
         if value is not None and value < least:
             parser.error(f'{flag} {value}: must be >= {least}')
-    check_joint_weights(parser, args.ctc_joint_weight)
-    check_beam_sizes(parser, args.ctc_beam_size, args.ctc_joint_weight)
+    check_steering_args(parser, args)
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
     if args.cuda_graphs and not torch.cuda.is_available():
@@ -155,20 +149,6 @@ def check_args(parser, args) -> None:
         check_writable(parser, '--out-manifest', args.out_manifest)
         if args.out and os.path.abspath(args.out_manifest) == os.path.abspath(args.out):
             parser.error(f'--out-manifest {args.out_manifest}: the same file as --out')
-
-
-def check_joint_weights(parser, weights) -> None:
-    bad = [w for w in weights or () if not 0 < w <= 1]
-    if bad:
-        parser.error(f'--ctc-joint-weight {bad[0]}: must be in (0, 1]')
-
-
-def check_beam_sizes(parser, sizes, weights) -> None:
-    bad = [b for b in sizes if b < 1]
-    if bad:
-        parser.error(f'--ctc-beam-size {bad[0]}: must be >= 1')
-    if sizes != [1] and not weights:
-        parser.error('--ctc-beam-size steers a beam search by the CTC head: give --ctc-joint-weight too')
 
 
 def load_or_error(parser, load_dir: str) -> LoadedModel:
@@ -268,18 +248,22 @@ def read_splits(parser, args, loaded) -> dict:
         parser.error(str(e))
 
 
-def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> dict:
+def decoding_device():
+    return torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
+
+
+def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool, steered=()) -> dict:
     """mode -> (decode function, batches, output -> text): greedy; with --speculative the MTP drafts
     over the same batches; with --audio-ablation greedy again over the utterances with their audio
-    silenced; with --ctc-greedy the CTC head's best path over the same batches; per
-    --ctc-joint-weight W greedy decoding steered by the CTC head (eager). A stage-1
+    silenced; with --ctc-greedy the CTC head's best path over the same batches; per ``steered``
+    (``steering.steerings``) decoding steered by the CTC head (eager). A stage-1
     checkpoint (``stage_one``) has the CTC head's mode alone.
 
     With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes
     out of the same kernels at the same shapes in both modes, so speculative output equals greedy
     output in bf16 too (``inference/decode.py``)."""
     cfg, pad_id = loaded.cfg, loaded.tokenizer.pad_id
-    device = torch.cuda.current_device() if torch.cuda.is_available() else 'cpu'
+    device = decoding_device()
     batches = _batches(utterances, args.batch_size, pad_id, cfg.num_mel_bins, device)
     workspaces = WorkspacePool(cuda_graphs=args.cuda_graphs)
     width = depth + 1 if depth else 1
@@ -305,28 +289,19 @@ def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool) -> d
         units, separator = cfg.ctc_target_units, audio_separator(cfg.ctc_target_units)
         modes[CTC_GREEDY] = (lambda batch: ctc_greedy_decode(loaded.model, batch, separator), batches,
                              lambda output: ctc_text(output, units, loaded.tokenizer))
-    if args.ctc_joint_weight:
+    if steered:
         spelling, eager = token_spelling(loaded.tokenizer, cfg.vocab_size, device), WorkspacePool()
-        for weight in args.ctc_joint_weight:
-            for size in args.ctc_beam_size:
-                modes[joint_mode(weight, size)] = (
-                    lambda batch, weight=weight, size=size: steered_decode(
-                        loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, weight, spelling, size,
-                        eager),
-                    batches, tokens_text)
+        for steering in steered:
+            modes[steering.mode] = (
+                lambda batch, steering=steering: steered_decode(
+                    loaded.model, batch, args.max_new_tokens, stops, cfg.vocab_size, spelling, steering, eager),
+                batches, tokens_text)
     return modes
 
 
-def steered_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, beam_size, workspaces):
-    """Decoding steered by the CTC head: greedy with one hypothesis, beam search with more."""
-    if beam_size == 1:
-        return joint_ctc_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, workspaces)
-    return joint_ctc_beam_decode(model, batch, max_new_tokens, stops, vocab_size, weight, spelling, beam_size,
-                                 workspaces)
-
-
-def joint_mode(weight: float, beam_size: int = 1) -> str:
-    return f'ctc_joint_{weight:g}' + (f'_beam{beam_size}' if beam_size > 1 else '')
+def lexicon_report(args, steered) -> dict | None:
+    listed = next((s.lexicon for s in steered if s.lexicon is not None), None)
+    return {'manifests': args.lexicon, 'words': len(listed.words)} if listed is not None else None
 
 
 def evaluate(args, parser) -> dict:
@@ -338,15 +313,17 @@ def evaluate(args, parser) -> dict:
         check_ctc_head(parser, args, cfg, '--ctc-greedy', SPELLED_UNITS)
     if args.ctc_joint_weight:
         check_ctc_head(parser, args, cfg, '--ctc-joint-weight', JOINT_UNITS)
+    steered = steerings(parser, args, tok, cfg.vocab_size, decoding_device())
     splits = read_splits(parser, args, loaded)
     utterances = [u for split_utterances, _ in splits.values() for u in split_utterances]
     stops = stop_ids(tok, loaded.data.prompt_template)
-    modes = decoding_modes(args, loaded, depth, utterances, stops, stage_one)
+    modes = decoding_modes(args, loaded, depth, utterances, stops, stage_one, steered)
     report = {'checkpoint': os.path.abspath(args.load), 'iteration': loaded.iteration,
               'training_mode': loaded.training_mode, **_inputs_report(args, splits),
               'audio_seconds': sum(u.seconds for u in utterances), 'batch_size': args.batch_size,
               'max_new_tokens': args.max_new_tokens, 'mtp_depths_trained': cfg.mtp_depths,
               'draft_depth': depth, 'greedy_width': depth + 1 if depth else 1, 'cuda_graphs': args.cuda_graphs,
+              'lexicon': lexicon_report(args, steered),
               'megatron_core': mcore_version,
               'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
               'dtype': 'bf16' if cfg.bf16 else 'fp32', 'modes': {}}

@@ -1,17 +1,18 @@
 """Transcribe audio files with a trained SALM, no manifest needed.
 
     python -m megatron_salm_mtp.transcribe --load ckpt a.wav b.flac c.mp3 \\
-        [--speculative | --ctc-joint-weight 0.3 [--ctc-beam-size 4]] [--json]
+        [--speculative | --ctc-joint-weight 0.3 [--ctc-beam-size 4] [--lexicon M --lexicon-penalty P]] \\
+        [--json]
 
 Each file (any format soundfile reads, WAV without it; resampled to 16 kHz) is prompted as the
 checkpoint's run prompted its training audio (its template, system prompt and default task
 prompt, or ``--prompt``) and decoded greedily, or with MTP self-speculative decoding
 (``--speculative``: the same text, fewer trunk forwards), or steered by the encoder's CTC head
 (``--ctc-joint-weight W``: ``evaluate``'s ``ctc_joint_W``; with ``--ctc-beam-size B`` its beam search,
-README). One line per file on stdout, in the order given: ``FILE<Tab>TRANSCRIPT``, or with
-``--json`` a NeMo-style manifest line
-(``audio_filepath``, ``duration``, ``pred_text``). A file that cannot be read is named on stderr
-and left out; decoding runs as ``evaluate``'s does (TP=1, PP=1, one GPU or the CPU).
+README; with ``--lexicon``, each word off the list costs ``--lexicon-penalty``). One line per file
+on stdout, in the order given: ``FILE<Tab>TRANSCRIPT``, or with ``--json`` a NeMo-style manifest
+line (``audio_filepath``, ``duration``, ``pred_text``). A file that cannot be read is named on
+stderr and left out; decoding runs as ``evaluate``'s does (TP=1, PP=1, one GPU or the CPU).
 """
 
 import argparse
@@ -21,18 +22,10 @@ import os
 from .commands import add_load_argument
 from .config import ENCODER_CTC
 from .data.manifest import Example, Segment
-from .evaluate import (
-    check_beam_sizes,
-    check_ctc_head,
-    check_joint_weights,
-    decoding_modes,
-    draft_depth,
-    joint_mode,
-    load_or_error,
-    run_mode,
-)
+from .evaluate import check_ctc_head, decoding_device, decoding_modes, draft_depth, load_or_error, run_mode
 from .inference.ctc_joint import JOINT_UNITS
 from .inference.inputs import example_utterances, stop_ids
+from .steering import add_steering_arguments, check_steering_args, steerings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--prompt', help="the user's instruction before the audio (default: the run's default prompt)")
     p.add_argument('--speculative', action='store_true', help='decode with MTP drafts (same output, fewer forwards)')
     p.add_argument('--mtp-draft-depth', type=int, help='drafted tokens per trunk forward (default: trained depths)')
-    p.add_argument('--ctc-joint-weight', type=float, nargs=1, metavar='W',
-                   help="decode with each candidate token scored by the CTC head's prefix score as well, with "
-                        'weight W in (0, 1] (a CTC head on characters; eager)')
-    p.add_argument('--ctc-beam-size', type=int, nargs=1, default=[1], metavar='B',
-                   help='with --ctc-joint-weight: a beam search of B hypotheses per file (default 1: greedy)')
+    add_steering_arguments(p, several=False)
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-new-tokens', type=int, default=128)
     p.add_argument('--cuda-graphs', action='store_true', help='replay each decoding step as a CUDA graph (GPU only)')
@@ -67,8 +56,7 @@ def check_args(parser, args) -> None:
             parser.error(f'{flag} {value}: must be >= 1')
     if args.mtp_draft_depth is not None and not args.speculative:
         parser.error('--mtp-draft-depth needs --speculative')
-    check_joint_weights(parser, args.ctc_joint_weight)
-    check_beam_sizes(parser, args.ctc_beam_size, args.ctc_joint_weight)
+    check_steering_args(parser, args)
     if args.ctc_joint_weight and args.speculative:
         parser.error("--ctc-joint-weight and --speculative: choose one decoder (speculative decoding is greedy's)")
 
@@ -92,6 +80,8 @@ def transcribe(args, parser) -> list:
     depth = draft_depth(parser, args, loaded.cfg) if args.speculative else None
     if args.ctc_joint_weight:
         check_ctc_head(parser, args, loaded.cfg, '--ctc-joint-weight', JOINT_UNITS)
+    # The one steered decoder asked for: with the word list where one is given.
+    steered = steerings(parser, args, loaded.tokenizer, loaded.cfg.vocab_size, decoding_device())[-1:]
     prompt = loaded.data.default_prompt if args.prompt is None else args.prompt
     # unreadable files are logged (stderr) and left out
     utterances, _ = example_utterances(file_examples(args.files, prompt), loaded.data, loaded.tokenizer,
@@ -100,9 +90,9 @@ def transcribe(args, parser) -> list:
         parser.error('no readable audio among the files given')
     stops = stop_ids(loaded.tokenizer, loaded.data.prompt_template)
     mode = 'speculative' if depth else 'greedy'
-    if args.ctc_joint_weight:
-        mode = joint_mode(args.ctc_joint_weight[0], args.ctc_beam_size[0])
-    decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, stage_one=False)[mode]
+    if steered:
+        mode = steered[0].mode
+    decode, batches, to_text = decoding_modes(args, loaded, depth, utterances, stops, False, steered)[mode]
     outputs, _, _ = run_mode(mode, decode, batches, warmup=0)
     texts = [to_text(o) for o in outputs]
     return [(u.source, u.seconds, text) for u, text in zip(utterances, texts)]

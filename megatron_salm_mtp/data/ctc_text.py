@@ -29,3 +29,20 @@ def spelled(text: str) -> str:
 def character_ids(text: str) -> list[int]:
     """``text`` as ids of :data:`CTC_CHARACTERS` (see the module docstring)."""
     return [_INDEX[c] for c in spelled(text).strip()]
+
+
+def piece_texts(tokenizer, vocab_size: int) -> list[str]:
+    """The text each id adds after another piece (a SentencePiece piece's leading '▁' decodes to a
+    space only there); specials and ids past the tokenizer's vocabulary add ''."""
+    anchor = tokenizer.encode('a')
+    before = tokenizer.decode(anchor)
+    texts = []
+    for token in range(vocab_size):
+        text = tokenizer.decode(anchor + [token])
+        texts.append(text[len(before):] if text.startswith(before) else tokenizer.decode([token]))
+    return texts
+
+
+def spelled_pieces(tokenizer, vocab_size: int) -> list[str]:
+    """Each id's text in the alphabet (:func:`spelled`): its word breaks are spaces, at its ends too."""
+    return [spelled(t) for t in piece_texts(tokenizer, vocab_size)]

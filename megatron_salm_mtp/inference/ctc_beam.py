@@ -25,6 +25,7 @@ import torch
 
 from .ctc_joint import JointCTCChooser, TokenSpelling, steering_chooser
 from .decode import DecodeStats, PromptBatch, check_steerable, encode_for_steering, start_decoding
+from .lexicon import Lexicon
 from .rows import EMITTED, STEPS, RowState
 from .trunk_cache import head_logits
 from .workspace import WorkspacePool
@@ -74,16 +75,17 @@ def copies(batch: PromptBatch, size: int) -> PromptBatch:
 @torch.no_grad()
 def joint_ctc_beam_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int],
                           vocab_size: int, weight: float, spelling: TokenSpelling, beam_size: int,
-                          workspaces: WorkspacePool | None = None):
+                          workspaces: WorkspacePool | None = None, lexicon: Lexicon | None = None):
     """(outputs per utterance, DecodeStats per utterance) of the steered beam search (module
-    docstring) with ``beam_size`` hypotheses per utterance; one audio per row of ``batch``."""
+    docstring) with ``beam_size`` hypotheses per utterance; one audio per row of ``batch``; with a
+    ``lexicon``, each word it lacks costs its penalty (``lexicon.py``)."""
     if beam_size < 1:
         raise ValueError(f'beam size {beam_size}: must be >= 1')
     check_steerable(batch, workspaces)
     utterances = len(batch.tokens)
     encoded, clock = encode_for_steering(model, batch)
     chooser = steering_chooser(model, encoded.output, batch.audio_feature_lengths, stop_ids, vocab_size,
-                               weight, spelling, copies=beam_size)
+                               weight, spelling, copies=beam_size, lexicon=lexicon)
     beams = Beams(chooser, utterances, beam_size, batch.tokens.device)
     none_finished = torch.zeros(utterances * beam_size, dtype=torch.bool, device=batch.tokens.device)
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.ctc_text import CTC_CHARACTERS, character_ids, spelled
+from ..data.ctc_text import CTC_CHARACTERS, character_ids, spelled_pieces
 from ..data.frames import encoder_frames
 from .ctc_prefix import CTCPrefixScorer
+from .lexicon import Lexicon, LexiconRows, LexiconStep
 
 JOINT_CANDIDATES = 8
 """Tokens scored per step: the LLM's most likely ones. Where it hesitates the right token is among
@@ -43,21 +44,9 @@ class TokenSpelling:
     has_break: torch.Tensor  # [V] bool: ... holds one
 
 
-def piece_texts(tokenizer, vocab_size: int) -> list[str]:
-    """The text each id adds after another piece (a SentencePiece piece's leading '▁' decodes to a
-    space only there); specials and ids past the tokenizer's vocabulary add ''."""
-    anchor = tokenizer.encode('a')
-    before = tokenizer.decode(anchor)
-    texts = []
-    for token in range(vocab_size):
-        text = tokenizer.decode(anchor + [token])
-        texts.append(text[len(before):] if text.startswith(before) else tokenizer.decode([token]))
-    return texts
-
-
 def token_spelling(tokenizer, vocab_size: int, device) -> TokenSpelling:
     """The spelling of each of the first ``vocab_size`` ids of ``tokenizer``, on ``device``."""
-    texts = [spelled(t) for t in piece_texts(tokenizer, vocab_size)]
+    texts = spelled_pieces(tokenizer, vocab_size)
     ids = [character_ids(t) for t in texts]
     width = max(1, max(len(i) for i in ids))
     labels = torch.zeros(vocab_size, width, dtype=torch.long)
@@ -79,18 +68,22 @@ class Proposal:
     scores: torch.Tensor  # [b, k] fp64: (1 - w) log p_LLM + w (change in the CTC prefix score)
     ctc_scores: torch.Tensor  # [b, k] the CTC prefix score each candidate leads to
     ctc_states: tuple  # the scorer's states of each candidate (``CTCPrefixScorer.extend``)
+    lexicon_step: LexiconStep | None = None  # with a lexicon: each candidate's word state
 
 
 class JointCTCChooser:
     """Each row's next token by the joint score (module docstring); called once per decoding step
     with the LLM's logits, it keeps each row's CTC hypothesis in step with what it chose.
     ``propose`` and ``take`` split a call for beam search (``ctc_beam.py``), where a row may take
-    a candidate of another row."""
+    a candidate of another row. With a ``lexicon``, each word the list lacks costs its penalty
+    (``lexicon.py``)."""
 
-    def __init__(self, scorer: CTCPrefixScorer, spelling: TokenSpelling, weight: float, stop: torch.Tensor):
+    def __init__(self, scorer: CTCPrefixScorer, spelling: TokenSpelling, weight: float, stop: torch.Tensor,
+                 lexicon: Lexicon | None = None):
         if not 0 < weight <= 1:
             raise ValueError(f'joint CTC weight {weight}: must be in (0, 1]')
         self.scorer, self.spelling, self.weight, self.stop = scorer, spelling, weight, stop
+        self.words = LexiconRows(lexicon, len(scorer.score), stop) if lexicon is not None else None
         # Per row: a word break written since its last letter (whose label is the scorer's ``last``).
         self.pending = torch.zeros_like(scorer.score, dtype=torch.bool)
 
@@ -107,7 +100,11 @@ class JointCTCChooser:
         ctc = torch.where(self.stop[candidates], self.scorer.final()[:, None], scores) - self.scorer.score[:, None]
         # A row whose text its audio cannot hold (every candidate was impossible) lets the LLM decide.
         ctc = torch.where(self.scorer.score[:, None].isfinite(), ctc, 0.0)
-        return Proposal(candidates, (1 - self.weight) * llm.double() + self.weight * ctc, scores, states)
+        joint = (1 - self.weight) * llm.double() + self.weight * ctc
+        if self.words is None:
+            return Proposal(candidates, joint, scores, states)
+        penalties, words = self.words.extend(candidates)
+        return Proposal(candidates, joint - penalties, scores, states, words)
 
     def take(self, proposal: Proposal, choice: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Make candidate ``choice`` [b] of row ``rows`` [b] (default: each row's own) each row's
@@ -115,6 +112,8 @@ class JointCTCChooser:
         source = torch.arange(len(choice), device=choice.device) if rows is None else rows
         token = proposal.tokens[source, choice]
         self.scorer.advance(proposal.ctc_states, proposal.ctc_scores, choice, rows)
+        if self.words is not None:
+            self.words.take(proposal.lexicon_step, choice, source)
         letters = self.spelling.counts[token] > 0
         self.pending = torch.where(letters, self.spelling.trailing_break[token],
                                    self.pending[source] | self.spelling.has_break[token])
@@ -133,14 +132,15 @@ class JointCTCChooser:
 
 
 def steering_chooser(model, frames: torch.Tensor, feature_lengths: torch.Tensor, stop_ids, vocab_size: int,
-                     weight: float, spelling: TokenSpelling, copies: int = 1) -> JointCTCChooser:
+                     weight: float, spelling: TokenSpelling, copies: int = 1,
+                     lexicon: Lexicon | None = None) -> JointCTCChooser:
     """The chooser of rows whose audio the encoder turned into ``frames`` [n, T_enc, width]
     (``SALM.encode_audio``) from ``feature_lengths`` [n] mel frames, one audio per row, each row
-    repeated ``copies`` times (beam search's hypotheses)."""
+    repeated ``copies`` times (beam search's hypotheses); ``lexicon``: a word list's penalty."""
     head = model.ctc_head
     log_probs = head(frames).float().log_softmax(-1).repeat_interleave(copies, dim=0)
     lengths = encoder_frames(feature_lengths).repeat_interleave(copies, dim=0)
     scorer = CTCPrefixScorer(log_probs, lengths, blank=head.out_features - 1)
     stop = torch.zeros(vocab_size, dtype=torch.bool, device=frames.device)
     stop[list(stop_ids)] = True
-    return JointCTCChooser(scorer, spelling, weight, stop)
+    return JointCTCChooser(scorer, spelling, weight, stop, lexicon)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..data.features import AudioPadding
 from ..model.salm import EncodedAudio
 from .ctc_joint import TokenSpelling, steering_chooser
+from .lexicon import Lexicon
 from .rows import EMITTED, STEPS
 from .timing import PhaseClock
 from .trunk_cache import head_logits
@@ -220,14 +221,16 @@ def check_steerable(batch: PromptBatch, workspaces: WorkspacePool | None) -> Non
 
 @torch.no_grad()
 def joint_ctc_decode(model, batch: PromptBatch, max_new_tokens: int, stop_ids: Sequence[int], vocab_size: int,
-                     weight: float, spelling: TokenSpelling, workspaces: WorkspacePool | None = None):
+                     weight: float, spelling: TokenSpelling, workspaces: WorkspacePool | None = None,
+                     lexicon: Lexicon | None = None):
     """(outputs per row, DecodeStats per row) of greedy decoding steered by the CTC head with
     ``weight`` (``ctc_joint.py``); one audio per row. Eager: each step's candidates are scored over
-    every frame of the row's audio: one encoder pass feeds the prefill and the head."""
+    every frame of the row's audio: one encoder pass feeds the prefill and the head. With a
+    ``lexicon``, each word it lacks costs its penalty (``lexicon.py``)."""
     check_steerable(batch, workspaces)
     encoded, clock = encode_for_steering(model, batch)
     chooser = steering_chooser(model, encoded.output, batch.audio_feature_lengths, stop_ids, vocab_size,
-                               weight, spelling)
+                               weight, spelling, lexicon=lexicon)
     lm = model.language_model
 
     def choose(hidden):  # [1, b, h] -> [1, b]

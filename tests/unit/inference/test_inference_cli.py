@@ -215,6 +215,13 @@ def test_splits_audio_ablation_and_predictions(single_rank_parallel, tp2_checkpo
     (['--ctc-joint-weight', '0'], '--ctc-joint-weight 0.0: must be in (0, 1]'),
     (['--ctc-joint-weight', '0.3', '--ctc-beam-size', '4', '0'], '--ctc-beam-size 0: must be >= 1'),
     (['--ctc-beam-size', '4'], '--ctc-beam-size steers a beam search by the CTC head: give --ctc-joint-weight too'),
+    (['--ctc-joint-weight', '0.3', '--lexicon', '{tmp}/file.txt'], '--lexicon and --lexicon-penalty go together'),
+    (['--ctc-joint-weight', '0.3', '--lexicon-penalty', '2'], '--lexicon and --lexicon-penalty go together'),
+    (['--lexicon', '{tmp}/file.txt', '--lexicon-penalty', '2'], '--lexicon steers the CTC-steered decoders'),
+    (['--ctc-joint-weight', '0.3', '--lexicon', '{tmp}/file.txt', '--lexicon-penalty', '2', '0'],
+     '--lexicon-penalty 0.0: must be > 0'),
+    (['--ctc-joint-weight', '0.3', '--lexicon', '{tmp}/gone.jsonl', '--lexicon-penalty', '2'],
+     '--lexicon {tmp}/gone.jsonl: no such file'),
     pytest.param(['--cuda-graphs'], '--cuda-graphs needs a GPU',
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU takes the flag')),
 ])

@@ -68,6 +68,29 @@ def test_transcripts_match_evaluate_on_a_manifest(single_rank_parallel, checkpoi
     assert [r['pred_text'] for r in searched] == beam
 
 
+def test_a_word_list_steers_transcribe_as_it_steers_evaluate(single_rank_parallel, checkpoint, audio_files,
+                                                             tmp_path, capsys):
+    words = write_manifest(tmp_path / 'words.jsonl', [{'audio_filepath': 'x.wav', 'text': 'the cat sat'}])
+    manifest = write_manifest(tmp_path / 'files.jsonl', [{'audio_filepath': p, 'text': 'x'} for p in audio_files])
+    steering = ['--ctc-joint-weight', '0.5', '--lexicon', words]
+    evaluate.main(['--load', checkpoint, '--manifest', manifest, '--max-new-tokens', '8', '--warmup-batches', '0',
+                   '--batch-size', '2', '--out', str(tmp_path / 'report.json'), *steering, '--ctc-beam-size', '1', '3',
+                   '--lexicon-penalty', '2', '30'])
+    capsys.readouterr()
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['lexicon'] == {'manifests': words, 'words': 3}
+    assert {'ctc_joint_0.5_lex2', 'ctc_joint_0.5_beam3_lex2', 'ctc_joint_0.5_lex30'} < set(report['modes'])
+    searched = _transcripts(capsys, ['--load', checkpoint, '--max-new-tokens', '8', '--json', *steering,
+                                     '--lexicon-penalty', '2', '--ctc-beam-size', '3'] + audio_files)
+    assert [r['pred_text'] for r in searched] == [h['ctc_joint_0.5_beam3_lex2'] for h in report['hypotheses']]
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('{not json\n')
+    with pytest.raises(SystemExit):
+        transcribe.main(['--load', checkpoint, '--ctc-joint-weight', '0.5', '--lexicon', str(bad),
+                         '--lexicon-penalty', '2', audio_files[0]])
+    assert f'--lexicon {bad}: {bad}:1: invalid JSON' in capsys.readouterr().err
+
+
 def test_plain_output_and_unreadable_files(single_rank_parallel, checkpoint, audio_files, tmp_path, capsys):
     broken = tmp_path / 'broken.wav'
     broken.write_bytes(b'RIFF....not audio')
