@@ -11,13 +11,15 @@ same way: the report twice, ``--mode greedy --mode-b ctc_joint_0.3``.
 """
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..inference.wer import MISSING_PACKAGES, ErrorCount, normalised_words, scoring_available
+from .eval_reports import format_table, read_report
+
+COLUMNS = ['split / subset', 'utterances', 'WER A', 'WER B', 'B - A', '95 % interval']
 
 
 @dataclass(frozen=True)
@@ -98,24 +100,6 @@ def comparison_rows(pairs: Sequence[PairedUtterance], draws: int, seed: int) -> 
     return rows
 
 
-def format_table(rows: list[list[str]]) -> str:
-    header = ['split / subset', 'utterances', 'WER A', 'WER B', 'B - A', '95 % interval']
-    table = [header] + rows
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
-
-
-def _read_report(path: str) -> dict:
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f'{path}: cannot read an evaluate report ({error})') from error
-    if 'hypotheses' not in report or 'modes' not in report:
-        raise ValueError(f'{path}: not an evaluate report (no "hypotheses" / "modes")')
-    return report
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -132,10 +116,10 @@ def main(argv=None) -> None:
     if args.draws < 1:
         sys.exit(f'--draws must be >= 1, got {args.draws}')
     try:
-        pairs = paired_utterances(_read_report(args.report_a), _read_report(args.report_b), args.mode, args.mode_b)
+        pairs = paired_utterances(read_report(args.report_a), read_report(args.report_b), args.mode, args.mode_b)
     except ValueError as error:
         sys.exit(str(error))
-    print(format_table(comparison_rows(pairs, args.draws, args.seed)))
+    print(format_table(COLUMNS, comparison_rows(pairs, args.draws, args.seed)))
 
 
 if __name__ == '__main__':

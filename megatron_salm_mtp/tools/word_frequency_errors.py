@@ -11,7 +11,6 @@ training never wrote misspells what it heard. Insertions belong to no reference 
 """
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -19,8 +18,10 @@ from dataclasses import dataclass
 
 from ..data.manifest import ManifestError, read_manifests
 from ..inference.wer import MISSING_PACKAGES, Levenshtein, normalised_words, scoring_available
+from .eval_reports import format_table, read_report
 
 DEFAULT_BANDS = (0, 5, 50)
+COLUMNS = ['split / subset', 'in training', 'words', 'of words', 'wrong', 'of wrong words']
 
 
 @dataclass
@@ -90,24 +91,6 @@ def table_rows(table: dict[tuple[str, str], list[BandCount]], edges: Sequence[in
     return rows
 
 
-def format_table(rows: list[list[str]]) -> str:
-    header = ['split / subset', 'in training', 'words', 'of words', 'wrong', 'of wrong words']
-    table = [header] + rows
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
-
-
-def _read_report(path: str) -> dict:
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f'{path}: cannot read an evaluate report ({error})') from error
-    if 'hypotheses' not in report or 'modes' not in report:
-        raise ValueError(f'{path}: not an evaluate report (no "hypotheses" / "modes")')
-    return report
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -123,14 +106,14 @@ def main(argv=None) -> None:
     if args.bands[0] < 0 or any(b <= a for a, b in zip(args.bands, args.bands[1:])):
         sys.exit(f'--bands must be increasing counts >= 0, got {args.bands}')
     try:
-        report = _read_report(args.report)
+        report = read_report(args.report)
         counts = training_word_counts(args.train_manifest)
         table = band_counts(report, counts, args.mode, args.bands)
     except FileNotFoundError as error:
         sys.exit(f'--train-manifest: {error.filename}: no such file')
     except (ValueError, ManifestError, OSError) as error:
         sys.exit(str(error))
-    print(format_table(table_rows(table, args.bands)))
+    print(format_table(COLUMNS, table_rows(table, args.bands)))
 
 
 if __name__ == '__main__':

@@ -229,3 +229,19 @@ def exactness_run(model, batches, depths: int, max_new_tokens: int, monkeypatch=
         decoded += len(greedy)
         accepted += sum(sum(s.draft_accepts) for s in stats)
     return decoded, differing, accepted
+
+
+def written_by(chooser, steps: list[dict[str, float]]) -> str:
+    """The text a steered chooser of one row over the byte vocabulary writes when the LLM's logits
+    at each step are ``steps`` (characters, or 'eos'; the others at 0), up to its stop ('<eos>')."""
+    vocab = len(chooser.stop)
+    written = ''
+    for logits in steps:
+        row = torch.zeros(1, vocab)
+        for key, value in logits.items():
+            row[0, EOS_ID if key == 'eos' else ord(key)] = value
+        token = int(chooser(row)[0])
+        if token == EOS_ID:
+            return written + '<eos>'
+        written += chr(token)
+    return written

@@ -16,7 +16,7 @@ from megatron_salm_mtp.inference.ctc_joint import JointCTCChooser, token_spellin
 from megatron_salm_mtp.inference.ctc_prefix import CTCPrefixScorer
 from megatron_salm_mtp.inference.decode import PromptBatch, greedy_decode, joint_ctc_decode
 from tests.support.data_fixtures import write_manifest
-from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, tiny_salm
+from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, tiny_salm, written_by
 
 TEXTS = ["Hello, world!  It's 5 o'clock.", ' leading and trailing ', 'a--b...c', 'UPPER lower 4 2',
          'Grüße wörld', '']
@@ -104,16 +104,7 @@ def _choices(text: str, weight: float, steps: list[dict[str, float]], frames_per
     stop = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     stop[EOS_ID] = True
     chooser = JointCTCChooser(scorer, token_spelling(tokenizer, tokenizer.vocab_size, 'cpu'), weight, stop)
-    written = ''
-    for logits in steps:
-        row = torch.zeros(1, tokenizer.vocab_size)
-        for key, value in logits.items():
-            row[0, EOS_ID if key == 'eos' else ord(key)] = value
-        token = int(chooser(row)[0])
-        if token == EOS_ID:
-            return written + '<eos>'
-        written += tokenizer.decode([token])
-    return written
+    return written_by(chooser, steps)
 
 
 def test_the_ctc_head_overrules_a_mildly_wrong_llm_and_holds_back_its_stop():

@@ -16,7 +16,7 @@ from megatron_salm_mtp.inference.ctc_joint import JointCTCChooser, token_spellin
 from megatron_salm_mtp.inference.decode import joint_ctc_decode
 from megatron_salm_mtp.inference.lexicon import LexiconRows, build_lexicon, lexicon_words
 from tests.support.data_fixtures import write_manifest
-from tests.support.inference_fixtures import EOS_ID, random_prompts, tiny_salm
+from tests.support.inference_fixtures import EOS_ID, random_prompts, tiny_salm, written_by
 from tests.unit.inference.test_ctc_joint import RecordingScorer, _sentencepiece
 
 WORDS = {'send', 'it', 'to', 'the', 'code', 'is', 'one', 'four', "it's", 'five', 'a', 'an', 'and', 'on'}
@@ -87,16 +87,7 @@ def _choices(steps: list[dict[str, float]], words: set[str] | None, penalty: flo
     stop[EOS_ID] = True
     lexicon = build_lexicon(words, tokenizer, vocab, 'cpu').with_penalty(penalty) if words else None
     chooser = JointCTCChooser(RecordingScorer(1), token_spelling(tokenizer, vocab, 'cpu'), 0.5, stop, lexicon)
-    written = ''
-    for logits in steps:
-        row = torch.zeros(1, vocab)
-        for key, value in logits.items():
-            row[0, EOS_ID if key == 'eos' else ord(key)] = value
-        token = int(chooser(row)[0])
-        if token == EOS_ID:
-            return written + '<eos>'
-        written += tokenizer.decode([token])
-    return written
+    return written_by(chooser, steps)
 
 
 def test_a_word_off_the_list_gives_way_to_a_listed_one():
