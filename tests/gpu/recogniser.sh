@@ -38,7 +38,7 @@
 #        JOINT_WEIGHTS, default "0.3", decoding steered by the CTC head: greedy and a beam search
 #        per size of BEAM_SIZES, default "1 4", 1 being the greedy one, each again with the words
 #        of train and the text pool's training share as a lexicon at each of LEXICON_PENALTIES,
-#        default "3") on the first
+#        default "2") on the first
 #        EVAL_UTTERANCES (default 1000) of each test split (200 give +-0.03-0.05 on a WER),
 #        its word errors by the word's count in train (eval_two_greedy_bands.txt),
 #        D=3 MTP heads trained on the frozen trunk (two_mtp: --training-mode head_only, the trunk's
@@ -207,7 +207,7 @@ sys.exit(0 if ok() else MISSING_PACKAGES)" || return 1
   finetune "$out" "$dir" two enc "${units[@]}" ${mix[@]+"${mix[@]}"} ${heads[@]+"${heads[@]}"} \
     ${length[@]+"${length[@]}"} && sleep 5 && wait_all "$out" 1800 || return 1
   local ctc=(--ctc-greedy --ctc-joint-weight ${JOINT_WEIGHTS:-0.3} --ctc-beam-size ${BEAM_SIZES:-1 4}
-             --lexicon "$dir/train.jsonl,$dir/train_text.jsonl" --lexicon-penalty ${LEXICON_PENALTIES:-3})
+             --lexicon "$dir/train.jsonl,$dir/train_text.jsonl" --lexicon-penalty ${LEXICON_PENALTIES:-2})
   [ "${CTC_UNITS:-characters}" = phonemes ] && ctc=()  # a phoneme head has no spelling to score
   evaluate "$out" "$dir" two greedy "${eval[@]}" --audio-ablation --group-by accent ${ctc[@]+"${ctc[@]}"}
   $PYTHON -m megatron_salm_mtp.tools.word_frequency_errors "$out/eval_two_greedy.json" \
