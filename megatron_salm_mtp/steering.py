@@ -5,7 +5,6 @@ each set of them one decoding mode, ``ctc_joint_W[_beamB][_lexP]``."""
 import os
 from dataclasses import dataclass
 
-from .data.manifest import ManifestError
 from .inference.ctc_beam import joint_ctc_beam_decode
 from .inference.decode import joint_ctc_decode
 from .inference.lexicon import Lexicon, build_lexicon, lexicon_words
@@ -74,7 +73,7 @@ def steerings(parser, args, tokenizer, vocab_size: int, device) -> list[Steering
     if args.lexicon:
         try:
             base = build_lexicon(lexicon_words(args.lexicon), tokenizer, vocab_size, device)
-        except (ManifestError, ValueError) as e:
+        except (OSError, ValueError) as e:  # a ManifestError is a ValueError naming file:line
             parser.error(f'--lexicon {args.lexicon}: {e}')
         lexicons += [base.with_penalty(p) for p in args.lexicon_penalty]
     return [Steering(w, b, lexicon) for w in args.ctc_joint_weight for b in args.ctc_beam_size for lexicon in lexicons]
