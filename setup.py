@@ -46,5 +46,6 @@ setup(
         'salm-mtp-bench=megatron_salm_mtp.tools.bench_train:main',
         'salm-mtp-bench-data=megatron_salm_mtp.tools.bench_data:main',
         'salm-mtp-compare-evals=megatron_salm_mtp.tools.compare_evals:main',
+        'salm-mtp-word-frequency-errors=megatron_salm_mtp.tools.word_frequency_errors:main',
     ]},
 )

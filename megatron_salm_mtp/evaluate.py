@@ -46,9 +46,9 @@ from .inference.decode import greedy_decode, speculative_decode
 from .inference.inputs import make_batch, read_utterances, split_name, stop_ids
 from .inference.loading import LoadedModel, load_for_inference
 from .inference.report import ablation_table, group_of, mode_report, plot_acceptance, write_prediction_manifest
+from .inference.steering import add_steering_arguments, check_steering_args, steered_decode, steerings
 from .inference.wer import MISSING_PACKAGES, scoring_available
 from .inference.workspace import WorkspacePool
-from .steering import add_steering_arguments, check_steering_args, steered_decode, steerings
 
 REPORT_FILE = 'report.json'  # what --out FOLDER holds
 SILENCE = 'greedy_silence'  # the ablation's mode: greedy decoding with the audio silenced
@@ -256,7 +256,7 @@ def decoding_modes(args, loaded, depth, utterances, stops, stage_one: bool, stee
     """mode -> (decode function, batches, output -> text): greedy; with --speculative the MTP drafts
     over the same batches; with --audio-ablation greedy again over the utterances with their audio
     silenced; with --ctc-greedy the CTC head's best path over the same batches; per ``steered``
-    (``steering.steerings``) decoding steered by the CTC head (eager). A stage-1
+    (``inference/steering.py``) decoding steered by the CTC head (eager). A stage-1
     checkpoint (``stage_one``) has the CTC head's mode alone.
 
     With drafts, greedy runs at the verify width (D+1 positions per step): every token then comes

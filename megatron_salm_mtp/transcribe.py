@@ -25,7 +25,7 @@ from .data.manifest import Example, Segment
 from .evaluate import check_ctc_head, decoding_device, decoding_modes, draft_depth, load_or_error, run_mode
 from .inference.ctc_joint import JOINT_UNITS
 from .inference.inputs import example_utterances, stop_ids
-from .steering import add_steering_arguments, check_steering_args, steerings
+from .inference.steering import add_steering_arguments, check_steering_args, steerings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,9 @@
 * A beam of one decodes as the steered greedy decoder, token for token (the same computation at
   the same shapes); a beam of four ends every utterance within its budget, and differs from the
   greedy decoder somewhere.
+* A word list (``lexicon.py``, its hashes and lookups on the device) that holds every word the
+  steered greedy decoder wrote changes none of its transcripts; a list of single letters changes
+  some, greedy and beam.
 
     python -m pytest -q -s tests/gpu/test_joint_ctc_gpu.py
 """
@@ -19,13 +22,15 @@
 import pytest
 import torch
 
+from megatron_salm_mtp.data.ctc_text import spelled
 from megatron_salm_mtp.data.tokenizer import ByteTokenizer
 from megatron_salm_mtp.inference import decode
 from megatron_salm_mtp.inference.ctc_beam import joint_ctc_beam_decode
 from megatron_salm_mtp.inference.ctc_joint import token_spelling
 from megatron_salm_mtp.inference.decode import greedy_decode, joint_ctc_decode
+from megatron_salm_mtp.inference.lexicon import build_lexicon
 from megatron_salm_mtp.inference.trunk_cache import head_logits
-from tests.support.inference_fixtures import EOS_ID, row_of, short_prompt_batches, tiny_salm
+from tests.support.inference_fixtures import EOS_ID, letter_writing_salm, row_of, short_prompt_batches, tiny_salm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
@@ -100,3 +105,31 @@ def test_beam_search_of_one_is_the_steered_greedy_decoder(bf16_salm_with_ctc):
         searched += sum(a != b for a, b in zip(four, joint))
     print(f'beam 4 chose otherwise than the steered greedy decoder in {searched} of {steered} rows')
     assert searched > 0
+
+
+@pytest.mark.parametrize('beam_size', [1, 4])
+def test_a_word_list_runs_on_the_device_as_on_the_host(single_rank_parallel, beam_size):
+    """The list's hashes and lookups on the GPU: a list of every word the steered greedy decoder
+    wrote changes none of its transcripts (the chosen candidate never pays, the others only lose),
+    and a list of single letters, whose penalty outweighs the head, changes some; the beam with a
+    list runs within its budget."""
+    model, tokenizer = letter_writing_salm(seed=5, bf16=True).cuda(), ByteTokenizer()
+    vocab = model.cfg.vocab_size
+    spelling = token_spelling(tokenizer, vocab, 'cuda')
+
+    def decode_all(lexicon=None):
+        return [joint_ctc_beam_decode(model, batch, NEW_TOKENS, [EOS_ID], vocab, 0.5, spelling, beam_size,
+                                      lexicon=lexicon)[0]
+                for batch in short_prompt_batches(model.cfg, 32, 8, seed=9, device='cuda', frames=(72, 100))]
+
+    plain = decode_all()
+    words = {w for rows in plain for row in rows
+             for w in spelled(tokenizer.decode([t for t in row if t != EOS_ID])).split()}
+    listed = decode_all(build_lexicon(words, tokenizer, vocab, 'cuda').with_penalty(50.0))
+    letters = decode_all(build_lexicon(set('abcdefghijklmnopqrstuvwxyz'), tokenizer, vocab, 'cuda').with_penalty(1e4))
+    print(f'beam {beam_size}: {len(words)} distinct words written')
+    assert letters != plain
+    if beam_size == 1:
+        assert listed == plain
+    else:  # the beam may now keep a hypothesis it pruned before and find a better-scoring transcript
+        assert all(1 <= len(row) <= NEW_TOKENS for rows in listed for row in rows)

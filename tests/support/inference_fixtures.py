@@ -245,3 +245,16 @@ def written_by(chooser, steps: list[dict[str, float]]) -> str:
             return written + '<eos>'
         written += chr(token)
     return written
+
+
+def letter_writing_salm(seed: int = 2, **overrides) -> SALM:
+    """A random tiny SALM with a CTC head on characters whose LLM writes lowercase letters, spaces
+    and its stop only (every other row of its untied output layer zeroed): words a list can hold.
+    Its CTC head's prefix scores differ enough to steer."""
+    model = tiny_salm(seed=seed, mtp_num_layers=0, ctc_loss_weight=0.3, ctc_target_units='characters',
+                      untie_embeddings_and_output_weights=True, **overrides)
+    model.ctc_head.weight.data.mul_(30.0)
+    written = torch.zeros(model.cfg.vocab_size, dtype=torch.bool)
+    written[[ord(c) for c in 'abcdefghijklmnopqrstuvwxyz '] + [EOS_ID]] = True
+    model.language_model.output_layer.weight.data[~written] = 0.0
+    return model

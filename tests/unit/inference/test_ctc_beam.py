@@ -10,7 +10,8 @@ from megatron_salm_mtp.data.tokenizer import ByteTokenizer
 from megatron_salm_mtp.inference.ctc_beam import joint_ctc_beam_decode
 from megatron_salm_mtp.inference.ctc_joint import steering_chooser, token_spelling
 from megatron_salm_mtp.inference.decode import joint_ctc_decode
-from tests.support.inference_fixtures import EOS_ID, random_prompts, row_of, tiny_salm
+from megatron_salm_mtp.inference.lexicon import build_lexicon
+from tests.support.inference_fixtures import EOS_ID, letter_writing_salm, random_prompts, row_of, tiny_salm
 
 WEIGHT = 0.7
 
@@ -45,13 +46,14 @@ def test_utterances_of_a_batch_decode_as_each_alone(steered_model):
 
 
 @torch.no_grad()
-def replay(model, batch, spelling, tokens: list[int]):
+def replay(model, batch, spelling, tokens: list[int], lexicon=None):
     """(joint score of ``tokens``, the next step's candidates [k], their step scores [k]), the
     steered decoder's scores taken token by token, each step's logits from a full forward of the
     prompt and the tokens before it (no KV cache)."""
     vocab = model.cfg.vocab_size
     frames = model.audio_encoder(batch.audio_features, batch.audio_feature_lengths)
-    chooser = steering_chooser(model, frames, batch.audio_feature_lengths, [EOS_ID], vocab, WEIGHT, spelling)
+    chooser = steering_chooser(model, frames, batch.audio_feature_lengths, [EOS_ID], vocab, WEIGHT, spelling,
+                               lexicon=lexicon)
     ids, total = batch.tokens[0].tolist(), 0.0
     for step in range(len(tokens) + 1):
         logits = model(torch.tensor([ids]), torch.arange(len(ids))[None], audio_features=batch.audio_features,
@@ -66,7 +68,7 @@ def replay(model, batch, spelling, tokens: list[int]):
         ids.append(tokens[step])
 
 
-def reference_beam(model, batch, spelling, budget: int, size: int) -> tuple[list[int], float]:
+def reference_beam(model, batch, spelling, budget: int, size: int, lexicon=None) -> tuple[list[int], float]:
     """(best transcript, its score) of the module's beam search run by ``replay``: the B best of
     every live hypothesis' candidates and the finished ones, until a finished one scores at least
     as well as every live one."""
@@ -75,7 +77,7 @@ def reference_beam(model, batch, spelling, budget: int, size: int) -> tuple[list
         pool = [beam for beam in beams if beam[2]]
         for tokens, score, finished in beams:
             if not finished:
-                _, candidates, steps = replay(model, batch, spelling, list(tokens))
+                _, candidates, steps = replay(model, batch, spelling, list(tokens), lexicon)
                 pool += [(tokens + (token,), score + step, token == EOS_ID or len(tokens) + 1 == budget)
                          for token, step in zip(candidates, steps)]
         beams = sorted(pool, key=lambda beam: -beam[1])[:size]
@@ -86,15 +88,23 @@ def reference_beam(model, batch, spelling, budget: int, size: int) -> tuple[list
             return list(best[0]), best[1]
 
 
-@pytest.mark.parametrize('size', [3, 5])
-def test_the_beam_search_of_full_forwards_chooses_alike(steered_model, size):
+@pytest.mark.parametrize('size, listed', [(3, False), (5, False), (3, True)])
+def test_the_beam_search_of_full_forwards_chooses_alike(steered_model, size, listed):
+    """With a word list too: its state follows each hypothesis through the beam's row reordering."""
     model, spelling = steered_model
+    vocab = model.cfg.vocab_size
     batch = random_prompts(model.cfg, [30, 57, 41], seed=3)
-    found, _ = joint_ctc_beam_decode(model, batch, 8, [EOS_ID], model.cfg.vocab_size, WEIGHT, spelling, size)
+    lexicon = None
+    if listed:  # its rows start with 'y' and go on with 'd' or 'x': a list of 'y' alone bends them
+        model = letter_writing_salm()
+        lexicon = build_lexicon({'y'}, ByteTokenizer(), vocab, 'cpu').with_penalty(50.0)
+    found, _ = joint_ctc_beam_decode(model, batch, 8, [EOS_ID], vocab, WEIGHT, spelling, size, lexicon=lexicon)
+    if listed:
+        assert found != joint_ctc_beam_decode(model, batch, 8, [EOS_ID], vocab, WEIGHT, spelling, size)[0]
     for row in range(3):
-        expected, score = reference_beam(model, row_of(batch, row), spelling, 8, size)
+        expected, score = reference_beam(model, row_of(batch, row), spelling, 8, size, lexicon)
         assert found[row] == expected, row
-        assert replay(model, row_of(batch, row), spelling, found[row])[0] == pytest.approx(score, rel=1e-9)
+        assert replay(model, row_of(batch, row), spelling, found[row], lexicon)[0] == pytest.approx(score, rel=1e-9)
 
 
 def every_path(model, batch, spelling, budget: int) -> dict[tuple, float]:

@@ -1,13 +1,13 @@
 """The flags of decoding steered by the CTC head, shared by ``evaluate`` and ``transcribe``: the
-joint weight W, the beam size B and a word list with its penalty P (``inference/lexicon.py``),
+joint weight W, the beam size B and a word list with its penalty P (``lexicon.py``),
 each set of them one decoding mode, ``ctc_joint_W[_beamB][_lexP]``."""
 
 import os
 from dataclasses import dataclass
 
-from .inference.ctc_beam import joint_ctc_beam_decode
-from .inference.decode import joint_ctc_decode
-from .inference.lexicon import Lexicon, build_lexicon, lexicon_words
+from .ctc_beam import joint_ctc_beam_decode
+from .decode import joint_ctc_decode
+from .lexicon import Lexicon, build_lexicon, lexicon_words
 
 
 @dataclass(frozen=True)
