@@ -56,10 +56,6 @@ def _key(pair) -> int:
     return pair[0] * 2**31 + pair[1]
 
 
-def _sorted_keys(pairs, device) -> torch.Tensor:
-    return torch.tensor(sorted({_key(p) for p in pairs}), dtype=torch.long, device=device)
-
-
 def _contains(table: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     index = torch.searchsorted(table, keys).clamp(max=len(table) - 1)
     return table[index] == keys
@@ -103,7 +99,8 @@ def build_lexicon(words: set[str], tokenizer, vocab_size: int, device) -> Lexico
     words = {w for w in words if w}
     if not words:
         raise ValueError('the lexicon holds no word')
-    word_keys = {_key(_segment(w)[0]) for w in words}
+    prefixes = [_hashes(w) for w in words]  # each word's prefixes, the word itself last
+    word_keys = {_key(p[-1]) for p in prefixes}
     columns = {name: [] for name in ('first', 'first_power', 'first_length', 'breaks', 'inner_missing',
                                      'last', 'last_length')}
     for text in spelled_pieces(tokenizer, vocab_size):
@@ -115,7 +112,7 @@ def build_lexicon(words: set[str], tokenizer, vocab_size: int, device) -> Lexico
             columns[name].append(value)
     tensors = {name: torch.tensor(values, device=device) for name, values in columns.items()}
     return Lexicon(torch.tensor(sorted(word_keys), device=device),
-                   _sorted_keys([p for w in words for p in _hashes(w)], device), **tensors)
+                   torch.tensor(sorted({_key(p) for pairs in prefixes for p in pairs}), device=device), **tensors)
 
 
 @dataclass
@@ -132,14 +129,15 @@ class LexiconRows:
     def __init__(self, lexicon: Lexicon, rows: int, stop: torch.Tensor):
         device = lexicon.words.device
         self.lexicon, self.stop = lexicon, stop
+        self.moduli = torch.tensor(MODULI, device=device)
         self.hashes = torch.zeros(rows, 2, dtype=torch.long, device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.paid = torch.zeros(rows, dtype=torch.bool, device=device)
 
     def extend(self, candidates: torch.Tensor) -> tuple[torch.Tensor, LexiconStep]:
         """(penalties [b, k] in score units, the states) of each row's ``candidates`` [b, k]."""
-        lex, moduli = self.lexicon, torch.tensor(MODULI, device=candidates.device)
-        grown = (self.hashes[:, None] * lex.first_power[candidates] + lex.first[candidates]) % moduli
+        lex = self.lexicon
+        grown = (self.hashes[:, None] * lex.first_power[candidates] + lex.first[candidates]) % self.moduli
         grown_length = self.lengths[:, None] + lex.first_length[candidates]
         unpaid = ~self.paid[:, None]
         ends = lex.breaks[candidates] | self.stop[candidates]  # the word ends: a break, or the text

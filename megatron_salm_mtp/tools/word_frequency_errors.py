@@ -68,13 +68,13 @@ def band_counts(report: dict, counts: Counter, mode: str,
     for utterance in report['hypotheses']:
         reference = normalised_words(utterance['reference'])
         wrong = wrong_positions(reference, normalised_words(utterance[mode]))
+        banded = [(band_of(counts[word], edges), i in wrong) for i, word in enumerate(reference)]
         split = utterance['split']
         for key in dict.fromkeys([(split, ''), (split, utterance.get('subset', ''))]):
             bands = table.setdefault(key, [BandCount() for _ in range(len(edges) + 1)])
-            for i, word in enumerate(reference):
-                band = bands[band_of(counts[word], edges)]
-                band.words += 1
-                band.wrong += i in wrong
+            for band, is_wrong in banded:
+                bands[band].words += 1
+                bands[band].wrong += is_wrong
     return table
 
 
